@@ -1,0 +1,13 @@
+"""hf-efficient-lm: cheaper-inference language models as Transformers model classes.
+
+Importing the package registers every family with the Auto classes.
+"""
+
+from .registration import MODEL_TYPE_PREFIX, register_causal_lm
+
+__version__ = "0.1.0"
+
+# Families (each import registers its classes with AutoConfig / AutoModelForCausalLM).
+# Add a family's line here only once `import hf_efficient_lm.<family>` works.
+
+__all__ = ["MODEL_TYPE_PREFIX", "register_causal_lm", "__version__"]

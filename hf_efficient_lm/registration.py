@@ -1,0 +1,42 @@
+"""One place that wires our classes into Transformers' Auto classes.
+
+Each family's ``__init__.py`` calls :func:`register_causal_lm` at import time, so ``import hf_efficient_lm``
+is all a user needs for ``AutoConfig`` / ``AutoModel`` / ``AutoModelForCausalLM`` to resolve our model types,
+and a folder written by ``save_pretrained`` carries an ``auto_map`` plus the modeling files for
+``trust_remote_code=True`` loading without the package installed.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
+
+MODEL_TYPE_PREFIX = "hfelm_"
+
+REGISTERED_MODEL_TYPES: dict[str, type[PreTrainedConfig]] = {}
+
+
+def register_causal_lm(
+    config_class: type[PreTrainedConfig],
+    causal_lm_class: type[PreTrainedModel],
+    base_model_class: type[PreTrainedModel] | None = None,
+) -> None:
+    """Register a config and its models with the Auto classes and for ``trust_remote_code`` export.
+
+    Idempotent: re-importing a family (e.g. under pytest's module reloading) registers nothing twice.
+    """
+    model_type = config_class.model_type
+    if not model_type.startswith(MODEL_TYPE_PREFIX):
+        raise ValueError(
+            f"model_type {model_type!r} of {config_class.__name__} must start with {MODEL_TYPE_PREFIX!r}: "
+            "Transformers owns the unprefixed names (it already ships 'blt', for example)."
+        )
+    if REGISTERED_MODEL_TYPES.get(model_type) is config_class:
+        return
+    AutoConfig.register(model_type, config_class, exist_ok=True)
+    AutoModelForCausalLM.register(config_class, causal_lm_class, exist_ok=True)
+    if base_model_class is not None:
+        AutoModel.register(config_class, base_model_class, exist_ok=True)
+        base_model_class.register_for_auto_class("AutoModel")
+    config_class.register_for_auto_class()
+    causal_lm_class.register_for_auto_class("AutoModelForCausalLM")
+    REGISTERED_MODEL_TYPES[model_type] = config_class

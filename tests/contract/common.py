@@ -1,0 +1,73 @@
+"""The contract every model class of the package honours, as data.
+
+A family joins the suite by adding ``tests/contract/case_<family>.py`` that defines ``CASES: list[ContractCase]``;
+``test_contract.py`` discovers those modules and runs every check over every case. Plain ``LlamaForCausalLM``
+(``case_llama.py``) is the reference row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import PreTrainedModel
+
+CHECKS = (
+    "save_load",
+    "auto_classes",
+    "remote_code",
+    "generate_cache",
+    "left_padding",
+    "sdpa_eager",
+    "trainer",
+    "gradient_checkpointing",
+    "lora",
+    "buffers",
+    "resize_embeddings",
+)
+
+
+def default_save(model: PreTrainedModel, path: Path) -> None:
+    model.save_pretrained(path)
+
+
+@dataclass
+class ContractCase:
+    """One row of the contract table.
+
+    make_model: builds a tiny seeded model with random weights (fp32), ``attn_implementation`` left to the default.
+        It takes ``attn_implementation`` as keyword (``"sdpa"`` / ``"eager"``) so the sdpa == eager check can build
+        the same weights twice.
+    make_input_ids: ``(batch, length, generator) -> LongTensor[batch, length]`` of ids that exercise the model
+        (anchors for AnchorLlama, frequent n-grams for SCONE, bytes for BLT); never the pad id.
+    lora_target_modules: explicit PEFT ``target_modules`` (module-name suffixes).
+    save: writes the folder a user would publish (default ``save_pretrained``); a model loaded back from it must give
+        the same logits as the in-memory model.
+    trust_remote_code: False only for classes Transformers itself ships (the Llama reference).
+    skips: check name -> the reason that check does not apply (shown by pytest). Never a way to hide a failure.
+    """
+
+    name: str
+    make_model: Callable[..., PreTrainedModel]
+    make_input_ids: Callable[[int, int, torch.Generator], torch.LongTensor]
+    lora_target_modules: list[str]
+    save: Callable[[PreTrainedModel, Path], None] = default_save
+    trust_remote_code: bool = True
+    skips: dict[str, str] = field(default_factory=dict)
+    atol: float = 1e-5
+
+    def __post_init__(self):
+        unknown = set(self.skips) - set(CHECKS)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown contract checks in skips: {sorted(unknown)}")
+
+
+def random_ids(vocab_size: int, low: int = 3):
+    """A ``make_input_ids`` drawing uniformly from ``[low, vocab_size)`` (skipping BOS/EOS/PAD at 0..2)."""
+
+    def make(batch: int, length: int, generator: torch.Generator) -> torch.LongTensor:
+        return torch.randint(low, vocab_size, (batch, length), generator=generator)
+
+    return make
