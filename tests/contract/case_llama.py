@@ -1,0 +1,14 @@
+"""The reference row: Transformers' own LlamaForCausalLM must pass every check the families pass."""
+
+from hf_efficient_lm.testing_utils import make_tiny_llama, TINY_LLAMA_KWARGS
+from tests.contract.common import ContractCase, random_ids
+
+CASES = [
+    ContractCase(
+        name="llama",
+        make_model=lambda attn_implementation="sdpa": make_tiny_llama(attn_implementation=attn_implementation),
+        make_input_ids=random_ids(TINY_LLAMA_KWARGS["vocab_size"]),
+        lora_target_modules=["q_proj", "v_proj"],
+        trust_remote_code=False,
+    )
+]

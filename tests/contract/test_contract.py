@@ -1,0 +1,292 @@
+"""The table-driven contract: every model class of the package (and Llama, the reference) passes every check.
+
+Cases come from ``tests/contract/case_*.py`` modules (a module-level ``CASES`` list of ``ContractCase``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments
+
+import hf_efficient_lm  # noqa: F401  (registers the families)
+from tests.contract.common import CHECKS, ContractCase
+
+
+def _discover_cases() -> list[ContractCase]:
+    cases = []
+    for path in sorted(Path(__file__).parent.glob("case_*.py")):
+        module = importlib.import_module(f"tests.contract.{path.stem}")
+        cases.extend(module.CASES)
+    names = [case.name for case in cases]
+    if len(names) != len(set(names)):
+        raise ValueError(f"duplicate contract case names: {names}")
+    return cases
+
+
+CASES = _discover_cases()
+parametrize_cases = pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+
+
+def _skip_if_declared(case: ContractCase, check: str) -> None:
+    assert check in CHECKS
+    if check in case.skips:
+        pytest.skip(f"{case.name} does not apply {check}: {case.skips[check]}")
+
+
+def _ids(case: ContractCase, batch: int = 2, length: int = 12, seed: int = 0) -> torch.LongTensor:
+    return case.make_input_ids(batch, length, torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def _logits(model, input_ids, **kwargs) -> torch.Tensor:
+    return model(input_ids=input_ids, **kwargs).logits.float()
+
+
+def _pad_id(model) -> int:
+    pad = model.config.pad_token_id
+    return 0 if pad is None else int(pad)
+
+
+def _load(case: ContractCase, path: Path):
+    return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=case.trust_remote_code).eval()
+
+
+@parametrize_cases
+def test_save_load_round_trip(case, tmp_path):
+    _skip_if_declared(case, "save_load")
+    model = case.make_model()
+    case.save(model, tmp_path)
+    assert list(tmp_path.glob("*.safetensors")), "weights must be saved as safetensors"
+    assert not list(tmp_path.glob("*.bin")), "no pickle weights"
+    loaded = _load(case, tmp_path)
+    assert type(loaded).__name__ == type(model).__name__
+    ids = _ids(case)
+    torch.testing.assert_close(_logits(loaded, ids), _logits(model, ids), atol=case.atol, rtol=0)
+
+
+@parametrize_cases
+def test_auto_classes_resolve_after_import(case, tmp_path):
+    _skip_if_declared(case, "auto_classes")
+    model = case.make_model()
+    case.save(model, tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert type(config) is type(model.config)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)  # no trust_remote_code: the registered class
+    assert type(loaded) is type(model)
+    if case.trust_remote_code:
+        saved = json.loads((tmp_path / "config.json").read_text())
+        assert "AutoConfig" in saved["auto_map"] and "AutoModelForCausalLM" in saved["auto_map"]
+        for reference in saved["auto_map"].values():
+            module_file = reference.split(".")[0] + ".py"
+            assert (tmp_path / module_file).exists(), f"{module_file} was not copied into the checkpoint"
+
+
+_REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["hf_efficient_lm"] = None  # the package must not be needed
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    folder, io_dir, trust = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust).eval()
+    ids = load_file(io_dir + "/inputs.safetensors")["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits.float()
+    generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                               pad_token_id=model.config.pad_token_id or 0)
+    save_file({"logits": logits.contiguous(), "generated": generated.contiguous()}, io_dir + "/outputs.safetensors")
+    print(json.dumps({"class": type(model).__name__, "module": type(model).__module__}))
+    """
+)
+
+
+@parametrize_cases
+def test_remote_code_load_without_package(case, tmp_path):
+    _skip_if_declared(case, "remote_code")
+    model = case.make_model()
+    folder, io_dir = tmp_path / "model", tmp_path / "io"
+    io_dir.mkdir()
+    case.save(model, folder)
+    ids = _ids(case)
+    save_file({"input_ids": ids.contiguous()}, str(io_dir / "inputs.safetensors"))
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", _REMOTE_SCRIPT, str(folder), str(io_dir), "1" if case.trust_remote_code else "0"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    assert info["class"] == type(model).__name__
+    if case.trust_remote_code:
+        assert info["module"].startswith("transformers_modules"), info
+    outputs = load_file(str(io_dir / "outputs.safetensors"))
+    torch.testing.assert_close(outputs["logits"], _logits(model, ids), atol=case.atol, rtol=0)
+    assert outputs["generated"].shape == (ids.shape[0], ids.shape[1] + 4)
+    expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                              pad_token_id=_pad_id(model))
+    assert torch.equal(outputs["generated"], expected)
+
+
+@parametrize_cases
+def test_greedy_generate_cache_equals_recompute(case):
+    _skip_if_declared(case, "generate_cache")
+    model = case.make_model()
+    ids = _ids(case, length=10)
+    common = dict(attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False, pad_token_id=_pad_id(model))
+    cached = model.generate(ids, use_cache=True, **common)
+    recomputed = model.generate(ids, use_cache=False, **common)
+    assert torch.equal(cached, recomputed)
+
+
+@parametrize_cases
+def test_left_padded_batch_equals_rows_alone(case):
+    _skip_if_declared(case, "left_padding")
+    model = case.make_model()
+    pad = _pad_id(model)
+    long_row, short_row = _ids(case, batch=1, length=10, seed=1)[0], _ids(case, batch=1, length=6, seed=2)[0]
+    batch = torch.full((2, 10), pad, dtype=torch.long)
+    batch[0], batch[1, 4:] = long_row, short_row
+    mask = (torch.arange(10) >= torch.tensor([[0], [4]])).long()
+    common = dict(max_new_tokens=6, do_sample=False, pad_token_id=pad, return_dict_in_generate=True, output_logits=True)
+    together = model.generate(batch, attention_mask=mask, **common)
+    for row, alone_ids in enumerate((long_row, short_row)):
+        alone = model.generate(alone_ids[None], attention_mask=torch.ones_like(alone_ids[None]), **common)
+        assert torch.equal(together.sequences[row, 10:], alone.sequences[0, alone_ids.numel():])
+        for step_batch, step_alone in zip(together.logits, alone.logits):
+            torch.testing.assert_close(step_batch[row].float(), step_alone[0].float(), atol=1e-4, rtol=0)
+
+
+@parametrize_cases
+def test_sdpa_equals_eager(case):
+    _skip_if_declared(case, "sdpa_eager")
+    sdpa, eager = case.make_model(attn_implementation="sdpa"), case.make_model(attn_implementation="eager")
+    assert eager.config._attn_implementation == "eager"
+    ids = _ids(case)
+    torch.testing.assert_close(_logits(sdpa, ids), _logits(eager, ids), atol=1e-5, rtol=0)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding in row 1
+    torch.testing.assert_close(
+        _logits(sdpa, ids, attention_mask=mask)[1, 3:], _logits(eager, ids, attention_mask=mask)[1, 3:],
+        atol=1e-5, rtol=0,
+    )
+
+
+@parametrize_cases
+def test_trainer_lowers_loss_on_repeated_batch(case, tmp_path):
+    _skip_if_declared(case, "trainer")
+    from datasets import Dataset
+
+    model = case.make_model()
+    ids = _ids(case, batch=4, length=16)
+    dataset = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+
+    def loss_now() -> float:
+        model.eval()
+        with torch.no_grad():
+            return model(input_ids=ids, labels=ids).loss.item()
+
+    before = loss_now()
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=8, per_device_train_batch_size=4, learning_rate=1e-2,
+        lr_scheduler_type="constant", save_strategy="no", report_to=[], use_cpu=True, logging_steps=4,
+        disable_tqdm=True,
+    )
+    Trainer(model=model, args=args, train_dataset=dataset).train()
+    assert loss_now() < before - 0.05
+
+
+def _grads(model, ids) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@parametrize_cases
+def test_gradient_checkpointing_same_gradients(case):
+    _skip_if_declared(case, "gradient_checkpointing")
+    model = case.make_model().train()
+    ids = _ids(case)
+    plain = _grads(model, ids)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert model.is_gradient_checkpointing
+    checkpointed = _grads(model, ids)
+    assert plain.keys() == checkpointed.keys() and plain
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@parametrize_cases
+def test_peft_lora_trains_saves_reloads_merges(case, tmp_path):
+    _skip_if_declared(case, "lora")
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    ids = _ids(case)
+    model = get_peft_model(case.make_model(), LoraConfig(r=4, lora_alpha=8, target_modules=case.lora_target_modules))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(
+        "lora_" in name for name, p in model.named_parameters() if p.requires_grad
+    ), "only LoRA weights train"
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    model.train()
+    losses = []
+    for _ in range(6):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    model.eval()
+    trained = _logits(model, ids)
+    model.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    reloaded = PeftModel.from_pretrained(case.make_model(), tmp_path / "adapter").eval()
+    torch.testing.assert_close(_logits(reloaded, ids), trained, atol=1e-5, rtol=0)
+    merged = reloaded.merge_and_unload()
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    torch.testing.assert_close(_logits(merged, ids), trained, atol=1e-4, rtol=0)
+
+
+@parametrize_cases
+def test_buffers_survive_from_pretrained(case, tmp_path):
+    _skip_if_declared(case, "buffers")
+    model = case.make_model()
+    case.save(model, tmp_path)
+    loaded = _load(case, tmp_path)
+    original = dict(model.named_buffers())
+    reloaded = dict(loaded.named_buffers())
+    assert original.keys() == reloaded.keys()
+    for name, buffer in original.items():
+        assert reloaded[name].device.type != "meta", name
+        torch.testing.assert_close(reloaded[name], buffer, msg=name)
+
+
+@parametrize_cases
+def test_resize_token_embeddings(case, tmp_path):
+    _skip_if_declared(case, "resize_embeddings")
+    model = case.make_model()
+    ids = _ids(case)
+    old_vocab = model.get_input_embeddings().weight.shape[0]
+    before = _logits(model, ids)
+    model.resize_token_embeddings(old_vocab + 8)
+    assert model.config.vocab_size == old_vocab + 8
+    after = _logits(model, ids)
+    assert after.shape[-1] == old_vocab + 8
+    torch.testing.assert_close(after[..., :old_vocab], before, atol=1e-5, rtol=0)
+    new_token_ids = torch.cat([ids, torch.full((ids.shape[0], 1), old_vocab + 7)], dim=1)
+    case.save(model, tmp_path)
+    torch.testing.assert_close(
+        _logits(_load(case, tmp_path), new_token_ids), _logits(model, new_token_ids), atol=case.atol, rtol=0
+    )
