@@ -1,0 +1,219 @@
+"""``AnchorCache``: a Transformers ``Cache`` that drops finished sentences' non-anchor keys/values.
+
+After every forward chunk, each row keeps only (a) the anchors seen so far and (b) the tokens of its still-open
+sentence (those after its last anchor); padding is dropped too. Under the AnSAN mask no later token can attend
+anything else, so the pruning is *exact*: decoding through this cache gives the logits of the full masked forward.
+
+Keys keep the rotary phase of their absolute position; ``get_seq_length()`` returns the number of tokens *seen*
+(not kept), which is what Transformers uses for default position ids and for generate's input slicing, so new
+tokens keep counting absolute positions (the official code's compacted positions are a train/inference mismatch).
+
+Rows of a batch keep different numbers of slots; slots are left-aligned per row and the unused tail is marked
+invalid (``slot_info.valid``), which the model's mask hides. Slot metadata is shared by all layers: the model
+calls :meth:`AnchorCache.begin_chunk` once per forward, the attention layers call ``update`` as usual.
+
+Only stdlib / torch / transformers imports: this file travels with checkpoints for ``trust_remote_code``.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+from .masking_anchor import AnchorTokenInfo
+
+
+class AnchorCacheLayer(DynamicLayer):
+    """One layer's keys/values ``[batch, kv_heads, slots, head_dim]``; returns the full set, stores the kept slots."""
+
+    is_croppable = False
+
+    def update(self, key_states, value_states, *args, keep_index: torch.LongTensor | None = None, **kwargs):
+        """Append ``key_states``/``value_states`` ``[batch, kv_heads, q_len, head_dim]``; return all slots + new
+        tokens (what this step attends), then keep only the slots listed in ``keep_index`` ``[batch, kept]``."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self.keys = key_states.new_zeros(key_states.shape[0], key_states.shape[1], 0, key_states.shape[3])
+            self.values = value_states.new_zeros(
+                value_states.shape[0], value_states.shape[1], 0, value_states.shape[3]
+            )
+        full_keys = torch.cat([self.keys, key_states], dim=-2)
+        full_values = torch.cat([self.values, value_states], dim=-2)
+        if keep_index is None:
+            self.keys, self.values = full_keys, full_values
+        else:
+            index = keep_index.to(full_keys.device)[:, None, :, None]
+            self.keys = full_keys.gather(2, index.expand(-1, full_keys.shape[1], -1, full_keys.shape[3]))
+            self.values = full_values.gather(2, index.expand(-1, full_values.shape[1], -1, full_values.shape[3]))
+        return full_keys, full_values
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove != 0:
+            raise ValueError(
+                "AnchorCache cannot be cropped: pruned sentences cannot be restored (assisted / speculative "
+                "decoding needs a croppable cache)."
+            )
+
+
+class AnchorCache(Cache):
+    """KV cache for AnchorLlama that keeps anchors + the open sentence only.
+
+    Args:
+        config: the model config (``num_hidden_layers`` is read).
+        prune: ``False`` keeps every token (still exact under the AnSAN mask; a reference for tests/benchmarks).
+
+    Attributes:
+        seen_tokens (`int`): tokens fed so far (the padded width of all chunks) = next absolute position.
+        slot_info (`AnchorTokenInfo`): metadata ``[batch, slots]`` of the kept slots (shared by all layers).
+        anchors_seen (`torch.LongTensor`): ``[batch]`` anchors seen per row = id of the open sentence.
+    """
+
+    def __init__(self, config=None, num_hidden_layers: int | None = None, prune: bool = True):
+        if num_hidden_layers is None:
+            if config is None:
+                raise ValueError("AnchorCache needs a config or num_hidden_layers")
+            num_hidden_layers = config.get_text_config(decoder=True).num_hidden_layers
+        super().__init__(layers=[AnchorCacheLayer() for _ in range(num_hidden_layers)])
+        self.prune = prune
+        self.seen_tokens = 0
+        self.slot_info: AnchorTokenInfo | None = None
+        self.anchors_seen: torch.LongTensor | None = None
+        self._keep_index: torch.LongTensor | None = None
+
+    # ----------------------------------------------------------------------------------------------- bookkeeping
+    def begin_chunk(self, chunk: AnchorTokenInfo) -> AnchorTokenInfo:
+        """Register a chunk's metadata (``[batch, q_len]``, built with ``first_index=seen_tokens`` and
+        ``anchors_before=anchors_seen``) before the layers run.
+
+        Returns the metadata of every key the layers will attend this step (kept slots, then the chunk) and plans
+        which of them to keep afterwards; the plan is applied by each layer's ``update``.
+        """
+        batch = chunk.index.shape[0]
+        if self.slot_info is None:
+            device = chunk.index.device
+            empty_long = torch.zeros(batch, 0, dtype=torch.long, device=device)
+            empty_bool = torch.zeros(batch, 0, dtype=torch.bool, device=device)
+            self.slot_info = AnchorTokenInfo(empty_long, empty_long, empty_bool, empty_bool)
+            self.anchors_seen = torch.zeros(batch, dtype=torch.long, device=device)
+        elif self.slot_info.index.shape[0] != batch:
+            raise ValueError(
+                f"AnchorCache holds a batch of {self.slot_info.index.shape[0]} rows but the input has {batch}; "
+                "use batch_repeat_interleave / expand_batch to reuse a cache for several rows."
+            )
+        keys = AnchorTokenInfo.cat(self.slot_info, chunk)
+        anchors_seen = self.anchors_seen + chunk.is_anchor.sum(dim=1)
+        if self.prune:
+            keep = keys.valid & (keys.is_anchor | (keys.segment == anchors_seen[:, None]))
+        else:
+            keep = keys.valid
+        if bool(keep.all()):
+            self._keep_index = None
+            self.slot_info = keys
+        else:
+            kept_per_row = keep.sum(dim=1)
+            width = int(kept_per_row.max()) if batch > 0 else 0
+            total = keep.shape[1]
+            # Stable left-alignment of the kept slots: sort key = (dropped, original order).
+            order = torch.arange(total, device=keep.device).expand(batch, total)
+            sort_key = (~keep).long() * total + order
+            keep_index = torch.argsort(sort_key, dim=1)[:, :width]
+            slot_valid = torch.arange(width, device=keep.device)[None, :] < kept_per_row[:, None]
+            self._keep_index = keep_index
+            self.slot_info = AnchorTokenInfo(
+                index=torch.where(slot_valid, keys.index.gather(1, keep_index), -1),
+                segment=keys.segment.gather(1, keep_index),
+                is_anchor=keys.is_anchor.gather(1, keep_index) & slot_valid,
+                valid=slot_valid,
+            )
+        self.anchors_seen = anchors_seen
+        self.seen_tokens += chunk.index.shape[1]
+        return keys
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        return self.layers[layer_idx].update(key_states, value_states, keep_index=self._keep_index)
+
+    # ----------------------------------------------------------------------------------------------- queries
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Tokens seen so far (= next absolute position), *not* the number kept; see :meth:`cached_tokens`."""
+        return self.seen_tokens
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        held = 0 if self.slot_info is None else self.slot_info.index.shape[1]
+        return held + query_length, 0
+
+    def cached_tokens(self) -> int:
+        """Token positions each layer holds (summed over the batch rows; alignment padding not counted)."""
+        if self.slot_info is None:
+            return 0
+        return int(self.slot_info.valid.sum())
+
+    def cached_tokens_per_row(self) -> list[int]:
+        if self.slot_info is None:
+            return []
+        return self.slot_info.valid.sum(dim=1).tolist()
+
+    def kv_bytes(self) -> int:
+        """Bytes of the key/value tensors actually allocated, all layers (includes per-row alignment padding)."""
+        return sum(
+            layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
+            for layer in self.layers
+            if layer.is_initialized
+        )
+
+    # ----------------------------------------------------------------------------------------------- batch ops
+    def _map_rows(self, fn) -> None:
+        if self.slot_info is not None:
+            info = self.slot_info
+            self.slot_info = AnchorTokenInfo(fn(info.index), fn(info.segment), fn(info.is_anchor), fn(info.valid))
+            self.anchors_seen = fn(self.anchors_seen)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor):
+        super().reorder_cache(beam_idx)
+        self._map_rows(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int):
+        super().batch_repeat_interleave(repeats)
+        self._map_rows(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor):
+        super().batch_select_indices(indices)
+        self._map_rows(lambda t: t[indices.to(t.device)])
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove != 0:
+            raise ValueError(
+                "AnchorCache cannot be cropped: pruned sentences cannot be restored (assisted / speculative "
+                "decoding needs a croppable cache)."
+            )
+
+    def reset(self):
+        for layer in self.layers:
+            layer.reset()
+        self.seen_tokens = 0
+        self.slot_info = None
+        self.anchors_seen = None
+        self._keep_index = None
+
+    def copy(self) -> "AnchorCache":
+        """An independent copy (tensors cloned): reuse one compressed prefix for many continuations."""
+        new = AnchorCache(num_hidden_layers=len(self.layers), prune=self.prune)
+        new.seen_tokens = self.seen_tokens
+        for source, target in zip(self.layers, new.layers):
+            if source.is_initialized:
+                target.lazy_initialization(source.keys, source.values)
+                target.keys, target.values = source.keys.clone(), source.values.clone()
+        if self.slot_info is not None:
+            new.slot_info = AnchorTokenInfo(*(t.clone() for t in vars(self.slot_info).values()))
+            new.anchors_seen = self.anchors_seen.clone()
+        return new
+
+    def expand_batch(self, batch_size: int) -> "AnchorCache":
+        """A copy whose single row is repeated ``batch_size`` times (a shared prefix for a batch of queries)."""
+        if self.slot_info is not None and self.slot_info.index.shape[0] != 1:
+            raise ValueError(f"expand_batch needs a cache of batch 1, this one has {self.slot_info.index.shape[0]}")
+        new = self.copy()
+        new.batch_repeat_interleave(batch_size)
+        return new
+
+
+__all__ = ["AnchorCache", "AnchorCacheLayer"]
