@@ -9,5 +9,8 @@ __version__ = "0.1.0"
 
 # Families (each import registers its classes with AutoConfig / AutoModelForCausalLM).
 # Add a family's line here only once `import hf_efficient_lm.<family>` works.
+from . import anchor  # noqa: F401
+from .anchor import AnchorCache, AnchorLlamaConfig, AnchorLlamaForCausalLM  # noqa: F401
 
 __all__ = ["MODEL_TYPE_PREFIX", "register_causal_lm", "__version__"]
+__all__ += ["AnchorCache", "AnchorLlamaConfig", "AnchorLlamaForCausalLM"]
