@@ -1,0 +1,34 @@
+"""AnchorLlama in the contract suite: tiny Llama weights with anchors at ids 5 and 6 (frequent in the inputs)."""
+
+import torch
+
+from hf_efficient_lm.anchor import AnchorLlamaConfig, AnchorLlamaForCausalLM
+from hf_efficient_lm.testing_utils import TINY_LLAMA_KWARGS
+from tests.contract.common import ContractCase
+
+ANCHOR_IDS = [5, 6]
+
+
+def make_anchor_model(attn_implementation: str = "sdpa") -> AnchorLlamaForCausalLM:
+    torch.manual_seed(0)
+    config = AnchorLlamaConfig(**TINY_LLAMA_KWARGS, anchor_token_ids=ANCHOR_IDS)
+    config._attn_implementation = attn_implementation
+    return AnchorLlamaForCausalLM(config).eval()
+
+
+def make_anchor_input_ids(batch: int, length: int, generator: torch.Generator) -> torch.LongTensor:
+    """Random ids with an anchor roughly every 4 tokens, so several sentences close inside every row."""
+    ids = torch.randint(7, TINY_LLAMA_KWARGS["vocab_size"], (batch, length), generator=generator)
+    is_anchor = torch.rand(batch, length, generator=generator) < 0.25
+    anchors = torch.tensor(ANCHOR_IDS)[torch.randint(0, len(ANCHOR_IDS), (batch, length), generator=generator)]
+    return torch.where(is_anchor, anchors, ids)
+
+
+CASES = [
+    ContractCase(
+        name="anchor",
+        make_model=make_anchor_model,
+        make_input_ids=make_anchor_input_ids,
+        lora_target_modules=["q_proj", "v_proj"],
+    )
+]
