@@ -1,0 +1,163 @@
+"""``hf-efficient-lm``: the command line of the package.
+
+Subcommands build the baseline pipeline (train-tokenizer, pretrain, evaluate), publish models with their cards,
+and run each family's tools. ``hf-efficient-lm SUBCOMMAND --help`` explains each one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+# (module, function) pairs through which a family adds its own subcommands
+FAMILY_SUBCOMMANDS = [
+    ("hf_efficient_lm.scone.cli_scone", "add_scone_subcommands"),
+    ("hf_efficient_lm.anchor.cli_anchor", "add_anchor_subcommands"),
+    ("hf_efficient_lm.blt.cli_blt", "add_blt_subcommands"),
+    ("hf_efficient_lm.specialists.cli_specialists", "add_specialists_subcommands"),
+]
+
+
+def _cmd_train_tokenizer(args: argparse.Namespace) -> None:
+    from .data import iter_texts, load_text_dataset, train_tokenizer
+    from .io_utils import atomic_dir
+
+    dataset = load_text_dataset(args.data_files, dataset_name=args.dataset_name, text_column=args.text_column)
+    if args.max_documents:
+        dataset = dataset.select(range(min(args.max_documents, len(dataset))))
+    tokenizer = train_tokenizer(iter_texts(dataset, args.text_column), args.vocab_size, min_frequency=args.min_frequency)
+    with atomic_dir(args.output_dir) as tmp:
+        tokenizer.save_pretrained(tmp)
+    print(f"saved a {len(tokenizer)}-token byte-level BPE tokenizer to {args.output_dir}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .data import load_text_dataset
+    from .eval import evaluate_causal_lm
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code,
+                                                 dtype=getattr(torch, args.dtype))
+    dataset = load_text_dataset(args.data_files, dataset_name=args.dataset_name, split=args.split,
+                                text_column=args.text_column)
+    if args.max_documents:
+        dataset = dataset.select(range(min(args.max_documents, len(dataset))))
+    result = evaluate_causal_lm(model, tokenizer, dataset[args.text_column], block_size=args.block_size,
+                                batch_size=args.batch_size)
+    print(json.dumps(result.as_dict(), indent=2))
+
+
+def _parse_metric(text: str) -> tuple[str, str, float]:
+    try:
+        where, value = text.rsplit("=", 1)
+        dataset, metric = where.split(":", 1)
+        return dataset, metric, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"metric {text!r} is not DATASET:METRIC=VALUE") from None
+
+
+def _cmd_publish(args: argparse.Namespace) -> None:
+    from .hub import CardInfo, publish
+
+    api = None
+    if args.dry_run:
+        api = _DryRunApi()
+    info = CardInfo(model_id=args.repo_id, base_model=args.base_model, datasets=args.dataset or [],
+                    metrics=args.metric or [])
+    result = publish(args.model, args.repo_id, card_template=args.template, card_info=info, api=api,
+                     private=args.private, staging_dir=args.staging_dir)
+    print(json.dumps({"repo_id": result.repo_id, "files": result.files}, indent=2))
+
+
+class _DryRunApi:
+    """Stands in for HfApi in ``publish --dry-run``: uploads nothing, says what it would do."""
+
+    def create_repo(self, repo_id, **kwargs):
+        print(f"[dry run] would create {repo_id}", file=sys.stderr)
+
+    def upload_folder(self, folder_path, repo_id, **kwargs):
+        print(f"[dry run] would upload {folder_path} to {repo_id}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-efficient-lm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+
+    def data_options(p: argparse.ArgumentParser) -> None:
+        source = p.add_mutually_exclusive_group(required=True)
+        source.add_argument("--data-files", nargs="+", help="local json/jsonl(.gz)/txt/csv/parquet files")
+        source.add_argument("--dataset-name", help="a Hub dataset name (needs the network)")
+        p.add_argument("--text-column", default="text", help="column holding the documents (default: text)")
+        p.add_argument("--max-documents", type=int, default=None, help="use only the first N documents")
+
+    p = sub.add_parser("train-tokenizer", help="train a byte-level BPE tokenizer on a text dataset",
+                       description="Train a byte-level BPE tokenizer (no unknown tokens; <pad>=0, <s>=1, </s>=2) "
+                                   "and save it as a PreTrainedTokenizerFast.")
+    data_options(p)
+    p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size including 259 byte/special tokens")
+    p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
+    p.add_argument("--output-dir", required=True, help="folder to write the tokenizer to (replaced atomically)")
+    p.set_defaults(func=_cmd_train_tokenizer)
+
+    sub.add_parser("pretrain", add_help=False, help="pretrain a Llama from a size preset (HfArgumentParser + Trainer; "
+                   "`hf-efficient-lm pretrain --help` lists all options)")
+
+    p = sub.add_parser("evaluate", help="perplexity and bits-per-byte of a model on a text dataset",
+                       description="Perplexity and bits-per-byte (documents joined with EOS, fixed windows; every "
+                                   "document token predicted once).")
+    p.add_argument("--model", required=True, help="saved model folder")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
+    data_options(p)
+    p.add_argument("--split", default="train", help="split name for the loaded files (default: train)")
+    p.add_argument("--block-size", type=int, default=256, help="tokens per evaluation window")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--trust-remote-code", action="store_true", help="allow code from the model folder")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("publish", help="save a model folder with its model card and upload it to the Hub",
+                       description="Render a model card from a template in model_cards/ and upload the folder with "
+                                   "HfApi.upload_folder (push_to_hub would replace the card).")
+    p.add_argument("--model", required=True, help="saved model folder")
+    p.add_argument("--repo-id", required=True, help="Hub repo id, e.g. user/anchor-llama-5m")
+    p.add_argument("--template", default="llama_base", help="card template name in model_cards/ or a .md path")
+    p.add_argument("--base-model", help="the base model's Hub id, for the card metadata")
+    p.add_argument("--dataset", action="append", help="training dataset id (repeatable)")
+    p.add_argument("--metric", action="append", type=_parse_metric, help="DATASET:METRIC=VALUE (repeatable)")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="stage the folder and card, upload nothing")
+    p.add_argument("--staging-dir", help="keep the staged folder here (useful with --dry-run)")
+    p.set_defaults(func=_cmd_publish)
+
+    for module_name, function_name in FAMILY_SUBCOMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if not error.name or not module_name.startswith(error.name):
+                raise  # a real import error inside the family, not a family without subcommands
+            continue
+        getattr(module, function_name)(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "pretrain":
+        from .train.pretrain import main as pretrain_main
+
+        pretrain_main(argv[1:])
+        return 0
+    args = build_parser().parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

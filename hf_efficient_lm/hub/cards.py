@@ -1,0 +1,70 @@
+"""Model cards rendered from the templates in ``model_cards/`` with huggingface_hub's ``ModelCard``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+MIN_TRANSFORMERS = "5.23"
+
+
+def model_cards_dir() -> Path:
+    """The repository's ``model_cards/`` folder (the package is installed from a checkout)."""
+    return Path(__file__).resolve().parents[2] / "model_cards"
+
+
+def find_card_template(name_or_path: str | Path) -> Path:
+    """A template by name (``"anchor"`` -> ``model_cards/anchor.md``) or by path; clear error if it is missing."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".md" and candidate.exists():
+        return candidate
+    named = model_cards_dir() / f"{name_or_path}.md"
+    if named.exists():
+        return named
+    available = sorted(p.stem for p in model_cards_dir().glob("*.md")) if model_cards_dir().is_dir() else []
+    raise FileNotFoundError(f"no model card template {str(name_or_path)!r}; available: {available} (or pass a .md path)")
+
+
+@dataclass
+class CardInfo:
+    """What a card says about a model. ``metrics``: (dataset name, metric type, value) triples."""
+
+    model_id: str
+    base_model: str | None = None
+    datasets: list[str] = field(default_factory=list)
+    metrics: list[tuple[str, str, float]] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    license: str | None = "apache-2.0"
+    extra: dict = field(default_factory=dict)  # template variables of a family's own template
+
+
+def render_model_card(template: str | Path, info: CardInfo) -> ModelCard:
+    """Fill ``template`` with ``info``; the YAML metadata carries base model, datasets and eval results."""
+    eval_results = [
+        EvalResult(task_type="text-generation", dataset_type=dataset, dataset_name=dataset, metric_type=metric,
+                   metric_value=float(value))
+        for dataset, metric, value in info.metrics
+    ]
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        license=info.license,
+        base_model=info.base_model,
+        datasets=info.datasets or None,
+        tags=["hf-efficient-lm", *info.tags],
+        model_name=info.model_id,
+        eval_results=eval_results or None,
+    )
+    metrics_table = [{"dataset": d, "metric": m, "value": f"{v:.4g}"} for d, m, v in info.metrics]
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(find_card_template(template)),
+        model_id=info.model_id,
+        base_model=info.base_model,
+        datasets_text=", ".join(info.datasets) or None,
+        metrics_table=metrics_table,
+        min_transformers=MIN_TRANSFORMERS,
+        **info.extra,
+    )

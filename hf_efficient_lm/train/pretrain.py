@@ -1,0 +1,157 @@
+"""Pretraining a ``LlamaForCausalLM`` from a size preset on any text dataset (HfArgumentParser + Trainer).
+
+Runs as a plain script or under ``accelerate launch`` (the Trainer does the distribution); resumes from the newest
+``checkpoint-*`` in ``output_dir`` after a kill. The final model and tokenizer are written atomically to
+``<output_dir>/final``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoTokenizer,
+    HfArgumentParser,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..data import check_vocab_fits, load_text_dataset, pack_dataset
+from ..io_utils import atomic_dir
+from .presets import LLAMA_PRESETS, llama_config_from_preset
+
+FINAL_DIRNAME = "final"
+
+
+@dataclass
+class PretrainArguments:
+    """What to train on and what to train (the optimisation settings are ``TrainingArguments``)."""
+
+    tokenizer: str = field(metadata={"help": "Folder of a PreTrainedTokenizerFast (see `hf-efficient-lm train-tokenizer`)."})
+    data_files: list[str] = field(default_factory=list, metadata={"help": "Local json/jsonl(.gz)/txt/csv/parquet training files."})
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset name instead of data_files (needs network)."})
+    text_column: str = field(default="text", metadata={"help": "Column that holds the documents."})
+    validation_files: list[str] = field(default_factory=list, metadata={"help": "Held-out files evaluated at the end."})
+    preset: str = field(default="tiny", metadata={"help": f"Model size: one of {sorted(LLAMA_PRESETS)}."})
+    block_size: int = field(default=256, metadata={"help": "Tokens per packed training block."})
+    max_train_tokens: int | None = field(
+        default=None, metadata={"help": "Token budget; sets max_steps = budget / (global batch * block_size)."}
+    )
+    max_documents: int | None = field(default=None, metadata={"help": "Use only the first N documents (quick runs)."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a final model of a different configuration in output_dir."}
+    )
+
+
+def _global_batch(training_args: TrainingArguments) -> int:
+    return (
+        training_args.per_device_train_batch_size
+        * training_args.gradient_accumulation_steps
+        * max(1, training_args.world_size)
+    )
+
+
+def _refuse_other_model(final_dir: Path, config) -> None:
+    """An output dir that already holds a different model is a mistake, not something to silently overwrite."""
+    existing = final_dir / "config.json"
+    if not existing.exists():
+        return
+    saved = json.loads(existing.read_text())
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
+    wanted = config.to_dict()
+    differing = {k: (saved.get(k), wanted.get(k)) for k in keys if saved.get(k) != wanted.get(k)}
+    if differing:
+        raise FileExistsError(
+            f"{final_dir} holds another model (saved vs requested: {differing}); choose another output_dir or "
+            "pass --overwrite_output_dir"
+        )
+
+
+def run_pretrain(args: PretrainArguments, training_args: TrainingArguments) -> Path:
+    """Train and return the folder of the final model (``<output_dir>/final``)."""
+    set_seed(training_args.seed)
+    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(args.tokenizer)
+    config = llama_config_from_preset(
+        args.preset,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=max(args.block_size, 2048),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    check_vocab_fits(tokenizer, config.vocab_size)
+    output_dir = Path(training_args.output_dir)
+    final_dir = output_dir / FINAL_DIRNAME
+    if not args.overwrite_output_dir:
+        _refuse_other_model(final_dir, config)
+
+    with training_args.main_process_first(desc="load and pack"):
+        raw = load_text_dataset(args.data_files or None, dataset_name=args.dataset_name, text_column=args.text_column)
+        if args.max_documents is not None:
+            raw = raw.select(range(min(args.max_documents, len(raw))))
+        train_set = pack_dataset(raw, tokenizer, args.block_size, text_column=args.text_column)
+        eval_set = None
+        if args.validation_files:
+            eval_raw = load_text_dataset(args.validation_files, text_column=args.text_column)
+            eval_set = pack_dataset(eval_raw, tokenizer, args.block_size, text_column=args.text_column)
+    if len(train_set) == 0:
+        raise ValueError(f"the training data gives no full block of {args.block_size} tokens; lower --block_size")
+
+    if args.max_train_tokens is not None:
+        training_args.max_steps = max(1, math.ceil(args.max_train_tokens / (_global_batch(training_args) * args.block_size)))
+
+    model = LlamaForCausalLM(config)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=default_data_collator,
+        processing_class=tokenizer,
+    )
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    resume = training_args.resume_from_checkpoint or last
+    trainer.train(resume_from_checkpoint=resume)
+    metrics = {"train_blocks": len(train_set), "block_size": args.block_size, "preset": args.preset,
+               "parameters": sum(p.numel() for p in model.parameters())}
+    if eval_set is not None:
+        eval_metrics = trainer.evaluate()
+        metrics.update(eval_metrics)
+        metrics["eval_perplexity"] = math.exp(eval_metrics["eval_loss"])
+
+    if trainer.is_world_process_zero():
+        with atomic_dir(final_dir) as tmp:
+            trainer.model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2))
+    trainer.accelerator.wait_for_everyone()
+    return final_dir
+
+
+def parse_pretrain_args(argv: list[str] | None = None) -> tuple[PretrainArguments, TrainingArguments]:
+    parser = HfArgumentParser((PretrainArguments, TrainingArguments), description=__doc__)
+    parser.set_defaults(report_to=["none"], save_strategy="steps", save_steps=200, logging_steps=20)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args, training_args = parse_pretrain_args(argv)
+    final_dir = run_pretrain(args, training_args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"saved model and tokenizer to {final_dir}")
+    return final_dir
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    main()
