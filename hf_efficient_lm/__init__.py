@@ -11,6 +11,9 @@ __version__ = "0.1.0"
 # Add a family's line here only once `import hf_efficient_lm.<family>` works.
 from . import anchor  # noqa: F401
 from .anchor import AnchorCache, AnchorLlamaConfig, AnchorLlamaForCausalLM  # noqa: F401
+from . import scone  # noqa: F401
+from .scone import FgramVocab, SconeLlamaConfig, SconeLlamaForCausalLM, mine_fgrams  # noqa: F401
 
 __all__ = ["MODEL_TYPE_PREFIX", "register_causal_lm", "__version__"]
 __all__ += ["AnchorCache", "AnchorLlamaConfig", "AnchorLlamaForCausalLM"]
+__all__ += ["FgramVocab", "SconeLlamaConfig", "SconeLlamaForCausalLM", "mine_fgrams"]

@@ -1,0 +1,25 @@
+"""SconeLlama: contextualised n-gram (f-gram) input embeddings served from an off-accelerator table (SCONE)."""
+
+from ..registration import register_causal_lm
+from .configuration_scone_llama import SconeLlamaConfig
+from .fgram_vocab_scone import FgramVocab, TokenizerMismatchError, tokenizer_fingerprint
+from .mining_scone import add_fgram_columns, match_flat, mine_fgrams
+from .modeling_scone_llama import SconeFgramModel, SconeLlamaForCausalLM, SconeLlamaModel
+from .table_scone import CorruptTableError, FgramTable
+
+register_causal_lm(SconeLlamaConfig, SconeLlamaForCausalLM, SconeLlamaModel)
+
+__all__ = [
+    "SconeLlamaConfig",
+    "SconeLlamaForCausalLM",
+    "SconeLlamaModel",
+    "SconeFgramModel",
+    "FgramVocab",
+    "FgramTable",
+    "CorruptTableError",
+    "TokenizerMismatchError",
+    "tokenizer_fingerprint",
+    "mine_fgrams",
+    "match_flat",
+    "add_fgram_columns",
+]

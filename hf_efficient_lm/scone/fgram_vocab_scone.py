@@ -1,0 +1,309 @@
+"""The f-gram vocabulary: exact integer keys, longest-suffix matching, save/load (torch + stdlib only).
+
+Representation (mirrors the Apriori miner): level ``n`` (2..K) holds the frequent n-grams as sorted int64 keys
+``parent * V + last_token`` where ``parent`` is the n-gram's (n-1)-prefix as a *local* index into level n-1's sorted
+key array (level 1 = the token id itself). Because the selected set is closed under prefixes and suffixes (ties are
+broken by count desc, length asc), the longest f-gram ending at every position is found with K-1 vectorised
+passes: ``local_n[i] = index_of(level_n, local_{n-1}[i-1] * V + x[i])``. Each level-n entry also carries its global
+row id (rank order: most frequent first), the row of the f-gram embedding table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .table_scone import read_safetensors, write_safetensors
+
+INDEX_FILE = "fgram_index.safetensors"
+VOCAB_FILE = "fgram_vocab.json"
+FORMAT_VERSION = 1
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 over a tokenizer's token -> id map (added tokens included): the f-gram keys are only valid for it."""
+    vocab = tokenizer.get_vocab()
+    payload = json.dumps(sorted(vocab.items()), ensure_ascii=False, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class TokenizerMismatchError(ValueError):
+    """The f-gram vocabulary was mined with a different tokenizer than the one it is used with."""
+
+
+class FgramVocab:
+    """The set F of f-grams (token n-grams of length 2..K) with exact keys and the table row of each.
+
+    Attributes:
+        vocab_size: ``V``, the key multiplier (token ids must lie in ``[0, V)``).
+        max_len: ``K``.
+        level_keys: ``level_keys[n-2]`` sorted LongTensor of level-n keys.
+        level_rows: ``level_rows[n-2]`` LongTensor of the global row of each level-n key.
+        counts: LongTensor ``[S]`` corpus count of every row.
+        barrier_ids: token ids no f-gram may contain (EOS/BOS/pad: document boundaries).
+        tokenizer_fingerprint: see :func:`tokenizer_fingerprint`; ``None`` when mined without a tokenizer.
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        max_len: int,
+        level_keys: Sequence[torch.Tensor],
+        level_rows: Sequence[torch.Tensor],
+        counts: torch.Tensor,
+        barrier_ids: Sequence[int] = (),
+        tokenizer_fingerprint: str | None = None,
+        extra_metadata: dict | None = None,
+    ):
+        if max_len < 2:
+            raise ValueError(f"max_len must be >= 2 (f-grams have length 2..K), got {max_len}")
+        if len(level_keys) != max_len - 1 or len(level_rows) != max_len - 1:
+            raise ValueError(f"expected {max_len - 1} levels (n = 2..{max_len}), got {len(level_keys)}")
+        self.vocab_size = int(vocab_size)
+        self.max_len = int(max_len)
+        self.level_keys = [k.to("cpu", torch.int64).contiguous() for k in level_keys]
+        self.level_rows = [r.to("cpu", torch.int64).contiguous() for r in level_rows]
+        self.counts = counts.to("cpu", torch.int64)
+        self.barrier_ids = tuple(int(b) for b in barrier_ids)
+        self.tokenizer_fingerprint = tokenizer_fingerprint
+        self.extra_metadata = dict(extra_metadata or {})
+        for n, (keys, rows) in enumerate(zip(self.level_keys, self.level_rows), start=2):
+            if keys.shape != rows.shape:
+                raise ValueError(f"level {n}: {keys.numel()} keys but {rows.numel()} rows")
+        if self.counts.numel() != self.num_fgrams:
+            raise ValueError(f"counts has {self.counts.numel()} entries for {self.num_fgrams} f-grams")
+        self._row_level = None
+
+    # ------------------------------------------------------------------ basic facts
+    @property
+    def num_fgrams(self) -> int:
+        """``S = |F|``."""
+        return sum(int(k.numel()) for k in self.level_keys)
+
+    def __len__(self) -> int:
+        return self.num_fgrams
+
+    def num_per_length(self) -> dict[int, int]:
+        return {n: int(k.numel()) for n, k in enumerate(self.level_keys, start=2)}
+
+    def __repr__(self) -> str:
+        return (f"FgramVocab(num_fgrams={self.num_fgrams}, max_len={self.max_len}, vocab_size={self.vocab_size}, "
+                f"per_length={self.num_per_length()}, barrier_ids={list(self.barrier_ids)})")
+
+    # ------------------------------------------------------------------ matching
+    def valid_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """BoolTensor like ``input_ids``: positions that may be part of an f-gram (no barrier, no padding)."""
+        valid = (input_ids >= 0) & (input_ids < self.vocab_size)
+        for barrier in self.barrier_ids:
+            valid &= input_ids != barrier
+        if attention_mask is not None:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(
+                    f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+                )
+            valid &= attention_mask.to(input_ids.device).bool()
+        return valid
+
+    def match(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """Longest f-gram suffix ending at every position.
+
+        Args:
+            input_ids: LongTensor ``[B, T]`` (or ``[T]``), any device.
+            attention_mask: optional ``[B, T]``; zeros (padding) act as barriers like ``barrier_ids``.
+        Returns:
+            ``(rows, lengths)``, both LongTensor ``[B, T]`` on ``input_ids.device``: the matched f-gram's table row
+            and length (2..K), or ``-1`` / ``0`` where no f-gram ends at that position.
+        """
+        if not torch.is_tensor(input_ids):
+            input_ids = torch.as_tensor(input_ids)
+        if input_ids.dtype.is_floating_point:
+            raise TypeError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+        squeeze = input_ids.ndim == 1
+        if squeeze:
+            input_ids = input_ids[None]
+            attention_mask = attention_mask[None] if attention_mask is not None else None
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+        device = input_ids.device
+        ids = input_ids.to("cpu", torch.int64)
+        mask = attention_mask.to("cpu") if attention_mask is not None else None
+        valid = self.valid_mask(ids, mask)
+        batch, length = ids.shape
+        rows = torch.full((batch, length), -1, dtype=torch.int64)
+        lengths = torch.zeros((batch, length), dtype=torch.int64)
+        prev_local = torch.where(valid, ids, -1)  # level-1 "local id" is the token id itself
+        next_ok = valid[:, 1:]
+        next_tok = ids[:, 1:]
+        for n, (keys, level_rows) in enumerate(zip(self.level_keys, self.level_rows), start=2):
+            if length < n or keys.numel() == 0:
+                break
+            ok = (prev_local[:, :-1] >= 0) & next_ok
+            query = prev_local[:, :-1][ok] * self.vocab_size + next_tok[ok]
+            if query.numel() == 0:
+                break
+            pos = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
+            found_local = torch.where(keys[pos] == query, pos, -1)
+            local = torch.full((batch, length), -1, dtype=torch.int64)
+            local[:, 1:][ok] = found_local
+            hit = local >= 0
+            if not bool(hit.any()):
+                break  # suffix closure: no n-gram anywhere => no longer one either
+            rows[hit] = level_rows[local[hit]]
+            lengths[hit] = n
+            prev_local = local
+        if squeeze:
+            rows, lengths = rows[0], lengths[0]
+        return rows.to(device), lengths.to(device)
+
+    def match_last(
+        self, input_ids: torch.Tensor, num_new: int = 1, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """Per-step path for generation: matches for the last ``num_new`` positions of ``input_ids [B, T]``.
+
+        Only the last ``num_new + K - 1`` tokens can take part, so only those are scanned (cost independent of T).
+        Returns ``(rows, lengths)`` of shape ``[B, num_new]``.
+        """
+        window = num_new + self.max_len - 1
+        tail = input_ids[:, -window:]
+        tail_mask = attention_mask[:, -window:] if attention_mask is not None else None
+        rows, lengths = self.match(tail, tail_mask)
+        return rows[:, -num_new:], lengths[:, -num_new:]
+
+    # ------------------------------------------------------------------ f-gram contents
+    def _row_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._row_level is None:
+            row_level = torch.empty(self.num_fgrams, dtype=torch.int8)
+            row_local = torch.empty(self.num_fgrams, dtype=torch.int64)
+            for n, rows in enumerate(self.level_rows, start=2):
+                row_level[rows] = n
+                row_local[rows] = torch.arange(rows.numel())
+            self._row_level, self._row_local = row_level, row_local
+        return self._row_level, self._row_local
+
+    def fgram_tokens(self, rows: torch.Tensor) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """Token ids of the f-grams ``rows`` (LongTensor ``[n]``).
+
+        Returns ``(tokens, lengths)``: tokens LongTensor ``[n, K]`` left-aligned and right-padded with ``-1``,
+        lengths LongTensor ``[n]``.
+        """
+        rows = torch.as_tensor(rows, dtype=torch.int64).cpu()
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.num_fgrams):
+            raise IndexError(f"f-gram rows must lie in [0, {self.num_fgrams})")
+        row_level, row_local = self._row_index()
+        levels = row_level[rows].to(torch.int64)
+        tokens = torch.full((rows.numel(), self.max_len), -1, dtype=torch.int64)
+        for n in range(2, self.max_len + 1):
+            sel = (levels == n).nonzero().squeeze(1)
+            if sel.numel() == 0:
+                continue
+            local = row_local[rows[sel]]
+            for position in range(n - 1, 0, -1):  # walk the prefix chain back to level 1
+                key = self.level_keys[position - 1][local]  # level (position + 1)
+                tokens[sel, position] = key % self.vocab_size
+                local = key // self.vocab_size
+            tokens[sel, 0] = local
+        return tokens, levels
+
+    def lookup(self, ngram: Sequence[int]) -> int:
+        """Row of one n-gram (tuple of token ids), or -1 if it is not an f-gram."""
+        ngram = [int(t) for t in ngram]
+        if not 2 <= len(ngram) <= self.max_len:
+            return -1
+        rows, lengths = self.match(torch.tensor([ngram]))
+        return int(rows[0, -1]) if int(lengths[0, -1]) == len(ngram) else -1
+
+    # ------------------------------------------------------------------ tokenizer check
+    def check_tokenizer(self, tokenizer=None, *, fingerprint: str | None = None, where: str = "") -> None:
+        """Raise :class:`TokenizerMismatchError` if ``tokenizer`` (or ``fingerprint``) is not the mining tokenizer."""
+        if tokenizer is not None:
+            fingerprint = tokenizer_fingerprint(tokenizer)
+        if fingerprint is None or self.tokenizer_fingerprint is None:
+            return
+        if fingerprint != self.tokenizer_fingerprint:
+            raise TokenizerMismatchError(
+                f"tokenizer fingerprint mismatch{(' for ' + where) if where else ''}: the f-gram vocabulary was mined "
+                f"with tokenizer {self.tokenizer_fingerprint} but is being used with {fingerprint}; its n-gram keys "
+                "are token ids of the mining tokenizer and mean nothing under another one. Re-mine the f-grams with "
+                "this tokenizer."
+            )
+
+    # ------------------------------------------------------------------ persistence
+    def metadata(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "num_fgrams": self.num_fgrams,
+            "max_len": self.max_len,
+            "vocab_size": self.vocab_size,
+            "barrier_ids": list(self.barrier_ids),
+            "tokenizer_fingerprint": self.tokenizer_fingerprint,
+            "num_per_length": {str(n): c for n, c in self.num_per_length().items()},
+            "min_selected_count": int(self.counts.min()) if self.num_fgrams else None,
+            **self.extra_metadata,
+        }
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``fgram_index.safetensors`` (keys, rows, counts) and ``fgram_vocab.json`` into ``directory``.
+
+        Each file is written to a temp name and renamed, so readers never see a half-written file.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {"counts": self.counts}
+        for n, (keys, rows) in enumerate(zip(self.level_keys, self.level_rows), start=2):
+            tensors[f"keys_{n}"] = keys
+            tensors[f"rows_{n}"] = rows
+        meta = self.metadata()
+        write_safetensors(directory / INDEX_FILE, tensors, {"fgram_vocab": json.dumps(meta)})
+        tmp = directory / f".{VOCAB_FILE}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(meta, handle, indent=2, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, directory / VOCAB_FILE)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, tokenizer=None) -> "FgramVocab":
+        """Load a vocabulary saved by :meth:`save`; with ``tokenizer`` its fingerprint is checked."""
+        directory = Path(directory)
+        index_path = directory / INDEX_FILE
+        if not index_path.is_file():
+            raise FileNotFoundError(f"no f-gram vocabulary in {directory}: {INDEX_FILE} is missing")
+        tensors, raw_meta = read_safetensors(index_path)
+        try:
+            meta = json.loads(raw_meta["fgram_vocab"])
+        except (KeyError, json.JSONDecodeError) as err:
+            raise ValueError(f"{index_path}: missing or unreadable 'fgram_vocab' metadata") from err
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{index_path}: unsupported f-gram index format {meta.get('format_version')}")
+        max_len = int(meta["max_len"])
+        try:
+            level_keys = [tensors[f"keys_{n}"] for n in range(2, max_len + 1)]
+            level_rows = [tensors[f"rows_{n}"] for n in range(2, max_len + 1)]
+            counts = tensors["counts"]
+        except KeyError as err:
+            raise ValueError(f"{index_path}: tensor {err} is missing; the index is corrupt") from err
+        known = {"format_version", "num_fgrams", "max_len", "vocab_size", "barrier_ids", "tokenizer_fingerprint",
+                 "num_per_length", "min_selected_count"}
+        vocab = cls(
+            vocab_size=int(meta["vocab_size"]), max_len=max_len, level_keys=level_keys, level_rows=level_rows,
+            counts=counts, barrier_ids=meta.get("barrier_ids", ()),
+            tokenizer_fingerprint=meta.get("tokenizer_fingerprint"),
+            extra_metadata={k: v for k, v in meta.items() if k not in known},
+        )
+        if vocab.num_fgrams != int(meta["num_fgrams"]):
+            raise ValueError(f"{index_path}: metadata says {meta['num_fgrams']} f-grams, arrays hold {vocab.num_fgrams}")
+        for n, keys in enumerate(vocab.level_keys, start=2):
+            if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
+                raise ValueError(f"{index_path}: level-{n} keys are not strictly increasing; the index is corrupt")
+        if tokenizer is not None:
+            vocab.check_tokenizer(tokenizer, where=str(directory))
+        return vocab

@@ -1,0 +1,495 @@
+"""SconeLlama: Llama with contextualised n-gram (f-gram) input embeddings (SCONE, arXiv 2502.01637).
+
+Training mode (``config.fgram_mode == "model"``): every position whose longest f-gram suffix (length L >= 2) is
+found gets its input vector from the f-gram model ``A_f`` run on that n-gram's *token embeddings* (the main model's
+shared ``embed_tokens``), last position's output. Inference mode (``"table"``): ``A_f``'s outputs for all f-grams
+were precomputed by :meth:`SconeLlamaForCausalLM.export_fgram_table` into ``fgram_table.safetensors``, a
+memory-mapped file read row by row on the CPU; the accelerator runs exactly the base Llama.
+
+Parameter names of the main model are those of ``LlamaForCausalLM`` (``model.embed_tokens``, ``model.layers``,
+``lm_head``), so an unmodified Llama checkpoint loads directly; SCONE adds ``model.fgram_model.*`` and (gated
+fusion) ``model.fgram_gate``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoTokenizer, LlamaForCausalLM, LlamaModel
+from transformers import initialization as init
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaPreTrainedModel, LlamaRMSNorm
+from transformers.utils import cached_file
+from transformers.utils.logging import tqdm
+
+from .configuration_scone_llama import SconeLlamaConfig
+from .fgram_vocab_scone import INDEX_FILE, VOCAB_FILE, FgramVocab, TokenizerMismatchError, tokenizer_fingerprint
+from .table_scone import FgramTable, StreamingTableWriter
+
+TABLE_FILE = "fgram_table.safetensors"
+
+
+class SconeFgramModel(nn.Module):
+    """The f-gram model ``A_f``: a small causal Llama stack over the main model's token embeddings.
+
+    No token embedding of its own (it reads ``embed_tokens`` outputs), learned absolute positions 0..K-1 (paper,
+    App. F) instead of RoPE, optional in/out projections when its width differs from the main model's, a final
+    RMSNorm and a learned per-dimension output scale (Llama token embeddings are far smaller than norm outputs).
+    """
+
+    def __init__(self, config: SconeLlamaConfig):
+        super().__init__()
+        self.main_config = config
+        self.config = config.fgram_model_config()
+        width, main_width = self.config.hidden_size, config.hidden_size
+        self.in_proj = nn.Linear(main_width, width, bias=False) if width != main_width else None
+        self.position_embedding = nn.Embedding(config.max_fgram_len, width)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(self.config, i) for i in range(self.config.num_hidden_layers))
+        self.norm = LlamaRMSNorm(width, eps=self.config.rms_norm_eps)
+        self.out_proj = nn.Linear(width, main_width, bias=False) if width != main_width else None
+        self.output_scale = nn.Parameter(torch.ones(main_width))
+
+    def forward(self, window_embeds: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Args: window_embeds ``[U, L, d_main]`` (n-gram token embeddings, right-padded to ``L``), lengths
+        ``[U]`` (2..L). Returns ``[U, d_main]``: the output at each window's last real token."""
+        # The sub-config follows the main model's attention implementation (sdpa/eager may be switched later).
+        self.config._attn_implementation = self.main_config._attn_implementation
+        num, length, _ = window_embeds.shape
+        hidden = self.in_proj(window_embeds) if self.in_proj is not None else window_embeds
+        positions = torch.arange(length, device=hidden.device)
+        hidden = hidden + self.position_embedding(positions)[None]
+        # Causal mask: right padding after a window's last token can never reach that token's output.
+        mask = torch.full((length, length), torch.finfo(hidden.dtype).min, dtype=hidden.dtype, device=hidden.device)
+        mask = torch.triu(mask, diagonal=1)[None, None]
+        head_dim = self.config.head_dim
+        # Identity rotation (cos 1, sin 0): positions come from the learned absolute embedding above.
+        cos = torch.ones(1, length, head_dim, dtype=hidden.dtype, device=hidden.device)
+        sin = torch.zeros_like(cos)
+        position_ids = positions[None]
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=(cos, sin))
+        last = hidden[torch.arange(num, device=hidden.device), lengths.to(hidden.device) - 1]
+        last = self.norm(last)
+        if self.out_proj is not None:
+            last = self.out_proj(last)
+        return last * self.output_scale
+
+
+class SconeLlamaPreTrainedModel(LlamaPreTrainedModel):
+    config_class = SconeLlamaConfig
+    config: SconeLlamaConfig
+    _no_split_modules = ["LlamaDecoderLayer"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, SconeFgramModel):
+            # Match the RMS of freshly initialised token embeddings; wrapping a trained Llama re-sets it to the
+            # actual embedding RMS (SconeLlamaForCausalLM.from_pretrained).
+            init.constant_(module.output_scale, std)
+        if isinstance(module, SconeLlamaModel) and module.fgram_gate is not None:
+            init.zeros_(module.fgram_gate)  # gated fusion starts as the exact base model
+
+
+class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
+    """``LlamaModel`` whose input embeddings are SCONE's: f-gram vectors at matched positions.
+
+    Holds (as plain attributes, not weights) the :class:`FgramVocab` used to match ids and, in table mode, the
+    memory-mapped :class:`FgramTable`.
+    """
+
+    def __init__(self, config: SconeLlamaConfig):
+        LlamaModel.__init__(self, config)
+        self.fgram_model = SconeFgramModel(config) if config.fgram_mode == "model" else None
+        self.fgram_gate = nn.Parameter(torch.zeros(config.hidden_size)) if config.fgram_fusion == "gated" else None
+        self.fgram_vocab: FgramVocab | None = None
+        self.fgram_table: FgramTable | None = None
+        self.post_init()
+
+    # -------------------------------------------------------------------------------------------- matching
+    def match_fgrams(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """``(fgram_row, fgram_len)`` LongTensors ``[B, T]`` for ``input_ids`` (padding = barrier)."""
+        if self.fgram_vocab is None:
+            raise ValueError(
+                "this SconeLlama model has no f-gram vocabulary attached: load it with "
+                "SconeLlamaForCausalLM.from_pretrained(dir, fgram_vocab=...) or call set_fgram_vocab(), or pass "
+                "precomputed fgram_row/fgram_len"
+            )
+        mask = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
+        return self.fgram_vocab.match(input_ids, mask)
+
+    # -------------------------------------------------------------------------------------------- embeddings
+    def fgram_vectors(self, input_ids, token_embeds, positions, rows, lengths) -> torch.Tensor:
+        """f-gram vectors for matched ``positions`` (``[M, 2]`` batch/time indices) -> ``[M, hidden]``.
+
+        Each distinct f-gram row is computed (or read from the table) once per batch and expanded back.
+        """
+        unique_rows, inverse = torch.unique(rows, return_inverse=True)
+        if self.config.fgram_mode == "table":
+            if self.fgram_table is None:
+                raise ValueError("table-mode SconeLlama has no f-gram table loaded (fgram_table.safetensors)")
+            if int(unique_rows.max()) >= self.fgram_table.num_rows:
+                raise IndexError(f"f-gram row {int(unique_rows.max())} >= table rows {self.fgram_table.num_rows}")
+            vectors = self.fgram_table.lookup(unique_rows, device=token_embeds.device, dtype=token_embeds.dtype)
+            return vectors[inverse]
+        # One representative occurrence of every distinct row: its window is the f-gram's tokens.
+        count = rows.numel()
+        order = torch.arange(count, device=rows.device)
+        first = torch.full((unique_rows.numel(),), count, dtype=torch.long, device=rows.device)
+        first = first.scatter_reduce(0, inverse, order, reduce="amin")
+        rep_batch, rep_end, rep_len = positions[first, 0], positions[first, 1], lengths[first]
+        max_len = int(rep_len.max())
+        offsets = torch.arange(max_len, device=rows.device)
+        columns = rep_end[:, None] - rep_len[:, None] + 1 + offsets[None]
+        columns = torch.minimum(columns, rep_end[:, None])  # right padding repeats the last token (masked out)
+        window_embeds = token_embeds[rep_batch[:, None], columns]  # gradients flow into the shared embed_tokens
+        return self.fgram_model(window_embeds, rep_len)[inverse]
+
+    def scone_embeddings(self, input_ids, fgram_row, fgram_len) -> torch.Tensor:
+        """Input vectors ``[B, T, hidden]``: token embeddings with f-gram vectors fused at matched positions."""
+        token_embeds = self.embed_tokens(input_ids)
+        fgram_len = fgram_len.to(input_ids.device, torch.long)
+        fgram_row = fgram_row.to(input_ids.device, torch.long)
+        if fgram_len.shape != input_ids.shape or fgram_row.shape != input_ids.shape:
+            raise ValueError(
+                f"fgram_row {tuple(fgram_row.shape)} / fgram_len {tuple(fgram_len.shape)} must have the shape of "
+                f"input_ids {tuple(input_ids.shape)}"
+            )
+        matched = fgram_len >= 2
+        if not bool(matched.any()):
+            return token_embeds
+        positions = matched.nonzero()
+        rows = fgram_row[matched]
+        if bool((rows < 0).any()) or int(rows.max()) >= self.config.num_fgrams:
+            raise ValueError(f"fgram_row values must lie in [0, num_fgrams={self.config.num_fgrams}) where fgram_len >= 2")
+        vectors = self.fgram_vectors(input_ids, token_embeds, positions, rows, fgram_len[matched])
+        vectors = vectors.to(token_embeds.dtype)
+        index = (positions[:, 0], positions[:, 1])
+        if self.config.fgram_fusion == "replace":
+            return token_embeds.index_put(index, vectors)
+        delta = torch.zeros_like(token_embeds).index_put(index, vectors)
+        return token_embeds + self.fgram_gate.to(token_embeds.dtype) * delta
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        fgram_row: torch.LongTensor | None = None,
+        fgram_len: torch.LongTensor | None = None,
+        **kwargs,
+    ):
+        r"""Like ``LlamaModel.forward`` plus ``fgram_row`` / ``fgram_len`` (LongTensor ``[B, T]``, row -1 / length
+        0 = no f-gram), the precomputed longest-suffix matches of ``input_ids``. Without them the ids are matched
+        here, which is only possible when ``input_ids`` hold the whole history (no KV cache yet)."""
+        if input_ids is None:
+            raise ValueError(
+                "SconeLlama needs input_ids: f-gram matching looks up token ids, so inputs_embeds alone cannot be "
+                "used (pass input_ids instead of inputs_embeds)"
+            )
+        if inputs_embeds is not None:
+            raise ValueError("pass either input_ids or inputs_embeds to SconeLlama, not both (it needs input_ids)")
+        if (fgram_row is None) != (fgram_len is None):
+            raise ValueError("fgram_row and fgram_len must be given together")
+        if fgram_len is None:
+            if past_key_values is not None and past_key_values.get_seq_length() > 0:
+                raise ValueError(
+                    "with a non-empty KV cache, input_ids hold only the new tokens, whose f-grams may start in the "
+                    "history: pass fgram_row/fgram_len from model.match_fgrams(full_ids)[..., -new:] (generate() "
+                    "does this for you)"
+                )
+            fgram_row, fgram_len = self.match_fgrams(input_ids, attention_mask)
+        inputs_embeds = self.scone_embeddings(input_ids, fgram_row, fgram_len)
+        return LlamaModel.forward(
+            self,
+            input_ids=None,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+
+def _resolve_file(folder: str, filename: str, kwargs: dict) -> str | None:
+    """Local path of ``filename`` in a local folder or Hub repo (None if absent)."""
+    if os.path.isdir(folder):
+        path = os.path.join(folder, filename)
+        return path if os.path.isfile(path) else None
+    hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder")
+                  if k in kwargs}
+    return cached_file(folder, filename, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+
+
+class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
+    """Causal LM with SCONE input embeddings; same head, loss and generation as ``LlamaForCausalLM``."""
+
+    def __init__(self, config: SconeLlamaConfig):
+        SconeLlamaPreTrainedModel.__init__(self, config)
+        self.model = SconeLlamaModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    # -------------------------------------------------------------------------------------------- vocab / table
+    @property
+    def fgram_vocab(self) -> FgramVocab | None:
+        return self.model.fgram_vocab
+
+    @property
+    def fgram_table(self) -> FgramTable | None:
+        return self.model.fgram_table
+
+    def set_fgram_vocab(self, vocab: FgramVocab) -> None:
+        """Attach the f-gram vocabulary after checking it fits this model's config."""
+        config = self.config
+        if vocab.num_fgrams != config.num_fgrams:
+            raise ValueError(
+                f"f-gram vocabulary has S={vocab.num_fgrams} f-grams but the model config says "
+                f"num_fgrams={config.num_fgrams}"
+            )
+        if vocab.max_len != config.max_fgram_len:
+            raise ValueError(f"f-gram vocabulary has K={vocab.max_len} but config.max_fgram_len={config.max_fgram_len}")
+        if vocab.vocab_size > config.vocab_size:
+            raise ValueError(
+                f"f-gram vocabulary keys assume {vocab.vocab_size} token ids but the model has vocab_size "
+                f"{config.vocab_size}: it was mined with another tokenizer"
+            )
+        vocab.check_tokenizer(fingerprint=config.fgram_tokenizer_fingerprint, where="this model's config")
+        self.model.fgram_vocab = vocab
+
+    def match_fgrams(self, input_ids, attention_mask=None):
+        """See :meth:`FgramVocab.match`: ``(fgram_row, fgram_len)`` LongTensors ``[B, T]``."""
+        return self.model.match_fgrams(input_ids, attention_mask)
+
+    # -------------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        fgram_row: torch.LongTensor | None = None,
+        fgram_len: torch.LongTensor | None = None,
+        **kwargs,
+    ):
+        r"""``LlamaForCausalLM.forward`` plus ``fgram_row`` / ``fgram_len`` (LongTensor ``[B, T]``): precomputed
+        longest f-gram matches (e.g. dataset columns from ``add_fgram_columns``); named here so ``Trainer`` keeps
+        those columns."""
+        if fgram_row is not None:
+            kwargs["fgram_row"], kwargs["fgram_len"] = fgram_row, fgram_len
+        elif fgram_len is not None:
+            raise ValueError("fgram_len given without fgram_row")
+        return LlamaForCausalLM.forward(
+            self,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids,
+        next_sequence_length=None,
+        past_key_values=None,
+        attention_mask=None,
+        inputs_embeds=None,
+        is_first_iteration=False,
+        **kwargs,
+    ):
+        if inputs_embeds is not None:
+            raise ValueError("SconeLlama cannot generate from inputs_embeds: f-gram matching needs input_ids")
+        kwargs.pop("fgram_row", None)
+        kwargs.pop("fgram_len", None)
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
+        # generate() hands us the whole history: match only the tail that can reach the new positions.
+        num_new = model_inputs["input_ids"].shape[1]
+        mask = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
+        if self.model.fgram_vocab is None:
+            self.model.match_fgrams(input_ids)  # raises the "no vocabulary" error
+        rows, lengths = self.model.fgram_vocab.match_last(input_ids, num_new, mask)
+        model_inputs["fgram_row"], model_inputs["fgram_len"] = rows, lengths
+        return model_inputs
+
+    # -------------------------------------------------------------------------------------------- save / load
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained`` plus the f-gram vocabulary (and, in table mode, the table file,
+        copied next to the weights; never inside ``model.safetensors``)."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if self.model.fgram_vocab is not None:
+            self.model.fgram_vocab.save(save_directory)
+        if self.config.fgram_mode == "table" and self.model.fgram_table is not None:
+            source = Path(self.model.fgram_table.path)
+            target = Path(save_directory) / TABLE_FILE
+            if not (target.exists() and os.path.samefile(source, target)):
+                fd, tmp = tempfile.mkstemp(prefix=f".{TABLE_FILE}.", suffix=".tmp", dir=save_directory)
+                os.close(fd)
+                try:
+                    shutil.copyfile(source, tmp)  # streamed copy, no full read into memory
+                    os.replace(tmp, target)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+        return result
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, fgram_vocab: FgramVocab | None = None,
+                        **kwargs):
+        """Load a SconeLlama folder, or wrap an unmodified Llama checkpoint.
+
+        Wrapping: ``SconeLlamaForCausalLM.from_pretrained(llama_dir, fgram_vocab=vocab, fgram_num_layers=2, ...)``
+        — extra keyword arguments override config fields (any :class:`SconeLlamaConfig` field). The Llama weights
+        load unchanged; the f-gram model is freshly initialised. A tokenizer saved in ``llama_dir`` must have the
+        fingerprint the vocabulary was mined with.
+        Loading a SconeLlama folder: its ``fgram_index.safetensors`` is read, and in table mode its
+        ``fgram_table.safetensors`` is memory-mapped (validated against ``num_fgrams`` and ``hidden_size``).
+        """
+        folder = str(pretrained_model_name_or_path)
+        source_type = None
+        if kwargs.get("config") is None:
+            config_path = _resolve_file(folder, "config.json", kwargs)
+            if config_path is not None:
+                with open(config_path, encoding="utf-8") as handle:
+                    source_type = json.load(handle).get("model_type")
+        if fgram_vocab is not None:
+            derived = {
+                "num_fgrams": fgram_vocab.num_fgrams,
+                "max_fgram_len": fgram_vocab.max_len,
+                "fgram_tokenizer_fingerprint": fgram_vocab.tokenizer_fingerprint,
+            }
+            config = kwargs.get("config")
+            if config is None:
+                for key, value in derived.items():
+                    if key in kwargs and kwargs[key] != value:
+                        raise ValueError(f"{key}={kwargs[key]!r} contradicts the f-gram vocabulary ({value!r})")
+                    kwargs[key] = value
+            tokenizer_path = _resolve_file(folder, "tokenizer.json", kwargs)
+            if tokenizer_path is not None and fgram_vocab.tokenizer_fingerprint is not None:
+                tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(tokenizer_path))
+                fgram_vocab.check_tokenizer(tokenizer, where=f"the tokenizer in {folder}")
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if fgram_vocab is None:
+            index_path = _resolve_file(folder, INDEX_FILE, kwargs)
+            if index_path is None:
+                raise ValueError(
+                    f"{folder} holds no f-gram vocabulary ({INDEX_FILE}); to wrap a Llama checkpoint pass "
+                    "fgram_vocab=FgramVocab.load(...) (or mine one with hf_efficient_lm.scone.mine_fgrams)"
+                )
+            _resolve_file(folder, VOCAB_FILE, kwargs)  # fetched alongside for Hub repos (human-readable summary)
+            fgram_vocab = FgramVocab.load(os.path.dirname(index_path))
+        model.set_fgram_vocab(fgram_vocab)
+        if model.config.fgram_mode == "table":
+            table_path = _resolve_file(folder, TABLE_FILE, kwargs)
+            if table_path is None:
+                raise FileNotFoundError(
+                    f"{folder} is a table-mode SconeLlama but has no {TABLE_FILE}; export one with "
+                    "model.export_fgram_table(out_dir)"
+                )
+            model.model.fgram_table = FgramTable(
+                table_path, num_rows=model.config.num_fgrams, dim=model.config.hidden_size
+            )
+        elif source_type is not None and source_type != cls.config_class.model_type:
+            # Freshly wrapped checkpoint: scale f-gram outputs like this model's trained token embeddings.
+            with torch.no_grad():
+                rms = model.model.embed_tokens.weight.float().pow(2).mean().sqrt()
+                model.model.fgram_model.output_scale.fill_(float(rms))
+        return model
+
+    @torch.no_grad()
+    def export_fgram_table(self, out_dir, *, batch_size: int = 4096, dtype: torch.dtype | None = None,
+                           show_progress: bool = True, **save_kwargs) -> Path:
+        """Precompute ``A_f`` over all S f-grams and write a table-mode checkpoint folder to ``out_dir``.
+
+        The folder holds the main model's weights (``model.safetensors``, without ``A_f``), a config with
+        ``fgram_mode="table"``, the f-gram index, and ``fgram_table.safetensors`` ``[S, hidden]`` in ``dtype``
+        (default: the model's dtype), written ``batch_size`` rows at a time to a temp file that is renamed into
+        place, so the table is never whole in memory. The folder itself appears atomically.
+        """
+        if self.config.fgram_mode != "model":
+            raise ValueError("export_fgram_table needs the f-gram model (fgram_mode='model'); this model is a table")
+        vocab = self.model.fgram_vocab
+        if vocab is None:
+            raise ValueError("no f-gram vocabulary attached; set one with set_fgram_vocab()")
+        out_dir = Path(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+        was_training = self.training
+        self.eval()
+        try:
+            table_dtype = dtype or self.dtype
+            config_dict = self.config.to_dict()
+            config_dict["fgram_mode"] = "table"
+            state = {k: v for k, v in self.state_dict().items() if not k.startswith("model.fgram_model.")}
+            original_config = self.config
+            self.config = type(original_config).from_dict(config_dict)
+            self.config._attn_implementation = original_config._attn_implementation
+            try:
+                LlamaForCausalLM.save_pretrained(self, tmp_dir, state_dict=state, **save_kwargs)
+            finally:
+                self.config = original_config
+            vocab.save(tmp_dir)
+            self._write_table(tmp_dir / TABLE_FILE, batch_size, table_dtype, show_progress)
+            if out_dir.exists():
+                old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+                os.replace(out_dir, old)
+                os.replace(tmp_dir, out_dir)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp_dir, out_dir)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            self.train(was_training)
+        return out_dir
+
+    def _write_table(self, path: Path, batch_size: int, dtype: torch.dtype, show_progress: bool) -> None:
+        vocab, fgram_model = self.model.fgram_vocab, self.model.fgram_model
+        device = self.model.embed_tokens.weight.device
+        num = vocab.num_fgrams
+        metadata = {"num_fgrams": str(num), "hidden_size": str(self.config.hidden_size),
+                    "max_fgram_len": str(self.config.max_fgram_len),
+                    "tokenizer_fingerprint": str(vocab.tokenizer_fingerprint)}
+        progress = tqdm(total=num, desc="exporting f-gram table", unit="row", disable=not show_progress)
+        with StreamingTableWriter(path, num, self.config.hidden_size, dtype, metadata) as writer:
+            for start in range(0, num, batch_size):
+                rows = torch.arange(start, min(start + batch_size, num))
+                tokens, lengths = vocab.fgram_tokens(rows)
+                out = torch.empty(rows.numel(), self.config.hidden_size, dtype=self.dtype, device=device)
+                for length in lengths.unique().tolist():  # bucket by length: no padding compute
+                    sel = (lengths == length).nonzero().squeeze(1)
+                    window = tokens[sel, :length].to(device)
+                    embeds = self.model.embed_tokens(window)
+                    lens = torch.full((sel.numel(),), length, dtype=torch.long, device=device)
+                    out[sel.to(device)] = fgram_model(embeds, lens).to(out.dtype)
+                writer.write(out)
+                progress.update(rows.numel())
+        progress.close()
+
+
+__all__ = ["SconeLlamaForCausalLM", "SconeLlamaModel", "SconeLlamaPreTrainedModel", "SconeFgramModel",
+           "TokenizerMismatchError", "tokenizer_fingerprint"]

@@ -1,0 +1,261 @@
+"""Safetensors files written and read with torch + stdlib only (this file travels with ``trust_remote_code``).
+
+The f-gram embedding table can be larger than RAM, so it is written row-chunk by row-chunk into a temp file that is
+renamed into place at the end (a reader never sees half a table), and read through a private memory map so that a
+lookup touches only the pages of the requested rows. The layout is plain safetensors (8-byte little-endian header
+length, JSON header padded to 8 bytes, raw little-endian data), so ``safetensors.safe_open`` reads these files too.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+_DTYPE_TO_NAME = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+}
+_NAME_TO_DTYPE = {name: dtype for dtype, name in _DTYPE_TO_NAME.items()}
+_HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own sanity limit for the JSON header
+
+
+class CorruptTableError(ValueError):
+    """A safetensors file of the f-gram table/index is truncated, has a bad header or the wrong shape."""
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _header_bytes(entries: dict, metadata: dict | None) -> bytes:
+    header = dict(entries)
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # data section starts 8-byte aligned
+    return raw
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """Raw little-endian bytes of a CPU tensor without a copy when it is already contiguous."""
+    tensor = tensor.detach().to("cpu").contiguous()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.view(torch.int16)  # numpy has no bfloat16; reinterpret the bits
+    return memoryview(tensor.numpy()).cast("B")
+
+
+def _temp_beside(path: Path) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None):
+    """Write ``tensors`` to ``path`` atomically (temp file + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries, offset = {}, 0
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        if tensor.dtype not in _DTYPE_TO_NAME:
+            raise TypeError(f"cannot store tensor {name!r} of dtype {tensor.dtype} in safetensors here")
+        size = tensor.numel() * tensor.element_size()
+        entries[name] = {"dtype": _DTYPE_TO_NAME[tensor.dtype], "shape": list(tensor.shape),
+                         "data_offsets": [offset, offset + size]}
+        offset += size
+    header = _header_bytes(entries, metadata)
+    tmp = _temp_beside(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(struct.pack("<Q", len(header)))
+            handle.write(header)
+            for name in sorted(tensors):
+                if tensors[name].numel():
+                    handle.write(_tensor_bytes(tensors[name]))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict, dict, int]:
+    """Parse and validate a safetensors header. Returns ``(entries, metadata, data_start)``.
+
+    Raises :class:`CorruptTableError` when the file is shorter than its header says, the header is not JSON, or a
+    tensor's byte range does not fit its dtype/shape or lies outside the file.
+    """
+    path = Path(path)
+    file_size = path.stat().st_size
+    with open(path, "rb") as handle:
+        raw_len = handle.read(8)
+        if len(raw_len) < 8:
+            raise CorruptTableError(f"{path}: {file_size} bytes is too short for a safetensors file (truncated?)")
+        (header_len,) = struct.unpack("<Q", raw_len)
+        if header_len > _HEADER_LIMIT or 8 + header_len > file_size:
+            raise CorruptTableError(
+                f"{path}: header length {header_len} does not fit the file size {file_size} (truncated or corrupt)"
+            )
+        try:
+            header = json.loads(handle.read(header_len).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CorruptTableError(f"{path}: safetensors header is not valid JSON ({err}); the file is corrupt") from err
+    metadata = header.pop("__metadata__", {}) or {}
+    data_start = 8 + header_len
+    data_size = file_size - data_start
+    expected_end = 0
+    for name, info in header.items():
+        try:
+            dtype = _NAME_TO_DTYPE[info["dtype"]]
+            begin, end = info["data_offsets"]
+            numel = 1
+            for dim in info["shape"]:
+                numel *= int(dim)
+        except (KeyError, TypeError, ValueError) as err:
+            raise CorruptTableError(f"{path}: bad header entry for tensor {name!r}: {info!r}") from err
+        if end - begin != numel * _element_size(dtype):
+            raise CorruptTableError(
+                f"{path}: tensor {name!r} has shape {info['shape']} {info['dtype']} but {end - begin} data bytes"
+            )
+        expected_end = max(expected_end, end)
+    if expected_end != data_size:
+        raise CorruptTableError(
+            f"{path}: header describes {expected_end} data bytes but the file holds {data_size} "
+            f"(file size {file_size}); the file is truncated or corrupt"
+        )
+    return header, metadata, data_start
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a small safetensors file fully into memory. Returns ``(tensors, metadata)``."""
+    entries, metadata, data_start = read_header(path)
+    with open(path, "rb") as handle:
+        handle.seek(data_start)
+        data = bytearray(handle.read())
+    tensors = {}
+    for name, info in entries.items():
+        dtype = _NAME_TO_DTYPE[info["dtype"]]
+        begin, end = info["data_offsets"]
+        flat = torch.frombuffer(data, dtype=torch.uint8, offset=begin, count=end - begin) if end > begin else \
+            torch.empty(0, dtype=torch.uint8)
+        tensors[name] = flat.view(dtype).reshape(info["shape"]).clone()
+    return tensors, metadata
+
+
+class StreamingTableWriter:
+    """Write one ``[num_rows, dim]`` tensor named ``table`` chunk by chunk, never holding it whole in memory.
+
+    Use as a context manager; rows must be written in order. On clean exit the temp file is fsynced and renamed to
+    ``path``; on error (or if fewer rows than announced were written) it is deleted and ``path`` is untouched.
+    """
+
+    def __init__(self, path, num_rows: int, dim: int, dtype: torch.dtype, metadata: dict | None = None):
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise TypeError(f"table dtype must be float32, float16 or bfloat16, got {dtype}")
+        self.path = Path(path)
+        self.num_rows, self.dim, self.dtype = int(num_rows), int(dim), dtype
+        size = self.num_rows * self.dim * _element_size(dtype)
+        entries = {"table": {"dtype": _DTYPE_TO_NAME[dtype], "shape": [self.num_rows, self.dim],
+                             "data_offsets": [0, size]}}
+        self._header = _header_bytes(entries, metadata)
+        self.rows_written = 0
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = _temp_beside(self.path)
+        self._handle = open(self._tmp, "wb")
+        self._handle.write(struct.pack("<Q", len(self._header)))
+        self._handle.write(self._header)
+        return self
+
+    def write(self, rows: torch.Tensor) -> None:
+        """Append ``rows`` (``[n, dim]``, any float dtype/device; cast to the table dtype)."""
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise ValueError(f"expected rows of shape [n, {self.dim}], got {tuple(rows.shape)}")
+        if self.rows_written + rows.shape[0] > self.num_rows:
+            raise ValueError(f"writing {rows.shape[0]} rows would exceed the announced {self.num_rows}")
+        self._handle.write(_tensor_bytes(rows.to(self.dtype)))
+        self.rows_written += rows.shape[0]
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None and self.rows_written != self.num_rows:
+                raise ValueError(f"only {self.rows_written} of {self.num_rows} table rows were written")
+            if exc_type is None:
+                self._handle.flush()
+                os.fsync(self._handle.fileno())
+            self._handle.close()
+            if exc_type is None:
+                os.replace(self._tmp, self.path)
+        finally:
+            if os.path.exists(self._tmp):
+                os.unlink(self._tmp)
+        return False
+
+
+class FgramTable:
+    """Read-only, memory-mapped ``[num_fgrams, dim]`` f-gram embedding table.
+
+    Only the pages of rows that are looked up are read (and counted in the process RSS); the file is opened with
+    a private copy-on-write map so torch can wrap it without copying, and it is never written to.
+    """
+
+    def __init__(self, path, *, num_rows: int | None = None, dim: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"f-gram table {self.path} does not exist")
+        entries, self.metadata, data_start = read_header(self.path)
+        if "table" not in entries:
+            raise CorruptTableError(f"{self.path}: no tensor named 'table' (found {sorted(entries)})")
+        info = entries["table"]
+        self.dtype = _NAME_TO_DTYPE[info["dtype"]]
+        if len(info["shape"]) != 2 or self.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise CorruptTableError(f"{self.path}: 'table' must be a 2-D float tensor, got {info}")
+        self.num_rows, self.dim = (int(x) for x in info["shape"])
+        if num_rows is not None and self.num_rows != num_rows:
+            raise ValueError(
+                f"f-gram table {self.path} has {self.num_rows} rows but the config says num_fgrams={num_rows}"
+            )
+        if dim is not None and self.dim != dim:
+            raise ValueError(f"f-gram table {self.path} has rows of width {self.dim} but the model's hidden_size is {dim}")
+        begin, end = info["data_offsets"]
+        with open(self.path, "rb") as handle:
+            self._mmap = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = torch.frombuffer(self._mmap, dtype=torch.uint8, offset=data_start + begin, count=end - begin) \
+                if end > begin else torch.empty(0, dtype=torch.uint8)
+        self.rows = raw.view(self.dtype).view(self.num_rows, self.dim)
+
+    def lookup(self, rows: torch.Tensor, device=None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Gather ``rows`` (LongTensor ``[n]``, any device) -> ``[n, dim]`` on ``device`` in ``dtype``."""
+        index = rows.to("cpu", torch.int64)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_rows):
+            raise IndexError(f"f-gram row ids must lie in [0, {self.num_rows}), got {index.min()}..{index.max()}")
+        gathered = self.rows.index_select(0, index)
+        if dtype is not None:
+            gathered = gathered.to(dtype)
+        if device is not None and torch.device(device).type != "cpu":
+            gathered = gathered.pin_memory().to(device, non_blocking=True)
+        return gathered
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __repr__(self) -> str:
+        return f"FgramTable({str(self.path)!r}, rows={self.num_rows}, dim={self.dim}, dtype={self.dtype})"
