@@ -1,0 +1,103 @@
+"""Data pipeline for anchor continual pre-training: sentence splitting, ``<AC>`` insertion, tokenisation, collation.
+
+* EP mode: the text is used as is; endpoint tokens are the anchors (``find_endpoint_token_ids``).
+* AC mode: each sentence is tokenised and followed by the ``<AC>`` id (token-level insertion, so the anchor never
+  merges with neighbouring text). Like the official code, the last sentence of a document gets no ``<AC>`` unless
+  ``anchor_after_last=True``.
+
+Not imported by the modeling files.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+# A sentence ends after ., ! or ? followed by whitespace, or after a run of newlines. Zero-width split points keep
+# the text intact: "".join(split_sentences(t)) == t.
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])(?=\s)|(?<=\n)(?=[^\n])")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split ``text`` into sentence spans whose concatenation is ``text`` (regex splitter, no NLTK needed).
+
+    Whitespace that follows a sentence end starts the next span (which suits byte-level BPE's ``Ġword`` tokens).
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"split_sentences expects a str, got {type(text).__name__}")
+    return [span for span in _SENTENCE_BREAK.split(text) if span]
+
+
+def encode_with_anchors(
+    tokenizer,
+    text: str,
+    anchor_mode: str,
+    anchor_token_id: int | None = None,
+    anchor_after_last: bool = False,
+    add_bos: bool = True,
+    max_length: int | None = None,
+) -> list[int]:
+    """Token ids of ``text`` prepared for ``anchor_mode`` (``"ep"``: plain; ``"ac"``: ``<AC>`` after each sentence)."""
+    ids: list[int] = []
+    if add_bos and tokenizer.bos_token_id is not None:
+        ids.append(tokenizer.bos_token_id)
+    if anchor_mode == "ep":
+        ids.extend(tokenizer.encode(text, add_special_tokens=False))
+    elif anchor_mode == "ac":
+        if anchor_token_id is None:
+            raise ValueError("anchor_mode='ac' needs anchor_token_id (the id of <AC>)")
+        sentences = split_sentences(text)
+        for number, sentence in enumerate(sentences):
+            ids.extend(tokenizer.encode(sentence, add_special_tokens=False))
+            if anchor_after_last or number < len(sentences) - 1:
+                ids.append(anchor_token_id)
+    else:
+        raise ValueError(f"anchor_mode must be 'ep' or 'ac', got {anchor_mode!r}")
+    if max_length is not None:
+        ids = ids[:max_length]
+    return ids
+
+
+def tokenize_function(tokenizer, anchor_mode: str, anchor_token_id: int | None = None, max_length: int = 512,
+                      text_column: str = "text", anchor_after_last: bool = False):
+    """A ``datasets.map(batched=True)`` function: one right-truncated document per example (the paper's layout)."""
+
+    def tokenize(batch):
+        return {
+            "input_ids": [
+                encode_with_anchors(tokenizer, text, anchor_mode, anchor_token_id, anchor_after_last,
+                                    max_length=max_length)
+                for text in batch[text_column]
+            ]
+        }
+
+    return tokenize
+
+
+@dataclass
+class AnchorDataCollator:
+    """Right-pads ``input_ids`` to the longest row (a multiple of ``pad_to_multiple_of``); labels are the ids with
+    ``-100`` on padding; anchors keep their labels (the model learns to emit them)."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = 8
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("AnchorDataCollator got an empty batch")
+        lengths = [len(f["input_ids"]) for f in features]
+        width = max(lengths)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, (feature, length) in enumerate(zip(features, lengths)):
+            input_ids[row, :length] = torch.as_tensor(feature["input_ids"], dtype=torch.long)
+            attention_mask[row, :length] = 1
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+__all__ = ["split_sentences", "encode_with_anchors", "tokenize_function", "AnchorDataCollator"]

@@ -1,0 +1,187 @@
+"""AnchorLlama wraps unmodified Llama weights; its AnSAN forward is exact through the pruned AnchorCache."""
+
+import pytest
+import torch
+from transformers import DynamicCache, LlamaForCausalLM
+
+from hf_efficient_lm import AnchorCache, AnchorLlamaConfig, AnchorLlamaForCausalLM
+from tests.anchor.helpers import ANCHOR_IDS, anchored_ids
+
+ATOL = 2e-5
+
+
+@pytest.fixture(scope="module")
+def model(anchor_llama_dir):
+    return AnchorLlamaForCausalLM.from_pretrained(anchor_llama_dir, anchor_token_ids=ANCHOR_IDS).eval()
+
+
+@pytest.fixture(scope="module")
+def llama(anchor_llama_dir):
+    return LlamaForCausalLM.from_pretrained(anchor_llama_dir).eval()
+
+
+def _open_sentence_lengths(ids, attention_mask=None):
+    """Expected kept slots per row: anchors + tokens after the last anchor (padding excluded)."""
+    kept = []
+    for row in range(ids.shape[0]):
+        tokens = [
+            int(t) for t, m in zip(ids[row], attention_mask[row] if attention_mask is not None else [1] * ids.shape[1])
+            if m
+        ]
+        anchors = [i for i, t in enumerate(tokens) if t in ANCHOR_IDS]
+        tail = len(tokens) - (anchors[-1] + 1) if anchors else len(tokens)
+        kept.append(len(anchors) + tail)
+    return kept
+
+
+def test_same_parameters_as_llama(model, llama):
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in llama.named_parameters()]
+    for (_, a), (_, b) in zip(model.named_parameters(), llama.named_parameters()):
+        assert torch.equal(a, b)
+    assert isinstance(model.config, AnchorLlamaConfig)
+    assert model.config.anchor_token_ids == ANCHOR_IDS
+
+
+@torch.no_grad()
+def test_without_anchors_equals_llama(model, llama):
+    ids = torch.randint(7, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model(ids).logits, llama(ids).logits, atol=ATOL, rtol=0)
+    # ... and with anchors the mask really changes the logits after the first anchor
+    ids = anchored_ids(1, 16, seed=3)
+    first = int((torch.isin(ids[0], torch.tensor(ANCHOR_IDS))).nonzero()[0])
+    diff = (model(ids).logits - llama(ids).logits).abs().amax(-1)[0]
+    assert diff[: first + 1].max() < ATOL and diff[first + 2 :].max() > 1e-3
+
+
+@torch.no_grad()
+def test_token_by_token_pruned_decode_equals_full_masked_forward(model):
+    ids = anchored_ids(3, 30, seed=4)
+    full = model(ids).logits
+    cache, steps, kept_history = None, [], []
+    for t in range(ids.shape[1]):
+        out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        steps.append(out.logits)
+        kept_history.append(cache.cached_tokens_per_row())
+    assert isinstance(cache, AnchorCache)
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=ATOL, rtol=0)
+    assert cache.get_seq_length() == 30  # seen, not kept
+    assert cache.cached_tokens_per_row() == _open_sentence_lengths(ids)
+    assert cache.cached_tokens() == sum(_open_sentence_lengths(ids)) < 3 * 30
+    for layer in cache.layers:  # every layer holds the same slots
+        assert layer.keys.shape[2] == max(_open_sentence_lengths(ids))
+
+
+@torch.no_grad()
+def test_chunked_prefill_against_partial_cache_equals_full_forward(model):
+    ids = anchored_ids(2, 32, seed=5)
+    full = model(ids).logits
+    cache, outs = None, []
+    for start, stop in [(0, 7), (7, 8), (8, 19), (19, 32)]:  # chunks end mid-sentence and span anchors
+        out = model(ids[:, start:stop], past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        outs.append(out.logits)
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=ATOL, rtol=0)
+    assert cache.cached_tokens_per_row() == _open_sentence_lengths(ids)
+
+
+@torch.no_grad()
+def test_padding_left_and_right_equals_rows_alone(model):
+    ids = anchored_ids(2, 14, seed=6)
+    pad = 0
+    left = torch.cat([torch.full((1, 4), pad), ids[:1]], 1)
+    right = torch.cat([ids[1:], torch.full((1, 4), pad)], 1)
+    batch = torch.cat([left, right])
+    mask = torch.ones_like(batch)
+    mask[0, :4] = 0
+    mask[1, -4:] = 0
+    logits = model(batch, attention_mask=mask).logits
+    torch.testing.assert_close(logits[0, 4:], model(ids[:1]).logits[0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(logits[1, :-4], model(ids[1:]).logits[0], atol=ATOL, rtol=0)
+    # the cache drops padding: kept slots match each row alone
+    cache = model(batch, attention_mask=mask, use_cache=True).past_key_values
+    assert cache.cached_tokens_per_row() == _open_sentence_lengths(batch, mask)
+
+
+@torch.no_grad()
+def test_sdpa_equals_eager_with_padding(anchor_llama_dir, model):
+    eager = AnchorLlamaForCausalLM.from_pretrained(
+        anchor_llama_dir, anchor_token_ids=ANCHOR_IDS, attn_implementation="eager"
+    ).eval()
+    ids = anchored_ids(2, 18, seed=7)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    torch.testing.assert_close(
+        eager(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits, atol=ATOL, rtol=0
+    )
+
+
+def _prompt_batch():
+    ids = anchored_ids(2, 12, seed=8)
+    ids[1, :3] = 0  # left padding of row 1
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(do_sample=False),
+        dict(do_sample=True, top_k=0, temperature=1.0),
+        dict(do_sample=False, num_beams=3, num_return_sequences=2),
+    ],
+    ids=["greedy", "sampling", "beam"],
+)
+def test_generate_with_anchor_cache_equals_no_cache(model, kwargs):
+    ids, mask = _prompt_batch()
+    outputs = []
+    for use_cache in (True, False):
+        torch.manual_seed(0)
+        outputs.append(
+            model.generate(ids, attention_mask=mask, max_new_tokens=14, use_cache=use_cache, pad_token_id=0, **kwargs)
+        )
+    assert torch.equal(outputs[0], outputs[1])
+
+
+@torch.no_grad()
+def test_generate_prunes_generated_anchors(anchor_llama_dir, llama):
+    # A random tiny model rarely emits ids 5/6; pick as anchor the token it generates most (a probe run with Llama),
+    # so generated anchors trigger pruning during decoding.
+    ids = anchored_ids(1, 10, seed=9, every=0.0)
+    probe = llama.generate(ids, max_new_tokens=20, do_sample=False)[0, 10:]
+    anchor = int(torch.mode(probe).values)
+    model = AnchorLlamaForCausalLM.from_pretrained(anchor_llama_dir, anchor_token_ids=[anchor]).eval()
+    cached = model.generate(ids, max_new_tokens=20, do_sample=False, return_dict_in_generate=True)
+    uncached = model.generate(ids, max_new_tokens=20, do_sample=False, use_cache=False)
+    assert torch.equal(cached.sequences, uncached)
+    cache = cached.past_key_values
+    assert isinstance(cache, AnchorCache)
+    fed = cached.sequences[:, :-1]  # the last generated token was never fed back
+    n_anchor = int((fed == anchor).sum())
+    assert n_anchor > 0, f"the test model generated no anchor: {cached.sequences[0, 10:].tolist()}"
+    anchors = (fed[0] == anchor).nonzero().flatten().tolist()
+    assert cache.cached_tokens() == len(anchors) + fed.shape[1] - anchors[-1] - 1
+    assert cache.cached_tokens() < cache.get_seq_length() == fed.shape[1]
+
+
+def test_bad_input_errors(anchor_llama_dir, model):
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        AnchorLlamaForCausalLM.from_pretrained(anchor_llama_dir, anchor_token_ids=[5, 500])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        AnchorLlamaConfig(vocab_size=10, hidden_size=32, num_attention_heads=4, anchor_token_ids=[10])
+    with pytest.raises(ValueError, match="anchor_mode"):
+        AnchorLlamaConfig(vocab_size=10, hidden_size=32, num_attention_heads=4, anchor_mode="xx")
+    with pytest.raises(ValueError, match="[Ff]lash"):
+        AnchorLlamaForCausalLM.from_pretrained(
+            anchor_llama_dir, anchor_token_ids=ANCHOR_IDS, attn_implementation="flash_attention_2"
+        )
+    ids = anchored_ids(1, 6)
+    with pytest.raises(ValueError, match="2D padding mask"):
+        model(ids, attention_mask=torch.ones(1, 1, 6, 6))
+    filled = DynamicCache(config=model.config)
+    filled.update(torch.zeros(1, 2, 3, 8), torch.zeros(1, 2, 3, 8), 0)
+    with pytest.raises(TypeError, match="AnchorCache"):
+        model(ids, past_key_values=filled)
+    with pytest.raises(ValueError, match="cannot be cropped"):
+        model(ids, use_cache=True).past_key_values.crop(-1)
