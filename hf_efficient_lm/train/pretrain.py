@@ -122,8 +122,12 @@ def run_pretrain(args: PretrainArguments, training_args: TrainingArguments) -> P
     last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     resume = training_args.resume_from_checkpoint or last
     trainer.train(resume_from_checkpoint=resume)
-    metrics = {"train_blocks": len(train_set), "block_size": args.block_size, "preset": args.preset,
-               "parameters": sum(p.numel() for p in model.parameters())}
+    metrics = {
+        "train_blocks": len(train_set), "block_size": args.block_size, "preset": args.preset,
+        "parameters": sum(p.numel() for p in model.parameters()), "world_size": training_args.world_size,
+        "global_batch": _global_batch(training_args), "steps": trainer.state.global_step,
+        "train_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+    }
     if eval_set is not None:
         eval_metrics = trainer.evaluate()
         metrics.update(eval_metrics)
@@ -141,7 +145,19 @@ def run_pretrain(args: PretrainArguments, training_args: TrainingArguments) -> P
 def parse_pretrain_args(argv: list[str] | None = None) -> tuple[PretrainArguments, TrainingArguments]:
     parser = HfArgumentParser((PretrainArguments, TrainingArguments), description=__doc__)
     parser.set_defaults(report_to=["none"], save_strategy="steps", save_steps=200, logging_steps=20)
-    return parser.parse_args_into_dataclasses(args=argv)
+    launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched_processes > 1 and not torch.cuda.is_available():
+        # `accelerate launch --multi_gpu` on a machine without GPUs: DDP over gloo needs the CPU flag, otherwise
+        # every process silently trains alone.
+        parser.set_defaults(use_cpu=True)
+    args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if launched_processes > 1 and training_args.world_size != launched_processes:
+        raise RuntimeError(
+            f"{launched_processes} processes were launched but the Trainer sees world size "
+            f"{training_args.world_size}: they would train independently. On CPUs pass --use_cpu true "
+            "(or set ACCELERATE_USE_CPU=1)."
+        )
+    return args, training_args
 
 
 def main(argv: list[str] | None = None) -> Path:

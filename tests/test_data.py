@@ -1,0 +1,50 @@
+import pytest
+from datasets import Dataset
+
+from hf_efficient_lm.data import check_vocab_fits, iter_texts, load_text_dataset, pack_dataset, train_tokenizer
+from tests.helpers import make_documents, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(iter_texts(Dataset.from_dict({"text": make_documents(80)})), 300, show_progress=False)
+
+
+def test_tokenizer_has_fixed_special_ids_and_round_trips_any_text(tokenizer):
+    assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+    assert len(tokenizer) == 300
+    for text in ["Alpha beta.", "ünïcödé ✓ 日本語 \t\n  spaces", "\x00\x7f bytes"]:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(ids) == text
+
+
+def test_tokenizer_rejects_too_small_vocab():
+    with pytest.raises(ValueError, match="too small"):
+        train_tokenizer([["abc"]], 100, show_progress=False)
+
+
+def test_pack_dataset_makes_full_blocks_with_eos_between_documents(tokenizer):
+    docs = make_documents(20)
+    packed = pack_dataset(Dataset.from_dict({"text": docs}), tokenizer, 32)
+    stream = [i for d in docs for i in (*tokenizer(d, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id)]
+    assert len(packed) == len(stream) // 32
+    flat = [i for block in packed["input_ids"] for i in block]
+    assert flat == stream[: len(flat)]
+    assert packed["labels"] == packed["input_ids"]
+
+
+def test_load_text_dataset_from_jsonl_and_clear_errors(tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", ["one", "two"])
+    assert load_text_dataset(str(path))["text"] == ["one", "two"]
+    with pytest.raises(ValueError, match=r"no text column 'body'.*\['text'\]"):
+        load_text_dataset(str(path), text_column="body")
+    (tmp_path / "a.docx").write_text("x")
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        load_text_dataset(str(tmp_path / "a.docx"))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_text_dataset(str(tmp_path / "missing.jsonl"))
+
+
+def test_vocab_mismatch_is_named(tokenizer):
+    with pytest.raises(ValueError, match="vocab mismatch.*300 tokens.*vocab_size is 128"):
+        check_vocab_fits(tokenizer, 128)

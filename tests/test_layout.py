@@ -1,0 +1,81 @@
+"""Static checks of what a saved checkpoint can carry: model files import only stdlib, torch, transformers and
+single-dot siblings; file names are unique across the package (a saved folder is flat)."""
+
+import ast
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "hf_efficient_lm"
+FAMILIES = ("anchor", "scone", "blt", "specialists")
+ALLOWED_TOP_LEVEL = {"torch", "transformers"} | set(sys.stdlib_module_names)
+
+
+def _model_files() -> list[Path]:
+    return sorted(
+        p for family in FAMILIES if (PACKAGE / family).is_dir()
+        for p in (PACKAGE / family).glob("*.py") if p.name.startswith(("configuration_", "modeling_"))
+    )
+
+
+def _imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, 0, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            yield node.lineno, node.level, node.module or ""
+
+
+def _closure(path: Path) -> set[Path]:
+    """The model file plus every sibling it pulls in through single-dot imports (those are copied too)."""
+    seen, todo = set(), [path]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        for _, level, module in _imports(current):
+            if level == 1 and module:
+                todo.append(current.parent / f"{module}.py")
+    return seen
+
+
+def test_model_files_import_only_what_a_checkpoint_carries():
+    problems = []
+    for model_file in _model_files():
+        for path in _closure(model_file):
+            if not path.exists():
+                problems.append(f"{model_file.name} imports missing sibling {path.name}")
+                continue
+            for lineno, level, module in _imports(path):
+                where = f"{path.relative_to(PACKAGE)}:{lineno}"
+                if level > 1:
+                    problems.append(f"{where}: `from {'.' * level}{module}` leaves the family folder")
+                elif level == 1 and "." in module:
+                    problems.append(f"{where}: `from .{module}` reaches into a subpackage")
+                elif level == 1 and not module:
+                    problems.append(f"{where}: `from . import ...` is not copied by save_pretrained")
+                elif level == 0 and module.split(".")[0] not in ALLOWED_TOP_LEVEL:
+                    problems.append(f"{where}: imports {module!r} (only stdlib, torch, transformers allowed)")
+    assert not problems, "\n".join(problems)
+
+
+def test_python_file_names_are_unique_across_the_package():
+    names = Counter(p.name for p in PACKAGE.rglob("*.py") if p.name != "__init__.py")
+    duplicates = sorted(name for name, count in names.items() if count > 1)
+    assert not duplicates, f"file names used twice (a saved checkpoint folder is flat): {duplicates}"
+
+
+def test_scan_catches_a_forbidden_import(tmp_path, monkeypatch):
+    family = tmp_path / "hf_efficient_lm" / "anchor"
+    family.mkdir(parents=True)
+    (family / "modeling_bad.py").write_text("from ..common import x\nimport numpy\nfrom .ok import y\n")
+    (family / "ok.py").write_text("import hf_efficient_lm\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "hf_efficient_lm")
+    with pytest.raises(AssertionError) as failure:
+        test_model_files_import_only_what_a_checkpoint_carries()
+    message = str(failure.value)
+    assert "leaves the family folder" in message and "'numpy'" in message and "'hf_efficient_lm'" in message

@@ -1,0 +1,93 @@
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+import hf_efficient_lm.train.pretrain as pretrain_module
+from hf_efficient_lm.data import iter_texts, train_tokenizer
+from hf_efficient_lm.train import LLAMA_PRESETS, llama_config_from_preset, parse_pretrain_args, run_pretrain
+from tests.helpers import make_documents, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    docs = make_documents(80)
+    tokenizer = train_tokenizer(iter_texts(Dataset.from_dict({"text": docs})), 300, show_progress=False)
+    tokenizer.save_pretrained(root / "tok")
+    write_jsonl(root / "train.jsonl", docs[:70])
+    write_jsonl(root / "valid.jsonl", docs[70:])
+    return root
+
+
+def _args(corpus, out, *extra):
+    return parse_pretrain_args([
+        "--tokenizer", str(corpus / "tok"), "--data_files", str(corpus / "train.jsonl"), "--preset", "tiny",
+        "--block_size", "32", "--output_dir", str(out), "--per_device_train_batch_size", "4",
+        "--learning_rate", "1e-2", "--max_steps", "6", "--save_steps", "3", "--logging_steps", "1",
+        "--seed", "0", "--use_cpu", "true", "--disable_tqdm", "true", "--dataloader_pin_memory", "false", *extra,
+    ])
+
+
+def test_pretrain_trains_evaluates_and_saves_final_model(corpus, tmp_path):
+    final = run_pretrain(*_args(corpus, tmp_path / "run", "--validation_files", str(corpus / "valid.jsonl")))
+    metrics = json.loads((final / "pretrain_metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["world_size"] == 1
+    assert metrics["train_losses"][-1] < metrics["train_losses"][0]
+    assert metrics["eval_perplexity"] > 1
+    assert (final / "model.safetensors").exists() and (final / "tokenizer.json").exists()
+    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "run").iterdir())
+
+
+def test_killed_run_resumes_to_the_same_weights(corpus, tmp_path, monkeypatch):
+    reference = run_pretrain(*_args(corpus, tmp_path / "reference"))
+
+    class Killed(Exception):
+        pass
+
+    class KillAtStep4(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                raise Killed
+
+    class KilledTrainer(pretrain_module.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(KillAtStep4())
+
+    monkeypatch.setattr(pretrain_module, "Trainer", KilledTrainer)
+    with pytest.raises(Killed):
+        run_pretrain(*_args(corpus, tmp_path / "killed"))
+    assert (tmp_path / "killed" / "checkpoint-3").is_dir() and not (tmp_path / "killed" / "final").exists()
+    monkeypatch.undo()
+    resumed = run_pretrain(*_args(corpus, tmp_path / "killed"))
+    expected, got = load_file(reference / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], msg=name)
+
+
+def test_unknown_preset_and_other_model_in_output_dir(corpus, tmp_path):
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        llama_config_from_preset("huge", vocab_size=300)
+    final = tmp_path / "run" / "final"
+    final.mkdir(parents=True)
+    other = llama_config_from_preset("1m", vocab_size=300)
+    other.save_pretrained(final)
+    with pytest.raises(FileExistsError, match="holds another model"):
+        run_pretrain(*_args(corpus, tmp_path / "run"))
+
+
+def test_presets_have_the_advertised_sizes():
+    from transformers import LlamaForCausalLM
+
+    def params(preset, vocab):
+        with torch.device("meta"):
+            return sum(p.numel() for p in LlamaForCausalLM(llama_config_from_preset(preset, vocab_size=vocab)).parameters())
+
+    assert 4.5e6 < params("5m", 4096) < 6e6
+    assert 15e6 < params("20m", 8192) < 25e6
+    assert 0.9e9 < params("1b", 32000) < 1.3e9
+    assert set(LLAMA_PRESETS) >= {"tiny", "5m", "20m", "1b"}
