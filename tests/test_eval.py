@@ -1,0 +1,80 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from transformers import Trainer, TrainingArguments
+
+from hf_efficient_lm.data import iter_texts, pack_dataset, train_tokenizer
+from hf_efficient_lm.eval import evaluate_causal_lm, lm_bits_per_byte_path, make_compute_metrics, token_nll_for_metrics
+from hf_efficient_lm.testing_utils import make_tiny_llama
+from tests.helpers import make_documents
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(iter_texts(Dataset.from_dict({"text": make_documents(60)})), 300, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_tiny_llama(vocab_size=300)
+
+
+def test_perplexity_and_bits_per_byte_match_a_direct_computation(model, tokenizer):
+    docs = make_documents(3, seed=5)
+    result = evaluate_causal_lm(model, tokenizer, docs, block_size=10_000, show_progress=False)
+    ids = [tokenizer.bos_token_id]
+    for doc in docs:
+        ids += tokenizer(doc, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = torch.tensor([ids])
+    with torch.no_grad():
+        nll = F.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:], reduction="sum").item()
+    assert result.tokens == ids.shape[1] - 1
+    assert result.bytes == sum(len(d.encode()) for d in docs)
+    assert result.loss == pytest.approx(nll / result.tokens, rel=1e-5)
+    assert result.perplexity == pytest.approx(math.exp(nll / result.tokens), rel=1e-5)
+    assert result.bits_per_byte == pytest.approx(nll / math.log(2) / result.bytes, rel=1e-5)
+
+
+def test_windows_and_batches_cover_every_token_once(model, tokenizer):
+    docs = make_documents(6, seed=7)
+    one = evaluate_causal_lm(model, tokenizer, docs, block_size=16, batch_size=1, show_progress=False)
+    batched = evaluate_causal_lm(model, tokenizer, docs, block_size=16, batch_size=5, show_progress=False)
+    assert one.tokens == batched.tokens
+    assert batched.loss == pytest.approx(one.loss, rel=1e-5)
+
+
+def test_empty_texts_are_an_error(model, tokenizer):
+    with pytest.raises(ValueError, match="no non-empty texts"):
+        evaluate_causal_lm(model, tokenizer, ["", ""], show_progress=False)
+
+
+def test_local_metric_module_loads_offline_and_aggregates():
+    import evaluate
+
+    metric = evaluate.load(lm_bits_per_byte_path())
+    result = metric.compute(nll_sum=[2.0, 4.0], num_tokens=[2, 4], num_bytes=[3, 3])
+    assert result["loss"] == pytest.approx(1.0)
+    assert result["perplexity"] == pytest.approx(math.e)
+    assert result["bits_per_byte"] == pytest.approx(6.0 / math.log(2) / 6)
+
+
+def test_trainer_metrics_agree_with_the_plain_function(model, tokenizer, tmp_path):
+    docs = make_documents(8, seed=3)
+    blocks = pack_dataset(Dataset.from_dict({"text": docs}), tokenizer, 24)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to=[], use_cpu=True,
+                             disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, eval_dataset=blocks, compute_metrics=make_compute_metrics(tokenizer),
+                      preprocess_logits_for_metrics=token_nll_for_metrics)
+    metrics = trainer.evaluate()
+    # the same blocks scored directly: each block predicts its tokens 1..23 from its own prefix
+    ids = torch.tensor(blocks["input_ids"])
+    with torch.no_grad():
+        nll = F.cross_entropy(model(ids).logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="sum").item()
+    num_bytes = sum(len(tokenizer.decode(row[1:], skip_special_tokens=True).encode()) for row in ids.tolist())
+    assert metrics["eval_loss"] == pytest.approx(nll / ids[:, 1:].numel(), rel=1e-4)
+    assert metrics["eval_bits_per_byte"] == pytest.approx(nll / math.log(2) / num_bytes, rel=1e-4)
+    assert np.isfinite(metrics["eval_perplexity"])
