@@ -3,8 +3,11 @@
 from ..registration import register_causal_lm
 from .cache_anchor import AnchorCache
 from .configuration_anchor_llama import AnchorLlamaConfig
+from .data_anchor import AnchorDataCollator, encode_with_anchors, split_sentences, tokenize_function
+from .icl_anchor import CompressedPrefix, compress_prefix, continuation_logits, generate_with_prefix
 from .masking_anchor import ansan_mask_function, build_anchor_attention_mask
 from .modeling_anchor_llama import AnchorLlamaForCausalLM, AnchorLlamaModel, AnchorLlamaPreTrainedModel
+from .tokens_anchor import add_anchor_token, find_endpoint_token_ids, require_anchor_token
 
 register_causal_lm(AnchorLlamaConfig, AnchorLlamaForCausalLM, AnchorLlamaModel)
 
@@ -16,4 +19,15 @@ __all__ = [
     "AnchorLlamaPreTrainedModel",
     "ansan_mask_function",
     "build_anchor_attention_mask",
+    "AnchorDataCollator",
+    "encode_with_anchors",
+    "split_sentences",
+    "tokenize_function",
+    "CompressedPrefix",
+    "compress_prefix",
+    "continuation_logits",
+    "generate_with_prefix",
+    "add_anchor_token",
+    "find_endpoint_token_ids",
+    "require_anchor_token",
 ]

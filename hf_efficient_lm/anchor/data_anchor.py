@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-# A sentence ends after ., ! or ? followed by whitespace, or after a run of newlines. Zero-width split points keep
-# the text intact: "".join(split_sentences(t)) == t.
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?])(?=\s)|(?<=\n)(?=[^\n])")
+# A sentence ends after ., ! or ? followed by a space or tab, or after a run of newlines (a newline stays with the
+# sentence it ends). Zero-width split points keep the text intact: "".join(split_sentences(t)) == t.
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])(?=[ \t])|(?<=\n)(?=[^\n])")
 
 
 def split_sentences(text: str) -> list[str]:

@@ -63,7 +63,8 @@ def add_anchor_token(model, tokenizer, token: str = DEFAULT_ANCHOR_TOKEN, init_f
     """
     existing = tokenizer.convert_tokens_to_ids(token)
     if existing is None or existing == tokenizer.unk_token_id:
-        tokenizer.add_special_tokens({"additional_special_tokens": [token]}, replace_additional_special_tokens=False)
+        # special: never split or merged with neighbours, and removed by decode(skip_special_tokens=True)
+        tokenizer.add_tokens([token], special_tokens=True)
     token_id = tokenizer.convert_tokens_to_ids(token)
     if init_from != "mean":
         source_ids = tokenizer.encode(init_from, add_special_tokens=False)

@@ -1,0 +1,72 @@
+"""EP / AC helpers and the data pipeline."""
+
+import copy
+
+import pytest
+import torch
+
+from hf_efficient_lm import AnchorLlamaConfig, AnchorLlamaForCausalLM
+from hf_efficient_lm.anchor import (
+    AnchorDataCollator,
+    add_anchor_token,
+    encode_with_anchors,
+    find_endpoint_token_ids,
+    require_anchor_token,
+    split_sentences,
+)
+from hf_efficient_lm.testing_utils import make_tiny_llama
+
+
+def test_find_endpoint_token_ids(tiny_bpe_tokenizer):
+    tok = tiny_bpe_tokenizer
+    ids = find_endpoint_token_ids(tok)
+    decoded = {tok.decode([i]) for i in ids}
+    assert decoded == {".", "!", "?", "\n"}
+    assert set(find_endpoint_token_ids(tok, match="endswith")) >= set(ids)
+    with pytest.raises(ValueError, match="no token for any of the endpoints"):
+        find_endpoint_token_ids(tok, endpoints=("\u00a7\u00a7\u00a7",))
+
+
+def test_split_sentences_round_trips():
+    text = "The cat sat. The dog ran! Did it rain?\nYes it did.\n\nNew paragraph 3.5 here"
+    spans = split_sentences(text)
+    assert "".join(spans) == text
+    assert spans[:3] == ["The cat sat.", " The dog ran!", " Did it rain?\n"]
+    assert spans[-1] == "New paragraph 3.5 here"  # "3.5" is not a break (no whitespace after the dot)
+
+
+def test_add_anchor_token_resizes_and_copies_the_period_row(tiny_bpe_tokenizer):
+    tok = copy.deepcopy(tiny_bpe_tokenizer)  # the session tokenizer stays without <AC>
+    base = make_tiny_llama(vocab_size=len(tok))
+    model = AnchorLlamaForCausalLM(AnchorLlamaConfig(**base.config.to_dict())).eval()
+    model.load_state_dict(base.state_dict())
+    model.config.anchor_mode = "ac"
+    model.config.anchor_token = "<AC>"
+    with pytest.raises(ValueError, match="no '<AC>' token"):
+        require_anchor_token(tok, model.config)
+
+    period = tok.encode(".", add_special_tokens=False)[0]
+    ac_id = add_anchor_token(model, tok)
+    assert ac_id == len(tok) - 1 and model.config.vocab_size == len(tok)
+    assert model.config.anchor_token_ids == [ac_id] and model.config.anchor_mode == "ac"
+    emb = model.get_input_embeddings().weight
+    assert torch.equal(emb[ac_id], emb[period])
+    assert torch.equal(model.lm_head.weight[ac_id], model.lm_head.weight[period])
+    assert require_anchor_token(tok, model.config) == [ac_id]
+    assert tok.encode("a <AC> b", add_special_tokens=False).count(ac_id) == 1
+
+    ids = encode_with_anchors(tok, "One. Two! Three", "ac", ac_id)
+    assert ids[0] == tok.bos_token_id and ids.count(ac_id) == 2 and ids[-1] != ac_id
+    assert encode_with_anchors(tok, "One. Two", "ac", ac_id, anchor_after_last=True)[-1] == ac_id
+    # the model prunes at <AC>: kept = the 2 anchors + the tokens of the open last sentence
+    with torch.no_grad():
+        cache = model(torch.tensor([ids]), use_cache=True).past_key_values
+    last_anchor = len(ids) - 1 - ids[::-1].index(ac_id)
+    assert cache.cached_tokens() == 2 + (len(ids) - last_anchor - 1)
+
+
+def test_collator_right_pads_and_masks_labels():
+    batch = AnchorDataCollator(pad_token_id=0, pad_to_multiple_of=4)([{"input_ids": [5, 6, 7]}, {"input_ids": [9]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 0], [9, 0, 0, 0]]
+    assert batch["labels"].tolist() == [[5, 6, 7, -100], [9, -100, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
