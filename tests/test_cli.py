@@ -1,0 +1,58 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hf_efficient_lm.cli import build_parser, main
+from tests.helpers import make_documents, write_jsonl
+
+
+def test_every_subcommand_explains_itself(capsys):
+    parser = build_parser()
+    subcommands = parser._subparsers._group_actions[0].choices
+    assert {"train-tokenizer", "pretrain", "evaluate", "publish"} <= set(subcommands)
+    for name, sub in subcommands.items():
+        if name == "pretrain":
+            continue
+        assert sub.format_help().count("--") >= 2, name
+    result = subprocess.run([sys.executable, "-m", "hf_efficient_lm.cli", "pretrain", "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--preset" in result.stdout and "--max_train_tokens" in result.stdout
+
+
+def test_train_tokenizer_then_evaluate_then_dry_run_publish(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "docs.jsonl", make_documents(40))
+    main(["train-tokenizer", "--data-files", str(data), "--vocab-size", "300", "--output-dir", str(tmp_path / "tok")])
+    from transformers import AutoTokenizer
+
+    from hf_efficient_lm.testing_utils import make_tiny_llama
+
+    make_tiny_llama(vocab_size=300).save_pretrained(tmp_path / "model")
+    AutoTokenizer.from_pretrained(tmp_path / "tok").save_pretrained(tmp_path / "model")
+    capsys.readouterr()
+    main(["evaluate", "--model", str(tmp_path / "model"), "--data-files", str(data), "--block-size", "32"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["documents"] == 40 and result["bits_per_byte"] > 0
+    main(["publish", "--model", str(tmp_path / "model"), "--repo-id", "me/tiny", "--dry-run",
+          "--metric", "docs:perplexity=12.5", "--staging-dir", str(tmp_path / "staged")])
+    published = json.loads(capsys.readouterr().out)
+    assert "README.md" in published["files"] and "model.safetensors" in published["files"]
+    assert "12.5" in (tmp_path / "staged" / "README.md").read_text()
+
+
+def test_bad_metric_syntax_is_explained(capsys):
+    with pytest.raises(SystemExit):
+        main(["publish", "--model", "x", "--repo-id", "me/x", "--metric", "oops"])
+    assert "is not DATASET:METRIC=VALUE" in capsys.readouterr().err
+
+
+def test_vocab_mismatch_in_evaluate_is_named(tmp_path):
+    data = write_jsonl(tmp_path / "docs.jsonl", make_documents(40))
+    main(["train-tokenizer", "--data-files", str(data), "--vocab-size", "300", "--output-dir", str(tmp_path / "tok")])
+    from hf_efficient_lm.testing_utils import save_tiny_llama
+
+    save_tiny_llama(tmp_path / "model")  # vocab 128 < 300
+    with pytest.raises(ValueError, match="vocab mismatch"):
+        main(["evaluate", "--model", str(tmp_path / "model"), "--tokenizer", str(tmp_path / "tok"),
+              "--data-files", str(data)])

@@ -1,0 +1,61 @@
+"""``accelerate launch`` with two CPU processes (gloo DDP) runs the pretraining script, and its losses equal one
+process with the doubled batch."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import Dataset
+
+from hf_efficient_lm.data import iter_texts, train_tokenizer
+from tests.helpers import make_documents, write_jsonl
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "pretrain.py"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pretrain_args(root: Path, out: Path, per_device_batch: int) -> list[str]:
+    return [
+        "--tokenizer", str(root / "tok"), "--data_files", str(root / "train.jsonl"), "--preset", "tiny",
+        "--block_size", "32", "--output_dir", str(out), "--per_device_train_batch_size", str(per_device_batch),
+        "--learning_rate", "1e-2", "--max_steps", "4", "--logging_steps", "1", "--save_strategy", "no",
+        "--seed", "0", "--train_sampling_strategy", "sequential", "--disable_tqdm", "true",
+        "--dataloader_pin_memory", "false",
+    ]
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None and not Path(sys.executable).with_name("accelerate").exists(),
+                    reason="accelerate CLI not installed")
+def test_two_cpu_processes_match_one_process_with_doubled_batch(tmp_path):
+    docs = make_documents(60)
+    tokenizer = train_tokenizer(iter_texts(Dataset.from_dict({"text": docs})), 300, show_progress=False)
+    tokenizer.save_pretrained(tmp_path / "tok")
+    write_jsonl(tmp_path / "train.jsonl", docs)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    launched = subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+         "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(SCRIPT),
+         *_pretrain_args(tmp_path, tmp_path / "ddp", 2)],
+        capture_output=True, text=True, env=env, timeout=400,
+    )
+    assert launched.returncode == 0, launched.stderr[-4000:]
+    single = subprocess.run([sys.executable, str(SCRIPT), *_pretrain_args(tmp_path, tmp_path / "single", 4), "--use_cpu", "true"],
+                            capture_output=True, text=True, env=env, timeout=400)
+    assert single.returncode == 0, single.stderr[-4000:]
+    ddp = json.loads((tmp_path / "ddp" / "final" / "pretrain_metrics.json").read_text())
+    one = json.loads((tmp_path / "single" / "final" / "pretrain_metrics.json").read_text())
+    assert ddp["world_size"] == 2 and one["world_size"] == 1
+    assert ddp["global_batch"] == one["global_batch"] == 4
+    assert len(ddp["train_losses"]) == len(one["train_losses"]) == 4
+    assert ddp["train_losses"] == pytest.approx(one["train_losses"], rel=2e-3)
