@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset, IterableDataset
+from transformers import TrainingArguments
+
+from hf_efficient_lm.specialists import (
+    ImportanceWeightedTrainer,
+    importance_sample,
+    importance_sample_iterable,
+    importance_weights,
+    with_importance_weights,
+)
+from hf_efficient_lm.specialists.importance_sampling import exact_counts
+from hf_efficient_lm.specialists.training_specialists import SpecialistCollator
+from hf_efficient_lm.testing_utils import make_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def generic():
+    rng = np.random.default_rng(0)
+    cluster_ids = rng.choice(4, size=1000, p=[0.55, 0.25, 0.15, 0.05])
+    dataset = Dataset.from_dict({"row": list(range(1000)), "cluster": cluster_ids.tolist()})
+    return dataset, cluster_ids
+
+
+@pytest.mark.parametrize("replace", [True, False])
+def test_exact_histogram(generic, replace):
+    dataset, cluster_ids = generic
+    target = np.array([0.1, 0.2, 0.3, 0.4])
+    num_samples = 120
+    sampled = importance_sample(dataset, cluster_ids, target, num_samples, seed=3, replace=replace)
+    assert len(sampled) == num_samples
+    counts = np.bincount(sampled["cluster"], minlength=4)
+    np.testing.assert_array_equal(counts, [12, 24, 36, 48])
+    assert np.abs(counts / num_samples - target).sum() < 1e-12
+    # rows really come from the dataset and carry their own cluster
+    assert all(cluster_ids[row] == c for row, c in zip(sampled["row"], sampled["cluster"]))
+    if not replace:
+        assert len(set(sampled["row"])) == num_samples
+    again = importance_sample(dataset, cluster_ids, target, num_samples, seed=3, replace=replace)
+    other = importance_sample(dataset, cluster_ids, target, num_samples, seed=4, replace=replace)
+    assert again["row"] == sampled["row"] and other["row"] != sampled["row"]
+
+
+def test_exact_counts_rounding():
+    counts = exact_counts(np.array([1 / 3, 1 / 3, 1 / 3]), 10)
+    assert counts.sum() == 10 and sorted(counts.tolist()) == [3, 3, 4]
+
+
+def test_bad_input(generic):
+    dataset, cluster_ids = generic
+    with pytest.raises(ValueError, match="3 bins but cluster_ids go up to 3"):
+        importance_sample(dataset, cluster_ids, [0.2, 0.3, 0.5], 10)
+    with pytest.raises(ValueError, match="non-negative"):
+        importance_sample(dataset, cluster_ids, [0.5, -0.1, 0.3, 0.3], 10)
+    with pytest.raises(ValueError, match="999 entries"):
+        importance_sample(dataset, cluster_ids[:-1], [0.25] * 4, 10)
+    with pytest.raises(ValueError, match="without replacement needs"):
+        importance_sample(dataset, cluster_ids, [0, 0, 0, 1], 200, replace=False)
+    with pytest.raises(TypeError, match="IterableDataset|datasets.Dataset"):
+        importance_sample(list(range(1000)), cluster_ids, [0.25] * 4, 10)
+
+
+def test_missing_cluster_is_dropped_with_warning(generic):
+    dataset, cluster_ids = generic
+    target = [0.5, 0.0, 0.0, 0.0, 0.5]  # cluster 4 has no generic rows
+    with pytest.warns(UserWarning, match=r"clusters \[4\]"):
+        sampled = importance_sample(dataset, cluster_ids, target, 50)
+    assert set(sampled["cluster"]) == {0}
+
+
+def test_iterable_variant_matches_target_in_expectation():
+    rng = np.random.default_rng(1)
+    clusters = rng.choice(3, size=3000, p=[0.6, 0.3, 0.1]).tolist()
+
+    def rows():
+        for i, c in enumerate(clusters):
+            yield {"row": i, "cluster": c}
+
+    stream = IterableDataset.from_generator(rows)
+    target = np.array([0.2, 0.3, 0.5])
+    resampled = importance_sample_iterable(stream, target, seed=0)
+    seen = [row["cluster"] for _, row in zip(range(1500), resampled)]
+    empirical = np.bincount(seen, minlength=3) / len(seen)
+    assert np.abs(empirical - target).sum() < 0.08
+
+
+def test_importance_weights(generic):
+    _, cluster_ids = generic
+    weights = importance_weights(cluster_ids, [0.25, 0.25, 0.25, 0.25])
+    assert weights.mean() == pytest.approx(1.0, rel=1e-5)
+    generic_share = np.bincount(cluster_ids) / cluster_ids.size
+    ratio = weights[cluster_ids == 3][0] / weights[cluster_ids == 0][0]
+    assert ratio == pytest.approx(generic_share[0] / generic_share[3], rel=1e-5)
+
+
+def test_weighted_trainer_loss(tmp_path):
+    model = make_tiny_llama(seed=0)
+    ids = torch.randint(3, 128, (4, 12), generator=torch.Generator().manual_seed(0))
+    dataset = Dataset.from_dict({"input_ids": ids.tolist()})
+    weighted = with_importance_weights(dataset, [0, 0, 1, 1], [0.0, 1.0])  # rows of cluster 0 weigh nothing
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = ImportanceWeightedTrainer(model=model, args=args, data_collator=SpecialistCollator(0))
+    batch = SpecialistCollator(0)([weighted[i] for i in range(4)])
+    loss = trainer.compute_loss(model, dict(batch))
+    with torch.no_grad():
+        expected = model(input_ids=ids[2:], labels=ids[2:]).loss
+    torch.testing.assert_close(loss, expected)
+    uniform = SpecialistCollator(0)([{"input_ids": row} for row in ids.tolist()])
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.compute_loss(model, dict(uniform)), model(input_ids=ids, labels=ids).loss)
