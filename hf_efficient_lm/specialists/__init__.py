@@ -1,0 +1,56 @@
+"""Specialists: small cheap Llamas for a domain, from clustered generic data and a little domain data.
+
+Grangier et al., "Need a Small Specialized Language Model? Plan Early!" (arXiv 2402.01093). See docs/specialists.md.
+"""
+
+from ..registration import register_causal_lm
+from .cluster_index import (
+    ClusterIndex,
+    HashedNgramEmbedder,
+    LMHiddenStateEmbedder,
+    MiniLMEmbedder,
+    embedder_from_spec,
+    split_into_windows,
+)
+from .configuration_hyper_specialist import HyperSpecialistConfig
+from .configuration_specialist_mixture import SpecialistMixtureConfig
+from .distillation import DistillationTrainer
+from .importance_sampling import (
+    ImportanceWeightedTrainer,
+    importance_sample,
+    importance_sample_iterable,
+    importance_weights,
+    with_importance_weights,
+)
+from .modeling_hyper_specialist import HyperSpecialistForCausalLM, HyperSpecialistModel
+from .modeling_specialist_mixture import SpecialistMixtureForCausalLM
+from .specialize import SpecializationResult, specialize
+from .training_specialists import ClusterHomogeneousTrainer, cluster_homogeneous_order, train_mixture_experts
+
+register_causal_lm(SpecialistMixtureConfig, SpecialistMixtureForCausalLM)
+register_causal_lm(HyperSpecialistConfig, HyperSpecialistForCausalLM, HyperSpecialistModel)
+
+__all__ = [
+    "ClusterIndex",
+    "ClusterHomogeneousTrainer",
+    "DistillationTrainer",
+    "HashedNgramEmbedder",
+    "HyperSpecialistConfig",
+    "HyperSpecialistForCausalLM",
+    "HyperSpecialistModel",
+    "ImportanceWeightedTrainer",
+    "LMHiddenStateEmbedder",
+    "MiniLMEmbedder",
+    "SpecializationResult",
+    "SpecialistMixtureConfig",
+    "SpecialistMixtureForCausalLM",
+    "cluster_homogeneous_order",
+    "embedder_from_spec",
+    "importance_sample",
+    "importance_sample_iterable",
+    "importance_weights",
+    "specialize",
+    "split_into_windows",
+    "train_mixture_experts",
+    "with_importance_weights",
+]

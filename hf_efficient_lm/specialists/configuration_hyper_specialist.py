@@ -1,0 +1,46 @@
+"""Configuration of the projected network (SLM-pn): a Llama whose MLP weights are read off per cluster."""
+
+from __future__ import annotations
+
+from transformers import LlamaConfig
+
+
+class HyperSpecialistConfig(LlamaConfig):
+    """A ``LlamaConfig`` for the shared network plus the projection sizes of the per-cluster MLP weights.
+
+    For cluster ``i`` and layer ``l`` every MLP matrix is ``W^(l,i) = sum_r (E_i . M^(l))_r T^(l)_r`` with cluster
+    codes ``E`` ``[num_clusters, code_dim]`` (shared by all layers), per-layer projections ``M^(l)``
+    ``[code_dim, num_basis]`` and per-layer bases ``T^(l)`` ``[num_basis, *W.shape]``. Attention, embeddings, norms
+    and the head are ordinary shared parameters. With ``num_basis == code_dim == num_clusters``, one-hot ``E`` and
+    identity ``M`` each cluster owns one basis tensor: the hard mixture (of MLPs).
+
+    Args:
+        num_clusters: ``k``, clusters of the ``ClusterIndex`` saved beside the checkpoint.
+        num_basis: ``h``, basis tensors per MLP matrix (the capacity; the paper's PN uses ``h < k``).
+        code_dim: ``m``, length of each cluster code ``E_i``.
+        default_cluster_id: cluster used when ``forward`` / ``generate`` get no ``cluster_ids``.
+    """
+
+    model_type = "hfelm_hyper_specialist"
+
+    num_clusters: int = 4
+    num_basis: int = 4
+    code_dim: int = 4
+    default_cluster_id: int = 0
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._check_specialist_fields()
+
+    def _check_specialist_fields(self):
+        for name in ("num_clusters", "num_basis", "code_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.default_cluster_id < self.num_clusters:
+            raise ValueError(
+                f"default_cluster_id={self.default_cluster_id} is not a cluster index in [0, {self.num_clusters})"
+            )
+
+
+__all__ = ["HyperSpecialistConfig"]

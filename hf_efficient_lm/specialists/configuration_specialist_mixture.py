@@ -1,0 +1,38 @@
+"""Configuration of the hard mixture of small Llama experts (SLM-mix), one expert per cluster."""
+
+from __future__ import annotations
+
+from transformers import LlamaConfig
+
+
+class SpecialistMixtureConfig(LlamaConfig):
+    """A ``LlamaConfig`` describing ONE expert, plus how many experts there are.
+
+    Every expert is a full ``LlamaForCausalLM`` of this shape trained only on its cluster's windows; a sequence is
+    routed to the expert of its cluster id (``cluster_ids`` in ``forward``; ``default_cluster_id`` when absent).
+
+    Args:
+        num_experts: ``k``, the number of clusters of the ``ClusterIndex`` saved beside the checkpoint.
+        default_cluster_id: expert used when ``forward`` / ``generate`` get no ``cluster_ids``.
+        (all other arguments: ``LlamaConfig``'s, for one expert)
+    """
+
+    model_type = "hfelm_specialist_mixture"
+
+    num_experts: int = 4
+    default_cluster_id: int = 0
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._check_specialist_fields()
+
+    def _check_specialist_fields(self):
+        if not isinstance(self.num_experts, int) or self.num_experts < 1:
+            raise ValueError(f"num_experts must be a positive integer, got {self.num_experts!r}")
+        if not 0 <= self.default_cluster_id < self.num_experts:
+            raise ValueError(
+                f"default_cluster_id={self.default_cluster_id} is not an expert index in [0, {self.num_experts})"
+            )
+
+
+__all__ = ["SpecialistMixtureConfig"]

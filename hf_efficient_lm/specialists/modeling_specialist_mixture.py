@@ -1,0 +1,206 @@
+"""Hard mixture of small Llama experts (SLM-mix): one full ``LlamaForCausalLM`` per cluster, routed per sequence.
+
+Expert ``i`` is trained only on the generic windows of cluster ``i``; at evaluation time each sequence goes to the
+expert of its cluster id. Inference cost is that of ONE expert, and :meth:`SpecialistMixtureForCausalLM.instantiate`
+returns that expert as a stock ``LlamaForCausalLM`` (loadable without this package).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, LlamaForCausalLM, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .configuration_specialist_mixture import SpecialistMixtureConfig
+from .routing_specialists import resolve_cluster_ids, stock_llama_config
+
+
+class SpecialistMixturePreTrainedModel(PreTrainedModel):
+    config: SpecialistMixtureConfig
+    config_class = SpecialistMixtureConfig
+    base_model_prefix = "mixture"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LlamaDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+
+class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationMixin):
+    """``k`` experts ``self.experts[i]`` (each a ``LlamaForCausalLM`` of the config's shape).
+
+    ``forward(..., cluster_ids=LongTensor[batch])`` sends each row to its expert (rows of one cluster run together).
+    A batch whose rows span several clusters is computed without a KV cache (training / generic evaluation);
+    cached generation needs one cluster per batch, which is what ``generate`` for one domain is.
+    """
+
+    def __init__(self, config: SpecialistMixtureConfig):
+        super().__init__(config)
+        self.experts = nn.ModuleList([LlamaForCausalLM(config) for _ in range(config.num_experts)])
+        if config.tie_word_embeddings:
+            self._tied_weights_keys = {
+                f"experts.{i}.lm_head.weight": f"experts.{i}.model.embed_tokens.weight"
+                for i in range(config.num_experts)
+            }
+        self.post_init()
+
+    # ------------------------------------------------------------------------------------------ embeddings
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.experts[self.config.default_cluster_id].get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.experts[self.config.default_cluster_id].set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.experts[self.config.default_cluster_id].get_output_embeddings()
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """Resize every expert's embeddings and head (they share one tokenizer)."""
+        embeddings = None
+        for expert in self.experts:
+            embeddings = expert.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self.config.vocab_size = embeddings.weight.shape[0]
+        return self.get_input_embeddings()
+
+    # ------------------------------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        cluster_ids: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Shapes: ``input_ids [batch, seq]``, ``cluster_ids [batch]`` (None: ``config.default_cluster_id``);
+        returns ``logits [batch, seq (or logits_to_keep), vocab]`` and the mean token loss if ``labels`` given."""
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if reference is None:
+            raise ValueError("pass input_ids or inputs_embeds")
+        batch_size = reference.shape[0]
+        cluster_ids = resolve_cluster_ids(
+            cluster_ids, batch_size, self.config.num_experts, self.config.default_cluster_id, reference.device
+        )
+        loss_kwargs = {key: kwargs.pop(key) for key in ("num_items_in_batch",) if key in kwargs}
+        clusters = torch.unique(cluster_ids).tolist()
+        if len(clusters) == 1:
+            output = self.experts[clusters[0]](
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
+            logits, cache = output.logits, output.past_key_values
+        else:
+            if past_key_values is not None or use_cache:
+                if past_key_values is not None and past_key_values.get_seq_length() > 0:
+                    raise ValueError(
+                        "cached decoding with rows of several clusters in one batch is not supported: "
+                        "generate one cluster per batch"
+                    )
+            logits, cache = None, None
+            for cluster in clusters:
+                rows = (cluster_ids == cluster).nonzero(as_tuple=True)[0]
+
+                def take(tensor):
+                    return tensor[rows] if tensor is not None and tensor.shape[0] == batch_size else tensor
+
+                output = self.experts[cluster](
+                    input_ids=take(input_ids),
+                    attention_mask=take(attention_mask),
+                    position_ids=take(position_ids),
+                    inputs_embeds=take(inputs_embeds),
+                    use_cache=False,
+                    logits_to_keep=logits_to_keep,
+                    **kwargs,
+                )
+                if logits is None:
+                    logits = output.logits.new_zeros((batch_size,) + tuple(output.logits.shape[1:]))
+                logits[rows] = output.logits
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+
+    # ------------------------------------------------------------------------------------------ experts
+    def instantiate(self, cluster: int | None = None, histogram=None) -> LlamaForCausalLM:
+        """A stock ``LlamaForCausalLM`` (a copy): expert ``cluster``, or the ``histogram``-weighted average of all
+        experts' parameters (``histogram [num_experts]``, normalised here; beyond the paper)."""
+        if (cluster is None) == (histogram is None):
+            raise ValueError("pass exactly one of cluster= or histogram=")
+        stock = LlamaForCausalLM(stock_llama_config(self.config))
+        device, dtype = next(self.parameters()).device, next(self.parameters()).dtype
+        if cluster is not None:
+            if not 0 <= int(cluster) < self.config.num_experts:
+                raise ValueError(f"cluster={cluster} is not an expert index in [0, {self.config.num_experts})")
+            state = self.experts[int(cluster)].state_dict()
+        else:
+            weights = torch.as_tensor(histogram, dtype=torch.float64).flatten()
+            if weights.numel() != self.config.num_experts:
+                raise ValueError(
+                    f"histogram has {weights.numel()} bins but the mixture has {self.config.num_experts} experts"
+                )
+            if (weights < 0).any() or weights.sum() <= 0:
+                raise ValueError("histogram must be non-negative with a positive sum")
+            weights = weights / weights.sum()
+            states = [expert.state_dict() for expert in self.experts]
+            state = {
+                name: sum(float(w) * s[name].double() for w, s in zip(weights, states)).to(states[0][name].dtype)
+                for name in states[0]
+            }
+        stock.load_state_dict(state)
+        return stock.to(device=device, dtype=dtype).train(self.training)
+
+    def save_experts(self, directory: str | Path) -> list[Path]:
+        """Write each expert as a stock Llama checkpoint ``directory/expert_{i}`` (one folder per expert)."""
+        directory = Path(directory)
+        paths = []
+        for i in range(self.config.num_experts):
+            path = directory / f"expert_{i}"
+            self.instantiate(cluster=i).save_pretrained(path)
+            paths.append(path)
+        return paths
+
+    @classmethod
+    def from_experts(cls, experts, **config_overrides) -> "SpecialistMixtureForCausalLM":
+        """Assemble a mixture from ``k`` Llama checkpoints (paths or ``LlamaForCausalLM``s of one shape), e.g. the
+        outputs of ``k`` independent per-cluster training jobs. Expert ``i`` becomes cluster ``i``."""
+        models = [
+            expert if isinstance(expert, LlamaForCausalLM) else LlamaForCausalLM.from_pretrained(expert)
+            for expert in experts
+        ]
+        if not models:
+            raise ValueError("from_experts needs at least one expert")
+        base = stock_llama_config(models[0].config).to_dict()
+        for i, model in enumerate(models[1:], start=1):
+            other = stock_llama_config(model.config).to_dict()
+            differing = sorted(
+                key for key in set(base) | set(other)
+                if key not in ("_name_or_path", "architectures", "dtype") and base.get(key) != other.get(key)
+            )
+            if differing:
+                raise ValueError(f"expert {i} has a different config from expert 0 in {differing}")
+        base.pop("architectures", None)
+        base.pop("model_type", None)
+        base.pop("transformers_version", None)
+        config = SpecialistMixtureConfig(**{**base, **config_overrides, "num_experts": len(models)})
+        mixture = cls(config)
+        for target, source in zip(mixture.experts, models):
+            target.load_state_dict(source.state_dict())
+        return mixture.to(next(models[0].parameters()).dtype)
+
+
+__all__ = ["SpecialistMixtureForCausalLM", "SpecialistMixturePreTrainedModel"]

@@ -1,0 +1,166 @@
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, LlamaForCausalLM, TrainingArguments
+
+import hf_efficient_lm  # noqa: F401
+from hf_efficient_lm.specialists import (
+    HyperSpecialistConfig,
+    HyperSpecialistForCausalLM,
+    SpecialistMixtureConfig,
+    SpecialistMixtureForCausalLM,
+    cluster_homogeneous_order,
+    train_mixture_experts,
+)
+from hf_efficient_lm.testing_utils import TINY_LLAMA_KWARGS
+
+K = 3
+
+
+def make_mixture(seed=0, **overrides) -> SpecialistMixtureForCausalLM:
+    torch.manual_seed(seed)
+    return SpecialistMixtureForCausalLM(SpecialistMixtureConfig(**{**TINY_LLAMA_KWARGS, **overrides}, num_experts=K)).eval()
+
+
+def make_hyper(seed=0, **overrides) -> HyperSpecialistForCausalLM:
+    torch.manual_seed(seed)
+    config = HyperSpecialistConfig(**{**TINY_LLAMA_KWARGS, **overrides}, num_clusters=K, num_basis=2, code_dim=2)
+    return HyperSpecialistForCausalLM(config).eval()
+
+
+def ids(batch=4, length=10, seed=0):
+    return torch.randint(3, 128, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+CLUSTERS = torch.tensor([0, 2, 1, 2])
+
+
+@pytest.mark.parametrize("make", [make_mixture, make_hyper])
+def test_mixed_batch_routes_each_row(make):
+    model, x = make(), ids()
+    out = model(x, cluster_ids=CLUSTERS, labels=x)
+    for row, cluster in enumerate(CLUSTERS.tolist()):
+        alone = model(x[row : row + 1], cluster_ids=torch.tensor([cluster])).logits
+        torch.testing.assert_close(out.logits[row : row + 1], alone, atol=1e-5, rtol=1e-5)
+    expected = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 128), x[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, expected)
+    # different clusters really give different functions
+    assert not torch.allclose(model(x, cluster_ids=0).logits, model(x, cluster_ids=1).logits)
+
+
+@pytest.mark.parametrize("make", [make_mixture, make_hyper])
+def test_instantiate_equals_routed_forward(make):
+    model, x = make(), ids()
+    for cluster in range(K):
+        stock = model.instantiate(cluster=cluster)
+        assert type(stock) is LlamaForCausalLM and stock.config.model_type == "llama"
+        torch.testing.assert_close(stock(x).logits, model(x, cluster_ids=cluster).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_projected_network_with_one_hot_codes_is_the_hard_mixture():
+    """h = m = k, E = I, M = I, T_r = expert r's MLP weights  ==>  PN(cluster r) == expert r, for every r."""
+    mixture = make_mixture(seed=1)
+    shared = {name: t for name, t in mixture.experts[0].state_dict().items() if ".mlp." not in name}
+    for expert in mixture.experts[1:]:  # experts differ only in their MLPs, as in the PN's parameterisation
+        expert.load_state_dict({**expert.state_dict(), **shared})
+    config = HyperSpecialistConfig(**TINY_LLAMA_KWARGS, num_clusters=K, num_basis=K, code_dim=K)
+    hyper = HyperSpecialistForCausalLM(config).eval()
+    state = dict(shared)
+    state["model.cluster_codes"] = torch.eye(K)
+    for layer in range(config.num_hidden_layers):
+        prefix = f"model.layers.{layer}.mlp"
+        state[f"{prefix}.coefficient_projection"] = torch.eye(K)
+        for matrix, basis in (("gate_proj", "gate_basis"), ("up_proj", "up_basis"), ("down_proj", "down_basis")):
+            state[f"{prefix}.{basis}"] = torch.stack(
+                [expert.state_dict()[f"{prefix}.{matrix}.weight"] for expert in mixture.experts]
+            )
+    hyper.load_state_dict(state, strict=True)
+    x = ids(batch=6, seed=2)
+    clusters = torch.tensor([0, 1, 2, 2, 1, 0])
+    torch.testing.assert_close(hyper(x, cluster_ids=clusters).logits, mixture(x, cluster_ids=clusters).logits,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_histogram_instantiation():
+    mixture = make_mixture()
+    averaged = mixture.instantiate(histogram=[1.0, 0.0, 3.0])
+    expected = 0.25 * mixture.experts[0].lm_head.weight + 0.75 * mixture.experts[2].lm_head.weight
+    torch.testing.assert_close(averaged.lm_head.weight, expected)
+    hyper = make_hyper()
+    histogram = torch.tensor([0.2, 0.3, 0.5])
+    stock = hyper.instantiate(histogram=histogram)
+    with torch.no_grad():  # linear in E: the mixed code behaves like a cluster whose code is the mix
+        hyper.model.cluster_codes[0] = histogram @ hyper.model.cluster_codes
+    torch.testing.assert_close(stock(ids()).logits, hyper(ids(), cluster_ids=0).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_experts_as_independent_folders(tmp_path):
+    mixture = make_mixture()
+    paths = mixture.save_experts(tmp_path)
+    assert [p.name for p in paths] == ["expert_0", "expert_1", "expert_2"]
+    reloaded = AutoModelForCausalLM.from_pretrained(paths[1])
+    assert type(reloaded) is LlamaForCausalLM
+    rebuilt = SpecialistMixtureForCausalLM.from_experts(paths).eval()
+    x = ids()
+    torch.testing.assert_close(rebuilt(x, cluster_ids=CLUSTERS).logits, mixture(x, cluster_ids=CLUSTERS).logits)
+    other = LlamaForCausalLM(mixture.instantiate(cluster=0).config.__class__(**{**TINY_LLAMA_KWARGS,
+                                                                                "hidden_size": 64}))
+    with pytest.raises(ValueError, match="different config"):
+        SpecialistMixtureForCausalLM.from_experts([paths[0], other])
+
+
+def test_generation_with_cache():
+    hyper, x = make_hyper(), ids(batch=3, length=6)
+    clusters = torch.tensor([2, 0, 1])
+    cached = hyper.generate(x, cluster_ids=clusters, max_new_tokens=6, do_sample=False)
+    uncached = hyper.generate(x, cluster_ids=clusters, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert cached.tolist() == uncached.tolist()
+    mixture = make_mixture()
+    routed = mixture.generate(x, cluster_ids=torch.tensor([1, 1, 1]), max_new_tokens=6, do_sample=False)
+    expert = mixture.experts[1].generate(x, max_new_tokens=6, do_sample=False)
+    assert routed.tolist() == expert.tolist()
+
+
+@pytest.mark.parametrize("make", [make_mixture, make_hyper])
+def test_bad_cluster_ids(make):
+    model, x = make(), ids()
+    with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
+        model(x, cluster_ids=torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="3 entries for a batch of 4"):
+        model(x, cluster_ids=torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="2 bins"):
+        model.instantiate(histogram=[0.5, 0.5])
+    with pytest.raises(ValueError, match="exactly one"):
+        model.instantiate()
+
+
+def test_cluster_homogeneous_order():
+    cluster_ids = np.array([0] * 5 + [1] * 3 + [2] * 8)
+    order = cluster_homogeneous_order(cluster_ids, 4, seed=0)
+    blocks = cluster_ids[order].reshape(-1, 4)
+    assert all(len(set(block.tolist())) == 1 for block in blocks)
+    assert set(order.tolist()) == set(range(16))  # every row appears
+
+
+def test_trainer_trains_only_routed_experts_and_hyper_gets_gradients(tmp_path):
+    mixture = make_mixture().train()
+    x = ids(batch=8, length=12, seed=5)
+    dataset = Dataset.from_dict({"input_ids": x.tolist(), "cluster_ids": [0, 0, 0, 0, 2, 2, 2, 2]})
+    before = {i: mixture.experts[i].lm_head.weight.detach().clone() for i in range(K)}
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4,
+                             learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+    with torch.no_grad():
+        loss_before = mixture(x, cluster_ids=torch.tensor(dataset["cluster_ids"]), labels=x).loss
+    train_mixture_experts(mixture, dataset, args)
+    with torch.no_grad():
+        loss_after = mixture(x, cluster_ids=torch.tensor(dataset["cluster_ids"]), labels=x).loss
+    assert loss_after < loss_before
+    assert torch.equal(mixture.experts[1].lm_head.weight, before[1])  # cluster 1 has no rows: untouched
+    assert not torch.equal(mixture.experts[0].lm_head.weight, before[0])
+    hyper = make_hyper().train()
+    hyper(x, cluster_ids=torch.tensor(dataset["cluster_ids"]), labels=x).loss.backward()
+    mlp = hyper.model.layers[0].mlp
+    assert hyper.model.cluster_codes.grad[[0, 2]].abs().sum() > 0
+    assert hyper.model.cluster_codes.grad[1].abs().sum() == 0
+    assert mlp.gate_basis.grad.abs().sum() > 0 and mlp.coefficient_projection.grad.abs().sum() > 0
