@@ -14,6 +14,10 @@ from .anchor import AnchorCache, AnchorLlamaConfig, AnchorLlamaForCausalLM  # no
 from . import scone  # noqa: F401
 from .scone import FgramVocab, SconeLlamaConfig, SconeLlamaForCausalLM, mine_fgrams  # noqa: F401
 
+from . import blt  # noqa: F401
+from .blt import BLTConfig, BLTEntropyModel, BLTForCausalLM, BLTTokenizer  # noqa: F401
+
 __all__ = ["MODEL_TYPE_PREFIX", "register_causal_lm", "__version__"]
 __all__ += ["AnchorCache", "AnchorLlamaConfig", "AnchorLlamaForCausalLM"]
 __all__ += ["FgramVocab", "SconeLlamaConfig", "SconeLlamaForCausalLM", "mine_fgrams"]
+__all__ += ["BLTConfig", "BLTEntropyModel", "BLTForCausalLM", "BLTTokenizer"]

@@ -1,0 +1,197 @@
+"""Configurations of BLT (Byte Latent Transformer, Pagnoni et al. 2024) and of its entropy model.
+
+``BLTConfig`` is composite like Transformers' ``BltConfig`` (model type ``blt``), but with our prefixed model types:
+the entropy model, local encoder, local decoder and latent (global) transformer each have a sub-config built on
+Transformers' Mistral/Llama configs (the modules are Llama blocks; Mistral adds the sliding window).
+"""
+
+from __future__ import annotations
+
+import math
+
+from transformers import LlamaConfig, MistralConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .patcher_blt import PATCHING_MODES
+
+
+class BLTEntropyConfig(MistralConfig):
+    """The entropy model: a small causal byte LM with sliding-window attention (defaults = released BLT patcher:
+    hidden 768, 14 layers, 12 heads, FFN 2048, window 512, RoPE theta 10000, vocab 260)."""
+
+    model_type = "hfelm_blt_entropy"
+    default_theta = 10000.0
+
+    vocab_size: int = 260
+    hidden_size: int = 768
+    intermediate_size: int = 2048
+    num_hidden_layers: int = 14
+    num_attention_heads: int = 12
+    num_key_value_heads: int = 0  # 0 -> same as num_attention_heads
+    max_position_embeddings: int = 8192
+    rms_norm_eps: float = 1e-5
+    sliding_window: int | None = 512
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    pad_token_id: int | None = 0
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        if not self.num_key_value_heads:
+            self.num_key_value_heads = self.num_attention_heads
+        super().__post_init__(**kwargs)
+
+
+class BLTLocalConfig(MistralConfig):
+    """Local encoder / decoder byte transformer (sliding window copied from ``BLTConfig.local_attention_window_len``).
+
+    cross_attn_all_layers: cross-attention at every layer (decoder default) or only at the last encoder layer.
+    """
+
+    model_type = "hfelm_blt_local"
+    default_theta = 500000.0
+
+    vocab_size: int = 260
+    hidden_size: int = 1024
+    intermediate_size: int = 2816
+    num_hidden_layers: int = 1
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 0  # 0 -> same as num_attention_heads
+    max_position_embeddings: int = 24576
+    rms_norm_eps: float = 1e-5
+    sliding_window: int | None = 512
+    cross_attn_all_layers: bool = False
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    pad_token_id: int | None = 0
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        if not self.num_key_value_heads:
+            self.num_key_value_heads = self.num_attention_heads
+        super().__post_init__(**kwargs)
+
+
+class BLTGlobalConfig(LlamaConfig):
+    """The latent transformer over patches (no embedding table, no final norm)."""
+
+    model_type = "hfelm_blt_global"
+    default_theta = 500000.0
+
+    vocab_size: int = 1  # unused: the latent transformer has no embedding table
+    hidden_size: int = 2048
+    intermediate_size: int = 5632
+    num_hidden_layers: int = 25
+    num_attention_heads: int = 16
+    num_key_value_heads: int | None = None
+    max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = False
+
+
+class BLTConfig(PreTrainedConfig):
+    """Configuration of :class:`BLTForCausalLM`.
+
+    Args:
+        vocab_size: byte vocabulary (260 = 256 bytes + BOE/BOS/EOS/BPE specials).
+        patching_mode: ``"entropy"`` (global threshold), ``"entropy_monotonic"`` (H[t] - H[t-1] > threshold),
+            ``"space"``, ``"static"`` (every ``patch_size`` bytes) or ``"byte"`` (one byte per patch).
+        patching_threshold: entropy threshold in nats (released BLT: 1.3354...).
+        patch_size: stride of static patching.
+        max_patch_length: optional cap on patch length (longer patches are split).
+        cross_attn_k: patch vectors per patch in the cross-attentions (U_E); latent width = k x encoder width, or a
+            projection when they differ.
+        local_attention_window_len: sliding window of the local encoder/decoder (bytes).
+        encoder_hash_byte_group_size: n-gram sizes of the hash embeddings (default 3..8).
+        encoder_hash_byte_group_vocab: buckets per (hash function, n).
+        encoder_hash_byte_group_nb_functions: number of hash functions (each a different prime).
+        entropy_config / encoder_config / decoder_config / global_config: sub-configs (dicts or config objects).
+    """
+
+    model_type = "hfelm_blt"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    sub_configs_defaults = {
+        "entropy_config": BLTEntropyConfig,
+        "encoder_config": SubConfigSpec(BLTLocalConfig, init_kwargs={"num_hidden_layers": 1}),
+        "decoder_config": SubConfigSpec(
+            BLTLocalConfig, init_kwargs={"num_hidden_layers": 9, "cross_attn_all_layers": True}
+        ),
+        "global_config": BLTGlobalConfig,
+    }
+
+    vocab_size: int = 260
+    patching_mode: str = "entropy"
+    patching_threshold: float = 1.335442066192627
+    patch_size: int = 4
+    max_patch_length: int | None = None
+    cross_attn_k: int = 2
+    local_attention_window_len: int | None = 512
+    encoder_hash_byte_group_size: list[int] | None = None
+    encoder_hash_byte_group_vocab: int = 500002
+    encoder_hash_byte_group_nb_functions: int = 1
+    entropy_config: dict | PreTrainedConfig | None = None
+    encoder_config: dict | PreTrainedConfig | None = None
+    decoder_config: dict | PreTrainedConfig | None = None
+    global_config: dict | PreTrainedConfig | None = None
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    pad_token_id: int | None = 0
+
+    def __post_init__(self, **kwargs):
+        # A decoder given as a dict keeps the decoder defaults it does not override.
+        if isinstance(self.decoder_config, dict):
+            self.decoder_config = {"num_hidden_layers": 9, "cross_attn_all_layers": True, **self.decoder_config}
+        super().__post_init__(**kwargs)
+        if self.encoder_hash_byte_group_size is None:
+            self.encoder_hash_byte_group_size = [3, 4, 5, 6, 7, 8]
+        self.encoder_hash_byte_group_size = [int(n) for n in self.encoder_hash_byte_group_size]
+        self.validate_blt()
+        # The local window lives in one place (like Transformers' BltConfig): copy it into the local sub-configs.
+        self.encoder_config.sliding_window = self.local_attention_window_len
+        self.decoder_config.sliding_window = self.local_attention_window_len
+
+    def validate_blt(self) -> None:
+        """Raise ``ValueError`` naming the offending field."""
+        if self.patching_mode not in PATCHING_MODES:
+            raise ValueError(f"patching_mode must be one of {PATCHING_MODES}, got {self.patching_mode!r}")
+        thr = self.patching_threshold
+        if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(float(thr)):
+            raise ValueError(f"patching_threshold must be a finite number, got {thr!r}")
+        if self.max_patch_length is not None and (not isinstance(self.max_patch_length, int) or self.max_patch_length < 1):
+            raise ValueError(f"max_patch_length must be a positive int or None, got {self.max_patch_length!r}")
+        if not isinstance(self.patch_size, int) or self.patch_size < 1:
+            raise ValueError(f"patch_size must be a positive int, got {self.patch_size!r}")
+        if not isinstance(self.cross_attn_k, int) or self.cross_attn_k < 1:
+            raise ValueError(f"cross_attn_k must be a positive int, got {self.cross_attn_k!r}")
+        if any(n < 1 for n in self.encoder_hash_byte_group_size):
+            raise ValueError(f"encoder_hash_byte_group_size must hold positive n-gram sizes, got {self.encoder_hash_byte_group_size}")
+        if self.encoder_hash_byte_group_vocab < 1 or self.encoder_hash_byte_group_nb_functions < 0:
+            raise ValueError("encoder_hash_byte_group_vocab must be >= 1 and encoder_hash_byte_group_nb_functions >= 0")
+        for name in ("entropy_config", "encoder_config", "decoder_config"):
+            if getattr(self, name).vocab_size != self.vocab_size:
+                raise ValueError(f"{name}.vocab_size ({getattr(self, name).vocab_size}) must equal vocab_size ({self.vocab_size})")
+        if self.encoder_config.hidden_size != self.decoder_config.hidden_size:
+            raise ValueError(
+                "encoder_config.hidden_size and decoder_config.hidden_size must match (the decoder reads encoder states), "
+                f"got {self.encoder_config.hidden_size} and {self.decoder_config.hidden_size}"
+            )
+
+    @property
+    def num_hidden_layers(self) -> int:
+        """Layers of the latent transformer (what generic utilities read)."""
+        return self.global_config.num_hidden_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.decoder_config.hidden_size
+
+    @property
+    def latent_input_size(self) -> int:
+        """Width of the patch vectors the encoder emits (k x encoder width)."""
+        return self.encoder_config.hidden_size * self.cross_attn_k
+
+
+__all__ = ["BLTConfig", "BLTEntropyConfig", "BLTLocalConfig", "BLTGlobalConfig"]

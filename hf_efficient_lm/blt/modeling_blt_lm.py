@@ -1,0 +1,696 @@
+"""BLT — Byte Latent Transformer (Pagnoni et al., 2024) as a Transformers causal LM.
+
+Data flow for ``N`` bytes, ``P`` patches, ``k = cross_attn_k``:
+
+1. entropy model (``BLTEntropyModel``) -> next-byte entropies ``[B, N]`` -> patch start mask ``[B, N + 1]``;
+2. byte embedding + hashed n-gram embeddings -> ``[B, N, D_E]``;
+3. local encoder: sliding-window self-attention over bytes, then each patch (max-pooled, projected to ``k``
+   queries) cross-attends to its own bytes -> patch vectors ``[B, P, k * D_E]``;
+4. latent transformer: causal over patches -> ``[B, P, D_G]``;
+5. local decoder: starting from the encoder byte states, each byte cross-attends to the ``k`` slices of the patch
+   *before* the one holding the byte it predicts, then sliding-window self-attention; norm; LM head -> ``[B, N, 260]``.
+
+All attention blocks are Transformers' Mistral/Llama decoder layers (half-split RoPE; checkpoints of Transformers'
+``Blt``, which uses interleaved RoPE, are converted by permuting q/k rows, see ``convert_blt.py``). Cross-attention
+is gathered (each query reads only its ``<= patch length`` or ``k`` keys) instead of a dense masked product.
+
+Incremental generation (``past_key_values=BLTCache``) keeps KV caches of the entropy model, the local encoder and
+decoder (bytes) and the latent transformer (patches): per new byte it runs one step of the small models, and one
+latent step only when the entropy rule closes a patch. It is exact: equal to the full forward.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import DynamicCache
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_outputs import CausalLMOutputWithPast, ModelOutput
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+from transformers.models.mistral.modeling_mistral import (
+    MistralDecoderLayer,
+    MistralRMSNorm,
+    MistralRotaryEmbedding,
+)
+
+from .configuration_blt_lm import BLTConfig, BLTLocalConfig
+from .convert_blt import is_transformers_blt_folder, load_transformers_blt_folder
+from .modeling_blt_entropy import BLTEntropyModel, next_byte_entropy, positions_from_mask
+from .patcher_blt import patch_starts, starts_from_patch_lengths, _space_like_table
+
+# Primes of the rolling polynomial hash (same list and order as Meta's / Transformers' BLT, for weight compatibility).
+HASH_PRIMES = (
+    1000000007, 5915587277, 1500450271, 3267000013, 5754853343, 4093082899,
+    9576890767, 3628273133, 2860486313, 5463458053, 3367900313,
+)
+
+
+def byte_ngram_hash_ids(
+    input_ids: torch.LongTensor, group_sizes: list[int], nb_functions: int, buckets: int
+) -> torch.LongTensor:
+    """Row indices into the fused hash table, ``[B, N] -> [B, N, nb_functions * len(group_sizes)]``.
+
+    For n-gram size ``n`` ending at byte ``i`` (zero left padding), ``hash = sum_j ids[i-n+1+j] * prime^j`` in
+    wrapping int64, computed in one Horner pass over n (``h_n = ids[i-n+1] + prime * h_{n-1}``), then a
+    non-negative modulo ``buckets``; table ``m = function * len(group_sizes) + size_index`` sits at ``m * buckets``.
+    """
+    ids = input_ids.long()
+    batch, length = ids.shape
+    max_n = max(group_sizes) if group_sizes else 0
+    # shifted[s][:, i] = ids[:, i - s] (0 before the start)
+    padded = torch.cat([ids.new_zeros(batch, max_n), ids], dim=1)
+    columns = []
+    for func in range(nb_functions):
+        prime = HASH_PRIMES[func % len(HASH_PRIMES)]
+        by_size = {}
+        h = ids
+        for n in range(1, max_n + 1):
+            if n > 1:
+                h = padded[:, max_n - (n - 1) : max_n - (n - 1) + length] + prime * h
+            by_size[n] = h
+        for size_index, n in enumerate(group_sizes):
+            table = func * len(group_sizes) + size_index
+            columns.append(torch.remainder(by_size[n], buckets) + table * buckets)
+    if not columns:
+        return ids.new_zeros(batch, length, 0)
+    return torch.stack(columns, dim=-1)
+
+
+class BLTCrossAttention(nn.Module):
+    """Cross-attention without RoPE between queries and a gathered set of keys per query group.
+
+    Same parameters as Transformers' ``BltCrossAttention`` (q/k/v/o projections, RMSNorm on queries and on the
+    key/value input) and the same residual quirk: the block returns ``queries + attention`` and callers add the
+    queries once more.
+    """
+
+    def __init__(self, config: BLTLocalConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.hidden_size // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        self.q_norm = MistralRMSNorm(hidden, eps=config.rms_norm_eps)
+        self.k_norm = MistralRMSNorm(hidden, eps=config.rms_norm_eps)
+
+    def project_kv(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[..., D] -> (keys, values)`` each ``[..., H, head_dim]`` (kv heads repeated to the query heads)."""
+        normed = self.k_norm(states)
+        shape = (*states.shape[:-1], self.num_kv_heads, self.head_dim)
+        keys = self.k_proj(normed).view(shape)
+        values = self.v_proj(normed).view(shape)
+        rep = self.num_heads // self.num_kv_heads
+        if rep > 1:
+            keys = keys.repeat_interleave(rep, dim=-2)
+            values = values.repeat_interleave(rep, dim=-2)
+        return keys, values
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        key_valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """queries ``[B, G, Q, D]`` attend to keys/values ``[B, G, S, H, head_dim]`` of their group ``G``;
+        ``key_valid [B, G, S]`` masks keys. A group with no valid key gets a zero attention output."""
+        b, g, q, _ = queries.shape
+        query = self.q_proj(self.q_norm(queries)).view(b, g, q, self.num_heads, self.head_dim)
+        scores = torch.einsum("bgqhd,bgshd->bgqhs", query, keys) * self.scaling
+        if key_valid is not None:
+            scores = scores.masked_fill(~key_valid[:, :, None, None, :], float("-inf"))
+        probs = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(values.dtype)
+        out = torch.einsum("bgqhs,bgshd->bgqhd", probs, values).reshape(b, g, q, self.num_heads * self.head_dim)
+        return self.o_proj(out) + queries
+
+
+def _local_mask(config, inputs_embeds, attention_mask, past_key_values, position_ids):
+    fn = create_causal_mask if getattr(config, "sliding_window", None) is None else create_sliding_window_causal_mask
+    return fn(
+        config=config,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        past_key_values=past_key_values,
+        position_ids=position_ids,
+    )
+
+
+class BLTLocalEncoder(nn.Module):
+    """Byte embedding + sliding-window byte layers + patch cross-attention (patches as queries)."""
+
+    def __init__(self, config: BLTLocalConfig, cross_attn_k: int):
+        super().__init__()
+        self.config = config
+        self.cross_attn_k = cross_attn_k
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList([MistralDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.rotary_emb = MistralRotaryEmbedding(config=config)
+        self.patch_embedding_projection = nn.Linear(config.hidden_size, config.hidden_size * cross_attn_k, bias=False)
+        # Transformers' Blt keeps one cross-attention per layer when cross_attn_all_layers is set but only the last
+        # one reaches the output (the pooled queries are rebuilt at every layer); we keep the same parameters.
+        n_cross = config.num_hidden_layers if config.cross_attn_all_layers else 1
+        self.cross_attn_layers = nn.ModuleList([BLTCrossAttention(config) for _ in range(n_cross)])
+
+    def run_layers(self, embeds, mask, position_ids, cache=None):
+        """``[B, N, D] -> [B, N, D]`` byte states."""
+        position_embeddings = self.rotary_emb(embeds, position_ids)
+        hidden = embeds
+        for layer in self.layers:
+            hidden = layer(
+                hidden, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+                use_cache=cache is not None, position_embeddings=position_embeddings,
+            )
+        return hidden
+
+    def patch_vectors(self, byte_states, gather_index, gather_valid):
+        """Pool and cross-attend each patch over its bytes.
+
+        byte_states ``[B, N, D]``; gather_index/valid ``[B, P, L]`` (byte slots of each patch, L = longest patch)
+        -> ``[B, P, k * D]``.
+        """
+        b, p, l = gather_index.shape
+        d = byte_states.shape[-1]
+        flat = gather_index.reshape(b, p * l, 1).expand(b, p * l, d)
+        patch_bytes = byte_states.gather(1, flat).view(b, p, l, d)
+        pooled = patch_bytes.masked_fill(~gather_valid[..., None], float("-inf")).amax(dim=2)
+        pooled = torch.where(gather_valid.any(dim=2, keepdim=True), pooled, torch.zeros_like(pooled))
+        queries = self.patch_embedding_projection(pooled).view(b, p, self.cross_attn_k, d)
+        cross = self.cross_attn_layers[-1]
+        keys, values = cross.project_kv(patch_bytes)
+        out = queries + cross(queries, keys, values, gather_valid)
+        return out.reshape(b, p, self.cross_attn_k * d)
+
+
+class BLTGlobalTransformer(nn.Module):
+    """Causal Llama layers over patch vectors (no embedding table, no final norm)."""
+
+    def __init__(self, config, input_size: int):
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList([LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.rotary_emb = LlamaRotaryEmbedding(config=config)
+        if input_size != config.hidden_size:
+            self.token_embedding_projection = nn.Linear(input_size, config.hidden_size, bias=False)
+        else:
+            self.token_embedding_projection = nn.Identity()
+
+    def forward(self, patch_vectors, position_ids, attention_mask_2d=None, cache=None):
+        """``[B, P, k*D_E] -> [B, P, D_G]``."""
+        hidden = self.token_embedding_projection(patch_vectors)
+        mask = create_causal_mask(
+            config=self.config, inputs_embeds=hidden, attention_mask=attention_mask_2d,
+            past_key_values=cache, position_ids=position_ids,
+        )
+        position_embeddings = self.rotary_emb(hidden, position_ids)
+        for layer in self.layers:
+            hidden = layer(
+                hidden, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+                use_cache=cache is not None, position_embeddings=position_embeddings,
+            )
+        return hidden
+
+
+class BLTLocalDecoder(nn.Module):
+    """Byte layers that cross-attend (before each layer) to the k slices of their assigned patch; final norm."""
+
+    def __init__(self, config: BLTLocalConfig, global_size: int, cross_attn_k: int):
+        super().__init__()
+        self.config = config
+        self.cross_attn_k = cross_attn_k
+        self.layers = nn.ModuleList([MistralDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.rotary_emb = MistralRotaryEmbedding(config=config)
+        self.patch_embedding_projection = nn.Linear(global_size, config.hidden_size * cross_attn_k, bias=False)
+        self.norm = MistralRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        n_cross = config.num_hidden_layers if config.cross_attn_all_layers else 1
+        self.cross_attn_layers = nn.ModuleList([BLTCrossAttention(config) for _ in range(n_cross)])
+
+    def forward(self, byte_states, patch_states, byte_patch, mask, position_ids, cache=None):
+        """byte_states ``[B, N, D]`` (encoder output); patch_states ``[B, P, D_G]``; byte_patch ``[B, N]`` index of
+        the patch each byte reads -> ``[B, N, D]`` normed states."""
+        b, n, d = byte_states.shape
+        p = patch_states.shape[1]
+        slices = self.patch_embedding_projection(patch_states).view(b, p, self.cross_attn_k, d)
+        position_embeddings = self.rotary_emb(byte_states, position_ids)
+        hidden = byte_states
+        index = byte_patch.clamp(min=0, max=p - 1)
+        for i, layer in enumerate(self.layers):
+            if i < len(self.cross_attn_layers):
+                cross = self.cross_attn_layers[i]
+                keys, values = cross.project_kv(slices)  # [B, P, k, H, hd]
+                gidx = index.view(b, n, 1, 1, 1).expand(b, n, *keys.shape[2:])
+                keys = keys.gather(1, gidx)
+                values = values.gather(1, gidx)
+                hidden = hidden + cross(hidden.unsqueeze(2), keys, values).squeeze(2)
+            hidden = layer(
+                hidden, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+                use_cache=cache is not None, position_embeddings=position_embeddings,
+            )
+        return self.norm(hidden)
+
+
+@dataclass
+class BLTModelOutput(ModelOutput):
+    """last_hidden_state ``[B, N, D]``; patch_starts ``[B, N + 1]`` (byte t opens a patch); entropies ``[B, N]``
+    when the entropy model ran; past_key_values a :class:`BLTCache` when ``use_cache``."""
+
+    last_hidden_state: torch.FloatTensor | None = None
+    past_key_values: object | None = None
+    patch_starts: torch.BoolTensor | None = None
+    entropies: torch.FloatTensor | None = None
+
+
+class BLTCache:
+    """Everything incremental BLT generation keeps between steps (batch rows advance one byte per step together).
+
+    Byte-level: ``entropy`` / ``encoder`` / ``decoder`` DynamicCaches (sliding window), the byte ids (for n-gram
+    hashes), encoder byte states (for closing the open patch), per-row positions. Patch-level: ``latent`` DynamicCache
+    with a validity mask (rows close patches at different steps; a row that did not close a patch at a latent step
+    leaves a masked hole), the start of each row's open patch and the latent output the decoder currently reads.
+    """
+
+    is_compileable = False
+
+    def __init__(self, config: BLTConfig):
+        self.entropy = DynamicCache(config=config.entropy_config)
+        self.encoder = DynamicCache(config=config.encoder_config)
+        self.decoder = DynamicCache(config=config.decoder_config)
+        self.latent = DynamicCache(config=config.global_config)
+        self.num_bytes = 0
+        self.byte_ids = None  # [B, T] ids (padding zeroed)
+        self.byte_mask = None  # [B, T]
+        self.encoder_states = None  # [B, T, D_E]
+        self.next_position = None  # [B] position of the next byte
+        self.open_start = None  # [B] slot where the open patch starts
+        self.last_entropy = None  # [B]
+        self.latent_mask = None  # [B, S] valid latent slots
+        self.latent_next_position = None  # [B]
+        self.decoder_patch = None  # [B, D_G] latent output the decoder reads
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.num_bytes
+
+    def reorder_cache(self, beam_idx: torch.LongTensor):
+        raise NotImplementedError  # pragma: no cover - beam search is rejected in BLTForCausalLM.generate
+
+
+class BLTPreTrainedModel(PreTrainedModel):
+    config_class = BLTConfig
+    config: BLTConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MistralDecoderLayer", "LlamaDecoderLayer", "BLTCrossAttention"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _can_compile_fullgraph = False
+    _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq"]
+
+    def __init__(self, config: BLTConfig, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        # PreTrainedModel resolves the attention implementation on the top config only; the Mistral/Llama layers read
+        # it from their sub-config, so hand it down where none was chosen explicitly.
+        for key in config.sub_configs:
+            sub = getattr(config, key)
+            if sub is not None and sub._attn_implementation_internal is None:
+                sub._attn_implementation_internal = config._attn_implementation
+
+
+class BLTModel(BLTPreTrainedModel):
+    """BLT without the LM head: returns the local decoder's normed byte states."""
+
+    def __init__(self, config: BLTConfig):
+        super().__init__(config)
+        enc, dec, glob = config.encoder_config, config.decoder_config, config.global_config
+        self.local_encoder = BLTLocalEncoder(enc, config.cross_attn_k)
+        self.global_transformer = BLTGlobalTransformer(glob, config.latent_input_size)
+        self.local_decoder = BLTLocalDecoder(dec, glob.hidden_size, config.cross_attn_k)
+        num_tables = config.encoder_hash_byte_group_nb_functions * len(config.encoder_hash_byte_group_size)
+        self.encoder_hash_tok_embedding = (
+            nn.Embedding(num_tables * config.encoder_hash_byte_group_vocab, enc.hidden_size) if num_tables else None
+        )
+        if config.patching_mode.startswith("entropy"):
+            self.entropy_model = BLTEntropyModel(config.entropy_config)
+            # Frozen: boundaries are a hard threshold on its entropies; train it separately (examples/).
+            self.entropy_model.requires_grad_(False)
+        else:
+            self.entropy_model = None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.local_encoder.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.local_encoder.embed_tokens = value
+
+    # ----- pieces ---------------------------------------------------------------------------------------------
+    def embed_bytes(self, input_ids: torch.LongTensor, hash_ids: torch.LongTensor | None = None) -> torch.Tensor:
+        """Byte embedding plus the sum of the hashed n-gram embeddings: ``[B, N] -> [B, N, D_E]``."""
+        embeds = self.local_encoder.embed_tokens(input_ids)
+        if self.encoder_hash_tok_embedding is not None:
+            if hash_ids is None:
+                hash_ids = self.hash_ids(input_ids)
+            embeds = embeds + self.encoder_hash_tok_embedding(hash_ids).sum(dim=-2)
+        return embeds
+
+    def hash_ids(self, input_ids):
+        c = self.config
+        return byte_ngram_hash_ids(
+            input_ids, c.encoder_hash_byte_group_size, c.encoder_hash_byte_group_nb_functions,
+            c.encoder_hash_byte_group_vocab,
+        )
+
+    def _check_ids(self, input_ids):
+        if input_ids is None:
+            raise ValueError("BLT needs input_ids (byte ids); inputs_embeds is not supported")
+        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+            raise ValueError(
+                f"input_ids must be byte ids in [0, {self.config.vocab_size}); got values in "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+            )
+
+    def compute_patch_starts(self, input_ids, attention_mask=None, entropies=None):
+        """Start mask ``[B, N + 1]`` for the configured patching mode (runs the entropy model if needed)."""
+        c = self.config
+        if c.patching_mode.startswith("entropy") and entropies is None:
+            entropies, _ = self.entropy_model.entropies(input_ids, attention_mask)
+        starts = patch_starts(
+            c.patching_mode, input_ids, entropies=entropies, threshold=c.patching_threshold,
+            patch_size=c.patch_size, max_patch_length=c.max_patch_length, attention_mask=attention_mask,
+        )
+        return starts, entropies
+
+    @staticmethod
+    def patch_layout(starts: torch.Tensor):
+        """From the start mask ``[B, N + 1]``: gather index/valid ``[B, P, L]`` of each patch's byte slots, the
+        encoder patch id of each byte ``[B, N]`` and the decoder patch id ``[B, N]`` (the patch before the one that
+        holds byte t + 1)."""
+        b, n1 = starts.shape
+        n = n1 - 1
+        cum = starts.long().cumsum(dim=1)
+        enc_ids = cum[:, :n] - 1  # padding -> -1
+        dec_ids = cum[:, 1:] - 2
+        num_patches = max(int(enc_ids.max()) + 1, 1) if n else 1
+        slot = torch.arange(n, device=starts.device).expand(b, n)
+        big = torch.full((b, num_patches + 1), n, dtype=torch.long, device=starts.device)
+        first = big.scatter_reduce(1, enc_ids + 1, slot, reduce="amin", include_self=True)[:, 1:]
+        lengths = torch.zeros(b, num_patches + 1, dtype=torch.long, device=starts.device)
+        lengths = lengths.scatter_add(1, enc_ids + 1, torch.ones_like(slot))[:, 1:]
+        longest = max(int(lengths.max()), 1)
+        offs = torch.arange(longest, device=starts.device)
+        gather_index = (first.unsqueeze(-1) + offs).clamp(max=max(n - 1, 0))
+        gather_valid = offs < lengths.unsqueeze(-1)
+        return gather_index, gather_valid, enc_ids, dec_ids, num_patches
+
+    # ----- forward --------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        patch_lengths: torch.Tensor | None = None,
+        past_key_values: BLTCache | None = None,
+        use_cache: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> BLTModelOutput:
+        """input_ids ``[B, N]`` byte ids; attention_mask ``[B, N]`` (left padding only); patch_lengths ``[B, P]``
+        optional precomputed patches (rows sum to the real byte count, or +1). ``position_ids`` are derived from the
+        mask and ignored. With a non-empty ``past_key_values`` only the new bytes are given."""
+        if inputs_embeds is not None:
+            raise ValueError("BLT works on byte ids; inputs_embeds is not supported")
+        self._check_ids(input_ids)
+        input_ids = input_ids.long()
+        use_cache = use_cache if use_cache is not None else False
+        if past_key_values is not None and not isinstance(past_key_values, BLTCache):
+            raise TypeError(f"past_key_values must be a BLTCache, got {type(past_key_values).__name__}")
+        if past_key_values is not None and past_key_values.num_bytes > 0:
+            if patch_lengths is not None:
+                raise ValueError("patch_lengths cannot be given for incremental steps (boundaries come from the cache)")
+            return self._extend(input_ids, attention_mask, past_key_values)
+        batch, length = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        attention_mask = attention_mask.long()
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        has_padding = bool((attention_mask == 0).any())
+        if has_padding and bool((attention_mask[:, 1:] < attention_mask[:, :-1]).any()):
+            raise ValueError("BLT supports left padding only (attention_mask must be 0...0 1...1 per row)")
+        mask_2d = attention_mask if has_padding else None
+        position_ids = positions_from_mask(attention_mask)
+        ids = input_ids * attention_mask  # padding hashes like Meta's zero left-context
+
+        cache = None
+        if use_cache:
+            cache = past_key_values if past_key_values is not None else BLTCache(self.config)
+
+        entropies = None
+        if patch_lengths is not None:
+            starts = starts_from_patch_lengths(patch_lengths.to(input_ids.device), length, mask_2d)
+        else:
+            if self.config.patching_mode.startswith("entropy"):
+                entropies, _ = self.entropy_model.entropies(
+                    ids, mask_2d, position_ids, past_key_values=cache.entropy if cache else None, use_cache=use_cache
+                )
+            starts, entropies = self.compute_patch_starts(ids, mask_2d, entropies)
+        if use_cache and patch_lengths is not None and self.config.patching_mode.startswith("entropy"):
+            entropies, _ = self.entropy_model.entropies(ids, mask_2d, position_ids, past_key_values=cache.entropy, use_cache=True)
+
+        embeds = self.embed_bytes(ids)
+        local_mask = _local_mask(self.config.encoder_config, embeds, mask_2d, cache.encoder if cache else None, position_ids)
+        byte_states = self.local_encoder.run_layers(embeds, local_mask, position_ids, cache.encoder if cache else None)
+
+        gather_index, gather_valid, enc_ids, dec_ids, num_patches = self.patch_layout(starts)
+        patch_vectors = self.local_encoder.patch_vectors(byte_states, gather_index, gather_valid)
+        latent_positions = torch.arange(num_patches, device=input_ids.device).unsqueeze(0).expand(batch, -1)
+        latent = self.global_transformer(patch_vectors, latent_positions, None, cache.latent if cache else None)
+
+        if cache is not None:
+            dec_mask = _local_mask(self.config.decoder_config, embeds, mask_2d, cache.decoder, position_ids)
+        else:
+            dec_mask = local_mask
+        hidden = self.local_decoder(byte_states, latent, dec_ids, dec_mask, position_ids, cache.decoder if cache else None)
+
+        if cache is not None:
+            self._fill_cache(cache, ids, attention_mask, byte_states, starts, entropies, latent, dec_ids, num_patches)
+        return BLTModelOutput(last_hidden_state=hidden, past_key_values=cache, patch_starts=starts, entropies=entropies)
+
+    def _fill_cache(self, cache, ids, attention_mask, byte_states, starts, entropies, latent, dec_ids, num_patches):
+        batch, length = ids.shape
+        cache.num_bytes = length
+        cache.byte_ids = ids
+        cache.byte_mask = attention_mask
+        cache.encoder_states = byte_states
+        real = attention_mask.sum(dim=1)
+        cache.next_position = real.clone()
+        slot = torch.arange(length + 1, device=ids.device).expand(batch, -1)
+        cache.open_start = torch.where(starts, slot, torch.full_like(slot, -1)).amax(dim=1)
+        cache.last_entropy = entropies[:, -1] if entropies is not None else None
+        # Patches that can no longer change: every patch that ends before the open one.
+        completed = starts.long().sum(dim=1) - 1  # patches fully inside [0, N) when byte N opens one, else one less
+        patch_index = torch.arange(num_patches, device=ids.device).unsqueeze(0)
+        cache.latent_mask = (patch_index < completed.unsqueeze(1)).long()
+        cache.latent_next_position = completed.clone()
+        last = dec_ids[:, -1].clamp(min=0)
+        cache.decoder_patch = latent.gather(1, last.view(batch, 1, 1).expand(batch, 1, latent.shape[-1])).squeeze(1)
+
+    # ----- incremental generation -----------------------------------------------------------------------------
+    def _extend(self, input_ids, attention_mask, cache: BLTCache) -> BLTModelOutput:
+        """Feed new bytes one at a time through the caches; ``[B, T] -> [B, T, D]``."""
+        outs, starts_out, ent_out = [], [], []
+        for t in range(input_ids.shape[1]):
+            h, s, e = self._step(input_ids[:, t], cache)
+            outs.append(h)
+            starts_out.append(s)
+            ent_out.append(e)
+        entropies = torch.stack(ent_out, dim=1) if ent_out[0] is not None else None
+        return BLTModelOutput(
+            last_hidden_state=torch.stack(outs, dim=1),
+            past_key_values=cache,
+            patch_starts=torch.stack(starts_out, dim=1),
+            entropies=entropies,
+        )
+
+    def _next_starts(self, new_ids, entropy, cache: BLTCache):
+        """Does the byte after ``new_ids`` open a patch? ``[B]`` bool, causal rule of ``patcher_blt``."""
+        c = self.config
+        rel_next = cache.next_position + 1  # relative position of the slot being decided
+        forced = rel_next <= 1
+        mode = c.patching_mode
+        if mode == "entropy":
+            fire = entropy > float(c.patching_threshold)
+        elif mode == "entropy_monotonic":
+            prev = cache.last_entropy if cache.last_entropy is not None else torch.zeros_like(entropy)
+            fire = (entropy - prev) > float(c.patching_threshold)
+        elif mode == "space":
+            table = _space_like_table(new_ids.device)
+            prev_id = cache.byte_ids[:, -1]
+            fire = table[new_ids] & ~(table[prev_id] & (rel_next >= 3))
+        elif mode == "static":
+            fire = (rel_next - 1) % c.patch_size == 0
+        else:  # byte
+            fire = torch.ones_like(forced)
+        starts = forced | ((rel_next >= 2) & fire)
+        if c.max_patch_length is not None:
+            slot_next = cache.num_bytes + 1
+            starts = starts | ((slot_next - cache.open_start) % c.max_patch_length == 0)
+        return starts
+
+    def _step(self, new_ids: torch.LongTensor, cache: BLTCache):
+        batch = new_ids.shape[0]
+        device = new_ids.device
+        position = cache.next_position.view(batch, 1)
+        cache.byte_mask = torch.cat([cache.byte_mask, torch.ones_like(new_ids).view(batch, 1)], dim=1)
+        mask_2d = cache.byte_mask if bool((cache.byte_mask == 0).any()) else None
+        # entropy of the byte after this one
+        entropy = None
+        if self.entropy_model is not None:
+            ent, _ = self.entropy_model.entropies(
+                new_ids.view(batch, 1), mask_2d, position, past_key_values=cache.entropy, use_cache=True
+            )
+            entropy = ent[:, 0]
+        starts_next = self._next_starts(new_ids, entropy, cache)
+        cache.byte_ids = torch.cat([cache.byte_ids, new_ids.view(batch, 1)], dim=1)
+        window = max(self.config.encoder_hash_byte_group_size, default=1)
+        hash_ids = self.hash_ids(cache.byte_ids[:, -window:])[:, -1:] if self.encoder_hash_tok_embedding is not None else None
+        embeds = self.embed_bytes(new_ids.view(batch, 1), hash_ids)
+        enc_mask = _local_mask(self.config.encoder_config, embeds, mask_2d, cache.encoder, position)
+        state = self.local_encoder.run_layers(embeds, enc_mask, position, cache.encoder)
+        cache.encoder_states = torch.cat([cache.encoder_states, state], dim=1)
+        slot = cache.num_bytes  # slot of the new byte
+        if bool(starts_next.any()):
+            # Close each finishing row's open patch [open_start, slot] and run one latent step for all rows; rows
+            # that did not close a patch write a masked hole.
+            lo = int(cache.open_start[starts_next].min())
+            span = slot + 1 - lo
+            offs = torch.arange(span, device=device)
+            gather_index = (lo + offs).view(1, 1, span).expand(batch, 1, span)
+            gather_valid = (lo + offs).view(1, span) >= cache.open_start.view(batch, 1)
+            vectors = self.local_encoder.patch_vectors(cache.encoder_states, gather_index, gather_valid.view(batch, 1, span))
+            cache.latent_mask = torch.cat([cache.latent_mask, starts_next.long().view(batch, 1)], dim=1)
+            latent = self.global_transformer(
+                vectors, cache.latent_next_position.view(batch, 1), cache.latent_mask, cache.latent
+            )[:, 0]
+            cache.decoder_patch = torch.where(starts_next.view(batch, 1), latent, cache.decoder_patch)
+            cache.latent_next_position = cache.latent_next_position + starts_next.long()
+            cache.open_start = torch.where(starts_next, torch.full_like(cache.open_start, slot + 1), cache.open_start)
+        dec_mask = _local_mask(self.config.decoder_config, state, mask_2d, cache.decoder, position)
+        hidden = self.local_decoder(
+            state, cache.decoder_patch.unsqueeze(1), torch.zeros(batch, 1, dtype=torch.long, device=device),
+            dec_mask, position, cache.decoder,
+        )
+        if entropy is not None:
+            cache.last_entropy = entropy
+        cache.next_position = cache.next_position + 1
+        cache.num_bytes += 1
+        return hidden[:, 0], starts_next, entropy
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        if is_transformers_blt_folder(pretrained_model_name_or_path):
+            return load_transformers_blt_folder(cls, pretrained_model_name_or_path, prefix="model.", **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+
+class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
+    """BLT with the byte LM head (260 logits) and next-byte loss; ``from_pretrained`` also reads folders saved by
+    Transformers' ``BltForCausalLM`` (model type ``blt``)."""
+
+    def __init__(self, config: BLTConfig):
+        super().__init__(config)
+        self.model = BLTModel(config)
+        self.lm_head = nn.Linear(config.decoder_config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def get_input_embeddings(self):
+        return self.model.local_encoder.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.local_encoder.embed_tokens = value
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # BLTCache is created by forward
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        patch_lengths: torch.Tensor | None = None,
+        past_key_values: BLTCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        position_ids: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits ``[B, N, 260]`` (fp32); ``labels`` ``[B, N]`` (-100 ignored) give the shifted next-byte loss (nats;
+        bits per byte = loss / ln 2)."""
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, patch_lengths=patch_lengths,
+            past_key_values=past_key_values, use_cache=use_cache, inputs_embeds=inputs_embeds,
+        )
+        hidden = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden = hidden[:, -logits_to_keep:]
+        elif isinstance(logits_to_keep, torch.Tensor):
+            hidden = hidden[:, logits_to_keep]
+        logits = self.lm_head(hidden).float()
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, use_cache=None, **kwargs):
+        if past_key_values is not None and past_key_values.num_bytes > 0:
+            input_ids = input_ids[:, past_key_values.num_bytes :]
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "past_key_values": past_key_values,
+            "use_cache": use_cache,
+        }
+        if "logits_to_keep" in kwargs:
+            inputs["logits_to_keep"] = kwargs["logits_to_keep"]
+        return inputs
+
+    def generate(self, *args, **kwargs):
+        generation_config = kwargs.get("generation_config")
+        num_beams = kwargs.get("num_beams", getattr(generation_config, "num_beams", 1) if generation_config else 1)
+        if num_beams and num_beams > 1:
+            raise ValueError("BLTForCausalLM.generate supports greedy decoding and sampling (num_beams=1) only")
+        return super().generate(*args, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Loads our folders, or converts a folder saved by Transformers' ``BltForCausalLM`` (model type ``blt``)."""
+        if is_transformers_blt_folder(pretrained_model_name_or_path):
+            return load_transformers_blt_folder(cls, pretrained_model_name_or_path, prefix="", **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def save_pretrained_transformers(self, save_directory) -> None:
+        """Write a folder that Transformers' own ``BltForCausalLM.from_pretrained`` loads (model type ``blt``)."""
+        from .convert_blt import export_to_transformers_blt
+
+        export_to_transformers_blt(self, save_directory)
+
+
+__all__ = ["BLTModel", "BLTForCausalLM", "BLTPreTrainedModel", "BLTCache", "byte_ngram_hash_ids", "BLTCrossAttention"]
