@@ -1,0 +1,90 @@
+"""Longest-suffix matching: vectorised torch / numpy paths vs a literal per-position implementation."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hf_efficient_lm.scone import CorruptTableError, FgramVocab, match_flat, mine_fgrams
+
+
+def brute_force_match(vocab: FgramVocab, ids: list[int], mask: list[int]):
+    """Algorithm 1 literally: for each i, the longest (x_j..x_i) in F with no barrier/padding inside."""
+    tokens, lengths = vocab.fgram_tokens(torch.arange(vocab.num_fgrams))
+    table = {tuple(tokens[r, :lengths[r]].tolist()): r for r in range(vocab.num_fgrams)}
+    rows, lens = [], []
+    for i in range(len(ids)):
+        best = (-1, 0)
+        for n in range(2, vocab.max_len + 1):
+            j = i - n + 1
+            if j < 0:
+                break
+            window = ids[j:i + 1]
+            if not all(mask[j:i + 1]) or set(window) & set(vocab.barrier_ids):
+                break
+            if tuple(window) in table:
+                best = (table[tuple(window)], n)
+        rows.append(best[0])
+        lens.append(best[1])
+    return rows, lens
+
+
+@st.composite
+def vocab_and_batch(draw):
+    docs = draw(st.lists(st.lists(st.integers(0, 4), max_size=25), min_size=1, max_size=12))
+    docs.append([1, 2, 3, 1, 2, 3, 1, 2, 3])  # guarantees some frequent n-grams
+    vocab = mine_fgrams(docs, num_fgrams=draw(st.integers(1, 30)), max_len=draw(st.integers(2, 5)),
+                        min_count=draw(st.integers(1, 3)), barrier_ids=(0,), vocab_size=5, show_progress=False)
+    batch, length = draw(st.integers(1, 3)), draw(st.integers(1, 16))
+    ids = draw(st.lists(st.lists(st.integers(0, 4), min_size=length, max_size=length), min_size=batch,
+                        max_size=batch))
+    pads = draw(st.lists(st.integers(0, length), min_size=batch, max_size=batch))
+    mask = [[int(t >= p) for t in range(length)] for p in pads]  # left padding
+    return vocab, ids, mask
+
+
+@settings(max_examples=60, deadline=None)
+@given(vocab_and_batch())
+def test_vectorised_match_equals_brute_force(case):
+    vocab, ids, mask = case
+    rows, lengths = vocab.match(torch.tensor(ids), torch.tensor(mask))
+    flat_rows, flat_lengths = [], []
+    for b in range(len(ids)):
+        expected_rows, expected_lengths = brute_force_match(vocab, ids[b], mask[b])
+        assert rows[b].tolist() == expected_rows
+        assert lengths[b].tolist() == expected_lengths
+        # numpy data-pipeline twin (padding expressed as separators)
+        masked = [t if m else -1 for t, m in zip(ids[b], mask[b])]
+        np_rows, np_lengths = match_flat(vocab, np.array(masked))
+        assert np_rows.tolist() == expected_rows and np_lengths.tolist() == expected_lengths
+        # per-step generation path: only the tail is scanned
+        for new in (1, 2):
+            if new <= len(ids[b]):
+                tail_rows, tail_lengths = vocab.match_last(torch.tensor([ids[b]]), new, torch.tensor([mask[b]]))
+                assert tail_rows[0].tolist() == expected_rows[-new:]
+                assert tail_lengths[0].tolist() == expected_lengths[-new:]
+
+
+def test_match_shapes_devices_and_lookup(vocab, docs):
+    ids = torch.tensor(docs[0][:20])
+    rows, lengths = vocab.match(ids)
+    assert rows.shape == lengths.shape == ids.shape and rows.dtype == torch.long
+    assert (lengths > 0).float().mean() > 0.5  # pattern data is mostly covered
+    for i in torch.nonzero(lengths).squeeze(1).tolist():
+        n = int(lengths[i])
+        assert vocab.lookup(ids[i - n + 1:i + 1].tolist()) == int(rows[i])
+    with pytest.raises(TypeError, match="integer"):
+        vocab.match(torch.zeros(2, 3))
+
+
+def test_corrupt_index_is_reported(tmp_path, vocab):
+    vocab.save(tmp_path)
+    path = tmp_path / "fgram_index.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[:-16])
+    with pytest.raises(CorruptTableError, match="truncated"):
+        FgramVocab.load(tmp_path)
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + data[24:])
+    with pytest.raises(CorruptTableError, match="corrupt"):
+        FgramVocab.load(tmp_path)
