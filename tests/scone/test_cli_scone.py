@@ -1,0 +1,40 @@
+"""`hf-efficient-lm scone-mine` / `scone-export` end to end on a tiny corpus."""
+
+import json
+
+from hf_efficient_lm.scone import FgramVocab, SconeLlamaForCausalLM
+from hf_efficient_lm.scone.cli_scone import add_scone_subcommands
+from tests.scone.conftest import make_word_tokenizer
+
+
+def _run(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_scone_subcommands(parser.add_subparsers(required=True))
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+def test_scone_mine_and_export(tmp_path, capsys):
+    from hf_efficient_lm.testing_utils import save_tiny_llama
+
+    words = "the cat sat on a mat and dog ran".split()
+    tokenizer = make_word_tokenizer(words)
+    tokenizer.save_pretrained(tmp_path / "tok")
+    texts = ["the cat sat on the mat", "the dog ran on a mat and the cat sat"] * 5
+    with open(tmp_path / "docs.jsonl", "w") as handle:
+        for text in texts:
+            handle.write(json.dumps({"text": text}) + "\n")
+    _run(["scone-mine", "--tokenizer", str(tmp_path / "tok"), "--data-files", str(tmp_path / "docs.jsonl"),
+          "--num-fgrams", "12", "--max-len", "3", "--output-dir", str(tmp_path / "fgrams")])
+    assert json.loads(capsys.readouterr().out)["num_fgrams"] == 12
+    vocab = FgramVocab.load(tmp_path / "fgrams", tokenizer=tokenizer)
+    assert vocab.barrier_ids == (0, 1, 2)
+    assert vocab.lookup(tokenizer("the cat sat", add_special_tokens=False)["input_ids"]) >= 0
+
+    llama = save_tiny_llama(tmp_path / "llama", vocab_size=16)
+    tokenizer.save_pretrained(llama)
+    SconeLlamaForCausalLM.from_pretrained(llama, fgram_vocab=vocab, fgram_num_layers=1).save_pretrained(tmp_path / "m")
+    _run(["scone-export", "--model", str(tmp_path / "m"), "--output-dir", str(tmp_path / "t"), "--dtype", "float32"])
+    assert SconeLlamaForCausalLM.from_pretrained(tmp_path / "t").config.fgram_mode == "table"
