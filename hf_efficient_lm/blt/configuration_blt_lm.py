@@ -152,6 +152,10 @@ class BLTConfig(PreTrainedConfig):
         # The local window lives in one place (like Transformers' BltConfig): copy it into the local sub-configs.
         self.encoder_config.sliding_window = self.local_attention_window_len
         self.decoder_config.sliding_window = self.local_attention_window_len
+        # Byte embeddings and LM head follow the top-level vocabulary (it grows with resize_token_embeddings; the
+        # entropy model keeps its 260 ids and sees added ids as BOE).
+        self.encoder_config.vocab_size = self.vocab_size
+        self.decoder_config.vocab_size = self.vocab_size
 
     def validate_blt(self) -> None:
         """Raise ``ValueError`` naming the offending field."""
@@ -170,9 +174,10 @@ class BLTConfig(PreTrainedConfig):
             raise ValueError(f"encoder_hash_byte_group_size must hold positive n-gram sizes, got {self.encoder_hash_byte_group_size}")
         if self.encoder_hash_byte_group_vocab < 1 or self.encoder_hash_byte_group_nb_functions < 0:
             raise ValueError("encoder_hash_byte_group_vocab must be >= 1 and encoder_hash_byte_group_nb_functions >= 0")
-        for name in ("entropy_config", "encoder_config", "decoder_config"):
-            if getattr(self, name).vocab_size != self.vocab_size:
-                raise ValueError(f"{name}.vocab_size ({getattr(self, name).vocab_size}) must equal vocab_size ({self.vocab_size})")
+        if self.entropy_config.vocab_size > self.vocab_size:
+            raise ValueError(
+                f"entropy_config.vocab_size ({self.entropy_config.vocab_size}) cannot exceed vocab_size ({self.vocab_size})"
+            )
         if self.encoder_config.hidden_size != self.decoder_config.hidden_size:
             raise ValueError(
                 "encoder_config.hidden_size and decoder_config.hidden_size must match (the decoder reads encoder states), "

@@ -40,7 +40,7 @@ from transformers.models.mistral.modeling_mistral import (
 from .configuration_blt_lm import BLTConfig, BLTLocalConfig
 from .convert_blt import is_transformers_blt_folder, load_transformers_blt_folder
 from .modeling_blt_entropy import BLTEntropyModel, next_byte_entropy, positions_from_mask
-from .patcher_blt import patch_starts, starts_from_patch_lengths, _space_like_table
+from .patcher_blt import patch_starts, space_like, starts_from_patch_lengths
 
 # Primes of the rolling polynomial hash (same list and order as Meta's / Transformers' BLT, for weight compatibility).
 HASH_PRIMES = (
@@ -379,11 +379,16 @@ class BLTModel(BLTPreTrainedModel):
                 f"[{int(input_ids.min())}, {int(input_ids.max())}]"
             )
 
+    def entropy_input(self, ids: torch.LongTensor) -> torch.LongTensor:
+        """Ids for the entropy model: ids beyond its vocabulary (tokens added by resize_token_embeddings) -> BOE."""
+        limit = self.config.entropy_config.vocab_size
+        return torch.where(ids >= limit, torch.zeros_like(ids), ids)
+
     def compute_patch_starts(self, input_ids, attention_mask=None, entropies=None):
         """Start mask ``[B, N + 1]`` for the configured patching mode (runs the entropy model if needed)."""
         c = self.config
         if c.patching_mode.startswith("entropy") and entropies is None:
-            entropies, _ = self.entropy_model.entropies(input_ids, attention_mask)
+            entropies, _ = self.entropy_model.entropies(self.entropy_input(input_ids), attention_mask)
         starts = patch_starts(
             c.patching_mode, input_ids, entropies=entropies, threshold=c.patching_threshold,
             patch_size=c.patch_size, max_patch_length=c.max_patch_length, attention_mask=attention_mask,
@@ -461,11 +466,13 @@ class BLTModel(BLTPreTrainedModel):
         else:
             if self.config.patching_mode.startswith("entropy"):
                 entropies, _ = self.entropy_model.entropies(
-                    ids, mask_2d, position_ids, past_key_values=cache.entropy if cache else None, use_cache=use_cache
+                    self.entropy_input(ids), mask_2d, position_ids, past_key_values=cache.entropy if cache else None, use_cache=use_cache
                 )
             starts, entropies = self.compute_patch_starts(ids, mask_2d, entropies)
         if use_cache and patch_lengths is not None and self.config.patching_mode.startswith("entropy"):
-            entropies, _ = self.entropy_model.entropies(ids, mask_2d, position_ids, past_key_values=cache.entropy, use_cache=True)
+            entropies, _ = self.entropy_model.entropies(
+                self.entropy_input(ids), mask_2d, position_ids, past_key_values=cache.entropy, use_cache=True
+            )
 
         embeds = self.embed_bytes(ids)
         local_mask = _local_mask(self.config.encoder_config, embeds, mask_2d, cache.encoder if cache else None, position_ids)
@@ -534,9 +541,8 @@ class BLTModel(BLTPreTrainedModel):
             prev = cache.last_entropy if cache.last_entropy is not None else torch.zeros_like(entropy)
             fire = (entropy - prev) > float(c.patching_threshold)
         elif mode == "space":
-            table = _space_like_table(new_ids.device)
             prev_id = cache.byte_ids[:, -1]
-            fire = table[new_ids] & ~(table[prev_id] & (rel_next >= 3))
+            fire = space_like(new_ids) & ~(space_like(prev_id) & (rel_next >= 3))
         elif mode == "static":
             fire = (rel_next - 1) % c.patch_size == 0
         else:  # byte
@@ -557,7 +563,7 @@ class BLTModel(BLTPreTrainedModel):
         entropy = None
         if self.entropy_model is not None:
             ent, _ = self.entropy_model.entropies(
-                new_ids.view(batch, 1), mask_2d, position, past_key_values=cache.entropy, use_cache=True
+                self.entropy_input(new_ids.view(batch, 1)), mask_2d, position, past_key_values=cache.entropy, use_cache=True
             )
             entropy = ent[:, 0]
         starts_next = self._next_starts(new_ids, entropy, cache)

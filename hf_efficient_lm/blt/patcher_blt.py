@@ -90,6 +90,12 @@ def _space_like_table(device) -> torch.Tensor:
     return table.to(device)
 
 
+def space_like(ids: torch.Tensor) -> torch.Tensor:
+    """Space-like flag of each id (ids beyond the byte vocabulary, e.g. added tokens, count as special)."""
+    table = _space_like_table(ids.device)
+    return torch.where(ids >= 260, torch.ones_like(ids, dtype=torch.bool), table[ids.clamp(min=0, max=259)])
+
+
 def space_patch_starts(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
@@ -99,9 +105,7 @@ def space_patch_starts(
     (only the first of a run of space-like bytes counts), besides the forced starts."""
     batch, length = input_ids.shape
     forced, may_start, rel = _forced_and_valid(batch, length, attention_mask, input_ids.device)
-    if int(input_ids.max()) >= 260 or int(input_ids.min()) < 0:
-        raise ValueError("space patching needs byte ids in [0, 260)")
-    space = _space_like_table(input_ids.device)[input_ids]
+    space = space_like(input_ids)
     prev = _shift_right(space, False)  # space-like at t-1
     prev2 = _shift_right(prev[:, :-1], False)  # at t-2
     prev2 = prev2 & (rel >= 3)  # t-2 must be a real byte

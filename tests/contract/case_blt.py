@@ -1,0 +1,27 @@
+"""BLTForCausalLM in the contract suite: a tiny BLT (entropy patching with a sharpened random entropy model, so
+patches have mixed sizes) over random bytes after BOS. LoRA targets the latent transformer's attention."""
+
+from __future__ import annotations
+
+import torch
+
+from hf_efficient_lm.blt.testing_blt import make_tiny_blt, random_bytes
+from tests.contract.common import ContractCase
+
+
+def make_blt_model(attn_implementation: str = "sdpa"):
+    return make_tiny_blt(seed=0, attn_implementation=attn_implementation)
+
+
+def make_blt_input_ids(batch: int, length: int, generator: torch.Generator) -> torch.LongTensor:
+    return random_bytes(batch, length, generator)
+
+
+CASES = [
+    ContractCase(
+        name="blt",
+        make_model=make_blt_model,
+        make_input_ids=make_blt_input_ids,
+        lora_target_modules=["global_transformer.layers.0.self_attn.q_proj", "global_transformer.layers.1.self_attn.v_proj"],
+    )
+]
