@@ -16,8 +16,20 @@ from .scone import FgramVocab, SconeLlamaConfig, SconeLlamaForCausalLM, mine_fgr
 
 from . import blt  # noqa: F401
 from .blt import BLTConfig, BLTEntropyModel, BLTForCausalLM, BLTTokenizer  # noqa: F401
+from . import specialists  # noqa: F401
+from .specialists import (  # noqa: F401
+    ClusterIndex,
+    HyperSpecialistConfig,
+    HyperSpecialistForCausalLM,
+    SpecialistMixtureConfig,
+    SpecialistMixtureForCausalLM,
+    importance_sample,
+    specialize,
+)
 
 __all__ = ["MODEL_TYPE_PREFIX", "register_causal_lm", "__version__"]
 __all__ += ["AnchorCache", "AnchorLlamaConfig", "AnchorLlamaForCausalLM"]
 __all__ += ["FgramVocab", "SconeLlamaConfig", "SconeLlamaForCausalLM", "mine_fgrams"]
 __all__ += ["BLTConfig", "BLTEntropyModel", "BLTForCausalLM", "BLTTokenizer"]
+__all__ += ["ClusterIndex", "HyperSpecialistConfig", "HyperSpecialistForCausalLM", "SpecialistMixtureConfig",
+            "SpecialistMixtureForCausalLM", "importance_sample", "specialize"]

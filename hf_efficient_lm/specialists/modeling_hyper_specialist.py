@@ -65,7 +65,7 @@ class HyperSpecialistMLP(nn.Module):
             "down_proj": torch.einsum("h,hdf->df", coefficients, self.down_basis),
         }
 
-    def _apply(self, hidden_states: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _gated_mlp(self, hidden_states: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
         gate = F.linear(hidden_states, weights["gate_proj"])
         up = F.linear(hidden_states, weights["up_proj"])
         return F.linear(self.act_fn(gate) * up, weights["down_proj"])
@@ -77,11 +77,11 @@ class HyperSpecialistMLP(nn.Module):
         cluster_ids, cluster_codes = self.routing
         clusters = torch.unique(cluster_ids).tolist()
         if len(clusters) == 1:
-            return self._apply(hidden_states, self.materialize(cluster_codes[clusters[0]]))
+            return self._gated_mlp(hidden_states, self.materialize(cluster_codes[clusters[0]]))
         output = None
         for cluster in clusters:
             rows = (cluster_ids == cluster).nonzero(as_tuple=True)[0]
-            group = self._apply(hidden_states[rows], self.materialize(cluster_codes[cluster]))
+            group = self._gated_mlp(hidden_states[rows], self.materialize(cluster_codes[cluster]))
             if output is None:
                 output = hidden_states.new_zeros(hidden_states.shape[:-1] + (group.shape[-1],))
             output = output.index_copy(0, rows, group)
