@@ -1,0 +1,91 @@
+"""Decode step time at long context: AnchorLlama with its pruned AnchorCache vs Llama with a full DynamicCache.
+
+Both models share weights. A long many-sentence prompt (EP anchors: tokens ending in . ! ?) is prefilled, then
+``--steps`` single-token decode steps are timed (same fed tokens, no anchors among them, so the anchor cache stays at
+its post-prompt size). Prints median step times and the speed-up; writes a PNG of step time vs context.
+
+    python benchmarks/anchor/bench_decode_anchor.py --contexts 1024 2048 4096 --size small
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common_anchor import OUT_DIR, ep_ids, load_tokenizer, model_pair, setup_cpu  # noqa: E402
+from bench_kv_anchor import long_prompt  # noqa: E402
+
+
+@torch.no_grad()
+def time_decode(model, prompt_ids: torch.LongTensor, feed: torch.LongTensor, warmup: int = 3) -> tuple[float, object]:
+    out = model(prompt_ids, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    times = []
+    for step in range(feed.shape[1]):
+        start = time.perf_counter()
+        model(feed[:, step : step + 1], past_key_values=cache, use_cache=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[warmup:]), cache
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="small", choices=["tiny", "small", "medium"])
+    parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048, 4096])
+    parser.add_argument("--steps", type=int, default=40, help="timed decode steps per context")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+    setup_cpu(args.threads)
+
+    tokenizer = load_tokenizer()
+    anchors = ep_ids(tokenizer)
+    llama, anchor = model_pair(tokenizer, anchors, args.size)
+    text_ids = tokenizer.encode(long_prompt(tokenizer, max(args.contexts), "pydocs"), add_special_tokens=False)
+    generator = torch.Generator().manual_seed(0)
+    non_anchor = torch.tensor([i for i in range(3, len(tokenizer)) if i not in set(anchors)])
+    feed = non_anchor[torch.randint(0, len(non_anchor), (1, args.steps), generator=generator)]
+
+    rows = []
+    for context in tqdm(args.contexts, desc="contexts"):
+        prompt = torch.tensor([([tokenizer.bos_token_id] + text_ids)[:context]])
+        llama_step, _ = time_decode(llama, prompt, feed)
+        anchor_step, cache = time_decode(anchor, prompt, feed)
+        rows.append((prompt.shape[1], cache.cached_tokens(), llama_step * 1e3, anchor_step * 1e3))
+
+    print(f"\nDecode step time (size={args.size}, fp32, batch 1, {torch.get_num_threads()} thread(s), median of "
+          f"{args.steps - 3} steps)")
+    print(f"{'context':>8} {'anchor kept':>12} {'Llama ms':>9} {'Anchor ms':>10} {'speed-up':>9}")
+    for context, kept, llama_ms, anchor_ms in rows:
+        print(f"{context:8d} {kept:12d} {llama_ms:9.3f} {anchor_ms:10.3f} {llama_ms / anchor_ms:8.2f}x")
+
+    if not args.no_plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        OUT_DIR.mkdir(exist_ok=True)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([r[0] for r in rows], [r[2] for r in rows], "o-", label="Llama, full cache")
+        ax.plot([r[0] for r in rows], [r[3] for r in rows], "o-", label="AnchorLlama, anchor cache")
+        ax.set_xlabel("context tokens")
+        ax.set_ylabel("decode step (ms)")
+        ax.legend()
+        fig.tight_layout()
+        path = OUT_DIR / "decode_step_anchor.png"
+        tmp = path.with_suffix(".tmp.png")
+        fig.savefig(tmp)
+        tmp.replace(path)
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
