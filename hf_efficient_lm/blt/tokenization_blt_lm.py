@@ -52,8 +52,14 @@ class BLTTokenizer(PreTrainedTokenizer):
         add_bos_token: bool = True,
         add_eos_token: bool = False,
         errors: str = "replace",
+        blt_add_bos: bool | None = None,
+        blt_add_eos: bool | None = None,
         **kwargs,
     ) -> None:
+        # Transformers drops add_bos_token/add_eos_token from tokenizer_config.json for slow tokenizers, so they are
+        # saved under blt_add_bos/blt_add_eos as well (those win when loading).
+        add_bos_token = add_bos_token if blt_add_bos is None else blt_add_bos
+        add_eos_token = add_eos_token if blt_add_eos is None else blt_add_eos
         if errors not in ("replace", "ignore", "strict"):
             raise ValueError(f"errors must be 'replace', 'ignore' or 'strict', got {errors!r}")
         tokens = [AddedToken(t, lstrip=False, rstrip=False, normalized=False, special=True) if isinstance(t, str) else t
@@ -70,6 +76,8 @@ class BLTTokenizer(PreTrainedTokenizer):
             eos_token=tokens[2],
             add_bos_token=add_bos_token,
             add_eos_token=add_eos_token,
+            blt_add_bos=add_bos_token,
+            blt_add_eos=add_eos_token,
             errors=errors,
             # Lossless: "<s>" written in the text is 3 bytes, never the BOS id.
             split_special_tokens=True,

@@ -1,0 +1,117 @@
+"""Transformers' own Blt: loading its folders (weights converted, logits equal), exporting back, hash config errors,
+hash ids equal to Transformers' hashing, generation equal to its uncached generation."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import BltForCausalLM as TransformersBlt
+from transformers.models.blt.modeling_blt import byte_group_hash_function
+
+from hf_efficient_lm import BLTForCausalLM
+from hf_efficient_lm.blt import BLTModel, byte_ngram_hash_ids
+from hf_efficient_lm.blt.testing_blt import random_bytes
+
+from .conftest import make_transformers_blt
+
+
+def _bytes(batch=2, length=40, seed=0):
+    return random_bytes(batch, length, torch.Generator().manual_seed(seed))
+
+
+def test_hash_ids_equal_transformers_hashing():
+    ids = torch.randint(0, 260, (3, 50), generator=torch.Generator().manual_seed(0))
+    sizes, buckets = [3, 4, 5, 6, 7, 8], 500002
+    ours = byte_ngram_hash_ids(ids, sizes, 2, buckets)
+    primes = [1000000007, 5915587277]
+    col = 0
+    for f in range(2):
+        for n in sizes:
+            ref = byte_group_hash_function(ids, n, primes[f], buckets) + col * buckets
+            assert torch.equal(ours[..., col], ref)
+            col += 1
+
+
+@torch.no_grad()
+def test_logits_equal_transformers_with_entropy_patching(transformers_blt, transformers_blt_dir):
+    ours = BLTForCausalLM.from_pretrained(transformers_blt_dir)
+    assert ours.config.model_type == "hfelm_blt" and ours.config.patching_mode == "entropy"
+    x = _bytes()
+    starts = ours.model(x).patch_starts
+    lengths = starts.sum(dim=1)
+    assert int(lengths.min()) > 4 and int(lengths.max()) < 38, "patches must be of mixed sizes"
+    ref = transformers_blt(x, use_cache=False).logits
+    torch.testing.assert_close(ours(x).logits, ref, atol=1e-4, rtol=0)
+    base = BLTModel.from_pretrained(transformers_blt_dir)
+    torch.testing.assert_close(base(x).last_hidden_state, ours.model(x).last_hidden_state, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # 7B-style latent input projection (k * h_E != h_G), GQA, 2-layer encoder with all-layer cross-attention,
+        # max_patch_length splitting
+        dict(global_config=dict(hidden_size=48, num_attention_heads=4, num_key_value_heads=2),
+             encoder_config=dict(num_hidden_layers=2, cross_attn_all_layers=True, hidden_size_global=48,
+                                 num_key_value_heads=2),
+             decoder_config=dict(hidden_size_global=48, num_key_value_heads=2), max_patch_length=3),
+        # no entropy model: one patch per byte
+        dict(patch_in_forward=False),
+    ],
+    ids=["projection_gqa_maxlen", "byte_patches"],
+)
+@torch.no_grad()
+def test_logits_equal_transformers_other_layouts(tmp_path, overrides):
+    hf = make_transformers_blt(seed=1, **overrides)
+    hf.save_pretrained(tmp_path)
+    ours = BLTForCausalLM.from_pretrained(tmp_path)
+    x = _bytes(seed=1)
+    ref = hf(x, use_cache=False).logits
+    got = ours(x).logits
+    if overrides.get("max_patch_length"):
+        # Transformers splits only the patches inside the N given bytes, so at the last position its decoder may
+        # read a patch that a longer prefix would not (non-causal); ours decides byte N's patch causally.
+        ref, got = ref[:, :-1], got[:, :-1]
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+
+
+@torch.no_grad()
+def test_export_back_to_transformers(transformers_blt, transformers_blt_dir, tmp_path):
+    ours = BLTForCausalLM.from_pretrained(transformers_blt_dir)
+    ours.save_pretrained_transformers(tmp_path / "exported")
+    assert json.loads((tmp_path / "exported" / "config.json").read_text())["model_type"] == "blt"
+    back = TransformersBlt.from_pretrained(tmp_path / "exported").eval()
+    x = _bytes(seed=2)
+    torch.testing.assert_close(back(x, use_cache=False).logits, transformers_blt(x, use_cache=False).logits, atol=1e-6, rtol=0)
+    src = dict(transformers_blt.state_dict())
+    for key, value in back.state_dict().items():
+        assert torch.equal(value, src[key]), key
+    # and our own save/load of the converted model keeps the logits
+    ours.save_pretrained(tmp_path / "ours")
+    again = BLTForCausalLM.from_pretrained(tmp_path / "ours")
+    torch.testing.assert_close(again(x).logits, ours(x).logits, atol=0, rtol=0)
+
+
+def test_different_hash_configuration_is_a_clear_error(transformers_blt_dir, tmp_path):
+    with pytest.raises(ValueError, match="different hash configuration"):
+        BLTForCausalLM.from_pretrained(transformers_blt_dir, encoder_hash_byte_group_size=[3, 4])
+    with pytest.raises(ValueError, match="different hash configuration"):
+        BLTForCausalLM.from_pretrained(transformers_blt_dir, encoder_hash_byte_group_vocab=500002)
+    bad = tmp_path / "bad"
+    shutil.copytree(transformers_blt_dir, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["encoder_hash_byte_group_size"] = [3, 4]  # config no longer matches the saved 3-table hash embedding
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="hash n-gram table has 291 rows"):
+        BLTForCausalLM.from_pretrained(bad)
+
+
+@torch.no_grad()
+def test_cached_greedy_equals_transformers_uncached_generate(transformers_blt, transformers_blt_dir):
+    ours = BLTForCausalLM.from_pretrained(transformers_blt_dir)
+    prompt = _bytes(batch=1, length=16, seed=3)
+    ref = transformers_blt.generate(prompt, max_new_tokens=16, do_sample=False, use_cache=False, eos_token_id=2, pad_token_id=0)
+    got = ours.generate(prompt, max_new_tokens=16, do_sample=False, use_cache=True)
+    assert got.shape[1] >= 24
+    assert torch.equal(got, ref)

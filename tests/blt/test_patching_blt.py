@@ -1,0 +1,140 @@
+"""Patching rules: hand examples, equality with a per-byte Python reference and with Transformers' BltPatcher,
+lengths always sum to the row length (property test), precomputed lengths round trip, bad input."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers.models.blt.modeling_blt import BltPatcher, process_patch_lengths
+
+from hf_efficient_lm.blt.patcher_blt import (
+    entropy_patch_starts,
+    patch_lengths_from_starts,
+    patch_starts,
+    space_patch_starts,
+    split_long_patches,
+    starts_from_patch_lengths,
+    static_patch_starts,
+)
+
+
+def reference_starts(mode, ids, entropies, threshold, patch_size, max_len):
+    """Per-byte Python loop over one unpadded row: the rules as written in the spec; N + 1 decisions."""
+    n = len(ids)
+    space = [(not (chr(i - 4).isascii() and chr(i - 4).isalnum()) and not (0x80 <= i - 4 <= 0xBF)) if i >= 4 else True
+             for i in ids]
+    starts, open_start = [], 0
+    for t in range(n + 1):
+        if t < 2:
+            s = True
+        elif mode == "entropy":
+            s = entropies[t - 1] > threshold
+        elif mode == "entropy_monotonic":
+            s = entropies[t - 1] - entropies[t - 2] > threshold
+        elif mode == "space":
+            s = space[t - 1] and not (t >= 3 and space[t - 2])
+        elif mode == "static":
+            s = (t - 1) % patch_size == 0
+        else:
+            s = True
+        if not s and max_len is not None and t - open_start == max_len:
+            s = True
+        if s:
+            open_start = t
+        starts.append(bool(s))
+    return starts
+
+
+def test_entropy_global_threshold_hand_example():
+    h = torch.tensor([[9.0, 0.5, 2.0, 0.1, 0.2, 3.0, 0.1]])
+    starts = entropy_patch_starts(h, 1.0)
+    assert starts.int().tolist() == [[1, 1, 0, 1, 0, 0, 1, 0]]  # H[0] (BOS) is ignored; bytes 0 and 1 forced
+    assert patch_lengths_from_starts(starts).tolist() == [[1, 2, 3, 1]]
+    assert patch_lengths_from_starts(starts, include_next=True).tolist() == [[1, 2, 3, 2]]
+
+
+def test_monotonic_space_static_hand_examples():
+    h = torch.tensor([[5.0, 1.0, 1.5, 3.0, 3.1, 0.0]])
+    assert entropy_patch_starts(h, 1.0, monotonic=True).int().tolist() == [[1, 1, 0, 0, 1, 0, 0]]
+    ids = torch.tensor([[1] + [b + 4 for b in b"ab  cd,e"]])
+    assert space_patch_starts(ids).int().tolist() == [[1, 1, 0, 0, 1, 0, 0, 0, 1, 0]]
+    assert static_patch_starts(1, 8, 3).int().tolist() == [[1, 1, 0, 0, 1, 0, 0, 1, 0]]
+    assert split_long_patches(entropy_patch_starts(torch.zeros(1, 7), 1.0), 2).int().tolist() == [[1, 1, 0, 1, 0, 1, 0, 1]]
+
+
+@pytest.mark.parametrize("mode", ["entropy", "entropy_monotonic", "space", "static", "byte"])
+@pytest.mark.parametrize("max_len", [None, 3])
+def test_vectorised_equals_per_byte_reference(mode, max_len):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 260, (3, 37), generator=g)
+    ids[:, ::5] = 32 + 4  # some spaces
+    ent = torch.rand(3, 37, generator=g) * 3
+    got = patch_starts(mode, ids, entropies=ent, threshold=1.2 if mode == "entropy" else 0.3, patch_size=4,
+                       max_patch_length=max_len)
+    for row in range(3):
+        ref = reference_starts(mode, ids[row].tolist(), ent[row].tolist(), 1.2 if mode == "entropy" else 0.3, 4, max_len)
+        assert got[row].tolist() == ref
+
+
+def test_matches_transformers_blt_patcher_lengths():
+    g = torch.Generator().manual_seed(1)
+    ent = torch.rand(4, 50, generator=g) * 4
+    starts = entropy_patch_starts(ent, 2.0)
+    for row in range(4):
+        hf = BltPatcher.patch_lengths_from_entropies(ent[row : row + 1], 50, patch_size=4, threshold=2.0)
+        hf = hf[hf != 0] if not bool(starts[row, -1]) else hf[0]  # HF adds a zero-length trailing patch
+        ours = patch_lengths_from_starts(starts[row : row + 1])[0]
+        assert ours[ours > 0].tolist() == hf[hf > 0].tolist()
+        assert bool(starts[row, -1]) == bool((hf == 0).any())
+    # max_patch_length splitting equals Transformers' process_patch_lengths on the real patches
+    lengths = patch_lengths_from_starts(starts)
+    split = patch_lengths_from_starts(split_long_patches(starts, 3))
+    hf_split = process_patch_lengths(lengths, 3)
+    for row in range(4):
+        assert split[row][split[row] > 0].tolist() == hf_split[row][hf_split[row] > 0].tolist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 40), pad=st.integers(0, 5), mode=st.sampled_from(["entropy", "entropy_monotonic", "space", "static", "byte"]),
+    max_len=st.one_of(st.none(), st.integers(1, 6)), threshold=st.floats(-1, 4), seed=st.integers(0, 2**16),
+)
+def test_lengths_always_sum_to_length(n, pad, mode, max_len, threshold, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, 260, (2, n + pad), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :pad] = 0
+    ent = torch.rand(2, n + pad, generator=g) * 4
+    starts = patch_starts(mode, ids, entropies=ent, threshold=threshold, patch_size=3, max_patch_length=max_len,
+                          attention_mask=mask)
+    lengths = patch_lengths_from_starts(starts)
+    assert lengths.sum(dim=1).tolist() == [n + pad, n]
+    assert not starts[1, :pad].any()  # padding never starts a patch
+    if max_len is not None:
+        assert int(lengths.max()) <= max_len
+    # left padding does not change the patches of the real bytes
+    alone = patch_starts(mode, ids[1:, pad:], entropies=ent[1:, pad:], threshold=threshold, patch_size=3,
+                         max_patch_length=max_len)
+    assert starts[1, pad:].tolist() == alone[0].tolist()
+    # lengths -> starts round trip (both conventions)
+    assert torch.equal(starts_from_patch_lengths(lengths, n + pad, mask)[:, :-1], starts[:, :-1])
+    with_next = patch_lengths_from_starts(starts, include_next=True)
+    assert with_next.sum(dim=1).tolist() == [n + pad + 1, n + 1]
+    assert torch.equal(starts_from_patch_lengths(with_next, n + pad, mask), starts)
+
+
+def test_bad_input_errors():
+    with pytest.raises(ValueError, match="finite number"):
+        entropy_patch_starts(torch.zeros(1, 4), math.nan)
+    with pytest.raises(ValueError, match="finite number"):
+        entropy_patch_starts(torch.zeros(1, 4), "1.0")
+    with pytest.raises(ValueError, match="sum to 6 but the row has 4 bytes"):
+        starts_from_patch_lengths(torch.tensor([[1, 2, 3]]), 4)
+    with pytest.raises(ValueError, match="non-negative"):
+        starts_from_patch_lengths(torch.tensor([[1, 4, -1]]), 4)
+    with pytest.raises(ValueError, match="max_patch_length"):
+        split_long_patches(torch.ones(1, 3, dtype=torch.bool), 0)
+    with pytest.raises(ValueError, match="unknown patching mode"):
+        patch_starts("bpe", torch.ones(1, 3, dtype=torch.long))
