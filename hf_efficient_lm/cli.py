@@ -10,7 +10,6 @@ import argparse
 import importlib
 import json
 import sys
-from pathlib import Path
 
 # (module, function) pairs through which a family adds its own subcommands
 FAMILY_SUBCOMMANDS = [

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon "
-         "phi chi psi omega model token cache anchor byte patch expert cluster").split()
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega", "model", "token", "cache", "anchor", "byte", "patch", "expert", "cluster"]
 
 
 def make_documents(n: int = 60, seed: int = 0) -> list[str]:
@@ -27,6 +26,5 @@ def make_documents(n: int = 60, seed: int = 0) -> list[str]:
 def write_jsonl(path: Path, texts: list[str], column: str = "text") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
-        for text in texts:
-            handle.write(json.dumps({column: text}) + "\n")
+        handle.writelines(json.dumps({column: text}) + "\n" for text in texts)
     return path

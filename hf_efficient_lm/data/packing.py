@@ -41,7 +41,7 @@ def pack_dataset(
     eos = tokenizer.eos_token_id
 
     def pack(batch):
-        encoded = tokenizer(batch[text_column], add_special_tokens=False)["input_ids"]
+        encoded = tokenizer(batch[text_column], add_special_tokens=False, verbose=False)["input_ids"]
         stream = np.fromiter(
             (i for ids in encoded for i in (*ids, eos)), dtype=np.int64, count=sum(len(x) + 1 for x in encoded)
         )

@@ -9,8 +9,8 @@ documents; it compares models with different tokenizers, byte models included.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ def _token_stream(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> n
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; the evaluation protocol separates documents with EOS")
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    encoded = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
     pieces = [np.array([start], dtype=np.int64)]
     for ids in encoded:
         pieces.append(np.asarray(ids, dtype=np.int64))

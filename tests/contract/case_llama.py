@@ -1,6 +1,6 @@
 """The reference row: Transformers' own LlamaForCausalLM must pass every check the families pass."""
 
-from hf_efficient_lm.testing_utils import make_tiny_llama, TINY_LLAMA_KWARGS
+from hf_efficient_lm.testing_utils import TINY_LLAMA_KWARGS, make_tiny_llama
 from tests.contract.common import ContractCase, random_ids
 
 CASES = [

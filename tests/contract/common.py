@@ -7,9 +7,9 @@ A family joins the suite by adding ``tests/contract/case_<family>.py`` that defi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers import PreTrainedModel
