@@ -137,28 +137,27 @@ class FgramVocab:
         mask = attention_mask.to("cpu") if attention_mask is not None else None
         valid = self.valid_mask(ids, mask)
         batch, length = ids.shape
-        rows = torch.full((batch, length), -1, dtype=torch.int64)
-        lengths = torch.zeros((batch, length), dtype=torch.int64)
-        prev_local = torch.where(valid, ids, -1)  # level-1 "local id" is the token id itself
-        next_ok = valid[:, 1:]
-        next_tok = ids[:, 1:]
+        flat = ids.reshape(-1)
+        rows = torch.full((batch * length,), -1, dtype=torch.int64)
+        lengths = torch.zeros(batch * length, dtype=torch.int64)
+        # Work only on positions that still extend a match: (flat position, local id at the current level).
+        pos = valid.reshape(-1).nonzero().squeeze(1)
+        local = flat[pos]  # level-1 "local id" is the token id itself
         for n, (keys, level_rows) in enumerate(zip(self.level_keys, self.level_rows), start=2):
-            if length < n or keys.numel() == 0:
+            if keys.numel() == 0 or pos.numel() < 2:
                 break
-            ok = (prev_local[:, :-1] >= 0) & next_ok
-            query = prev_local[:, :-1][ok] * self.vocab_size + next_tok[ok]
-            if query.numel() == 0:
-                break
-            pos = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
-            found_local = torch.where(keys[pos] == query, pos, -1)
-            local = torch.full((batch, length), -1, dtype=torch.int64)
-            local[:, 1:][ok] = found_local
-            hit = local >= 0
-            if not bool(hit.any()):
+            # an n-gram ends at i iff i-1 and i both end an (n-1)-gram of F (same row: i is not a row start)
+            follows = ((pos[1:] == pos[:-1] + 1) & (pos[1:] % length != 0)).nonzero().squeeze(1)
+            end = pos[follows + 1]
+            query = local[follows] * self.vocab_size + flat[end]
+            found_at = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
+            found = keys[found_at] == query
+            pos, local = end[found], found_at[found]
+            if pos.numel() == 0:
                 break  # suffix closure: no n-gram anywhere => no longer one either
-            rows[hit] = level_rows[local[hit]]
-            lengths[hit] = n
-            prev_local = local
+            rows[pos] = level_rows[local]
+            lengths[pos] = n
+        rows, lengths = rows.view(batch, length), lengths.view(batch, length)
         if squeeze:
             rows, lengths = rows[0], lengths[0]
         return rows.to(device), lengths.to(device)

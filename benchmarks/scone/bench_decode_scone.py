@@ -1,0 +1,113 @@
+"""Decode step time of a table-mode SconeLlama vs the base Llama it wraps (same weights, same process).
+
+The table model's accelerator work is the base model's; the extra per step is matching the new token's f-gram
+(suffix of the last K tokens) and reading its row from the memory-mapped table. Goal: <= 1.05x the base step.
+
+    nice -n 10 python benchmarks/scone/bench_decode_scone.py --num-fgrams 100000 --batch-sizes 1 16
+Uses the shared base checkpoint (~/.cache/hf_efficient_lm/base) when present, else a random Llama of --preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import LlamaForCausalLM
+
+from hf_efficient_lm.scone import FgramVocab, SconeLlamaForCausalLM, mine_fgrams
+from corpus_scone import DOMAINS, cache_dir, find_tokenizer_dir, load_tokenizer, tokenized_docs
+
+
+def base_checkpoint(preset: str, tokenizer) -> Path:
+    shared = cache_dir().parent / "base"
+    if (shared / "config.json").exists():
+        return shared
+    from hf_efficient_lm.train.presets import llama_config_from_preset
+
+    path = cache_dir() / f"random_{preset}_{len(tokenizer)}"
+    if not (path / "config.json").exists():
+        torch.manual_seed(0)
+        LlamaForCausalLM(llama_config_from_preset(preset, vocab_size=len(tokenizer))).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return path
+
+
+def cached_vocab(num_fgrams: int, tokenizer) -> FgramVocab:
+    path = cache_dir() / f"fgrams_{num_fgrams}_{len(tokenizer)}"
+    if (path / "fgram_index.safetensors").exists():
+        return FgramVocab.load(path, tokenizer=tokenizer)
+    train = tokenized_docs("train")
+    docs = [d for domain in DOMAINS for d in train[domain]]
+    vocab = mine_fgrams(docs, num_fgrams=num_fgrams, tokenizer=tokenizer,
+                        barrier_ids=[tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id])
+    vocab.save(path)
+    return vocab
+
+
+@torch.no_grad()
+def decode_ms_per_step(model, prompts, new_tokens: int) -> float:
+    """(time to generate new_tokens) - (time to generate 1), per extra step: decode only, prefill excluded."""
+    common = dict(do_sample=False, pad_token_id=0, eos_token_id=None, attention_mask=torch.ones_like(prompts))
+    start = time.perf_counter()
+    model.generate(prompts, max_new_tokens=1, min_new_tokens=1, **common)
+    one = time.perf_counter() - start
+    start = time.perf_counter()
+    model.generate(prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **common)
+    many = time.perf_counter() - start
+    return (many - one) / (new_tokens - 1) * 1e3
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-fgrams", type=int, default=100_000)
+    parser.add_argument("--preset", default="5m")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--table-dtype", default="float32", choices=["float32", "bfloat16"])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    tokenizer = load_tokenizer()
+    base_dir = base_checkpoint(args.preset, tokenizer)
+    vocab = cached_vocab(args.num_fgrams, tokenizer)
+    base = LlamaForCausalLM.from_pretrained(base_dir).eval()
+    table_dir = cache_dir() / f"decode_table_{args.num_fgrams}_{args.table_dtype}"
+    torch.manual_seed(0)
+    scone = SconeLlamaForCausalLM.from_pretrained(base_dir, fgram_vocab=vocab, fgram_num_layers=2)
+    with torch.no_grad():
+        scone.model.fgram_gate.fill_(1.0)
+    scone.export_fgram_table(table_dir, dtype=getattr(torch, args.table_dtype), show_progress=False)
+    table = SconeLlamaForCausalLM.from_pretrained(table_dir).eval()
+    print(f"base: {base_dir} ({sum(p.numel() for p in base.parameters()) / 1e6:.1f}M params); table model: "
+          f"{vocab.num_fgrams:,} f-grams x {table.config.hidden_size} {args.table_dtype} "
+          f"({(table_dir / 'fgram_table.safetensors').stat().st_size / 1e6:.0f} MB, memory-mapped); "
+          f"accelerator params equal: {sum(p.numel() for p in table.parameters()) - table.config.hidden_size == sum(p.numel() for p in base.parameters())}")
+    valid = tokenized_docs("valid")
+    prompts_all = [d[:args.prompt_len] for domain in DOMAINS for d in valid[domain] if d.size >= args.prompt_len]
+    print(f"threads {args.threads}; prompt {args.prompt_len} tokens; {args.new_tokens} new tokens; median of "
+          f"{args.repeats} interleaved repeats\n")
+    print("| batch | base ms/step | SconeLlama (table) ms/step | ratio |")
+    print("|---|---|---|---|")
+    for batch in args.batch_sizes:
+        prompts = torch.from_numpy(np.stack(prompts_all[:batch]).astype(np.int64))
+        decode_ms_per_step(base, prompts, 4)  # warm-up
+        decode_ms_per_step(table, prompts, 4)
+        base_times, table_times = [], []
+        for _ in range(args.repeats):
+            base_times.append(decode_ms_per_step(base, prompts, args.new_tokens))
+            table_times.append(decode_ms_per_step(table, prompts, args.new_tokens))
+        b, t = statistics.median(base_times), statistics.median(table_times)
+        print(f"| {batch} | {b:.2f} | {t:.2f} | {t / b:.3f}x |")
+    rows, lengths = table.match_fgrams(torch.from_numpy(np.stack(prompts_all[:16]).astype(np.int64)))
+    print(f"\nprompt tokens matched: {(lengths > 0).float().mean():.1%} (mean length "
+          f"{lengths[lengths > 0].float().mean():.2f})")
+
+
+if __name__ == "__main__":
+    main()

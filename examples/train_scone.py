@@ -1,0 +1,140 @@
+"""Continual pretraining of a Llama checkpoint into a SconeLlama with the Trainer, then export the f-gram table.
+
+    python examples/train_scone.py --base_model ~/.cache/hf_efficient_lm/base \
+        --data_files ../shared/corpus/*.train.jsonl.gz --validation_files ../shared/corpus/*.valid.jsonl.gz \
+        --num_fgrams 100000 --fgram_num_layers 2 --max_train_tokens 2000000 --output_dir runs/scone-5m
+
+From scratch (the scaling study: same main-model preset and token budget as the base, plus the f-gram model):
+
+    python examples/train_scone.py --from_scratch_preset 5m --tokenizer TOK_DIR --fgram_fusion replace ...
+
+Two CPU processes (gloo DDP):
+
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \
+        examples/train_scone.py --use_cpu true ...
+
+Steps: mine (or load) the f-grams of the training data -> pack documents into blocks with EOS between them ->
+pre-compute ``fgram_row``/``fgram_len`` columns (the paper's pre-scan) -> Trainer -> ``output_dir/final``
+(training mode, keeps the f-gram model: new f-grams can be embedded later) -> ``output_dir/table`` (inference
+mode: memory-mapped table, no f-gram model) -> held-out perplexity of the table model vs the base.
+`python examples/train_scone.py --help` lists every option (all of TrainingArguments too).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, HfArgumentParser, LlamaForCausalLM, Trainer, TrainingArguments
+from transformers import default_data_collator
+
+from hf_efficient_lm.data import check_vocab_fits, load_text_dataset, pack_dataset
+from hf_efficient_lm.scone import FgramVocab, SconeLlamaConfig, SconeLlamaForCausalLM, add_fgram_columns, mine_fgrams
+
+
+@dataclass
+class SconeTrainArguments:
+    base_model: str | None = field(default=None, metadata={"help": "Llama checkpoint folder to wrap (continual pretraining)."})
+    from_scratch_preset: str | None = field(default=None, metadata={"help": "Instead of base_model: train a fresh main model of this preset."})
+    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder (default: base_model)."})
+    data_files: list[str] = field(default_factory=list, metadata={"help": "Training text files (json/jsonl(.gz)/txt/...)."})
+    validation_files: list[str] = field(default_factory=list, metadata={"help": "Held-out files; perplexity per file at the end."})
+    text_column: str = field(default="text")
+    block_size: int = field(default=256, metadata={"help": "Tokens per packed training block."})
+    max_train_tokens: int | None = field(default=None, metadata={"help": "Token budget -> max_steps."})
+    max_documents: int | None = field(default=None, metadata={"help": "Use only the first N training documents."})
+    fgram_dir: str | None = field(default=None, metadata={"help": "A mined f-gram vocabulary (hf-efficient-lm scone-mine); mined from the training data if absent."})
+    num_fgrams: int = field(default=100_000, metadata={"help": "S when mining here."})
+    max_fgram_len: int = field(default=5, metadata={"help": "K when mining here."})
+    min_count: int = field(default=5)
+    fgram_num_layers: int = field(default=2)
+    fgram_hidden_size: int | None = field(default=None)
+    fgram_fusion: str = field(default="gated", metadata={"help": "'gated' (zero-init, exact base at step 0) or 'replace' (paper)."})
+    table_dtype: str = field(default="bfloat16", metadata={"help": "dtype of the exported table rows."})
+    eval_block_size: int = field(default=256)
+
+
+def build_model(args: SconeTrainArguments, vocab: FgramVocab, tokenizer) -> SconeLlamaForCausalLM:
+    fgram_options = dict(fgram_num_layers=args.fgram_num_layers, fgram_hidden_size=args.fgram_hidden_size,
+                         fgram_fusion=args.fgram_fusion)
+    if args.base_model:
+        return SconeLlamaForCausalLM.from_pretrained(args.base_model, fgram_vocab=vocab, **fgram_options)
+    from hf_efficient_lm.train.presets import llama_config_from_preset
+
+    llama = llama_config_from_preset(args.from_scratch_preset, vocab_size=len(tokenizer))
+    config = SconeLlamaConfig(**llama.to_diff_dict(), num_fgrams=vocab.num_fgrams, max_fgram_len=vocab.max_len,
+                              fgram_tokenizer_fingerprint=vocab.tokenizer_fingerprint, **fgram_options)
+    model = SconeLlamaForCausalLM(config)
+    model.set_fgram_vocab(vocab)
+    return model
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = HfArgumentParser((SconeTrainArguments, TrainingArguments))
+    args, training_args = parser.parse_args_into_dataclasses(args=argv if argv is not None else sys.argv[1:])
+    if (args.base_model is None) == (args.from_scratch_preset is None):
+        raise ValueError("pass exactly one of --base_model (continual pretraining) or --from_scratch_preset")
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.base_model)
+    train = load_text_dataset(args.data_files, text_column=args.text_column)
+    if args.max_documents:
+        train = train.select(range(min(args.max_documents, len(train))))
+    blocks = pack_dataset(train, tokenizer, args.block_size, text_column=args.text_column)
+    barriers = sorted({t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+                       if t is not None})
+    if args.fgram_dir and Path(args.fgram_dir, "fgram_index.safetensors").exists():
+        vocab = FgramVocab.load(args.fgram_dir, tokenizer=tokenizer)
+    else:
+        vocab = mine_fgrams(blocks, num_fgrams=args.num_fgrams, max_len=args.max_fgram_len,
+                            min_count=args.min_count, barrier_ids=barriers, tokenizer=tokenizer)
+        if args.fgram_dir and training_args.process_index == 0:
+            vocab.save(args.fgram_dir)
+    print(f"f-gram vocabulary: {vocab}")
+    blocks = add_fgram_columns(blocks, vocab)
+
+    model = build_model(args, vocab, tokenizer)
+    check_vocab_fits(tokenizer, model.config.vocab_size)
+    if args.max_train_tokens:
+        per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                    * max(1, training_args.world_size) * args.block_size)
+        training_args.max_steps = max(1, args.max_train_tokens // per_step)
+    trainer = Trainer(model=model, args=training_args, train_dataset=blocks, data_collator=default_data_collator)
+    trainer.train(resume_from_checkpoint=_last_checkpoint(training_args.output_dir))
+    out = Path(training_args.output_dir)
+    if not trainer.is_world_process_zero():
+        return out
+    trainer.save_model(out / "final")
+    tokenizer.save_pretrained(out / "final")
+    table_dir = model.export_fgram_table(out / "table", dtype=getattr(torch, args.table_dtype))
+    tokenizer.save_pretrained(table_dir)
+    print(f"wrote training-mode model to {out / 'final'} and table-mode model to {table_dir}")
+    if args.validation_files:
+        _evaluate(args, tokenizer, table_dir, out)
+    return out
+
+
+def _last_checkpoint(output_dir: str) -> str | None:
+    checkpoints = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+def _evaluate(args, tokenizer, table_dir: Path, out: Path) -> None:
+    from hf_efficient_lm.eval import evaluate_causal_lm
+
+    scone = SconeLlamaForCausalLM.from_pretrained(table_dir).eval()
+    base = LlamaForCausalLM.from_pretrained(args.base_model).eval() if args.base_model else None
+    results = {}
+    for path in args.validation_files:
+        texts = load_text_dataset(path, text_column=args.text_column)[args.text_column]
+        row = {"scone_ppl": evaluate_causal_lm(scone, tokenizer, texts, block_size=args.eval_block_size).perplexity}
+        if base is not None:
+            row["base_ppl"] = evaluate_causal_lm(base, tokenizer, texts, block_size=args.eval_block_size).perplexity
+        results[Path(path).name] = row
+        print(path, row)
+    (out / "eval_scone.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
