@@ -1,0 +1,149 @@
+"""Continual pre-training of a Llama checkpoint into an AnchorLlama (AnLLM-EP or AnLLM-AC) with the Trainer.
+
+Used by ``examples/train_anchor.py`` (CLI, ``accelerate launch``-able) and the demo. One right-truncated document
+per example, right padding, loss on every real token including anchors (the paper's layout); EP keeps the text
+as is, AC inserts ``<AC>`` after every sentence and initialises its embedding from ``.``. Optional PEFT LoRA (in AC
+mode the embedding and LM head are trained fully too, so the new row learns). Resumes from the newest
+``checkpoint-*`` in ``output_dir``. The final model (LoRA merged) and tokenizer are written atomically to
+``<output_dir>/final``. Not imported by the modeling files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..io_utils import atomic_dir
+from .data_anchor import AnchorDataCollator, tokenize_function
+from .modeling_anchor_llama import AnchorLlamaForCausalLM
+from .tokens_anchor import DEFAULT_ANCHOR_TOKEN, add_anchor_token, find_endpoint_token_ids
+
+FINAL_DIRNAME = "final"
+
+
+@dataclass
+class AnchorTrainArguments:
+    """What to convert and train on (optimisation settings are ``TrainingArguments``)."""
+
+    base_model: str = field(metadata={"help": "Folder of a LlamaForCausalLM checkpoint and its tokenizer."})
+    data_files: list[str] = field(default_factory=list, metadata={"help": "Local json/jsonl(.gz) files, 'text' column."})
+    validation_files: list[str] = field(default_factory=list, metadata={"help": "Held-out files evaluated at the end."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the documents."})
+    anchor_mode: str = field(default="ep", metadata={"help": "'ep' (endpoint tokens) or 'ac' (insert <AC>)."})
+    endpoints: list[str] = field(default_factory=lambda: [".", "!", "?"],
+                                 metadata={"help": "EP: sentence-ending strings whose tokens become anchors."})
+    endpoint_match: str = field(default="endswith", metadata={"help": "EP: 'exact', 'stripped' or 'endswith'."})
+    anchor_token: str = field(default=DEFAULT_ANCHOR_TOKEN, metadata={"help": "AC: the anchor token text."})
+    ac_init: str = field(default=".", metadata={"help": "AC: token whose embedding initialises <AC>, or 'mean'."})
+    max_length: int = field(default=512, metadata={"help": "Tokens per document (right-truncated)."})
+    max_documents: int | None = field(default=None, metadata={"help": "Use only the first N documents."})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], metadata={"help": "LoRA target modules."}
+    )
+
+
+def _load_texts(files: list[str], column: str, limit: int | None):
+    from datasets import load_dataset
+
+    if not files:
+        raise ValueError("no data files given (--data_files)")
+    dataset = load_dataset("json", data_files={"train": list(files)}, split="train")
+    if column not in dataset.column_names:
+        raise ValueError(f"column {column!r} not in {files}: columns are {dataset.column_names}")
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    return dataset
+
+
+def build_anchor_model(args: AnchorTrainArguments):
+    """``(model, tokenizer)``: the base Llama loaded as AnchorLlama with EP anchors or a new ``<AC>`` token."""
+    tokenizer = AutoTokenizer.from_pretrained(args.base_model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if args.anchor_mode == "ep":
+        anchor_ids = find_endpoint_token_ids(tokenizer, tuple(args.endpoints), match=args.endpoint_match)
+        model = AnchorLlamaForCausalLM.from_pretrained(
+            args.base_model, anchor_token_ids=anchor_ids, anchor_mode="ep", pad_token_id=tokenizer.pad_token_id
+        )
+    elif args.anchor_mode == "ac":
+        model = AnchorLlamaForCausalLM.from_pretrained(
+            args.base_model, anchor_token_ids=[], pad_token_id=tokenizer.pad_token_id
+        )
+        add_anchor_token(model, tokenizer, args.anchor_token, init_from=args.ac_init)
+    else:
+        raise ValueError(f"anchor_mode must be 'ep' or 'ac', got {args.anchor_mode!r}")
+    return model, tokenizer
+
+
+def run_anchor_training(args: AnchorTrainArguments, training_args: TrainingArguments) -> Path:
+    """Train and return ``<output_dir>/final``."""
+    set_seed(training_args.seed)
+    model, tokenizer = build_anchor_model(args)
+    anchor_id = model.config.anchor_token_ids[0] if args.anchor_mode == "ac" else None
+    tokenize = tokenize_function(tokenizer, args.anchor_mode, anchor_id, args.max_length, args.text_column)
+    with training_args.main_process_first(desc="tokenize"):
+        raw = _load_texts(args.data_files, args.text_column, args.max_documents)
+        train_set = raw.map(tokenize, batched=True, remove_columns=raw.column_names)
+        train_set = train_set.filter(lambda row: len(row["input_ids"]) > 1)
+        eval_set = None
+        if args.validation_files:
+            eval_raw = _load_texts(args.validation_files, args.text_column, None)
+            eval_set = eval_raw.map(tokenize, batched=True, remove_columns=eval_raw.column_names)
+            eval_set = eval_set.filter(lambda row: len(row["input_ids"]) > 1)
+    if len(train_set) == 0:
+        raise ValueError("the training data holds no document with 2+ tokens")
+
+    if args.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=args.lora_r, lora_alpha=args.lora_alpha, target_modules=list(args.lora_target_modules),
+            task_type="CAUSAL_LM",
+            # the new <AC> row must learn: train embeddings and LM head fully in AC mode
+            modules_to_save=["embed_tokens", "lm_head"] if args.anchor_mode == "ac" else None,
+        )
+        model = get_peft_model(model, lora)
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=AnchorDataCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+    )
+    output_dir = Path(training_args.output_dir)
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or last)
+    metrics = {
+        "anchor_mode": args.anchor_mode, "anchor_token_ids": list(model.config.anchor_token_ids),
+        "documents": len(train_set), "steps": trainer.state.global_step,
+        "train_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+    }
+    if eval_set is not None:
+        eval_metrics = trainer.evaluate()
+        metrics.update(eval_metrics)
+        metrics["eval_perplexity_ansan"] = math.exp(eval_metrics["eval_loss"])
+
+    final_dir = output_dir / FINAL_DIRNAME
+    if trainer.is_world_process_zero():
+        final_model = trainer.model
+        if args.lora_r > 0:
+            final_model = final_model.merge_and_unload()
+        with atomic_dir(final_dir) as tmp:
+            final_model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "anchor_train_metrics.json").write_text(json.dumps(metrics, indent=2))
+    trainer.accelerator.wait_for_everyone()
+    return final_dir
+
+
+__all__ = ["AnchorTrainArguments", "build_anchor_model", "run_anchor_training", "FINAL_DIRNAME"]

@@ -1,0 +1,65 @@
+"""Continual pre-training pipeline (EP full fine-tune with resume, AC with LoRA) on a tiny base."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainingArguments
+
+from hf_efficient_lm.anchor.continual_anchor import AnchorTrainArguments, run_anchor_training
+from hf_efficient_lm.testing_utils import save_tiny_llama
+
+TEXTS = [
+    "The cat sat on the mat. The dog ran! Did it rain?\nYes it did.",
+    "A tiny model reads short sentences. Each one ends with a period. It learns.",
+] * 4
+
+
+@pytest.fixture()
+def base_and_data(tmp_path, tiny_bpe_tokenizer):
+    base = save_tiny_llama(tmp_path / "base", vocab_size=len(tiny_bpe_tokenizer))
+    tiny_bpe_tokenizer.save_pretrained(base)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    return base, data
+
+
+def _training_args(out, steps):
+    return TrainingArguments(
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=2, learning_rate=1e-3, save_steps=2,
+        logging_steps=1, report_to=[], use_cpu=True, disable_tqdm=True,
+    )
+
+
+def test_ep_training_saves_and_resumes(tmp_path, base_and_data):
+    base, data = base_and_data
+    args = AnchorTrainArguments(base_model=str(base), data_files=[str(data)], anchor_mode="ep", max_length=64)
+    final = run_anchor_training(args, _training_args(tmp_path / "run", 2))
+    metrics = json.loads((final / "anchor_train_metrics.json").read_text())
+    assert metrics["steps"] == 2 and len(metrics["anchor_token_ids"]) >= 3
+    # a second call with a larger budget resumes from checkpoint-2 instead of starting over
+    final = run_anchor_training(args, _training_args(tmp_path / "run", 3))
+    metrics = json.loads((final / "anchor_train_metrics.json").read_text())
+    assert metrics["steps"] == 3
+    history = json.loads((tmp_path / "run" / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
+    # step 2's learning rate is the 2-step schedule's (5e-4), not a fresh 3-step run's (6.7e-4): it was resumed
+    assert [h["learning_rate"] for h in history if "loss" in h][:2] == pytest.approx([1e-3, 5e-4])
+    model = AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True)
+    assert model.config.model_type == "hfelm_anchor_llama" and model.config.anchor_mode == "ep"
+
+
+def test_ac_training_with_lora_merges_and_keeps_the_new_token(tmp_path, base_and_data):
+    base, data = base_and_data
+    args = AnchorTrainArguments(base_model=str(base), data_files=[str(data)], anchor_mode="ac", max_length=64,
+                                lora_r=4)
+    final = run_anchor_training(args, _training_args(tmp_path / "run", 2))
+    model = AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(final)
+    ac_id = tok.convert_tokens_to_ids("<AC>")
+    assert model.config.anchor_token_ids == [ac_id] and model.config.vocab_size == len(tok)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    with torch.no_grad():
+        cache = model(torch.tensor([[1, 50, 60, ac_id, 70, 80]]), use_cache=True).past_key_values
+    assert cache.cached_tokens() == 3  # <AC> + the two tokens after it
