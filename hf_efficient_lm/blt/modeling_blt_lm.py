@@ -340,7 +340,7 @@ class BLTModel(BLTPreTrainedModel):
         if config.patching_mode.startswith("entropy"):
             self.entropy_model = BLTEntropyModel(config.entropy_config)
             # Frozen: boundaries are a hard threshold on its entropies; train it separately (examples/).
-            self.entropy_model.requires_grad_(False)
+            self.freeze_entropy_model()
         else:
             self.entropy_model = None
         self.post_init()
@@ -602,11 +602,19 @@ class BLTModel(BLTPreTrainedModel):
         cache.num_bytes += 1
         return hidden[:, 0], starts_next, entropy
 
+    def freeze_entropy_model(self) -> None:
+        """Entropy model parameters never train inside BLT (boundaries are a hard threshold)."""
+        if self.entropy_model is not None:
+            self.entropy_model.requires_grad_(False)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         if is_transformers_blt_folder(pretrained_model_name_or_path):
-            return load_transformers_blt_folder(cls, pretrained_model_name_or_path, prefix="model.", **kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model = load_transformers_blt_folder(cls, pretrained_model_name_or_path, prefix="model.", **kwargs)
+        else:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model.freeze_entropy_model()
+        return model
 
 
 class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
@@ -689,8 +697,11 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Loads our folders, or converts a folder saved by Transformers' ``BltForCausalLM`` (model type ``blt``)."""
         if is_transformers_blt_folder(pretrained_model_name_or_path):
-            return load_transformers_blt_folder(cls, pretrained_model_name_or_path, prefix="", **kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model = load_transformers_blt_folder(cls, pretrained_model_name_or_path, prefix="", **kwargs)
+        else:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model.model.freeze_entropy_model()
+        return model
 
     def save_pretrained_transformers(self, save_directory) -> None:
         """Write a folder that Transformers' own ``BltForCausalLM.from_pretrained`` loads (model type ``blt``)."""

@@ -41,10 +41,23 @@ def sharpen_entropy_model(model: BLTForCausalLM, scale: float = 40.0) -> BLTForC
 def make_tiny_blt(seed: int = 0, attn_implementation: str | None = None, **overrides) -> BLTForCausalLM:
     """A seeded random tiny ``BLTForCausalLM`` in eval mode with a sharpened entropy model."""
     torch.manual_seed(seed)
+    calibrate = "patching_threshold" not in overrides
     config = tiny_blt_config(**overrides)
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
-    return sharpen_entropy_model(BLTForCausalLM(config)).eval()
+    model = sharpen_entropy_model(BLTForCausalLM(config)).eval()
+    if calibrate and config.patching_mode.startswith("entropy"):
+        model.config.patching_threshold = calibrate_threshold(model, monotonic=config.patching_mode != "entropy")
+    return model
+
+
+@torch.no_grad()
+def calibrate_threshold(model: BLTForCausalLM, monotonic: bool = False, quantile: float = 0.5) -> float:
+    """The ``quantile`` of the entropy model's entropies (or of their increments, for the monotonic rule) on random
+    bytes: a threshold giving a mix of patch sizes."""
+    entropies, _ = model.model.entropy_model.entropies(random_bytes(4, 64, torch.Generator().manual_seed(99)))
+    values = entropies[:, 2:] - entropies[:, 1:-1] if monotonic else entropies[:, 1:]
+    return float(values.float().quantile(quantile))
 
 
 def random_bytes(batch: int, length: int, generator: torch.Generator | None = None) -> torch.LongTensor:

@@ -1,0 +1,148 @@
+"""BLTForCausalLM semantics: incremental (cached) generation equals full recompute for every patching mode, left
+padding, precomputed patch lengths, entropy model save/load (alone and inside BLT), loss, bad input."""
+
+import math
+
+import pytest
+import torch
+
+from hf_efficient_lm import BLTConfig, BLTEntropyModel, BLTForCausalLM
+from hf_efficient_lm.blt.testing_blt import make_tiny_blt, random_bytes
+
+
+def _bytes(batch=2, length=30, seed=0):
+    return random_bytes(batch, length, torch.Generator().manual_seed(seed))
+
+
+MODES = [
+    dict(patching_mode="entropy"),
+    dict(patching_mode="entropy", max_patch_length=3),
+    dict(patching_mode="entropy_monotonic"),
+    dict(patching_mode="space"),
+    dict(patching_mode="static", patch_size=3),
+    dict(patching_mode="byte"),
+]
+
+
+@pytest.mark.parametrize("overrides", MODES, ids=lambda o: "-".join(f"{v}" for v in o.values()))
+@torch.no_grad()
+def test_incremental_steps_equal_full_forward(overrides):
+    model = make_tiny_blt(seed=0, **overrides)
+    x = _bytes(length=28)
+    full = model(x)
+    starts = model.model(x).patch_starts
+    num = starts.sum(dim=1)
+    assert (3 < int(num.min()) and int(num.max()) < 25) or overrides["patching_mode"] == "byte", num
+    out = model(x[:, :12], use_cache=True)
+    torch.testing.assert_close(out.logits, full.logits[:, :12], atol=1e-5, rtol=0)
+    cache = out.past_key_values
+    for t in range(12, 28):
+        step = model(x[:, t : t + 1], past_key_values=cache, use_cache=True)
+        torch.testing.assert_close(step.logits[:, 0], full.logits[:, t], atol=1e-5, rtol=0)
+    assert cache.get_seq_length() == 28
+    # the latent transformer ran once per closed patch, not once per byte
+    assert cache.latent_mask.shape[1] <= int(starts[:, 12:].any(dim=0).sum()) + int(starts[:, :12].sum(dim=1).max())
+
+
+@torch.no_grad()
+def test_multi_byte_extension_equals_full_forward():
+    model = make_tiny_blt(seed=2)
+    x = _bytes(length=30, seed=4)
+    cache = model(x[:, :10], use_cache=True).past_key_values
+    chunk = model(x[:, 10:30], past_key_values=cache, use_cache=True)
+    torch.testing.assert_close(chunk.logits, model(x).logits[:, 10:], atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_cached_greedy_generation_equals_recompute_and_left_padding():
+    model = make_tiny_blt(seed=3)
+    prompts = [_bytes(1, 20, seed=5)[0], _bytes(1, 13, seed=6)[0]]
+    cached = model.generate(prompts[0][None], max_new_tokens=16, do_sample=False, use_cache=True)
+    recompute = model.generate(prompts[0][None], max_new_tokens=16, do_sample=False, use_cache=False)
+    assert cached.shape[1] > 30 and torch.equal(cached, recompute)
+    # batched with left padding == each row alone
+    ids = torch.zeros(2, 20, dtype=torch.long)
+    mask = torch.zeros(2, 20, dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, 20 - len(p):] = p
+        mask[row, 20 - len(p):] = 1
+    batched = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    for row, p in enumerate(prompts):
+        alone = model.generate(p[None], max_new_tokens=12, do_sample=False)
+        n = alone.shape[1] - len(p)
+        assert torch.equal(batched[row, 20 : 20 + n], alone[0, len(p):])
+
+
+@torch.no_grad()
+def test_precomputed_patch_lengths_equal_in_forward_patching():
+    model = make_tiny_blt(seed=4)
+    x = _bytes(seed=7)
+    out = model.model(x)
+    from hf_efficient_lm.blt import patch_lengths_from_starts
+
+    for include_next in (False, True):
+        lengths = patch_lengths_from_starts(out.patch_starts, include_next=include_next)
+        got = model(x, patch_lengths=lengths).logits
+        ref = model(x).logits
+        if include_next:
+            torch.testing.assert_close(got, ref, atol=0, rtol=0)
+        else:  # without the next-byte decision, only the last position may differ
+            torch.testing.assert_close(got[:, :-1], ref[:, :-1], atol=0, rtol=0)
+
+
+def test_entropy_model_save_load_alone_and_inside(tmp_path):
+    model = make_tiny_blt(seed=5)
+    x = _bytes(seed=8)
+    entropy_model = model.model.entropy_model
+    entropy_model.save_pretrained(tmp_path / "entropy")
+    alone = BLTEntropyModel.from_pretrained(tmp_path / "entropy")
+    torch.testing.assert_close(alone.entropies(x)[0], entropy_model.entropies(x)[0], atol=0, rtol=0)
+    from transformers import AutoModelForCausalLM
+
+    assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "entropy")).__name__ == "BLTEntropyModel"
+    # a trained entropy model can be dropped into a BLT, which saves and reloads it with its weights
+    fresh = BLTForCausalLM(model.config)
+    fresh.model.entropy_model.load_state_dict(alone.state_dict())
+    fresh.save_pretrained(tmp_path / "blt")
+    reloaded = BLTForCausalLM.from_pretrained(tmp_path / "blt")
+    torch.testing.assert_close(reloaded.model.entropy_model.entropies(x)[0], alone.entropies(x)[0], atol=0, rtol=0)
+    assert not any(p.requires_grad for p in reloaded.model.entropy_model.parameters())
+    # the entropy model trains as an ordinary causal LM
+    alone.train()
+    loss = alone(x, labels=x).loss
+    loss.backward()
+    assert alone.lm_head.weight.grad is not None
+
+
+def test_loss_is_next_byte_cross_entropy():
+    model = make_tiny_blt(seed=6)
+    x = _bytes(seed=9)
+    labels = x.clone()
+    labels[0, :5] = -100
+    out = model(x, labels=labels)
+    ref = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 260), labels[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.loss, ref)
+    out.loss.backward()
+    assert model.model.global_transformer.layers[0].self_attn.q_proj.weight.grad is not None
+    assert model.model.encoder_hash_tok_embedding.weight.grad is not None
+
+
+def test_bad_input_errors():
+    model = make_tiny_blt(seed=0)
+    with pytest.raises(ValueError, match=r"byte ids in \[0, 260\)"):
+        model(torch.tensor([[1, 300]]))
+    with pytest.raises(ValueError, match=r"byte ids in \[0, 260\)"):
+        model(torch.tensor([[1, -3]]))
+    with pytest.raises(ValueError, match="inputs_embeds is not supported"):
+        model(inputs_embeds=torch.zeros(1, 3, 32))
+    with pytest.raises(ValueError, match="left padding only"):
+        model(torch.tensor([[1, 50, 60]]), attention_mask=torch.tensor([[1, 1, 0]]))
+    with pytest.raises(ValueError, match="sum to 9 but the row has 3 bytes"):
+        model(torch.tensor([[1, 50, 60]]), patch_lengths=torch.tensor([[1, 8]]))
+    for bad in (math.nan, math.inf, "1.3"):
+        with pytest.raises(ValueError, match="patching_threshold must be a finite number"):
+            BLTConfig(patching_threshold=bad)
+    with pytest.raises(ValueError, match="patching_mode must be one of"):
+        BLTConfig(patching_mode="bpe")
+    with pytest.raises(ValueError, match="num_beams=1"):
+        model.generate(torch.tensor([[1, 50]]), num_beams=2, max_new_tokens=2)
