@@ -24,15 +24,17 @@ from bench_kv_anchor import long_prompt  # noqa: E402
 
 
 @torch.no_grad()
-def time_decode(model, prompt_ids: torch.LongTensor, feed: torch.LongTensor, warmup: int = 3) -> tuple[float, object]:
-    out = model(prompt_ids, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    times = []
+def time_decode(models, prompt_ids: torch.LongTensor, feed: torch.LongTensor, warmup: int = 3):
+    """Median decode-step seconds of each model after prefilling ``prompt_ids``; the models' steps are interleaved
+    so that load from other processes on a shared machine hits both alike. Returns (medians, caches)."""
+    caches = [model(prompt_ids, use_cache=True, logits_to_keep=1).past_key_values for model in models]
+    times = [[] for _ in models]
     for step in range(feed.shape[1]):
-        start = time.perf_counter()
-        model(feed[:, step : step + 1], past_key_values=cache, use_cache=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[warmup:]), cache
+        for model, cache, record in zip(models, caches, times):
+            start = time.perf_counter()
+            model(feed[:, step : step + 1], past_key_values=cache, use_cache=True)
+            record.append(time.perf_counter() - start)
+    return [statistics.median(record[warmup:]) for record in times], caches
 
 
 def main(argv=None):
@@ -56,12 +58,11 @@ def main(argv=None):
     rows = []
     for context in tqdm(args.contexts, desc="contexts"):
         prompt = torch.tensor([([tokenizer.bos_token_id] + text_ids)[:context]])
-        llama_step, _ = time_decode(llama, prompt, feed)
-        anchor_step, cache = time_decode(anchor, prompt, feed)
+        (llama_step, anchor_step), (_, cache) = time_decode([llama, anchor], prompt, feed)
         rows.append((prompt.shape[1], cache.cached_tokens(), llama_step * 1e3, anchor_step * 1e3))
 
     print(f"\nDecode step time (size={args.size}, fp32, batch 1, {torch.get_num_threads()} thread(s), median of "
-          f"{args.steps - 3} steps)")
+          f"{args.steps - 3} interleaved steps)")
     print(f"{'context':>8} {'anchor kept':>12} {'Llama ms':>9} {'Anchor ms':>10} {'speed-up':>9}")
     for context, kept, llama_ms, anchor_ms in rows:
         print(f"{context:8d} {kept:12d} {llama_ms:9.3f} {anchor_ms:10.3f} {llama_ms / anchor_ms:8.2f}x")
