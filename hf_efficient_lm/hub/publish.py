@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .cards import CardInfo, render_model_card
@@ -20,6 +20,35 @@ class PublishResult:
     repo_id: str
     files: list[str]  # paths relative to the repo root, as uploaded
     commit: object  # what the api's upload_folder returned
+
+
+def folder_facts(folder: Path) -> dict:
+    """Card variables read off a saved folder: vocab size, parameter count, and pretraining metrics if recorded."""
+    import json
+
+    from safetensors import safe_open
+
+    facts: dict = {}
+    config = json.loads((folder / "config.json").read_text())
+    facts["vocab_size"] = config.get("vocab_size")
+    parameters = 0
+    for weights in folder.glob("*.safetensors"):
+        with safe_open(str(weights), framework="pt") as handle:
+            for name in handle.keys():
+                shape = handle.get_slice(name).get_shape()
+                count = 1
+                for dim in shape:
+                    count *= dim
+                parameters += count
+    if parameters:
+        facts["parameters"] = f"{parameters / 1e6:.2f} M"
+    for metrics_file in ("pretrain_metrics.json", "base_metrics.json"):
+        if (folder / metrics_file).exists():
+            recorded = json.loads((folder / metrics_file).read_text())
+            facts.setdefault("preset", recorded.get("preset"))
+            if recorded.get("train_tokens"):
+                facts["train_tokens"] = recorded["train_tokens"]
+    return {k: v for k, v in facts.items() if v is not None}
 
 
 def _stage(model_or_folder, tokenizer, staging: Path) -> None:
@@ -61,6 +90,8 @@ def publish(
         staging = Path(staging_dir) if staging_dir is not None else Path(tmp) / "repo"
         staging.mkdir(parents=True, exist_ok=True)
         _stage(model_or_folder, tokenizer, staging)
+        facts = folder_facts(staging)
+        info = replace(info, extra={**facts, **info.extra})
         render_model_card(card_template, info).save(staging / "README.md")
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
         api.create_repo(repo_id, exist_ok=True, private=private, repo_type="model")

@@ -126,6 +126,7 @@ def run_pretrain(args: PretrainArguments, training_args: TrainingArguments) -> P
         "train_blocks": len(train_set), "block_size": args.block_size, "preset": args.preset,
         "parameters": sum(p.numel() for p in model.parameters()), "world_size": training_args.world_size,
         "global_batch": _global_batch(training_args), "steps": trainer.state.global_step,
+        "train_tokens": trainer.state.global_step * _global_batch(training_args) * args.block_size,
         "train_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
     }
     if eval_set is not None:

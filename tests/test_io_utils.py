@@ -1,0 +1,39 @@
+import pytest
+
+from hf_efficient_lm.io_utils import atomic_dir, atomic_file
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path):
+    target = tmp_path / "model"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+    assert (target / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "a.txt").write_text("half-written")
+            raise RuntimeError("killed")
+    assert (target / "a.txt").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"], "no temp folders left behind"
+    with atomic_dir(target) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+
+
+def test_atomic_dir_refuses_to_overwrite_when_asked(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f").write_text("keep")
+    with pytest.raises(FileExistsError, match="not empty"):
+        with atomic_dir(tmp_path / "x", overwrite=False):
+            pass
+
+
+def test_atomic_file_never_leaves_a_partial_file(tmp_path):
+    path = tmp_path / "table.bin"
+    with atomic_file(path) as handle:
+        handle.write(b"complete")
+    with pytest.raises(ValueError):
+        with atomic_file(path) as handle:
+            handle.write(b"partial")
+            raise ValueError
+    assert path.read_bytes() == b"complete"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.bin"]
