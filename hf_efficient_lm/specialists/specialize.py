@@ -213,10 +213,9 @@ def specialize(
                 load_best_model_at_end=True,
                 metric_for_best_model="eval_loss",
                 greater_is_better=False,
-                logging_steps=eval_steps,
+                logging_strategy="no",
                 report_to=[],
                 seed=seed,
-                disable_tqdm=True,
             )
             common = dict(
                 model=start_model,

@@ -164,3 +164,14 @@ def test_trainer_trains_only_routed_experts_and_hyper_gets_gradients(tmp_path):
     assert hyper.model.cluster_codes.grad[[0, 2]].abs().sum() > 0
     assert hyper.model.cluster_codes.grad[1].abs().sum() == 0
     assert mlp.gate_basis.grad.abs().sum() > 0 and mlp.coefficient_projection.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("template", ["specialist_mixture", "specialist_hyper", "specialist_specialized"])
+def test_model_card_templates_render(template):
+    from hf_efficient_lm.hub import CardInfo, render_model_card
+
+    info = CardInfo(model_id="someone/specialist", base_model="someone/base", datasets=["corpus"],
+                    metrics=[("pydocs", "perplexity", 12.5)],
+                    extra={"num_experts": 4, "method": "SLM-pn", "selection": "most_frequent"})
+    text = str(render_model_card(f"model_cards/{template}.md", info))
+    assert "someone/specialist" in text and "{{" not in text and "12.5" in text
