@@ -1,0 +1,66 @@
+"""Generation speed: BLTForCausalLM with its byte- and patch-level caches vs Transformers' Blt uncached (its only
+exact mode in 5.23) on the same weights. Greedy, ``--new-bytes`` after a ``--prompt-bytes`` corpus prompt.
+
+    nice -n 10 python benchmarks/blt/bench_generate_blt.py --prompt-bytes 1024 --new-bytes 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common_blt import corpus_bytes, make_transformers_blt  # noqa: E402
+
+import hf_efficient_lm  # noqa: E402,F401
+from hf_efficient_lm import BLTForCausalLM  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompt-bytes", type=int, default=1024)
+    parser.add_argument("--new-bytes", type=int, default=256)
+    parser.add_argument("--local-hidden", type=int, default=128)
+    parser.add_argument("--latent-hidden", type=int, default=256)
+    parser.add_argument("--latent-layers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip-ours-uncached", action="store_true", help="skip our own full-recompute reference")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    prompt = corpus_bytes(args.prompt_bytes)
+    hf = make_transformers_blt(prompt, local=args.local_hidden, latent=args.latent_hidden, latent_layers=args.latent_layers)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        ours = BLTForCausalLM.from_pretrained(tmp).eval()
+    n_params = sum(p.numel() for p in hf.parameters())
+    patches = int(ours.model(prompt).patch_starts.sum())
+    print(f"model: {n_params / 1e6:.2f}M params (same weights in both); prompt {prompt.shape[1]} bytes in "
+          f"{patches} patches ({prompt.shape[1] / patches:.2f} bytes/patch); threshold {hf.config.patching_threshold:.4f}")
+    gen = dict(max_new_tokens=args.new_bytes, min_new_tokens=args.new_bytes, do_sample=False, eos_token_id=2, pad_token_id=0)
+
+    def timed(fn):
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = fn()
+        return out, time.perf_counter() - start
+
+    cached, t_cached = timed(lambda: ours.generate(prompt, use_cache=True, **gen))
+    print(f"BLTForCausalLM cached:         {t_cached:8.2f} s  ({args.new_bytes / t_cached:8.1f} bytes/s)")
+    if not args.skip_ours_uncached:
+        recompute, t_recompute = timed(lambda: ours.generate(prompt, use_cache=False, **gen))
+        print(f"BLTForCausalLM full recompute: {t_recompute:8.2f} s  ({args.new_bytes / t_recompute:8.1f} bytes/s)"
+              f"  identical: {torch.equal(cached, recompute)}")
+    reference, t_hf = timed(lambda: hf.generate(prompt, use_cache=False, **gen))
+    print(f"Transformers Blt uncached:     {t_hf:8.2f} s  ({args.new_bytes / t_hf:8.1f} bytes/s)")
+    print(f"outputs identical to Transformers Blt: {torch.equal(cached, reference)}")
+    print(f"speedup vs Transformers Blt uncached: {t_hf / t_cached:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Train BLT from scratch on the bytes of any text dataset with the Hugging Face Trainer.
+
+Patch boundaries come from a trained entropy model (``examples/train_entropy_model.py``) whose threshold is
+calibrated to ``--target-patch-size`` bytes per patch; patch lengths are precomputed as a dataset column so the
+training step does not run the entropy model. Prints FLOPs per byte (and the training FLOPs spent) and evaluates
+bits per byte per domain with in-forward patching (the inference path).
+
+    nice -n 10 python examples/train_blt.py --entropy-model ~/.cache/hf_efficient_lm/blt/entropy --max-steps 200
+
+Runs under ``accelerate launch examples/train_blt.py ...`` unchanged (the Trainer handles the distribution).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import math
+import os
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from hf_efficient_lm.blt import BLTConfig, BLTEntropyModel, BLTForCausalLM, BLTTokenizer
+from hf_efficient_lm.blt.data_blt import (
+    BLTDataCollator,
+    add_patch_lengths_column,
+    byte_dataset,
+    calibrate_threshold,
+    pack_texts,
+)
+from hf_efficient_lm.blt.flops_blt import blt_flops_per_byte
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+def load_texts(files, limit_chars=None):
+    from hf_efficient_lm.data.text_datasets import load_text_dataset
+
+    texts, total = [], 0
+    for f in files:
+        for text in load_text_dataset(f)["text"]:
+            texts.append(text)
+            total += len(text)
+            if limit_chars and total >= limit_chars:
+                return texts
+    return texts
+
+
+def blt_config_for(entropy_model: BLTEntropyModel | None, local: int, latent: int, latent_layers: int,
+                   decoder_layers: int, window: int, hash_buckets: int, threshold: float, mode: str) -> BLTConfig:
+    loc = dict(hidden_size=local, num_attention_heads=4, intermediate_size=int(8 * local / 3))
+    kwargs = dict(
+        encoder_config=dict(loc, num_hidden_layers=1),
+        decoder_config=dict(loc, num_hidden_layers=decoder_layers),
+        global_config=dict(hidden_size=latent, num_attention_heads=4, intermediate_size=int(8 * latent / 3),
+                           num_hidden_layers=latent_layers),
+        local_attention_window_len=window, encoder_hash_byte_group_vocab=hash_buckets,
+        patching_mode=mode, patching_threshold=threshold,
+    )
+    if entropy_model is not None:
+        kwargs["entropy_config"] = entropy_model.config.to_dict()
+    return BLTConfig(**kwargs)
+
+
+@torch.no_grad()
+def bits_per_byte(model, rows: list[list[int]], batch_size: int = 4) -> float:
+    """Next-byte BPB of ``rows`` with in-forward patching."""
+    model.eval()
+    nats, count = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        ids = torch.tensor(rows[i : i + batch_size], device=model.device)
+        n = ids[:, 1:].numel()
+        nats += float(model(ids, labels=ids).loss) * n
+        count += n
+    return nats / max(count, 1) / math.log(2)
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-files", nargs="*", default=sorted(glob.glob(str(DEFAULT_CORPUS / "*.train.jsonl.gz"))))
+    parser.add_argument("--valid-files", nargs="*", default=sorted(glob.glob(str(DEFAULT_CORPUS / "*.valid.jsonl.gz"))))
+    parser.add_argument("--entropy-model", default=os.path.expanduser("~/.cache/hf_efficient_lm/blt/entropy"),
+                        help="folder of a trained BLTEntropyModel; if missing, space patching is used")
+    parser.add_argument("--target-patch-size", type=float, default=4.5)
+    parser.add_argument("--output-dir", default=os.path.expanduser("~/.cache/hf_efficient_lm/blt/model"))
+    parser.add_argument("--local-hidden", type=int, default=128)
+    parser.add_argument("--latent-hidden", type=int, default=256)
+    parser.add_argument("--latent-layers", type=int, default=4)
+    parser.add_argument("--decoder-layers", type=int, default=3)
+    parser.add_argument("--window", type=int, default=256)
+    parser.add_argument("--hash-buckets", type=int, default=8191)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-steps", type=int, default=200)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--limit-chars", type=int, default=4_000_000)
+    parser.add_argument("--eval-rows", type=int, default=16, help="validation rows per domain")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    texts = load_texts(args.train_files, args.limit_chars)
+    train = byte_dataset(texts, args.seq_len)
+    entropy_model = None
+    if os.path.isfile(os.path.join(args.entropy_model, "config.json")):
+        entropy_model = BLTEntropyModel.from_pretrained(args.entropy_model).eval()
+        sample = torch.tensor(train[: min(32, len(train))]["input_ids"])
+        entropies, _ = entropy_model.entropies(sample)
+        threshold = calibrate_threshold(entropies, args.target_patch_size)
+        mode = "entropy"
+    else:
+        print(f"no entropy model at {args.entropy_model}: using space patching")
+        threshold, mode = 0.0, "space"
+    config = blt_config_for(entropy_model, args.local_hidden, args.latent_hidden, args.latent_layers,
+                            args.decoder_layers, args.window, args.hash_buckets, threshold, mode)
+    model = BLTForCausalLM(config)
+    if entropy_model is not None:
+        model.model.entropy_model.load_state_dict(entropy_model.state_dict())
+    train = add_patch_lengths_column(train, entropy_model, mode, threshold)
+    patches = sum(len(p) for p in train["patch_lengths"])
+    mean_patch = len(train) * (args.seq_len + 1) / patches
+    flops = blt_flops_per_byte(config, mean_patch, args.seq_len)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"BLT: {trainable / 1e6:.2f}M trainable params; {mode} patching, threshold {threshold:.3f}, "
+          f"{mean_patch:.2f} bytes/patch; forward FLOPs/byte {flops['total'] / 1e6:.2f}M "
+          f"(latent {flops['latent'] / 1e6:.2f}M, entropy model {flops['entropy_model'] / 1e6:.2f}M)")
+
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(
+            output_dir=os.path.join(args.output_dir, "trainer"), max_steps=args.max_steps,
+            per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
+            warmup_steps=min(50, args.max_steps // 10), lr_scheduler_type="cosine", weight_decay=0.1,
+            max_grad_norm=1.0, logging_steps=max(1, args.max_steps // 10), save_strategy="no", report_to=[],
+            use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+        ),
+        train_dataset=train,
+        data_collator=BLTDataCollator(),
+    )
+    trainer.train()
+    bytes_seen = args.max_steps * args.batch_size * args.seq_len
+    train_flops = 3 * (flops["total"] - flops["entropy_model"]) * bytes_seen
+    results = {}
+    for f in args.valid_files:
+        domain = Path(f).name.split(".")[0]
+        rows = pack_texts(load_texts([f], 200_000), args.seq_len)[: args.eval_rows]
+        if rows:
+            results[domain] = bits_per_byte(model, rows)
+    model.save_pretrained(args.output_dir)
+    BLTTokenizer().save_pretrained(args.output_dir)
+    summary = ", ".join(f"{d} {v:.3f}" for d, v in results.items())
+    line = (f"BLT after {args.max_steps} steps ({bytes_seen / 1e6:.1f}M bytes, {train_flops:.2e} training FLOPs): "
+            f"bits/byte {summary}")
+    print(line)
+    print(f"saved to {args.output_dir}")
+    return line
+
+
+if __name__ == "__main__":
+    main()

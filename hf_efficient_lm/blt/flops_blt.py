@@ -1,0 +1,74 @@
+"""Forward FLOPs per byte of BLT and of a token-level Llama (paper section 4.5 style: 2 FLOPs per multiply-add of
+every matmul, embedding lookups free, attention over the causal / sliding context; training = 3x forward)."""
+
+from __future__ import annotations
+
+
+def _block_matmul_params(hidden: int, intermediate: int, heads: int, kv_heads: int) -> int:
+    head_dim = hidden // heads
+    attn = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2  # q, o and k, v
+    return attn + 3 * hidden * intermediate  # SwiGLU
+
+
+def _attention_flops(hidden: int, layers: int, context: float) -> float:
+    """QK^T and AV for one query over ``context`` keys, all layers."""
+    return 2 * 2 * hidden * context * layers
+
+
+def llama_flops_per_token(config, context: int) -> float:
+    """Forward FLOPs per token of a LlamaConfig at average causal context ``context / 2``."""
+    block = _block_matmul_params(config.hidden_size, config.intermediate_size, config.num_attention_heads,
+                                 config.num_key_value_heads)
+    return 2 * block * config.num_hidden_layers + 2 * config.hidden_size * config.vocab_size + _attention_flops(
+        config.hidden_size, config.num_hidden_layers, context / 2
+    )
+
+
+def blt_flops_per_byte(config, mean_patch_size: float, context_bytes: int, include_entropy_model: bool = True) -> dict:
+    """Forward FLOPs per byte of each BLT component at ``mean_patch_size`` bytes per patch and ``context_bytes``.
+
+    Returns ``{"entropy_model", "local_encoder", "latent", "local_decoder", "total"}``.
+    """
+    if mean_patch_size <= 0:
+        raise ValueError(f"mean_patch_size must be positive, got {mean_patch_size}")
+    e, enc, dec, g, k = config.entropy_config, config.encoder_config, config.decoder_config, config.global_config, config.cross_attn_k
+
+    def local_ctx(window):
+        return min(context_bytes / 2, window) if window else context_bytes / 2
+
+    out = {}
+    if include_entropy_model and config.patching_mode.startswith("entropy"):
+        blk = _block_matmul_params(e.hidden_size, e.intermediate_size, e.num_attention_heads, e.num_key_value_heads)
+        out["entropy_model"] = 2 * blk * e.num_hidden_layers + 2 * e.hidden_size * e.vocab_size + _attention_flops(
+            e.hidden_size, e.num_hidden_layers, local_ctx(e.sliding_window))
+    else:
+        out["entropy_model"] = 0.0
+    cross_enc = 2 * (4 * enc.hidden_size * enc.hidden_size)  # q,k,v,o of the patch cross-attention (per byte-ish)
+    blk = _block_matmul_params(enc.hidden_size, enc.intermediate_size, enc.num_attention_heads, enc.num_key_value_heads)
+    out["local_encoder"] = (
+        2 * blk * enc.num_hidden_layers
+        + _attention_flops(enc.hidden_size, enc.num_hidden_layers, local_ctx(config.local_attention_window_len))
+        + (cross_enc * k + 2 * enc.hidden_size * enc.hidden_size * k) / mean_patch_size  # per patch, amortised
+        + 2 * 2 * enc.hidden_size * k * mean_patch_size / mean_patch_size
+    )
+    latent_in = config.latent_input_size
+    blk = _block_matmul_params(g.hidden_size, g.intermediate_size, g.num_attention_heads, g.num_key_value_heads)
+    per_patch = 2 * blk * g.num_hidden_layers + _attention_flops(g.hidden_size, g.num_hidden_layers,
+                                                                  context_bytes / mean_patch_size / 2)
+    if latent_in != g.hidden_size:
+        per_patch += 2 * latent_in * g.hidden_size
+    out["latent"] = per_patch / mean_patch_size
+    blk = _block_matmul_params(dec.hidden_size, dec.intermediate_size, dec.num_attention_heads, dec.num_key_value_heads)
+    n_cross = dec.num_hidden_layers if dec.cross_attn_all_layers else 1
+    out["local_decoder"] = (
+        2 * blk * dec.num_hidden_layers
+        + _attention_flops(dec.hidden_size, dec.num_hidden_layers, local_ctx(config.local_attention_window_len))
+        + n_cross * (2 * 2 * dec.hidden_size * dec.hidden_size + 2 * 2 * dec.hidden_size * k)  # q, o + k keys
+        + (2 * g.hidden_size * dec.hidden_size * k + n_cross * 2 * 2 * dec.hidden_size * dec.hidden_size * k) / mean_patch_size
+        + 2 * dec.hidden_size * config.vocab_size
+    )
+    out["total"] = sum(out.values())
+    return out
+
+
+__all__ = ["blt_flops_per_byte", "llama_flops_per_token"]

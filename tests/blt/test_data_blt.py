@@ -1,0 +1,65 @@
+"""BLT data pipeline: packing, precomputed patch-length column == in-forward patching, threshold calibration,
+FLOPs accounting."""
+
+import pytest
+import torch
+
+from hf_efficient_lm import BLTConfig
+from hf_efficient_lm.blt.data_blt import (
+    BLTDataCollator,
+    add_patch_lengths_column,
+    byte_dataset,
+    calibrate_threshold,
+    mean_patch_size,
+    pack_texts,
+    text_to_ids,
+)
+from hf_efficient_lm.blt.flops_blt import blt_flops_per_byte
+from hf_efficient_lm.blt.testing_blt import make_tiny_blt
+
+TEXTS = ["Hello world, this is a byte model. " * 3, "def f(x):\n    return x + 1\n" * 4, "é ü 😀 " * 5]
+
+
+def test_pack_texts_rows():
+    rows = pack_texts(TEXTS, 32)
+    assert all(len(r) == 32 and r[0] == 1 for r in rows)
+    flat = [i for r in rows for i in r[1:]]
+    expected = [i for t in TEXTS for i in text_to_ids(t, add_bos=False)]
+    assert flat == expected[: len(flat)]
+    with pytest.raises(ValueError, match="seq_len"):
+        pack_texts(TEXTS, 1)
+
+
+@torch.no_grad()
+def test_patch_length_column_equals_in_forward_patching():
+    model = make_tiny_blt(seed=0)
+    ds = add_patch_lengths_column(byte_dataset(TEXTS, 32), model.model.entropy_model, "entropy",
+                                  model.config.patching_threshold, batch_size=3)
+    batch = BLTDataCollator()([ds[i] for i in range(len(ds))])
+    assert (batch["patch_lengths"].sum(dim=1) == 33).all()
+    with_column = model(batch["input_ids"], patch_lengths=batch["patch_lengths"], labels=batch["labels"])
+    in_forward = model(batch["input_ids"], labels=batch["labels"])
+    torch.testing.assert_close(with_column.logits, in_forward.logits, atol=0, rtol=0)
+    torch.testing.assert_close(with_column.loss, in_forward.loss)
+
+
+def test_collator_rejects_ragged_rows():
+    with pytest.raises(ValueError, match="packed rows of one length"):
+        BLTDataCollator()([{"input_ids": [1, 5]}, {"input_ids": [1, 5, 6]}])
+
+
+def test_calibrate_threshold_hits_target_patch_size():
+    entropies = torch.rand(4, 400, generator=torch.Generator().manual_seed(0)) * 3
+    for target in (2.0, 4.5, 8.0):
+        thr = calibrate_threshold(entropies, target)
+        assert abs(mean_patch_size(entropies, thr) - target) / target < 0.1
+
+
+def test_flops_per_byte_of_blt_1b_match_the_spec():
+    flops = blt_flops_per_byte(BLTConfig(), mean_patch_size=4.5, context_bytes=2048)
+    # spec: patcher 0.20 G, encoder 0.04 G, decoder 0.31 G per byte, global 2.57 G per patch (0.57 G/byte at 4.5)
+    assert 0.18e9 < flops["entropy_model"] < 0.24e9
+    assert 0.02e9 < flops["local_encoder"] < 0.05e9
+    assert 0.28e9 < flops["local_decoder"] < 0.34e9
+    assert 0.52e9 < flops["latent"] < 0.62e9
+    assert blt_flops_per_byte(BLTConfig(), 9.0, 2048)["latent"] < flops["latent"] / 1.9
