@@ -29,22 +29,27 @@ def batch_of_text(tokenizer, batch: int, length: int) -> torch.LongTensor:
     return torch.tensor(rows)
 
 
-def time_train_steps(model, input_ids, steps: int, backward: bool = True) -> float:
-    model.train(backward)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5) if backward else None
-    times = []
-    for _ in tqdm(range(steps + 1), desc=type(model).__name__ + "/" + model.config._attn_implementation, leave=False):
-        start = time.perf_counter()
-        if backward:
-            loss = model(input_ids, labels=input_ids).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        else:
-            with torch.no_grad():
-                model(input_ids, logits_to_keep=1)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])  # the first step pays one-time costs (allocation, compilation)
+def time_train_steps(settings, input_ids, steps: int, backward: bool = True) -> list[float]:
+    """Median step seconds of each ``(model, attn_implementation)`` setting. Steps of the settings are interleaved
+    (round robin) so that load from other processes on a shared machine hits all of them alike; the first step of
+    each pays one-time costs (allocation, compilation) and is dropped."""
+    optimizers = [torch.optim.AdamW(model.parameters(), lr=1e-5) if backward else None for model, _ in settings]
+    times = [[] for _ in settings]
+    for _ in tqdm(range(steps + 1), desc="steps", leave=False):
+        for (model, attn), optimizer, record in zip(settings, optimizers, times):
+            model.set_attn_implementation(attn)
+            model.train(backward)
+            start = time.perf_counter()
+            if backward:
+                loss = model(input_ids, labels=input_ids).loss
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                with torch.no_grad():
+                    model(input_ids, logits_to_keep=1)
+            record.append(time.perf_counter() - start)
+    return [statistics.median(record[1:]) for record in times]
 
 
 def main(argv=None):
@@ -67,11 +72,9 @@ def main(argv=None):
     input_ids = batch_of_text(tokenizer, args.batch, args.seq_len).to(device)
     n_anchors = int(torch.isin(input_ids, torch.tensor(anchors, device=device)).sum())
 
-    results = {"Llama causal (sdpa)": time_train_steps(llama, input_ids, args.steps)}
-    results["AnchorLlama AnSAN dense (sdpa)"] = time_train_steps(anchor, input_ids, args.steps)
-    anchor.set_attn_implementation("eager")
-    results["AnchorLlama AnSAN dense (eager)"] = time_train_steps(anchor, input_ids, args.steps)
-    anchor.set_attn_implementation("sdpa")
+    names = ["Llama causal (sdpa)", "AnchorLlama AnSAN dense (sdpa)", "AnchorLlama AnSAN dense (eager)"]
+    medians = time_train_steps([(llama, "sdpa"), (anchor, "sdpa"), (anchor, "eager")], input_ids, args.steps)
+    results = dict(zip(names, medians))
     base = results["Llama causal (sdpa)"]
     print(f"\nTraining step (fwd+bwd+AdamW), batch {args.batch} x {args.seq_len} tokens, {n_anchors} anchors, "
           f"size={args.size}, fp32, {device}, {torch.get_num_threads()} thread(s)")
@@ -84,13 +87,15 @@ def main(argv=None):
         # 'cur_qSplitSize4' undeclared); static shapes compile fine.
         torch._dynamo.config.automatic_dynamic_shapes = False
         backward = device != "cpu"
-        dense = time_train_steps(anchor, input_ids, args.steps, backward=backward)
         with torch.no_grad():
+            anchor.set_attn_implementation("sdpa")
             anchor.eval()
             reference = anchor(input_ids[:1, :256]).logits
             anchor.set_attn_implementation("flex_attention")
             flex_logits = anchor(input_ids[:1, :256]).logits
-        flex = time_train_steps(anchor, input_ids, args.steps, backward=backward)
+        dense, flex = time_train_steps(
+            [(anchor, "sdpa"), (anchor, "flex_attention")], input_ids, args.steps, backward=backward
+        )
         what = "fwd+bwd+AdamW" if backward else "forward only (no flex backward on CPU)"
         print(f"\nflex attention vs dense AnSAN mask, {what}; max |logit diff| = "
               f"{(flex_logits - reference).abs().max().item():.2e}")
