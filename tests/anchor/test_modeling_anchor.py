@@ -46,6 +46,7 @@ def test_same_parameters_as_llama(model, llama):
 def test_without_anchors_equals_llama(model, llama):
     ids = torch.randint(7, 128, (2, 16), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(model(ids).logits, llama(ids).logits, atol=ATOL, rtol=0)
+    assert model(ids, use_cache=True).past_key_values.cached_tokens() == 2 * 16  # no anchor: full cache kept
     # ... and with anchors the mask really changes the logits after the first anchor
     ids = anchored_ids(1, 16, seed=3)
     first = int((torch.isin(ids[0], torch.tensor(ANCHOR_IDS))).nonzero()[0])
