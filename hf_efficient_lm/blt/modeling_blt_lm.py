@@ -296,10 +296,8 @@ class BLTCache:
         self.decoder_patch = None  # [B, D_G] latent output the decoder reads
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Bytes seen so far (slots, padding included)."""
         return self.num_bytes
-
-    def reorder_cache(self, beam_idx: torch.LongTensor):
-        raise NotImplementedError  # pragma: no cover - beam search is rejected in BLTForCausalLM.generate
 
 
 class BLTPreTrainedModel(PreTrainedModel):

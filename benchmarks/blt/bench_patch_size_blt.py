@@ -1,0 +1,72 @@
+"""Average patch size vs entropy threshold, per corpus domain, for the global and approximate-monotonic rules.
+
+Uses a trained entropy model (``examples/train_entropy_model.py`` writes ~/.cache/hf_efficient_lm/blt/entropy);
+writes ``patch_size_vs_threshold.png`` next to this script (or ``--out``).
+
+    nice -n 10 python benchmarks/blt/bench_patch_size_blt.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common_blt import DOMAINS, corpus_texts  # noqa: E402
+
+from hf_efficient_lm.blt import BLTEntropyModel  # noqa: E402
+from hf_efficient_lm.blt.data_blt import calibrate_threshold, mean_patch_size, pack_texts  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entropy-model", default=os.path.expanduser("~/.cache/hf_efficient_lm/blt/entropy"))
+    parser.add_argument("--rows", type=int, default=8, help="512-byte validation rows per domain")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "patch_size_vs_threshold.png"))
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if not os.path.isfile(os.path.join(args.entropy_model, "config.json")):
+        parser.error(f"no entropy model at {args.entropy_model}; run examples/train_entropy_model.py first")
+    model = BLTEntropyModel.from_pretrained(args.entropy_model).eval()
+
+    thresholds = torch.linspace(0.0, 4.0, 33)
+    curves = {}
+    for domain in DOMAINS:
+        rows = pack_texts(corpus_texts(domain, "valid", limit=100), 512)[: args.rows]
+        with torch.no_grad():
+            entropies, _ = model.entropies(torch.tensor(rows))
+        curves[domain] = [mean_patch_size(entropies, float(t)) for t in thresholds]
+        curves[domain + " (monotonic)"] = [mean_patch_size(entropies, float(t) / 4, monotonic=True) for t in thresholds]
+        print(f"{domain:10s} mean entropy {float(entropies[:, 1:].mean()):.2f} nats; "
+              f"threshold for 4.5 bytes/patch: global {calibrate_threshold(entropies, 4.5):.3f}, "
+              f"monotonic {calibrate_threshold(entropies, 4.5, monotonic=True):.3f}")
+    print("threshold  " + "  ".join(f"{d[:10]:>10s}" for d in DOMAINS))
+    for i in range(0, len(thresholds), 4):
+        print(f"{float(thresholds[i]):9.2f}  " + "  ".join(f"{curves[d][i]:10.2f}" for d in DOMAINS))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for domain in DOMAINS:
+        axes[0].plot(thresholds, curves[domain], label=domain)
+        axes[1].plot(thresholds / 4, curves[domain + " (monotonic)"], label=domain)
+    axes[0].set(xlabel="global threshold θ (nats)", ylabel="mean bytes per patch", title="H(x_t) > θ", yscale="log")
+    axes[1].set(xlabel="monotonic threshold θ_r (nats)", title="H(x_t) − H(x_{t−1}) > θ_r", yscale="log")
+    for ax in axes:
+        ax.axhline(4.5, color="grey", linestyle=":", linewidth=1)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

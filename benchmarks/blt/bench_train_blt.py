@@ -1,0 +1,64 @@
+"""Training throughput (bytes/s, forward + backward + AdamW step) of BLTForCausalLM vs Transformers' Blt on the same
+weights, with in-forward entropy patching and with precomputed patch lengths (the dataset-column path).
+
+    nice -n 10 python benchmarks/blt/bench_train_blt.py --batch 4 --seq-len 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common_blt import corpus_bytes, make_transformers_blt  # noqa: E402
+
+from hf_efficient_lm import BLTForCausalLM  # noqa: E402
+from hf_efficient_lm.blt import patch_lengths_from_starts  # noqa: E402
+
+
+def throughput(model, batch, steps, **kwargs) -> float:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    model.train()
+    for i in range(steps + 1):
+        if i == 1:  # first step is warm-up
+            start = time.perf_counter()
+        loss = model(batch, labels=batch, use_cache=False, **kwargs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return batch.numel() * steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = corpus_bytes(args.batch * args.seq_len).view(args.batch, args.seq_len).clone()
+    data[:, 0] = 1
+    hf = make_transformers_blt(data[:1])
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        ours = BLTForCausalLM.from_pretrained(tmp)
+    with torch.no_grad():
+        lengths = patch_lengths_from_starts(ours.model(data).patch_starts, include_next=True)
+    ours_rate = throughput(ours, data, args.steps)
+    ours_pre = throughput(ours, data, args.steps, patch_lengths=lengths)
+    hf_rate = throughput(hf, data, args.steps)
+    print(f"batch {args.batch} x {args.seq_len} bytes, {data.numel() / int((lengths > 0).sum()):.2f} bytes/patch")
+    print(f"BLTForCausalLM, in-forward patching:    {ours_rate:9.0f} bytes/s  ({ours_rate / hf_rate:.2f}x)")
+    print(f"BLTForCausalLM, precomputed patches:    {ours_pre:9.0f} bytes/s  ({ours_pre / hf_rate:.2f}x)")
+    print(f"Transformers Blt, in-forward patching:  {hf_rate:9.0f} bytes/s  (1.00x)")
+
+
+if __name__ == "__main__":
+    main()
