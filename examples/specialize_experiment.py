@@ -10,6 +10,9 @@ stock Llama except the LLM itself:
     SLM-mix best + FT   the expert with the lowest domain loss before fine-tuning (Table 5 of the paper)
     SLM-pn + FT         projected network: MLP weights of the most frequent cluster, fine-tuned
     SLM-pn hist + FT    projected network instantiated at the histogram-weighted code (beyond the paper)
+    SLM long + FT       the generic SLM trained --branch-steps more steps (equal-cost baseline for the two below)
+    SLM-mix br + FT     hard mixture branched from the generic SLM, +--branch-steps cluster-routed steps
+    SLM-pn br (hist)    projected network upcycled from the generic SLM (from_llama), +--branch-steps steps
     SLM-d               generic small Llama distilled from the fine-tuned LLM on the domain data
     LLM + FT            the larger model itself (inference cost ~6x)
 
@@ -91,17 +94,20 @@ def train(model, dataset, args_ns, steps: int, out: Path, *, homogeneous: bool, 
     return time.perf_counter() - started
 
 
-def pretrained(name: str, build, dataset, args_ns, cache: Path, *, homogeneous: bool, lr: float, cls):
-    """Train once and cache under ``cache/name``; returns (model, seconds, flops)."""
+def pretrained(name: str, build, dataset, args_ns, cache: Path, *, homogeneous: bool, lr: float, cls,
+               steps: int | None = None, prior_cost: tuple[float, float] = (0.0, 0.0)):
+    """Train once and cache under ``cache/name``; returns (model, seconds, flops), both including ``prior_cost``
+    (the seconds / FLOPs of the checkpoint a branched model starts from)."""
+    steps = args_ns.pretrain_steps if steps is None else steps
     path = cache / name
     meta_path = path / "experiment_meta.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         return cls.from_pretrained(path).eval(), meta["seconds"], meta["flops"]
     model = build()
-    seconds = train(model, dataset, args_ns, args_ns.pretrain_steps, cache / f"{name}.trainer", homogeneous=homogeneous,
-                    lr=lr)
-    flops = 6.0 * active_params(model) * args_ns.pretrain_steps * args_ns.batch_size * args_ns.block_size
+    seconds = prior_cost[0] + train(model, dataset, args_ns, steps, cache / f"{name}.trainer",
+                                    homogeneous=homogeneous, lr=lr)
+    flops = prior_cost[1] + 6.0 * active_params(model) * steps * args_ns.batch_size * args_ns.block_size
     model.save_pretrained(path)
     meta_path.write_text(json.dumps({"seconds": seconds, "flops": flops}))
     return model.eval(), seconds, flops
@@ -130,6 +136,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--pn-basis", type=int, default=3, help="h, basis tensors of the projected network")
     parser.add_argument("--pretrain-steps", type=int, default=400)
     parser.add_argument("--finetune-steps", type=int, default=100)
+    parser.add_argument("--branch-steps", type=int, default=200,
+                        help="extra steps of the branched variants (SLM long, mix br, pn br); 0 disables them")
     parser.add_argument("--embedder", choices=["hashed", "minilm"], default="hashed")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
@@ -204,6 +212,28 @@ def main(argv=None) -> dict:
     models["LLM"], *pre_cost["LLM"] = pretrained(
         "llm", lambda: LlamaForCausalLM(LlamaConfig(**llm_kwargs)), plain_ds, args, cache, homogeneous=False,
         lr=1e-3, cls=LlamaForCausalLM)
+    # Branched ("upcycled") variants at equal pretraining cost: the generic SLM plus --branch-steps more steps,
+    # either on generic data (SLM long), or per cluster as a hard mixture / projected network started from it.
+    if args.branch_steps > 0:
+        slm_cost = tuple(pre_cost["SLM"])
+
+        def continue_slm():
+            return LlamaForCausalLM.from_pretrained(cache / "slm")
+
+        models["SLM long"], *pre_cost["SLM long"] = pretrained(
+            f"slm_long{args.branch_steps}", continue_slm, plain_ds, args, cache, homogeneous=False, lr=1e-3,
+            cls=LlamaForCausalLM, steps=args.branch_steps, prior_cost=slm_cost)
+        models["mix br"], *pre_cost["mix br"] = pretrained(
+            f"mixture_branched{args.branch_steps}",
+            lambda: SpecialistMixtureForCausalLM.from_experts([continue_slm() for _ in range(args.k)]),
+            generic_ds, args, cache, homogeneous=True, lr=1e-3, cls=SpecialistMixtureForCausalLM,
+            steps=args.branch_steps, prior_cost=slm_cost)
+        models["pn br"], *pre_cost["pn br"] = pretrained(
+            f"projected_branched{args.branch_steps}",
+            lambda: HyperSpecialistForCausalLM.from_llama(continue_slm(), num_clusters=args.k,
+                                                          num_basis=args.pn_basis),
+            generic_ds, args, cache, homogeneous=True, lr=1e-3, cls=HyperSpecialistForCausalLM,
+            steps=args.branch_steps, prior_cost=slm_cost)
     total_params = {name: num_params(model) for name, model in models.items()}
     print("pretraining (seconds, FLOPs):", {k: (round(v[0], 1), f"{v[1]:.2e}") for k, v in pre_cost.items()})
 
@@ -253,6 +283,16 @@ def main(argv=None) -> dict:
         record("SLM-pn + FT", "pn", specialize(models["pn"], domain_texts, index, **ft), pre_cost["pn"][1])
         record("SLM-pn hist + FT", "pn", specialize(models["pn"], domain_texts, index, selection="histogram", **ft),
                pre_cost["pn"][1])
+        if args.branch_steps > 0:
+            record("SLM long + FT", "SLM long", specialize(models["SLM long"], domain_texts, None, **ft),
+                   pre_cost["SLM long"][1])
+            record("SLM-mix br + FT", "mix br", specialize(models["mix br"], domain_texts, index, **ft),
+                   pre_cost["mix br"][1])
+            record("SLM-pn br + FT", "pn br", specialize(models["pn br"], domain_texts, index, **ft),
+                   pre_cost["pn br"][1])
+            record("SLM-pn br hist + FT", "pn br",
+                   specialize(models["pn br"], domain_texts, index, selection="histogram", **ft),
+                   pre_cost["pn br"][1])
         llm = record("LLM + FT", "LLM", specialize(models["LLM"], domain_texts, None, **ft), pre_cost["LLM"][1])
         record("SLM-d (LLM teacher)", "SLM",
                specialize(models["SLM"], domain_texts, None, teacher=llm.model, **ft),

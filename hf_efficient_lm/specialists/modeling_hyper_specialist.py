@@ -196,6 +196,46 @@ class HyperSpecialistForCausalLM(HyperSpecialistPreTrainedModel, LlamaForCausalL
             **kwargs,
         )
 
+    @classmethod
+    @torch.no_grad()
+    def from_llama(cls, llama: LlamaForCausalLM, *, num_clusters: int, num_basis: int, code_dim: int | None = None,
+                   seed: int = 0) -> "HyperSpecialistForCausalLM":
+        """Upcycle a pretrained ``LlamaForCausalLM``: shared weights copied, and at initialisation EVERY cluster's
+        materialised MLP equals the Llama's (basis 0 holds its weights, the other bases are zero, and
+        ``M^(l)[:, 0]`` solves ``E_i . M^(l)[:, 0] = 1`` for all ``i``). Training then lets the clusters diverge.
+        Needs ``code_dim >= num_clusters`` (default ``num_clusters``) so that system has an exact solution."""
+        code_dim = num_clusters if code_dim is None else code_dim
+        if code_dim < num_clusters:
+            raise ValueError(f"from_llama needs code_dim >= num_clusters (got {code_dim} < {num_clusters})")
+        base_config = stock_llama_config(llama.config).to_dict()
+        for key in ("architectures", "model_type", "transformers_version"):
+            base_config.pop(key, None)
+        config = HyperSpecialistConfig(**base_config, num_clusters=num_clusters, num_basis=num_basis,
+                                       code_dim=code_dim)
+        config._attn_implementation = llama.config._attn_implementation
+        torch.manual_seed(seed)
+        model = cls(config)
+        source = llama.state_dict()
+        state = model.state_dict()
+        for name in state:
+            if name in source:
+                state[name] = source[name]
+        codes = state["model.cluster_codes"].double()
+        ones = torch.ones(num_clusters, 1, dtype=torch.float64)
+        first_column = torch.linalg.lstsq(codes, ones).solution[:, 0]  # [m]
+        for layer_idx in range(config.num_hidden_layers):
+            prefix = f"model.layers.{layer_idx}.mlp"
+            projection = state[f"{prefix}.coefficient_projection"].clone()
+            projection[:, 0] = first_column.to(projection.dtype)
+            state[f"{prefix}.coefficient_projection"] = projection
+            for matrix, basis in (("gate_proj", "gate_basis"), ("up_proj", "up_basis"), ("down_proj", "down_basis")):
+                tensor = torch.zeros_like(state[f"{prefix}.{basis}"])
+                tensor[0] = source[f"{prefix}.{matrix}.weight"]
+                state[f"{prefix}.{basis}"] = tensor
+        model.load_state_dict(state)
+        parameter = next(llama.parameters())
+        return model.to(device=parameter.device, dtype=parameter.dtype).train(llama.training)
+
     def cluster_code(self, cluster: int | None = None, histogram=None) -> torch.Tensor:
         """``E_cluster`` or ``sum_c p_c E_c`` for a ``histogram [k]`` (normalised here) -> ``[m]``."""
         codes = self.model.cluster_codes

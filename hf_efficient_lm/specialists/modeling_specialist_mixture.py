@@ -106,11 +106,11 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
             logits, cache = output.logits, output.past_key_values
         else:
             if past_key_values is not None or use_cache:
-                if past_key_values is not None and past_key_values.get_seq_length() > 0:
-                    raise ValueError(
-                        "cached decoding with rows of several clusters in one batch is not supported: "
-                        "generate one cluster per batch"
-                    )
+                # Each expert would need its own KV cache over its own rows; refuse rather than decode wrongly.
+                raise ValueError(
+                    f"a KV cache with rows of several clusters ({clusters}) in one batch is not supported by the hard "
+                    "mixture: generate one cluster per batch (or pass use_cache=False)"
+                )
             logits, cache = None, None
             for cluster in clusters:
                 rows = (cluster_ids == cluster).nonzero(as_tuple=True)[0]

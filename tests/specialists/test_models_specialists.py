@@ -175,3 +175,47 @@ def test_model_card_templates_render(template):
                     extra={"num_experts": 4, "method": "SLM-pn", "selection": "most_frequent"})
     text = str(render_model_card(f"model_cards/{template}.md", info))
     assert "someone/specialist" in text and "{{" not in text and "12.5" in text
+
+
+def test_independent_expert_jobs_assemble_into_a_mixture(tmp_path):
+    from hf_efficient_lm.specialists.training_specialists import train_expert
+    from hf_efficient_lm.testing_utils import make_tiny_llama
+
+    x = ids(batch=4, length=12, seed=3)
+    dataset = Dataset.from_dict({"input_ids": x.tolist(), "cluster_ids": [0, 1, 0, 1]})
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=2,
+                             learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+    paths = [train_expert(make_tiny_llama(seed=c), dataset, c, tmp_path / "experts", args) for c in (0, 1)]
+    assert [p.name for p in paths] == ["expert_0", "expert_1"]
+    mixture = SpecialistMixtureForCausalLM.from_experts(paths).eval()
+    expert_1 = LlamaForCausalLM.from_pretrained(paths[1]).eval()
+    torch.testing.assert_close(mixture(x, cluster_ids=1).logits, expert_1(x).logits)
+    assert not torch.equal(expert_1.lm_head.weight, make_tiny_llama(seed=1).lm_head.weight)  # it trained
+    with pytest.raises(ValueError, match="no rows of cluster 5"):
+        train_expert(make_tiny_llama(), dataset, 5, tmp_path, args)
+
+
+def test_projected_network_upcycled_from_llama_starts_as_the_llama():
+    from hf_efficient_lm.testing_utils import make_tiny_llama
+
+    llama = make_tiny_llama(seed=4)
+    hyper = HyperSpecialistForCausalLM.from_llama(llama, num_clusters=K, num_basis=2).eval()
+    x = ids()
+    for cluster in range(K):
+        torch.testing.assert_close(hyper(x, cluster_ids=cluster).logits, llama(x).logits, atol=1e-5, rtol=1e-5)
+    hyper.train()
+    hyper(x, cluster_ids=CLUSTERS, labels=x).loss.backward()
+    assert hyper.model.layers[0].mlp.up_basis.grad[1].abs().sum() > 0  # the zero bases learn: clusters can diverge
+    with pytest.raises(ValueError, match="code_dim >= num_clusters"):
+        HyperSpecialistForCausalLM.from_llama(llama, num_clusters=K, num_basis=2, code_dim=2)
+
+
+def test_mixture_refuses_a_mixed_cluster_cache():
+    mixture, x = make_mixture(), ids(batch=2, length=6)
+    with pytest.raises(ValueError, match="several clusters"):
+        mixture.generate(x, cluster_ids=torch.tensor([0, 1]), max_new_tokens=2, do_sample=False)
+    uncached = mixture.generate(x, cluster_ids=torch.tensor([0, 1]), max_new_tokens=3, do_sample=False,
+                                use_cache=False)
+    for row, cluster in enumerate([0, 1]):
+        alone = mixture.experts[cluster].generate(x[row : row + 1], max_new_tokens=3, do_sample=False)
+        assert uncached[row].tolist() == alone[0].tolist()
