@@ -79,6 +79,7 @@ class FgramVocab:
         if self.counts.numel() != self.num_fgrams:
             raise ValueError(f"counts has {self.counts.numel()} entries for {self.num_fgrams} f-grams")
         self._row_level = None
+        self._barrier_tensor = None
 
     # ------------------------------------------------------------------ basic facts
     @property
@@ -100,8 +101,10 @@ class FgramVocab:
     def valid_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """BoolTensor like ``input_ids``: positions that may be part of an f-gram (no barrier, no padding)."""
         valid = (input_ids >= 0) & (input_ids < self.vocab_size)
-        for barrier in self.barrier_ids:
-            valid &= input_ids != barrier
+        if self.barrier_ids:
+            if self._barrier_tensor is None or self._barrier_tensor.device != input_ids.device:
+                self._barrier_tensor = torch.tensor(self.barrier_ids, dtype=input_ids.dtype, device=input_ids.device)
+            valid &= ~torch.isin(input_ids, self._barrier_tensor)
         if attention_mask is not None:
             if attention_mask.shape != input_ids.shape:
                 raise ValueError(

@@ -129,14 +129,15 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
 
         Each distinct f-gram row is computed (or read from the table) once per batch and expanded back.
         """
-        unique_rows, inverse = torch.unique(rows, return_inverse=True)
         if self.config.fgram_mode == "table":
             if self.fgram_table is None:
                 raise ValueError("table-mode SconeLlama has no f-gram table loaded (fgram_table.safetensors)")
-            if int(unique_rows.max()) >= self.fgram_table.num_rows:
-                raise IndexError(f"f-gram row {int(unique_rows.max())} >= table rows {self.fgram_table.num_rows}")
+            if rows.numel() <= 16:  # decode steps: a dedupe costs more than the few duplicate row reads it saves
+                return self.fgram_table.lookup(rows, device=token_embeds.device, dtype=token_embeds.dtype)
+            unique_rows, inverse = torch.unique(rows, return_inverse=True)
             vectors = self.fgram_table.lookup(unique_rows, device=token_embeds.device, dtype=token_embeds.dtype)
             return vectors[inverse]
+        unique_rows, inverse = torch.unique(rows, return_inverse=True)
         # One representative occurrence of every distinct row: its window is the f-gram's tokens.
         count = rows.numel()
         order = torch.arange(count, device=rows.device)
@@ -165,7 +166,8 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
             return token_embeds
         positions = matched.nonzero()
         rows = fgram_row[matched]
-        if bool((rows < 0).any()) or int(rows.max()) >= self.config.num_fgrams:
+        low, high = torch.aminmax(rows)
+        if int(low) < 0 or int(high) >= self.config.num_fgrams:
             raise ValueError(f"fgram_row values must lie in [0, num_fgrams={self.config.num_fgrams}) where fgram_len >= 2")
         vectors = self.fgram_vectors(input_ids, token_embeds, positions, rows, fgram_len[matched])
         vectors = vectors.to(token_embeds.dtype)

@@ -245,8 +245,10 @@ class FgramTable:
     def lookup(self, rows: torch.Tensor, device=None, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Gather ``rows`` (LongTensor ``[n]``, any device) -> ``[n, dim]`` on ``device`` in ``dtype``."""
         index = rows.to("cpu", torch.int64)
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_rows):
-            raise IndexError(f"f-gram row ids must lie in [0, {self.num_rows}), got {index.min()}..{index.max()}")
+        if index.numel():
+            low, high = torch.aminmax(index)
+            if int(low) < 0 or int(high) >= self.num_rows:
+                raise IndexError(f"f-gram row ids must lie in [0, {self.num_rows}), got {int(low)}..{int(high)}")
         gathered = self.rows.index_select(0, index)
         if dtype is not None:
             gathered = gathered.to(dtype)
