@@ -1,5 +1,7 @@
 """AnchorLlama wraps unmodified Llama weights; its AnSAN forward is exact through the pruned AnchorCache."""
 
+import os
+
 import pytest
 import torch
 from transformers import DynamicCache, LlamaForCausalLM
@@ -186,3 +188,13 @@ def test_bad_input_errors(anchor_llama_dir, model):
         model(ids, past_key_values=filled)
     with pytest.raises(ValueError, match="cannot be cropped"):
         model(ids, use_cache=True).past_key_values.crop(-1)
+
+
+@pytest.mark.skipif(not os.environ.get("HFELM_SLOW"), reason="flex attention compiles for ~1 min on CPU; HFELM_SLOW=1")
+@torch.no_grad()
+def test_flex_attention_equals_sdpa(anchor_llama_dir, model):
+    flex = AnchorLlamaForCausalLM.from_pretrained(
+        anchor_llama_dir, anchor_token_ids=ANCHOR_IDS, attn_implementation="flex_attention"
+    ).eval()
+    ids = anchored_ids(1, 160, seed=13)  # > one 128-token block, so some blocks are skipped / partial
+    torch.testing.assert_close(flex(ids).logits, model(ids).logits, atol=1e-4, rtol=0)
