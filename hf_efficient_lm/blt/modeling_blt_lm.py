@@ -124,12 +124,14 @@ class BLTCrossAttention(nn.Module):
         """queries ``[B, G, Q, D]`` attend to keys/values ``[B, G, S, H, head_dim]`` of their group ``G``;
         ``key_valid [B, G, S]`` masks keys. A group with no valid key gets a zero attention output."""
         b, g, q, _ = queries.shape
-        query = self.q_proj(self.q_norm(queries)).view(b, g, q, self.num_heads, self.head_dim)
-        scores = torch.einsum("bgqhd,bgshd->bgqhs", query, keys) * self.scaling
+        query = self.q_proj(self.q_norm(queries)).view(b, g, q, self.num_heads, self.head_dim).transpose(2, 3)
+        # batched matmuls over (B, G, H): [q, d] x [d, s] -> [q, s]
+        scores = torch.matmul(query, keys.permute(0, 1, 3, 4, 2)) * self.scaling
         if key_valid is not None:
             scores = scores.masked_fill(~key_valid[:, :, None, None, :], float("-inf"))
         probs = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(values.dtype)
-        out = torch.einsum("bgqhs,bgshd->bgqhd", probs, values).reshape(b, g, q, self.num_heads * self.head_dim)
+        out = torch.matmul(probs, values.transpose(2, 3))  # [B, G, H, q, d]
+        out = out.transpose(2, 3).reshape(b, g, q, self.num_heads * self.head_dim)
         return self.o_proj(out) + queries
 
 
