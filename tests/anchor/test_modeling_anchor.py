@@ -86,6 +86,10 @@ def test_chunked_prefill_against_partial_cache_equals_full_forward(model):
         outs.append(out.logits)
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=ATOL, rtol=0)
     assert cache.cached_tokens_per_row() == _open_sentence_lengths(ids)
+    # generate's own chunked prefill (pruning between chunks bounds peak prefill memory) gives the same tokens
+    one = model.generate(ids[:1, :23], max_new_tokens=6, do_sample=False)
+    chunked = model.generate(ids[:1, :23], max_new_tokens=6, do_sample=False, prefill_chunk_size=5)
+    assert torch.equal(one, chunked)
 
 
 @torch.no_grad()
