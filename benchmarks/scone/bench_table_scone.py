@@ -63,7 +63,7 @@ def main():
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--vocab-size", type=int, default=4096)
-    parser.add_argument("--keep", action="store_true", help="keep the table file for the next run")
+    parser.add_argument("--delete", action="store_true", help="delete the table file at the end (default: keep it)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     dtype = getattr(torch, args.dtype)
@@ -138,7 +138,7 @@ def main():
         print(f"match_last (per decode step) batch {batch}: {statistics.median(times) * 1e6:.0f} us/step "
               f"= {statistics.median(times) / batch * 1e6:.1f} us/token")
     print(f"final RSS {rss_mb()['VmRSS']:.0f} MB (start of script {rss0['VmRSS']:.0f} MB)")
-    if not args.keep:
+    if args.delete:
         del table
         path.unlink()
 

@@ -236,6 +236,9 @@ class FgramTable:
         begin, end = info["data_offsets"]
         with open(self.path, "rb") as handle:
             self._mmap = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        if hasattr(mmap, "MADV_RANDOM"):
+            # Lookups are scattered rows: no read-ahead / fault-around, so only the touched pages are mapped in.
+            self._mmap.madvise(mmap.MADV_RANDOM)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             raw = torch.frombuffer(self._mmap, dtype=torch.uint8, offset=data_start + begin, count=end - begin) \
