@@ -7,6 +7,7 @@ weights, with in-forward entropy patching and with precomputed patch lengths (th
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -21,18 +22,20 @@ from hf_efficient_lm import BLTForCausalLM  # noqa: E402
 from hf_efficient_lm.blt import patch_lengths_from_starts  # noqa: E402
 
 
-def throughput(model, batch, steps, **kwargs) -> float:
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    model.train()
-    for i in range(steps + 1):
-        if i == 1:  # first step is warm-up
-            start = time.perf_counter()
+def make_step(model, batch, **kwargs):
+    """One training step (forward + backward + AdamW) as a closure; returns its wall time."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> float:
+        model.train()
+        start = time.perf_counter()
         loss = model(batch, labels=batch, use_cache=False, **kwargs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return batch.numel() * steps / (time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    return step
 
 
 def main() -> None:
@@ -51,10 +54,20 @@ def main() -> None:
         ours = BLTForCausalLM.from_pretrained(tmp)
     with torch.no_grad():
         lengths = patch_lengths_from_starts(ours.model(data).patch_starts, include_next=True)
-    ours_rate = throughput(ours, data, args.steps)
-    ours_pre = throughput(ours, data, args.steps, patch_lengths=lengths)
-    hf_rate = throughput(hf, data, args.steps)
-    print(f"batch {args.batch} x {args.seq_len} bytes, {data.numel() / int((lengths > 0).sum()):.2f} bytes/patch")
+    steps = {
+        "ours": make_step(ours, data),
+        "ours_pre": make_step(ours, data, patch_lengths=lengths),
+        "hf": make_step(hf, data),
+    }
+    times = {name: [] for name in steps}
+    for round_index in range(args.steps + 1):  # round-robin so machine load drifts hit all methods alike
+        for name, step in steps.items():
+            elapsed = step()
+            if round_index:  # round 0 is warm-up
+                times[name].append(elapsed)
+    rate = {name: data.numel() / statistics.median(t) for name, t in times.items()}
+    ours_rate, ours_pre, hf_rate = rate["ours"], rate["ours_pre"], rate["hf"]
+    print(f"median of {args.steps} interleaved steps; batch {args.batch} x {args.seq_len} bytes, {data.numel() / int((lengths > 0).sum()):.2f} bytes/patch")
     print(f"BLTForCausalLM, in-forward patching:    {ours_rate:9.0f} bytes/s  ({ours_rate / hf_rate:.2f}x)")
     print(f"BLTForCausalLM, precomputed patches:    {ours_pre:9.0f} bytes/s  ({ours_pre / hf_rate:.2f}x)")
     print(f"Transformers Blt, in-forward patching:  {hf_rate:9.0f} bytes/s  (1.00x)")
