@@ -27,7 +27,7 @@ from hf_efficient_lm.specialists import (  # noqa: E402
     specialize,
     train_mixture_experts,
 )
-from hf_efficient_lm.specialists.specialize import _blocks  # noqa: E402
+from hf_efficient_lm.specialists.specialize import token_blocks  # noqa: E402
 
 NUM_CLUSTERS = 2
 BLOCK_SIZE = 32
@@ -44,7 +44,7 @@ def run_demo(base_dir: str, train_texts: list[str]) -> str:
         raise ValueError("run_demo needs at least 4 training texts")
     half = len(train_texts) // 2
     generic_texts, domain_pool = train_texts[:half], train_texts[half:]
-    blocks = _blocks(generic_texts, tokenizer, BLOCK_SIZE)
+    blocks = token_blocks(generic_texts, tokenizer, BLOCK_SIZE)
     windows = [tokenizer.decode(block) for block in blocks]
     index = ClusterIndex.fit(windows, min(NUM_CLUSTERS, len(windows)), embedder=HashedNgramEmbedder(dim=256),
                              progress=False)

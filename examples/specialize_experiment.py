@@ -51,7 +51,7 @@ from hf_efficient_lm.specialists import (  # noqa: E402
     importance_sample,
     specialize,
 )
-from hf_efficient_lm.specialists.specialize import _blocks, block_perplexity  # noqa: E402
+from hf_efficient_lm.specialists.specialize import token_blocks, block_perplexity  # noqa: E402
 from hf_efficient_lm.specialists.training_specialists import ClusterHomogeneousTrainer, SpecialistCollator  # noqa: E402
 
 ALL_DOMAINS = ("pydocs", "kernel", "code", "dictionary", "fortunes")
@@ -169,7 +169,7 @@ def main(argv=None) -> dict:
         tokenizer.save_pretrained(tokenizer_path)
     generic_blocks, generic_domain_of_block = [], []
     for domain, texts in generic_texts.items():
-        blocks = _blocks(texts, tokenizer, args.block_size)
+        blocks = token_blocks(texts, tokenizer, args.block_size)
         generic_blocks += blocks
         generic_domain_of_block += [domain] * len(blocks)
     windows = [tokenizer.decode(block) for block in generic_blocks]
@@ -245,10 +245,10 @@ def main(argv=None) -> dict:
     for target in args.targets:
         chars = int(args.domain_tokens * chars_per_token)
         domain_texts = load_texts(args.corpus, target, "train", chars)
-        test_blocks = _blocks(load_texts(args.corpus, target, "valid", 10**7), tokenizer, args.block_size)
+        test_blocks = token_blocks(load_texts(args.corpus, target, "valid", 10**7), tokenizer, args.block_size)
         test_blocks = [test_blocks[i] for i in np.random.default_rng(0).permutation(len(test_blocks))[
             : args.test_blocks]]
-        domain_windows = [tokenizer.decode(b) for b in _blocks(domain_texts, tokenizer, args.block_size)]
+        domain_windows = [tokenizer.decode(b) for b in token_blocks(domain_texts, tokenizer, args.block_size)]
         histogram = index.histogram_of_ids(index.assign(domain_windows, progress=False))
         print(f"\n== {target}: {len(domain_windows) * args.block_size} training tokens, histogram "
               f"{np.round(histogram, 3).tolist()}")

@@ -51,7 +51,7 @@ def _domain_texts(domain_dataset, text_column: str) -> list[str]:
     return texts
 
 
-def _blocks(texts: Sequence[str], tokenizer, block_size: int) -> list[list[int]]:
+def token_blocks(texts: Sequence[str], tokenizer, block_size: int) -> list[list[int]]:
     """Concatenate the documents (EOS between them) and cut ``block_size``-token blocks (the tail is dropped)."""
     stream: list[int] = []
     for text in texts:
@@ -143,7 +143,8 @@ def specialize(
     num_eval = max(1, int(round(eval_fraction * len(texts))))
     eval_texts = [texts[i] for i in order[:num_eval]]
     train_texts = [texts[i] for i in order[num_eval:]]
-    train_blocks, eval_blocks = _blocks(train_texts, tokenizer, block_size), _blocks(eval_texts, tokenizer, block_size)
+    train_blocks = token_blocks(train_texts, tokenizer, block_size)
+    eval_blocks = token_blocks(eval_texts, tokenizer, block_size)
     if not train_blocks or not eval_blocks:
         raise ValueError(
             f"the domain set is too small for block_size={block_size}: {len(train_blocks)} training and "

@@ -134,3 +134,48 @@ def train_mixture_experts(model, dataset: Dataset, args: TrainingArguments, *, p
         model=model, args=args, train_dataset=dataset, data_collator=SpecialistCollator(pad_token_id)
     )
     return trainer.train()
+
+
+def main(argv=None) -> Path:
+    """CLI: one of the ``k`` independent expert jobs of a hard mixture.
+
+    Trains a copy of the ``--base`` Llama on the windows of ``--cluster`` from a dataset saved with
+    ``Dataset.save_to_disk`` (columns ``input_ids`` and ``cluster_ids``) and writes ``OUTPUT_DIR/expert_{cluster}``.
+    Assemble the folders with ``SpecialistMixtureForCausalLM.from_experts(sorted(OUTPUT_DIR.glob("expert_*")))``.
+    """
+    import argparse
+
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM
+
+    parser = argparse.ArgumentParser(
+        prog="python -m hf_efficient_lm.specialists.training_specialists", description=main.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--base", required=True, help="Llama checkpoint each expert starts from")
+    parser.add_argument("--windows", required=True, help="dataset folder (save_to_disk) with input_ids, cluster_ids")
+    parser.add_argument("--cluster", type=int, required=True, help="the cluster (= expert index) this job trains")
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--max-steps", type=int, default=1000)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    dataset = load_from_disk(args.windows)
+    missing = {"input_ids", CLUSTER_COLUMN} - set(dataset.column_names)
+    if missing:
+        parser.error(f"--windows dataset lacks columns {sorted(missing)}")
+    model = AutoModelForCausalLM.from_pretrained(args.base)
+    training_args = TrainingArguments(
+        output_dir=str(args.output_dir / f".expert_{args.cluster}.trainer"), max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate, save_strategy="no",
+        report_to=[], seed=args.seed,
+    )
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    path = train_expert(model, dataset, args.cluster, args.output_dir, training_args, pad_token_id=pad)
+    print(f"expert {args.cluster} written to {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

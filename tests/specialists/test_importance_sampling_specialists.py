@@ -110,3 +110,23 @@ def test_weighted_trainer_loss(tmp_path):
     uniform = SpecialistCollator(0)([{"input_ids": row} for row in ids.tolist()])
     with torch.no_grad():
         torch.testing.assert_close(trainer.compute_loss(model, dict(uniform)), model(input_ids=ids, labels=ids).loss)
+
+
+def test_weighted_trainer_trains_with_the_weight_column(tmp_path):
+    model = make_tiny_llama(seed=0).train()
+    ids = torch.randint(3, 128, (8, 12), generator=torch.Generator().manual_seed(1))
+    dataset = with_importance_weights(Dataset.from_dict({"input_ids": ids.tolist()}), [0, 1] * 4, [0.2, 0.8])
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4,
+                             learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+    trainer = ImportanceWeightedTrainer(model=model, args=args, train_dataset=dataset,
+                                        data_collator=SpecialistCollator(0))
+    seen = []
+    original = trainer.compute_loss
+
+    def spy(model, inputs, **kwargs):
+        seen.append("loss_weight" in inputs)
+        return original(model, inputs, **kwargs)
+
+    trainer.compute_loss = spy
+    trainer.train()
+    assert seen and all(seen)  # the weight column survived Trainer's column filtering

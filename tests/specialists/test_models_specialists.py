@@ -195,6 +195,20 @@ def test_independent_expert_jobs_assemble_into_a_mixture(tmp_path):
         train_expert(make_tiny_llama(), dataset, 5, tmp_path, args)
 
 
+def test_expert_job_cli(tmp_path):
+    from hf_efficient_lm.specialists.training_specialists import main
+    from hf_efficient_lm.testing_utils import save_tiny_llama
+
+    save_tiny_llama(tmp_path / "base")
+    x = ids(batch=4, length=12, seed=3)
+    Dataset.from_dict({"input_ids": x.tolist(), "cluster_ids": [0, 1, 0, 1]}).save_to_disk(tmp_path / "windows")
+    common = ["--base", str(tmp_path / "base"), "--windows", str(tmp_path / "windows"), "--output-dir",
+              str(tmp_path / "experts"), "--max-steps", "1", "--batch-size", "2"]
+    paths = [main([*common, "--cluster", str(c)]) for c in (0, 1)]
+    mixture = SpecialistMixtureForCausalLM.from_experts(sorted((tmp_path / "experts").glob("expert_*")))
+    assert mixture.config.num_experts == 2 and [p.name for p in paths] == ["expert_0", "expert_1"]
+
+
 def test_projected_network_upcycled_from_llama_starts_as_the_llama():
     from hf_efficient_lm.testing_utils import make_tiny_llama
 
