@@ -233,3 +233,14 @@ def test_mixture_refuses_a_mixed_cluster_cache():
     for row, cluster in enumerate([0, 1]):
         alone = mixture.experts[cluster].generate(x[row : row + 1], max_new_tokens=3, do_sample=False)
         assert uncached[row].tolist() == alone[0].tolist()
+
+
+@pytest.mark.parametrize("make", [make_mixture, make_hyper])
+def test_bfloat16_forward_and_instantiate_keep_the_dtype(make):
+    model = make().to(torch.bfloat16)
+    x = ids(batch=2, length=8)
+    logits = model(x, cluster_ids=torch.tensor([0, 2])).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+    stock = model.instantiate(cluster=2)
+    assert next(stock.parameters()).dtype == torch.bfloat16
+    torch.testing.assert_close(stock(x[1:]).logits.float(), logits[1:].float(), atol=2e-2, rtol=2e-2)
