@@ -62,7 +62,8 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--eval-docs", type=int, default=40)
     parser.add_argument("--mc-items", type=int, default=100)
-    parser.add_argument("--modes", nargs="+", default=["ep", "ac"])
+    parser.add_argument("--modes", nargs="+", default=["none", "ep", "ac"], choices=["none", "ep", "ac"],
+                        help="'none' = the same continued pre-training without anchors (the causal baseline)")
     parser.add_argument("--output", default=str(CACHE / "anchor_quality"), help="checkpoints (outside git)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -95,10 +96,15 @@ def main(argv=None):
         ))
         trained = AnchorLlamaForCausalLM.from_pretrained(final).eval()
         tok = AutoTokenizer.from_pretrained(final)
-        for label, model in ((f"{anchor_mode.upper()} untrained", converted.eval()),
-                             (f"{anchor_mode.upper()} +{args.steps} steps", trained)):
-            for mode in ("full", "anchor"):
-                ppl = perplexity(model, tok, held_out, mode, anchor_mode, args.max_length)
+        if anchor_mode == "none":
+            candidates, modes, data_mode = ((f"Llama +{args.steps} steps", trained),), ("full",), "ep"
+        else:
+            candidates = ((f"{anchor_mode.upper()} untrained", converted.eval()),
+                          (f"{anchor_mode.upper()} +{args.steps} steps", trained))
+            modes, data_mode = ("full", "anchor"), anchor_mode
+        for label, model in candidates:
+            for mode in modes:
+                ppl = perplexity(model, tok, held_out, mode, data_mode, args.max_length)
                 mc = evaluate_multiple_choice(model, tok, items, demos, mode=mode)
                 rows.append((label, mode, ppl, mc["accuracy"], mc["kv_positions"]))
 

@@ -35,7 +35,9 @@ class AnchorTrainArguments:
     data_files: list[str] = field(default_factory=list, metadata={"help": "Local json/jsonl(.gz) files, 'text' column."})
     validation_files: list[str] = field(default_factory=list, metadata={"help": "Held-out files evaluated at the end."})
     text_column: str = field(default="text", metadata={"help": "Column holding the documents."})
-    anchor_mode: str = field(default="ep", metadata={"help": "'ep' (endpoint tokens) or 'ac' (insert <AC>)."})
+    anchor_mode: str = field(default="ep", metadata={
+        "help": "'ep' (endpoint tokens), 'ac' (insert <AC>) or 'none' (no anchors: plain causal continued "
+                "pre-training through the same pipeline, the baseline for the anchor runs)."})
     endpoints: list[str] = field(default_factory=lambda: [".", "!", "?"],
                                  metadata={"help": "EP: sentence-ending strings whose tokens become anchors."})
     endpoint_match: str = field(default="endswith", metadata={"help": "EP: 'exact', 'stripped' or 'endswith'."})
@@ -73,13 +75,17 @@ def build_anchor_model(args: AnchorTrainArguments):
         model = AnchorLlamaForCausalLM.from_pretrained(
             args.base_model, anchor_token_ids=anchor_ids, anchor_mode="ep", pad_token_id=tokenizer.pad_token_id
         )
+    elif args.anchor_mode == "none":
+        model = AnchorLlamaForCausalLM.from_pretrained(
+            args.base_model, anchor_token_ids=[], anchor_mode="ep", pad_token_id=tokenizer.pad_token_id
+        )
     elif args.anchor_mode == "ac":
         model = AnchorLlamaForCausalLM.from_pretrained(
             args.base_model, anchor_token_ids=[], pad_token_id=tokenizer.pad_token_id
         )
         add_anchor_token(model, tokenizer, args.anchor_token, init_from=args.ac_init)
     else:
-        raise ValueError(f"anchor_mode must be 'ep' or 'ac', got {args.anchor_mode!r}")
+        raise ValueError(f"anchor_mode must be 'ep', 'ac' or 'none', got {args.anchor_mode!r}")
     return model, tokenizer
 
 
@@ -88,7 +94,8 @@ def run_anchor_training(args: AnchorTrainArguments, training_args: TrainingArgum
     set_seed(training_args.seed)
     model, tokenizer = build_anchor_model(args)
     anchor_id = model.config.anchor_token_ids[0] if args.anchor_mode == "ac" else None
-    tokenize = tokenize_function(tokenizer, args.anchor_mode, anchor_id, args.max_length, args.text_column)
+    data_mode = "ac" if args.anchor_mode == "ac" else "ep"  # 'none' uses the text as is, like EP
+    tokenize = tokenize_function(tokenizer, data_mode, anchor_id, args.max_length, args.text_column)
     with training_args.main_process_first(desc="tokenize"):
         raw = _load_texts(args.data_files, args.text_column, args.max_documents)
         train_set = raw.map(tokenize, batched=True, remove_columns=raw.column_names)
