@@ -169,3 +169,14 @@ def test_bad_input(models, index, specialist_tokenizer):
         specialize(model, domain_dataset(2), index, tokenizer=specialist_tokenizer, block_size=4096)
     with pytest.raises(ValueError, match="needs the cluster index"):
         specialize(model, domain_dataset(), None, tokenizer=specialist_tokenizer, block_size=16)
+
+
+def test_index_travels_with_the_checkpoint(models, index, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    models["hyper"].save_pretrained(tmp_path)
+    index.save_pretrained(tmp_path)  # beside the weights: experts mean nothing without the centroids
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    reloaded_index = ClusterIndex.from_pretrained(tmp_path)
+    assert type(reloaded) is HyperSpecialistForCausalLM and reloaded_index.k == reloaded.config.num_clusters
+    np.testing.assert_array_equal(reloaded_index.centroids, index.centroids)
