@@ -436,7 +436,7 @@ class BLTModel(BLTPreTrainedModel):
             raise ValueError("BLT works on byte ids; inputs_embeds is not supported")
         self._check_ids(input_ids)
         input_ids = input_ids.long()
-        use_cache = use_cache if use_cache is not None else False
+        use_cache = use_cache if use_cache is not None else past_key_values is not None
         if past_key_values is not None and not isinstance(past_key_values, BLTCache):
             raise TypeError(f"past_key_values must be a BLTCache, got {type(past_key_values).__name__}")
         if past_key_values is not None and past_key_values.num_bytes > 0:
