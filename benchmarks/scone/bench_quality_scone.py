@@ -3,7 +3,7 @@
 Every model trains from the same seed on the same packed blocks of ``../shared/corpus`` (all five domains, the
 baseline tokenizer), then SconeLlama is exported to table mode, so the evaluated models have the same inference
 FLOPs and accelerator parameters (+1 gate vector for "gated"). Held-out perplexity per domain; the paper's two
-scaling axes: number of f-grams S and f-gram model depth. Writes ``quality_scone.json`` and ``quality_scone.png``
+scaling axes: number of f-grams S and f-gram model depth. Writes ``quality_scone_<fusion>.json`` and ``.png``
 into ``--out``.
 
     nice -n 10 python benchmarks/scone/bench_quality_scone.py --train-tokens 600000 --num-fgrams 10000 100000 \
@@ -81,6 +81,8 @@ def main():
     parser.add_argument("--eval-tokens", type=int, default=30_000, help="held-out tokens per domain")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(cache_dir() / "quality"))
+    parser.add_argument("--reuse-base", help="quality_scone.json of an earlier run with the same settings: reuse its "
+                                             "base Llama figures instead of retraining it (training is seeded)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -100,13 +102,17 @@ def main():
           f"training tokens; fusion {args.fusion}")
     results = {}
 
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(llama_config)
-    start = time.perf_counter()
-    train(base, blocks, None, steps, args.batch, args.lr, seed=1)
-    base_ppl = {d: perplexity(base, b) for d, b in eval_blocks.items()}
-    results["base"] = {"ppl": base_ppl, "params": sum(p.numel() for p in base.parameters()),
-                       "train_s": time.perf_counter() - start}
+    if args.reuse_base:
+        results["base"] = json.loads(Path(args.reuse_base).read_text())["base"]
+        base_ppl = results["base"]["ppl"]
+    else:
+        torch.manual_seed(0)
+        base = LlamaForCausalLM(llama_config)
+        start = time.perf_counter()
+        train(base, blocks, None, steps, args.batch, args.lr, seed=1)
+        base_ppl = {d: perplexity(base, b) for d, b in eval_blocks.items()}
+        results["base"] = {"ppl": base_ppl, "params": sum(p.numel() for p in base.parameters()),
+                           "train_s": time.perf_counter() - start}
     print(f"base Llama ({results['base']['params']:,} params): {base_ppl} in {results['base']['train_s']:.0f}s")
 
     vocabs = {}
@@ -132,16 +138,17 @@ def main():
             start = time.perf_counter()
             train(model, blocks, fgram, steps, args.batch, args.lr, seed=1)
             train_s = time.perf_counter() - start
-            table_dir = model.export_fgram_table(out / f"scone_S{num_fgrams}_L{layers}", show_progress=False)
+            table_dir = model.export_fgram_table(out / f"scone_{args.fusion}_S{num_fgrams}_L{layers}",
+                                                 show_progress=False)
             table_model = SconeLlamaForCausalLM.from_pretrained(table_dir).eval()
             ppl = {d: perplexity(table_model, b) for d, b in eval_blocks.items()}
-            name = f"scone_S{num_fgrams}_L{layers}"
+            name = f"scone_{args.fusion}_S{num_fgrams}_L{layers}"
             results[name] = {"ppl": ppl, "num_fgrams": vocab.num_fgrams, "fgram_layers": layers,
                              "params_accelerator": sum(p.numel() for p in table_model.parameters()),
                              "params_training": sum(p.numel() for p in model.parameters()), "train_s": train_s,
                              "coverage": float((lengths > 0).mean())}
             print(f"{name}: {ppl} (train {train_s:.0f}s, coverage {results[name]['coverage']:.1%})")
-    _report(results, out)
+    _report(results, out, args.fusion)
 
 
 _BASE_INIT: dict = {}
@@ -156,8 +163,8 @@ def base_init_state(llama_config):
     return _BASE_INIT[key]
 
 
-def _report(results: dict, out: Path) -> None:
-    (out / "quality_scone.json").write_text(json.dumps(results, indent=2))
+def _report(results: dict, out: Path, fusion: str) -> None:
+    (out / f"quality_scone_{fusion}.json").write_text(json.dumps(results, indent=2))
     names = list(results)
     print("\n| model | " + " | ".join(DOMAINS) + " | mean | vs base |")
     print("|---|" + "---|" * (len(DOMAINS) + 2))
@@ -190,8 +197,8 @@ def _report(results: dict, out: Path) -> None:
             ax.legend()
         axes[0].set_xscale("log")
         fig.tight_layout()
-        fig.savefig(out / "quality_scone.png", dpi=120)
-        print(f"plot: {out / 'quality_scone.png'}")
+        fig.savefig(out / f"quality_scone_{fusion}.png", dpi=120)
+        print(f"plot: {out / f'quality_scone_{fusion}.png'}")
     except ImportError:
         pass
 
