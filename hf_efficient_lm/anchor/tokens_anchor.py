@@ -39,8 +39,11 @@ def find_endpoint_token_ids(tokenizer, endpoints=DEFAULT_ENDPOINTS, match: str =
         if match == "exact":
             hit = text in endpoints
         elif match == "stripped":
-            hit = any(text.strip(" ") in (e, e.strip(" ")) and text.strip() == e.strip() for e in endpoints)
-            hit = hit or text in endpoints
+            # " ." / ".\n" match "."; whitespace endpoints ("\n") match all-whitespace tokens containing them
+            hit = text in endpoints or any(
+                (e.strip() and text.strip() == e.strip()) or (not e.strip() and text and not text.strip() and e in text)
+                for e in endpoints
+            )
         else:
             trimmed = text.rstrip(" ")
             hit = any(trimmed.endswith(e) or (e.strip() and trimmed.rstrip().endswith(e.strip())) for e in endpoints)

@@ -22,7 +22,9 @@ def test_find_endpoint_token_ids(tiny_bpe_tokenizer):
     ids = find_endpoint_token_ids(tok)
     decoded = {tok.decode([i]) for i in ids}
     assert decoded == {".", "!", "?", "\n"}
-    assert set(find_endpoint_token_ids(tok, match="endswith")) >= set(ids)
+    stripped = find_endpoint_token_ids(tok, match="stripped")
+    assert set(stripped) >= set(ids) and all(tok.decode([i]).strip() in {".", "!", "?", ""} for i in stripped)
+    assert set(find_endpoint_token_ids(tok, match="endswith")) >= set(stripped)
     with pytest.raises(ValueError, match="no token for any of the endpoints"):
         find_endpoint_token_ids(tok, endpoints=("\u00a7\u00a7\u00a7",))
 
