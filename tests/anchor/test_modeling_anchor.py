@@ -56,9 +56,22 @@ def test_without_anchors_equals_llama(model, llama):
     assert diff[: first + 1].max() < ATOL and diff[first + 2 :].max() > 1e-3
 
 
+@pytest.mark.parametrize("variant", ["v1", "v0"])
 @torch.no_grad()
-def test_token_by_token_pruned_decode_equals_full_masked_forward(model):
+def test_token_by_token_pruned_decode_equals_full_masked_forward(model, variant):
+    model.config.anchor_mask_variant = variant
     ids = anchored_ids(3, 30, seed=4)
+    try:
+        _check_token_by_token(model, ids)
+        if variant == "v0":  # the variant really changes the attention (anchors see earlier anchors)
+            v0_logits = model(ids).logits
+            model.config.anchor_mask_variant = "v1"
+            assert (v0_logits - model(ids).logits).abs().max() > 1e-4
+    finally:
+        model.config.anchor_mask_variant = "v1"
+
+
+def _check_token_by_token(model, ids):
     full = model(ids).logits
     cache, steps, kept_history = None, [], []
     for t in range(ids.shape[1]):
