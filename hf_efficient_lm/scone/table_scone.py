@@ -215,8 +215,13 @@ class FgramTable:
     a private copy-on-write map so torch can wrap it without copying, and it is never written to.
     """
 
-    def __init__(self, path, *, num_rows: int | None = None, dim: int | None = None):
+    def __init__(self, path, *, num_rows: int | None = None, dim: int | None = None,
+                 release_every_rows: int = 16384):
         self.path = Path(path)
+        # After this many looked-up rows the map's pages are released (MADV_DONTNEED): the data stays in the page
+        # cache (re-access is a cheap minor fault) but the process's resident set stays bounded.
+        self.release_every_rows = int(release_every_rows)
+        self._rows_since_release = 0
         if not self.path.is_file():
             raise FileNotFoundError(f"f-gram table {self.path} does not exist")
         entries, self.metadata, data_start = read_header(self.path)
@@ -253,11 +258,20 @@ class FgramTable:
             if int(low) < 0 or int(high) >= self.num_rows:
                 raise IndexError(f"f-gram row ids must lie in [0, {self.num_rows}), got {int(low)}..{int(high)}")
         gathered = self.rows.index_select(0, index)
+        self._rows_since_release += index.numel()
+        if self.release_every_rows and self._rows_since_release >= self.release_every_rows:
+            self.release_pages()
         if dtype is not None:
             gathered = gathered.to(dtype)
         if device is not None and torch.device(device).type != "cpu":
             gathered = gathered.pin_memory().to(device, non_blocking=True)
         return gathered
+
+    def release_pages(self) -> None:
+        """Unmap the table's resident pages (they stay in the OS page cache); RSS drops back to the baseline."""
+        self._rows_since_release = 0
+        if hasattr(mmap, "MADV_DONTNEED"):
+            self._mmap.madvise(mmap.MADV_DONTNEED)
 
     def __len__(self) -> int:
         return self.num_rows
