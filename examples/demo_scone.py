@@ -26,7 +26,7 @@ def _blocks(tokenizer, texts: list[str], block_size: int) -> torch.LongTensor:
 
 
 def run_demo(base_dir: str, train_texts: list[str], *, steps: int = 30, num_fgrams: int = 2000,
-             time_budget_s: float = 30.0) -> str:
+             time_budget_s: float = 20.0) -> str:
     """Wrap the Llama in ``base_dir`` with SCONE (gated fusion), train briefly, export the table, compare.
 
     Returns one line: f-gram coverage of held-out text, held-out loss of the table-mode SconeLlama vs the same
