@@ -18,7 +18,7 @@ from hf_efficient_lm.anchor.continual_anchor import AnchorTrainArguments, run_an
 from hf_efficient_lm.anchor.modeling_anchor_llama import AnchorLlamaForCausalLM
 
 
-def run_demo(base_dir: str, train_texts: list[str], max_steps: int = 30) -> str:
+def run_demo(base_dir: str, train_texts: list[str], max_steps: int = 8) -> str:
     """Convert + train for ``max_steps`` (a few seconds on 2 cores) and return the one-line headline."""
     if len(train_texts) < 2:
         raise ValueError("run_demo needs at least 2 training texts (the last one is held out)")
@@ -27,9 +27,9 @@ def run_demo(base_dir: str, train_texts: list[str], max_steps: int = 30) -> str:
         data = Path(tmp) / "train.jsonl"
         data.write_text("".join(json.dumps({"text": t}) + "\n" for t in train_texts[:-1]))
         args = AnchorTrainArguments(base_model=str(base_dir), data_files=[str(data)], anchor_mode="ep",
-                                    max_length=256, max_documents=256)
+                                    max_length=128, max_documents=64)
         training_args = TrainingArguments(
-            output_dir=str(Path(tmp) / "run"), max_steps=max_steps, per_device_train_batch_size=4,
+            output_dir=str(Path(tmp) / "run"), max_steps=max_steps, per_device_train_batch_size=2,
             learning_rate=5e-4, warmup_steps=2, logging_steps=max_steps, save_strategy="no", report_to=[],
             use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
         )
