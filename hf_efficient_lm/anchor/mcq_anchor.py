@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from .cache_anchor import AnchorCache
 from .data_anchor import encode_with_anchors, split_sentences
+from .tokens_anchor import require_anchor_token
 
 
 @dataclass
@@ -86,6 +87,8 @@ def evaluate_multiple_choice(model, tokenizer, items: list[MultipleChoiceItem], 
         raise ValueError(f"mode must be 'full' or 'anchor', got {mode!r}")
     config = model.config
     anchor_mode = config.anchor_mode
+    if anchor_mode == "ac":
+        require_anchor_token(tokenizer, config)  # clear error if the tokenizer lacks <AC>
     ac_id = config.anchor_token_ids[0] if anchor_mode == "ac" and mode == "anchor" else None
     encode_mode = "ac" if ac_id is not None else "ep"
     device = model.device
