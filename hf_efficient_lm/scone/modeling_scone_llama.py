@@ -166,16 +166,20 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
             return token_embeds
         positions = matched.nonzero()
         rows = fgram_row[matched]
-        low, high = torch.aminmax(rows)
-        if int(low) < 0 or int(high) >= self.config.num_fgrams:
-            raise ValueError(f"fgram_row values must lie in [0, num_fgrams={self.config.num_fgrams}) where fgram_len >= 2")
+        if self.config.fgram_mode == "model":  # (table mode: the table lookup checks the row range itself)
+            low, high = torch.aminmax(rows)
+            if int(low) < 0 or int(high) >= self.config.num_fgrams:
+                raise ValueError(
+                    f"fgram_row values must lie in [0, num_fgrams={self.config.num_fgrams}) where fgram_len >= 2"
+                )
         vectors = self.fgram_vectors(input_ids, token_embeds, positions, rows, fgram_len[matched])
         vectors = vectors.to(token_embeds.dtype)
         index = (positions[:, 0], positions[:, 1])
         if self.config.fgram_fusion == "replace":
             return token_embeds.index_put(index, vectors)
-        delta = torch.zeros_like(token_embeds).index_put(index, vectors)
-        return token_embeds + self.fgram_gate.to(token_embeds.dtype) * delta
+        # gated residual only where an f-gram matched; elsewhere the token embedding is returned untouched
+        gated = token_embeds[index] + self.fgram_gate.to(token_embeds.dtype) * vectors
+        return token_embeds.index_put(index, gated)
 
     def forward(
         self,

@@ -261,7 +261,7 @@ class FgramTable:
         self._rows_since_release += index.numel()
         if self.release_every_rows and self._rows_since_release >= self.release_every_rows:
             self.release_pages()
-        if dtype is not None:
+        if dtype is not None and dtype != gathered.dtype:
             gathered = gathered.to(dtype)
         if device is not None and torch.device(device).type != "cpu":
             gathered = gathered.pin_memory().to(device, non_blocking=True)
