@@ -115,18 +115,24 @@ DENSE_LIMIT = 1 << 25  # count/look up bigrams in a dense V*V array when it has 
 
 
 class _LevelLookup:
-    """Key -> local index among a level's frequent keys (-1 if absent): dense array for small bigram spaces,
-    otherwise a pandas hash index."""
+    """Key -> local index among a level's frequent keys (-1 if absent).
 
-    def __init__(self, keys: np.ndarray, key_space: int | None):
+    ``key_space`` bounds every key (and query) of the level: a dense array when it is small (bigrams of a small
+    vocabulary), else a pandas hash index on uint32 keys when they fit (about 1.6x faster than int64), else int64.
+    """
+
+    def __init__(self, keys: np.ndarray, key_space: int, dense: bool = False):
         self.keys = keys
-        if key_space is not None and key_space <= DENSE_LIMIT:
+        self.dense = self.index = None
+        self.query_dtype = np.int64
+        if dense and key_space <= DENSE_LIMIT:
             # one extra cell: the sentinel key ``key_space`` (not an n-gram) maps to -1
             self.dense = np.full(key_space + 1, -1, dtype=np.int32)
             self.dense[keys] = np.arange(keys.size, dtype=np.int32)
-            self.index = None
         else:
-            self.dense, self.index = None, pd.Index(keys)
+            if key_space <= (1 << 32):
+                self.query_dtype = np.uint32
+            self.index = pd.Index(keys.astype(self.query_dtype))
 
     def __len__(self) -> int:
         return self.keys.size
@@ -134,7 +140,7 @@ class _LevelLookup:
     def __call__(self, query: np.ndarray) -> np.ndarray:
         if self.dense is not None:
             return self.dense[query].astype(np.int64)
-        return self.index.get_indexer(query)
+        return self.index.get_indexer(query.astype(self.query_dtype, copy=False))
 
     def extend(self, prev: np.ndarray, chunk: np.ndarray, vocab_size: int) -> np.ndarray:
         """Full-length level ids: ``out[i]`` = local id of the n-gram ending at i, given the (n-1)-level ids
@@ -144,7 +150,7 @@ class _LevelLookup:
         if self.dense is not None:
             out[1:] = self.dense[keys]
         else:
-            out[1:][ok] = self.index.get_indexer(keys[ok])
+            out[1:][ok] = self(keys[ok])
         return out
 
 
@@ -283,7 +289,8 @@ def mine_fgrams(
         if keys.size == 0:
             break
         del parts, dense_counts
-        lookup = _LevelLookup(keys, bigram_space if n == 2 else None)
+        previous_size = vocab_size if n == 2 else len(lookups[-1])
+        lookup = _LevelLookup(keys, previous_size * vocab_size, dense=(n == 2))
         lookups.append(lookup)
         level_counts.append(counts.astype(np.int64))
         if keep_state and n < max_len:  # advance every chunk's state to this level
@@ -344,9 +351,10 @@ def mine_fgrams(
 def _vocab_lookups(vocab: FgramVocab) -> list[tuple[_LevelLookup, np.ndarray]]:
     cached = getattr(vocab, "_numpy_lookups", None)
     if cached is None:
-        space = vocab.vocab_size * vocab.vocab_size
-        cached = [(_LevelLookup(keys.numpy(), space if n == 2 else None), rows.numpy())
-                  for n, (keys, rows) in enumerate(zip(vocab.level_keys, vocab.level_rows), start=2)]
+        cached, previous_size = [], vocab.vocab_size
+        for n, (keys, rows) in enumerate(zip(vocab.level_keys, vocab.level_rows), start=2):
+            cached.append((_LevelLookup(keys.numpy(), previous_size * vocab.vocab_size, dense=(n == 2)), rows.numpy()))
+            previous_size = max(1, keys.numel())
         vocab._numpy_lookups = cached
     return cached
 

@@ -109,3 +109,19 @@ def test_bad_arguments():
         mine_fgrams([[3, 40]] * 6, num_fgrams=3, vocab_size=10, show_progress=False)
     with pytest.raises(TypeError, match="iterable"):
         mine_fgrams(42, num_fgrams=3, show_progress=False)
+
+
+def test_large_vocabulary_uses_hash_levels_and_agrees(docs):
+    """V*V above the dense limit: bigrams go through the hash path; results and matching are unchanged."""
+    from hf_efficient_lm.scone import match_flat
+    from hf_efficient_lm.scone.mining_scone import DENSE_LIMIT
+
+    vocab_size = 7000
+    assert vocab_size * vocab_size > DENSE_LIMIT
+    shifted = [[t + 6000 for t in d] for d in docs]
+    vocab = mine_fgrams(shifted, num_fgrams=80, max_len=4, min_count=3, vocab_size=vocab_size, show_progress=False)
+    assert vocab_contents(vocab) == reference_fgrams(shifted, 80, 4, 3, barrier_ids=())
+    flat = np.concatenate([np.append(np.array(d), -1) for d in shifted[:10]])
+    rows, lengths = match_flat(vocab, flat)
+    torch_rows, torch_lengths = vocab.match(torch.from_numpy(flat)[None].clamp(min=0), (torch.from_numpy(flat) >= 0)[None])
+    assert rows.tolist() == torch_rows[0].tolist() and lengths.tolist() == torch_lengths[0].tolist()
