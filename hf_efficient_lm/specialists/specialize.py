@@ -77,7 +77,8 @@ def block_perplexity(model, blocks: list[list[int]], *, batch_size: int = 8, clu
         total_nll += nll.item()
         total_tokens += ids[:, 1:].numel()
     model.train(was_training)
-    return math.exp(total_nll / max(total_tokens, 1))
+    mean_nll = total_nll / max(total_tokens, 1)
+    return math.exp(mean_nll) if mean_nll < 700 else math.inf  # a diverged model has infinite perplexity
 
 
 def specialize(
@@ -191,6 +192,8 @@ def specialize(
     report["ppl_before"] = block_perplexity(start_model, eval_blocks, batch_size=batch_size)
 
     steps_done = 0
+    # Step 0 is a candidate of the early stopping too: a fine-tune that only hurts keeps the starting weights.
+    start_state = {name: tensor.detach().clone() for name, tensor in start_model.state_dict().items()}
     if max_steps > 0:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         train_ds = Dataset.from_dict({"input_ids": train_blocks})
@@ -241,6 +244,10 @@ def specialize(
             start_model = trainer.model
     start_model.eval()
     report["ppl_after"] = block_perplexity(start_model, eval_blocks, batch_size=batch_size)
+    report["kept_start_weights"] = bool(report["ppl_after"] > report["ppl_before"])
+    if report["kept_start_weights"]:
+        start_model.load_state_dict(start_state)
+        report["ppl_after"], report["best_step"] = report["ppl_before"], 0
     train_tokens = steps_done * batch_size * block_size
     num_evals = steps_done // eval_steps + 2 if steps_done else 2
     flops["finetune"] = 6.0 * inference_params * train_tokens

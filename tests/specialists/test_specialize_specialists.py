@@ -108,6 +108,18 @@ def test_finetuning_lowers_heldout_perplexity_and_reloads_without_package(models
     torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_a_fine_tune_that_only_hurts_keeps_the_starting_weights(models, index, specialist_tokenizer):
+    model = models["mixture"]
+    start = specialize(model, domain_dataset(), index, tokenizer=specialist_tokenizer, block_size=16, max_steps=0)
+    wrecked = specialize(model, domain_dataset(), index, tokenizer=specialist_tokenizer, block_size=16, max_steps=4,
+                         eval_steps=2, learning_rate=50.0, batch_size=4, early_stopping_patience=1)
+    assert wrecked.report["kept_start_weights"] and wrecked.report["best_step"] == 0
+    assert wrecked.report["ppl_after"] == wrecked.report["ppl_before"]
+    x = ids_of(specialist_tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(wrecked.model(x).logits, start.model(x).logits)
+
+
 def test_generic_llama_and_distillation(index, specialist_tokenizer):
     vocab = len(specialist_tokenizer)
     student = make_tiny_llama(seed=1, vocab_size=vocab)
