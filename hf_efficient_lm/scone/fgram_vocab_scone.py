@@ -10,6 +10,7 @@ row id (rank order: most frequent first), the row of the f-gram embedding table.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -80,6 +81,7 @@ class FgramVocab:
             raise ValueError(f"counts has {self.counts.numel()} entries for {self.num_fgrams} f-grams")
         self._row_level = None
         self._barrier_tensor = None
+        self._python_levels = None
 
     # ------------------------------------------------------------------ basic facts
     @property
@@ -171,13 +173,49 @@ class FgramVocab:
         """Per-step path for generation: matches for the last ``num_new`` positions of ``input_ids [B, T]``.
 
         Only the last ``num_new + K - 1`` tokens can take part, so only those are scanned (cost independent of T).
-        Returns ``(rows, lengths)`` of shape ``[B, num_new]``.
+        For a decode step of a small batch a scalar walk over zero-copy views of the key arrays replaces the
+        vectorised passes (a handful of binary searches beats dozens of tiny tensor ops). Returns ``(rows,
+        lengths)`` of shape ``[B, num_new]``.
         """
         window = num_new + self.max_len - 1
         tail = input_ids[:, -window:]
         tail_mask = attention_mask[:, -window:] if attention_mask is not None else None
+        if num_new == 1 and tail.shape[0] <= 16:
+            return self._match_last_scalar(tail, tail_mask)
         rows, lengths = self.match(tail, tail_mask)
         return rows[:, -num_new:], lengths[:, -num_new:]
+
+    def _match_last_scalar(self, tail: torch.Tensor, tail_mask: torch.Tensor | None):
+        if self._python_levels is None:
+            # memoryviews share the tensors' memory: no copy, O(1) item access, usable by bisect
+            self._python_levels = [(memoryview(k.numpy()), memoryview(r.numpy()))
+                                   for k, r in zip(self.level_keys, self.level_rows)]
+        ids = tail.tolist()
+        valid = self.valid_mask(tail.to("cpu"), tail_mask.to("cpu") if tail_mask is not None else None).tolist()
+        out_rows, out_lengths = [], []
+        for row_ids, row_valid in zip(ids, valid):
+            best_row, best_len, last = -1, 0, len(row_ids) - 1
+            for n in range(2, min(self.max_len, len(row_ids)) + 1):
+                start = last - n + 1
+                if not all(row_valid[start:]):
+                    break
+                local, found = row_ids[start], -1
+                for m in range(2, n + 1):  # walk the prefix chain of the n-gram ending at `last`
+                    keys, level_rows = self._python_levels[m - 2]
+                    query = local * self.vocab_size + row_ids[start + m - 1]
+                    at = bisect.bisect_left(keys, query)
+                    if at == len(keys) or keys[at] != query:
+                        found = -1
+                        break
+                    local = found = at
+                if found < 0:
+                    break  # suffix closure: no longer f-gram can end here either
+                best_row, best_len = self._python_levels[n - 2][1][found], n
+            out_rows.append([best_row])
+            out_lengths.append([best_len])
+        device = tail.device
+        return (torch.tensor(out_rows, dtype=torch.int64, device=device),
+                torch.tensor(out_lengths, dtype=torch.int64, device=device))
 
     # ------------------------------------------------------------------ f-gram contents
     def _row_index(self) -> tuple[torch.Tensor, torch.Tensor]:
