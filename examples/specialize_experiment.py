@@ -53,6 +53,7 @@ from hf_efficient_lm.specialists import (  # noqa: E402
 )
 from hf_efficient_lm.specialists.specialize import token_blocks, block_perplexity  # noqa: E402
 from hf_efficient_lm.specialists.training_specialists import ClusterHomogeneousTrainer, SpecialistCollator  # noqa: E402
+from hf_efficient_lm.io_utils import save_figure  # noqa: E402
 
 ALL_DOMAINS = ("pydocs", "kernel", "code", "dictionary", "fortunes")
 
@@ -338,7 +339,7 @@ def main(argv=None) -> dict:
             ax.set_ylabel("held-out domain perplexity")
             ax.set_title(f"{target} (marker size ~ inference params)")
         fig.tight_layout()
-        fig.savefig(args.out / "specialize_plot.png", dpi=120)
+        save_figure(fig, args.out / "specialize_plot.png", dpi=120)
     except ImportError:
         pass
     print(f"\ntotal {time.perf_counter() - started:.0f}s; wrote {args.out}/specialize_table.md, .json, .png")

@@ -54,3 +54,12 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[P
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_figure(figure, path: str | os.PathLike, **savefig_kwargs) -> Path:
+    """Write a matplotlib figure atomically (the format follows the suffix, e.g. ``.png``)."""
+    path = Path(path)
+    savefig_kwargs.setdefault("format", path.suffix.lstrip(".") or "png")
+    with atomic_file(path) as handle:
+        figure.savefig(handle, **savefig_kwargs)
+    return path

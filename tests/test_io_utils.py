@@ -37,3 +37,18 @@ def test_atomic_file_never_leaves_a_partial_file(tmp_path):
             raise ValueError
     assert path.read_bytes() == b"complete"
     assert [p.name for p in tmp_path.iterdir()] == ["table.bin"]
+
+
+def test_save_figure_writes_a_png_atomically(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hf_efficient_lm.io_utils import save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = save_figure(fig, tmp_path / "plot.png", dpi=50)
+    plt.close(fig)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from hf_efficient_lm.io_utils import save_figure
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common_anchor import OUT_DIR, ep_ids, load_tokenizer, model_pair, setup_cpu  # noqa: E402
 from bench_kv_anchor import long_prompt  # noqa: E402
@@ -82,9 +84,7 @@ def main(argv=None):
         ax.legend()
         fig.tight_layout()
         path = OUT_DIR / "decode_step_anchor.png"
-        tmp = path.with_suffix(".tmp.png")
-        fig.savefig(tmp)
-        tmp.replace(path)
+        save_figure(fig, path)
         print(f"wrote {path}")
 
 

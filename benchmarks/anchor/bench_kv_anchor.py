@@ -23,6 +23,7 @@ from bench_common_anchor import (  # noqa: E402
 )
 
 from hf_efficient_lm.anchor import AnchorCache, encode_with_anchors  # noqa: E402
+from hf_efficient_lm.io_utils import save_figure  # noqa: E402
 
 
 def paragraphs(domain: str, min_chars: int = 200, max_chars: int = 600) -> list[str]:
@@ -137,9 +138,7 @@ def main(argv=None):
         ax.legend()
         fig.tight_layout()
         path = OUT_DIR / "kv_cache_anchor.png"
-        tmp = path.with_suffix(".tmp.png")
-        fig.savefig(tmp)
-        tmp.replace(path)
+        save_figure(fig, path)
         print(f"wrote {path}")
 
 

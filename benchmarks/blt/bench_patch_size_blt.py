@@ -20,6 +20,7 @@ from common_blt import DOMAINS, corpus_texts  # noqa: E402
 
 from hf_efficient_lm.blt import BLTEntropyModel  # noqa: E402
 from hf_efficient_lm.blt.data_blt import calibrate_threshold, mean_patch_size, pack_texts  # noqa: E402
+from hf_efficient_lm.io_utils import save_figure  # noqa: E402
 
 
 def main() -> None:
@@ -64,7 +65,7 @@ def main() -> None:
         ax.axhline(4.5, color="grey", linestyle=":", linewidth=1)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
+    save_figure(fig, args.out, dpi=110)
     print(f"wrote {args.out}")
 
 

@@ -52,6 +52,7 @@ from hf_efficient_lm.blt.data_blt import (  # noqa: E402
 from hf_efficient_lm.blt.flops_blt import blt_flops_per_byte, llama_flops_per_token  # noqa: E402
 from hf_efficient_lm.eval import evaluate_causal_lm  # noqa: E402
 from hf_efficient_lm.train import llama_config_from_preset  # noqa: E402
+from hf_efficient_lm.io_utils import save_figure  # noqa: E402
 
 CACHE = Path(os.path.expanduser("~/.cache/hf_efficient_lm/blt_quality"))
 
@@ -373,7 +374,7 @@ def main() -> None:
                  fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "quality_blt.png", dpi=110)
+    save_figure(fig, out_dir / "quality_blt.png", dpi=110)
     print(f"wrote {out_dir / 'quality_blt.json'} and {out_dir / 'quality_blt.png'}; checkpoints in {ckpt}")
 
 

@@ -19,7 +19,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from hf_efficient_lm.scone import FgramVocab, SconeLlamaForCausalLM, mine_fgrams
-from corpus_scone import DOMAINS, cache_dir, find_tokenizer_dir, load_tokenizer, tokenized_docs
+from corpus_scone import DOMAINS, cache_dir, load_tokenizer, tokenized_docs
 
 
 def base_checkpoint(preset: str, tokenizer) -> Path:

@@ -24,6 +24,7 @@ from transformers import LlamaForCausalLM
 
 from hf_efficient_lm.scone import SconeLlamaConfig, SconeLlamaForCausalLM, match_flat, mine_fgrams
 from hf_efficient_lm.train.presets import llama_config_from_preset
+from hf_efficient_lm.io_utils import save_figure  # noqa: E402
 from corpus_scone import DOMAINS, cache_dir, load_tokenizer, tokenized_docs
 
 
@@ -197,7 +198,7 @@ def _report(results: dict, out: Path, fusion: str) -> None:
             ax.legend()
         axes[0].set_xscale("log")
         fig.tight_layout()
-        fig.savefig(out / f"quality_scone_{fusion}.png", dpi=120)
+        save_figure(fig, out / f"quality_scone_{fusion}.png", dpi=120)
         print(f"plot: {out / f'quality_scone_{fusion}.png'}")
     except ImportError:
         pass

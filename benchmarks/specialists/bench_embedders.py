@@ -87,7 +87,7 @@ def main(argv=None):
     base = results["hashed n-grams"]["windows_per_s"]
     print(f"\n{len(texts)} windows of {args.window_chars} chars from {DOMAINS}, k = {len(DOMAINS)}, "
           f"{args.threads} thread(s)")
-    print(f"| embedder | windows/s | speed vs hashed | purity | NMI |\n|---|---|---|---|---|")
+    print("| embedder | windows/s | speed vs hashed | purity | NMI |\n|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['windows_per_s']:.0f} | x{r['windows_per_s'] / base:.3f} | {r['purity']:.3f} "
               f"| {r['nmi']:.3f} |")

@@ -21,7 +21,6 @@ latent step only when the entropy rule closes a patch. It is exact: equal to the
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +38,7 @@ from transformers.models.mistral.modeling_mistral import (
 
 from .configuration_blt_lm import BLTConfig, BLTLocalConfig
 from .convert_blt import is_transformers_blt_folder, load_transformers_blt_folder
-from .modeling_blt_entropy import BLTEntropyModel, next_byte_entropy, positions_from_mask
+from .modeling_blt_entropy import BLTEntropyModel, positions_from_mask
 from .patcher_blt import patch_starts, space_like, starts_from_patch_lengths
 
 # Primes of the rolling polynomial hash (same list and order as Meta's / Transformers' BLT, for weight compatibility).
@@ -179,10 +178,10 @@ class BLTLocalEncoder(nn.Module):
         byte_states ``[B, N, D]``; gather_index/valid ``[B, P, L]`` (byte slots of each patch, L = longest patch)
         -> ``[B, P, k * D]``.
         """
-        b, p, l = gather_index.shape
+        b, p, slots = gather_index.shape
         d = byte_states.shape[-1]
-        flat = gather_index.reshape(b, p * l, 1).expand(b, p * l, d)
-        patch_bytes = byte_states.gather(1, flat).view(b, p, l, d)
+        flat = gather_index.reshape(b, p * slots, 1).expand(b, p * slots, d)
+        patch_bytes = byte_states.gather(1, flat).view(b, p, slots, d)
         pooled = patch_bytes.masked_fill(~gather_valid[..., None], float("-inf")).amax(dim=2)
         pooled = torch.where(gather_valid.any(dim=2, keepdim=True), pooled, torch.zeros_like(pooled))
         queries = self.patch_embedding_projection(pooled).view(b, p, self.cross_attn_k, d)

@@ -49,7 +49,6 @@ def vocab_and_batch(draw):
 def test_vectorised_match_equals_brute_force(case):
     vocab, ids, mask = case
     rows, lengths = vocab.match(torch.tensor(ids), torch.tensor(mask))
-    flat_rows, flat_lengths = [], []
     for b in range(len(ids)):
         expected_rows, expected_lengths = brute_force_match(vocab, ids[b], mask[b])
         assert rows[b].tolist() == expected_rows

@@ -8,7 +8,6 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from hf_efficient_lm.scone import (
     CorruptTableError,
-    FgramVocab,
     SconeLlamaForCausalLM,
     TokenizerMismatchError,
     add_fgram_columns,
