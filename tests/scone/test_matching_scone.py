@@ -57,6 +57,10 @@ def test_vectorised_match_equals_brute_force(case):
         masked = [t if m else -1 for t, m in zip(ids[b], mask[b])]
         np_rows, np_lengths = match_flat(vocab, np.array(masked))
         assert np_rows.tolist() == expected_rows and np_lengths.tolist() == expected_lengths
+        # cut into blocks overlapping by K-1 tokens and matched on several threads: the same
+        for block_tokens in (1, 2, 5):
+            np_rows, np_lengths = match_flat(vocab, np.array(masked), block_tokens=block_tokens, num_threads=2)
+            assert np_rows.tolist() == expected_rows and np_lengths.tolist() == expected_lengths
         # per-step generation path: only the tail is scanned
         for new in (1, 2):
             if new <= len(ids[b]):

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_efficient_lm.scone import FgramVocab, TokenizerMismatchError, mine_fgrams, tokenizer_fingerprint
+from hf_efficient_lm.scone import FgramVocab, TokenizerMismatchError, mine_fgrams, mining_scone, tokenizer_fingerprint
 from tests.scone.conftest import make_word_tokenizer
 
 
@@ -36,16 +36,23 @@ docs_strategy = st.lists(st.lists(st.integers(0, 5), min_size=0, max_size=30), m
 
 @settings(max_examples=40, deadline=None)
 @given(docs=docs_strategy, num_fgrams=st.integers(1, 40), max_len=st.integers(2, 5), min_count=st.integers(1, 4),
-       chunk_tokens=st.sampled_from([5, 1 << 20]))
-def test_miner_equals_counter_reference(docs, num_fgrams, max_len, min_count, chunk_tokens):
+       chunk_tokens=st.sampled_from([5, 1 << 20]), block_tokens=st.sampled_from([3, 1 << 20]),
+       num_threads=st.sampled_from([1, 3]))
+def test_miner_equals_counter_reference(docs, num_fgrams, max_len, min_count, chunk_tokens, block_tokens,
+                                        num_threads):
+    """Also over the cache blocks and worker ranges every pass is cut into: none may drop or double an n-gram."""
     expected = reference_fgrams(docs, num_fgrams, max_len, min_count, barrier_ids=(0,))
-    if not expected:
-        with pytest.raises(ValueError, match="min_count"):
-            mine_fgrams(docs, num_fgrams=num_fgrams, max_len=max_len, min_count=min_count, barrier_ids=(0,),
-                        vocab_size=6, chunk_tokens=chunk_tokens, show_progress=False)
-        return
-    vocab = mine_fgrams(docs, num_fgrams=num_fgrams, max_len=max_len, min_count=min_count, barrier_ids=(0,),
-                        vocab_size=6, chunk_tokens=chunk_tokens, show_progress=False)
+    kwargs = dict(num_fgrams=num_fgrams, max_len=max_len, min_count=min_count, barrier_ids=(0,), vocab_size=6,
+                  chunk_tokens=chunk_tokens, num_threads=num_threads, show_progress=False)
+    saved_block, mining_scone.BLOCK_TOKENS = mining_scone.BLOCK_TOKENS, block_tokens
+    try:
+        if not expected:
+            with pytest.raises(ValueError, match="min_count"):
+                mine_fgrams(docs, **kwargs)
+            return
+        vocab = mine_fgrams(docs, **kwargs)
+    finally:
+        mining_scone.BLOCK_TOKENS = saved_block
     assert vocab_contents(vocab) == expected
     # closed under prefixes and suffixes (what the K-1 pass matcher relies on)
     selected = {g for g, _ in expected}
