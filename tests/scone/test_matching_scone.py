@@ -91,3 +91,29 @@ def test_corrupt_index_is_reported(tmp_path, vocab):
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + data[24:])
     with pytest.raises(CorruptTableError, match="corrupt"):
         FgramVocab.load(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["random", "sequential", "same_low_bits", "empty", "one"])
+def test_key_hash_index_equals_sorted_search(kind):
+    """The hash index behind FgramVocab.match answers exactly like a binary search over the sorted keys."""
+    from hf_efficient_lm.scone.fgram_vocab_scone import KeyHashIndex
+
+    generator = torch.Generator().manual_seed(0)
+    keys = {
+        "random": torch.randint(0, 1 << 40, (5000,), generator=generator),
+        "sequential": torch.arange(3000) * 4096 + 7,  # n-gram keys: parent * V + token
+        "same_low_bits": torch.arange(1, 2000) << 31,  # only the high half differs
+        "empty": torch.empty(0, dtype=torch.long),
+        "one": torch.tensor([12345]),
+    }[kind]
+    keys = torch.unique(keys)  # sorted, distinct
+    index = KeyHashIndex(keys)
+    absent = torch.randint(0, 1 << 40, (4000,), generator=generator)
+    query = torch.cat([keys, absent, keys + 1, (keys - 1).clamp(min=0)])
+    query = query[torch.randperm(query.numel(), generator=generator)]
+    at = torch.searchsorted(keys, query).clamp(max=max(keys.numel() - 1, 0))
+    expected = torch.where(keys[at] == query, at, -1) if keys.numel() else torch.full_like(query, -1)
+    assert torch.equal(index.lookup(query), expected)
+    assert len(index) == keys.numel()
+    with pytest.raises(ValueError, match="non-negative"):
+        KeyHashIndex(torch.tensor([-3]))
