@@ -1,12 +1,13 @@
 """Mining and matching throughput of SCONE's f-gram tools on the shared corpus (baseline tokenizer).
 
 Method vs baseline in one process:
-* mining: ``mine_fgrams`` (vectorised numpy, Apriori, K-1 passes) vs a ``collections.Counter`` over n-gram tuples
-  (what the only public implementation does) on a subset — tokens/s and the ratio; goal >= 4M tokens/s.
-* matching: ``FgramVocab.match`` (torch, the model's path) and ``match_flat`` (pandas, the data-pipeline path) vs
-  a literal per-position Python implementation on a subset; goal >= 8M tokens/s.
-Tokenisation is excluded (cached once). Rates are given per wall second and per CPU second of this process
-(``time.process_time``): on a shared machine the latter is the honest speed of the code, the former what you saw.
+* mining: ``mine_fgrams`` (vectorised numpy, Apriori, K-1 passes, ``--threads`` workers) vs a
+  ``collections.Counter`` over n-gram tuples (what the only public implementation does) on a subset — tokens/s and
+  the ratio; goal >= 4M tokens/s on 2 cores.
+* matching: ``FgramVocab.match`` (torch hash index, the model's path) and ``match_flat`` (pandas, the data-pipeline
+  path) vs a literal per-position Python implementation on a subset; goal >= 8M tokens/s.
+Tokenisation is excluded (cached once). Rates are given per wall second (the goal's unit: what 2 cores do) and per
+CPU second of this process (``time.process_time``), which stays honest when other jobs share the machine.
 
     nice -n 10 python benchmarks/scone/bench_mining_matching_scone.py --num-fgrams 100000 1000000
 """
@@ -73,7 +74,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-fgrams", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--max-len", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="worker threads for mining, match_flat and torch")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer()
@@ -97,21 +98,22 @@ def main():
         with Timer() as mine_timer:
             vocab = mine_fgrams(docs, num_fgrams=num_fgrams, max_len=args.max_len, min_count=5,
                                 barrier_ids=[barrier, tokenizer.bos_token_id, tokenizer.pad_token_id],
-                                tokenizer=tokenizer, show_progress=False)
+                                tokenizer=tokenizer, show_progress=False, num_threads=args.threads)
         rate = num_tokens / mine_timer.cpu
         print(f"\nS={num_fgrams:,}: mined {vocab.num_fgrams:,} f-grams {vocab.num_per_length()} in "
               f"{mine_timer.wall:.2f}s wall / {mine_timer.cpu:.2f}s CPU -> {rates(num_tokens, mine_timer)} "
-              f"({rate / counter_rate:.0f}x Counter per CPU-s; goal 4M: {'met' if rate >= 4e6 else 'NOT met'} per "
-              f"CPU-s); min count kept {int(vocab.counts.min())}")
+              f"({rate / counter_rate:.0f}x Counter per CPU-s; goal 4M/s wall: "
+              f"{'met' if num_tokens / mine_timer.wall >= 4e6 else 'NOT met'}); min count kept {int(vocab.counts.min())}")
 
         flat = np.concatenate([np.append(d.astype(np.int64), -1) for d in docs])
         start = time.perf_counter()
         match_flat(vocab, flat[:1000])  # builds the pandas indexes once
         build = time.perf_counter() - start
         with Timer() as np_timer:
-            rows, lengths = match_flat(vocab, flat)
+            rows, lengths = match_flat(vocab, flat, num_threads=args.threads)
         batch = torch.from_numpy(flat[: (flat.size // 1024) * 1024].reshape(-1, 1024))
         batch = torch.where(batch < 0, torch.tensor(barrier), batch)
+        vocab.match(batch[:2])  # builds the hash indexes once
         with Timer() as torch_timer:
             vocab.match(batch)
         brute_ids = flat[:100_000]
@@ -123,7 +125,8 @@ def main():
         print(f"matching match_flat (numpy): {rates(flat.size, np_timer)} (index build {build:.2f}s); "
               f"FgramVocab.match (torch): {rates(batch.numel(), torch_timer)}; per-position Python "
               f"{brute_rate / 1e6:.3f}M tokens/CPU-s -> {np_rate / brute_rate:.0f}x / {torch_rate / brute_rate:.0f}x; "
-              f"goal 8M per CPU-s: {'met' if max(np_rate, torch_rate) >= 8e6 else 'NOT met'}")
+              f"goal 8M/s wall: numpy {'met' if flat.size / np_timer.wall >= 8e6 else 'NOT met'}, torch "
+              f"{'met' if batch.numel() / torch_timer.wall >= 8e6 else 'NOT met'}")
         in_sample = (lengths[flat >= 0] > 0).mean()
         vflat = np.concatenate([np.append(d.astype(np.int64), -1) for d in valid_docs])
         _, vlen = match_flat(vocab, vflat)

@@ -36,12 +36,12 @@ def _is_dataset(obj) -> bool:
 
 def _flatten_docs(docs: list, barrier_ids: np.ndarray) -> np.ndarray:
     """Concatenate token-id documents into one int64 array with SEPARATOR between them; barriers -> SEPARATOR."""
-    pieces = []
-    for doc in docs:
-        arr = np.asarray(doc, dtype=np.int64).ravel()
-        pieces.append(arr)
-        pieces.append(np.array([SEPARATOR], dtype=np.int64))
-    flat = np.concatenate(pieces) if pieces else np.empty(0, dtype=np.int64)
+    arrays = [np.asarray(doc).ravel() for doc in docs]
+    if not arrays:
+        return np.empty(0, dtype=np.int64)
+    values = np.concatenate(arrays).astype(np.int64, copy=False)
+    ends = np.cumsum([a.size for a in arrays])
+    flat = np.insert(values, ends, SEPARATOR)  # a separator after every document
     if barrier_ids.size:
         flat[np.isin(flat, barrier_ids)] = SEPARATOR
     return flat
@@ -225,7 +225,8 @@ def _merge_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarra
 def _extend(pool: ThreadPoolExecutor, workers: int, lookup: _LevelLookup, prev: np.ndarray, ids: np.ndarray,
             vocab_size: int) -> np.ndarray:
     """Full-length next-level local ids of a chunk (see :meth:`_LevelLookup.extend_into`), ranges in parallel."""
-    out = np.full(ids.shape, -1, dtype=np.int64)
+    out = np.empty(ids.shape, dtype=np.int64)  # every position is written: [0] here, the rest by the workers
+    out[:1] = -1
     list(pool.map(lambda r: lookup.extend_into(out, prev, ids, vocab_size, *r), _pieces(ids.size, workers)))
     return out
 
