@@ -13,6 +13,7 @@ fusion) ``model.fgram_gate``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -32,6 +33,9 @@ from .fgram_vocab_scone import INDEX_FILE, VOCAB_FILE, FgramVocab, TokenizerMism
 from .table_scone import FgramTable, StreamingTableWriter
 
 TABLE_FILE = "fgram_table.safetensors"
+# Up to this many positions per forward (decode steps of small batches) the table-mode fusion does its bookkeeping
+# on python ints; above it, tensor ops (and a dedupe of repeated rows) win.
+_FEW_POSITIONS = 64
 
 
 class SconeFgramModel(nn.Module):
@@ -151,6 +155,26 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
         window_embeds = token_embeds[rep_batch[:, None], columns]  # gradients flow into the shared embed_tokens
         return self.fgram_model(window_embeds, rep_len)[inverse]
 
+    def _fuse_few_from_table(self, token_embeds, fgram_row, fgram_len) -> torch.Tensor:
+        """``scone_embeddings`` for a decode step (a few positions): the same arithmetic as the general path, with
+        the bookkeeping in python ints instead of a dozen tiny tensor ops (which cost more than the step's table
+        read) and nothing at all when no position matched."""
+        lengths = fgram_len.reshape(-1).tolist()
+        matched = [i for i, length in enumerate(lengths) if length >= 2]
+        if not matched:
+            return token_embeds
+        if self.fgram_table is None:
+            raise ValueError("table-mode SconeLlama has no f-gram table loaded (fgram_table.safetensors)")
+        all_rows = fgram_row.reshape(-1).tolist()
+        vectors = self.fgram_table.lookup([all_rows[i] for i in matched], device=token_embeds.device,
+                                          dtype=token_embeds.dtype)
+        flat = token_embeds.reshape(-1, token_embeds.shape[-1])
+        index = torch.tensor(matched, device=token_embeds.device)
+        if self.config.fgram_fusion == "replace":
+            return flat.index_copy(0, index, vectors).view_as(token_embeds)
+        # t + (g * v), rounded exactly like the general path's gated sum
+        return flat.index_add(0, index, self.fgram_gate.to(token_embeds.dtype) * vectors).view_as(token_embeds)
+
     def scone_embeddings(self, input_ids, fgram_row, fgram_len) -> torch.Tensor:
         """Input vectors ``[B, T, hidden]``: token embeddings with f-gram vectors fused at matched positions."""
         token_embeds = self.embed_tokens(input_ids)
@@ -161,6 +185,8 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
                 f"fgram_row {tuple(fgram_row.shape)} / fgram_len {tuple(fgram_len.shape)} must have the shape of "
                 f"input_ids {tuple(input_ids.shape)}"
             )
+        if self.config.fgram_mode == "table" and fgram_len.numel() <= _FEW_POSITIONS:
+            return self._fuse_few_from_table(token_embeds, fgram_row, fgram_len)
         matched = fgram_len >= 2
         if not bool(matched.any()):
             return token_embeds
@@ -311,6 +337,10 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+
+    # generate() calls inspect.signature(self.forward) on every step for classes registered for remote code (it
+    # looks for a legacy `cache_position` argument); a stored signature spares ~15 us of introspection per step.
+    forward.__signature__ = inspect.signature(forward)
 
     def prepare_inputs_for_generation(
         self,

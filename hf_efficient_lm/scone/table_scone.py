@@ -250,13 +250,19 @@ class FgramTable:
                 if end > begin else torch.empty(0, dtype=torch.uint8)
         self.rows = raw.view(self.dtype).view(self.num_rows, self.dim)
 
-    def lookup(self, rows: torch.Tensor, device=None, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Gather ``rows`` (LongTensor ``[n]``, any device) -> ``[n, dim]`` on ``device`` in ``dtype``."""
-        index = rows.to("cpu", torch.int64)
-        if index.numel():
-            low, high = torch.aminmax(index)
-            if int(low) < 0 or int(high) >= self.num_rows:
-                raise IndexError(f"f-gram row ids must lie in [0, {self.num_rows}), got {int(low)}..{int(high)}")
+    def lookup(self, rows: torch.Tensor | list[int], device=None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Gather ``rows`` (LongTensor ``[n]`` on any device, or a list of ints) -> ``[n, dim]`` on ``device`` in
+        ``dtype``."""
+        if isinstance(rows, (list, tuple)):  # decode steps: a few python ints, checked without tensor ops
+            if rows and (min(rows) < 0 or max(rows) >= self.num_rows):
+                raise IndexError(f"f-gram row ids must lie in [0, {self.num_rows}), got {min(rows)}..{max(rows)}")
+            index = torch.tensor(rows, dtype=torch.int64)
+        else:
+            index = rows.to("cpu", torch.int64)
+            if index.numel():
+                low, high = torch.aminmax(index)
+                if int(low) < 0 or int(high) >= self.num_rows:
+                    raise IndexError(f"f-gram row ids must lie in [0, {self.num_rows}), got {int(low)}..{int(high)}")
         gathered = self.rows.index_select(0, index)
         self._rows_since_release += index.numel()
         if self.release_every_rows and self._rows_since_release >= self.release_every_rows:
