@@ -296,9 +296,50 @@ class BLTCache:
         self.latent_next_position = None  # [B]
         self.decoder_patch = None  # [B, D_G] latent output the decoder reads
 
+    # Per-row tensors (batch first). Beam search and batch surgery must move every one of them together with the
+    # four KV caches, otherwise a reordered row would keep another row's patch boundaries or pending patch bytes.
+    ROW_FIELDS = (
+        "byte_ids", "byte_mask", "encoder_states", "next_position", "open_start", "last_entropy", "latent_mask",
+        "latent_next_position", "decoder_patch",
+    )
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Bytes seen so far (slots, padding included)."""
         return self.num_bytes
+
+    def _kv_caches(self) -> tuple[DynamicCache, ...]:
+        return (self.entropy, self.encoder, self.decoder, self.latent)
+
+    def _map_rows(self, fn) -> None:
+        for name in self.ROW_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, fn(value))
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: row ``i`` becomes old row ``beam_idx[i]`` (``beam_idx [B]``) in every cache and per-row state."""
+        for cache in self._kv_caches():
+            cache.reorder_cache(beam_idx)
+        self._map_rows(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat each row ``repeats`` times in place (``[B, ...] -> [B * repeats, ...]``)."""
+        for cache in self._kv_caches():
+            cache.batch_repeat_interleave(repeats)
+        self._map_rows(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only rows ``indices`` (``[B']`` long, or ``[B]`` bool) in place."""
+        for cache in self._kv_caches():
+            cache.batch_select_indices(indices)
+        self._map_rows(lambda t: t[indices.to(t.device)])
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove != 0:
+            raise ValueError(
+                "BLTCache cannot be cropped: closed patches are already folded into the latent cache (assisted / "
+                "speculative decoding needs a croppable cache)"
+            )
 
 
 class BLTPreTrainedModel(PreTrainedModel):
@@ -684,13 +725,6 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         if "logits_to_keep" in kwargs:
             inputs["logits_to_keep"] = kwargs["logits_to_keep"]
         return inputs
-
-    def generate(self, *args, **kwargs):
-        generation_config = kwargs.get("generation_config")
-        num_beams = kwargs.get("num_beams", getattr(generation_config, "num_beams", 1) if generation_config else 1)
-        if num_beams and num_beams > 1:
-            raise ValueError("BLTForCausalLM.generate supports greedy decoding and sampling (num_beams=1) only")
-        return super().generate(*args, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

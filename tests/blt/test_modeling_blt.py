@@ -1,5 +1,6 @@
 """BLTForCausalLM semantics: incremental (cached) generation equals full recompute for every patching mode, left
-padding, precomputed patch lengths, entropy model save/load (alone and inside BLT), loss, bad input."""
+padding, beam search and sampling with the cache, BLTCache row surgery (beam reordering), precomputed patch lengths,
+entropy model save/load (alone and inside BLT), loss, bad input."""
 
 import math
 
@@ -71,6 +72,74 @@ def test_cached_greedy_generation_equals_recompute_and_left_padding():
         alone = model.generate(p[None], max_new_tokens=8, do_sample=False)
         n = alone.shape[1] - len(p)
         assert torch.equal(batched[row, 20 : 20 + n], alone[0, len(p):])
+
+
+def _left_padded(prompts, length):
+    ids = torch.zeros(len(prompts), length, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, length - len(p):] = p
+        mask[row, length - len(p):] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize(
+    "prompt_lengths, kwargs",
+    [
+        ((20,), dict(do_sample=False, num_beams=3)),
+        ((20,), dict(do_sample=False, num_beams=3, num_return_sequences=2)),
+        ((20, 13), dict(do_sample=False, num_beams=3, num_return_sequences=2)),
+        ((20, 13), dict(do_sample=True, top_k=0, num_return_sequences=2)),
+    ],
+    ids=["beam", "beam-return2", "beam-left-padded-batch", "sampling-left-padded-batch"],
+)
+@torch.no_grad()
+def test_beam_search_and_sampling_with_cache_equal_recompute(prompt_lengths, kwargs):
+    # Beams of one prompt close patches at different bytes, so beam search reorders rows whose patch state differs
+    # (open patch start and bytes, latent slots, last entropy, decoder patch): every piece must follow its row.
+    model = make_tiny_blt(seed=3)
+    prompts = [_bytes(1, n, seed=5 + i)[0] for i, n in enumerate(prompt_lengths)]
+    ids, mask = _left_padded(prompts, max(prompt_lengths))
+    outputs = []
+    for use_cache in (True, False):
+        torch.manual_seed(0)
+        outputs.append(
+            model.generate(ids, attention_mask=mask, max_new_tokens=16, use_cache=use_cache, pad_token_id=0, **kwargs)
+        )
+    cached, recompute = outputs
+    rows = len(prompts) * kwargs.get("num_return_sequences", 1)
+    assert cached.shape == (rows, ids.shape[1] + 16) and torch.equal(cached, recompute)
+    generated_patches = model.model(cached[:, ids.shape[1] - 1 :]).patch_starts.sum(dim=1)
+    assert len(set(generated_patches.tolist())) > 1 or rows == 1, generated_patches
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(patching_mode="entropy"), dict(patching_mode="entropy", max_patch_length=3),
+     dict(patching_mode="entropy_monotonic"), dict(patching_mode="space")],
+    ids=lambda o: "-".join(f"{v}" for v in o.values()),
+)
+@torch.no_grad()
+def test_cache_row_surgery_equals_fresh_rows(overrides):
+    # reorder_cache (beam search), batch_select_indices and batch_repeat_interleave on a left-padded batch whose rows
+    # differ in padding, positions and open patches; continuing with different bytes per row must equal the full
+    # forward of the rearranged rows.
+    model = make_tiny_blt(seed=1, **overrides)
+    prompts = [_bytes(1, n, seed=20 + n)[0] for n in (15, 9, 12)]
+    ids, mask = _left_padded(prompts, 15)
+    surgeries = [
+        ("reorder_cache", torch.tensor([2, 0, 0]), torch.tensor([2, 0, 0])),
+        ("batch_select_indices", torch.tensor([2, 0]), torch.tensor([2, 0])),
+        ("batch_repeat_interleave", 2, torch.arange(3).repeat_interleave(2)),
+    ]
+    for method, arg, rows in surgeries:
+        cache = model(ids, attention_mask=mask, use_cache=True).past_key_values
+        getattr(cache, method)(arg)
+        new = _bytes(len(rows), 9, seed=40)[:, 1:]
+        steps = [model(new[:, t : t + 1], past_key_values=cache, use_cache=True).logits[:, 0] for t in range(8)]
+        full = model(torch.cat([ids[rows], new], 1), attention_mask=torch.cat([mask[rows], torch.ones_like(new)], 1))
+        torch.testing.assert_close(torch.stack(steps, 1), full.logits[:, 15:], atol=1e-5, rtol=0, msg=method)
+        assert cache.get_seq_length() == 23
 
 
 @torch.no_grad()
@@ -147,5 +216,5 @@ def test_bad_input_errors():
             BLTConfig(patching_threshold=bad)
     with pytest.raises(ValueError, match="patching_mode must be one of"):
         BLTConfig(patching_mode="bpe")
-    with pytest.raises(ValueError, match="num_beams=1"):
-        model.generate(torch.tensor([[1, 50]]), num_beams=2, max_new_tokens=2)
+    with pytest.raises(ValueError, match="BLTCache cannot be cropped"):
+        model(torch.tensor([[1, 50, 60]]), use_cache=True).past_key_values.crop(-1)
