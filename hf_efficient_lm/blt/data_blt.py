@@ -1,5 +1,6 @@
-"""Byte data pipeline for BLT: pack texts into byte rows, precompute patch lengths as a dataset column (so training
-does not run the entropy model each step), calibrate the entropy threshold to a target patch size, collate."""
+"""Byte data pipeline for BLT: pack texts into byte rows (or keep one document per row), precompute patch lengths as a
+dataset column (so training does not run the entropy model each step), calibrate the entropy threshold to a target
+patch size, collate (right-padding rows of different lengths)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from .modeling_blt_entropy import BLTEntropyModel
 from .patcher_blt import patch_lengths_from_starts, patch_starts
-from .tokenization_blt_lm import BOS_ID, BYTE_OFFSET, EOS_ID
+from .tokenization_blt_lm import BOE_ID, BOS_ID, BYTE_OFFSET, EOS_ID
 
 
 def text_to_ids(text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]:
@@ -33,33 +34,65 @@ def pack_texts(texts: Iterable[str], seq_len: int, drop_remainder: bool = True) 
     return rows
 
 
-def byte_dataset(texts: Sequence[str], seq_len: int):
-    """A ``datasets.Dataset`` with an ``input_ids`` column of packed byte rows."""
+def document_rows(texts: Iterable[str], seq_len: int) -> list[list[int]]:
+    """One row per document: ``BOS text EOS`` cut to its first ``seq_len`` ids (rows of different lengths, for
+    :class:`BLTDataCollator` to right-pad)."""
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+    return [text_to_ids(text)[:seq_len] for text in texts]
+
+
+def byte_dataset(texts: Sequence[str], seq_len: int, pack: bool = True):
+    """A ``datasets.Dataset`` with an ``input_ids`` column: packed rows of ``seq_len`` ids, or with ``pack=False``
+    one document per row (at most ``seq_len`` ids)."""
     from datasets import Dataset
 
-    return Dataset.from_dict({"input_ids": pack_texts(texts, seq_len)})
+    return Dataset.from_dict({"input_ids": pack_texts(texts, seq_len) if pack else document_rows(texts, seq_len)})
+
+
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int = BOE_ID) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """Rows of different lengths -> ``(input_ids, attention_mask)``, each ``[B, longest]``, padded on the right."""
+    if not rows or min(len(r) for r in rows) == 0:
+        raise ValueError("every row needs at least one id")
+    longest = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(len(rows), longest, dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
+        attention_mask[i, : len(row)] = 1
+    return input_ids, attention_mask
 
 
 @torch.no_grad()
 def compute_patch_lengths(
-    input_ids: torch.LongTensor,
+    input_ids: torch.LongTensor | Sequence[Sequence[int]],
     entropy_model: BLTEntropyModel | None,
     mode: str = "entropy",
     threshold: float | None = None,
     patch_size: int = 4,
     max_patch_length: int | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> list[list[int]]:
-    """Patch lengths of each row (Meta's ``include_next_token`` convention: rows sum to ``N + 1``), batched."""
+    """Patch lengths of each row (Meta's ``include_next_token`` convention: rows sum to their ``n + 1`` real ids),
+    batched. ``input_ids`` is ``[B, N]`` (with an optional ``attention_mask``) or a list of rows of different
+    lengths, which are right-padded here; causal patching makes a row's lengths independent of its padding."""
+    if not isinstance(input_ids, torch.Tensor):
+        if attention_mask is not None:
+            raise ValueError("attention_mask goes with a tensor of input_ids; lists of rows are padded here")
+        input_ids, attention_mask = pad_right(input_ids)
+        if bool(attention_mask.all()):
+            attention_mask = None
     entropies = None
     if mode.startswith("entropy"):
         if entropy_model is None:
             raise ValueError(f"patching mode {mode!r} needs an entropy model")
         device = next(entropy_model.parameters()).device
-        entropies, _ = entropy_model.entropies(input_ids.to(device))
+        mask = attention_mask.to(device) if attention_mask is not None else None
+        entropies, _ = entropy_model.entropies(input_ids.to(device), mask)
         entropies = entropies.cpu()
     starts = patch_starts(mode, input_ids, entropies=entropies, threshold=threshold, patch_size=patch_size,
-                          max_patch_length=max_patch_length)
-    lengths = patch_lengths_from_starts(starts, include_next=True)
+                          max_patch_length=max_patch_length, attention_mask=attention_mask)
+    lengths = patch_lengths_from_starts(starts, include_next=True, attention_mask=attention_mask)
     return [row[row > 0].tolist() for row in lengths]
 
 
@@ -68,27 +101,32 @@ def add_patch_lengths_column(dataset, entropy_model, mode="entropy", threshold=N
     """``dataset.map`` adding ``patch_lengths`` computed in batches (vectorised patching, no per-byte loop)."""
 
     def fn(batch):
-        ids = torch.tensor(batch["input_ids"])
-        return {"patch_lengths": compute_patch_lengths(ids, entropy_model, mode, threshold, patch_size, max_patch_length)}
+        rows = batch["input_ids"]  # equal lengths when packed, ragged for one document per row
+        return {"patch_lengths": compute_patch_lengths(rows, entropy_model, mode, threshold, patch_size, max_patch_length)}
 
     return dataset.map(fn, batched=True, batch_size=batch_size, desc="patch lengths")
 
 
 @torch.no_grad()
 def mean_patch_size(entropies: torch.Tensor, threshold: float, monotonic: bool = False,
-                    max_patch_length: int | None = None) -> float:
-    """Average bytes per patch of entropy patching at ``threshold`` over ``entropies [B, N]``."""
+                    max_patch_length: int | None = None, attention_mask: torch.Tensor | None = None) -> float:
+    """Average bytes per patch of entropy patching at ``threshold`` over ``entropies [B, N]`` (real bytes only when
+    an ``attention_mask [B, N]`` marks padding)."""
     from .patcher_blt import entropy_patch_starts
 
-    starts = entropy_patch_starts(entropies, threshold, monotonic, max_patch_length=max_patch_length)
-    return entropies.numel() / float(starts[:, :-1].sum())
+    starts = entropy_patch_starts(entropies, threshold, monotonic, attention_mask, max_patch_length)[:, :-1]
+    if attention_mask is None:
+        return entropies.numel() / float(starts.sum())
+    real = attention_mask.bool()
+    return float(real.sum()) / float((starts & real).sum())
 
 
 @torch.no_grad()
 def calibrate_threshold(entropies: torch.Tensor, target_patch_size: float, monotonic: bool = False,
-                        iterations: int = 40) -> float:
-    """Bisect the threshold so that the mean patch size on ``entropies [B, N]`` is ~``target_patch_size``
-    (the maintainers' recipe for a new dataset); mean patch size grows with the threshold."""
+                        iterations: int = 40, attention_mask: torch.Tensor | None = None) -> float:
+    """Bisect the threshold so that the mean patch size on ``entropies [B, N]`` (real bytes of ``attention_mask``)
+    is ~``target_patch_size`` (the maintainers' recipe for a new dataset); mean patch size grows with the
+    threshold."""
     if target_patch_size < 1:
         raise ValueError(f"target_patch_size must be >= 1, got {target_patch_size}")
     lo, hi = float(entropies.min()) - 10.0, float(entropies.max()) + 10.0
@@ -97,7 +135,7 @@ def calibrate_threshold(entropies: torch.Tensor, target_patch_size: float, monot
         lo, hi = float(diffs.min()) - 10.0, float(diffs.max()) + 10.0
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        if mean_patch_size(entropies, mid, monotonic) < target_patch_size:
+        if mean_patch_size(entropies, mid, monotonic, attention_mask=attention_mask) < target_patch_size:
             lo = mid
         else:
             hi = mid
@@ -105,15 +143,28 @@ def calibrate_threshold(entropies: torch.Tensor, target_patch_size: float, monot
 
 
 class BLTDataCollator:
-    """Stacks equal-length ``input_ids`` rows (packed data), sets ``labels`` and right-pads ``patch_lengths`` with
-    zeros when the column is present."""
+    """Batches ``input_ids`` rows and sets ``labels``; right-pads ``patch_lengths`` with zeros when the column is
+    present.
+
+    Packed rows (all one length) are stacked as they are. Rows of different lengths are right-padded with ``pad_id``
+    and get an ``attention_mask`` (0 on padding) and ``-100`` labels on padding: BLT's forward gives every real byte
+    of a right-padded row the logits it has alone, so the loss is the one of the unpadded rows.
+    """
+
+    def __init__(self, pad_id: int = BOE_ID):
+        self.pad_id = pad_id
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        lengths = {len(f["input_ids"]) for f in features}
-        if len(lengths) != 1:
-            raise ValueError(f"BLTDataCollator expects packed rows of one length, got lengths {sorted(lengths)}")
-        input_ids = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)
-        batch = {"input_ids": input_ids, "labels": input_ids.clone()}
+        if not features:
+            raise ValueError("BLTDataCollator got an empty list of features")
+        rows = [f["input_ids"] for f in features]
+        if len({len(r) for r in rows}) == 1:
+            input_ids = torch.tensor(rows, dtype=torch.long)
+            batch = {"input_ids": input_ids, "labels": input_ids.clone()}
+        else:
+            input_ids, attention_mask = pad_right(rows, self.pad_id)
+            labels = input_ids.masked_fill(attention_mask == 0, -100)
+            batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         if "patch_lengths" in features[0]:
             longest = max(len(f["patch_lengths"]) for f in features)
             batch["patch_lengths"] = torch.tensor(
@@ -123,6 +174,6 @@ class BLTDataCollator:
 
 
 __all__ = [
-    "text_to_ids", "pack_texts", "byte_dataset", "compute_patch_lengths", "add_patch_lengths_column",
-    "mean_patch_size", "calibrate_threshold", "BLTDataCollator",
+    "text_to_ids", "pack_texts", "document_rows", "byte_dataset", "pad_right", "compute_patch_lengths",
+    "add_patch_lengths_column", "mean_patch_size", "calibrate_threshold", "BLTDataCollator",
 ]

@@ -79,6 +79,28 @@ def byte_ngram_hash_ids(
     return torch.stack(columns, dim=-1)
 
 
+def check_padding(attention_mask: torch.Tensor) -> torch.BoolTensor:
+    """Validate that each row of ``attention_mask [B, N]`` is one run of ones (padding on the left and/or the right) and
+    return which rows are right-padded, ``[B]`` bool."""
+    mask = attention_mask.long()
+    if bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError(f"attention_mask must hold 0/1 values, got {sorted(set(mask.unique().tolist()))}")
+    batch, length = mask.shape
+    leading = (mask.cumsum(dim=1) == 0).sum(dim=1, keepdim=True)
+    end = leading + mask.sum(dim=1, keepdim=True)
+    slot = torch.arange(length, device=mask.device).unsqueeze(0)
+    expected = (slot >= leading) & (slot < end)
+    bad = (expected != mask.bool()).any(dim=1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        holes = (~mask[row].bool() & (slot[0] > leading[row]) & (slot[0] < end[row])).nonzero().flatten().tolist()
+        raise ValueError(
+            f"attention_mask row {row} has padding between real bytes (zeros at slots {holes[:8]}): BLT needs each "
+            "row's real bytes in one run, with padding only before (left padding) and/or after (right padding) them"
+        )
+    return (end.squeeze(1) < length) & (mask.sum(dim=1) > 0)
+
+
 class BLTCrossAttention(nn.Module):
     """Cross-attention without RoPE between queries and a gathered set of keys per query group.
 
@@ -436,14 +458,18 @@ class BLTModel(BLTPreTrainedModel):
         return starts, entropies
 
     @staticmethod
-    def patch_layout(starts: torch.Tensor):
+    def patch_layout(starts: torch.Tensor, byte_valid: torch.Tensor | None = None):
         """From the start mask ``[B, N + 1]``: gather index/valid ``[B, P, L]`` of each patch's byte slots, the
         encoder patch id of each byte ``[B, N]`` and the decoder patch id ``[B, N]`` (the patch before the one that
-        holds byte t + 1)."""
+        holds byte t + 1). ``byte_valid [B, N]`` (the attention mask) drops padding bytes from every patch."""
         b, n1 = starts.shape
         n = n1 - 1
         cum = starts.long().cumsum(dim=1)
-        enc_ids = cum[:, :n] - 1  # padding -> -1
+        enc_ids = cum[:, :n] - 1  # left padding -> -1
+        if byte_valid is not None:
+            # Right padding would otherwise join the patch opened at the row's next-byte slot: no real byte reads that
+            # patch, but it would make the gather as long as the padding.
+            enc_ids = torch.where(byte_valid.bool(), enc_ids, torch.full_like(enc_ids, -1))
         dec_ids = cum[:, 1:] - 2
         num_patches = max(int(enc_ids.max()) + 1, 1) if n else 1
         slot = torch.arange(n, device=starts.device).expand(b, n)
@@ -469,9 +495,10 @@ class BLTModel(BLTPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> BLTModelOutput:
-        """input_ids ``[B, N]`` byte ids; attention_mask ``[B, N]`` (left padding only); patch_lengths ``[B, P]``
-        optional precomputed patches (rows sum to the real byte count, or +1). ``position_ids`` are derived from the
-        mask and ignored. With a non-empty ``past_key_values`` only the new bytes are given."""
+        """input_ids ``[B, N]`` byte ids; attention_mask ``[B, N]`` (left and/or right padding around one run of real
+        bytes per row; right padding only without the cache); patch_lengths ``[B, P]`` optional precomputed patches
+        (rows sum to the real byte count, or +1). ``position_ids`` are derived from the mask and ignored. With a
+        non-empty ``past_key_values`` only the new bytes are given."""
         if inputs_embeds is not None:
             raise ValueError("BLT works on byte ids; inputs_embeds is not supported")
         self._check_ids(input_ids)
@@ -490,8 +517,14 @@ class BLTModel(BLTPreTrainedModel):
         if attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
         has_padding = bool((attention_mask == 0).any())
-        if has_padding and bool((attention_mask[:, 1:] < attention_mask[:, :-1]).any()):
-            raise ValueError("BLT supports left padding only (attention_mask must be 0...0 1...1 per row)")
+        if has_padding:
+            right_padded = check_padding(attention_mask)
+            if use_cache and bool(right_padded.any()):
+                raise ValueError(
+                    f"use_cache=True needs left padding: row(s) {right_padded.nonzero().flatten().tolist()} end with "
+                    "padding, and cached bytes would continue after it. Pad prompts on the left "
+                    "(tokenizer.padding_side='left'); right padding is for training / scoring (use_cache=False)."
+                )
         mask_2d = attention_mask if has_padding else None
         position_ids = positions_from_mask(attention_mask)
         ids = input_ids * attention_mask  # padding hashes like Meta's zero left-context
@@ -518,7 +551,7 @@ class BLTModel(BLTPreTrainedModel):
         local_mask = _local_mask(self.config.encoder_config, embeds, mask_2d, cache.encoder if cache else None, position_ids)
         byte_states = self.local_encoder.run_layers(embeds, local_mask, position_ids, cache.encoder if cache else None)
 
-        gather_index, gather_valid, enc_ids, dec_ids, num_patches = self.patch_layout(starts)
+        gather_index, gather_valid, enc_ids, dec_ids, num_patches = self.patch_layout(starts, mask_2d)
         patch_vectors = self.local_encoder.patch_vectors(byte_states, gather_index, gather_valid)
         latent_positions = torch.arange(num_patches, device=input_ids.device).unsqueeze(0).expand(batch, -1)
         latent = self.global_transformer(patch_vectors, latent_positions, None, cache.latent if cache else None)
@@ -716,6 +749,16 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, use_cache=None, **kwargs):
         if past_key_values is not None and past_key_values.num_bytes > 0:
             input_ids = input_ids[:, past_key_values.num_bytes :]
+        elif attention_mask is not None and bool((attention_mask == 0).any()):
+            # Generated bytes are appended at the end of every row, so a right-padded prompt would continue after its
+            # padding (Transformers only warns; here the result would be silently wrong, with or without the cache).
+            right_padded = check_padding(attention_mask)
+            if bool(right_padded.any()):
+                raise ValueError(
+                    f"BLTForCausalLM.generate needs left-padded prompts: row(s) {right_padded.nonzero().flatten().tolist()} "
+                    "end with padding (attention_mask 0 at the last position). Pad on the left "
+                    "(tokenizer.padding_side='left')."
+                )
         inputs = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,

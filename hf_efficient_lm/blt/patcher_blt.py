@@ -8,8 +8,10 @@ prefix patches never change when bytes are appended and generation can decide bo
 
 Conventions shared with Transformers' ``Blt`` and Meta's code: the first two real bytes always open patches (the first
 patch is the BOS byte alone); for ``t >= 2`` byte ``t`` opens a patch iff the rule fires on position ``t - 1``.
-Left padding (``attention_mask == 0`` on a prefix of the row) is supported: padded positions never start patches and
-rules count positions from the first real byte.
+Padding (``attention_mask == 0``) on the left and/or on the right of each row's one run of real bytes is supported:
+rules count positions from the first real byte, and padded positions never start patches except the slot right after
+the last real byte of a right-padded row, which holds that row's next-byte decision (column ``N`` of the row alone).
+So every real byte gets the patch it gets when the row is alone.
 
 Patch *lengths* (``[B, P]``, right-padded with zeros) are the exchange format for datasets and for Transformers'
 ``patch_lengths`` argument; :func:`starts_from_patch_lengths` validates and converts them.
@@ -31,19 +33,29 @@ def _check_threshold(threshold) -> float:
 
 
 def _relative_positions(attention_mask: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
-    """Position of each slot counted from the row's first real byte, ``[B, length]`` (padding -> negative)."""
+    """Position of each slot counted from the row's first real byte, ``[B, length]`` (left padding -> negative)."""
     ar = torch.arange(length, device=device).unsqueeze(0).expand(batch, length)
     if attention_mask is None:
         return ar
-    num_pad = (attention_mask.shape[1] - attention_mask.long().sum(dim=1)).unsqueeze(1)
-    return ar - num_pad
+    leading = (attention_mask.long().cumsum(dim=1) == 0).sum(dim=1, keepdim=True)  # left padding of each row
+    return ar - leading
+
+
+def _inside_rows(attention_mask: torch.Tensor | None, rel: torch.Tensor) -> torch.Tensor:
+    """Slots up to and including each row's next-byte slot (relative position <= number of real bytes); the slots
+    after it are right padding, ``[B, slots]``."""
+    if attention_mask is None:
+        return torch.ones_like(rel, dtype=torch.bool)
+    return rel <= attention_mask.long().sum(dim=1, keepdim=True)
 
 
 def _forced_and_valid(batch: int, length: int, attention_mask, device):
-    """For N+1 start slots: (forced starts at relative 0 and 1, slots that may start: relative >= 2)."""
+    """For N+1 start slots: (forced starts at relative 0 and 1, slots that may start: relative >= 2), both limited to
+    the row's real bytes and its next-byte slot."""
     rel = _relative_positions(attention_mask, batch, length + 1, device)
-    forced = (rel == 0) | (rel == 1)
-    return forced, rel >= 2, rel
+    inside = _inside_rows(attention_mask, rel)
+    forced = ((rel == 0) | (rel == 1)) & inside
+    return forced, (rel >= 2) & inside, rel
 
 
 def _shift_right(x: torch.Tensor, fill) -> torch.Tensor:
@@ -129,8 +141,8 @@ def static_patch_starts(
 
 def byte_patch_starts(batch: int, length: int, attention_mask=None, device=None) -> torch.Tensor:
     """Every real byte is its own patch (the mode used to train the entropy model)."""
-    _, _, rel = _forced_and_valid(batch, length, attention_mask, device)
-    return rel >= 0
+    forced, may_start, _ = _forced_and_valid(batch, length, attention_mask, device)
+    return forced | may_start
 
 
 def split_long_patches(starts: torch.Tensor, max_patch_length: int | None, attention_mask=None) -> torch.Tensor:
@@ -145,7 +157,8 @@ def split_long_patches(starts: torch.Tensor, max_patch_length: int | None, atten
     batch, slots = starts.shape
     idx = torch.arange(slots, device=starts.device).unsqueeze(0).expand(batch, slots)
     last_start = torch.cummax(torch.where(starts, idx, torch.full_like(idx, -1)), dim=1).values
-    valid = last_start >= 0
+    # right padding after the next-byte slot never opens patches (it would only grow the padded patch count)
+    valid = (last_start >= 0) & _inside_rows(attention_mask, _relative_positions(attention_mask, batch, slots, starts.device))
     offset = idx - last_start
     return starts | (valid & (offset % max_patch_length == 0))
 
@@ -180,12 +193,19 @@ def patch_ids_from_starts(starts: torch.Tensor) -> torch.Tensor:
     return starts.long().cumsum(dim=1) - 1
 
 
-def patch_lengths_from_starts(starts: torch.Tensor, include_next: bool = False) -> torch.Tensor:
+def patch_lengths_from_starts(
+    starts: torch.Tensor, include_next: bool = False, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Lengths ``[B, P]`` of the patches over the first ``N`` slots (or all ``N + 1`` with ``include_next``,
     Meta's ``include_next_token`` convention), right-padded with zeros. Rows sum to their number of real bytes
-    (+1 with ``include_next``)."""
+    (+1 with ``include_next``). Pass the ``attention_mask [B, N]`` of right-padded rows so that their trailing padding
+    is not counted (left padding never is)."""
     cols = starts if include_next else starts[:, :-1]
     ids = patch_ids_from_starts(cols)
+    if attention_mask is not None:
+        rel = _relative_positions(attention_mask, cols.shape[0], cols.shape[1], cols.device)
+        counted = rel < attention_mask.long().sum(dim=1, keepdim=True) + int(include_next)
+        ids = torch.where(counted, ids, torch.full_like(ids, -1))
     batch = cols.shape[0]
     num = int(ids.max().item()) + 1 if ids.numel() else 0
     lengths = torch.zeros(batch, max(num, 0) + 1, dtype=torch.long, device=starts.device)
@@ -213,6 +233,11 @@ def starts_from_patch_lengths(
         if attention_mask is not None
         else torch.full((batch,), length, device=patch_lengths.device)
     )
+    leading = (
+        (attention_mask.long().cumsum(dim=1) == 0).sum(dim=1, keepdim=True).to(patch_lengths.device)
+        if attention_mask is not None
+        else torch.zeros(batch, 1, dtype=torch.long, device=patch_lengths.device)
+    )
     sums = patch_lengths.sum(dim=1)
     ok = (sums == real) | (sums == real + 1)
     if not bool(ok.all()):
@@ -221,17 +246,18 @@ def starts_from_patch_lengths(
             f"patch_lengths of row {bad} sum to {int(sums[bad])} but the row has {int(real[bad])} bytes "
             f"(expected {int(real[bad])} or {int(real[bad]) + 1})"
         )
-    num_pad = (length - real).unsqueeze(1)
     begin = torch.cumsum(patch_lengths, dim=1) - patch_lengths  # relative start of each patch
     nonempty = patch_lengths > 0
     # Transformers convention: an empty patch directly after the last non-empty patch starts at n (the next byte).
+    # Only for rows summing to n: with n + 1 the zeros after the last patch are padding of the lengths tensor, and
+    # in a right-padded row slot n + 1 exists (it is padding, which must not open a patch).
     last_nonempty = torch.where(nonempty, torch.arange(patch_lengths.shape[1], device=patch_lengths.device), -1)
     last_nonempty = last_nonempty.max(dim=1, keepdim=True).values
-    trailing_empty = (~nonempty) & (
+    trailing_empty = (~nonempty) & (sums == real).unsqueeze(1) & (
         torch.arange(patch_lengths.shape[1], device=patch_lengths.device).unsqueeze(0) == last_nonempty + 1
     )
     keep = nonempty | trailing_empty
-    slot = torch.where(keep, begin + num_pad, torch.full_like(begin, length + 1))
+    slot = torch.where(keep, begin + leading, torch.full_like(begin, length + 1))
     starts = torch.zeros(batch, length + 2, dtype=torch.bool, device=patch_lengths.device)
     starts.scatter_(1, slot.clamp(max=length + 1), True)
     return starts[:, : length + 1]

@@ -1,5 +1,5 @@
-"""BLT data pipeline: packing, precomputed patch-length column == in-forward patching, threshold calibration,
-FLOPs accounting."""
+"""BLT data pipeline: packing, precomputed patch-length column == in-forward patching, unpacked documents right-padded
+by the collator, threshold calibration, FLOPs accounting."""
 
 import pytest
 import torch
@@ -43,9 +43,34 @@ def test_patch_length_column_equals_in_forward_patching():
     torch.testing.assert_close(with_column.loss, in_forward.loss)
 
 
-def test_collator_rejects_ragged_rows():
-    with pytest.raises(ValueError, match="packed rows of one length"):
-        BLTDataCollator()([{"input_ids": [1, 5]}, {"input_ids": [1, 5, 6]}])
+@torch.no_grad()
+def test_unpacked_documents_are_right_padded_and_keep_their_patches():
+    # examples/train_blt.py --no-pack: one document per row, patch lengths computed on ragged rows, the collator
+    # right-pads; the loss and every real byte's logits equal those of the rows alone.
+    model = make_tiny_blt(seed=0)
+    ds = add_patch_lengths_column(byte_dataset(TEXTS + ["short"], 48, pack=False), model.model.entropy_model,
+                                  "entropy", model.config.patching_threshold, batch_size=3)
+    lengths = [len(r) for r in ds["input_ids"]]
+    assert len(set(lengths)) > 1 and [sum(p) for p in ds["patch_lengths"]] == [n + 1 for n in lengths]
+    batch = BLTDataCollator()([ds[i] for i in range(len(ds))])
+    assert batch["attention_mask"].sum(dim=1).tolist() == lengths
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()
+    out = model(**batch)
+    in_forward = model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+    torch.testing.assert_close(out.loss, in_forward.loss)
+    weighted, patches_alone = 0.0, 0
+    for i, n in enumerate(lengths):
+        row = torch.tensor([ds[i]["input_ids"]])
+        alone = model(row, labels=row)
+        torch.testing.assert_close(out.logits[i, :n], alone.logits[0], atol=1e-5, rtol=0)
+        weighted += alone.loss * (n - 1)
+        patches_alone += int(model.model(row).patch_starts[0, :-1].sum())
+    torch.testing.assert_close(out.loss, weighted / (sum(lengths) - len(lengths)))
+    # the threshold calibration of train_blt.py measures patch sizes over real bytes only
+    entropies, _ = model.model.entropy_model.entropies(batch["input_ids"], batch["attention_mask"])
+    measured = mean_patch_size(entropies, model.config.patching_threshold, attention_mask=batch["attention_mask"])
+    assert measured == pytest.approx(sum(lengths) / patches_alone)
 
 
 def test_calibrate_threshold_hits_target_patch_size():

@@ -1,6 +1,6 @@
 """BLTForCausalLM semantics: incremental (cached) generation equals full recompute for every patching mode, left
-padding, beam search and sampling with the cache, BLTCache row surgery (beam reordering), precomputed patch lengths,
-entropy model save/load (alone and inside BLT), loss, bad input."""
+padding, beam search and sampling with the cache, BLTCache row surgery (beam reordering), right padding for
+training, precomputed patch lengths, entropy model save/load (alone and inside BLT), loss, bad input."""
 
 import math
 
@@ -142,6 +142,29 @@ def test_cache_row_surgery_equals_fresh_rows(overrides):
         assert cache.get_seq_length() == 23
 
 
+@pytest.mark.parametrize("overrides", MODES, ids=lambda o: "-".join(f"{v}" for v in o.values()))
+def test_right_padded_rows_equal_rows_alone(overrides):
+    # Training batches of unpacked documents are right-padded: every real byte must get the logits it gets alone
+    # (whatever the padding ids), and the loss must be the token-weighted loss of the rows alone.
+    model = make_tiny_blt(seed=1, **overrides)
+    prompts = [_bytes(1, n, seed=30 + n)[0] for n in (24, 11, 17)]
+    ids = torch.full((3, 24), 77)  # padding ids must not matter
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, : len(p)] = p
+        mask[row, : len(p)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    batched = model(ids, attention_mask=mask, labels=labels)
+    weighted, count = 0.0, 0
+    for row, p in enumerate(prompts):
+        alone = model(p[None], labels=p[None])
+        torch.testing.assert_close(batched.logits[row, : len(p)], alone.logits[0], atol=1e-5, rtol=0)
+        weighted, count = weighted + alone.loss * (len(p) - 1), count + len(p) - 1
+    torch.testing.assert_close(batched.loss, weighted / count)
+    batched.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 @torch.no_grad()
 def test_precomputed_patch_lengths_equal_in_forward_patching():
     model = make_tiny_blt(seed=4)
@@ -207,8 +230,10 @@ def test_bad_input_errors():
         model(torch.tensor([[1, -3]]))
     with pytest.raises(ValueError, match="inputs_embeds is not supported"):
         model(inputs_embeds=torch.zeros(1, 3, 32))
-    with pytest.raises(ValueError, match="left padding only"):
-        model(torch.tensor([[1, 50, 60]]), attention_mask=torch.tensor([[1, 1, 0]]))
+    with pytest.raises(ValueError, match=r"row 0 has padding between real bytes \(zeros at slots \[1\]\)"):
+        model(torch.tensor([[1, 50, 60]]), attention_mask=torch.tensor([[1, 0, 1]]))
+    with pytest.raises(ValueError, match=r"use_cache=True needs left padding: row\(s\) \[1\]"):
+        model(torch.tensor([[1, 50, 60], [1, 50, 0]]), attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]), use_cache=True)
     with pytest.raises(ValueError, match="sum to 9 but the row has 3 bytes"):
         model(torch.tensor([[1, 50, 60]]), patch_lengths=torch.tensor([[1, 8]]))
     for bad in (math.nan, math.inf, "1.3"):
@@ -216,5 +241,9 @@ def test_bad_input_errors():
             BLTConfig(patching_threshold=bad)
     with pytest.raises(ValueError, match="patching_mode must be one of"):
         BLTConfig(patching_mode="bpe")
+    right_padded = dict(input_ids=torch.tensor([[1, 50, 60], [1, 50, 0]]), attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    for use_cache in (True, False):
+        with pytest.raises(ValueError, match=r"generate needs left-padded prompts: row\(s\) \[1\] end with padding"):
+            model.generate(**right_padded, max_new_tokens=2, use_cache=use_cache, pad_token_id=0)
     with pytest.raises(ValueError, match="BLTCache cannot be cropped"):
         model(torch.tensor([[1, 50, 60]]), use_cache=True).past_key_values.crop(-1)

@@ -125,6 +125,33 @@ def test_lengths_always_sum_to_length(n, pad, mode, max_len, threshold, seed):
     assert torch.equal(starts_from_patch_lengths(with_next, n + pad, mask), starts)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 30), pad=st.integers(1, 5), mode=st.sampled_from(["entropy", "entropy_monotonic", "space", "static", "byte"]),
+    max_len=st.one_of(st.none(), st.integers(1, 6)), threshold=st.floats(-1, 4), seed=st.integers(0, 2**16),
+)
+def test_right_padding_keeps_the_patches_of_the_row_alone(n, pad, mode, max_len, threshold, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, 260, (2, n + pad), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, n:] = 0
+    ent = torch.rand(2, n + pad, generator=g) * 4
+    kwargs = dict(threshold=threshold, patch_size=3, max_patch_length=max_len)
+    starts = patch_starts(mode, ids, entropies=ent, attention_mask=mask, **kwargs)
+    alone = patch_starts(mode, ids[1:, :n], entropies=ent[1:, :n], **kwargs)
+    # real bytes and the next-byte slot decide as alone; the rest of the padding never opens a patch
+    assert starts[1, : n + 1].tolist() == alone[0].tolist() and not starts[1, n + 1 :].any()
+    assert starts[0].tolist() == patch_starts(mode, ids[:1], entropies=ent[:1], **kwargs)[0].tolist()
+    for include_next in (False, True):
+        lengths = patch_lengths_from_starts(starts, include_next=include_next, attention_mask=mask)
+        row_alone = patch_lengths_from_starts(alone, include_next=include_next)[0]
+        assert lengths[1][lengths[1] > 0].tolist() == row_alone[row_alone > 0].tolist()
+    with_next = patch_lengths_from_starts(starts, include_next=True, attention_mask=mask)
+    assert torch.equal(starts_from_patch_lengths(with_next, n + pad, mask), starts)
+    back = starts_from_patch_lengths(patch_lengths_from_starts(starts, attention_mask=mask), n + pad, mask)
+    assert torch.equal(back[1, :n], starts[1, :n]) and not back[1, n + 1 :].any()
+
+
 def test_bad_input_errors():
     with pytest.raises(ValueError, match="finite number"):
         entropy_patch_starts(torch.zeros(1, 4), math.nan)
