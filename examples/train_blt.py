@@ -7,19 +7,29 @@ bits per byte per domain with in-forward patching (the inference path).
 
     nice -n 10 python examples/train_blt.py --entropy-model ~/.cache/hf_efficient_lm/blt/entropy --max-steps 200
 
-Runs under ``accelerate launch examples/train_blt.py ...`` unchanged (the Trainer handles the distribution).
+``--no-pack`` keeps one document per row (its first ``--seq-len`` bytes) instead of packing; the collator then
+right-pads each batch (attention mask 0 and labels -100 on padding, which leaves every real byte's logits unchanged).
+
+Runs under ``accelerate launch`` unchanged (the Trainer handles the distribution); on CPUs that is DDP over gloo:
+
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \
+        examples/train_blt.py --batch-size 4 ...
+
+``--batch-size`` is per process. Rank 0 writes the model, the tokenizer and ``train_blt_metrics.json`` (world size,
+global batch, training losses, bits/byte) to ``--output-dir``.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import math
 import os
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments, set_seed
 
 from hf_efficient_lm.blt import BLTConfig, BLTEntropyModel, BLTForCausalLM, BLTTokenizer
 from hf_efficient_lm.blt.data_blt import (
@@ -28,8 +38,10 @@ from hf_efficient_lm.blt.data_blt import (
     byte_dataset,
     calibrate_threshold,
     pack_texts,
+    pad_right,
 )
 from hf_efficient_lm.blt.flops_blt import blt_flops_per_byte
+from hf_efficient_lm.io_utils import atomic_dir
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
@@ -91,23 +103,31 @@ def main(argv=None) -> str:
     parser.add_argument("--window", type=int, default=256)
     parser.add_argument("--hash-buckets", type=int, default=8191)
     parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--no-pack", action="store_true",
+                        help="one document per row (first --seq-len bytes), right-padded per batch, instead of packing")
+    parser.add_argument("--batch-size", type=int, default=8, help="rows per step and process")
     parser.add_argument("--max-steps", type=int, default=200)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--limit-chars", type=int, default=4_000_000)
     parser.add_argument("--eval-rows", type=int, default=16, help="validation rows per domain")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    # Every process builds the same model: DDP broadcasts rank 0's weights anyway, but a one-process run with the
+    # same seed then starts from the same weights as a multi-process one.
+    set_seed(args.seed)
 
     texts = load_texts(args.train_files, args.limit_chars)
-    train = byte_dataset(texts, args.seq_len)
+    train = byte_dataset(texts, args.seq_len, pack=not args.no_pack)
+    if len(train) == 0:
+        raise ValueError(f"the training files give no row of {args.seq_len} bytes; lower --seq-len or use --no-pack")
     entropy_model = None
     if os.path.isfile(os.path.join(args.entropy_model, "config.json")):
         entropy_model = BLTEntropyModel.from_pretrained(args.entropy_model).eval()
-        sample = torch.tensor(train[: min(32, len(train))]["input_ids"])
-        entropies, _ = entropy_model.entropies(sample)
-        threshold = calibrate_threshold(entropies, args.target_patch_size)
+        sample, sample_mask = pad_right(train[: min(32, len(train))]["input_ids"])
+        entropies, _ = entropy_model.entropies(sample, sample_mask)
+        threshold = calibrate_threshold(entropies, args.target_patch_size, attention_mask=sample_mask)
         mode = "entropy"
     else:
         print(f"no entropy model at {args.entropy_model}: using space patching")
@@ -119,7 +139,8 @@ def main(argv=None) -> str:
         model.model.entropy_model.load_state_dict(entropy_model.state_dict())
     train = add_patch_lengths_column(train, entropy_model, mode, threshold)
     patches = sum(len(p) for p in train["patch_lengths"])
-    mean_patch = len(train) * (args.seq_len + 1) / patches
+    row_bytes = sum(len(r) for r in train["input_ids"])
+    mean_patch = (row_bytes + len(train)) / patches  # lengths cover each row's bytes plus its next-byte slot
     flops = blt_flops_per_byte(config, mean_patch, args.seq_len)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"BLT: {trainable / 1e6:.2f}M trainable params; {mode} patching, threshold {threshold:.3f}, "
@@ -133,13 +154,21 @@ def main(argv=None) -> str:
             per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
             warmup_steps=min(50, args.max_steps // 10), lr_scheduler_type="cosine", weight_decay=0.1,
             max_grad_norm=1.0, logging_steps=max(1, args.max_steps // 10), save_strategy="no", report_to=[],
-            use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+            use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=args.seed,
+            # Every trainable parameter is used at every step, and DDP never registers the frozen entropy model
+            # (requires_grad=False), so the unused-parameter search the Trainer turns on by default is not needed.
+            ddp_find_unused_parameters=False,
         ),
         train_dataset=train,
         data_collator=BLTDataCollator(),
     )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != trainer.args.world_size:
+        raise RuntimeError(f"{launched} processes were launched but the Trainer sees world size "
+                           f"{trainer.args.world_size}: they would train independently")
     trainer.train()
-    bytes_seen = args.max_steps * args.batch_size * args.seq_len
+    global_batch = args.batch_size * trainer.args.world_size
+    bytes_seen = trainer.state.global_step * global_batch * row_bytes / len(train)
     train_flops = 3 * (flops["total"] - flops["entropy_model"]) * bytes_seen
     results = {}
     for f in args.valid_files:
@@ -147,13 +176,23 @@ def main(argv=None) -> str:
         rows = pack_texts(load_texts([f], 200_000), args.seq_len)[: args.eval_rows]
         if rows:
             results[domain] = bits_per_byte(model, rows)
-    model.save_pretrained(args.output_dir)
-    BLTTokenizer().save_pretrained(args.output_dir)
     summary = ", ".join(f"{d} {v:.3f}" for d, v in results.items())
-    line = (f"BLT after {args.max_steps} steps ({bytes_seen / 1e6:.1f}M bytes, {train_flops:.2e} training FLOPs): "
-            f"bits/byte {summary}")
-    print(line)
-    print(f"saved to {args.output_dir}")
+    line = (f"BLT after {trainer.state.global_step} steps ({bytes_seen / 1e6:.1f}M bytes, {train_flops:.2e} training "
+            f"FLOPs): bits/byte {summary}")
+    metrics = {
+        "world_size": trainer.args.world_size, "global_batch": global_batch, "steps": trainer.state.global_step,
+        "patching_mode": mode, "threshold": threshold, "mean_patch_size": mean_patch,
+        "train_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+        "bits_per_byte": results,
+    }
+    if trainer.is_world_process_zero():
+        with atomic_dir(args.output_dir) as tmp:
+            model.save_pretrained(tmp)
+            BLTTokenizer().save_pretrained(tmp)
+            (tmp / "train_blt_metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(line)
+        print(f"saved to {args.output_dir}")
+    trainer.accelerator.wait_for_everyone()
     return line
 
 
