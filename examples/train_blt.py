@@ -95,7 +95,8 @@ def main(argv=None) -> str:
     parser.add_argument("--entropy-model", default=os.path.expanduser("~/.cache/hf_efficient_lm/blt/entropy"),
                         help="folder of a trained BLTEntropyModel; if missing, space patching is used")
     parser.add_argument("--target-patch-size", type=float, default=4.5)
-    parser.add_argument("--output-dir", default=os.path.expanduser("~/.cache/hf_efficient_lm/blt/model"))
+    parser.add_argument("--output-dir", default=os.path.expanduser("~/.cache/hf_efficient_lm/blt/model"),
+                        help="replaced as a whole (atomically) by rank 0 when training ends")
     parser.add_argument("--local-hidden", type=int, default=128)
     parser.add_argument("--latent-hidden", type=int, default=256)
     parser.add_argument("--latent-layers", type=int, default=4)
