@@ -284,7 +284,8 @@ class FgramVocab:
         lengths_out.copy_(lengths.view(b, length + 1)[:, 1:])
 
     def match_last(
-        self, input_ids: torch.Tensor, num_new: int = 1, attention_mask: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, num_new: int = 1, attention_mask: torch.Tensor | None = None, *,
+        as_lists: bool = False,
     ) -> tuple[torch.LongTensor, torch.LongTensor]:
         """Per-step path for generation: matches for the last ``num_new`` positions of ``input_ids [B, T]``.
 
@@ -292,23 +293,31 @@ class FgramVocab:
         For a decode step (``num_new == 1``) of up to 128 rows a scalar walk over zero-copy views of the key arrays
         replaces the vectorised passes: it extends each row's previous suffix chain (kept from the last call) with
         at most K-1 binary searches, a few microseconds per row against ~0.3-1 ms for the dozens of tiny tensor ops
-        of the vectorised passes. Returns ``(rows, lengths)`` of shape ``[B, num_new]``.
+        of the vectorised passes. Returns ``(rows, lengths)`` of shape ``[B, num_new]``; with ``as_lists=True``
+        the scalar walk returns them as nested python lists (``[B][1]``) instead, which ``SconeLlama.forward``
+        accepts: on a CPU decode step, creating two tiny tensors costs more than the whole walk.
         """
         window = num_new + self.max_len - 1
         tail = input_ids[:, -window:]
         tail_mask = attention_mask[:, -window:] if attention_mask is not None else None
         if num_new == 1 and tail.shape[0] <= 128:
-            return self._match_last_scalar(tail, tail_mask)
+            rows, lengths = self._match_last_scalar(tail, tail_mask)
+            if as_lists:
+                return [[row] for row in rows], [[length] for length in lengths]
+            device = tail.device
+            return (torch.tensor(rows, dtype=torch.int64, device=device)[:, None],
+                    torch.tensor(lengths, dtype=torch.int64, device=device)[:, None])
         rows, lengths = self.match(tail, tail_mask)
         return rows[:, -num_new:], lengths[:, -num_new:]
 
-    def _match_last_scalar(self, tail: torch.Tensor, tail_mask: torch.Tensor | None):
+    def _match_last_scalar(self, tail: torch.Tensor, tail_mask: torch.Tensor | None) -> tuple[list[int], list[int]]:
+        """(rows, lengths) of the last position of every row of ``tail`` ``[B, <=K]``, as python lists."""
         # Decode steps carry a small memo from one step to the next: the "suffix chain" of each row's newest
         # position (local ids of the f-grams of length 1, 2, ... ending there; length 1 = the token itself), keyed
-        # by the K-1 tokens (and mask bits) it depends on. The next step finds its row's previous chain by content,
-        # so extending it costs at most K-1 binary searches, and a reordered, cropped or new batch (beam search,
-        # another generate() call) simply misses and rebuilds the chain from the window. A chain is a pure function
-        # of its key, so a hit can never be stale.
+        # by the K-1 tokens it depends on (padding written as -1, an id that never matches). The next step finds its
+        # row's previous chain by content, so extending it costs at most K-1 binary searches, and a reordered,
+        # cropped or new batch (beam search, another generate() call) simply misses and rebuilds the chain from the
+        # window. A chain is a pure function of its key, so a hit can never be stale.
         if self._python_levels is None:
             # memoryviews share the tensors' memory: no copy, O(1) item access, usable by bisect
             self._python_levels = [(memoryview(k.numpy()), memoryview(r.numpy()))
@@ -318,12 +327,12 @@ class FgramVocab:
         levels, barriers, vocab_size = self._python_levels, self._python_barriers, self.vocab_size
         keep = self.max_len - 1  # the next position only extends f-grams of length <= K-1
 
-        def extend(chain, token, keep_mask):
+        def extend(chain, token):
             # chain of the position before `token` -> chain of `token` (suffix closure: stop at the first miss)
-            if not keep_mask or not 0 <= token < vocab_size or token in barriers:
+            if not 0 <= token < vocab_size or token in barriers:
                 return ()
             out = [token]
-            for (keys, _), local in zip(levels, chain):  # (levels 2..K: at most K-1 extensions)
+            for (keys, _), local in zip(levels, chain):  # levels 2..K: at most K-1 extensions
                 query = local * vocab_size + token
                 at = bisect.bisect_left(keys, query)
                 if at == len(keys) or keys[at] != query:
@@ -331,37 +340,30 @@ class FgramVocab:
                 out.append(at)
             return tuple(out)
 
-        if tail_mask is not None and tail_mask.shape != tail.shape:
-            raise ValueError(f"attention_mask shape {tuple(tail_mask.shape)} != input_ids shape {tuple(tail.shape)}")
         ids = tail.tolist()
-        masks = tail_mask.tolist() if tail_mask is not None else [None] * len(ids)
+        if tail_mask is not None:
+            if tail_mask.shape != tail.shape:
+                raise ValueError(f"attention_mask shape {tuple(tail_mask.shape)} != input_ids shape {tuple(tail.shape)}")
+            for row, row_mask in zip(ids, tail_mask.tolist()):
+                if 0 in row_mask:
+                    row[:] = [token if keep_it else -1 for token, keep_it in zip(row, row_mask)]
         memo, new_memo = self._suffix_memo, {}
         out_rows, out_lengths = [], []
-        for row_ids, row_mask in zip(ids, masks):
-            last = len(row_ids) - 1
-            if row_mask is None:
-                row_mask = (1,) * len(row_ids)
-            else:
-                row_mask = tuple(row_mask)
-            row_ids = tuple(row_ids)
-            chain = memo.get((row_ids[:last], row_mask[:last]))
+        for row in ids:
+            last = len(row) - 1
+            chain = memo.get(tuple(row[:last]))
             if chain is None:  # rebuild it from the window, which holds exactly the K-1 tokens it may use
                 chain = ()
-                for p in range(last):
-                    chain = extend(chain, row_ids[p], row_mask[p])
-            chain = extend(chain, row_ids[last], row_mask[last])
+                for token in row[:last]:
+                    chain = extend(chain, token)
+            chain = extend(chain, row[last])
             # keyed by tail[1:], the chain may only use those tokens (a short history has fewer than K-1)
-            new_memo[(row_ids[1:], row_mask[1:])] = chain[:min(keep, last)]
-            if len(chain) >= 2:
-                out_rows.append([levels[len(chain) - 2][1][chain[-1]]])
-                out_lengths.append([len(chain)])
-            else:
-                out_rows.append([-1])
-                out_lengths.append([0])
+            new_memo[tuple(row[1:])] = chain[:min(keep, last)]
+            length = len(chain)
+            out_rows.append(levels[length - 2][1][chain[-1]] if length >= 2 else -1)
+            out_lengths.append(length if length >= 2 else 0)
         self._suffix_memo = new_memo
-        device = tail.device
-        return (torch.tensor(out_rows, dtype=torch.int64, device=device),
-                torch.tensor(out_lengths, dtype=torch.int64, device=device))
+        return out_rows, out_lengths
 
     # ------------------------------------------------------------------ f-gram contents
     def _row_index(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,6 @@ fusion) ``model.fgram_gate``.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
@@ -155,38 +154,60 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
         window_embeds = token_embeds[rep_batch[:, None], columns]  # gradients flow into the shared embed_tokens
         return self.fgram_model(window_embeds, rep_len)[inverse]
 
-    def _fuse_few_from_table(self, token_embeds, fgram_row, fgram_len) -> torch.Tensor:
-        """``scone_embeddings`` for a decode step (a few positions): the same arithmetic as the general path, with
-        the bookkeeping in python ints instead of a dozen tiny tensor ops (which cost more than the step's table
-        read) and nothing at all when no position matched."""
-        lengths = fgram_len.reshape(-1).tolist()
+    def _fuse_few_from_table(self, token_embeds, fgram_row: list, fgram_len: list) -> torch.Tensor:
+        """``scone_embeddings`` for a decode step (a few positions, matches as nested python lists): the same
+        arithmetic as the general path, with the bookkeeping in python ints instead of a dozen tiny tensor ops (each
+        of which costs more than the step's table read once the main model's forward has evicted it from the CPU
+        caches) and nothing at all when no position matched."""
+        lengths = [length for per_row in fgram_len for length in per_row]
         matched = [i for i, length in enumerate(lengths) if length >= 2]
         if not matched:
             return token_embeds
-        if self.fgram_table is None:
+        table = self.fgram_table
+        if table is None:
             raise ValueError("table-mode SconeLlama has no f-gram table loaded (fgram_table.safetensors)")
-        all_rows = fgram_row.reshape(-1).tolist()
-        vectors = self.fgram_table.lookup([all_rows[i] for i in matched], device=token_embeds.device,
-                                          dtype=token_embeds.dtype)
+        all_rows = [row for per_row in fgram_row for row in per_row]
+        dtype = token_embeds.dtype
+        gate = self.fgram_gate  # (None for the replace fusion)
+        if gate is not None and gate.dtype != dtype:  # even a no-op .to() on a Parameter costs ~30 us cold per step
+            gate = gate.to(dtype)
+        if len(lengths) == 1 and token_embeds.device.type == "cpu":  # batch-1 decode step: no index tensors
+            vector = table.row_view(all_rows[0])
+            if vector.dtype != dtype:
+                vector = vector.to(dtype)
+            if self.config.fgram_fusion == "replace":
+                return vector.view_as(token_embeds).clone()
+            return token_embeds + gate * vector  # t + (g * v), as in the general path
+        vectors = table.lookup([all_rows[i] for i in matched], device=token_embeds.device, dtype=dtype)
         flat = token_embeds.reshape(-1, token_embeds.shape[-1])
         index = torch.tensor(matched, device=token_embeds.device)
         if self.config.fgram_fusion == "replace":
             return flat.index_copy(0, index, vectors).view_as(token_embeds)
-        # t + (g * v), rounded exactly like the general path's gated sum
-        return flat.index_add(0, index, self.fgram_gate.to(token_embeds.dtype) * vectors).view_as(token_embeds)
+        return flat.index_add(0, index, gate * vectors).view_as(token_embeds)  # t + (g * v), as in the general path
 
     def scone_embeddings(self, input_ids, fgram_row, fgram_len) -> torch.Tensor:
         """Input vectors ``[B, T, hidden]``: token embeddings with f-gram vectors fused at matched positions."""
         token_embeds = self.embed_tokens(input_ids)
+        batch, length = input_ids.shape
+        as_lists = not torch.is_tensor(fgram_len)
+        if as_lists:  # nested python lists (generate()'s decode steps)
+            shapes_ok = (len(fgram_len) == len(fgram_row) == batch
+                         and all(len(r) == len(n) == length for r, n in zip(fgram_row, fgram_len)))
+        else:
+            shapes_ok = fgram_len.shape == fgram_row.shape == input_ids.shape
+        if not shapes_ok:
+            raise ValueError(
+                f"fgram_row / fgram_len must have the shape of input_ids {tuple(input_ids.shape)} (got "
+                f"{_shape(fgram_row)} / {_shape(fgram_len)})"
+            )
+        if batch * length <= _FEW_POSITIONS and self.config.fgram_mode == "table":
+            if not as_lists:
+                fgram_row, fgram_len = fgram_row.tolist(), fgram_len.tolist()
+            return self._fuse_few_from_table(token_embeds, fgram_row, fgram_len)
+        if as_lists:
+            fgram_row, fgram_len = torch.tensor(fgram_row), torch.tensor(fgram_len)
         fgram_len = fgram_len.to(input_ids.device, torch.long)
         fgram_row = fgram_row.to(input_ids.device, torch.long)
-        if fgram_len.shape != input_ids.shape or fgram_row.shape != input_ids.shape:
-            raise ValueError(
-                f"fgram_row {tuple(fgram_row.shape)} / fgram_len {tuple(fgram_len.shape)} must have the shape of "
-                f"input_ids {tuple(input_ids.shape)}"
-            )
-        if self.config.fgram_mode == "table" and fgram_len.numel() <= _FEW_POSITIONS:
-            return self._fuse_few_from_table(token_embeds, fgram_row, fgram_len)
         matched = fgram_len >= 2
         if not bool(matched.any()):
             return token_embeds
@@ -220,8 +241,9 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
         **kwargs,
     ):
         r"""Like ``LlamaModel.forward`` plus ``fgram_row`` / ``fgram_len`` (LongTensor ``[B, T]``, row -1 / length
-        0 = no f-gram), the precomputed longest-suffix matches of ``input_ids``. Without them the ids are matched
-        here, which is only possible when ``input_ids`` hold the whole history (no KV cache yet)."""
+        0 = no f-gram; or nested python lists of that shape, as ``generate()``'s decode steps pass them), the
+        precomputed longest-suffix matches of ``input_ids``. Without them the ids are matched here, which is only
+        possible when ``input_ids`` hold the whole history (no KV cache yet)."""
         if input_ids is None:
             raise ValueError(
                 "SconeLlama needs input_ids: f-gram matching looks up token ids, so inputs_embeds alone cannot be "
@@ -250,6 +272,16 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
             use_cache=use_cache,
             **kwargs,
         )
+
+
+def _shape(value) -> tuple:
+    if torch.is_tensor(value):
+        return tuple(value.shape)
+    return (len(value), *sorted({len(row) for row in value}))
+
+
+def _not_remote_code() -> bool:
+    return False
 
 
 def _resolve_file(folder: str, filename: str, kwargs: dict) -> str | None:
@@ -318,8 +350,8 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
         fgram_len: torch.LongTensor | None = None,
         **kwargs,
     ):
-        r"""``LlamaForCausalLM.forward`` plus ``fgram_row`` / ``fgram_len`` (LongTensor ``[B, T]``): precomputed
-        longest f-gram matches (e.g. dataset columns from ``add_fgram_columns``); named here so ``Trainer`` keeps
+        r"""``LlamaForCausalLM.forward`` plus ``fgram_row`` / ``fgram_len`` (LongTensor ``[B, T]``, or nested lists of
+        ints): precomputed longest f-gram matches (e.g. dataset columns from ``add_fgram_columns``); named here so ``Trainer`` keeps
         those columns."""
         if fgram_row is not None:
             kwargs["fgram_row"], kwargs["fgram_len"] = fgram_row, fgram_len
@@ -338,10 +370,6 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
             **kwargs,
         )
 
-    # generate() calls inspect.signature(self.forward) on every step for classes registered for remote code (it
-    # looks for a legacy `cache_position` argument); a stored signature spares ~15 us of introspection per step.
-    forward.__signature__ = inspect.signature(forward)
-
     def prepare_inputs_for_generation(
         self,
         input_ids,
@@ -356,20 +384,28 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
             raise ValueError("SconeLlama cannot generate from inputs_embeds: f-gram matching needs input_ids")
         kwargs.pop("fgram_row", None)
         kwargs.pop("fgram_len", None)
-        model_inputs = super().prepare_inputs_for_generation(
-            input_ids,
-            next_sequence_length=next_sequence_length,
-            past_key_values=past_key_values,
-            attention_mask=attention_mask,
-            is_first_iteration=is_first_iteration,
-            **kwargs,
-        )
+        # GenerationMixin asks inspect.signature(self.forward) on every step of a model registered for remote code
+        # (for a legacy `cache_position` argument this forward does not take): ~50 us of cold introspection per
+        # decode step, a quarter of SconeLlama's whole per-step overhead. This instance answers "not remote" for
+        # the duration of the call; the class (and save_pretrained's code export) is untouched.
+        self.__dict__["is_remote_code"] = _not_remote_code
+        try:
+            model_inputs = super().prepare_inputs_for_generation(
+                input_ids,
+                next_sequence_length=next_sequence_length,
+                past_key_values=past_key_values,
+                attention_mask=attention_mask,
+                is_first_iteration=is_first_iteration,
+                **kwargs,
+            )
+        finally:
+            del self.__dict__["is_remote_code"]
         # generate() hands us the whole history: match only the tail that can reach the new positions.
         num_new = model_inputs["input_ids"].shape[1]
         mask = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
         if self.model.fgram_vocab is None:
             self.model.match_fgrams(input_ids)  # raises the "no vocabulary" error
-        rows, lengths = self.model.fgram_vocab.match_last(input_ids, num_new, mask)
+        rows, lengths = self.model.fgram_vocab.match_last(input_ids, num_new, mask, as_lists=True)
         model_inputs["fgram_row"], model_inputs["fgram_len"] = rows, lengths
         return model_inputs
 

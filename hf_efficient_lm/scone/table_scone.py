@@ -269,9 +269,19 @@ class FgramTable:
             self.release_pages()
         if dtype is not None and dtype != gathered.dtype:
             gathered = gathered.to(dtype)
-        if device is not None and torch.device(device).type != "cpu":
+        if device is not None and (device if isinstance(device, torch.device) else torch.device(device)).type != "cpu":
             gathered = gathered.pin_memory().to(device, non_blocking=True)
         return gathered
+
+    def row_view(self, row: int) -> torch.Tensor:
+        """Row ``row`` ``[dim]`` as a view into the map: no copy, so it must only be read (a write would change
+        what later lookups return, though never the file)."""
+        if not 0 <= row < self.num_rows:
+            raise IndexError(f"f-gram row ids must lie in [0, {self.num_rows}), got {row}")
+        self._rows_since_release += 1
+        if self.release_every_rows and self._rows_since_release >= self.release_every_rows:
+            self.release_pages()
+        return self.rows[row]
 
     def release_pages(self) -> None:
         """Unmap the table's resident pages (they stay in the OS page cache); RSS drops back to the baseline."""

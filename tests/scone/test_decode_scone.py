@@ -83,12 +83,17 @@ def test_few_position_table_fusion_is_bitwise_the_general_path(models, docs, fus
     ids = torch.tensor([d[:6] for d in docs if len(d) >= 6][:4])
     rows, lengths = table.match_fgrams(ids)
     assert (lengths >= 2).any() and (lengths < 2).any()
-    few = table.model.scone_embeddings(ids, rows, lengths)
+    b, t = (lengths >= 2).nonzero()[0].tolist()  # one matched position: what a batch-1 decode step sees
+    cases = [(ids, rows, lengths), (ids[b:b + 1, t:t + 1], rows[b:b + 1, t:t + 1], lengths[b:b + 1, t:t + 1])]
+    few = [table.model.scone_embeddings(*case) for case in cases]
+    as_lists = [table.model.scone_embeddings(i, r.tolist(), n.tolist()) for i, r, n in cases]
     monkeypatch.setattr(modeling_scone_llama, "_FEW_POSITIONS", 0)
-    general = table.model.scone_embeddings(ids, rows, lengths)
-    assert torch.equal(few, general)
-    none = torch.zeros_like(lengths)
-    assert torch.equal(table.model.scone_embeddings(ids, rows, none), table.model.embed_tokens(ids))
+    general = [table.model.scone_embeddings(*case) for case in cases]
+    for a, b, c in zip(few, as_lists, general):
+        assert torch.equal(a, c) and torch.equal(b, c)
+    assert torch.equal(table.model.scone_embeddings(ids, rows, torch.zeros_like(lengths)), table.model.embed_tokens(ids))
+    with pytest.raises(ValueError, match="shape of input_ids"):
+        table.model.scone_embeddings(ids, rows.tolist(), lengths[:, :-1].tolist())
 
 
 @torch.no_grad()
