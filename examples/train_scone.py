@@ -8,10 +8,15 @@ From scratch (the scaling study: same main-model preset and token budget as the 
 
     python examples/train_scone.py --from_scratch_preset 5m --tokenizer TOK_DIR --fgram_fusion replace ...
 
-Two CPU processes (gloo DDP):
+Two CPU processes (gloo DDP; ``--use_cpu true`` is implied when several processes are launched without GPUs):
 
     accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \
         examples/train_scone.py --use_cpu true ...
+
+``--per_device_train_batch_size`` is per process. The main process prepares the data first (the others then read
+the ``datasets`` cache), every process mines the same f-grams and builds the same model from ``--seed`` (DDP
+broadcasts rank 0's weights anyway, but a one-process run with the doubled batch then trains identically), and
+rank 0 writes ``final/``, ``table/`` and ``train_scone_metrics.json`` (world size, global batch, per-step losses).
 
 Steps: mine (or load) the f-grams of the training data -> pack documents into blocks with EOS between them ->
 pre-compute ``fgram_row``/``fgram_len`` columns (the paper's pre-scan) -> Trainer -> ``output_dir/final``
@@ -23,13 +28,14 @@ mode: memory-mapped table, no f-gram model) -> held-out perplexity of the table 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, HfArgumentParser, LlamaForCausalLM, Trainer, TrainingArguments
-from transformers import default_data_collator
+from transformers import default_data_collator, set_seed
 
 from hf_efficient_lm.data import check_vocab_fits, load_text_dataset, pack_dataset
 from hf_efficient_lm.scone import FgramVocab, SconeLlamaConfig, SconeLlamaForCausalLM, add_fgram_columns, mine_fgrams
@@ -72,34 +78,52 @@ def build_model(args: SconeTrainArguments, vocab: FgramVocab, tokenizer) -> Scon
     return model
 
 
-def main(argv: list[str] | None = None) -> Path:
+def parse_args(argv: list[str] | None = None) -> tuple[SconeTrainArguments, TrainingArguments]:
     parser = HfArgumentParser((SconeTrainArguments, TrainingArguments))
+    parser.set_defaults(report_to=["none"])
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and not torch.cuda.is_available():
+        # `accelerate launch --multi_gpu` without GPUs: DDP over gloo needs the CPU flag, otherwise every process
+        # silently trains alone on the full batch.
+        parser.set_defaults(use_cpu=True)
     args, training_args = parser.parse_args_into_dataclasses(args=argv if argv is not None else sys.argv[1:])
+    if launched > 1 and training_args.world_size != launched:
+        raise RuntimeError(
+            f"{launched} processes were launched but the Trainer sees world size {training_args.world_size}: they "
+            "would train independently. On CPUs pass --use_cpu true (or set ACCELERATE_USE_CPU=1)."
+        )
     if (args.base_model is None) == (args.from_scratch_preset is None):
         raise ValueError("pass exactly one of --base_model (continual pretraining) or --from_scratch_preset")
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.base_model)
-    train = load_text_dataset(args.data_files, text_column=args.text_column)
-    if args.max_documents:
-        train = train.select(range(min(args.max_documents, len(train))))
-    blocks = pack_dataset(train, tokenizer, args.block_size, text_column=args.text_column)
-    barriers = sorted({t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
-                       if t is not None})
-    if args.fgram_dir and Path(args.fgram_dir, "fgram_index.safetensors").exists():
-        vocab = FgramVocab.load(args.fgram_dir, tokenizer=tokenizer)
-    else:
-        vocab = mine_fgrams(blocks, num_fgrams=args.num_fgrams, max_len=args.max_fgram_len,
-                            min_count=args.min_count, barrier_ids=barriers, tokenizer=tokenizer)
-        if args.fgram_dir and training_args.process_index == 0:
-            vocab.save(args.fgram_dir)
-    print(f"f-gram vocabulary: {vocab}")
-    blocks = add_fgram_columns(blocks, vocab)
+    return args, training_args
 
+
+def main(argv: list[str] | None = None) -> Path:
+    args, training_args = parse_args(argv)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.base_model)
+    with training_args.main_process_first(desc="load, pack, mine and match"):
+        train = load_text_dataset(args.data_files, text_column=args.text_column)
+        if args.max_documents:
+            train = train.select(range(min(args.max_documents, len(train))))
+        blocks = pack_dataset(train, tokenizer, args.block_size, text_column=args.text_column)
+        barriers = sorted({t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+                           if t is not None})
+        if args.fgram_dir and Path(args.fgram_dir, "fgram_index.safetensors").exists():
+            vocab = FgramVocab.load(args.fgram_dir, tokenizer=tokenizer)
+        else:
+            vocab = mine_fgrams(blocks, num_fgrams=args.num_fgrams, max_len=args.max_fgram_len,
+                                min_count=args.min_count, barrier_ids=barriers, tokenizer=tokenizer)
+            if args.fgram_dir and training_args.process_index == 0:
+                vocab.save(args.fgram_dir)
+        blocks = add_fgram_columns(blocks, vocab)
+    print(f"f-gram vocabulary: {vocab}")
+
+    set_seed(training_args.seed)  # the f-gram model's initial weights: the same in every process and run
     model = build_model(args, vocab, tokenizer)
     check_vocab_fits(tokenizer, model.config.vocab_size)
+    global_batch = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                    * max(1, training_args.world_size))
     if args.max_train_tokens:
-        per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-                    * max(1, training_args.world_size) * args.block_size)
-        training_args.max_steps = max(1, args.max_train_tokens // per_step)
+        training_args.max_steps = max(1, args.max_train_tokens // (global_batch * args.block_size))
     trainer = Trainer(model=model, args=training_args, train_dataset=blocks, data_collator=default_data_collator)
     trainer.train(resume_from_checkpoint=_last_checkpoint(training_args.output_dir))
     out = Path(training_args.output_dir)
@@ -110,6 +134,12 @@ def main(argv: list[str] | None = None) -> Path:
     table_dir = model.export_fgram_table(out / "table", dtype=getattr(torch, args.table_dtype))
     tokenizer.save_pretrained(table_dir)
     print(f"wrote training-mode model to {out / 'final'} and table-mode model to {table_dir}")
+    metrics = {
+        "world_size": training_args.world_size, "global_batch": global_batch, "block_size": args.block_size,
+        "steps": trainer.state.global_step, "num_fgrams": vocab.num_fgrams,
+        "train_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+    }
+    (out / "train_scone_metrics.json").write_text(json.dumps(metrics, indent=2))
     if args.validation_files:
         _evaluate(args, tokenizer, table_dir, out)
     return out

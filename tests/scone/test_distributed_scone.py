@@ -1,0 +1,85 @@
+"""``accelerate launch`` with two CPU processes (gloo DDP) runs ``examples/train_scone.py``: continual SCONE
+pretraining of a tiny Llama checkpoint (f-grams mined in the script, precomputed match columns, gated fusion), then
+the table export. Its per-step losses equal one process with the doubled batch, and both exported table models load
+and give the same logits."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+
+from hf_efficient_lm.data import iter_texts, train_tokenizer
+from hf_efficient_lm.scone import SconeLlamaForCausalLM
+from hf_efficient_lm.testing_utils import save_tiny_llama
+from tests.helpers import make_documents, write_jsonl
+
+SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "train_scone.py"
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_args(root: Path, out: Path, per_process_batch: int) -> list[str]:
+    return [
+        "--base_model", str(root / "llama"), "--data_files", str(root / "train.jsonl"),
+        "--validation_files", str(root / "valid.jsonl"), "--num_fgrams", "300", "--max_fgram_len", "4",
+        "--min_count", "3", "--fgram_num_layers", "1", "--block_size", "32", "--eval_block_size", "32",
+        "--table_dtype", "float32", "--output_dir", str(out), "--per_device_train_batch_size", str(per_process_batch),
+        "--learning_rate", "1e-2", "--max_steps", "4", "--logging_steps", "1", "--save_strategy", "no",
+        "--seed", "0", "--train_sampling_strategy", "sequential", "--disable_tqdm", "true",
+        "--dataloader_pin_memory", "false",
+    ]
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None and not ACCELERATE.exists(), reason="accelerate CLI not installed")
+def test_two_cpu_processes_train_scone_like_one_process_with_doubled_batch(tmp_path):
+    docs = make_documents(80)
+    tokenizer = train_tokenizer(iter_texts(Dataset.from_dict({"text": docs})), 300, show_progress=False)
+    save_tiny_llama(tmp_path / "llama", vocab_size=len(tokenizer))
+    tokenizer.save_pretrained(tmp_path / "llama")
+    write_jsonl(tmp_path / "train.jsonl", docs)
+    write_jsonl(tmp_path / "valid.jsonl", make_documents(6, seed=1))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    launched = subprocess.run(
+        [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+         "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(SCRIPT),
+         *_train_args(tmp_path, tmp_path / "ddp", 2), "--use_cpu", "true"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert launched.returncode == 0, launched.stderr[-4000:]
+    single = subprocess.run([sys.executable, str(SCRIPT), *_train_args(tmp_path, tmp_path / "single", 4)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr[-4000:]
+
+    ddp = json.loads((tmp_path / "ddp" / "train_scone_metrics.json").read_text())
+    one = json.loads((tmp_path / "single" / "train_scone_metrics.json").read_text())
+    assert ddp["world_size"] == 2 and one["world_size"] == 1
+    assert ddp["global_batch"] == one["global_batch"] == 4 and ddp["steps"] == one["steps"] == 4
+    assert ddp["num_fgrams"] == one["num_fgrams"] > 0
+    assert len(ddp["train_losses"]) == 4 and all(0 < loss < 20 for loss in ddp["train_losses"])
+    assert ddp["train_losses"] == pytest.approx(one["train_losses"], rel=2e-3)
+    assert ddp["train_losses"][-1] < ddp["train_losses"][0]
+
+    # the exported table models load without the f-gram model, use their f-grams and agree with each other
+    tables = [SconeLlamaForCausalLM.from_pretrained(tmp_path / name / "table").eval() for name in ("ddp", "single")]
+    assert all(m.config.fgram_mode == "table" and m.model.fgram_model is None for m in tables)
+    assert float(tables[0].model.fgram_gate.detach().abs().max()) > 0  # the zero-initialised gate was trained
+    ids = torch.tensor([tokenizer(make_documents(1, seed=2)[0])["input_ids"][:24]])
+    assert (tables[0].match_fgrams(ids)[1] >= 2).any()
+    with torch.no_grad():
+        logits = [m(ids).logits for m in tables]
+    assert torch.isfinite(logits[0]).all()
+    torch.testing.assert_close(logits[0], logits[1], atol=2e-3, rtol=2e-3)
+    evaluated = [json.loads((tmp_path / name / "eval_scone.json").read_text()) for name in ("ddp", "single")]
+    assert evaluated[0]["valid.jsonl"]["scone_ppl"] == pytest.approx(evaluated[1]["valid.jsonl"]["scone_ppl"], rel=2e-3)
