@@ -2,6 +2,8 @@
 
 The table model's accelerator work is the base model's; the extra per step is matching the new token's f-gram
 (suffix of the last K tokens) and reading its row from the memory-mapped table. Goal: <= 1.05x the base step.
+Two measurements: whole generate() calls (medians of interleaved repeats), and single decode steps of the two
+models alternating on the same teacher-forced text (median of the paired differences: stable on a busy machine).
 
     nice -n 10 python benchmarks/scone/bench_decode_scone.py --num-fgrams 100000 --batch-sizes 1 16
 Uses the shared base checkpoint (~/.cache/hf_efficient_lm/base) when present, else a random Llama of --preset.
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import LlamaForCausalLM
+from transformers import DynamicCache, LlamaForCausalLM
 
 from hf_efficient_lm.scone import FgramVocab, SconeLlamaForCausalLM, mine_fgrams
 from corpus_scone import DOMAINS, cache_dir, load_tokenizer, tokenized_docs
@@ -62,6 +64,32 @@ def decode_ms_per_step(model, prompts, new_tokens: int) -> tuple[float, float]:
     return tuple((many - one) / (new_tokens - 1) * 1e3 for one, many in zip(*times))
 
 
+@torch.no_grad()
+def paired_step_ms(base, table, docs: list[np.ndarray], batch: int, prompt_len: int, new_tokens: int,
+                   sequences: int) -> tuple[list[float], list[float]]:
+    """CPU ms of single decode steps (prepare_inputs_for_generation + forward on a KV cache), the two models
+    alternating step by step on the same teacher-forced continuation: a pair sees the same machine load, so the
+    median of the per-step differences is a stable overhead figure even on a busy machine."""
+    base_steps, table_steps = [], []
+    total = prompt_len + new_tokens
+    for start in range(0, sequences * batch, batch):
+        ids = torch.from_numpy(np.stack([d[:total] for d in docs[start:start + batch]]).astype(np.int64))
+        caches = {}
+        for name, model in (("base", base), ("table", table)):
+            caches[name] = DynamicCache(config=model.config)
+            model(ids[:, :prompt_len], past_key_values=caches[name], use_cache=True)
+        for length in range(prompt_len + 1, total + 1):
+            current, mask = ids[:, :length], torch.ones(batch, length, dtype=torch.long)
+            order = (("base", base, base_steps), ("table", table, table_steps))
+            for name, model, out in order if length % 2 else order[::-1]:
+                cpu = time.process_time()
+                inputs = model.prepare_inputs_for_generation(current, next_sequence_length=1, use_cache=True,
+                                                             past_key_values=caches[name], attention_mask=mask)
+                model(**inputs)
+                out.append((time.process_time() - cpu) * 1e3)
+    return base_steps, table_steps
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-fgrams", type=int, default=100_000)
@@ -72,6 +100,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--table-dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--paired-tokens", type=int, default=4096,
+                        help="decode steps x batch rows per batch size in the paired per-step measurement")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer()
@@ -94,8 +124,9 @@ def main():
     prompts_all = [d[:args.prompt_len] for domain in DOMAINS for d in valid[domain] if d.size >= args.prompt_len]
     print(f"threads {args.threads}; prompt {args.prompt_len} tokens; {args.new_tokens} new tokens; median of "
           f"{args.repeats} interleaved repeats\n")
-    print("| batch | base ms/step (wall / CPU) | SconeLlama table ms/step (wall / CPU) | ratio wall | ratio CPU |")
-    print("|---|---|---|---|---|")
+    print("| batch | base ms/step (wall / CPU) | SconeLlama table ms/step (wall / CPU) | ratio wall | ratio CPU "
+          "| extra CPU µs/step |")
+    print("|---|---|---|---|---|---|")
     for batch in args.batch_sizes:
         prompts = torch.from_numpy(np.stack(prompts_all[:batch]).astype(np.int64))
         decode_ms_per_step(base, prompts, 4)  # warm-up
@@ -106,7 +137,25 @@ def main():
             table_times.append(decode_ms_per_step(table, prompts, args.new_tokens))
         bw, bc = (statistics.median(x) for x in zip(*base_times))
         tw, tc = (statistics.median(x) for x in zip(*table_times))
-        print(f"| {batch} | {bw:.2f} / {bc:.2f} | {tw:.2f} / {tc:.2f} | {tw / bw:.3f}x | {tc / bc:.3f}x |")
+        print(f"| {batch} | {bw:.2f} / {bc:.2f} | {tw:.2f} / {tc:.2f} | {tw / bw:.3f}x | {tc / bc:.3f}x "
+              f"| {(tc - bc) * 1e3:.0f} |")
+    # Same measurement step by step, and with the base reading the table model's own weight tensors (no difference
+    # in memory placement between the two models).
+    shared = LlamaForCausalLM(base.config).eval()
+    shared.load_state_dict({k: v for k, v in table.state_dict().items() if k != "model.fgram_gate"}, assign=True)
+    long_docs = [d for domain in DOMAINS for d in valid[domain] if d.size >= args.prompt_len + args.new_tokens]
+    print(f"\nPaired decode steps (teacher-forced, models alternating step by step, base = the table model's own "
+          f"weight tensors), CPU ms, medians over about {args.paired_tokens} row-steps per batch size:\n")
+    print("| batch | steps | base ms/step | SconeLlama table ms/step | median paired extra µs/step | ratio |")
+    print("|---|---|---|---|---|---|")
+    for batch in args.batch_sizes:
+        sequences = max(1, min(len(long_docs) // batch, round(args.paired_tokens / (batch * args.new_tokens))))
+        base_steps, table_steps = paired_step_ms(shared, table, long_docs, batch, args.prompt_len,
+                                                 args.new_tokens, sequences)
+        extra = statistics.median(t - b for t, b in zip(table_steps, base_steps))
+        base_ms = statistics.median(base_steps)
+        print(f"| {batch} | {len(base_steps)} | {base_ms:.2f} | {statistics.median(table_steps):.2f} | "
+              f"{extra * 1e3:.0f} | {(base_ms + extra) / base_ms:.3f}x |")
     rows, lengths = table.match_fgrams(torch.from_numpy(np.stack(prompts_all[:16]).astype(np.int64)))
     print(f"\nprompt tokens matched: {(lengths > 0).float().mean():.1%} (mean length "
           f"{lengths[lengths > 0].float().mean():.2f})")
