@@ -399,7 +399,7 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
                 **kwargs,
             )
         finally:
-            del self.__dict__["is_remote_code"]
+            self.__dict__.pop("is_remote_code", None)  # (pop: another thread may share this model)
         # generate() hands us the whole history: match only the tail that can reach the new positions.
         num_new = model_inputs["input_ids"].shape[1]
         mask = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None

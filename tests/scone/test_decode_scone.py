@@ -108,3 +108,5 @@ def test_beam_search_with_cache_equals_recompute(models, docs):
     cached = table.generate(padded, use_cache=True, **common)
     assert torch.equal(cached, table.generate(padded, use_cache=False, **common))
     assert (table.match_fgrams(cached)[1][:, 8:] >= 2).any()  # generated tokens do use f-grams
+    # the per-step "not remote code" answer is confined to prepare_inputs_for_generation (code export still works)
+    assert "is_remote_code" not in table.__dict__ and table.is_remote_code()
