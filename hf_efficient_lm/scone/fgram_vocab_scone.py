@@ -50,8 +50,12 @@ class KeyHashIndex:
 
     EMPTY = -1
 
-    def __init__(self, keys: torch.Tensor):
+    def __init__(self, keys: torch.Tensor, query_bound: int | None = None):
+        """``keys``: LongTensor ``[n]`` of distinct keys >= 0. ``query_bound``: if given, every later query is
+        promised to be below it (f-gram queries are below ``|level n-1| * V``), which lets lookups skip half of
+        the hash arithmetic when it is at most 2**31."""
         keys = keys.to(torch.int64).reshape(-1)
+        self.small_queries = query_bound is not None and query_bound <= (1 << 31)
         if keys.numel() and int(keys.min()) < 0:
             raise ValueError("KeyHashIndex keys must be non-negative")
         self.bits = max(4, (2 * keys.numel() - 1).bit_length())
@@ -61,7 +65,7 @@ class KeyHashIndex:
         size = 1 << self.bits
         self.slot_keys = torch.full((size,), self.EMPTY, dtype=torch.int64, device=keys.device)
         self.slot_values = torch.full((size,), -1, dtype=torch.int64, device=keys.device)
-        home = self._home(keys)
+        home = self._home(keys, small=bool(keys.numel() == 0 or int(keys.max()) < (1 << 31)))
         slot = home.clone()
         pending = torch.arange(keys.numel(), device=keys.device)
         while pending.numel():  # each round places at least one key per free slot that pending keys aim at
@@ -82,9 +86,12 @@ class KeyHashIndex:
         # the longest probe sequence any stored key needs: a lookup never has to go further
         self.max_probes = int(((slot - home) & (size - 1)).max()) + 1 if keys.numel() else 1
 
-    def _home(self, keys: torch.Tensor) -> torch.Tensor:
+    def _home(self, keys: torch.Tensor, small: bool) -> torch.Tensor:
         # Fibonacci (multiplicative) hashing modulo 2**31, on 31-bit halves so that no product overflows int64
         # (well defined on every device): the top ``bits`` of ``(k * A) mod 2**31`` with A ~ 2**31 / golden ratio.
+        # The high half contributes 0 for keys < 2**31 (``small``), so those take the short form: same slots.
+        if small:
+            return ((keys * 0x4F1BBCDD) & 0x7FFFFFFF) >> (31 - self.bits)
         low, high = keys & 0x7FFFFFFF, keys >> 31
         mixed = ((low * 0x4F1BBCDD) ^ (high * 0x5BD1E995)) & 0x7FFFFFFF
         return mixed >> (31 - self.bits)
@@ -103,7 +110,7 @@ class KeyHashIndex:
         if self.num_keys == 0 or query.numel() == 0:
             return torch.full_like(query, -1)
         mask = (1 << self.bits) - 1
-        slot = self._home(query)
+        slot = self._home(query, small=self.small_queries)
         seen = self.slot_keys.index_select(0, slot)
         hit = seen == query
         found = torch.where(hit, self.slot_values.index_select(0, slot), -1)
@@ -251,7 +258,10 @@ class FgramVocab:
         if key not in self._hash_levels:
             cpu = self._hash_levels.get("cpu")
             if cpu is None:
-                cpu = [(KeyHashIndex(keys), level_rows) for keys, level_rows in zip(self.level_keys, self.level_rows)]
+                cpu, previous_size = [], self.vocab_size
+                for keys, level_rows in zip(self.level_keys, self.level_rows):
+                    cpu.append((KeyHashIndex(keys, query_bound=previous_size * self.vocab_size), level_rows))
+                    previous_size = max(1, keys.numel())
                 self._hash_levels["cpu"] = cpu
             self._hash_levels[key] = [(index.to(device), level_rows.to(device)) for index, level_rows in cpu]
         return self._hash_levels[key]

@@ -115,5 +115,9 @@ def test_key_hash_index_equals_sorted_search(kind):
     expected = torch.where(keys[at] == query, at, -1) if keys.numel() else torch.full_like(query, -1)
     assert torch.equal(index.lookup(query), expected)
     assert len(index) == keys.numel()
+    # the short hash for queries promised below 2**31 lands on the same slots
+    small = query < (1 << 31)
+    bounded = KeyHashIndex(keys, query_bound=1 << 31)
+    assert torch.equal(bounded.lookup(query[small]), expected[small])
     with pytest.raises(ValueError, match="non-negative"):
         KeyHashIndex(torch.tensor([-3]))
