@@ -184,14 +184,17 @@ def _report(results: dict, out: Path, fusion: str) -> None:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
         sweeps = [(k, v) for k, v in results.items() if k != "base"]
         min_layers = min(v["fgram_layers"] for _, v in sweeps) if sweeps else 1
-        max_s = max(v["num_fgrams"] for _, v in sweeps) if sweeps else 0
         by_s = sorted((v["num_fgrams"], np.mean(list(v["ppl"].values()))) for _, v in sweeps
                       if v["fgram_layers"] == min_layers)
-        by_l = sorted((v["fgram_layers"], np.mean(list(v["ppl"].values()))) for _, v in sweeps
-                      if v["num_fgrams"] == max_s)
-        for ax, data, label in ((axes[0], by_s, "number of f-grams S"), (axes[1], by_l, "f-gram model layers")):
-            if data:
-                ax.plot([x for x, _ in data], [y for _, y in data], "o-", label="SconeLlama (table mode)")
+        if by_s:
+            axes[0].plot([x for x, _ in by_s], [y for _, y in by_s], "o-", label="SconeLlama (table mode)")
+        # depth axis: one line per S that was trained at more than one depth
+        for num_fgrams in sorted({v["num_fgrams"] for _, v in sweeps}):
+            by_l = sorted((v["fgram_layers"], np.mean(list(v["ppl"].values()))) for _, v in sweeps
+                          if v["num_fgrams"] == num_fgrams)
+            if len(by_l) > 1:
+                axes[1].plot([x for x, _ in by_l], [y for _, y in by_l], "o-", label=f"SconeLlama, S = {num_fgrams:,}")
+        for ax, label in ((axes[0], "number of f-grams S"), (axes[1], "f-gram model layers")):
             ax.axhline(base_mean, color="gray", ls="--", label="base Llama")
             ax.set_xlabel(label)
             ax.set_ylabel("mean held-out perplexity")
