@@ -42,7 +42,8 @@ def _cmd_scone_mine(args: argparse.Namespace) -> None:
         barriers = sorted({t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
                            if t is not None})
     vocab = mine_fgrams(dataset, num_fgrams=args.num_fgrams, max_len=args.max_len, min_count=args.min_count,
-                        barrier_ids=barriers, tokenizer=tokenizer, chunk_tokens=args.chunk_tokens)
+                        barrier_ids=barriers, tokenizer=tokenizer, chunk_tokens=args.chunk_tokens,
+                        num_threads=args.num_threads)
     vocab.save(args.output_dir)
     print(json.dumps(vocab.metadata(), indent=2))
 
@@ -80,6 +81,8 @@ def add_scone_subcommands(subparsers) -> None:
                    help="token ids never inside an f-gram (default: the tokenizer's BOS/EOS/pad)")
     p.add_argument("--chunk-tokens", type=int, default=1 << 24, help="tokens per counting chunk (memory bound)")
     p.add_argument("--num-proc", type=int, default=None, help="processes for tokenization")
+    p.add_argument("--num-threads", type=int, default=None,
+                   help="counting threads (default: every CPU this process may use); the result does not depend on it")
     p.add_argument("--output-dir", required=True, help="folder for fgram_index.safetensors + fgram_vocab.json")
     p.set_defaults(func=_cmd_scone_mine)
 

@@ -27,7 +27,7 @@ def test_scone_mine_and_export(tmp_path, capsys):
         for text in texts:
             handle.write(json.dumps({"text": text}) + "\n")
     _run(["scone-mine", "--tokenizer", str(tmp_path / "tok"), "--data-files", str(tmp_path / "docs.jsonl"),
-          "--num-fgrams", "12", "--max-len", "3", "--output-dir", str(tmp_path / "fgrams")])
+          "--num-fgrams", "12", "--max-len", "3", "--num-threads", "2", "--output-dir", str(tmp_path / "fgrams")])
     assert json.loads(capsys.readouterr().out)["num_fgrams"] == 12
     vocab = FgramVocab.load(tmp_path / "fgrams", tokenizer=tokenizer)
     assert vocab.barrier_ids == (0, 1, 2)
