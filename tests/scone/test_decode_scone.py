@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_efficient_lm.scone import SconeLlamaForCausalLM, mine_fgrams
-from hf_efficient_lm.scone import modeling_scone_llama
+from hf_efficient_lm.scone import fgram_vocab_scone, modeling_scone_llama
 from hf_efficient_lm.testing_utils import save_tiny_llama
 from tests.scone.conftest import pattern_docs
 
@@ -43,7 +43,10 @@ def _decode_like_steps(vocab, docs, seed, steps=30):
 
 
 @pytest.mark.parametrize("max_len", [2, 4, 5])
-def test_step_matcher_equals_full_match_over_generation(max_len):
+@pytest.mark.parametrize("level_lookup", ["dict", "bisect"])
+def test_step_matcher_equals_full_match_over_generation(max_len, level_lookup, monkeypatch):
+    if level_lookup == "bisect":  # the path of vocabularies too large for per-level dicts
+        monkeypatch.setattr(fgram_vocab_scone, "SCALAR_DICT_KEYS", 0)
     docs = pattern_docs(num_docs=60, seed=max_len)
     vocab = mine_fgrams(docs, num_fgrams=120, max_len=max_len, min_count=2, barrier_ids=(0, 1, 2), vocab_size=128,
                         show_progress=False)
