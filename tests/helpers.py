@@ -1,9 +1,16 @@
-"""Small shared test data: documents written by the tests themselves."""
+"""Small shared test helpers: documents written by the tests themselves, and the 2-process DDP launcher."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega", "model", "token", "cache", "anchor", "byte", "patch", "expert", "cluster"]
 
@@ -28,3 +35,30 @@ def write_jsonl(path: Path, texts: list[str], column: str = "text") -> Path:
     with open(path, "w") as handle:
         handle.writelines(json.dumps({column: text}) + "\n" for text in texts)
     return path
+
+
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+requires_accelerate_cli = pytest.mark.skipif(
+    shutil.which("accelerate") is None and not ACCELERATE.exists(), reason="accelerate CLI not installed"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_two_processes_and_one(script: Path, ddp_args: list[str], single_args: list[str], timeout: int = 300) -> None:
+    """Run ``script`` under ``accelerate launch`` as 2-process CPU (gloo) DDP with ``ddp_args``, then as one plain
+    process with ``single_args``; fail with the tail of stderr if either exits non-zero."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    launched = subprocess.run(
+        [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+         "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(script), *ddp_args],
+        capture_output=True, text=True, env=env, timeout=timeout,
+    )
+    assert launched.returncode == 0, launched.stderr[-4000:]
+    single = subprocess.run([sys.executable, str(script), *single_args], capture_output=True, text=True, env=env,
+                            timeout=timeout)
+    assert single.returncode == 0, single.stderr[-4000:]

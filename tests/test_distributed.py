@@ -2,26 +2,15 @@
 process with the doubled batch."""
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from datasets import Dataset
 
 from hf_efficient_lm.data import iter_texts, train_tokenizer
-from tests.helpers import make_documents, write_jsonl
+from tests.helpers import make_documents, requires_accelerate_cli, run_two_processes_and_one, write_jsonl
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "pretrain.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pretrain_args(root: Path, out: Path, per_device_batch: int) -> list[str]:
@@ -34,25 +23,14 @@ def _pretrain_args(root: Path, out: Path, per_device_batch: int) -> list[str]:
     ]
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None and not Path(sys.executable).with_name("accelerate").exists(),
-                    reason="accelerate CLI not installed")
+@requires_accelerate_cli
 def test_two_cpu_processes_match_one_process_with_doubled_batch(tmp_path):
     docs = make_documents(60)
     tokenizer = train_tokenizer(iter_texts(Dataset.from_dict({"text": docs})), 300, show_progress=False)
     tokenizer.save_pretrained(tmp_path / "tok")
     write_jsonl(tmp_path / "train.jsonl", docs)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    accelerate = str(Path(sys.executable).with_name("accelerate"))
-    launched = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-         "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(SCRIPT),
-         *_pretrain_args(tmp_path, tmp_path / "ddp", 2)],
-        capture_output=True, text=True, env=env, timeout=400,
-    )
-    assert launched.returncode == 0, launched.stderr[-4000:]
-    single = subprocess.run([sys.executable, str(SCRIPT), *_pretrain_args(tmp_path, tmp_path / "single", 4), "--use_cpu", "true"],
-                            capture_output=True, text=True, env=env, timeout=400)
-    assert single.returncode == 0, single.stderr[-4000:]
+    run_two_processes_and_one(SCRIPT, _pretrain_args(tmp_path, tmp_path / "ddp", 2),
+                              [*_pretrain_args(tmp_path, tmp_path / "single", 4), "--use_cpu", "true"], timeout=400)
     ddp = json.loads((tmp_path / "ddp" / "final" / "pretrain_metrics.json").read_text())
     one = json.loads((tmp_path / "single" / "final" / "pretrain_metrics.json").read_text())
     assert ddp["world_size"] == 2 and one["world_size"] == 1

@@ -3,11 +3,6 @@ entropy model inside, precomputed patch lengths, unpacked documents right-padded
 evaluation and saved weights equal one process with the doubled batch."""
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,16 +10,9 @@ import torch
 
 from hf_efficient_lm import BLTForCausalLM
 from hf_efficient_lm.blt.testing_blt import make_tiny_blt, random_bytes
-from tests.helpers import make_documents, write_jsonl
+from tests.helpers import make_documents, requires_accelerate_cli, run_two_processes_and_one, write_jsonl
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "train_blt.py"
-ACCELERATE = Path(sys.executable).with_name("accelerate")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train_args(root: Path, out: Path, per_process_batch: int) -> list[str]:
@@ -37,22 +25,13 @@ def _train_args(root: Path, out: Path, per_process_batch: int) -> list[str]:
     ]
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None and not ACCELERATE.exists(), reason="accelerate CLI not installed")
+@requires_accelerate_cli
 def test_two_cpu_processes_train_blt_like_one_process_with_doubled_batch(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", make_documents(40))  # 45..242 bytes: most rows shorter than --seq-len
     write_jsonl(tmp_path / "code.valid.jsonl", make_documents(4, seed=1))
     make_tiny_blt(seed=0).model.entropy_model.save_pretrained(tmp_path / "entropy")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    launched = subprocess.run(
-        [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-         "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(SCRIPT),
-         *_train_args(tmp_path, tmp_path / "ddp", 2)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert launched.returncode == 0, launched.stderr[-4000:]
-    single = subprocess.run([sys.executable, str(SCRIPT), *_train_args(tmp_path, tmp_path / "single", 4)],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert single.returncode == 0, single.stderr[-4000:]
+    run_two_processes_and_one(SCRIPT, _train_args(tmp_path, tmp_path / "ddp", 2),
+                              _train_args(tmp_path, tmp_path / "single", 4))
 
     ddp = json.loads((tmp_path / "ddp" / "train_blt_metrics.json").read_text())
     one = json.loads((tmp_path / "single" / "train_blt_metrics.json").read_text())

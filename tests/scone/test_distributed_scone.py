@@ -4,11 +4,6 @@ the table export. Its per-step losses equal one process with the doubled batch, 
 and give the same logits."""
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,16 +13,9 @@ from datasets import Dataset
 from hf_efficient_lm.data import iter_texts, train_tokenizer
 from hf_efficient_lm.scone import SconeLlamaForCausalLM
 from hf_efficient_lm.testing_utils import save_tiny_llama
-from tests.helpers import make_documents, write_jsonl
+from tests.helpers import make_documents, requires_accelerate_cli, run_two_processes_and_one, write_jsonl
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "train_scone.py"
-ACCELERATE = Path(sys.executable).with_name("accelerate")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train_args(root: Path, out: Path, per_process_batch: int) -> list[str]:
@@ -42,7 +30,7 @@ def _train_args(root: Path, out: Path, per_process_batch: int) -> list[str]:
     ]
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None and not ACCELERATE.exists(), reason="accelerate CLI not installed")
+@requires_accelerate_cli
 def test_two_cpu_processes_train_scone_like_one_process_with_doubled_batch(tmp_path):
     docs = make_documents(80)
     tokenizer = train_tokenizer(iter_texts(Dataset.from_dict({"text": docs})), 300, show_progress=False)
@@ -50,17 +38,8 @@ def test_two_cpu_processes_train_scone_like_one_process_with_doubled_batch(tmp_p
     tokenizer.save_pretrained(tmp_path / "llama")
     write_jsonl(tmp_path / "train.jsonl", docs)
     write_jsonl(tmp_path / "valid.jsonl", make_documents(6, seed=1))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    launched = subprocess.run(
-        [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-         "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(SCRIPT),
-         *_train_args(tmp_path, tmp_path / "ddp", 2), "--use_cpu", "true"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert launched.returncode == 0, launched.stderr[-4000:]
-    single = subprocess.run([sys.executable, str(SCRIPT), *_train_args(tmp_path, tmp_path / "single", 4)],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert single.returncode == 0, single.stderr[-4000:]
+    run_two_processes_and_one(SCRIPT, [*_train_args(tmp_path, tmp_path / "ddp", 2), "--use_cpu", "true"],
+                              _train_args(tmp_path, tmp_path / "single", 4))
 
     ddp = json.loads((tmp_path / "ddp" / "train_scone_metrics.json").read_text())
     one = json.loads((tmp_path / "single" / "train_scone_metrics.json").read_text())
