@@ -41,22 +41,11 @@ from hf_efficient_lm.blt.data_blt import (
     pad_right,
 )
 from hf_efficient_lm.blt.flops_blt import blt_flops_per_byte
+from hf_efficient_lm.data import read_texts
 from hf_efficient_lm.io_utils import atomic_dir
+from hf_efficient_lm.train import check_world_size
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-
-
-def load_texts(files, limit_chars=None):
-    from hf_efficient_lm.data.text_datasets import load_text_dataset
-
-    texts, total = [], 0
-    for f in files:
-        for text in load_text_dataset(f)["text"]:
-            texts.append(text)
-            total += len(text)
-            if limit_chars and total >= limit_chars:
-                return texts
-    return texts
 
 
 def blt_config_for(entropy_model: BLTEntropyModel | None, local: int, latent: int, latent_layers: int,
@@ -119,7 +108,7 @@ def main(argv=None) -> str:
     # same seed then starts from the same weights as a multi-process one.
     set_seed(args.seed)
 
-    texts = load_texts(args.train_files, args.limit_chars)
+    texts = read_texts(args.train_files, args.limit_chars)
     train = byte_dataset(texts, args.seq_len, pack=not args.no_pack)
     if len(train) == 0:
         raise ValueError(f"the training files give no row of {args.seq_len} bytes; lower --seq-len or use --no-pack")
@@ -163,10 +152,7 @@ def main(argv=None) -> str:
         train_dataset=train,
         data_collator=BLTDataCollator(),
     )
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != trainer.args.world_size:
-        raise RuntimeError(f"{launched} processes were launched but the Trainer sees world size "
-                           f"{trainer.args.world_size}: they would train independently")
+    check_world_size(trainer.args.world_size)
     trainer.train()
     global_batch = args.batch_size * trainer.args.world_size
     bytes_seen = trainer.state.global_step * global_batch * row_bytes / len(train)
@@ -174,7 +160,7 @@ def main(argv=None) -> str:
     results = {}
     for f in args.valid_files:
         domain = Path(f).name.split(".")[0]
-        rows = pack_texts(load_texts([f], 200_000), args.seq_len)[: args.eval_rows]
+        rows = pack_texts(read_texts([f], 200_000), args.seq_len)[: args.eval_rows]
         if rows:
             results[domain] = bits_per_byte(model, rows)
     summary = ", ".join(f"{d} {v:.3f}" for d, v in results.items())

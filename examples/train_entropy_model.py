@@ -21,21 +21,9 @@ from transformers import Trainer, TrainingArguments
 
 from hf_efficient_lm.blt import BLTEntropyConfig, BLTEntropyModel, BLTTokenizer
 from hf_efficient_lm.blt.data_blt import BLTDataCollator, byte_dataset
+from hf_efficient_lm.data import read_texts
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-
-
-def load_texts(files: list[str], limit_chars: int | None) -> list[str]:
-    from hf_efficient_lm.data.text_datasets import load_text_dataset
-
-    texts, total = [], 0
-    for f in files:
-        for text in load_text_dataset(f)["text"]:
-            texts.append(text)
-            total += len(text)
-            if limit_chars and total >= limit_chars:
-                return texts
-    return texts
 
 
 @torch.no_grad()
@@ -72,8 +60,8 @@ def main(argv=None) -> str:
     if not args.train_files:
         parser.error("no training files found; pass --train-files")
 
-    train = byte_dataset(load_texts(args.train_files, args.limit_chars), args.seq_len)
-    valid = byte_dataset(load_texts(args.valid_files, 200_000), args.seq_len) if args.valid_files else None
+    train = byte_dataset(read_texts(args.train_files, args.limit_chars), args.seq_len)
+    valid = byte_dataset(read_texts(args.valid_files, 200_000), args.seq_len) if args.valid_files else None
     config = BLTEntropyConfig(
         hidden_size=args.hidden_size, num_hidden_layers=args.layers, num_attention_heads=args.heads,
         intermediate_size=int(8 * args.hidden_size / 3), sliding_window=args.window, max_position_embeddings=8192,

@@ -28,7 +28,6 @@ mode: memory-mapped table, no f-gram model) -> held-out perplexity of the table 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from transformers import default_data_collator, set_seed
 
 from hf_efficient_lm.data import check_vocab_fits, load_text_dataset, pack_dataset
 from hf_efficient_lm.scone import FgramVocab, SconeLlamaConfig, SconeLlamaForCausalLM, add_fgram_columns, mine_fgrams
+from hf_efficient_lm.train import parse_launched_args
 
 
 @dataclass
@@ -81,17 +81,7 @@ def build_model(args: SconeTrainArguments, vocab: FgramVocab, tokenizer) -> Scon
 def parse_args(argv: list[str] | None = None) -> tuple[SconeTrainArguments, TrainingArguments]:
     parser = HfArgumentParser((SconeTrainArguments, TrainingArguments))
     parser.set_defaults(report_to=["none"])
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and not torch.cuda.is_available():
-        # `accelerate launch --multi_gpu` without GPUs: DDP over gloo needs the CPU flag, otherwise every process
-        # silently trains alone on the full batch.
-        parser.set_defaults(use_cpu=True)
-    args, training_args = parser.parse_args_into_dataclasses(args=argv if argv is not None else sys.argv[1:])
-    if launched > 1 and training_args.world_size != launched:
-        raise RuntimeError(
-            f"{launched} processes were launched but the Trainer sees world size {training_args.world_size}: they "
-            "would train independently. On CPUs pass --use_cpu true (or set ACCELERATE_USE_CPU=1)."
-        )
+    args, training_args = parse_launched_args(parser, argv if argv is not None else sys.argv[1:])
     if (args.base_model is None) == (args.from_scratch_preset is None):
         raise ValueError("pass exactly one of --base_model (continual pretraining) or --from_scratch_preset")
     return args, training_args

@@ -1,7 +1,7 @@
 """Data: loading text datasets, training tokenizers, packing for causal-LM training."""
 
 from .packing import check_vocab_fits, pack_dataset
-from .text_datasets import iter_texts, load_text_dataset, require_text_column
+from .text_datasets import iter_texts, load_text_dataset, read_texts, require_text_column
 from .tokenizer_training import SPECIAL_TOKENS, train_tokenizer
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "iter_texts",
     "load_text_dataset",
     "pack_dataset",
+    "read_texts",
     "require_text_column",
     "train_tokenizer",
 ]

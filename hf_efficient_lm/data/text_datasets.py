@@ -89,3 +89,16 @@ def iter_texts(dataset: Iterable[dict], text_column: str = "text", batch_size: i
             batch = []
     if batch:
         yield batch
+
+
+def read_texts(files: list[str], limit_chars: int | None = None, text_column: str = "text") -> list[str]:
+    """The documents of ``files`` in order, as a list of str, stopping once ``limit_chars`` characters are read."""
+    texts, total = [], 0
+    for path in files:
+        dataset = load_text_dataset([path], text_column=text_column)
+        for text in dataset[text_column]:
+            texts.append(text)
+            total += len(text)
+            if limit_chars and total >= limit_chars:
+                return texts
+    return texts

@@ -28,6 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import check_vocab_fits, load_text_dataset, pack_dataset
 from ..io_utils import atomic_dir
+from .launch import parse_launched_args
 from .presets import LLAMA_PRESETS, llama_config_from_preset
 
 FINAL_DIRNAME = "final"
@@ -146,18 +147,7 @@ def run_pretrain(args: PretrainArguments, training_args: TrainingArguments) -> P
 def parse_pretrain_args(argv: list[str] | None = None) -> tuple[PretrainArguments, TrainingArguments]:
     parser = HfArgumentParser((PretrainArguments, TrainingArguments), description=__doc__)
     parser.set_defaults(report_to=["none"], save_strategy="steps", save_steps=200, logging_steps=20)
-    launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched_processes > 1 and not torch.cuda.is_available():
-        # `accelerate launch --multi_gpu` on a machine without GPUs: DDP over gloo needs the CPU flag, otherwise
-        # every process silently trains alone.
-        parser.set_defaults(use_cpu=True)
-    args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    if launched_processes > 1 and training_args.world_size != launched_processes:
-        raise RuntimeError(
-            f"{launched_processes} processes were launched but the Trainer sees world size "
-            f"{training_args.world_size}: they would train independently. On CPUs pass --use_cpu true "
-            "(or set ACCELERATE_USE_CPU=1)."
-        )
+    args, training_args = parse_launched_args(parser, argv)
     return args, training_args
 
 
