@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .cache_anchor import AnchorCache
+from .compat_anchor import CACHE_NAME, cache_of
 
 
 @dataclass
@@ -49,7 +50,7 @@ def compress_prefix(model, prefix_ids: torch.LongTensor, prune: bool = True) -> 
         raise ValueError(f"compress_prefix takes one prefix, shape [1, L]; got {tuple(prefix_ids.shape)}")
     prefix_ids = prefix_ids.to(model.device)
     cache = AnchorCache(config=model.config, prune=prune)
-    model(input_ids=prefix_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1, **{CACHE_NAME: cache})
     return CompressedPrefix(cache=cache, input_ids=prefix_ids)
 
 
@@ -65,8 +66,8 @@ def continuation_logits(
     cache = prefix.cache_for(query_ids.shape[0])
     if attention_mask is not None:
         attention_mask = attention_mask.to(model.device)
-    out = model(input_ids=query_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
-    return out.logits, out.past_key_values
+    out = model(input_ids=query_ids, attention_mask=attention_mask, use_cache=True, **{CACHE_NAME: cache})
+    return out.logits, cache_of(out)
 
 
 @torch.no_grad()
@@ -88,7 +89,7 @@ def generate_with_prefix(model, prefix: CompressedPrefix, query_ids: torch.LongT
     if expand > 1:
         cache.batch_repeat_interleave(expand)
     return model.generate(
-        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), past_key_values=cache, **generate_kwargs
+        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **{CACHE_NAME: cache}, **generate_kwargs
     )
 
 

@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from .cache_anchor import AnchorCache
+from .compat_anchor import CACHE_NAME
 from .data_anchor import encode_with_anchors, split_sentences
 from .tokens_anchor import require_anchor_token
 
@@ -95,8 +96,8 @@ def evaluate_multiple_choice(model, tokenizer, items: list[MultipleChoiceItem], 
 
     def run(ids: torch.LongTensor, cache: AnchorCache, attention_mask=None, keep_all_logits=True):
         flags = None if mode == "anchor" else torch.zeros_like(ids, dtype=torch.bool)
-        return model(input_ids=ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True,
-                     anchor_flags=flags, logits_to_keep=0 if keep_all_logits else 1).logits
+        return model(input_ids=ids, attention_mask=attention_mask, use_cache=True, anchor_flags=flags,
+                     logits_to_keep=0 if keep_all_logits else 1, **{CACHE_NAME: cache}).logits
 
     start_time = time.perf_counter()
     prefix_ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []

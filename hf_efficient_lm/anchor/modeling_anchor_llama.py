@@ -20,6 +20,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .cache_anchor import AnchorCache
+from .compat_anchor import CACHE_NAME, resolve_cache
 from .configuration_anchor_llama import AnchorLlamaConfig
 from .masking_anchor import (
     build_anchor_attention_mask,
@@ -64,7 +65,7 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         anchor_flags: torch.BoolTensor | None = None,
@@ -77,7 +78,9 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
             attention_mask: optional 2D ``[batch, seen + q_len]`` (or ``[batch, q_len]``) padding mask, 1 = real.
                 Only its last ``q_len`` columns are read: earlier padding was already dropped from the cache.
             anchor_flags: ``[batch, q_len]`` bool, overrides the id lookup (needed with ``inputs_embeds``).
+            cache: an :class:`AnchorCache` (``past_key_values`` before Transformers 5.24 is accepted too).
         """
+        cache = resolve_cache(cache, kwargs)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         attn_implementation = check_attn_implementation(self.config._attn_implementation)
@@ -87,14 +90,14 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
         batch_size, q_length = inputs_embeds.shape[:2]
         device = inputs_embeds.device
 
-        if use_cache and past_key_values is None:
-            past_key_values = AnchorCache(config=self.config)
-        if past_key_values is not None and not isinstance(past_key_values, AnchorCache):
-            if isinstance(past_key_values, DynamicCache) and past_key_values.get_seq_length() == 0:
-                past_key_values = AnchorCache(config=self.config)
+        if use_cache and cache is None:
+            cache = AnchorCache(config=self.config)
+        if cache is not None and not isinstance(cache, AnchorCache):
+            if isinstance(cache, DynamicCache) and cache.get_seq_length() == 0:
+                cache = AnchorCache(config=self.config)
             else:
                 raise TypeError(
-                    f"AnchorLlama needs an AnchorCache (or None), got a filled {type(past_key_values).__name__}: "
+                    f"AnchorLlama needs an AnchorCache (or None), got a filled {type(cache).__name__}: "
                     "its slots carry no anchor/sentence bookkeeping."
                 )
 
@@ -116,10 +119,10 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
             if input_ids is None:
                 raise ValueError("With inputs_embeds, pass anchor_flags [batch, q_len] to mark the anchors")
             anchor_flags = find_anchor_tokens(input_ids, self._anchor_ids(device))
-        first_index = past_key_values.get_seq_length() if past_key_values is not None else 0
-        anchors_before = past_key_values.anchors_seen if past_key_values is not None else None
+        first_index = cache.get_seq_length() if cache is not None else 0
+        anchors_before = cache.anchors_seen if cache is not None else None
         queries = chunk_token_info(anchor_flags.to(device), valid, first_index, anchors_before)
-        keys = past_key_values.begin_chunk(queries) if past_key_values is not None else queries
+        keys = cache.begin_chunk(queries) if cache is not None else queries
 
         if position_ids is None:
             position_ids = torch.arange(q_length, device=device).unsqueeze(0) + first_index
@@ -140,12 +143,12 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
                 attention_mask=attention_mask_4d,
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
+                **{CACHE_NAME: cache},
                 use_cache=use_cache,
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_NAME: cache})
 
 
 class AnchorLlamaForCausalLM(AnchorLlamaPreTrainedModel, LlamaForCausalLM):
@@ -166,14 +169,12 @@ class AnchorLlamaForCausalLM(AnchorLlamaPreTrainedModel, LlamaForCausalLM):
                 f"AnchorLlama generates with its own AnchorCache; cache_implementation="
                 f"{generation_config.cache_implementation!r} is not supported."
             )
-        user_cache = model_kwargs.get("past_key_values")
+        user_cache = model_kwargs.get(CACHE_NAME)
         if user_cache is not None and not isinstance(user_cache, AnchorCache):
-            raise TypeError(
-                f"AnchorLlama.generate needs an AnchorCache as past_key_values, got {type(user_cache).__name__}"
-            )
+            raise TypeError(f"AnchorLlama.generate needs an AnchorCache as {CACHE_NAME}, got {type(user_cache).__name__}")
         result = super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-        if isinstance(model_kwargs.get("past_key_values"), DynamicCache):
-            model_kwargs["past_key_values"] = AnchorCache(config=self.config)
+        if isinstance(model_kwargs.get(CACHE_NAME), DynamicCache):
+            model_kwargs[CACHE_NAME] = AnchorCache(config=self.config)
         return result
 
 

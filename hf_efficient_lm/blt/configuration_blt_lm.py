@@ -109,7 +109,7 @@ class BLTConfig(PreTrainedConfig):
     """
 
     model_type = "hfelm_blt"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
     sub_configs_defaults = {
         "entropy_config": BLTEntropyConfig,
         "encoder_config": SubConfigSpec(BLTLocalConfig, init_kwargs={"num_hidden_layers": 1}),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import MistralForCausalLM
 
+from .compat_blt import CACHE_NAME, cache_of
 from .configuration_blt_lm import BLTEntropyConfig
 
 
@@ -33,7 +34,7 @@ class BLTEntropyModel(MistralForCausalLM):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         use_cache: bool = False,
     ):
         """Next-byte entropies (nats, fp32) ``[B, N]`` and the (updated) cache.
@@ -41,16 +42,16 @@ class BLTEntropyModel(MistralForCausalLM):
         ``H[:, t]`` is the uncertainty about byte ``t + 1`` given bytes ``<= t``. With left padding pass
         ``attention_mask``; positions then count from each row's first real byte.
         """
-        if attention_mask is not None and position_ids is None and past_key_values is None:
+        if attention_mask is not None and position_ids is None and cache is None:
             position_ids = positions_from_mask(attention_mask)
         out = self(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
+            **{CACHE_NAME: cache},
         )
-        return next_byte_entropy(out.logits), out.past_key_values
+        return next_byte_entropy(out.logits), cache_of(out)
 
 
 __all__ = ["BLTEntropyModel", "next_byte_entropy", "positions_from_mask"]

@@ -14,7 +14,7 @@ All attention blocks are Transformers' Mistral/Llama decoder layers (half-split 
 ``Blt``, which uses interleaved RoPE, are converted by permuting q/k rows, see ``convert_blt.py``). Cross-attention
 is gathered (each query reads only its ``<= patch length`` or ``k`` keys) instead of a dense masked product.
 
-Incremental generation (``past_key_values=BLTCache``) keeps KV caches of the entropy model, the local encoder and
+Incremental generation (``cache=BLTCache``) keeps KV caches of the entropy model, the local encoder and
 decoder (bytes) and the latent transformer (patches): per new byte it runs one step of the small models, and one
 latent step only when the entropy rule closes a patch. It is exact: equal to the full forward.
 """
@@ -36,6 +36,7 @@ from transformers.models.mistral.modeling_mistral import (
     MistralRotaryEmbedding,
 )
 
+from .compat_blt import CACHE_NAME, resolve_cache
 from .configuration_blt_lm import BLTConfig, BLTLocalConfig
 from .convert_blt import is_transformers_blt_folder, load_transformers_blt_folder
 from .modeling_blt_entropy import BLTEntropyModel, positions_from_mask
@@ -156,14 +157,14 @@ class BLTCrossAttention(nn.Module):
         return self.o_proj(out) + queries
 
 
-def _local_mask(config, inputs_embeds, attention_mask, past_key_values, position_ids):
+def _local_mask(config, inputs_embeds, attention_mask, cache, position_ids):
     fn = create_causal_mask if getattr(config, "sliding_window", None) is None else create_sliding_window_causal_mask
     return fn(
         config=config,
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
-        past_key_values=past_key_values,
         position_ids=position_ids,
+        **{CACHE_NAME: cache},
     )
 
 
@@ -189,8 +190,8 @@ class BLTLocalEncoder(nn.Module):
         hidden = embeds
         for layer in self.layers:
             hidden = layer(
-                hidden, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                use_cache=cache is not None, position_embeddings=position_embeddings,
+                hidden, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
+                position_embeddings=position_embeddings, **{CACHE_NAME: cache},
             )
         return hidden
 
@@ -230,14 +231,14 @@ class BLTGlobalTransformer(nn.Module):
         """``[B, P, k*D_E] -> [B, P, D_G]``."""
         hidden = self.token_embedding_projection(patch_vectors)
         mask = create_causal_mask(
-            config=self.config, inputs_embeds=hidden, attention_mask=attention_mask_2d,
-            past_key_values=cache, position_ids=position_ids,
+            config=self.config, inputs_embeds=hidden, attention_mask=attention_mask_2d, position_ids=position_ids,
+            **{CACHE_NAME: cache},
         )
         position_embeddings = self.rotary_emb(hidden, position_ids)
         for layer in self.layers:
             hidden = layer(
-                hidden, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                use_cache=cache is not None, position_embeddings=position_embeddings,
+                hidden, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
+                position_embeddings=position_embeddings, **{CACHE_NAME: cache},
             )
         return hidden
 
@@ -274,8 +275,8 @@ class BLTLocalDecoder(nn.Module):
                 values = values.gather(1, gidx)
                 hidden = hidden + cross(hidden.unsqueeze(2), keys, values).squeeze(2)
             hidden = layer(
-                hidden, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                use_cache=cache is not None, position_embeddings=position_embeddings,
+                hidden, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
+                position_embeddings=position_embeddings, **{CACHE_NAME: cache},
             )
         return self.norm(hidden)
 
@@ -283,10 +284,10 @@ class BLTLocalDecoder(nn.Module):
 @dataclass
 class BLTModelOutput(ModelOutput):
     """last_hidden_state ``[B, N, D]``; patch_starts ``[B, N + 1]`` (byte t opens a patch); entropies ``[B, N]``
-    when the entropy model ran; past_key_values a :class:`BLTCache` when ``use_cache``."""
+    when the entropy model ran; cache a :class:`BLTCache` when ``use_cache``."""
 
     last_hidden_state: torch.FloatTensor | None = None
-    past_key_values: object | None = None
+    cache: object | None = None
     patch_starts: torch.BoolTensor | None = None
     entropies: torch.FloatTensor | None = None
 
@@ -489,7 +490,7 @@ class BLTModel(BLTPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         patch_lengths: torch.Tensor | None = None,
-        past_key_values: BLTCache | None = None,
+        cache: BLTCache | None = None,
         use_cache: bool | None = None,
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
@@ -498,18 +499,19 @@ class BLTModel(BLTPreTrainedModel):
         """input_ids ``[B, N]`` byte ids; attention_mask ``[B, N]`` (left and/or right padding around one run of real
         bytes per row; right padding only without the cache); patch_lengths ``[B, P]`` optional precomputed patches
         (rows sum to the real byte count, or +1). ``position_ids`` are derived from the mask and ignored. With a
-        non-empty ``past_key_values`` only the new bytes are given."""
+        non-empty ``cache`` (``past_key_values`` before Transformers 5.24) only the new bytes are given."""
+        cache = resolve_cache(cache, kwargs)
         if inputs_embeds is not None:
             raise ValueError("BLT works on byte ids; inputs_embeds is not supported")
         self._check_ids(input_ids)
         input_ids = input_ids.long()
-        use_cache = use_cache if use_cache is not None else past_key_values is not None
-        if past_key_values is not None and not isinstance(past_key_values, BLTCache):
-            raise TypeError(f"past_key_values must be a BLTCache, got {type(past_key_values).__name__}")
-        if past_key_values is not None and past_key_values.num_bytes > 0:
+        use_cache = use_cache if use_cache is not None else cache is not None
+        if cache is not None and not isinstance(cache, BLTCache):
+            raise TypeError(f"the cache must be a BLTCache, got {type(cache).__name__}")
+        if cache is not None and cache.num_bytes > 0:
             if patch_lengths is not None:
                 raise ValueError("patch_lengths cannot be given for incremental steps (boundaries come from the cache)")
-            return self._extend(input_ids, attention_mask, past_key_values)
+            return self._extend(input_ids, attention_mask, cache)
         batch, length = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -529,9 +531,10 @@ class BLTModel(BLTPreTrainedModel):
         position_ids = positions_from_mask(attention_mask)
         ids = input_ids * attention_mask  # padding hashes like Meta's zero left-context
 
-        cache = None
-        if use_cache:
-            cache = past_key_values if past_key_values is not None else BLTCache(self.config)
+        if not use_cache:
+            cache = None
+        elif cache is None:
+            cache = BLTCache(self.config)
 
         entropies = None
         if patch_lengths is not None:
@@ -539,12 +542,12 @@ class BLTModel(BLTPreTrainedModel):
         else:
             if self.config.patching_mode.startswith("entropy"):
                 entropies, _ = self.entropy_model.entropies(
-                    self.entropy_input(ids), mask_2d, position_ids, past_key_values=cache.entropy if cache else None, use_cache=use_cache
+                    self.entropy_input(ids), mask_2d, position_ids, cache=cache.entropy if cache else None, use_cache=use_cache
                 )
             starts, entropies = self.compute_patch_starts(ids, mask_2d, entropies)
         if use_cache and patch_lengths is not None and self.config.patching_mode.startswith("entropy"):
             entropies, _ = self.entropy_model.entropies(
-                self.entropy_input(ids), mask_2d, position_ids, past_key_values=cache.entropy, use_cache=True
+                self.entropy_input(ids), mask_2d, position_ids, cache=cache.entropy, use_cache=True
             )
 
         embeds = self.embed_bytes(ids)
@@ -564,7 +567,7 @@ class BLTModel(BLTPreTrainedModel):
 
         if cache is not None:
             self._fill_cache(cache, ids, attention_mask, byte_states, starts, entropies, latent, dec_ids, num_patches)
-        return BLTModelOutput(last_hidden_state=hidden, past_key_values=cache, patch_starts=starts, entropies=entropies)
+        return BLTModelOutput(last_hidden_state=hidden, cache=cache, patch_starts=starts, entropies=entropies)
 
     def _fill_cache(self, cache, ids, attention_mask, byte_states, starts, entropies, latent, dec_ids, num_patches):
         batch, length = ids.shape
@@ -597,7 +600,7 @@ class BLTModel(BLTPreTrainedModel):
         entropies = torch.stack(ent_out, dim=1) if ent_out[0] is not None else None
         return BLTModelOutput(
             last_hidden_state=torch.stack(outs, dim=1),
-            past_key_values=cache,
+            cache=cache,
             patch_starts=torch.stack(starts_out, dim=1),
             entropies=entropies,
         )
@@ -636,7 +639,7 @@ class BLTModel(BLTPreTrainedModel):
         entropy = None
         if self.entropy_model is not None:
             ent, _ = self.entropy_model.entropies(
-                self.entropy_input(new_ids.view(batch, 1)), mask_2d, position, past_key_values=cache.entropy, use_cache=True
+                self.entropy_input(new_ids.view(batch, 1)), mask_2d, position, cache=cache.entropy, use_cache=True
             )
             entropy = ent[:, 0]
         starts_next = self._next_starts(new_ids, entropy, cache)
@@ -721,7 +724,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         patch_lengths: torch.Tensor | None = None,
-        past_key_values: BLTCache | None = None,
+        cache: BLTCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -731,9 +734,10 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         """Logits ``[B, N, 260]`` (fp32); ``labels`` ``[B, N]`` (-100 ignored) give the shifted next-byte loss (nats;
         bits per byte = loss / ln 2)."""
+        cache = resolve_cache(cache, kwargs)
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, patch_lengths=patch_lengths,
-            past_key_values=past_key_values, use_cache=use_cache, inputs_embeds=inputs_embeds,
+            cache=cache, use_cache=use_cache, inputs_embeds=inputs_embeds,
         )
         hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
@@ -744,11 +748,12 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_NAME: outputs.cache})
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, use_cache=None, **kwargs):
-        if past_key_values is not None and past_key_values.num_bytes > 0:
-            input_ids = input_ids[:, past_key_values.num_bytes :]
+    def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, use_cache=None, **kwargs):
+        cache = resolve_cache(cache, kwargs)
+        if cache is not None and cache.num_bytes > 0:
+            input_ids = input_ids[:, cache.num_bytes :]
         elif attention_mask is not None and bool((attention_mask == 0).any()):
             # Generated bytes are appended at the end of every row, so a right-padded prompt would continue after its
             # padding (Transformers only warns; here the result would be silently wrong, with or without the cache).
@@ -762,7 +767,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         inputs = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            "past_key_values": past_key_values,
+            CACHE_NAME: cache,
             "use_cache": use_cache,
         }
         if "logits_to_keep" in kwargs:

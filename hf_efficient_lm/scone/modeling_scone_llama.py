@@ -27,6 +27,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaPre
 from transformers.utils import cached_file
 from transformers.utils.logging import tqdm
 
+from .compat_scone import CACHE_NAME, resolve_cache
 from .configuration_scone_llama import SconeLlamaConfig
 from .fgram_vocab_scone import INDEX_FILE, VOCAB_FILE, FgramVocab, TokenizerMismatchError, tokenizer_fingerprint
 from .table_scone import FgramTable, StreamingTableWriter
@@ -233,7 +234,7 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         fgram_row: torch.LongTensor | None = None,
@@ -244,6 +245,7 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
         0 = no f-gram; or nested python lists of that shape, as ``generate()``'s decode steps pass them), the
         precomputed longest-suffix matches of ``input_ids``. Without them the ids are matched here, which is only
         possible when ``input_ids`` hold the whole history (no KV cache yet)."""
+        cache = resolve_cache(cache, kwargs)
         if input_ids is None:
             raise ValueError(
                 "SconeLlama needs input_ids: f-gram matching looks up token ids, so inputs_embeds alone cannot be "
@@ -254,7 +256,7 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
         if (fgram_row is None) != (fgram_len is None):
             raise ValueError("fgram_row and fgram_len must be given together")
         if fgram_len is None:
-            if past_key_values is not None and past_key_values.get_seq_length() > 0:
+            if cache is not None and cache.get_seq_length() > 0:
                 raise ValueError(
                     "with a non-empty KV cache, input_ids hold only the new tokens, whose f-grams may start in the "
                     "history: pass fgram_row/fgram_len from model.match_fgrams(full_ids)[..., -new:] (generate() "
@@ -267,7 +269,7 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
             input_ids=None,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            **{CACHE_NAME: cache},
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -341,7 +343,7 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -353,6 +355,7 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
         r"""``LlamaForCausalLM.forward`` plus ``fgram_row`` / ``fgram_len`` (LongTensor ``[B, T]``, or nested lists of
         ints): precomputed longest f-gram matches (e.g. dataset columns from ``add_fgram_columns``); named here so ``Trainer`` keeps
         those columns."""
+        cache = resolve_cache(cache, kwargs)
         if fgram_row is not None:
             kwargs["fgram_row"], kwargs["fgram_len"] = fgram_row, fgram_len
         elif fgram_len is not None:
@@ -362,7 +365,7 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            **{CACHE_NAME: cache},
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,
@@ -374,7 +377,7 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
         self,
         input_ids,
         next_sequence_length=None,
-        past_key_values=None,
+        cache=None,
         attention_mask=None,
         inputs_embeds=None,
         is_first_iteration=False,
@@ -382,6 +385,7 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
     ):
         if inputs_embeds is not None:
             raise ValueError("SconeLlama cannot generate from inputs_embeds: f-gram matching needs input_ids")
+        cache = resolve_cache(cache, kwargs)
         kwargs.pop("fgram_row", None)
         kwargs.pop("fgram_len", None)
         # GenerationMixin asks inspect.signature(self.forward) on every step of a model registered for remote code
@@ -393,7 +397,7 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
             model_inputs = super().prepare_inputs_for_generation(
                 input_ids,
                 next_sequence_length=next_sequence_length,
-                past_key_values=past_key_values,
+                **{CACHE_NAME: cache},
                 attention_mask=attention_mask,
                 is_first_iteration=is_first_iteration,
                 **kwargs,

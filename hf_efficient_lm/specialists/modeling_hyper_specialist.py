@@ -30,6 +30,7 @@ from transformers.models.llama.modeling_llama import (
     LlamaRotaryEmbedding,
 )
 
+from .compat_specialists import CACHE_NAME, resolve_cache
 from .configuration_hyper_specialist import HyperSpecialistConfig
 from .routing_specialists import resolve_cluster_ids, stock_llama_config
 
@@ -145,9 +146,10 @@ class HyperSpecialistModel(HyperSpecialistPreTrainedModel, LlamaModel):
         self.cluster_codes = nn.Parameter(torch.empty(config.num_clusters, config.code_dim))
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
                 inputs_embeds=None, use_cache=None, cluster_ids=None, **kwargs):
         """As ``LlamaModel.forward`` plus ``cluster_ids [batch]`` (None: ``config.default_cluster_id``)."""
+        cache = resolve_cache(cache, kwargs)
         reference = input_ids if input_ids is not None else inputs_embeds
         if reference is None:
             raise ValueError("pass input_ids or inputs_embeds")
@@ -160,7 +162,7 @@ class HyperSpecialistModel(HyperSpecialistPreTrainedModel, LlamaModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            **{CACHE_NAME: cache},
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             cluster_ids=cluster_ids,
@@ -179,15 +181,16 @@ class HyperSpecialistForCausalLM(HyperSpecialistPreTrainedModel, LlamaForCausalL
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
                 inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, cluster_ids=None, **kwargs):
         """Shapes: ``input_ids [batch, seq]``, ``cluster_ids [batch]``; returns ``CausalLMOutputWithPast``."""
+        cache = resolve_cache(cache, kwargs)
         return LlamaForCausalLM.forward(
             self,
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            **{CACHE_NAME: cache},
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,

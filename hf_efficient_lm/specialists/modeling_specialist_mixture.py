@@ -14,6 +14,7 @@ from torch import nn
 from transformers import GenerationMixin, LlamaForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from .compat_specialists import CACHE_NAME, cache_of, resolve_cache
 from .configuration_specialist_mixture import SpecialistMixtureConfig
 from .routing_specialists import resolve_cluster_ids, stock_llama_config
 
@@ -24,7 +25,7 @@ class SpecialistMixturePreTrainedModel(PreTrainedModel):
     base_model_prefix = "mixture"
     supports_gradient_checkpointing = True
     _no_split_modules = ["LlamaDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_NAME]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -73,7 +74,7 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -83,6 +84,7 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
     ) -> CausalLMOutputWithPast:
         """Shapes: ``input_ids [batch, seq]``, ``cluster_ids [batch]`` (None: ``config.default_cluster_id``);
         returns ``logits [batch, seq (or logits_to_keep), vocab]`` and the mean token loss if ``labels`` given."""
+        cache = resolve_cache(cache, kwargs)
         reference = input_ids if input_ids is not None else inputs_embeds
         if reference is None:
             raise ValueError("pass input_ids or inputs_embeds")
@@ -97,21 +99,21 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 inputs_embeds=inputs_embeds,
                 use_cache=use_cache,
                 logits_to_keep=logits_to_keep,
+                **{CACHE_NAME: cache},
                 **kwargs,
             )
-            logits, cache = output.logits, output.past_key_values
+            logits, cache = output.logits, cache_of(output)
         else:
-            if past_key_values is not None or use_cache:
+            if cache is not None or use_cache:
                 # Each expert would need its own KV cache over its own rows; refuse rather than decode wrongly.
                 raise ValueError(
                     f"a KV cache with rows of several clusters ({clusters}) in one batch is not supported by the hard "
                     "mixture: generate one cluster per batch (or pass use_cache=False)"
                 )
-            logits, cache = None, None
+            logits = None
             for cluster in clusters:
                 rows = (cluster_ids == cluster).nonzero(as_tuple=True)[0]
 
@@ -133,7 +135,7 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_NAME: cache})
 
     # ------------------------------------------------------------------------------------------ experts
     def instantiate(self, cluster: int | None = None, histogram=None) -> LlamaForCausalLM:

@@ -1,0 +1,112 @@
+"""The supported Transformers range: one line outside it (package import and remote-code checkpoints), the
+declared range equals the tested one, and every family folder speaks both cache names."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+import transformers
+
+from hf_efficient_lm.anchor import compat_anchor
+from hf_efficient_lm.blt import compat_blt
+from hf_efficient_lm.scone import compat_scone
+from hf_efficient_lm.specialists import compat_specialists
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPAT_MODULES = [compat_anchor, compat_blt, compat_scone, compat_specialists]
+
+
+def _run(code: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_every_family_declares_the_same_range_as_pyproject():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    spec = next(d for d in deps if d.startswith("transformers"))
+    low, high = re.fullmatch(r"transformers>=([\d.]+),<([\d.]+)", spec).groups()
+    for module in COMPAT_MODULES:
+        assert module.SUPPORTED_TRANSFORMERS == (low, high), module.__name__
+    minimum = (ROOT / ".ci" / "constraints-min.txt").read_text()
+    assert f"transformers=={low}.0" in minimum
+
+
+def test_installed_transformers_is_inside_the_range():
+    for module in COMPAT_MODULES:
+        module.check_transformers_version(transformers.__version__)  # no error, no warning needed
+
+
+@pytest.mark.parametrize("module", COMPAT_MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_cache_name_matches_the_installed_llama(module):
+    import inspect
+
+    from transformers.models.llama.modeling_llama import LlamaForCausalLM
+
+    assert module.CACHE_NAME in inspect.signature(LlamaForCausalLM.forward).parameters
+
+
+def test_resolve_cache_takes_either_name_and_refuses_two():
+    cache, other = object(), object()
+    for name in ("past_key_values", "cache_params"):
+        kwargs = {name: cache, "x": 1}
+        assert compat_anchor.resolve_cache(None, kwargs) is cache and kwargs == {"x": 1}
+    assert compat_anchor.resolve_cache(cache, {}) is cache
+    with pytest.raises(ValueError, match="both `cache` and `past_key_values`"):
+        compat_anchor.resolve_cache(cache, {"past_key_values": other})
+
+
+def test_older_transformers_fails_at_package_import_with_one_line():
+    result = _run(
+        """
+        import importlib.metadata as metadata
+        real = metadata.version
+        metadata.version = lambda name: "5.22.2" if name == "transformers" else real(name)
+        import hf_efficient_lm
+        """
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: transformers 5.22.2 is installed; hf-efficient-lm supports transformers>=")
+
+
+def test_newer_transformers_warns_once():
+    result = _run(
+        """
+        import importlib.metadata as metadata
+        real = metadata.version
+        metadata.version = lambda name: "5.99.0" if name == "transformers" else real(name)
+        import hf_efficient_lm
+        print("imported")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "imported" in result.stdout
+    assert result.stderr.count("transformers 5.99.0 is installed; hf-efficient-lm supports") == 1
+
+
+def test_remote_code_checkpoint_refuses_an_older_transformers(tmp_path):
+    from tests.contract.case_anchor import make_anchor_model
+
+    make_anchor_model().save_pretrained(tmp_path / "model")
+    assert (tmp_path / "model" / "compat_anchor.py").exists(), "the checkpoint must carry its compat module"
+    result = _run(
+        f"""
+        import sys
+        sys.modules["hf_efficient_lm"] = None  # a user without the package
+        import importlib.metadata as metadata
+        real = metadata.version
+        metadata.version = lambda name: "5.20.0" if name == "transformers" else real(name)
+        from transformers import AutoModelForCausalLM
+        AutoModelForCausalLM.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
+        """,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "transformers 5.20.0 is installed; hf-efficient-lm supports transformers>=" in result.stderr
+    assert "TypeError" not in result.stderr
