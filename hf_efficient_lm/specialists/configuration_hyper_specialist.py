@@ -22,6 +22,8 @@ class HyperSpecialistConfig(LlamaConfig):
     """
 
     model_type = "hfelm_hyper_specialist"
+    # Llama's plan minus the MLP: the per-cluster MLP is read off bases, not gate/up/down Linear layers.
+    base_model_tp_plan = {key: value for key, value in LlamaConfig.base_model_tp_plan.items() if ".mlp." not in key}
 
     num_clusters: int = 4
     num_basis: int = 4

@@ -18,6 +18,10 @@ class SpecialistMixtureConfig(LlamaConfig):
     """
 
     model_type = "hfelm_specialist_mixture"
+    # The experts sit under ``experts.<i>.model``, not where Llama's plans point: no tensor / pipeline parallelism
+    # (each sequence runs one small expert, which is the point of the method).
+    base_model_tp_plan = {}
+    base_model_pp_plan = {}
 
     num_experts: int = 4
     default_cluster_id: int = 0

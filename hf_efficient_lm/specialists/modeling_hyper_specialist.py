@@ -112,6 +112,8 @@ class HyperSpecialistPreTrainedModel(LlamaPreTrainedModel):
     config: HyperSpecialistConfig
     config_class = HyperSpecialistConfig
     _no_split_modules = ["HyperSpecialistDecoderLayer"]
+    # Routing groups rows by cluster (torch.unique + a python loop): data-dependent, so no fullgraph compile.
+    _can_compile_fullgraph = False
 
     def _init_weights(self, module):
         """Codes ``E`` and projections ``M`` ~ N(0, 1/m); bases scaled so a materialised ``W`` starts with std

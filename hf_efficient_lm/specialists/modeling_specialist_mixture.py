@@ -19,6 +19,26 @@ from .configuration_specialist_mixture import SpecialistMixtureConfig
 from .routing_specialists import resolve_cluster_ids, stock_llama_config
 
 
+def _gather_rows(batch_size: int, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Put each ``(rows [r], values [r, ...])`` part back at its rows of a ``[batch_size, ...]`` tensor."""
+    first = parts[0][1]
+    full = first.new_zeros((batch_size,) + tuple(first.shape[1:]))
+    for rows, values in parts:
+        full[rows] = values
+    return full
+
+
+def _gather_row_tuples(batch_size: int, routed: list, field: str) -> tuple[torch.Tensor, ...] | None:
+    """Per-layer tuples (``hidden_states`` / ``attentions``) of the routed experts, rows put back in batch order."""
+    if getattr(routed[0][1], field) is None:
+        return None
+    num_layers = len(getattr(routed[0][1], field))
+    return tuple(
+        _gather_rows(batch_size, [(rows, getattr(output, field)[layer]) for rows, output in routed])
+        for layer in range(num_layers)
+    )
+
+
 class SpecialistMixturePreTrainedModel(PreTrainedModel):
     config: SpecialistMixtureConfig
     config_class = SpecialistMixtureConfig
@@ -80,10 +100,13 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         cluster_ids: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> CausalLMOutputWithPast | tuple:
         """Shapes: ``input_ids [batch, seq]``, ``cluster_ids [batch]`` (None: ``config.default_cluster_id``);
-        returns ``logits [batch, seq (or logits_to_keep), vocab]`` and the mean token loss if ``labels`` given."""
+        returns ``logits [batch, seq (or logits_to_keep), vocab]``, the mean token loss if ``labels`` (or
+        ``shift_labels``) are given, and the routed experts' ``hidden_states`` / ``attentions`` when asked for
+        (``output_hidden_states`` / ``output_attentions``), each row's from its own expert."""
         cache = resolve_cache(cache, kwargs)
         reference = input_ids if input_ids is not None else inputs_embeds
         if reference is None:
@@ -92,7 +115,7 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
         cluster_ids = resolve_cluster_ids(
             cluster_ids, batch_size, self.config.num_experts, self.config.default_cluster_id, reference.device
         )
-        loss_kwargs = {key: kwargs.pop(key) for key in ("num_items_in_batch",) if key in kwargs}
+        loss_kwargs = {key: kwargs.pop(key) for key in ("num_items_in_batch", "shift_labels") if key in kwargs}
         clusters = torch.unique(cluster_ids).tolist()
         if len(clusters) == 1:
             output = self.experts[clusters[0]](
@@ -102,10 +125,12 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
                 inputs_embeds=inputs_embeds,
                 use_cache=use_cache,
                 logits_to_keep=logits_to_keep,
+                return_dict=True,
                 **{CACHE_NAME: cache},
                 **kwargs,
             )
             logits, cache = output.logits, cache_of(output)
+            hidden_states, attentions = output.hidden_states, output.attentions
         else:
             if cache is not None or use_cache:
                 # Each expert would need its own KV cache over its own rows; refuse rather than decode wrongly.
@@ -113,7 +138,7 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
                     f"a KV cache with rows of several clusters ({clusters}) in one batch is not supported by the hard "
                     "mixture: generate one cluster per batch (or pass use_cache=False)"
                 )
-            logits = None
+            routed = []
             for cluster in clusters:
                 rows = (cluster_ids == cluster).nonzero(as_tuple=True)[0]
 
@@ -127,15 +152,21 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
                     inputs_embeds=take(inputs_embeds),
                     use_cache=False,
                     logits_to_keep=logits_to_keep,
+                    return_dict=True,
                     **kwargs,
                 )
-                if logits is None:
-                    logits = output.logits.new_zeros((batch_size,) + tuple(output.logits.shape[1:]))
-                logits[rows] = output.logits
+                routed.append((rows, output))
+            logits = _gather_rows(batch_size, [(rows, output.logits) for rows, output in routed])
+            hidden_states = _gather_row_tuples(batch_size, routed, "hidden_states")
+            attentions = _gather_row_tuples(batch_size, routed, "attentions")
         loss = None
-        if labels is not None:
+        if labels is not None or "shift_labels" in loss_kwargs:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_NAME: cache})
+        result = CausalLMOutputWithPast(
+            loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions, **{CACHE_NAME: cache}
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return result if return_dict else result.to_tuple()
 
     # ------------------------------------------------------------------------------------------ experts
     def instantiate(self, cluster: int | None = None, histogram=None) -> LlamaForCausalLM:

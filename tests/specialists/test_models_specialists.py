@@ -244,3 +244,56 @@ def test_bfloat16_forward_and_instantiate_keep_the_dtype(make):
     stock = model.instantiate(cluster=2)
     assert next(stock.parameters()).dtype == torch.bfloat16
     torch.testing.assert_close(stock(x[1:]).logits.float(), logits[1:].float(), atol=2e-2, rtol=2e-2)
+
+
+# ---- what Transformers' common model tests check (issue 11, item 3: the mixture dropped them) -------------------
+@pytest.mark.parametrize("clusters", [torch.tensor([1, 1, 1, 1]), CLUSTERS], ids=["one-expert", "mixed"])
+def test_mixture_hidden_states_and_attentions_are_each_rows_expert(clusters):
+    model, x = make_mixture(attn_implementation="eager"), ids()
+    out = model(x, cluster_ids=clusters, output_hidden_states=True, output_attentions=True)
+    n_layers = TINY_LLAMA_KWARGS["num_hidden_layers"]
+    assert len(out.hidden_states) == n_layers + 1 and len(out.attentions) == n_layers
+    for row, cluster in enumerate(clusters.tolist()):
+        alone = model.experts[cluster](x[row : row + 1], output_hidden_states=True, output_attentions=True)
+        for ours, theirs in zip(out.hidden_states + out.attentions, alone.hidden_states + alone.attentions):
+            torch.testing.assert_close(ours[row : row + 1], theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_mixture_return_dict_false_gives_a_tuple():
+    model, x = make_mixture(), ids()
+    as_dict = model(x, cluster_ids=CLUSTERS, labels=x)
+    as_tuple = model(x, cluster_ids=CLUSTERS, labels=x, return_dict=False)
+    assert isinstance(as_tuple, tuple) and not hasattr(as_tuple, "keys")
+    torch.testing.assert_close(as_tuple[0], as_dict.loss)
+    torch.testing.assert_close(as_tuple[1], as_dict.logits)
+
+
+def test_mixture_loss_honours_shift_labels():
+    model, x = make_mixture(), ids()
+    shift = torch.full_like(x, -100)
+    shift[:, :3] = x[:, 1:4]  # only the first three next-token targets count
+    out = model(x, cluster_ids=CLUSTERS, labels=x, shift_labels=shift)
+    expected = torch.nn.functional.cross_entropy(out.logits[:, :3].reshape(-1, 128), x[:, 1:4].reshape(-1))
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_mixture_generate_returns_hidden_states_and_attentions():
+    model, x = make_mixture(attn_implementation="eager"), ids(batch=1)
+    out = model.generate(x, attention_mask=torch.ones_like(x), cluster_ids=torch.tensor([2]), max_new_tokens=3,
+                         do_sample=False, return_dict_in_generate=True, output_hidden_states=True,
+                         output_attentions=True, pad_token_id=0)
+    assert len(out.hidden_states) == 3 and all(step is not None for step in out.hidden_states)
+    assert len(out.attentions) == 3 and out.attentions[0][0].shape[-1] == x.shape[1]
+
+
+@pytest.mark.parametrize("make", [make_mixture, make_hyper])
+def test_parallel_plans_name_modules_that_exist_and_compile_flag_is_honest(make):
+    import re
+
+    model = make()
+    names = [name for name, _ in model.base_model.named_modules()]  # the plans are relative to the base model
+    for plan in (model.config.base_model_tp_plan or {}, model.config.base_model_pp_plan or {}):
+        for pattern in plan:
+            regex = re.compile("^" + re.escape(pattern).replace(r"\*", r"\d+") + "$")
+            assert any(regex.search(name) for name in names), f"plan entry {pattern!r} names no module"
+    assert model._can_compile_fullgraph is False  # routing is data-dependent (torch.unique + a python loop)
