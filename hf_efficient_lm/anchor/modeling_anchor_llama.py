@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import and_masks, find_packed_sequence_indices, packed_sequence_mask_function
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaForCausalLM, LlamaModel, LlamaPreTrainedModel
 from transformers.utils.generic import merge_with_config_defaults
@@ -23,6 +24,7 @@ from .cache_anchor import AnchorCache
 from .compat_anchor import CACHE_NAME, resolve_cache
 from .configuration_anchor_llama import AnchorLlamaConfig
 from .masking_anchor import (
+    ansan_mask_function,
     build_anchor_attention_mask,
     check_attn_implementation,
     chunk_token_info,
@@ -124,6 +126,16 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
         queries = chunk_token_info(anchor_flags.to(device), valid, first_index, anchors_before)
         keys = cache.begin_chunk(queries) if cache is not None else queries
 
+        mask_function = None
+        if attention_mask is None and first_index == 0 and position_ids is not None:
+            # Padding-free batches (DataCollatorWithFlattening, TRL): several documents per row, positions restart
+            # at each one. Like Llama, keep every token inside its own document (anchors of earlier documents too).
+            documents = find_packed_sequence_indices(position_ids.to(device))
+            if documents is not None:
+                mask_function = and_masks(
+                    ansan_mask_function(queries, keys, self.config.anchor_mask_variant),
+                    packed_sequence_mask_function(documents.expand(batch_size, -1)),
+                )
         if position_ids is None:
             position_ids = torch.arange(q_length, device=device).unsqueeze(0) + first_index
 
@@ -133,6 +145,7 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
             keys,
             variant=self.config.anchor_mask_variant,
             dtype=inputs_embeds.dtype,
+            mask_function=mask_function,
         )
 
         hidden_states = inputs_embeds

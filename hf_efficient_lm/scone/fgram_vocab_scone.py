@@ -213,13 +213,18 @@ class FgramVocab:
         return valid
 
     def match(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
     ) -> tuple[torch.LongTensor, torch.LongTensor]:
         """Longest f-gram suffix ending at every position.
 
         Args:
             input_ids: LongTensor ``[B, T]`` (or ``[T]``), any device.
             attention_mask: optional ``[B, T]``; zeros (padding) act as barriers like ``barrier_ids``.
+            document_ids: optional ``[B, T]`` (or ``[1, T]``) ids of the document each token belongs to (packed,
+                padding-free rows); no f-gram spans two documents.
         Returns:
             ``(rows, lengths)``, both LongTensor ``[B, T]`` on ``input_ids.device``: the matched f-gram's table row
             and length (2..K), or ``-1`` / ``0`` where no f-gram ends at that position.
@@ -232,12 +237,18 @@ class FgramVocab:
         if squeeze:
             input_ids = input_ids[None]
             attention_mask = attention_mask[None] if attention_mask is not None else None
+            document_ids = document_ids[None] if document_ids is not None and document_ids.ndim == 1 else document_ids
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
         device = input_ids.device
         ids = input_ids.to(torch.int64)
         valid = self.valid_mask(ids, attention_mask)
         batch, length = ids.shape
+        # first token of each document: the chain "i follows i-1" is cut there
+        starts = torch.zeros_like(valid)
+        if document_ids is not None:
+            document_ids = document_ids.to(device).expand(batch, length)
+            starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
         rows = torch.full((batch, length), -1, dtype=torch.int64, device=device)
         lengths = torch.zeros((batch, length), dtype=torch.int64, device=device)
         if length >= 2 and self.num_fgrams:
@@ -246,7 +257,9 @@ class FgramVocab:
             block = max(1, MATCH_BLOCK_TOKENS // (length + 1))
             for start in range(0, batch, block):
                 stop = min(batch, start + block)
-                self._match_rows(levels, ids[start:stop], valid[start:stop], rows[start:stop], lengths[start:stop])
+                self._match_rows(
+                    levels, ids[start:stop], valid[start:stop], starts[start:stop], rows[start:stop], lengths[start:stop]
+                )
         if squeeze:
             rows, lengths = rows[0], lengths[0]
         return rows, lengths
@@ -267,11 +280,14 @@ class FgramVocab:
             self._hash_levels[key] = [(index.to(device), level_rows.to(device)) for index, level_rows in cpu]
         return self._hash_levels[key]
 
-    def _match_rows(self, levels, ids, valid, rows_out, lengths_out) -> None:
-        """:meth:`match` for a block of rows ``[b, T]``, written into ``rows_out`` / ``lengths_out``."""
+    def _match_rows(self, levels, ids, valid, starts, rows_out, lengths_out) -> None:
+        """:meth:`match` for a block of rows ``[b, T]`` (``starts``: a document begins there), written into
+        ``rows_out`` / ``lengths_out``."""
         b, length = ids.shape
         # a leading invalid column between rows: in the flat view "i follows i-1" then never crosses a row
         flat = torch.cat([ids.new_full((b, 1), -1), torch.where(valid, ids, -1)], dim=1).reshape(-1)
+        flat_starts = torch.cat([starts.new_zeros((b, 1)), starts], dim=1).reshape(-1)
+        cuts = bool(flat_starts.any())
         rows = torch.full_like(flat, -1)
         lengths = torch.zeros_like(flat)
         # only positions that still extend a match: (flat position, local id at the current level)
@@ -281,7 +297,10 @@ class FgramVocab:
             if len(index) == 0 or pos.numel() < 2:
                 break
             # an n-gram ends at i iff i-1 and i both end an (n-1)-gram of F
-            follows = (pos[1:] == pos[:-1] + 1).nonzero().squeeze(1)
+            adjacent = pos[1:] == pos[:-1] + 1
+            if cuts:
+                adjacent &= ~flat_starts.index_select(0, pos[1:])
+            follows = adjacent.nonzero().squeeze(1)
             end = pos.index_select(0, follows + 1)
             query = local.index_select(0, follows) * self.vocab_size + flat.index_select(0, end)
             found = index.lookup(query)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, LlamaForCausalLM, LlamaModel
 from transformers import initialization as init
+from transformers.masking_utils import find_packed_sequence_indices
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaPreTrainedModel, LlamaRMSNorm
 from transformers.utils import cached_file
 from transformers.utils.logging import tqdm
@@ -116,8 +117,11 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
         self.post_init()
 
     # -------------------------------------------------------------------------------------------- matching
-    def match_fgrams(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
-        """``(fgram_row, fgram_len)`` LongTensors ``[B, T]`` for ``input_ids`` (padding = barrier)."""
+    def match_fgrams(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, document_ids=None
+    ):
+        """``(fgram_row, fgram_len)`` LongTensors ``[B, T]`` for ``input_ids`` (padding = barrier; ``document_ids``
+        ``[B, T]`` of packed rows: no f-gram crosses a document boundary)."""
         if self.fgram_vocab is None:
             raise ValueError(
                 "this SconeLlama model has no f-gram vocabulary attached: load it with "
@@ -125,7 +129,7 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
                 "precomputed fgram_row/fgram_len"
             )
         mask = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
-        return self.fgram_vocab.match(input_ids, mask)
+        return self.fgram_vocab.match(input_ids, mask, document_ids)
 
     # -------------------------------------------------------------------------------------------- embeddings
     def fgram_vectors(self, input_ids, token_embeds, positions, rows, lengths) -> torch.Tensor:
@@ -262,7 +266,11 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
                     "history: pass fgram_row/fgram_len from model.match_fgrams(full_ids)[..., -new:] (generate() "
                     "does this for you)"
                 )
-            fgram_row, fgram_len = self.match_fgrams(input_ids, attention_mask)
+            documents = None
+            if attention_mask is None and position_ids is not None:
+                # padding-free packed rows (positions restart per document): f-grams stay inside their document
+                documents = find_packed_sequence_indices(position_ids.to(input_ids.device))
+            fgram_row, fgram_len = self.match_fgrams(input_ids, attention_mask, documents)
         inputs_embeds = self.scone_embeddings(input_ids, fgram_row, fgram_len)
         return LlamaModel.forward(
             self,

@@ -20,6 +20,7 @@ CHECKS = (
     "remote_code",
     "generate_cache",
     "left_padding",
+    "padding_free",
     "sdpa_eager",
     "trainer",
     "gradient_checkpointing",

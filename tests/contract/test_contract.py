@@ -169,6 +169,25 @@ def test_left_padded_batch_equals_rows_alone(case):
 
 
 @parametrize_cases
+def test_padding_free_packed_row_equals_documents_alone(case):
+    """The shape DataCollatorWithFlattening / TRL's padding-free mode make: one row holding several documents,
+    position ids restarting at each, no attention mask. Every document must be computed as if alone. (Without a KV
+    cache, as in training: Llama itself reads the documents from position ids only when no cache is built.)"""
+    _skip_if_declared(case, "padding_free")
+    model = case.make_model()
+    lengths = (7, 5, 6)
+    documents = [_ids(case, batch=1, length=n, seed=10 + i)[0] for i, n in enumerate(lengths)]
+    packed = torch.cat(documents)[None]
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+    together = _logits(model, packed, position_ids=position_ids, use_cache=False)[0]
+    start = 0
+    for document in documents:
+        alone = _logits(model, document[None])[0]
+        torch.testing.assert_close(together[start : start + document.numel()], alone, atol=case.atol, rtol=0)
+        start += document.numel()
+
+
+@parametrize_cases
 def test_sdpa_equals_eager(case):
     _skip_if_declared(case, "sdpa_eager")
     sdpa, eager = case.make_model(attn_implementation="sdpa"), case.make_model(attn_implementation="eager")

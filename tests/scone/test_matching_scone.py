@@ -121,3 +121,33 @@ def test_key_hash_index_equals_sorted_search(kind):
     assert torch.equal(bounded.lookup(query[small]), expected[small])
     with pytest.raises(ValueError, match="non-negative"):
         KeyHashIndex(torch.tensor([-3]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_packed_documents_match_like_each_document_alone(data):
+    """Padding-free rows (issue 11): with ``document_ids`` no f-gram crosses a boundary, so each document's matches
+    equal matching it alone — including f-grams that would run across the boundary without the ids."""
+    docs = [[1, 2, 3, 1, 2, 3, 1, 2, 3, 4]] * 3
+    vocab = mine_fgrams(docs, num_fgrams=20, max_len=4, min_count=1, vocab_size=5, show_progress=False)
+    lengths = data.draw(st.lists(st.integers(1, 8), min_size=1, max_size=4))
+    pieces = [data.draw(st.lists(st.integers(1, 4), min_size=n, max_size=n)) for n in lengths]
+    packed = torch.tensor([sum(pieces, [])])
+    document_ids = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])[None]
+    rows, lens = vocab.match(packed, document_ids=document_ids)
+    start = 0
+    for piece in pieces:
+        alone_rows, alone_lens = vocab.match(torch.tensor([piece]))
+        assert rows[0, start : start + len(piece)].tolist() == alone_rows[0].tolist()
+        assert lens[0, start : start + len(piece)].tolist() == alone_lens[0].tolist()
+        start += len(piece)
+
+
+def test_packed_documents_cut_an_fgram_that_spans_the_boundary():
+    vocab = mine_fgrams([[1, 2, 3, 1, 2, 3]], num_fgrams=10, max_len=3, min_count=1, vocab_size=5,
+                        show_progress=False)
+    ids = torch.tensor([[1, 2, 3, 1, 2, 3]])
+    _, joined = vocab.match(ids)
+    _, cut = vocab.match(ids, document_ids=torch.tensor([[0, 0, 1, 1, 1, 1]]))
+    assert joined[0, 2] == 3 and cut[0, 2] == 0  # "1 2 3" ran across the boundary; "3" alone starts document 1
+    assert cut[0, 3:].tolist() == [2, 3, 3]
