@@ -152,8 +152,29 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
         offsets = torch.arange(max_len, device=rows.device)
         columns = rep_end[:, None] - rep_len[:, None] + 1 + offsets[None]
         columns = torch.minimum(columns, rep_end[:, None])  # right padding repeats the last token (masked out)
-        window_embeds = token_embeds[rep_batch[:, None], columns]  # gradients flow into the shared embed_tokens
+        if bool((columns[:, 0] >= 0).all()):  # every window lies in this chunk (training, prefill)
+            window_embeds = token_embeds[rep_batch[:, None], columns]  # gradients flow into the shared embed_tokens
+        else:
+            # A decode step after a KV cache: an f-gram ending at a new token may start in the cached history, so
+            # its window tokens are not in input_ids. A row determines its tokens: read them from the vocabulary.
+            window_embeds = self.embed_tokens(self._window_ids(input_ids, rep_batch, columns, unique_rows, rep_len))
         return self.fgram_model(window_embeds, rep_len)[inverse]
+
+    def _window_ids(self, input_ids, rep_batch, columns, unique_rows, rep_len) -> torch.Tensor:
+        """``[U, L]`` token ids of the windows, those starting before this chunk taken from the vocabulary."""
+        window_ids = input_ids[rep_batch[:, None], columns.clamp(min=0)]
+        early = (columns[:, 0] < 0).nonzero().squeeze(1)
+        if self.fgram_vocab is None:
+            raise ValueError(
+                "fgram_row/fgram_len name f-grams that start before input_ids (a decode step after a KV cache): the "
+                "f-gram model needs their tokens, so attach the f-gram vocabulary (set_fgram_vocab()) or pass the "
+                "whole history as input_ids"
+            )
+        tokens, _ = self.fgram_vocab.fgram_tokens(unique_rows[early])
+        tokens = tokens[:, : window_ids.shape[1]].to(window_ids.device)
+        last = tokens.gather(1, (rep_len[early] - 1)[:, None].to(tokens.device))
+        tokens = torch.where(tokens < 0, last, tokens)  # right padding repeats the last token (masked out)
+        return window_ids.index_copy(0, early, tokens)
 
     def _fuse_few_from_table(self, token_embeds, fgram_row: list, fgram_len: list) -> torch.Tensor:
         """``scone_embeddings`` for a decode step (a few positions, matches as nested python lists): the same
