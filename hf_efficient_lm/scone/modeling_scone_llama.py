@@ -89,6 +89,118 @@ class SconeLlamaPreTrainedModel(LlamaPreTrainedModel):
     config_class = SconeLlamaConfig
     config: SconeLlamaConfig
     _no_split_modules = ["LlamaDecoderLayer"]
+    # f-gram matching and fusion branch on the data (which positions matched, where a window starts)
+    _can_compile_fullgraph = False
+
+    def _scone_model(self) -> "SconeLlamaModel":
+        """The :class:`SconeLlamaModel` (this model itself, or the causal LM's ``model``)."""
+        return self if isinstance(self, SconeLlamaModel) else self.model
+
+    def set_fgram_vocab(self, vocab: FgramVocab) -> None:
+        """Attach the f-gram vocabulary after checking it fits this model's config."""
+        config = self.config
+        if vocab.num_fgrams != config.num_fgrams:
+            raise ValueError(
+                f"f-gram vocabulary has S={vocab.num_fgrams} f-grams but the model config says "
+                f"num_fgrams={config.num_fgrams}"
+            )
+        if vocab.max_len != config.max_fgram_len:
+            raise ValueError(f"f-gram vocabulary has K={vocab.max_len} but config.max_fgram_len={config.max_fgram_len}")
+        if vocab.vocab_size > config.vocab_size:
+            raise ValueError(
+                f"f-gram vocabulary keys assume {vocab.vocab_size} token ids but the model has vocab_size "
+                f"{config.vocab_size}: it was mined with another tokenizer"
+            )
+        vocab.check_tokenizer(fingerprint=config.fgram_tokenizer_fingerprint, where="this model's config")
+        self._scone_model().fgram_vocab = vocab
+
+    # -------------------------------------------------------------------------------------------- save / load
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained`` plus the f-gram vocabulary (and, in table mode, the table file,
+        copied next to the weights; never inside ``model.safetensors``)."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        scone = self._scone_model()
+        if scone.fgram_vocab is not None:
+            scone.fgram_vocab.save(save_directory)
+        if self.config.fgram_mode == "table" and scone.fgram_table is not None:
+            source = Path(scone.fgram_table.path)
+            target = Path(save_directory) / TABLE_FILE
+            if not (target.exists() and os.path.samefile(source, target)):
+                fd, tmp = tempfile.mkstemp(prefix=f".{TABLE_FILE}.", suffix=".tmp", dir=save_directory)
+                os.close(fd)
+                try:
+                    shutil.copyfile(source, tmp)  # streamed copy, no full read into memory
+                    os.replace(tmp, target)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+        return result
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, fgram_vocab: FgramVocab | None = None,
+                        **kwargs):
+        """Load a SconeLlama folder, or wrap an unmodified Llama checkpoint.
+
+        Wrapping: ``SconeLlamaForCausalLM.from_pretrained(llama_dir, fgram_vocab=vocab, fgram_num_layers=2, ...)``
+        — extra keyword arguments override config fields (any :class:`SconeLlamaConfig` field). The Llama weights
+        load unchanged; the f-gram model is freshly initialised. A tokenizer saved in ``llama_dir`` must have the
+        fingerprint the vocabulary was mined with.
+        Loading a SconeLlama folder: its ``fgram_index.safetensors`` is read, and in table mode its
+        ``fgram_table.safetensors`` is memory-mapped (validated against ``num_fgrams`` and ``hidden_size``).
+        """
+        folder = str(pretrained_model_name_or_path)
+        source_type = None
+        if kwargs.get("config") is None:
+            config_path = _resolve_file(folder, "config.json", kwargs)
+            if config_path is not None:
+                with open(config_path, encoding="utf-8") as handle:
+                    source_type = json.load(handle).get("model_type")
+        if fgram_vocab is not None:
+            derived = {
+                "num_fgrams": fgram_vocab.num_fgrams,
+                "max_fgram_len": fgram_vocab.max_len,
+                "fgram_tokenizer_fingerprint": fgram_vocab.tokenizer_fingerprint,
+            }
+            config = kwargs.get("config")
+            if config is None:
+                for key, value in derived.items():
+                    if key in kwargs and kwargs[key] != value:
+                        raise ValueError(f"{key}={kwargs[key]!r} contradicts the f-gram vocabulary ({value!r})")
+                    kwargs[key] = value
+            tokenizer_path = _resolve_file(folder, "tokenizer.json", kwargs)
+            if tokenizer_path is not None and fgram_vocab.tokenizer_fingerprint is not None:
+                tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(tokenizer_path))
+                fgram_vocab.check_tokenizer(tokenizer, where=f"the tokenizer in {folder}")
+        result = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = result[0] if kwargs.get("output_loading_info") else result  # (model, loading_info)
+        scone = model._scone_model()
+        if fgram_vocab is None:
+            index_path = _resolve_file(folder, INDEX_FILE, kwargs)
+            if index_path is None:
+                raise ValueError(
+                    f"{folder} holds no f-gram vocabulary ({INDEX_FILE}); to wrap a Llama checkpoint pass "
+                    "fgram_vocab=FgramVocab.load(...) (or mine one with hf_efficient_lm.scone.mine_fgrams)"
+                )
+            _resolve_file(folder, VOCAB_FILE, kwargs)  # fetched alongside for Hub repos (human-readable summary)
+            fgram_vocab = FgramVocab.load(os.path.dirname(index_path))
+        model.set_fgram_vocab(fgram_vocab)
+        if model.config.fgram_mode == "table":
+            table_path = _resolve_file(folder, TABLE_FILE, kwargs)
+            if table_path is None:
+                raise FileNotFoundError(
+                    f"{folder} is a table-mode SconeLlama but has no {TABLE_FILE}; export one with "
+                    "model.export_fgram_table(out_dir)"
+                )
+            scone.fgram_table = FgramTable(
+                table_path, num_rows=model.config.num_fgrams, dim=model.config.hidden_size
+            )
+        elif source_type is not None and source_type != cls.config_class.model_type:
+            # Freshly wrapped checkpoint: scale f-gram outputs like this model's trained token embeddings.
+            with torch.no_grad():
+                rms = scone.embed_tokens.weight.float().pow(2).mean().sqrt()
+                scone.fgram_model.output_scale.fill_(float(rms))
+        return result
+
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -156,8 +268,29 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
         offsets = torch.arange(max_len, device=rows.device)
         columns = rep_end[:, None] - rep_len[:, None] + 1 + offsets[None]
         columns = torch.minimum(columns, rep_end[:, None])  # right padding repeats the last token (masked out)
-        window_embeds = token_embeds[rep_batch[:, None], columns]  # gradients flow into the shared embed_tokens
+        if bool((columns[:, 0] >= 0).all()):  # every window lies in this chunk (training, prefill)
+            window_embeds = token_embeds[rep_batch[:, None], columns]  # gradients flow into the shared embed_tokens
+        else:
+            # A decode step after a KV cache: an f-gram ending at a new token may start in the cached history, so
+            # its window tokens are not in input_ids. A row determines its tokens: read them from the vocabulary.
+            window_embeds = self.embed_tokens(self._window_ids(input_ids, rep_batch, columns, unique_rows, rep_len))
         return self.fgram_model(window_embeds, rep_len)[inverse]
+
+    def _window_ids(self, input_ids, rep_batch, columns, unique_rows, rep_len) -> torch.Tensor:
+        """``[U, L]`` token ids of the windows, those starting before this chunk taken from the vocabulary."""
+        window_ids = input_ids[rep_batch[:, None], columns.clamp(min=0)]
+        early = (columns[:, 0] < 0).nonzero().squeeze(1)
+        if self.fgram_vocab is None:
+            raise ValueError(
+                "fgram_row/fgram_len name f-grams that start before input_ids (a decode step after a KV cache): the "
+                "f-gram model needs their tokens, so attach the f-gram vocabulary (set_fgram_vocab()) or pass the "
+                "whole history as input_ids"
+            )
+        tokens, _ = self.fgram_vocab.fgram_tokens(unique_rows[early])
+        tokens = tokens[:, : window_ids.shape[1]].to(window_ids.device)
+        last = tokens.gather(1, (rep_len[early] - 1)[:, None].to(tokens.device))
+        tokens = torch.where(tokens < 0, last, tokens)  # right padding repeats the last token (masked out)
+        return window_ids.index_copy(0, early, tokens)
 
     def _fuse_few_from_table(self, token_embeds, fgram_row: list, fgram_len: list) -> torch.Tensor:
         """``scone_embeddings`` for a decode step (a few positions, matches as nested python lists): the same
@@ -323,24 +456,6 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
     def fgram_table(self) -> FgramTable | None:
         return self.model.fgram_table
 
-    def set_fgram_vocab(self, vocab: FgramVocab) -> None:
-        """Attach the f-gram vocabulary after checking it fits this model's config."""
-        config = self.config
-        if vocab.num_fgrams != config.num_fgrams:
-            raise ValueError(
-                f"f-gram vocabulary has S={vocab.num_fgrams} f-grams but the model config says "
-                f"num_fgrams={config.num_fgrams}"
-            )
-        if vocab.max_len != config.max_fgram_len:
-            raise ValueError(f"f-gram vocabulary has K={vocab.max_len} but config.max_fgram_len={config.max_fgram_len}")
-        if vocab.vocab_size > config.vocab_size:
-            raise ValueError(
-                f"f-gram vocabulary keys assume {vocab.vocab_size} token ids but the model has vocab_size "
-                f"{config.vocab_size}: it was mined with another tokenizer"
-            )
-        vocab.check_tokenizer(fingerprint=config.fgram_tokenizer_fingerprint, where="this model's config")
-        self.model.fgram_vocab = vocab
-
     def match_fgrams(self, input_ids, attention_mask=None):
         """See :meth:`FgramVocab.match`: ``(fgram_row, fgram_len)`` LongTensors ``[B, T]``."""
         return self.model.match_fgrams(input_ids, attention_mask)
@@ -420,90 +535,6 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
         rows, lengths = self.model.fgram_vocab.match_last(input_ids, num_new, mask, as_lists=True)
         model_inputs["fgram_row"], model_inputs["fgram_len"] = rows, lengths
         return model_inputs
-
-    # -------------------------------------------------------------------------------------------- save / load
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """``PreTrainedModel.save_pretrained`` plus the f-gram vocabulary (and, in table mode, the table file,
-        copied next to the weights; never inside ``model.safetensors``)."""
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        if self.model.fgram_vocab is not None:
-            self.model.fgram_vocab.save(save_directory)
-        if self.config.fgram_mode == "table" and self.model.fgram_table is not None:
-            source = Path(self.model.fgram_table.path)
-            target = Path(save_directory) / TABLE_FILE
-            if not (target.exists() and os.path.samefile(source, target)):
-                fd, tmp = tempfile.mkstemp(prefix=f".{TABLE_FILE}.", suffix=".tmp", dir=save_directory)
-                os.close(fd)
-                try:
-                    shutil.copyfile(source, tmp)  # streamed copy, no full read into memory
-                    os.replace(tmp, target)
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
-        return result
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, fgram_vocab: FgramVocab | None = None,
-                        **kwargs):
-        """Load a SconeLlama folder, or wrap an unmodified Llama checkpoint.
-
-        Wrapping: ``SconeLlamaForCausalLM.from_pretrained(llama_dir, fgram_vocab=vocab, fgram_num_layers=2, ...)``
-        — extra keyword arguments override config fields (any :class:`SconeLlamaConfig` field). The Llama weights
-        load unchanged; the f-gram model is freshly initialised. A tokenizer saved in ``llama_dir`` must have the
-        fingerprint the vocabulary was mined with.
-        Loading a SconeLlama folder: its ``fgram_index.safetensors`` is read, and in table mode its
-        ``fgram_table.safetensors`` is memory-mapped (validated against ``num_fgrams`` and ``hidden_size``).
-        """
-        folder = str(pretrained_model_name_or_path)
-        source_type = None
-        if kwargs.get("config") is None:
-            config_path = _resolve_file(folder, "config.json", kwargs)
-            if config_path is not None:
-                with open(config_path, encoding="utf-8") as handle:
-                    source_type = json.load(handle).get("model_type")
-        if fgram_vocab is not None:
-            derived = {
-                "num_fgrams": fgram_vocab.num_fgrams,
-                "max_fgram_len": fgram_vocab.max_len,
-                "fgram_tokenizer_fingerprint": fgram_vocab.tokenizer_fingerprint,
-            }
-            config = kwargs.get("config")
-            if config is None:
-                for key, value in derived.items():
-                    if key in kwargs and kwargs[key] != value:
-                        raise ValueError(f"{key}={kwargs[key]!r} contradicts the f-gram vocabulary ({value!r})")
-                    kwargs[key] = value
-            tokenizer_path = _resolve_file(folder, "tokenizer.json", kwargs)
-            if tokenizer_path is not None and fgram_vocab.tokenizer_fingerprint is not None:
-                tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(tokenizer_path))
-                fgram_vocab.check_tokenizer(tokenizer, where=f"the tokenizer in {folder}")
-        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        if fgram_vocab is None:
-            index_path = _resolve_file(folder, INDEX_FILE, kwargs)
-            if index_path is None:
-                raise ValueError(
-                    f"{folder} holds no f-gram vocabulary ({INDEX_FILE}); to wrap a Llama checkpoint pass "
-                    "fgram_vocab=FgramVocab.load(...) (or mine one with hf_efficient_lm.scone.mine_fgrams)"
-                )
-            _resolve_file(folder, VOCAB_FILE, kwargs)  # fetched alongside for Hub repos (human-readable summary)
-            fgram_vocab = FgramVocab.load(os.path.dirname(index_path))
-        model.set_fgram_vocab(fgram_vocab)
-        if model.config.fgram_mode == "table":
-            table_path = _resolve_file(folder, TABLE_FILE, kwargs)
-            if table_path is None:
-                raise FileNotFoundError(
-                    f"{folder} is a table-mode SconeLlama but has no {TABLE_FILE}; export one with "
-                    "model.export_fgram_table(out_dir)"
-                )
-            model.model.fgram_table = FgramTable(
-                table_path, num_rows=model.config.num_fgrams, dim=model.config.hidden_size
-            )
-        elif source_type is not None and source_type != cls.config_class.model_type:
-            # Freshly wrapped checkpoint: scale f-gram outputs like this model's trained token embeddings.
-            with torch.no_grad():
-                rms = model.model.embed_tokens.weight.float().pow(2).mean().sqrt()
-                model.model.fgram_model.output_scale.fill_(float(rms))
-        return model
 
     @torch.no_grad()
     def export_fgram_table(self, out_dir, *, batch_size: int = 4096, dtype: torch.dtype | None = None,
