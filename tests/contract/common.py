@@ -24,6 +24,7 @@ CHECKS = (
     "sdpa_eager",
     "trainer",
     "gradient_checkpointing",
+    "bf16_autocast",
     "lora",
     "buffers",
     "resize_embeddings",

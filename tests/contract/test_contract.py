@@ -226,6 +226,33 @@ def test_trainer_lowers_loss_on_repeated_batch(case, tmp_path):
     assert loss_now() < before - 0.05
 
 
+BF16_LOSS_RTOL = 0.02  # bf16 keeps ~3 significant digits; 4 AdamW steps stay within 2% of fp32
+
+
+@parametrize_cases
+def test_bf16_autocast_training_tracks_fp32(case):
+    """Mixed precision the way accelerate / Trainer do it (fp32 weights, bf16 autocast): finite losses within
+    BF16_LOSS_RTOL of the same steps in fp32. Integer paths (BLT hashes, SCONE matching) never see a float."""
+    _skip_if_declared(case, "bf16_autocast")
+    ids = _ids(case, batch=4, length=16)
+    losses = {}
+    for bf16 in (False, True):
+        model = case.make_model().train()
+        device_type = next(model.parameters()).device.type
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        losses[bf16] = []
+        for _ in range(4):
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses[bf16].append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses[True])))
+    torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=BF16_LOSS_RTOL, atol=0)
+    assert losses[True][-1] < losses[True][0]
+
+
 def _grads(model, ids) -> dict[str, torch.Tensor]:
     model.zero_grad()
     model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
