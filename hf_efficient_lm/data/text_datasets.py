@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -73,8 +74,12 @@ def load_text_dataset(
         empty = [f for f in files if Path(f).stat().st_size == 0]
         if empty:
             raise ValueError(f"data file {empty[0]} is empty")
+        if builder in ("json", "text", "csv"):
+            for f in files:  # datasets may accept bad UTF-8 and fail much later, far from the file's name
+                _check_utf8(f)
         try:
-            dataset = load_dataset(builder, data_files={split: [str(f) for f in files]}, split=split)
+            with _quiet_datasets_errors():  # its "Failed to load JSON" log line would precede our one-line message
+                dataset = load_dataset(builder, data_files={split: [str(f) for f in files]}, split=split)
         except Exception as error:  # datasets wraps parse errors in DatasetGenerationError without the file's name
             for f in files:
                 problem = _diagnose_file(f, builder)
@@ -101,6 +106,40 @@ def _open_text(path: str):
 
     openers = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
     return openers.get(Path(path).suffix, open)(path, "rb")
+
+
+@contextlib.contextmanager
+def _quiet_datasets_errors():
+    import datasets
+
+    level = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(max(level, datasets.logging.CRITICAL))
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(level)
+
+
+def _check_utf8(path: str, chunk_size: int = 1 << 22) -> None:
+    """Raise ``ValueError`` naming ``path`` and the line if it is not UTF-8 (streamed: constant memory)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 1
+    with _open_text(path) as handle:
+        while True:
+            block = handle.read(chunk_size)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as error:
+                position = max(0, error.start - len(error.object) + len(block))
+                lines += block[:position].count(b"\n")
+                raise ValueError(f"data file {path} is not UTF-8 text (line {lines}, byte {offset + position}: "
+                                 f"{error.reason}); convert it, e.g. with iconv -t utf-8") from None
+            if not block:
+                return
+            offset += len(block)
+            lines += block.count(b"\n")
 
 
 def _root_cause(error: BaseException) -> str:

@@ -102,7 +102,7 @@ def run_pretrain(args: PretrainArguments, training_args: TrainingArguments) -> P
     output_dir = Path(training_args.output_dir)
     check_writable(output_dir)
     set_seed(training_args.seed)
-    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(local_path(args.tokenizer, "tokenizer"))
+    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(local_path(args.tokenizer, "tokenizer folder"))
     config = llama_config_from_preset(
         args.preset,
         vocab_size=len(tokenizer),
