@@ -190,6 +190,8 @@ def main(argv=None) -> str:
     metrics = {
         "world_size": trainer.args.world_size, "global_batch": global_batch, "steps": trainer.state.global_step,
         "patching_mode": mode, "threshold": threshold, "mean_patch_size": mean_patch,
+        "train_bytes": bytes_seen, "flops_per_byte": flops["total"], "train_flops": train_flops, "seed": args.seed,
+        "learning_rate": args.learning_rate, "data_files": [Path(f).name for f in args.train_files],
         "train_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
         "bits_per_byte": results,
     }

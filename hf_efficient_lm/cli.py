@@ -88,15 +88,24 @@ def _parse_metric(text: str) -> tuple[str, str, float]:
 
 
 def _cmd_publish(args: argparse.Namespace) -> None:
-    from .hub import CardInfo, publish
+    from .data import local_path
+    from .hub import CardInfo, publish, template_for_model_type
 
+    model_dir = Path(local_path(args.model, "model folder"))
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} holds no saved model (config.json missing)")
+    template = args.template
+    if template is None:
+        template = template_for_model_type(json.loads((model_dir / "config.json").read_text()).get("model_type"))
     api = None
     if args.dry_run:
         api = _DryRunApi()
     info = CardInfo(model_id=args.repo_id, base_model=args.base_model, datasets=args.dataset or [],
-                    metrics=args.metric or [])
-    result = publish(args.model, args.repo_id, card_template=args.template, card_info=info, api=api,
+                    metrics=args.metric or [], license=args.license)
+    result = publish(model_dir, args.repo_id, card_template=template, card_info=info, api=api,
                      private=args.private, staging_dir=args.staging_dir)
+    if args.dry_run:
+        print(f"[dry run] README.md ({template} template):\n{result.card}", file=sys.stderr)
     print(json.dumps({"repo_id": result.repo_id, "files": result.files}, indent=2))
 
 
@@ -158,13 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "HfApi.upload_folder (push_to_hub would replace the card).")
     p.add_argument("--model", required=True, help="saved model folder")
     p.add_argument("--repo-id", required=True, help="Hub repo id, e.g. user/anchor-llama-5m")
-    p.add_argument("--template", default="llama_base", help="card template name in model_cards/ or a .md path")
+    p.add_argument("--template", default=None,
+                   help="card template name in model_cards/ or a .md path (default: the one for the folder's "
+                        "model_type; a named template must match it)")
+    p.add_argument("--license", default="other",
+                   help="licence id for the card (default: 'other', stated as not given; the training data decides "
+                        "what is allowed, e.g. gpl-3.0 or gfdl for GPL/GFDL text)")
     p.add_argument("--base-model", help="the base model's Hub id, for the card metadata")
     p.add_argument("--dataset", action="append", help="training dataset id (repeatable)")
     p.add_argument("--metric", action="append", type=_parse_metric, help="DATASET:METRIC=VALUE (repeatable)")
     p.add_argument("--private", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="stage the folder and card, upload nothing")
-    p.add_argument("--staging-dir", help="keep the staged folder here (useful with --dry-run)")
+    p.add_argument("--staging-dir", help="keep the staged folder here (must be empty or new; written atomically)")
     p.set_defaults(func=_cmd_publish)
 
     for module_name, function_name in FAMILY_SUBCOMMANDS:
