@@ -26,6 +26,7 @@ import glob
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -41,11 +42,13 @@ from hf_efficient_lm.blt.data_blt import (
     pad_right,
 )
 from hf_efficient_lm.blt.flops_blt import blt_flops_per_byte
+from hf_efficient_lm.cli import normalize_option_names, run_cli
 from hf_efficient_lm.data import read_texts
-from hf_efficient_lm.io_utils import atomic_dir
+from hf_efficient_lm.io_utils import atomic_dir, check_writable
 from hf_efficient_lm.train import check_world_size
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+DEFAULT_ENTROPY_MODEL = os.path.expanduser("~/.cache/hf_efficient_lm/blt/entropy")
 
 
 def blt_config_for(entropy_model: BLTEntropyModel | None, local: int, latent: int, latent_layers: int,
@@ -81,8 +84,11 @@ def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-files", nargs="*", default=sorted(glob.glob(str(DEFAULT_CORPUS / "*.train.jsonl.gz"))))
     parser.add_argument("--valid-files", nargs="*", default=sorted(glob.glob(str(DEFAULT_CORPUS / "*.valid.jsonl.gz"))))
-    parser.add_argument("--entropy-model", default=os.path.expanduser("~/.cache/hf_efficient_lm/blt/entropy"),
-                        help="folder of a trained BLTEntropyModel; if missing, space patching is used")
+    parser.add_argument("--entropy-model", default=None,
+                        help=f"folder of a trained BLTEntropyModel (an error if it is not one). Default: "
+                             f"{DEFAULT_ENTROPY_MODEL} if it exists, else space patching (said in the log)")
+    parser.add_argument("--space-patching", action="store_true",
+                        help="patch at spaces instead of with an entropy model")
     parser.add_argument("--target-patch-size", type=float, default=4.5)
     parser.add_argument("--output-dir", default=os.path.expanduser("~/.cache/hf_efficient_lm/blt/model"),
                         help="replaced as a whole (atomically) by rank 0 when training ends")
@@ -102,7 +108,21 @@ def main(argv=None) -> str:
     parser.add_argument("--eval-rows", type=int, default=16, help="validation rows per domain")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(normalize_option_names(list(sys.argv[1:] if argv is None else argv)))
+    if args.entropy_model is not None and args.space_patching:
+        parser.error("pass --entropy-model or --space-patching, not both")
+    if args.entropy_model is not None and not os.path.isfile(os.path.join(args.entropy_model, "config.json")):
+        raise FileNotFoundError(f"--entropy-model {args.entropy_model} is not a saved BLTEntropyModel folder (no "
+                                "config.json); train one with examples/train_entropy_model.py or pass --space-patching")
+    if args.entropy_model is None and not args.space_patching and os.path.isfile(
+            os.path.join(DEFAULT_ENTROPY_MODEL, "config.json")):
+        args.entropy_model = DEFAULT_ENTROPY_MODEL
+    for name in ("seq_len", "batch_size", "max_steps", "eval_rows", "threads", "limit_chars"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if not args.train_files:
+        parser.error(f"no training files: pass --train-files (default: {DEFAULT_CORPUS}/*.train.jsonl.gz)")
+    check_writable(args.output_dir, replace=True)
     torch.set_num_threads(args.threads)
     # Every process builds the same model: DDP broadcasts rank 0's weights anyway, but a one-process run with the
     # same seed then starts from the same weights as a multi-process one.
@@ -113,14 +133,15 @@ def main(argv=None) -> str:
     if len(train) == 0:
         raise ValueError(f"the training files give no row of {args.seq_len} bytes; lower --seq-len or use --no-pack")
     entropy_model = None
-    if os.path.isfile(os.path.join(args.entropy_model, "config.json")):
+    if args.entropy_model is not None:
         entropy_model = BLTEntropyModel.from_pretrained(args.entropy_model).eval()
         sample, sample_mask = pad_right(train[: min(32, len(train))]["input_ids"])
         entropies, _ = entropy_model.entropies(sample, sample_mask)
         threshold = calibrate_threshold(entropies, args.target_patch_size, attention_mask=sample_mask)
         mode = "entropy"
     else:
-        print(f"no entropy model at {args.entropy_model}: using space patching")
+        why = "--space-patching" if args.space_patching else f"no entropy model at {DEFAULT_ENTROPY_MODEL}"
+        print(f"{why}: using space patching")
         threshold, mode = 0.0, "space"
     config = blt_config_for(entropy_model, args.local_hidden, args.latent_hidden, args.latent_layers,
                             args.decoder_layers, args.window, args.hash_buckets, threshold, mode)
@@ -169,6 +190,8 @@ def main(argv=None) -> str:
     metrics = {
         "world_size": trainer.args.world_size, "global_batch": global_batch, "steps": trainer.state.global_step,
         "patching_mode": mode, "threshold": threshold, "mean_patch_size": mean_patch,
+        "train_bytes": bytes_seen, "flops_per_byte": flops["total"], "train_flops": train_flops, "seed": args.seed,
+        "learning_rate": args.learning_rate, "data_files": [Path(f).name for f in args.train_files],
         "train_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
         "bits_per_byte": results,
     }
@@ -184,4 +207,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

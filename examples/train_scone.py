@@ -36,9 +36,18 @@ import torch
 from transformers import AutoTokenizer, HfArgumentParser, LlamaForCausalLM, Trainer, TrainingArguments
 from transformers import default_data_collator, set_seed
 
-from hf_efficient_lm.data import check_vocab_fits, load_text_dataset, pack_dataset
+from hf_efficient_lm.cli import run_cli
+from hf_efficient_lm.data import check_vocab_fits, load_text_dataset, local_path, pack_dataset
+from hf_efficient_lm.io_utils import atomic_dir, atomic_file, check_writable
 from hf_efficient_lm.scone import FgramVocab, SconeLlamaConfig, SconeLlamaForCausalLM, add_fgram_columns, mine_fgrams
 from hf_efficient_lm.train import parse_launched_args
+from hf_efficient_lm.train.run_dir import (
+    FingerprintCallback,
+    check_schedule,
+    guarded_run,
+    run_fingerprint,
+    write_fingerprint,
+)
 
 
 @dataclass
@@ -61,6 +70,9 @@ class SconeTrainArguments:
     fgram_fusion: str = field(default="gated", metadata={"help": "'gated' (zero-init, exact base at step 0) or 'replace' (paper)."})
     table_dtype: str = field(default="bfloat16", metadata={"help": "dtype of the exported table rows."})
     eval_block_size: int = field(default=256)
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Start fresh when output_dir holds checkpoints or a final model of a different run (they are "
+                "deleted); without it such a dir is refused."})
 
 
 def build_model(args: SconeTrainArguments, vocab: FgramVocab, tokenizer) -> SconeLlamaForCausalLM:
@@ -84,12 +96,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[SconeTrainArguments, Trai
     args, training_args = parse_launched_args(parser, argv if argv is not None else sys.argv[1:])
     if (args.base_model is None) == (args.from_scratch_preset is None):
         raise ValueError("pass exactly one of --base_model (continual pretraining) or --from_scratch_preset")
+    check_schedule(training_args, max_train_tokens=args.max_train_tokens, max_documents=args.max_documents)
+    if args.block_size < 2:
+        raise ValueError(f"--block_size must be at least 2, got {args.block_size}")
+    if args.from_scratch_preset and not args.tokenizer:
+        raise ValueError("--from_scratch_preset needs --tokenizer")
     return args, training_args
 
 
 def main(argv: list[str] | None = None) -> Path:
     args, training_args = parse_args(argv)
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.base_model)
+    check_writable(training_args.output_dir)
+    if args.base_model:
+        args.base_model = local_path(args.base_model, "base model folder")
+    tokenizer = AutoTokenizer.from_pretrained(local_path(args.tokenizer or args.base_model, "tokenizer folder"))
     with training_args.main_process_first(desc="load, pack, mine and match"):
         train = load_text_dataset(args.data_files, text_column=args.text_column)
         if args.max_documents:
@@ -114,30 +134,41 @@ def main(argv: list[str] | None = None) -> Path:
                     * max(1, training_args.world_size))
     if args.max_train_tokens:
         training_args.max_steps = max(1, args.max_train_tokens // (global_batch * args.block_size))
-    trainer = Trainer(model=model, args=training_args, train_dataset=blocks, data_collator=default_data_collator)
-    trainer.train(resume_from_checkpoint=_last_checkpoint(training_args.output_dir))
-    out = Path(training_args.output_dir)
-    if not trainer.is_world_process_zero():
-        return out
-    trainer.save_model(out / "final")
-    tokenizer.save_pretrained(out / "final")
-    table_dir = model.export_fgram_table(out / "table", dtype=getattr(torch, args.table_dtype))
-    tokenizer.save_pretrained(table_dir)
-    print(f"wrote training-mode model to {out / 'final'} and table-mode model to {table_dir}")
-    metrics = {
-        "world_size": training_args.world_size, "global_batch": global_batch, "block_size": args.block_size,
-        "steps": trainer.state.global_step, "num_fgrams": vocab.num_fgrams,
-        "train_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
-    }
-    (out / "train_scone_metrics.json").write_text(json.dumps(metrics, indent=2))
-    if args.validation_files:
-        _evaluate(args, tokenizer, table_dir, out)
+    fingerprint = run_fingerprint(
+        model_config=model.config, tokenizer=tokenizer, training_args=training_args, data_files=args.data_files,
+        script="train_scone", base_model=args.base_model, fgram_vocab=vocab.metadata(), block_size=args.block_size,
+        max_documents=args.max_documents, text_column=args.text_column,
+    )
+    with guarded_run(training_args, fingerprint, overwrite=args.overwrite_output_dir) as decision:
+        trainer = Trainer(model=model, args=training_args, train_dataset=blocks, data_collator=default_data_collator,
+                          callbacks=[FingerprintCallback(fingerprint)])
+        trainer.train(resume_from_checkpoint=decision.resume_from)
+        out = Path(training_args.output_dir)
+        if not trainer.is_world_process_zero():
+            return out
+        with atomic_dir(out / "final") as tmp:
+            trainer.save_model(tmp)
+            tokenizer.save_pretrained(tmp)
+            write_fingerprint(tmp, fingerprint)
+        table_dir = model.export_fgram_table(out / "table", dtype=getattr(torch, args.table_dtype))
+        tokenizer.save_pretrained(table_dir)
+        print(f"wrote training-mode model to {out / 'final'} and table-mode model to {table_dir}")
+        metrics = {
+            "world_size": training_args.world_size, "global_batch": global_batch, "block_size": args.block_size,
+            "steps": trainer.state.global_step, "num_fgrams": vocab.num_fgrams,
+            "train_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+            "base_model": args.base_model, "from_scratch_preset": args.from_scratch_preset,
+            "data_files": [Path(f).name for f in args.data_files], "seed": training_args.seed,
+            "learning_rate": training_args.learning_rate, "fgram_fusion": args.fgram_fusion,
+            "fgram_num_layers": args.fgram_num_layers, "max_fgram_len": vocab.max_len,
+            "train_tokens": trainer.state.global_step * global_batch * args.block_size,
+            "resumed_from": decision.resume_from,
+        }
+        with atomic_file(out / "train_scone_metrics.json", "w") as handle:
+            handle.write(json.dumps(metrics, indent=2))
+        if args.validation_files:
+            _evaluate(args, tokenizer, table_dir, out)
     return out
-
-
-def _last_checkpoint(output_dir: str) -> str | None:
-    checkpoints = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(checkpoints[-1]) if checkpoints else None
 
 
 def _evaluate(args, tokenizer, table_dir: Path, out: Path) -> None:
@@ -153,8 +184,9 @@ def _evaluate(args, tokenizer, table_dir: Path, out: Path) -> None:
             row["base_ppl"] = evaluate_causal_lm(base, tokenizer, texts, block_size=args.eval_block_size).perplexity
         results[Path(path).name] = row
         print(path, row)
-    (out / "eval_scone.json").write_text(json.dumps(results, indent=2))
+    with atomic_file(out / "eval_scone.json", "w") as handle:
+        handle.write(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -9,7 +9,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import re
 import sys
+from collections.abc import Callable
+from pathlib import Path
+
+PROG = "hf-efficient-lm"
+DEBUG_ENV = "HFELM_DEBUG"  # set to 1 (or pass --debug) to see the traceback of a failed command
+USAGE_ERROR = 2
 
 # (module, function) pairs through which a family adds its own subcommands
 FAMILY_SUBCOMMANDS = [
@@ -20,12 +28,24 @@ FAMILY_SUBCOMMANDS = [
 ]
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (``--max-documents 0`` must not silently mean "all")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def _cmd_train_tokenizer(args: argparse.Namespace) -> None:
     from .data import iter_texts, load_text_dataset, train_tokenizer
-    from .io_utils import atomic_dir
+    from .io_utils import atomic_dir, check_writable
 
+    check_writable(args.output_dir, replace=True)
     dataset = load_text_dataset(args.data_files, dataset_name=args.dataset_name, text_column=args.text_column)
-    if args.max_documents:
+    if args.max_documents is not None:
         dataset = dataset.select(range(min(args.max_documents, len(dataset))))
     tokenizer = train_tokenizer(iter_texts(dataset, args.text_column), args.vocab_size, min_frequency=args.min_frequency)
     with atomic_dir(args.output_dir) as tmp:
@@ -35,17 +55,23 @@ def _cmd_train_tokenizer(args: argparse.Namespace) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from .data import load_text_dataset
-    from .eval import evaluate_causal_lm
+    from .data import load_text_dataset, local_path
+    from .eval import check_tokenizer_matches_folder, evaluate_causal_lm, load_causal_lm_strict
+    from .eval.loading import folder_has_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code,
-                                                 dtype=getattr(torch, args.dtype))
+    model_path = local_path(args.model, "model folder")
+    if args.tokenizer is None and Path(model_path).is_dir() and not folder_has_tokenizer(model_path):
+        raise FileNotFoundError(f"{model_path} holds no tokenizer; pass --tokenizer")
+    tokenizer_path = local_path(args.tokenizer or model_path, "tokenizer folder")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=args.trust_remote_code)
+    if args.tokenizer is not None:
+        check_tokenizer_matches_folder(tokenizer, model_path, trust_remote_code=args.trust_remote_code)
     dataset = load_text_dataset(args.data_files, dataset_name=args.dataset_name, split=args.split,
                                 text_column=args.text_column)
-    if args.max_documents:
+    model = load_causal_lm_strict(model_path, trust_remote_code=args.trust_remote_code, dtype=getattr(torch, args.dtype))
+    if args.max_documents is not None:
         dataset = dataset.select(range(min(args.max_documents, len(dataset))))
     result = evaluate_causal_lm(model, tokenizer, dataset[args.text_column], block_size=args.block_size,
                                 batch_size=args.batch_size)
@@ -62,15 +88,24 @@ def _parse_metric(text: str) -> tuple[str, str, float]:
 
 
 def _cmd_publish(args: argparse.Namespace) -> None:
-    from .hub import CardInfo, publish
+    from .data import local_path
+    from .hub import CardInfo, publish, template_for_model_type
 
+    model_dir = Path(local_path(args.model, "model folder"))
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} holds no saved model (config.json missing)")
+    template = args.template
+    if template is None:
+        template = template_for_model_type(json.loads((model_dir / "config.json").read_text()).get("model_type"))
     api = None
     if args.dry_run:
         api = _DryRunApi()
     info = CardInfo(model_id=args.repo_id, base_model=args.base_model, datasets=args.dataset or [],
-                    metrics=args.metric or [])
-    result = publish(args.model, args.repo_id, card_template=args.template, card_info=info, api=api,
+                    metrics=args.metric or [], license=args.license)
+    result = publish(model_dir, args.repo_id, card_template=template, card_info=info, api=api,
                      private=args.private, staging_dir=args.staging_dir)
+    if args.dry_run:
+        print(f"[dry run] README.md ({template} template):\n{result.card}", file=sys.stderr)
     print(json.dumps({"repo_id": result.repo_id, "files": result.files}, indent=2))
 
 
@@ -85,8 +120,12 @@ class _DryRunApi:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-efficient-lm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Options may be spelled with dashes or underscores (--data-files / --data_files). A failed command "
+               f"prints one line and exits with status 2; --debug (or {DEBUG_ENV}=1) shows the full traceback.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback when a command fails")
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
     def data_options(p: argparse.ArgumentParser) -> None:
@@ -94,13 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         source.add_argument("--data-files", nargs="+", help="local json/jsonl(.gz)/txt/csv/parquet files")
         source.add_argument("--dataset-name", help="a Hub dataset name (needs the network)")
         p.add_argument("--text-column", default="text", help="column holding the documents (default: text)")
-        p.add_argument("--max-documents", type=int, default=None, help="use only the first N documents")
+        p.add_argument("--max-documents", type=positive_int, default=None,
+                       help="use only the first N documents (N >= 1; default: all)")
 
     p = sub.add_parser("train-tokenizer", help="train a byte-level BPE tokenizer on a text dataset",
                        description="Train a byte-level BPE tokenizer (no unknown tokens; <pad>=0, <s>=1, </s>=2) "
                                    "and save it as a PreTrainedTokenizerFast.")
     data_options(p)
-    p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size including 259 byte/special tokens")
+    p.add_argument("--vocab-size", type=positive_int, default=4096, help="vocabulary size including 259 byte/special tokens")
     p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
     p.add_argument("--output-dir", required=True, help="folder to write the tokenizer to (replaced atomically)")
     p.set_defaults(func=_cmd_train_tokenizer)
@@ -115,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
     data_options(p)
     p.add_argument("--split", default="train", help="split name for the loaded files (default: train)")
-    p.add_argument("--block-size", type=int, default=256, help="tokens per evaluation window")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--block-size", type=positive_int, default=256,
+                   help="tokens per evaluation window (at most the model's max_position_embeddings)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--trust-remote-code", action="store_true", help="allow code from the model folder")
     p.set_defaults(func=_cmd_evaluate)
@@ -126,13 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "HfApi.upload_folder (push_to_hub would replace the card).")
     p.add_argument("--model", required=True, help="saved model folder")
     p.add_argument("--repo-id", required=True, help="Hub repo id, e.g. user/anchor-llama-5m")
-    p.add_argument("--template", default="llama_base", help="card template name in model_cards/ or a .md path")
+    p.add_argument("--template", default=None,
+                   help="card template name in model_cards/ or a .md path (default: the one for the folder's "
+                        "model_type; a named template must match it)")
+    p.add_argument("--license", default="other",
+                   help="licence id for the card (default: 'other', stated as not given; the training data decides "
+                        "what is allowed, e.g. gpl-3.0 or gfdl for GPL/GFDL text)")
     p.add_argument("--base-model", help="the base model's Hub id, for the card metadata")
     p.add_argument("--dataset", action="append", help="training dataset id (repeatable)")
     p.add_argument("--metric", action="append", type=_parse_metric, help="DATASET:METRIC=VALUE (repeatable)")
     p.add_argument("--private", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="stage the folder and card, upload nothing")
-    p.add_argument("--staging-dir", help="keep the staged folder here (useful with --dry-run)")
+    p.add_argument("--staging-dir", help="keep the staged folder here (must be empty or new; written atomically)")
     p.set_defaults(func=_cmd_publish)
 
     for module_name, function_name in FAMILY_SUBCOMMANDS:
@@ -146,17 +192,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def normalize_option_names(argv: list[str]) -> list[str]:
+    """``--data_files`` -> ``--data-files``: the argparse subcommands spell options with dashes, the HfArgumentParser
+    ones (pretrain, train_anchor, train_scone) accept both; this makes the underscore spelling work everywhere."""
+    out = []
+    for token in argv:
+        if token == "--":
+            out.extend(argv[len(out):])
+            break
+        match = re.match(r"^--([A-Za-z0-9][A-Za-z0-9_-]*)(=.*)?$", token, flags=re.S)
+        if match and "_" in match.group(1):
+            token = "--" + match.group(1).replace("_", "-") + (match.group(2) or "")
+        out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one subcommand; errors propagate as exceptions (the console script turns them into one line)."""
+    argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"]
     if argv and argv[0] == "pretrain":
         from .train.pretrain import main as pretrain_main
 
         pretrain_main(argv[1:])
         return 0
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(normalize_option_names(argv))
     args.func(args)
     return 0
 
 
+def error_line(error: BaseException) -> str:
+    """One line naming the problem: the exception's message with its whitespace collapsed."""
+    text = " ".join(str(error).split())
+    if isinstance(error, KeyError) or not text:
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+def run_cli(entry: Callable[[list[str]], object], argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run ``entry(argv)`` as a command: a failure prints ``PROG: error: MESSAGE`` on one line and returns exit status 2;
+    ``--debug`` anywhere in ``argv`` (or ``HFELM_DEBUG=1``) re-raises it with the full traceback instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = prog or os.path.basename(sys.argv[0]) or PROG
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false", "no")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        entry(argv)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - every failure of a command is reported the same way
+        if debug:
+            raise
+        print(f"{prog}: error: {error_line(error)} (--debug or {DEBUG_ENV}=1 shows the traceback)", file=sys.stderr)
+        return USAGE_ERROR
+    return 0
+
+
+def console_main() -> int:
+    """The ``hf-efficient-lm`` console script."""
+    return run_cli(main, prog=PROG)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -10,6 +10,37 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (``/proc/self/status`` on Linux)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: the classic swap (briefly process-wide)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(path: str | os.PathLike, *, replace: bool = False) -> Path:
+    """Raise ``PermissionError`` naming ``path`` unless it can be written (created if missing) -- before any expensive
+    work whose result would have nowhere to go. ``replace=True``: ``path`` is replaced as a whole (``atomic_dir`` /
+    ``atomic_file``), so its parent must be writable. Returns the existing folder that was probed."""
+    path = Path(path).expanduser()
+    probe = path.parent if replace else path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise NotADirectoryError(f"cannot write to {path}: {probe} is a file, not a folder")
+    try:
+        tempfile.TemporaryDirectory(prefix=".hfelm-write-probe-", dir=probe).cleanup()
+    except OSError as error:
+        raise PermissionError(f"cannot write to {path}: {probe} is not writable ({error.strerror or error})") from None
+    return probe
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator:
     """Open a temp file beside ``path``; on clean exit fsync it and rename it over ``path``."""
@@ -17,6 +48,9 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; give it the mode a plain open() would (or keep the replaced file's mode)
+        permissions = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~current_umask()
+        os.chmod(tmp, permissions)
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -43,6 +77,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[P
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700: honour the umask like mkdir does
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -20,7 +20,9 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model():
-    return make_tiny_llama(vocab_size=300)
+    # 512 positions: the direct-computation test scores one window of ~280 tokens (windows longer than
+    # max_position_embeddings are refused)
+    return make_tiny_llama(vocab_size=300, max_position_embeddings=512)
 
 
 def test_perplexity_and_bits_per_byte_match_a_direct_computation(model, tokenizer):

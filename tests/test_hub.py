@@ -66,7 +66,7 @@ def test_publish_of_a_family_folder_carries_auto_map_and_code(tmp_path):
     base = save_tiny_llama(tmp_path / "base")
     model = family_classes[0].from_pretrained(base, anchor_token_ids=[5])
     api = FakeHfApi()
-    publish(model, "me/family", card_template="llama_base", api=api)
+    publish(model, "me/family", card_template="anchor", api=api)  # llama_base is refused for it
     _, files, _ = api.uploads[0]
     config = json.loads(files["config.json"])
     assert "AutoModelForCausalLM" in config["auto_map"]

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
-from ..io_utils import atomic_dir
+from ..data import load_text_dataset, local_path
+from ..io_utils import atomic_dir, check_writable
+from ..train.run_dir import FingerprintCallback, check_schedule, guarded_run, run_fingerprint, write_fingerprint
 from .data_anchor import AnchorDataCollator, tokenize_function
 from .modeling_anchor_llama import AnchorLlamaForCausalLM
 from .tokens_anchor import DEFAULT_ANCHOR_TOKEN, add_anchor_token, find_endpoint_token_ids
@@ -49,16 +50,15 @@ class AnchorTrainArguments:
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], metadata={"help": "LoRA target modules."}
     )
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Start fresh when output_dir holds checkpoints or a final model of a different run (they are "
+                "deleted); without it such a dir is refused."})
 
 
 def _load_texts(files: list[str], column: str, limit: int | None):
-    from datasets import load_dataset
-
     if not files:
         raise ValueError("no data files given (--data_files)")
-    dataset = load_dataset("json", data_files={"train": list(files)}, split="train")
-    if column not in dataset.column_names:
-        raise ValueError(f"column {column!r} not in {files}: columns are {dataset.column_names}")
+    dataset = load_text_dataset(list(files), text_column=column)
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     return dataset
@@ -66,7 +66,7 @@ def _load_texts(files: list[str], column: str, limit: int | None):
 
 def build_anchor_model(args: AnchorTrainArguments):
     """``(model, tokenizer)``: the base Llama loaded as AnchorLlama with EP anchors or a new ``<AC>`` token."""
-    tokenizer = AutoTokenizer.from_pretrained(args.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(local_path(args.base_model, "base model folder"))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if args.anchor_mode == "ep":
@@ -90,8 +90,24 @@ def build_anchor_model(args: AnchorTrainArguments):
 
 def run_anchor_training(args: AnchorTrainArguments, training_args: TrainingArguments) -> Path:
     """Train and return ``<output_dir>/final``."""
+    check_schedule(training_args, max_documents=args.max_documents)
+    if args.max_length < 2:
+        raise ValueError(f"--max_length must be at least 2 tokens, got {args.max_length}")
+    check_writable(training_args.output_dir)
     set_seed(training_args.seed)
     model, tokenizer = build_anchor_model(args)
+    fingerprint = run_fingerprint(
+        model_config=model.config, tokenizer=tokenizer, training_args=training_args, data_files=args.data_files,
+        script="train_anchor", text_column=args.text_column, max_length=args.max_length,
+        max_documents=args.max_documents, anchor_mode=args.anchor_mode,
+        lora=[args.lora_r, args.lora_alpha, sorted(args.lora_target_modules)] if args.lora_r > 0 else None,
+    )
+    with guarded_run(training_args, fingerprint, overwrite=args.overwrite_output_dir,
+                     final_dirname=FINAL_DIRNAME) as decision:
+        return _train_anchor(args, training_args, model, tokenizer, fingerprint, decision.resume_from)
+
+
+def _train_anchor(args, training_args, model, tokenizer, fingerprint: dict, resume_from: str | None) -> Path:
     anchor_id = model.config.anchor_token_ids[0] if args.anchor_mode == "ac" else None
     data_mode = "ac" if args.anchor_mode == "ac" else "ep"  # 'none' uses the text as is, like EP
     tokenize = tokenize_function(tokenizer, data_mode, anchor_id, args.max_length, args.text_column)
@@ -125,14 +141,17 @@ def run_anchor_training(args: AnchorTrainArguments, training_args: TrainingArgum
         eval_dataset=eval_set,
         data_collator=AnchorDataCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
+        callbacks=[FingerprintCallback(fingerprint)],
     )
     output_dir = Path(training_args.output_dir)
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or last)
+    trainer.train(resume_from_checkpoint=resume_from)
     metrics = {
         "anchor_mode": args.anchor_mode, "anchor_token_ids": list(model.config.anchor_token_ids),
         "documents": len(train_set), "steps": trainer.state.global_step,
         "train_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+        "base_model": args.base_model, "data_files": [Path(f).name for f in args.data_files],
+        "seed": training_args.seed, "learning_rate": training_args.learning_rate, "max_length": args.max_length,
+        "lora_r": args.lora_r, "resumed_from": resume_from,
     }
     if eval_set is not None:
         eval_metrics = trainer.evaluate()
@@ -148,6 +167,7 @@ def run_anchor_training(args: AnchorTrainArguments, training_args: TrainingArgum
             final_model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / "anchor_train_metrics.json").write_text(json.dumps(metrics, indent=2))
+            write_fingerprint(tmp, fingerprint)
     trainer.accelerator.wait_for_everyone()
     return final_dir
 

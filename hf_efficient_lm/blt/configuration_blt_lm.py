@@ -89,6 +89,13 @@ class BLTGlobalConfig(LlamaConfig):
     tie_word_embeddings: bool = False
 
 
+# Fields that ``validate_blt`` checks; assigning one after construction re-runs it.
+_VALIDATED_FIELDS = frozenset(
+    {"patching_mode", "patching_threshold", "patch_size", "max_patch_length", "cross_attn_k", "vocab_size",
+     "encoder_hash_byte_group_size", "encoder_hash_byte_group_vocab", "encoder_hash_byte_group_nb_functions"}
+)
+
+
 class BLTConfig(PreTrainedConfig):
     """Configuration of :class:`BLTForCausalLM`.
 
@@ -164,7 +171,10 @@ class BLTConfig(PreTrainedConfig):
         thr = self.patching_threshold
         if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(float(thr)):
             raise ValueError(f"patching_threshold must be a finite number, got {thr!r}")
-        if self.max_patch_length is not None and (not isinstance(self.max_patch_length, int) or self.max_patch_length < 1):
+        if self.max_patch_length is not None and (
+            isinstance(self.max_patch_length, bool) or not isinstance(self.max_patch_length, int)
+            or self.max_patch_length < 1
+        ):
             raise ValueError(f"max_patch_length must be a positive int or None, got {self.max_patch_length!r}")
         if not isinstance(self.patch_size, int) or self.patch_size < 1:
             raise ValueError(f"patch_size must be a positive int, got {self.patch_size!r}")
@@ -183,6 +193,29 @@ class BLTConfig(PreTrainedConfig):
                 "encoder_config.hidden_size and decoder_config.hidden_size must match (the decoder reads encoder states), "
                 f"got {self.encoder_config.hidden_size} and {self.decoder_config.hidden_size}"
             )
+
+    def __setattr__(self, key, value):
+        # ``from_pretrained(path, patching_threshold=...)`` sets overrides with setattr after ``__post_init__``: check
+        # them there too (as AnchorLlama's config does), restoring the old value when the new one is invalid.
+        if key not in _VALIDATED_FIELDS or not self.__dict__.get("_post_init_done"):
+            super().__setattr__(key, value)
+            return
+        missing = object()
+        old = self.__dict__.get(key, missing)
+        super().__setattr__(key, value)
+        try:
+            self.validate_blt()
+        except ValueError:
+            if old is missing:
+                self.__dict__.pop(key, None)
+            else:
+                super().__setattr__(key, old)
+            raise
+
+    def validate(self) -> None:
+        """Run by ``save_pretrained`` before it writes config.json: never write a folder that cannot be reloaded."""
+        self.validate_architecture()
+        self.validate_blt()
 
     @property
     def num_hidden_layers(self) -> int:

@@ -4,6 +4,7 @@ patch size, collate (right-padding rows of different lengths)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -127,8 +128,16 @@ def calibrate_threshold(entropies: torch.Tensor, target_patch_size: float, monot
     """Bisect the threshold so that the mean patch size on ``entropies [B, N]`` (real bytes of ``attention_mask``)
     is ~``target_patch_size`` (the maintainers' recipe for a new dataset); mean patch size grows with the
     threshold."""
-    if target_patch_size < 1:
-        raise ValueError(f"target_patch_size must be >= 1, got {target_patch_size}")
+    if (isinstance(target_patch_size, bool) or not isinstance(target_patch_size, (int, float))
+            or not math.isfinite(float(target_patch_size)) or target_patch_size < 1):
+        raise ValueError(f"target_patch_size must be a finite number >= 1, got {target_patch_size!r}")
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be a positive int, got {iterations!r}")
+    entropies = torch.as_tensor(entropies)
+    if entropies.numel() == 0:
+        raise ValueError("entropies is empty: nothing to calibrate the threshold on")
+    if not torch.isfinite(entropies).all():
+        raise ValueError("entropies holds NaN or infinite values; the entropy model's output is broken")
     lo, hi = float(entropies.min()) - 10.0, float(entropies.max()) + 10.0
     if monotonic:
         diffs = entropies[:, 1:] - entropies[:, :-1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -15,6 +17,20 @@ _BUILDER_BY_SUFFIX = {
     ".csv": "csv",
     ".parquet": "parquet",
 }
+
+
+def local_path(name: str | os.PathLike, what: str = "model folder") -> str:
+    """``name`` unchanged if it exists or may be a Hub id (``owner/name``); a missing path that can only be local
+    (``./x``, ``/x``, ``~/x``, ``a/b/c``) raises ``FileNotFoundError`` naming it, instead of the Hub client's
+    "Repo id must be in the form 'repo_name' or 'namespace/repo_name'"."""
+    text = os.fspath(name)
+    path = Path(text).expanduser()
+    if path.exists():
+        return str(path)
+    parts = [p for p in text.replace("\\", "/").split("/") if p]
+    if text.startswith((".", "/", "~")) or "\\" in text or len(parts) > 2 or text.endswith("/"):
+        raise FileNotFoundError(f"{what} {text!r} does not exist")
+    return text
 
 
 def _builder_for(path: str) -> str:
@@ -48,16 +64,125 @@ def load_text_dataset(
         missing = [f for f in files if not Path(f).exists()]
         if missing:
             raise FileNotFoundError(f"data files not found: {missing}")
+        not_files = [f for f in files if not Path(f).is_file()]
+        if not_files:
+            raise IsADirectoryError(f"data files must be files, not folders: {not_files}")
         builders = {_builder_for(str(f)) for f in files}
         if len(builders) != 1:
             raise ValueError(f"data_files mix formats {sorted(builders)}; load them separately")
-        dataset = load_dataset(builders.pop(), data_files={split: [str(f) for f in files]}, split=split)
+        builder = builders.pop()
+        empty = [f for f in files if Path(f).stat().st_size == 0]
+        if empty:
+            raise ValueError(f"data file {empty[0]} is empty")
+        if builder in ("json", "text", "csv"):
+            for f in files:  # datasets may accept bad UTF-8 and fail much later, far from the file's name
+                _check_utf8(f)
+        try:
+            with _quiet_datasets_errors():  # its "Failed to load JSON" log line would precede our one-line message
+                dataset = load_dataset(builder, data_files={split: [str(f) for f in files]}, split=split)
+        except Exception as error:  # datasets wraps parse errors in DatasetGenerationError without the file's name
+            for f in files:
+                problem = _diagnose_file(f, builder)
+                if problem:
+                    raise ValueError(problem) from error
+            raise ValueError(f"could not load data files {files}: {_root_cause(error)}") from error
+        source = f"data files {files}"
     else:
         dataset = load_dataset(dataset_name, dataset_config, split=split)
+        source = f"dataset {dataset_name!r}"
     if isinstance(dataset, DatasetDict):  # pragma: no cover - split= always gives a Dataset
         dataset = dataset[split]
     require_text_column(dataset, text_column)
+    if len(dataset) == 0:
+        raise ValueError(f"{source} hold no documents")
     return dataset
+
+
+def _open_text(path: str):
+    """Binary handle on a possibly compressed file."""
+    import bz2
+    import gzip
+    import lzma
+
+    openers = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+    return openers.get(Path(path).suffix, open)(path, "rb")
+
+
+@contextlib.contextmanager
+def _quiet_datasets_errors():
+    import datasets
+
+    level = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(max(level, datasets.logging.CRITICAL))
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(level)
+
+
+def _check_utf8(path: str, chunk_size: int = 1 << 22) -> None:
+    """Raise ``ValueError`` naming ``path`` and the line if it is not UTF-8 (streamed: constant memory)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 1
+    with _open_text(path) as handle:
+        while True:
+            block = handle.read(chunk_size)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as error:
+                position = max(0, error.start - len(error.object) + len(block))
+                lines += block[:position].count(b"\n")
+                raise ValueError(f"data file {path} is not UTF-8 text (line {lines}, byte {offset + position}: "
+                                 f"{error.reason}); convert it, e.g. with iconv -t utf-8") from None
+            if not block:
+                return
+            offset += len(block)
+            lines += block.count(b"\n")
+
+
+def _root_cause(error: BaseException) -> str:
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return f"{type(error).__name__}: {error}"
+
+
+def _diagnose_file(path: str, builder: str) -> str | None:
+    """A one-line reason why ``path`` cannot be read as ``builder`` text (bad UTF-8, bad JSON), or None."""
+    import json
+
+    if builder not in ("json", "text", "csv"):
+        return None
+    try:
+        with _open_text(path) as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as error:
+        return f"cannot read data file {path}: {error}"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        return f"data file {path} is not UTF-8 text (byte {error.start}, line {line}: {error.reason})"
+    if not text.strip():
+        return f"data file {path} is empty"
+    if builder != "json":
+        return None
+    try:
+        json.loads(text)
+        return None  # one JSON document (e.g. a list of records)
+    except json.JSONDecodeError:
+        pass
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            return f"data file {path} has malformed JSON on line {number}: {error.msg} (column {error.colno})"
+        if not isinstance(record, dict):
+            return f"data file {path} line {number} is a JSON {type(record).__name__}, not an object with a text field"
+    return None
 
 
 def require_text_column(dataset: Dataset, text_column: str) -> None:

@@ -43,3 +43,21 @@ def train_tokenizer(
         **SPECIAL_TOKENS,
     )
     return tokenizer
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """sha256 over what decides how a tokenizer splits text into ids: for a fast tokenizer its whole backend
+    (normalizer, pre-tokenizer, vocabulary, merges, added tokens; padding/truncation settings left out), otherwise its
+    class and token -> id map. Two tokenizers with the same vocab size but different merges get different digests."""
+    import hashlib
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        payload = json.dumps(state, sort_keys=True, ensure_ascii=False)
+    else:
+        payload = json.dumps([type(tokenizer).__name__, sorted(tokenizer.get_vocab().items())], ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(payload.encode("utf-8")).hexdigest()

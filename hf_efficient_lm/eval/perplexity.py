@@ -57,6 +57,16 @@ def evaluate_causal_lm(
     show_progress: bool = True,
 ) -> LMEvaluation:
     """Perplexity and bits-per-byte of ``model`` on ``texts`` (see the module docstring for the protocol)."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be a list of documents, got a single string (it would be read character by "
+                        "character); pass [text]")
+    for name, value in (("block_size", block_size), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    texts = list(texts)
+    bad = next((t for t in texts if not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"texts must hold strings, got a {type(bad).__name__}: {bad!r:.60}")
     texts = [t for t in texts if t]
     if not texts:
         raise ValueError("no non-empty texts to evaluate on")
@@ -65,6 +75,11 @@ def evaluate_causal_lm(
     total_bytes = sum(len(t.encode("utf-8")) for t in texts)
     # window w predicts stream[w*B+1 : (w+1)*B+1] from inputs stream[w*B : (w+1)*B]
     num_predicted = len(stream) - 1
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and min(block_size, num_predicted) > limit:
+        raise ValueError(f"evaluation windows of {min(block_size, num_predicted)} tokens are longer than the model's "
+                         f"max_position_embeddings ({limit}): positions beyond it were never trained; use a block_size "
+                         f"of at most {limit}")
     starts = list(range(0, num_predicted, block_size))
     device = next(model.parameters()).device
     was_training = model.training

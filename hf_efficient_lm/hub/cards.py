@@ -15,6 +15,38 @@ def model_cards_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "model_cards"
 
 
+# Which saved model types each template describes (a card for another model would state wrong facts).
+TEMPLATE_MODEL_TYPES: dict[str, tuple[str, ...]] = {
+    "llama_base": ("llama",),
+    "anchor": ("hfelm_anchor_llama",),
+    "scone": ("hfelm_scone_llama",),
+    "blt": ("hfelm_blt",),
+    "specialist_mixture": ("hfelm_specialist_mixture",),
+    "specialist_hyper": ("hfelm_hyper_specialist",),
+    "specialist_specialized": ("llama",),
+}
+DEFAULT_LICENSE = "other"  # the licence depends on the training data: say so rather than claim apache-2.0
+
+
+def template_for_model_type(model_type: str) -> str:
+    """The default template for a saved folder's ``model_type``."""
+    for name, types in TEMPLATE_MODEL_TYPES.items():
+        if model_type in types:
+            return name
+    raise ValueError(f"no model card template for model_type {model_type!r}; pass --template with a .md path")
+
+
+def check_template_matches(template: str | Path, model_type: str | None) -> None:
+    """Raise ``ValueError`` when a named template describes another kind of model than ``model_type``."""
+    name = Path(template).stem if str(template).endswith(".md") else str(template)
+    allowed = TEMPLATE_MODEL_TYPES.get(name)
+    if model_type is None or allowed is None:
+        return  # a custom .md template: the user vouches for it
+    if model_type not in allowed:
+        raise ValueError(f"card template {name!r} describes {' / '.join(allowed)} models but this folder holds a "
+                         f"{model_type!r} model; use --template {template_for_model_type(model_type)}")
+
+
 def find_card_template(name_or_path: str | Path) -> Path:
     """A template by name (``"anchor"`` -> ``model_cards/anchor.md``) or by path; clear error if it is missing."""
     candidate = Path(name_or_path)
@@ -36,7 +68,7 @@ class CardInfo:
     datasets: list[str] = field(default_factory=list)
     metrics: list[tuple[str, str, float]] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
-    license: str | None = "apache-2.0"
+    license: str | None = DEFAULT_LICENSE
     extra: dict = field(default_factory=dict)  # template variables of a family's own template
 
 
@@ -58,13 +90,16 @@ def render_model_card(template: str | Path, info: CardInfo) -> ModelCard:
         eval_results=eval_results or None,
     )
     metrics_table = [{"dataset": d, "metric": m, "value": f"{v:.4g}"} for d, m, v in info.metrics]
-    return ModelCard.from_template(
-        card_data,
-        template_path=str(find_card_template(template)),
+    variables = dict(
         model_id=info.model_id,
         base_model=info.base_model,
         datasets_text=", ".join(info.datasets) or None,
+        license_text=info.license if info.license not in (None, "other") else
+        "not stated (set it with --license to what the training data allows)",
         metrics_table=metrics_table,
         min_transformers=MIN_TRANSFORMERS,
         **info.extra,
     )
+    # None means "unknown": leave the variable undefined so the template's own wording applies, never print "None"
+    variables = {k: v for k, v in variables.items() if v is not None}
+    return ModelCard.from_template(card_data, template_path=str(find_card_template(template)), **variables)

@@ -6,13 +6,15 @@ Transformers' ``push_to_hub`` would replace README.md with a generic card, so th
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .cards import CardInfo, render_model_card
+from ..io_utils import atomic_dir, check_writable
+from .cards import CardInfo, check_template_matches, render_model_card
 
 
 @dataclass
@@ -20,34 +22,134 @@ class PublishResult:
     repo_id: str
     files: list[str]  # paths relative to the repo root, as uploaded
     commit: object  # what the api's upload_folder returned
+    card: str = ""  # the rendered README.md
 
 
-def folder_facts(folder: Path) -> dict:
-    """Card variables read off a saved folder: vocab size, parameter count, and pretraining metrics if recorded."""
-    import json
+METRICS_FILES = ("pretrain_metrics.json", "base_metrics.json", "anchor_train_metrics.json", "train_scone_metrics.json",
+                 "train_blt_metrics.json", "eval_scone.json")
 
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from None
+
+
+def _count_parameters(files, prefix: str = "") -> int:
     from safetensors import safe_open
 
-    facts: dict = {}
-    config = json.loads((folder / "config.json").read_text())
-    facts["vocab_size"] = config.get("vocab_size")
-    parameters = 0
-    for weights in folder.glob("*.safetensors"):
+    total = 0
+    for weights in files:
         with safe_open(str(weights), framework="pt") as handle:
             for name in handle.keys():
-                shape = handle.get_slice(name).get_shape()
+                if not name.startswith(prefix):
+                    continue
                 count = 1
-                for dim in shape:
+                for dim in handle.get_slice(name).get_shape():
                     count *= dim
-                parameters += count
+                total += count
+    return total
+
+
+def _millions(count: int) -> str:
+    return f"{count / 1e6:.2f} M"
+
+
+def folder_facts(folder: Path, source: Path | None = None) -> dict:
+    """Everything a card can say from a saved folder: its config (per family), its weights, and the family's metrics
+    file (in the folder or, for ``train_scone.py``'s ``table/``, its parent). Keys: template variables, plus
+    ``_datasets``, ``_base_model`` and ``_metrics`` for the card metadata."""
+    folder = Path(folder)
+    config = _read_json(folder / "config.json")
+    model_type = config.get("model_type")
+    facts: dict = {"model_type": model_type, "vocab_size": config.get("vocab_size"),
+                   "num_layers": config.get("num_hidden_layers")}
+    main_weights = [p for p in folder.glob("*.safetensors") if p.name not in ("fgram_table.safetensors",
+                                                                            "fgram_index.safetensors")]
+    parameters = _count_parameters(main_weights)
     if parameters:
-        facts["parameters"] = f"{parameters / 1e6:.2f} M"
-    for metrics_file in ("pretrain_metrics.json", "base_metrics.json"):
-        if (folder / metrics_file).exists():
-            recorded = json.loads((folder / metrics_file).read_text())
-            facts.setdefault("preset", recorded.get("preset"))
-            if recorded.get("train_tokens"):
-                facts["train_tokens"] = recorded["train_tokens"]
+        facts["parameters"] = _millions(parameters)
+    metrics: list[tuple[str, str, float]] = []
+    recorded: dict = {}
+    source = Path(source) if source is not None else folder
+    for name in METRICS_FILES:
+        for where in (folder, source, source.parent):
+            if (where / name).is_file():
+                data = _read_json(where / name)
+                if name == "eval_scone.json":
+                    for dataset, row in data.items():
+                        for key, value in row.items():
+                            metrics.append((dataset, key.replace("_ppl", " perplexity"), float(value)))
+                else:
+                    recorded.update(data)
+                break
+    facts["preset"] = recorded.get("preset")
+    facts["train_tokens"] = recorded.get("train_tokens")
+    facts["training_steps"] = recorded.get("steps")
+    facts["learning_rate"] = recorded.get("learning_rate")
+    facts["seed"] = recorded.get("seed")
+    facts["_datasets"] = list(recorded.get("data_files") or ([recorded["dataset_name"]] if recorded.get("dataset_name")
+                                                             else []))
+    base = recorded.get("base_model")
+    facts["_base_model"] = Path(base).name if base and Path(base).exists() else base
+    for key, label in (("eval_perplexity", "perplexity"), ("eval_perplexity_ansan", "perplexity"),
+                       ("eval_loss", "loss")):
+        if key in recorded:
+            metrics.append(("held-out", label, float(recorded[key])))
+    for domain, value in (recorded.get("bits_per_byte") or {}).items():
+        metrics.append((domain, "bits_per_byte", float(value)))
+    facts["_metrics"] = metrics
+
+    if model_type == "hfelm_anchor_llama":
+        facts.update(anchor_mode=config.get("anchor_mode"), anchor_token_ids=config.get("anchor_token_ids"),
+                     anchor_token=config.get("anchor_token"), anchor_mask_variant=config.get("anchor_mask_variant"))
+    elif model_type == "hfelm_scone_llama":
+        facts.update(num_fgrams=config.get("num_fgrams"), max_fgram_len=config.get("max_fgram_len"),
+                     fgram_layers=config.get("fgram_num_layers"), fusion=config.get("fgram_fusion"),
+                     fgram_mode=config.get("fgram_mode"), accelerator_params=facts.get("parameters"))
+        table = folder / "fgram_table.safetensors"
+        if table.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(table), framework="pt") as handle:
+                name = next(iter(handle.keys()))
+                rows = handle.get_slice(name)
+                facts["table_dtype"] = str(rows.get_dtype()).lower().replace("bf16", "bfloat16").replace(
+                    "f32", "float32").replace("f16", "float16")
+            facts["table_size"] = f"{table.stat().st_size / 2**20:.1f} MiB"
+        elif config.get("fgram_mode") != "table":
+            facts["table_size"] = "not exported (training-mode folder: run `hf-efficient-lm scone-export`)"
+            facts["table_dtype"] = "n/a"
+    elif model_type == "hfelm_blt":
+        facts.update(patching_mode=config.get("patching_mode"), patching_threshold=config.get("patching_threshold"),
+                     mean_patch_size=recorded.get("mean_patch_size"))
+        facts["num_layers"] = (config.get("global_config") or {}).get("num_hidden_layers")
+        for key, prefix in (("latent_parameters", "model.global_transformer."),
+                            ("entropy_parameters", "model.entropy_model."),
+                            ("hash_parameters", "model.encoder_hash_tok_embedding.")):
+            facts[key] = _millions(_count_parameters(main_weights, prefix))
+        if recorded.get("train_bytes"):
+            facts["train_bytes"] = f"{recorded['train_bytes'] / 1e6:.1f} M"
+        if recorded.get("flops_per_byte"):
+            facts["flops_per_byte"] = f"{recorded['flops_per_byte'] / 1e6:.2f} M"
+    elif model_type in ("hfelm_specialist_mixture", "hfelm_hyper_specialist"):
+        index = folder / "cluster_index.json"
+        facts["embedder"] = (json.dumps(_read_json(index).get("embedder"), sort_keys=True) if index.is_file() else
+                             "not in this folder: publish the ClusterIndex saved with the model next to it")
+        if model_type == "hfelm_specialist_mixture":
+            experts = int(config.get("num_experts") or 1)
+            facts.update(num_experts=experts, total_params=facts.get("parameters"),
+                         expert_params=_millions(parameters // experts) if parameters else None)
+        else:
+            # deployed: a stock Llama, i.e. the shared weights plus one materialised MLP per layer
+            shared = parameters - _count_parameters(main_weights, "model.cluster_codes") - sum(
+                _count_parameters(main_weights, f"model.layers.{i}.mlp.")
+                for i in range(int(config.get("num_hidden_layers") or 0)))
+            mlp = 3 * int(config.get("hidden_size") or 0) * int(config.get("intermediate_size") or 0)
+            facts.update(num_clusters=config.get("num_clusters"), num_basis=config.get("num_basis"),
+                         total_params=facts.get("parameters"),
+                         inference_params=_millions(shared + mlp * int(config.get("num_hidden_layers") or 0)))
     return {k: v for k, v in facts.items() if v is not None}
 
 
@@ -56,7 +158,8 @@ def _stage(model_or_folder, tokenizer, staging: Path) -> None:
         source = Path(model_or_folder)
         if not (source / "config.json").exists():
             raise FileNotFoundError(f"{source} holds no saved model (config.json missing)")
-        shutil.copytree(source, staging, dirs_exist_ok=True)
+        shutil.copytree(source, staging, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("checkpoint-*", ".*", "run_fingerprint.json"))
     else:
         model_or_folder.save_pretrained(staging)
     if tokenizer is not None:
@@ -86,15 +189,34 @@ def publish(
 
         api = HfApi()
     info = card_info or CardInfo(model_id=repo_id)
+    if staging_dir is not None:
+        staging_dir = Path(staging_dir)
+        if staging_dir.exists() and (not staging_dir.is_dir() or any(staging_dir.iterdir())):
+            raise FileExistsError(f"staging dir {staging_dir} is not empty: its files would be uploaded with this "
+                                  "model; pass an empty or new folder")
+        check_writable(staging_dir, replace=True)
     with tempfile.TemporaryDirectory(prefix="hfelm-publish-") as tmp:
-        staging = Path(staging_dir) if staging_dir is not None else Path(tmp) / "repo"
-        staging.mkdir(parents=True, exist_ok=True)
+        staging = Path(tmp) / "repo"
+        staging.mkdir()
         _stage(model_or_folder, tokenizer, staging)
-        facts = folder_facts(staging)
-        info = replace(info, extra={**facts, **info.extra})
-        render_model_card(card_template, info).save(staging / "README.md")
+        source = Path(model_or_folder) if isinstance(model_or_folder, (str, os.PathLike)) else None
+        facts = folder_facts(staging, source=source)
+        check_template_matches(card_template, facts.get("model_type"))
+        extra = {k: v for k, v in facts.items() if not k.startswith("_")}
+        info = replace(
+            info,
+            base_model=info.base_model or facts.get("_base_model"),
+            datasets=info.datasets or facts.get("_datasets", []),
+            metrics=info.metrics or facts.get("_metrics", []),
+            extra={**extra, **info.extra},
+        )
+        card = render_model_card(card_template, info)
+        card.save(staging / "README.md")
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+        if staging_dir is not None:  # appears whole, only once the card is written
+            with atomic_dir(staging_dir) as kept:
+                shutil.copytree(staging, kept, dirs_exist_ok=True)
         api.create_repo(repo_id, exist_ok=True, private=private, repo_type="model")
         commit = api.upload_folder(folder_path=str(staging), repo_id=repo_id, repo_type="model",
                                    commit_message=commit_message)
-    return PublishResult(repo_id=repo_id, files=files, commit=commit)
+    return PublishResult(repo_id=repo_id, files=files, commit=commit, card=str(card))

@@ -6,23 +6,27 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..cli import positive_int
+
 
 def _tokenized_dataset(args):
     """A dataset with an ``input_ids`` column: loaded with ``load_from_disk`` or tokenized from text files."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    from ..data import local_path
+
+    tokenizer = AutoTokenizer.from_pretrained(local_path(args.tokenizer, "tokenizer folder"))
     if args.tokenized:
         from datasets import load_from_disk
 
-        dataset = load_from_disk(args.tokenized)
+        dataset = load_from_disk(local_path(args.tokenized, "tokenized dataset folder"))
         if "input_ids" not in dataset.column_names:
             raise ValueError(f"{args.tokenized} has no input_ids column (columns: {dataset.column_names})")
     else:
         from ..data import load_text_dataset
 
         dataset = load_text_dataset(args.data_files, dataset_name=args.dataset_name, text_column=args.text_column)
-    if args.max_documents:
+    if args.max_documents is not None:
         dataset = dataset.select(range(min(args.max_documents, len(dataset))))
     if not args.tokenized:
         dataset = dataset.map(
@@ -34,8 +38,10 @@ def _tokenized_dataset(args):
 
 
 def _cmd_scone_mine(args: argparse.Namespace) -> None:
+    from ..io_utils import check_writable
     from .mining_scone import mine_fgrams
 
+    check_writable(args.output_dir, replace=True)
     dataset, tokenizer = _tokenized_dataset(args)
     barriers = args.barrier_ids
     if barriers is None:  # document-boundary specials of the tokenizer
@@ -51,11 +57,32 @@ def _cmd_scone_mine(args: argparse.Namespace) -> None:
 def _cmd_scone_export(args: argparse.Namespace) -> None:
     import torch
 
+    from pathlib import Path
+
+    from ..data import local_path
+    from ..eval.loading import TOKENIZER_FILES, folder_has_tokenizer
+    from ..io_utils import check_writable
     from .modeling_scone_llama import SconeLlamaForCausalLM
 
-    model = SconeLlamaForCausalLM.from_pretrained(args.model)
-    out = model.export_fgram_table(args.output_dir, batch_size=args.batch_size, dtype=getattr(torch, args.dtype))
-    print(f"wrote table-mode SconeLlama ({model.config.num_fgrams} f-gram rows, {args.dtype}) to {out}")
+    model_dir = Path(local_path(args.model, "model folder"))
+    out_dir = Path(args.output_dir)
+    if out_dir.resolve() == model_dir.resolve() or model_dir.resolve() in out_dir.resolve().parents:
+        raise ValueError(f"--output-dir {out_dir} is the training-mode model {model_dir} (or inside it): exporting "
+                         "would replace the training checkpoint; choose another folder")
+    check_writable(out_dir, replace=True)
+    tokenizer = None
+    if folder_has_tokenizer(model_dir):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = SconeLlamaForCausalLM.from_pretrained(model_dir)
+    out = model.export_fgram_table(out_dir, batch_size=args.batch_size, dtype=getattr(torch, args.dtype))
+    note = ""
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)  # the exported folder is evaluated and published on its own
+    else:
+        note = f" (no tokenizer in {model_dir}: add one of {list(TOKENIZER_FILES[:2])} before evaluating it)"
+    print(f"wrote table-mode SconeLlama ({model.config.num_fgrams} f-gram rows, {args.dtype}) to {out}{note}")
 
 
 def add_scone_subcommands(subparsers) -> None:
@@ -73,8 +100,8 @@ def add_scone_subcommands(subparsers) -> None:
     source.add_argument("--dataset-name", help="a Hub text dataset (needs the network)")
     source.add_argument("--tokenized", help="a datasets folder (save_to_disk) with an input_ids column")
     p.add_argument("--text-column", default="text", help="column holding the documents (default: text)")
-    p.add_argument("--max-documents", type=int, default=None, help="use only the first N documents")
-    p.add_argument("--num-fgrams", type=int, required=True, help="S, number of f-grams to keep")
+    p.add_argument("--max-documents", type=positive_int, default=None, help="use only the first N documents (N >= 1)")
+    p.add_argument("--num-fgrams", type=positive_int, required=True, help="S, number of f-grams to keep")
     p.add_argument("--max-len", type=int, default=5, help="K, longest f-gram (default 5)")
     p.add_argument("--min-count", type=int, default=5, help="n-grams seen fewer times are never kept (default 5)")
     p.add_argument("--barrier-ids", type=int, nargs="*", default=None,
@@ -89,11 +116,12 @@ def add_scone_subcommands(subparsers) -> None:
     p = subparsers.add_parser(
         "scone-export", help="precompute a trained SconeLlama's f-gram table and write a table-mode folder",
         description="Run the f-gram model over all S f-grams (batched) and write model.safetensors without it plus "
-                    "a memory-mapped fgram_table.safetensors; the folder loads with from_pretrained.",
+                    "a memory-mapped fgram_table.safetensors, plus the model folder's tokenizer; the folder loads "
+                    "with from_pretrained and can be evaluated on its own.",
     )
     p.add_argument("--model", required=True, help="training-mode SconeLlama folder")
     p.add_argument("--output-dir", required=True, help="table-mode folder to write (replaced atomically)")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
                    help="dtype of the stored table rows (default bfloat16)")
-    p.add_argument("--batch-size", type=int, default=4096, help="f-grams per f-gram-model batch")
+    p.add_argument("--batch-size", type=positive_int, default=4096, help="f-grams per f-gram-model batch")
     p.set_defaults(func=_cmd_scone_export)

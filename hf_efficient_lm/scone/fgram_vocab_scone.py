@@ -14,6 +14,7 @@ import bisect
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -454,7 +455,21 @@ class FgramVocab:
         """Raise :class:`TokenizerMismatchError` if ``tokenizer`` (or ``fingerprint``) is not the mining tokenizer."""
         if tokenizer is not None:
             fingerprint = tokenizer_fingerprint(tokenizer)
-        if fingerprint is None or self.tokenizer_fingerprint is None:
+            if len(tokenizer) < self.vocab_size:
+                raise TokenizerMismatchError(
+                    f"tokenizer/f-gram mismatch{(' for ' + where) if where else ''}: the f-gram vocabulary was mined "
+                    f"over token ids < {self.vocab_size} but the tokenizer has only {len(tokenizer)} tokens"
+                )
+        if fingerprint is None:
+            return
+        if self.tokenizer_fingerprint is None:
+            # Mined from token ids without tokenizer=: nothing to compare, so say so instead of passing silently.
+            warnings.warn(
+                f"the f-gram vocabulary{(' for ' + where) if where else ''} was mined without tokenizer=, so it "
+                f"cannot be checked against tokenizer {fingerprint}; if its ids come from another tokenizer the "
+                "f-grams are wrong. Re-mine with mine_fgrams(..., tokenizer=...) to record the fingerprint.",
+                UserWarning, stacklevel=2,
+            )
             return
         if fingerprint != self.tokenizer_fingerprint:
             raise TokenizerMismatchError(

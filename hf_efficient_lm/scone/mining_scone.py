@@ -40,11 +40,18 @@ def _flatten_docs(docs: list, barrier_ids: np.ndarray) -> np.ndarray:
     if not arrays:
         return np.empty(0, dtype=np.int64)
     values = np.concatenate(arrays).astype(np.int64, copy=False)
+    _check_non_negative(values)
     ends = np.cumsum([a.size for a in arrays])
     flat = np.insert(values, ends, SEPARATOR)  # a separator after every document
     if barrier_ids.size:
         flat[np.isin(flat, barrier_ids)] = SEPARATOR
     return flat
+
+
+def _check_non_negative(values: np.ndarray) -> None:
+    """Token ids are >= 0 (-1 marks document boundaries inside a chunk): a negative id is an error, not a barrier."""
+    if values.size and int(values.min()) < 0:
+        raise ValueError(f"token ids must be non-negative, got {int(values.min())}")
 
 
 def _arrow_chunks(dataset, column: str, chunk_tokens: int, barrier_ids: np.ndarray) -> Iterator[np.ndarray]:
@@ -60,6 +67,7 @@ def _arrow_chunks(dataset, column: str, chunk_tokens: int, barrier_ids: np.ndarr
         col = batch.column(column)
         col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
         values = col.flatten().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        _check_non_negative(values)
         lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64)
         ends = np.cumsum(lengths)
         flat = np.insert(values, ends, SEPARATOR)  # a separator after every document
@@ -271,6 +279,10 @@ def mine_fgrams(
     if min_count < 1:
         raise ValueError(f"min_count must be >= 1, got {min_count}")
     barriers = np.asarray(sorted({int(b) for b in barrier_ids}), dtype=np.int64)
+    if barriers.size and int(barriers[0]) < 0:
+        raise ValueError(f"barrier_ids must be non-negative token ids, got {int(barriers[0])}")
+    if vocab_size is not None and (isinstance(vocab_size, bool) or int(vocab_size) < 1):
+        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
     source = _ChunkSource(sequences, int(chunk_tokens), barriers, column)
     if vocab_size is None and tokenizer is not None:
         vocab_size = len(tokenizer)

@@ -1,7 +1,8 @@
 """Pretraining a ``LlamaForCausalLM`` from a size preset on any text dataset (HfArgumentParser + Trainer).
 
 Runs as a plain script or under ``accelerate launch`` (the Trainer does the distribution); resumes from the newest
-``checkpoint-*`` in ``output_dir`` after a kill. The final model and tokenizer are written atomically to
+``checkpoint-*`` in ``output_dir`` after a kill when the run fingerprint (model config, tokenizer, data, seed,
+schedule) matches, and refuses another run's dir unless ``--overwrite_output_dir`` (see ``train.run_dir``). The final model and tokenizer are written atomically to
 ``<output_dir>/final``.
 """
 
@@ -13,7 +14,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from transformers import (
     AutoTokenizer,
     HfArgumentParser,
@@ -24,11 +24,11 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
-from ..data import check_vocab_fits, load_text_dataset, pack_dataset
-from ..io_utils import atomic_dir
+from ..data import check_vocab_fits, load_text_dataset, local_path, pack_dataset
+from ..io_utils import atomic_dir, check_writable
 from .launch import parse_launched_args
+from .run_dir import FingerprintCallback, check_schedule, guarded_run, run_fingerprint, write_fingerprint
 from .presets import LLAMA_PRESETS, llama_config_from_preset
 
 FINAL_DIRNAME = "final"
@@ -49,8 +49,12 @@ class PretrainArguments:
         default=None, metadata={"help": "Token budget; sets max_steps = budget / (global batch * block_size)."}
     )
     max_documents: int | None = field(default=None, metadata={"help": "Use only the first N documents (quick runs)."})
+    max_position_embeddings: int = field(
+        default=2048, metadata={"help": "Longest sequence the model supports; block_size may not exceed it."}
+    )
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Replace a final model of a different configuration in output_dir."}
+        default=False, metadata={"help": "Start fresh when output_dir holds checkpoints or a final model of a "
+                                         "different run (they are deleted); without it such a dir is refused."}
     )
 
 
@@ -78,24 +82,54 @@ def _refuse_other_model(final_dir: Path, config) -> None:
         )
 
 
+def check_pretrain_args(args: PretrainArguments, training_args: TrainingArguments) -> None:
+    """Numbers that would silently do something else (0 steps -> 1 step, a block longer than the model) or hang."""
+    check_schedule(training_args, max_train_tokens=args.max_train_tokens, max_documents=args.max_documents)
+    if args.max_position_embeddings < 2:
+        raise ValueError(f"--max_position_embeddings must be at least 2, got {args.max_position_embeddings}")
+    if not 2 <= args.block_size <= args.max_position_embeddings:
+        raise ValueError(
+            f"--block_size must be between 2 and max_position_embeddings ({args.max_position_embeddings}), got "
+            f"{args.block_size}; raise --max_position_embeddings explicitly for longer blocks"
+        )
+    if not args.data_files and not args.dataset_name:
+        raise ValueError("pass --data_files (local files) or --dataset_name (a Hub dataset)")
+
+
 def run_pretrain(args: PretrainArguments, training_args: TrainingArguments) -> Path:
     """Train and return the folder of the final model (``<output_dir>/final``)."""
+    check_pretrain_args(args, training_args)
+    output_dir = Path(training_args.output_dir)
+    check_writable(output_dir)
     set_seed(training_args.seed)
-    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(args.tokenizer)
+    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(local_path(args.tokenizer, "tokenizer folder"))
     config = llama_config_from_preset(
         args.preset,
         vocab_size=len(tokenizer),
-        max_position_embeddings=max(args.block_size, 2048),
+        max_position_embeddings=args.max_position_embeddings,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     check_vocab_fits(tokenizer, config.vocab_size)
-    output_dir = Path(training_args.output_dir)
     final_dir = output_dir / FINAL_DIRNAME
     if not args.overwrite_output_dir:
         _refuse_other_model(final_dir, config)
+    if args.max_train_tokens is not None:
+        training_args.max_steps = max(1, math.ceil(args.max_train_tokens / (_global_batch(training_args) * args.block_size)))
+    fingerprint = run_fingerprint(
+        model_config=config, tokenizer=tokenizer, training_args=training_args, data_files=args.data_files,
+        dataset_name=args.dataset_name, text_column=args.text_column, block_size=args.block_size,
+        max_documents=args.max_documents, script="pretrain",
+    )
+    with guarded_run(training_args, fingerprint, overwrite=args.overwrite_output_dir,
+                     final_dirname=FINAL_DIRNAME) as decision:
+        return _train(args, training_args, tokenizer, config, fingerprint, decision.resume_from)
 
+
+def _train(args: PretrainArguments, training_args: TrainingArguments, tokenizer, config, fingerprint: dict,
+           resume_from: str | None) -> Path:
+    final_dir = Path(training_args.output_dir) / FINAL_DIRNAME
     with training_args.main_process_first(desc="load and pack"):
         raw = load_text_dataset(args.data_files or None, dataset_name=args.dataset_name, text_column=args.text_column)
         if args.max_documents is not None:
@@ -108,9 +142,6 @@ def run_pretrain(args: PretrainArguments, training_args: TrainingArguments) -> P
     if len(train_set) == 0:
         raise ValueError(f"the training data gives no full block of {args.block_size} tokens; lower --block_size")
 
-    if args.max_train_tokens is not None:
-        training_args.max_steps = max(1, math.ceil(args.max_train_tokens / (_global_batch(training_args) * args.block_size)))
-
     model = LlamaForCausalLM(config)
     trainer = Trainer(
         model=model,
@@ -119,16 +150,17 @@ def run_pretrain(args: PretrainArguments, training_args: TrainingArguments) -> P
         eval_dataset=eval_set,
         data_collator=default_data_collator,
         processing_class=tokenizer,
+        callbacks=[FingerprintCallback(fingerprint)],
     )
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    resume = training_args.resume_from_checkpoint or last
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resume_from)
     metrics = {
         "train_blocks": len(train_set), "block_size": args.block_size, "preset": args.preset,
         "parameters": sum(p.numel() for p in model.parameters()), "world_size": training_args.world_size,
         "global_batch": _global_batch(training_args), "steps": trainer.state.global_step,
         "train_tokens": trainer.state.global_step * _global_batch(training_args) * args.block_size,
         "train_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+        "data_files": [Path(f).name for f in args.data_files], "dataset_name": args.dataset_name,
+        "seed": training_args.seed, "learning_rate": training_args.learning_rate, "resumed_from": resume_from,
     }
     if eval_set is not None:
         eval_metrics = trainer.evaluate()
@@ -140,6 +172,7 @@ def run_pretrain(args: PretrainArguments, training_args: TrainingArguments) -> P
             trainer.model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2))
+            write_fingerprint(tmp, fingerprint)
     trainer.accelerator.wait_for_everyone()
     return final_dir
 
@@ -160,5 +193,8 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    main()
+    import sys
+
+    from ..cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -63,3 +63,21 @@ def test_ac_training_with_lora_merges_and_keeps_the_new_token(tmp_path, base_and
     with torch.no_grad():
         cache = model(torch.tensor([[1, 50, 60, ac_id, 70, 80]]), use_cache=True).past_key_values
     assert cache.cached_tokens() == 3  # <AC> + the two tokens after it
+
+
+def test_another_runs_dir_is_refused_and_overwrite_starts_fresh(tmp_path, base_and_data):
+    base, data = base_and_data
+    args = AnchorTrainArguments(base_model=str(base), data_files=[str(data)], anchor_mode="ep", max_length=64)
+    run_anchor_training(args, _training_args(tmp_path / "run", 2))
+    other_data = tmp_path / "other.jsonl"
+    other_data.write_text("".join(json.dumps({"text": t.upper()}) + "\n" for t in TEXTS))
+    other = AnchorTrainArguments(base_model=str(base), data_files=[str(other_data)], anchor_mode="ep", max_length=64)
+    with pytest.raises(ValueError, match="different run .*data_files"):
+        run_anchor_training(other, _training_args(tmp_path / "run", 2))
+    ac = AnchorTrainArguments(base_model=str(base), data_files=[str(data)], anchor_mode="ac", max_length=64)
+    with pytest.raises(ValueError, match="different run .*anchor_mode"):
+        run_anchor_training(ac, _training_args(tmp_path / "run", 2))
+    other.overwrite_output_dir = True
+    final = run_anchor_training(other, _training_args(tmp_path / "run", 2))
+    metrics = json.loads((final / "anchor_train_metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["data_files"] == ["other.jsonl"] and metrics["resumed_from"] is None

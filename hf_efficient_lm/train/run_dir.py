@@ -1,0 +1,286 @@
+"""One guard for every training script that writes checkpoints into an output dir (pretrain, train_anchor,
+train_scone): a lock against concurrent writers, and a *run fingerprint* so a run resumes only its own checkpoints.
+
+The fingerprint is what defines a run: the model configuration, the tokenizer, the content of the data files, the
+seed and the schedule (learning rate and scheduler, warmup, global batch, optimizer; not the length, so a larger
+``max_steps`` extends a run). It is written to ``OUTPUT_DIR/run_fingerprint.json`` when a
+run starts and into every ``checkpoint-*`` the Trainer saves (:class:`FingerprintCallback`). A later run into the same
+dir resumes from the newest checkpoint only when its fingerprint is identical (and says so in one line); otherwise it
+refuses with the differing fields named, or, with ``overwrite=True`` (``--overwrite_output_dir``), removes the old
+run's checkpoints and final model and starts fresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from ..data.tokenizer_training import tokenizer_digest
+from ..io_utils import atomic_file, check_writable
+
+FINGERPRINT_FILE = "run_fingerprint.json"
+LOCK_FILE = ".hfelm-run.lock"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Config keys that describe where/when a config was written, not the model.
+_VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "_commit_hash", "use_cache", "dtype", "torch_dtype")
+
+
+class OutputDirLockedError(RuntimeError):
+    """Another process is training into the same output dir."""
+
+
+def file_digest(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def _plain(value):
+    """JSON-normalised copy (tuples -> lists, unknown objects -> str) so saved and fresh fingerprints compare equal."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def model_config_fingerprint(config) -> dict:
+    """The model configuration as a plain dict, without bookkeeping keys (version, path, dtype)."""
+    data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return _plain({k: v for k, v in data.items() if k not in _VOLATILE_CONFIG_KEYS})
+
+
+def schedule_fingerprint(training_args, **extra) -> dict:
+    """The optimisation settings of ``TrainingArguments`` that change what a run computes, plus ``extra``.
+
+    The run's length (``max_steps``, epochs, token budget) is left out on purpose: a larger budget continues the same
+    run from its last checkpoint (the Trainer's documented way to extend training)."""
+    global_batch = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                    * max(1, training_args.world_size))
+    keys = ("learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "adam_beta1",
+            "adam_beta2", "adam_epsilon", "optim", "bf16", "fp16")
+    schedule = {k: getattr(training_args, k, None) for k in keys}
+    schedule["global_batch"] = global_batch
+    schedule.update(extra)
+    return _plain(schedule)
+
+
+def run_fingerprint(*, model_config, tokenizer, training_args, data_files: Sequence[str] = (),
+                    dataset_name: str | None = None, **extra) -> dict:
+    """What defines a run: model config, tokenizer digest, data file digests, seed, schedule and ``extra`` settings
+    (block size, document limit, mode flags ...). File *contents* are hashed, so moving the data keeps the match."""
+    return _plain({
+        "model_config": model_config_fingerprint(model_config),
+        "tokenizer": tokenizer_digest(tokenizer) if tokenizer is not None else None,
+        "data_files": [{"name": Path(f).name, "sha256": file_digest(f)} for f in data_files],
+        "dataset_name": dataset_name,
+        "seed": training_args.seed,
+        "schedule": schedule_fingerprint(training_args),
+        **extra,
+    })
+
+
+def describe_difference(saved: dict, wanted: dict, limit: int = 6) -> str:
+    """``"seed: 0 -> 1; data_files differ"``: the first ``limit`` differing fields, one level deep."""
+    parts = []
+    for key in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(key), wanted.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in inner[:3])
+            parts.append(f"{key} ({shown}{', ...' if len(inner) > 3 else ''})")
+        elif isinstance(a, (list, str)) and len(json.dumps(a)) > 60 or isinstance(b, (list, str)) and len(json.dumps(b)) > 60:
+            parts.append(f"{key} differ")
+        else:
+            parts.append(f"{key}: {a!r} -> {b!r}")
+    more = f"; and {len(parts) - limit} more" if len(parts) > limit else ""
+    return "; ".join(parts[:limit]) + more
+
+
+def checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The ``checkpoint-N`` folders of ``output_dir``, oldest step first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def read_fingerprint(folder: str | os.PathLike) -> dict | None:
+    path = Path(folder) / FINGERPRINT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def write_fingerprint(folder: str | os.PathLike, fingerprint: dict) -> None:
+    with atomic_file(Path(folder) / FINGERPRINT_FILE, "w") as handle:
+        json.dump(fingerprint, handle, indent=2, sort_keys=True)
+
+
+class FingerprintCallback(TrainerCallback):
+    """Writes the run fingerprint into every checkpoint the Trainer saves (main process only)."""
+
+    def __init__(self, fingerprint: dict):
+        self.fingerprint = fingerprint
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                write_fingerprint(folder, self.fingerprint)
+        return control
+
+
+@contextlib.contextmanager
+def lock_output_dir(output_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on ``output_dir`` (created if missing) for the ``with`` block, or raise
+    :class:`OutputDirLockedError` at once if another process holds it. The lock dies with its process."""
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_FILE
+    handle = open(path, "a+")
+    try:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: best effort, no lock
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                raise OutputDirLockedError(
+                    f"another run (pid {holder}) is writing to {root}; wait for it to finish or choose another "
+                    "--output_dir"
+                ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield path
+    finally:
+        handle.close()
+
+
+@dataclass
+class RunDecision:
+    resume_from: str | None  # checkpoint to pass to Trainer.train(resume_from_checkpoint=...)
+    message: str  # one line for the log
+
+
+def decide_resume(output_dir: str | os.PathLike, fingerprint: dict, *, overwrite: bool = False,
+                  resume_from_checkpoint: str | None = None, final_dirname: str = "final",
+                  remove: bool = True) -> RunDecision:
+    """Resume, start fresh or refuse (``ValueError``) given what ``output_dir`` holds; see the module docstring.
+
+    ``remove=False`` (processes other than the main one) decides without deleting anything.
+    """
+    root = Path(output_dir)
+    if resume_from_checkpoint:
+        saved = read_fingerprint(resume_from_checkpoint)
+        if saved is None:
+            raise ValueError(f"--resume_from_checkpoint {resume_from_checkpoint} holds no {FINGERPRINT_FILE}; it was "
+                             "not written by this run")
+        if saved != fingerprint:
+            raise ValueError(f"--resume_from_checkpoint {resume_from_checkpoint} belongs to a different run "
+                             f"({describe_difference(saved, fingerprint)})")
+        return RunDecision(str(resume_from_checkpoint), f"resuming from {resume_from_checkpoint} (run fingerprint matches)")
+    found = checkpoints(root)
+    final = root / final_dirname
+    previous = None  # (what, fingerprint) of the old run, newest evidence first
+    if found:
+        newest = found[-1]
+        # A run killed between writing a checkpoint and its fingerprint: the dir-level fingerprint vouches for it.
+        previous = (str(newest), read_fingerprint(newest) or read_fingerprint(root))
+    elif final.is_dir():
+        previous = (str(final), read_fingerprint(final) or read_fingerprint(root))
+    if previous is None:
+        return RunDecision(None, f"starting a new run in {root}")
+    where, saved = previous
+    if saved == fingerprint:
+        if found:
+            return RunDecision(where, f"resuming from {where} (run fingerprint matches)")
+        return RunDecision(None, f"{final} holds a finished run with the same fingerprint; training it again")
+    why = ("holds no run fingerprint (written by another tool or another model)" if saved is None
+           else f"was written by a different run ({describe_difference(saved, fingerprint)})")
+    if not overwrite:
+        raise ValueError(f"{where} {why}; pass --overwrite_output_dir to start fresh, or choose another --output_dir")
+    had_final = final.is_dir()
+    if remove:
+        for folder in found:
+            shutil.rmtree(folder)
+        if final.is_dir():
+            shutil.rmtree(final)
+        with contextlib.suppress(FileNotFoundError):
+            (root / FINGERPRINT_FILE).unlink()
+    return RunDecision(None, f"starting fresh in {root}: removed {len(found)} checkpoint(s)"
+                             f"{' and the final model' if had_final else ''} of another run (--overwrite_output_dir)")
+
+
+@contextlib.contextmanager
+def guarded_run(training_args, fingerprint: dict, *, overwrite: bool = False,
+                final_dirname: str = "final") -> Iterator[RunDecision]:
+    """For the ``with`` block of a training run: check ``output_dir`` is writable, lock it (main process), decide
+    whether to resume (main process first, so every process sees the same dir), record the fingerprint and print the
+    decision in one line. The caller adds ``FingerprintCallback(fingerprint)`` to its Trainer."""
+    output_dir = Path(training_args.output_dir)
+    is_main = training_args.process_index == 0
+    check_writable(output_dir)
+    lock = lock_output_dir(output_dir) if is_main else contextlib.nullcontext()
+    with lock:
+        with training_args.main_process_first(desc="check the output dir"):
+            decision = decide_resume(output_dir, fingerprint, overwrite=overwrite,
+                                     resume_from_checkpoint=training_args.resume_from_checkpoint,
+                                     final_dirname=final_dirname, remove=is_main)
+            if is_main:
+                if decision.resume_from is None:
+                    write_fingerprint(output_dir, fingerprint)
+                print(decision.message, flush=True)
+        yield decision
+
+
+def check_schedule(training_args, *, max_train_tokens: int | None = None, max_documents: int | None = None) -> None:
+    """Numbers the Trainer accepts but misreads: ``max_steps`` 0 (one step) or below -1 (falls back to epochs)."""
+    if training_args.max_steps == 0 or training_args.max_steps < -1:
+        raise ValueError(f"--max_steps must be a positive number of steps (or -1 to train --num_train_epochs), got "
+                         f"{training_args.max_steps}")
+    if training_args.max_steps == -1 and not training_args.num_train_epochs > 0:
+        raise ValueError(f"--num_train_epochs must be positive, got {training_args.num_train_epochs}")
+    if max_train_tokens is not None and max_train_tokens < 1:
+        raise ValueError(f"--max_train_tokens must be a positive number of tokens, got {max_train_tokens}")
+    if max_documents is not None and max_documents < 1:
+        raise ValueError(f"--max_documents must be a positive number of documents, got {max_documents}")
+    if training_args.learning_rate < 0:
+        raise ValueError(f"--learning_rate must be >= 0, got {training_args.learning_rate}")
+
+
+__all__ = [
+    "FINGERPRINT_FILE",
+    "FingerprintCallback",
+    "OutputDirLockedError",
+    "RunDecision",
+    "check_schedule",
+    "checkpoints",
+    "decide_resume",
+    "describe_difference",
+    "file_digest",
+    "guarded_run",
+    "lock_output_dir",
+    "model_config_fingerprint",
+    "run_fingerprint",
+]

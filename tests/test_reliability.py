@@ -1,0 +1,287 @@
+"""Issue #15, "silent wrong results": every case refuses (or says what it does) instead of returning a wrong figure.
+
+CLI cases run through ``subprocess`` and check exit status 2 with a one-line message naming the problem.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+
+from hf_efficient_lm.data import iter_texts, tokenizer_digest, train_tokenizer
+from hf_efficient_lm.io_utils import atomic_dir, atomic_file
+from hf_efficient_lm.train import parse_pretrain_args, run_pretrain
+from hf_efficient_lm.train.run_dir import FINGERPRINT_FILE, OutputDirLockedError, lock_output_dir
+from tests.helpers import make_documents, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, timeout: int = 300, script: Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m hf_efficient_lm.cli ARGS`` (or a script) in a fresh process."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env.pop("HFELM_DEBUG", None)
+    command = [sys.executable, str(script)] if script else [sys.executable, "-m", "hf_efficient_lm.cli"]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit status 2, no traceback, and one ``error:`` line holding every needle."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, result.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    docs = make_documents(80)
+    tokenizer = train_tokenizer(iter_texts(Dataset.from_dict({"text": docs})), 300, show_progress=False)
+    tokenizer.save_pretrained(root / "tok")
+    other = train_tokenizer(iter_texts(Dataset.from_dict({"text": make_documents(80, seed=9)[::-1]})), 300,
+                            min_frequency=1, show_progress=False)
+    other.save_pretrained(root / "other_tok")
+    write_jsonl(root / "train.jsonl", docs[:70])
+    write_jsonl(root / "new.jsonl", make_documents(70, seed=3))
+    write_jsonl(root / "valid.jsonl", docs[70:])
+    return root
+
+
+def _pretrain_argv(corpus, out, *extra, data="train.jsonl", seed="0", steps="3"):
+    return ["--tokenizer", str(corpus / "tok"), "--data_files", str(corpus / data), "--preset", "tiny",
+            "--block_size", "32", "--output_dir", str(out), "--per_device_train_batch_size", "4",
+            "--learning_rate", "1e-2", "--max_steps", steps, "--save_steps", "3", "--logging_steps", "1",
+            "--seed", seed, "--use_cpu", "true", "--disable_tqdm", "true", "--dataloader_pin_memory", "false", *extra]
+
+
+def _pretrain(corpus, out, *extra, **kwargs):
+    return run_pretrain(*parse_pretrain_args(_pretrain_argv(corpus, out, *extra, **kwargs)))
+
+
+# ------------------------------------------------------------------------------------------------- stale resume
+def test_resume_only_a_matching_run_refuse_or_start_fresh_otherwise(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    final = _pretrain(corpus, out)
+    assert (out / "checkpoint-3" / FINGERPRINT_FILE).exists() and (final / FINGERPRINT_FILE).exists()
+    assert "starting a new run" in capsys.readouterr().out
+
+    # the same run again: resumes its own checkpoint and says so
+    _pretrain(corpus, out)
+    assert "resuming from" in capsys.readouterr().out and "checkpoint-3" in str(out / "checkpoint-3")
+
+    # new data or a new seed into the finished run's dir: refused, naming what differs; the old weights stay
+    before = (final / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match=r"different run .*data_files"):
+        _pretrain(corpus, out, data="new.jsonl")
+    with pytest.raises(ValueError, match=r"seed: 0 -> 1"):
+        _pretrain(corpus, out, seed="1")
+    assert (final / "model.safetensors").read_bytes() == before
+
+    # told to start fresh: trains all its steps on the new data, and the metrics name that data
+    _pretrain(corpus, out, "--overwrite_output_dir", "true", data="new.jsonl")
+    assert "starting fresh" in capsys.readouterr().out
+    metrics = json.loads((final / "pretrain_metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["data_files"] == ["new.jsonl"] and metrics["resumed_from"] is None
+    assert (final / "model.safetensors").read_bytes() != before
+
+
+def test_checkpoints_of_another_model_are_refused_not_loaded(corpus, tmp_path):
+    out = tmp_path / "run"
+    foreign = out / "checkpoint-5"
+    foreign.mkdir(parents=True)
+    (foreign / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 512}))
+    with pytest.raises(ValueError, match="holds no run fingerprint.*--overwrite_output_dir"):
+        _pretrain(corpus, out)
+    final = _pretrain(corpus, out, "--overwrite_output_dir", "true")
+    assert not foreign.exists() and json.loads((final / "pretrain_metrics.json").read_text())["steps"] == 3
+
+
+# ------------------------------------------------------------------------------------------- concurrent writers
+def test_a_second_writer_into_a_locked_dir_is_refused(corpus, tmp_path):
+    out = tmp_path / "run"
+    with lock_output_dir(out):
+        with pytest.raises(OutputDirLockedError, match=f"pid {os.getpid()}.*is writing to"):
+            _pretrain(corpus, out)
+        with pytest.raises(OutputDirLockedError):
+            with lock_output_dir(out):
+                pass
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from hf_efficient_lm.train.run_dir import lock_output_dir\n"
+         "with lock_output_dir(sys.argv[1]):\n    print('locked', flush=True); time.sleep(120)", str(out)],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = run_cli("pretrain", *_pretrain_argv(corpus, out))
+        assert_one_line_error(result, "another run", str(out))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "final").exists()
+
+
+# ----------------------------------------------------------------------------------------------- pretrain numbers
+@pytest.mark.parametrize("extra, needle", [
+    (["--max_steps", "0"], "--max_steps must be a positive"),
+    (["--max_steps", "-5"], "--max_steps must be a positive"),
+    (["--block_size", "100000000"], "--block_size must be between 2 and max_position_embeddings (2048)"),
+    (["--max_train_tokens", "0"], "--max_train_tokens must be a positive"),
+])
+def test_pretrain_numbers_that_would_do_something_else_are_refused(corpus, tmp_path, extra, needle):
+    argv = _pretrain_argv(corpus, tmp_path / "run")
+    for flag, value in zip(extra[::2], extra[1::2]):
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        run_pretrain(*parse_pretrain_args(argv))
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_pretrain_cli_max_steps_zero_exits_2_with_one_line(corpus, tmp_path):
+    argv = _pretrain_argv(corpus, tmp_path / "run", steps="0")
+    assert_one_line_error(run_cli("pretrain", *argv), "--max_steps must be a positive", "got 0")
+    assert not (tmp_path / "run" / "final").exists()
+
+
+# -------------------------------------------------------------------------------------------------------- evaluate
+@pytest.fixture(scope="module")
+def model_dir(corpus, tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from hf_efficient_lm.testing_utils import make_tiny_llama
+
+    folder = tmp_path_factory.mktemp("model") / "m"
+    make_tiny_llama(vocab_size=300, max_position_embeddings=64).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(corpus / "tok").save_pretrained(folder)
+    return folder
+
+
+def test_evaluate_refuses_missing_weights_foreign_tokenizer_long_windows_and_zero_documents(corpus, model_dir, tmp_path):
+    import shutil
+
+    data = str(corpus / "valid.jsonl")
+    ok = run_cli("evaluate", "--model", str(model_dir), "--data-files", data, "--block-size", "64")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert json.loads(ok.stdout)["documents"] == 10
+
+    gpt2 = tmp_path / "gpt2"
+    shutil.copytree(model_dir, gpt2)
+    config = json.loads((gpt2 / "config.json").read_text())
+    (gpt2 / "config.json").write_text(json.dumps({**config, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    assert_one_line_error(run_cli("evaluate", "--model", str(gpt2), "--data-files", data, "--block-size", "32"),
+                          "not in the checkpoint", "model_type ('gpt2')")
+
+    # the same vocabulary size, other merges: the digest differs
+    assert_one_line_error(run_cli("evaluate", "--model", str(model_dir), "--tokenizer", str(corpus / "other_tok"),
+                                  "--data-files", data, "--block-size", "32"), "tokenizer differs")
+    assert_one_line_error(run_cli("evaluate", "--model", str(model_dir), "--data-files", data, "--block-size", "256"),
+                          "longer than the model's max_position_embeddings (64)")
+    assert_one_line_error(run_cli("evaluate", "--model", str(model_dir), "--data-files", data, "--max-documents", "0"),
+                          "--max-documents", "positive integer")
+
+
+def test_evaluate_a_single_string_and_a_tokenizer_digest():
+    from transformers import AutoTokenizer
+
+    from hf_efficient_lm.eval import evaluate_causal_lm
+    from hf_efficient_lm.testing_utils import make_tiny_llama
+
+    tokenizer = train_tokenizer(iter_texts(Dataset.from_dict({"text": make_documents(30)})), 280, show_progress=False)
+    with pytest.raises(TypeError, match="single string"):
+        evaluate_causal_lm(make_tiny_llama(vocab_size=280), tokenizer, "one document", show_progress=False)
+    assert tokenizer_digest(tokenizer) == tokenizer_digest(tokenizer)
+    other = train_tokenizer(iter_texts(Dataset.from_dict({"text": make_documents(30, seed=4)})), 280,
+                            show_progress=False)
+    assert len(other) == len(tokenizer) and tokenizer_digest(other) != tokenizer_digest(tokenizer)
+    del AutoTokenizer
+
+
+# ------------------------------------------------------------------------------------------------------ specialists
+def test_mine_fgrams_refuses_negative_ids_and_unverifiable_vocab_warns():
+    from hf_efficient_lm.scone import mine_fgrams
+
+    with pytest.raises(ValueError, match="token ids must be non-negative, got -3"):
+        mine_fgrams([[5, 6, -3, 5, 6]], num_fgrams=2, min_count=1, show_progress=False)
+    with pytest.raises(ValueError, match="barrier_ids must be non-negative"):
+        mine_fgrams([[5, 6, 5, 6]], num_fgrams=2, min_count=1, barrier_ids=[-1], show_progress=False)
+    tokenizer = train_tokenizer(iter_texts(Dataset.from_dict({"text": make_documents(30)})), 280, show_progress=False)
+    vocab = mine_fgrams([[5, 6, 7, 5, 6, 7]], num_fgrams=3, min_count=1, show_progress=False, vocab_size=280)
+    with pytest.warns(UserWarning, match="mined without tokenizer="):
+        vocab.check_tokenizer(tokenizer)
+    mined = mine_fgrams([[5, 6, 7, 5, 6, 7]], num_fgrams=3, min_count=1, show_progress=False, tokenizer=tokenizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mined.check_tokenizer(tokenizer)
+
+
+def test_blt_overrides_are_validated_and_an_invalid_config_is_never_saved(tmp_path):
+    from hf_efficient_lm.blt import BLTForCausalLM
+    from hf_efficient_lm.blt.testing_blt import make_tiny_blt
+
+    model = make_tiny_blt()
+    model.save_pretrained(tmp_path / "blt")
+    for override, needle in ((dict(patching_threshold=math.nan), "patching_threshold must be a finite number"),
+                             (dict(patching_mode="words"), "patching_mode must be one of"),
+                             (dict(max_patch_length=0), "max_patch_length must be a positive int")):
+        with pytest.raises(ValueError, match=needle):
+            BLTForCausalLM.from_pretrained(tmp_path / "blt", **override)
+    loaded = BLTForCausalLM.from_pretrained(tmp_path / "blt", patching_threshold=0.5)
+    assert loaded.config.patching_threshold == 0.5
+    with pytest.raises(ValueError, match="patching_mode"):
+        loaded.config.patching_mode = "words"
+    assert loaded.config.patching_mode == model.config.patching_mode  # the old value is kept
+    loaded.config.__dict__["max_patch_length"] = 0  # bypassing setattr: save_pretrained still refuses
+    with pytest.raises(ValueError, match="max_patch_length"):
+        loaded.save_pretrained(tmp_path / "bad")
+    assert not (tmp_path / "bad" / "config.json").exists()
+
+
+def test_calibrate_threshold_refuses_nan_targets():
+    from hf_efficient_lm.blt.data_blt import calibrate_threshold
+
+    entropies = torch.rand(2, 16)
+    for bad in (math.nan, math.inf, 0.5):
+        with pytest.raises(ValueError, match="target_patch_size must be a finite number >= 1"):
+            calibrate_threshold(entropies, bad)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        calibrate_threshold(torch.full((1, 4), math.nan), 2.0)
+    assert math.isfinite(calibrate_threshold(entropies, 2.0))
+
+
+def test_train_blt_with_a_mistyped_entropy_model_exits_2(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", make_documents(5))
+    result = run_cli("--train-files", str(tmp_path / "train.jsonl"), "--entropy-model", str(tmp_path / "entropyy"),
+                     "--output-dir", str(tmp_path / "out"), script=ROOT / "examples" / "train_blt.py")
+    assert_one_line_error(result, "--entropy-model", "entropyy", "not a saved BLTEntropyModel")
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------------ permissions
+def test_atomic_writes_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "weights").write_bytes(b"x")
+        with atomic_file(tmp_path / "table.bin") as handle:
+            handle.write(b"x")
+        os.umask(0o027)
+        with atomic_dir(tmp_path / "private") as tmp:
+            pass
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "table.bin").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "private").stat().st_mode & 0o777 == 0o750
