@@ -254,8 +254,8 @@ class HyperSpecialistForCausalLM(HyperSpecialistPreTrainedModel, LlamaForCausalL
         if weights.numel() != self.config.num_clusters:
             raise ValueError(f"histogram has {weights.numel()} bins but the model has {self.config.num_clusters} "
                              "clusters")
-        if (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError("histogram must be non-negative with a positive sum")
+        if not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"histogram must be finite and non-negative with a positive sum, got {weights.tolist()}")
         return (weights / weights.sum()) @ codes
 
     @torch.no_grad()

@@ -186,8 +186,8 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
                 raise ValueError(
                     f"histogram has {weights.numel()} bins but the mixture has {self.config.num_experts} experts"
                 )
-            if (weights < 0).any() or weights.sum() <= 0:
-                raise ValueError("histogram must be non-negative with a positive sum")
+            if not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+                raise ValueError(f"histogram must be finite and non-negative with a positive sum, got {weights.tolist()}")
             weights = weights / weights.sum()
             states = [expert.state_dict() for expert in self.experts]
             state = {

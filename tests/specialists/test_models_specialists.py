@@ -297,3 +297,10 @@ def test_parallel_plans_name_modules_that_exist_and_compile_flag_is_honest(make)
             regex = re.compile("^" + re.escape(pattern).replace(r"\*", r"\d+") + "$")
             assert any(regex.search(name) for name in names), f"plan entry {pattern!r} names no module"
     assert model._can_compile_fullgraph is False  # routing is data-dependent (torch.unique + a python loop)
+
+
+@pytest.mark.parametrize("make", [make_mixture, make_hyper])
+@pytest.mark.parametrize("histogram", [[float("nan"), 1.0, 1.0], [float("inf"), 1.0, 0.0], [-1.0, 1.0, 1.0]])
+def test_instantiate_refuses_a_histogram_that_is_not_finite_and_non_negative(make, histogram):
+    with pytest.raises(ValueError, match="histogram must be finite and non-negative"):
+        make().instantiate(histogram=histogram)
