@@ -21,6 +21,7 @@ CHECKS = (
     "generate_cache",
     "left_padding",
     "padding_free",
+    "outputs",
     "sdpa_eager",
     "trainer",
     "gradient_checkpointing",

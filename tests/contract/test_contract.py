@@ -226,6 +226,27 @@ def test_trainer_lowers_loss_on_repeated_batch(case, tmp_path):
     assert loss_now() < before - 0.05
 
 
+@parametrize_cases
+def test_outputs_like_transformers_models(case):
+    """What Transformers' common tests ask of every causal LM: hidden states on request (a tuple, the last one the
+    final layer's output), ``return_dict=False`` gives a plain tuple whose first items are (loss,) logits, and
+    ``generate(return_dict_in_generate=True, output_hidden_states=True)`` carries them per step."""
+    _skip_if_declared(case, "outputs")
+    model = case.make_model()
+    ids = _ids(case)
+    with torch.no_grad():
+        out = model(input_ids=ids, output_hidden_states=True)
+        assert isinstance(out.hidden_states, tuple) and len(out.hidden_states) >= 2
+        assert all(h.shape[:2] == ids.shape for h in out.hidden_states)
+        plain = model(input_ids=ids, labels=ids, return_dict=False)
+    assert isinstance(plain, tuple) and not hasattr(plain, "keys")
+    torch.testing.assert_close(plain[1].float(), out.logits.float(), atol=case.atol, rtol=0)
+    generated = model.generate(ids[:1], attention_mask=torch.ones_like(ids[:1]), max_new_tokens=2, do_sample=False,
+                               return_dict_in_generate=True, output_hidden_states=True,
+                               pad_token_id=_pad_id(model))
+    assert len(generated.hidden_states) == 2 and all(step is not None for step in generated.hidden_states)
+
+
 BF16_LOSS_RTOL = 0.02  # bf16 keeps ~3 significant digits; 4 AdamW steps stay within 2% of fp32
 
 
