@@ -3,7 +3,7 @@
 Importing the package registers every family with the Auto classes.
 """
 
-from .registration import MODEL_TYPE_PREFIX, register_causal_lm
+from .registration import MODEL_TYPE_PREFIX, lazy_attributes, register_causal_lm
 
 __version__ = "0.1.0"
 
@@ -17,16 +17,19 @@ from . import (
 )
 from .anchor import AnchorCache, AnchorLlamaConfig, AnchorLlamaForCausalLM
 from .blt import BLTConfig, BLTEntropyModel, BLTForCausalLM, BLTTokenizer
-from .scone import FgramVocab, SconeLlamaConfig, SconeLlamaForCausalLM, mine_fgrams
+from .scone import FgramVocab, SconeLlamaConfig, SconeLlamaForCausalLM
 from .specialists import (
-    ClusterIndex,
     HyperSpecialistConfig,
     HyperSpecialistForCausalLM,
     SpecialistMixtureConfig,
     SpecialistMixtureForCausalLM,
-    importance_sample,
-    specialize,
 )
+
+# tools, imported on first use: `import hf_efficient_lm` (what Auto registration needs) stays light
+__getattr__ = lazy_attributes(__name__, {
+    "mine_fgrams": ".scone",
+    **dict.fromkeys(["ClusterIndex", "importance_sample", "specialize"], ".specialists"),
+})
 
 __all__ = ["MODEL_TYPE_PREFIX", "__version__", "register_causal_lm"]
 __all__ += ["AnchorCache", "AnchorLlamaConfig", "AnchorLlamaForCausalLM"]

@@ -40,3 +40,21 @@ def register_causal_lm(
     config_class.register_for_auto_class()
     causal_lm_class.register_for_auto_class("AutoModelForCausalLM")
     REGISTERED_MODEL_TYPES[model_type] = config_class
+
+
+def lazy_attributes(package: str, exports: dict[str, str]):
+    """A module ``__getattr__`` (PEP 562) that imports ``exports[name]`` (a submodule of ``package``) on first use.
+
+    Families register their model classes eagerly but re-export their tools (mining, training, clustering) through
+    this, so ``import hf_efficient_lm`` pulls neither pandas, datasets, scikit-learn nor the ``Trainer``.
+    """
+    import importlib
+
+    def __getattr__(name: str):
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(exports[name], package), name)
+        setattr(importlib.import_module(package), name, value)  # later look-ups skip __getattr__
+        return value
+
+    return __getattr__

@@ -79,3 +79,20 @@ def test_scan_catches_a_forbidden_import(tmp_path, monkeypatch):
         test_model_files_import_only_what_a_checkpoint_carries()
     message = str(failure.value)
     assert "leaves the family folder" in message and "'numpy'" in message and "'hf_efficient_lm'" in message
+
+
+def test_package_import_is_light_and_tools_load_on_first_use():
+    """`import hf_efficient_lm` (all Auto registration needs) pulls no data/training stack; tools load lazily."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hf_efficient_lm\n"
+        "heavy = [m for m in ('pandas', 'datasets', 'sklearn', 'transformers.trainer') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "from hf_efficient_lm import mine_fgrams, specialize, ClusterIndex\n"
+        "from hf_efficient_lm.specialists import DistillationTrainer, train_mixture_experts\n"
+        "assert mine_fgrams.__module__.endswith('mining_scone') and 'pandas' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

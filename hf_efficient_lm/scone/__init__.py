@@ -1,11 +1,13 @@
 """SconeLlama: contextualised n-gram (f-gram) input embeddings served from an off-accelerator table (SCONE)."""
 
-from ..registration import register_causal_lm
+from ..registration import lazy_attributes, register_causal_lm
 from .configuration_scone_llama import SconeLlamaConfig
 from .fgram_vocab_scone import FgramVocab, TokenizerMismatchError, tokenizer_fingerprint
-from .mining_scone import add_fgram_columns, match_flat, mine_fgrams
 from .modeling_scone_llama import SconeFgramModel, SconeLlamaForCausalLM, SconeLlamaModel
 from .table_scone import CorruptTableError, FgramTable
+
+# tools, imported on first use (mining pulls pandas)
+__getattr__ = lazy_attributes(__name__, dict.fromkeys(["add_fgram_columns", "match_flat", "mine_fgrams"], ".mining_scone"))
 
 register_causal_lm(SconeLlamaConfig, SconeLlamaForCausalLM, SconeLlamaModel)
 

@@ -3,29 +3,23 @@
 Grangier et al., "Need a Small Specialized Language Model? Plan Early!" (arXiv 2402.01093). See docs/specialists.md.
 """
 
-from ..registration import register_causal_lm
-from .cluster_index import (
-    ClusterIndex,
-    HashedNgramEmbedder,
-    LMHiddenStateEmbedder,
-    MiniLMEmbedder,
-    embedder_from_spec,
-    split_into_windows,
-)
+from ..registration import lazy_attributes, register_causal_lm
 from .configuration_hyper_specialist import HyperSpecialistConfig
 from .configuration_specialist_mixture import SpecialistMixtureConfig
-from .distillation import DistillationTrainer
-from .importance_sampling import (
-    ImportanceWeightedTrainer,
-    importance_sample,
-    importance_sample_iterable,
-    importance_weights,
-    with_importance_weights,
-)
 from .modeling_hyper_specialist import HyperSpecialistForCausalLM, HyperSpecialistModel
 from .modeling_specialist_mixture import SpecialistMixtureForCausalLM
-from .specialize import SpecializationResult, specialize
-from .training_specialists import ClusterHomogeneousTrainer, cluster_homogeneous_order, train_mixture_experts
+
+# tools, imported on first use (clustering pulls scikit-learn, training the Trainer and datasets)
+__getattr__ = lazy_attributes(__name__, {
+    **dict.fromkeys(["ClusterIndex", "HashedNgramEmbedder", "LMHiddenStateEmbedder", "MiniLMEmbedder",
+                     "embedder_from_spec", "split_into_windows"], ".cluster_index"),
+    "DistillationTrainer": ".distillation",
+    **dict.fromkeys(["ImportanceWeightedTrainer", "importance_sample", "importance_sample_iterable",
+                     "importance_weights", "with_importance_weights"], ".importance_sampling"),
+    **dict.fromkeys(["SpecializationResult", "specialize"], ".specialize"),
+    **dict.fromkeys(["ClusterHomogeneousTrainer", "cluster_homogeneous_order", "train_mixture_experts"],
+                    ".training_specialists"),
+})
 
 register_causal_lm(SpecialistMixtureConfig, SpecialistMixtureForCausalLM)
 register_causal_lm(HyperSpecialistConfig, HyperSpecialistForCausalLM, HyperSpecialistModel)
