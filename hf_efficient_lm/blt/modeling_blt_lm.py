@@ -788,6 +788,22 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return out if return_dict else out.to_tuple()
 
+    def generate(self, *args, **kwargs):
+        """``GenerationMixin.generate`` on the :class:`BLTCache`; a static / other cache implementation is refused
+        (Transformers would only warn and ignore it)."""
+        impl = kwargs.get("cache_implementation")
+        if impl is None and kwargs.get("generation_config") is not None:
+            impl = getattr(kwargs["generation_config"], "cache_implementation", None)
+        if impl is None and self.generation_config is not None:
+            impl = getattr(self.generation_config, "cache_implementation", None)
+        if impl not in (None, "dynamic"):
+            raise ValueError(
+                f"BLTForCausalLM.generate does not support cache_implementation={impl!r}: BLT keeps its own BLTCache "
+                "(byte- and patch-level caches with per-row patch state); static / offloaded / quantized caches "
+                "are not offered"
+            )
+        return super().generate(*args, **kwargs)
+
     def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, use_cache=None, **kwargs):
         cache = resolve_cache(cache, kwargs)
         if cache is not None and cache.num_bytes > 0:

@@ -293,3 +293,52 @@ def test_from_pretrained_output_loading_info(tmp_path):
     assert not any(p.requires_grad for p in loaded.model.entropy_model.parameters())
     base, info = BLTModel.from_pretrained(tmp_path, output_loading_info=True)
     assert not any(p.requires_grad for p in base.entropy_model.parameters())
+
+
+def test_entropy_model_declares_no_tied_head(tmp_path):
+    from transformers.models.mistral.modeling_mistral import MistralForCausalLM
+
+    from hf_efficient_lm.blt import BLTEntropyConfig
+
+    assert MistralForCausalLM._tied_weights_keys  # the parent declares lm_head <-> embed_tokens
+    model = BLTEntropyModel(BLTEntropyConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4))
+    assert not model._tied_weights_keys and not model.config.tie_word_embeddings
+    assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+    model.save_pretrained(tmp_path)
+    again = BLTEntropyModel.from_pretrained(tmp_path)
+    assert torch.equal(again.lm_head.weight, model.lm_head.weight)
+    assert again.lm_head.weight.data_ptr() != again.model.embed_tokens.weight.data_ptr()
+
+
+def test_encoder_and_decoder_sub_configs_are_distinct(tmp_path):
+    import json
+
+    from hf_efficient_lm.blt import BLTLocalDecoderConfig, BLTLocalEncoderConfig
+
+    local = dict(hidden_size=32, num_attention_heads=4)
+    config = BLTConfig(encoder_config=dict(local), decoder_config=dict(local, num_hidden_layers=3))
+    assert type(config.encoder_config) is BLTLocalEncoderConfig and type(config.decoder_config) is BLTLocalDecoderConfig
+    config.save_pretrained(tmp_path)
+    assert BLTLocalDecoderConfig.from_pretrained(tmp_path).num_hidden_layers == 3
+    assert BLTLocalEncoderConfig.from_pretrained(tmp_path).num_hidden_layers == 1
+    # a checkpoint saved before the split (both sub-configs of model type hfelm_blt_local) still loads
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["encoder_config"]["model_type"] = saved["decoder_config"]["model_type"] = "hfelm_blt_local"
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    old = BLTConfig.from_pretrained(tmp_path)
+    assert old.decoder_config.num_hidden_layers == 3 and old.decoder_config.cross_attn_all_layers
+    assert old.encoder_config.num_hidden_layers == 1 and not old.encoder_config.cross_attn_all_layers
+
+
+@torch.no_grad()
+def test_static_cache_and_foreign_cache_are_clear_errors():
+    from transformers import DynamicCache, GenerationConfig
+
+    model = make_tiny_blt(seed=0)
+    x = torch.tensor([[1, 50, 60, 70]])
+    with pytest.raises(ValueError, match="does not support cache_implementation='static'"):
+        model.generate(x, max_new_tokens=2, cache_implementation="static")
+    with pytest.raises(ValueError, match="does not support cache_implementation='static'"):
+        model.generate(x, generation_config=GenerationConfig(max_new_tokens=2, cache_implementation="static"))
+    with pytest.raises(TypeError, match="the cache must be a BLTCache, got DynamicCache"):
+        model(x, use_cache=True, **{CACHE_NAME: DynamicCache(config=model.config)})
