@@ -5,7 +5,9 @@ loading of Transformers' own ``blt`` checkpoints. Importing this module register
 from transformers import AutoTokenizer
 
 from ..registration import register_causal_lm
-from .configuration_blt_lm import BLTConfig, BLTEntropyConfig, BLTGlobalConfig, BLTLocalConfig
+from .configuration_blt_lm import (
+    BLTConfig, BLTEntropyConfig, BLTGlobalConfig, BLTLocalConfig, BLTLocalDecoderConfig, BLTLocalEncoderConfig,
+)
 from .convert_blt import blt_config_from_transformers, export_to_transformers_blt
 from .modeling_blt_entropy import BLTEntropyModel, next_byte_entropy
 from .modeling_blt_lm import BLTCache, BLTForCausalLM, BLTModel, byte_ngram_hash_ids
@@ -27,7 +29,7 @@ AutoTokenizer.register(BLTEntropyConfig, slow_tokenizer_class=BLTTokenizer, exis
 BLTTokenizer.register_for_auto_class("AutoTokenizer")
 
 __all__ = [
-    "BLTConfig", "BLTEntropyConfig", "BLTLocalConfig", "BLTGlobalConfig",
+    "BLTConfig", "BLTEntropyConfig", "BLTLocalConfig", "BLTLocalEncoderConfig", "BLTLocalDecoderConfig", "BLTGlobalConfig",
     "BLTForCausalLM", "BLTModel", "BLTCache", "BLTEntropyModel", "BLTTokenizer",
     "byte_ngram_hash_ids", "next_byte_entropy", "blt_config_from_transformers", "export_to_transformers_blt",
     "entropy_patch_starts", "space_patch_starts", "static_patch_starts", "split_long_patches", "patch_starts",

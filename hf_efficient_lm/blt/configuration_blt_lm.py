@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 from transformers import LlamaConfig, MistralConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 
 from .patcher_blt import PATCHING_MODES
 
@@ -72,6 +71,24 @@ class BLTLocalConfig(MistralConfig):
         super().__post_init__(**kwargs)
 
 
+class BLTLocalEncoderConfig(BLTLocalConfig):
+    """The local encoder's sub-config (``BLTConfig.encoder_config``): 1 layer, cross-attention at the last layer."""
+
+    model_type = "hfelm_blt_local_encoder"
+    base_config_key = "encoder_config"
+
+
+class BLTLocalDecoderConfig(BLTLocalConfig):
+    """The local decoder's sub-config (``BLTConfig.decoder_config``): 9 layers, cross-attention at every layer.
+    Checkpoints saved before the split (sub-config model type ``hfelm_blt_local``) load unchanged."""
+
+    model_type = "hfelm_blt_local_decoder"
+    base_config_key = "decoder_config"
+
+    num_hidden_layers: int = 9
+    cross_attn_all_layers: bool = True
+
+
 class BLTGlobalConfig(LlamaConfig):
     """The latent transformer over patches (no embedding table, no final norm)."""
 
@@ -119,10 +136,8 @@ class BLTConfig(PreTrainedConfig):
     keys_to_ignore_at_inference = ["cache", "past_key_values"]
     sub_configs_defaults = {
         "entropy_config": BLTEntropyConfig,
-        "encoder_config": SubConfigSpec(BLTLocalConfig, init_kwargs={"num_hidden_layers": 1}),
-        "decoder_config": SubConfigSpec(
-            BLTLocalConfig, init_kwargs={"num_hidden_layers": 9, "cross_attn_all_layers": True}
-        ),
+        "encoder_config": BLTLocalEncoderConfig,
+        "decoder_config": BLTLocalDecoderConfig,
         "global_config": BLTGlobalConfig,
     }
 
@@ -232,4 +247,6 @@ class BLTConfig(PreTrainedConfig):
         return self.encoder_config.hidden_size * self.cross_attn_k
 
 
-__all__ = ["BLTConfig", "BLTEntropyConfig", "BLTLocalConfig", "BLTGlobalConfig"]
+__all__ = [
+    "BLTConfig", "BLTEntropyConfig", "BLTLocalConfig", "BLTLocalEncoderConfig", "BLTLocalDecoderConfig", "BLTGlobalConfig",
+]

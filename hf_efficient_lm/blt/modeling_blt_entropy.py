@@ -27,6 +27,8 @@ class BLTEntropyModel(MistralForCausalLM):
 
     config_class = BLTEntropyConfig
     config: BLTEntropyConfig
+    # Separate output head (like the released BLT patcher): Mistral's lm_head <-> embed_tokens tie is not declared.
+    _tied_weights_keys = {}
 
     @torch.no_grad()
     def entropies(

@@ -284,12 +284,28 @@ class BLTLocalDecoder(nn.Module):
 @dataclass
 class BLTModelOutput(ModelOutput):
     """last_hidden_state ``[B, N, D]``; patch_starts ``[B, N + 1]`` (byte t opens a patch); entropies ``[B, N]``
-    when the entropy model ran; cache a :class:`BLTCache` when ``use_cache``."""
+    when the entropy model ran; cache a :class:`BLTCache` when ``use_cache``; hidden_states with
+    ``output_hidden_states=True`` (full forward only): ``(encoder byte states [B, N, D_local], latent patch states
+    [B, P, D_global], decoder byte states [B, N, D_local] = last_hidden_state)``."""
 
     last_hidden_state: torch.FloatTensor | None = None
     cache: object | None = None
     patch_starts: torch.BoolTensor | None = None
     entropies: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+def _check_output_flags(output_attentions, output_hidden_states, incremental: bool) -> None:
+    if output_attentions:
+        raise ValueError(
+            "BLT does not return attention weights (output_attentions=True): its layers run fused sdpa / eager "
+            "attention over three levels with different shapes; use output_hidden_states=True for per-stage states"
+        )
+    if output_hidden_states and incremental:
+        raise ValueError(
+            "output_hidden_states=True is supported for the full forward only, not for cached incremental steps "
+            "(generate with output_hidden_states=True, or call forward without a non-empty cache)"
+        )
 
 
 class BLTCache:
@@ -494,6 +510,9 @@ class BLTModel(BLTPreTrainedModel):
         use_cache: bool | None = None,
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
     ) -> BLTModelOutput:
         """input_ids ``[B, N]`` byte ids; attention_mask ``[B, N]`` (left and/or right padding around one run of real
@@ -508,10 +527,17 @@ class BLTModel(BLTPreTrainedModel):
         use_cache = use_cache if use_cache is not None else cache is not None
         if cache is not None and not isinstance(cache, BLTCache):
             raise TypeError(f"the cache must be a BLTCache, got {type(cache).__name__}")
-        if cache is not None and cache.num_bytes > 0:
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        incremental = cache is not None and cache.num_bytes > 0
+        _check_output_flags(output_attentions, output_hidden_states, incremental)
+        if incremental:
             if patch_lengths is not None:
                 raise ValueError("patch_lengths cannot be given for incremental steps (boundaries come from the cache)")
-            return self._extend(input_ids, attention_mask, cache)
+            out = self._extend(input_ids, attention_mask, cache)
+            return out if return_dict else out.to_tuple()
         batch, length = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -567,7 +593,11 @@ class BLTModel(BLTPreTrainedModel):
 
         if cache is not None:
             self._fill_cache(cache, ids, attention_mask, byte_states, starts, entropies, latent, dec_ids, num_patches)
-        return BLTModelOutput(last_hidden_state=hidden, cache=cache, patch_starts=starts, entropies=entropies)
+        out = BLTModelOutput(
+            last_hidden_state=hidden, cache=cache, patch_starts=starts, entropies=entropies,
+            hidden_states=(byte_states, latent, hidden) if output_hidden_states else None,
+        )
+        return out if return_dict else out.to_tuple()
 
     def _fill_cache(self, cache, ids, attention_mask, byte_states, starts, entropies, latent, dec_ids, num_patches):
         batch, length = ids.shape
@@ -689,7 +719,7 @@ class BLTModel(BLTPreTrainedModel):
             model = load_transformers_blt_folder(cls, pretrained_model_name_or_path, prefix="model.", **kwargs)
         else:
             model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        model.freeze_entropy_model()
+        (model[0] if isinstance(model, tuple) else model).freeze_entropy_model()
         return model
 
 
@@ -730,6 +760,9 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         position_ids: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits ``[B, N, 260]`` (fp32); ``labels`` ``[B, N]`` (-100 ignored) give the shifted next-byte loss (nats;
@@ -738,6 +771,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, patch_lengths=patch_lengths,
             cache=cache, use_cache=use_cache, inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
         )
         hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
@@ -748,7 +782,27 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_NAME: outputs.cache})
+        out = CausalLMOutputWithPast(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{CACHE_NAME: outputs.cache}
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return out if return_dict else out.to_tuple()
+
+    def generate(self, *args, **kwargs):
+        """``GenerationMixin.generate`` on the :class:`BLTCache`; a static / other cache implementation is refused
+        (Transformers would only warn and ignore it)."""
+        impl = kwargs.get("cache_implementation")
+        if impl is None and kwargs.get("generation_config") is not None:
+            impl = getattr(kwargs["generation_config"], "cache_implementation", None)
+        if impl is None and self.generation_config is not None:
+            impl = getattr(self.generation_config, "cache_implementation", None)
+        if impl not in (None, "dynamic"):
+            raise ValueError(
+                f"BLTForCausalLM.generate does not support cache_implementation={impl!r}: BLT keeps its own BLTCache "
+                "(byte- and patch-level caches with per-row patch state); static / offloaded / quantized caches "
+                "are not offered"
+            )
+        return super().generate(*args, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, use_cache=None, **kwargs):
         cache = resolve_cache(cache, kwargs)
@@ -770,8 +824,12 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             CACHE_NAME: cache,
             "use_cache": use_cache,
         }
-        if "logits_to_keep" in kwargs:
-            inputs["logits_to_keep"] = kwargs["logits_to_keep"]
+        # Pass through the other forward arguments (logits_to_keep, output flags, labels-free extras ...), except
+        # patch_lengths: generation decides boundaries itself (precomputed lengths would cover the prompt only).
+        for key, value in kwargs.items():
+            if key in inputs or value is None or key == "patch_lengths":
+                continue
+            inputs[key] = value
         return inputs
 
     @classmethod
@@ -781,7 +839,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             model = load_transformers_blt_folder(cls, pretrained_model_name_or_path, prefix="", **kwargs)
         else:
             model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        model.model.freeze_entropy_model()
+        (model[0] if isinstance(model, tuple) else model).model.freeze_entropy_model()
         return model
 
     def save_pretrained_transformers(self, save_directory) -> None:

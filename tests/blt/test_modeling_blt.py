@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hf_efficient_lm import BLTConfig, BLTEntropyModel, BLTForCausalLM
+from hf_efficient_lm.blt.compat_blt import CACHE_NAME, cache_of
 from hf_efficient_lm.blt.testing_blt import make_tiny_blt, random_bytes
 
 
@@ -247,3 +248,97 @@ def test_bad_input_errors():
             model.generate(**right_padded, max_new_tokens=2, use_cache=use_cache, pad_token_id=0)
     with pytest.raises(ValueError, match="BLTCache cannot be cropped"):
         model(torch.tensor([[1, 50, 60]]), use_cache=True).past_key_values.crop(-1)
+
+
+@torch.no_grad()
+def test_output_hidden_states_return_dict_and_flags():
+    """Issue 11: hidden states per stage, return_dict=False gives tuples, output_attentions is a clear error."""
+    model = make_tiny_blt(seed=0)
+    x = _bytes()
+    out = model(x, output_hidden_states=True)
+    enc, latent, dec = out.hidden_states
+    assert enc.shape[:2] == x.shape and dec.shape[:2] == x.shape
+    assert latent.shape[1] == int(model.model(x).patch_starts[:, : x.shape[1]].sum(1).max())
+    torch.testing.assert_close(dec, model.model(x).last_hidden_state, atol=0, rtol=0)
+    assert model(x).hidden_states is None
+    base = model.model(x, output_hidden_states=True)
+    assert len(base.hidden_states) == 3
+    as_tuple = model(x, return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], model(x).logits)
+    base_tuple = model.model(x, return_dict=False)
+    assert isinstance(base_tuple, tuple) and torch.equal(base_tuple[0], model.model(x).last_hidden_state)
+    with pytest.raises(ValueError, match="does not return attention weights"):
+        model(x, output_attentions=True)
+    cache = cache_of(model(x, use_cache=True))
+    with pytest.raises(ValueError, match="full forward only"):
+        model(x[:, :1], use_cache=True, output_hidden_states=True, **{CACHE_NAME: cache})
+
+
+@torch.no_grad()
+def test_prepare_inputs_passes_extra_kwargs_through():
+    model = make_tiny_blt(seed=0)
+    inputs = model.prepare_inputs_for_generation(_bytes(), logits_to_keep=1, output_hidden_states=True,
+                                                 patch_lengths=torch.tensor([[30], [30]]), some_flag=7)
+    assert inputs["logits_to_keep"] == 1 and inputs["output_hidden_states"] is True and inputs["some_flag"] == 7
+    assert "patch_lengths" not in inputs
+
+
+def test_from_pretrained_output_loading_info(tmp_path):
+    from hf_efficient_lm.blt import BLTModel
+
+    model = make_tiny_blt(seed=0)
+    model.save_pretrained(tmp_path)
+    loaded, info = BLTForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert isinstance(info, dict) and not info["missing_keys"]
+    assert not any(p.requires_grad for p in loaded.model.entropy_model.parameters())
+    base, info = BLTModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(p.requires_grad for p in base.entropy_model.parameters())
+
+
+def test_entropy_model_declares_no_tied_head(tmp_path):
+    from transformers.models.mistral.modeling_mistral import MistralForCausalLM
+
+    from hf_efficient_lm.blt import BLTEntropyConfig
+
+    assert MistralForCausalLM._tied_weights_keys  # the parent declares lm_head <-> embed_tokens
+    model = BLTEntropyModel(BLTEntropyConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4))
+    assert not model._tied_weights_keys and not model.config.tie_word_embeddings
+    assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+    model.save_pretrained(tmp_path)
+    again = BLTEntropyModel.from_pretrained(tmp_path)
+    assert torch.equal(again.lm_head.weight, model.lm_head.weight)
+    assert again.lm_head.weight.data_ptr() != again.model.embed_tokens.weight.data_ptr()
+
+
+def test_encoder_and_decoder_sub_configs_are_distinct(tmp_path):
+    import json
+
+    from hf_efficient_lm.blt import BLTLocalDecoderConfig, BLTLocalEncoderConfig
+
+    local = dict(hidden_size=32, num_attention_heads=4)
+    config = BLTConfig(encoder_config=dict(local), decoder_config=dict(local, num_hidden_layers=3))
+    assert type(config.encoder_config) is BLTLocalEncoderConfig and type(config.decoder_config) is BLTLocalDecoderConfig
+    config.save_pretrained(tmp_path)
+    assert BLTLocalDecoderConfig.from_pretrained(tmp_path).num_hidden_layers == 3
+    assert BLTLocalEncoderConfig.from_pretrained(tmp_path).num_hidden_layers == 1
+    # a checkpoint saved before the split (both sub-configs of model type hfelm_blt_local) still loads
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["encoder_config"]["model_type"] = saved["decoder_config"]["model_type"] = "hfelm_blt_local"
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    old = BLTConfig.from_pretrained(tmp_path)
+    assert old.decoder_config.num_hidden_layers == 3 and old.decoder_config.cross_attn_all_layers
+    assert old.encoder_config.num_hidden_layers == 1 and not old.encoder_config.cross_attn_all_layers
+
+
+@torch.no_grad()
+def test_static_cache_and_foreign_cache_are_clear_errors():
+    from transformers import DynamicCache, GenerationConfig
+
+    model = make_tiny_blt(seed=0)
+    x = torch.tensor([[1, 50, 60, 70]])
+    with pytest.raises(ValueError, match="does not support cache_implementation='static'"):
+        model.generate(x, max_new_tokens=2, cache_implementation="static")
+    with pytest.raises(ValueError, match="does not support cache_implementation='static'"):
+        model.generate(x, generation_config=GenerationConfig(max_new_tokens=2, cache_implementation="static"))
+    with pytest.raises(TypeError, match="the cache must be a BLTCache, got DynamicCache"):
+        model(x, use_cache=True, **{CACHE_NAME: DynamicCache(config=model.config)})
