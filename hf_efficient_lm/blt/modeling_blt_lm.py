@@ -27,7 +27,11 @@ import torch
 import torch.nn as nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import DynamicCache
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.masking_utils import (
+    create_causal_mask,
+    create_sliding_window_causal_mask,
+    find_packed_sequence_indices,
+)
 from transformers.modeling_outputs import CausalLMOutputWithPast, ModelOutput
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 from transformers.models.mistral.modeling_mistral import (
@@ -522,6 +526,12 @@ class BLTModel(BLTPreTrainedModel):
         cache = resolve_cache(cache, kwargs)
         if inputs_embeds is not None:
             raise ValueError("BLT works on byte ids; inputs_embeds is not supported")
+        if attention_mask is None and position_ids is not None and find_packed_sequence_indices(position_ids) is not None:
+            raise ValueError(
+                "BLT does not take padding-free packed rows (position_ids restarting per document): its byte "
+                "positions and patches come from the attention mask. Put one document per row, padded, with an "
+                "attention_mask (or pack documents separated by EOS with BLTDataCollator)."
+            )
         self._check_ids(input_ids)
         input_ids = input_ids.long()
         use_cache = use_cache if use_cache is not None else cache is not None
@@ -770,7 +780,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         cache = resolve_cache(cache, kwargs)
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, patch_lengths=patch_lengths,
-            cache=cache, use_cache=use_cache, inputs_embeds=inputs_embeds,
+            cache=cache, use_cache=use_cache, inputs_embeds=inputs_embeds, position_ids=position_ids,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
         )
         hidden = outputs.last_hidden_state

@@ -342,3 +342,14 @@ def test_static_cache_and_foreign_cache_are_clear_errors():
         model.generate(x, generation_config=GenerationConfig(max_new_tokens=2, cache_implementation="static"))
     with pytest.raises(TypeError, match="the cache must be a BLTCache, got DynamicCache"):
         model(x, use_cache=True, **{CACHE_NAME: DynamicCache(config=model.config)})
+
+
+def test_padding_free_rows_are_refused():
+    """A padding-free packed row (position ids restarting per document, no mask) would silently run across
+    documents: BLT's byte positions and patches come from the attention mask, so it is refused by name."""
+    model = make_tiny_blt()
+    ids = random_bytes(1, 12)
+    position_ids = torch.cat([torch.arange(7), torch.arange(5)])[None]
+    with pytest.raises(ValueError, match="padding-free packed rows"):
+        model(ids, position_ids=position_ids)
+    model(ids, position_ids=torch.arange(12)[None])  # one document's own positions are fine
