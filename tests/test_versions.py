@@ -110,3 +110,9 @@ def test_remote_code_checkpoint_refuses_an_older_transformers(tmp_path):
     assert result.returncode != 0
     assert "transformers 5.20.0 is installed; hf-efficient-lm supports transformers>=" in result.stderr
     assert "TypeError" not in result.stderr
+
+
+def test_the_four_compat_modules_are_one_file_copied():
+    """A checkpoint can only import its own folder's siblings, so each family carries a copy; keep them identical."""
+    texts = {Path(module.__file__).read_text() for module in COMPAT_MODULES}
+    assert len(texts) == 1, "edit compat_anchor.py and copy it to the other family folders"
