@@ -37,6 +37,21 @@ def write_jsonl(path: Path, texts: list[str], column: str = "text") -> Path:
     return path
 
 
+def write_tiny_corpus(root: Path) -> list[str]:
+    """A 300-token BPE tokenizer (``root/tok``) and ``train.jsonl`` / ``valid.jsonl`` (70 / 10 documents) for the
+    pretraining tests; returns the documents."""
+    from datasets import Dataset
+
+    from hf_efficient_lm.data import iter_texts, train_tokenizer
+
+    docs = make_documents(80)
+    tokenizer = train_tokenizer(iter_texts(Dataset.from_dict({"text": docs})), 300, show_progress=False)
+    tokenizer.save_pretrained(root / "tok")
+    write_jsonl(root / "train.jsonl", docs[:70])
+    write_jsonl(root / "valid.jsonl", docs[70:])
+    return docs
+
+
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 requires_accelerate_cli = pytest.mark.skipif(
     shutil.which("accelerate") is None and not ACCELERATE.exists(), reason="accelerate CLI not installed"

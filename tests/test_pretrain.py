@@ -2,24 +2,18 @@ import json
 
 import pytest
 import torch
-from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import hf_efficient_lm.train.pretrain as pretrain_module
-from hf_efficient_lm.data import iter_texts, train_tokenizer
 from hf_efficient_lm.train import LLAMA_PRESETS, llama_config_from_preset, parse_pretrain_args, run_pretrain
-from tests.helpers import make_documents, write_jsonl
+from tests.helpers import write_tiny_corpus
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    docs = make_documents(80)
-    tokenizer = train_tokenizer(iter_texts(Dataset.from_dict({"text": docs})), 300, show_progress=False)
-    tokenizer.save_pretrained(root / "tok")
-    write_jsonl(root / "train.jsonl", docs[:70])
-    write_jsonl(root / "valid.jsonl", docs[70:])
+    write_tiny_corpus(root)
     return root
 
 

@@ -19,7 +19,7 @@ from hf_efficient_lm.data import iter_texts, tokenizer_digest, train_tokenizer
 from hf_efficient_lm.io_utils import atomic_dir, atomic_file
 from hf_efficient_lm.train import parse_pretrain_args, run_pretrain
 from hf_efficient_lm.train.run_dir import FINGERPRINT_FILE, OutputDirLockedError, lock_output_dir
-from tests.helpers import make_documents, write_jsonl
+from tests.helpers import make_documents, write_jsonl, write_tiny_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,15 +46,11 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    docs = make_documents(80)
-    tokenizer = train_tokenizer(iter_texts(Dataset.from_dict({"text": docs})), 300, show_progress=False)
-    tokenizer.save_pretrained(root / "tok")
+    write_tiny_corpus(root)
     other = train_tokenizer(iter_texts(Dataset.from_dict({"text": make_documents(80, seed=9)[::-1]})), 300,
                             min_frequency=1, show_progress=False)
     other.save_pretrained(root / "other_tok")
-    write_jsonl(root / "train.jsonl", docs[:70])
     write_jsonl(root / "new.jsonl", make_documents(70, seed=3))
-    write_jsonl(root / "valid.jsonl", docs[70:])
     return root
 
 

@@ -17,6 +17,22 @@ def pattern_docs(num_docs: int = 80, vocab_size: int = 128, seed: int = 0) -> li
     return docs
 
 
+def scone_model(llama_dir, vocab, fusion: str):
+    """A seeded model-mode SconeLlama on ``llama_dir`` (1-layer f-gram model); ``gated`` gets a random non-zero gate
+    so the f-gram vectors really enter."""
+    import torch
+
+    from hf_efficient_lm.scone import SconeLlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = SconeLlamaForCausalLM.from_pretrained(llama_dir, fgram_vocab=vocab, fgram_fusion=fusion,
+                                                  fgram_num_layers=1).eval()
+    if fusion == "gated":
+        with torch.no_grad():
+            model.model.fgram_gate.normal_()
+    return model
+
+
 def make_word_tokenizer(words: list[str]):
     """A tiny word-level PreTrainedTokenizerFast (ids 0..2 = pad, bos, eos)."""
     from tokenizers import Tokenizer, models, pre_tokenizers

@@ -8,7 +8,7 @@ import torch
 from hf_efficient_lm.scone import SconeLlamaForCausalLM, mine_fgrams
 from hf_efficient_lm.scone import fgram_vocab_scone, modeling_scone_llama
 from hf_efficient_lm.testing_utils import save_tiny_llama
-from tests.scone.conftest import pattern_docs
+from tests.scone.conftest import pattern_docs, scone_model
 
 
 def _decode_like_steps(vocab, docs, seed, steps=30):
@@ -68,12 +68,7 @@ def models(tmp_path_factory, vocab):
     llama_dir = save_tiny_llama(root / "llama")
     out = {}
     for fusion in ("gated", "replace"):
-        torch.manual_seed(0)
-        model = SconeLlamaForCausalLM.from_pretrained(llama_dir, fgram_vocab=vocab, fgram_fusion=fusion,
-                                                      fgram_num_layers=1).eval()
-        if fusion == "gated":
-            with torch.no_grad():
-                model.model.fgram_gate.normal_()
+        model = scone_model(llama_dir, vocab, fusion)
         table_dir = model.export_fgram_table(root / fusion, show_progress=False)
         out[fusion] = SconeLlamaForCausalLM.from_pretrained(table_dir).eval()
     return out

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from hf_efficient_lm.scone import SconeLlamaForCausalLM, mine_fgrams
+from hf_efficient_lm.scone import mine_fgrams
 from hf_efficient_lm.testing_utils import save_tiny_llama
+from tests.scone.conftest import scone_model
 
 ALPHABET = list(range(3, 9))
 VOCAB_SIZE = 128
@@ -35,13 +36,7 @@ def setup(tmp_path_factory):
     models = {}
     for max_len, vocab in vocabs.items():
         for fusion in ("replace", "gated"):
-            torch.manual_seed(0)
-            model = SconeLlamaForCausalLM.from_pretrained(llama_dir, fgram_vocab=vocab, fgram_fusion=fusion,
-                                                          fgram_num_layers=1).eval()
-            if fusion == "gated":
-                with torch.no_grad():
-                    model.model.fgram_gate.normal_()  # a non-zero gate: the f-gram vectors really enter
-            models[max_len, fusion] = model
+            models[max_len, fusion] = scone_model(llama_dir, vocab, fusion)
     prompts = torch.tensor([d[:PROMPT_LEN] for d in docs[:2]])
     return models, prompts
 
