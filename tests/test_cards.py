@@ -88,3 +88,15 @@ def test_wrong_template_and_non_empty_staging_dir_are_refused_and_dry_run_prints
     assert "[dry run] README.md (llama_base template)" in result.stderr and "wiki.jsonl" in result.stderr
     assert "license: gfdl" in result.stderr and "9.5" in result.stderr
     assert (tmp_path / "new-stage" / "README.md").read_text() in result.stderr
+
+
+def test_cards_have_intended_use_and_training_procedure_from_the_run(tmp_path):
+    for template, folder in _family_folders(tmp_path):
+        card = publish(folder, f"me/{template}", card_template=template, api=FakeHfApi()).card
+        assert "## Intended use" in card and "## Training procedure" in card, template
+        procedure = card.split("## Training procedure", 1)[1].split("\n## ", 1)[0]
+        if template.startswith("specialist"):  # these folders carry no training metrics file
+            assert "records no training run" in procedure, procedure
+        else:
+            assert "optimizer steps 6" in procedure and "peak learning rate 0.01" in procedure, (template, procedure)
+            assert "pydocs.train.jsonl.gz" in procedure, (template, procedure)

@@ -150,7 +150,29 @@ def folder_facts(folder: Path, source: Path | None = None) -> dict:
             facts.update(num_clusters=config.get("num_clusters"), num_basis=config.get("num_basis"),
                          total_params=facts.get("parameters"),
                          inference_params=_millions(shared + mlp * int(config.get("num_hidden_layers") or 0)))
+    facts["training_procedure"] = training_procedure(recorded, facts.get("_datasets", []))
     return {k: v for k, v in facts.items() if v is not None}
+
+
+def training_procedure(recorded: dict, datasets: list[str]) -> str:
+    """The card's "Training procedure" as markdown bullets, from the training run's metrics file (``recorded``).
+    Says plainly what the folder does not record instead of printing an empty value."""
+    if not recorded:
+        return ("- This folder records no training run (no metrics file of an hf-efficient-lm training command); "
+                "ask the publisher how it was trained.")
+    lines = []
+    if recorded.get("base_model"):
+        lines.append(f"- Initialised from `{Path(str(recorded['base_model'])).name}`.")
+    data = ", ".join(f"`{Path(str(d)).name}`" for d in datasets) or "not recorded"
+    tokens = recorded.get("train_tokens") or recorded.get("train_bytes")
+    unit = "tokens" if recorded.get("train_tokens") else "bytes"
+    lines.append(f"- Data: {data}" + (f"; {int(tokens):,} training {unit}." if tokens else "."))
+    schedule = [f"{label} {recorded[key]}" for key, label in (("preset", "preset"), ("steps", "optimizer steps"),
+                                                               ("learning_rate", "peak learning rate"),
+                                                               ("seed", "seed")) if recorded.get(key) is not None]
+    if schedule:
+        lines.append("- Schedule: " + ", ".join(schedule) + " (AdamW through the Transformers `Trainer`).")
+    return "\n".join(lines)
 
 
 def _stage(model_or_folder, tokenizer, staging: Path) -> None:
