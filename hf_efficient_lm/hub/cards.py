@@ -11,8 +11,11 @@ MIN_TRANSFORMERS = "5.23"
 
 
 def model_cards_dir() -> Path:
-    """The repository's ``model_cards/`` folder (the package is installed from a checkout)."""
-    return Path(__file__).resolve().parents[2] / "model_cards"
+    """The card templates: ``hf_efficient_lm/model_cards/`` in an installed wheel (setup.py copies them there), else
+    the checkout's top-level ``model_cards/`` (their source; editable installs and running from the tree)."""
+    package = Path(__file__).resolve().parents[1]
+    packaged = package / "model_cards"
+    return packaged if packaged.is_dir() else package.parent / "model_cards"
 
 
 # Which saved model types each template describes (a card for another model would state wrong facts).
