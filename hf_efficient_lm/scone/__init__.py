@@ -1,7 +1,7 @@
 """SconeLlama: contextualised n-gram (f-gram) input embeddings served from an off-accelerator table (SCONE)."""
 
 from ..registration import lazy_attributes, register_causal_lm
-from .configuration_scone_llama import SconeLlamaConfig
+from .configuration_scone_llama import FGRAM_RECIPES, SconeLlamaConfig
 from .fgram_vocab_scone import FgramVocab, TokenizerMismatchError, tokenizer_fingerprint
 from .modeling_scone_llama import SconeFgramModel, SconeLlamaForCausalLM, SconeLlamaModel
 from .table_scone import CorruptTableError, FgramTable
@@ -12,6 +12,7 @@ __getattr__ = lazy_attributes(__name__, dict.fromkeys(["add_fgram_columns", "mat
 register_causal_lm(SconeLlamaConfig, SconeLlamaForCausalLM, SconeLlamaModel)
 
 __all__ = [
+    "FGRAM_RECIPES",
     "SconeLlamaConfig",
     "SconeLlamaForCausalLM",
     "SconeLlamaModel",

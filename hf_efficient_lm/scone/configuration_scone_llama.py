@@ -6,6 +6,14 @@ from transformers import LlamaConfig
 
 FUSION_MODES = ("replace", "gated")
 FGRAM_MODES = ("model", "table")
+# Named settings of the f-gram path. "paper": exactly SCONE (arXiv 2502.01637): the matched position's input vector
+# is replaced by A_f's last-position output, with no extra norm or scale. "gated": ours, T(x) + g * A_f with a
+# final RMSNorm and a learned output scale on A_f; the wrapped Llama is unchanged at step 0. Use as
+# ``SconeLlamaForCausalLM.from_pretrained(base, fgram_vocab=v, **FGRAM_RECIPES["paper"])``.
+FGRAM_RECIPES = {
+    "paper": {"fgram_fusion": "replace", "fgram_final_norm": False, "fgram_output_scale": False},
+    "gated": {"fgram_fusion": "gated", "fgram_final_norm": True, "fgram_output_scale": True},
+}
 
 
 class SconeLlamaConfig(LlamaConfig):
@@ -26,7 +34,12 @@ class SconeLlamaConfig(LlamaConfig):
             pretrained Llama is unchanged at step 0).
         fgram_mode (`str`): ``"model"`` (training: ``A_f`` runs in the forward pass) or ``"table"`` (inference:
             precomputed rows read from ``fgram_table.safetensors`` next to the weights; no ``A_f``).
+        fgram_final_norm (`bool`): apply an RMSNorm to ``A_f``'s output (ours; the paper has none).
+        fgram_output_scale (`bool`): multiply ``A_f``'s output by a learned per-dimension scale initialised to the
+            token embeddings' RMS (ours; the paper has none).
         fgram_tokenizer_fingerprint (`str`, *optional*): fingerprint of the tokenizer the f-grams were mined with.
+
+    ``FGRAM_RECIPES["paper"]`` / ``["gated"]`` name the two settings of the last three fields.
     """
 
     model_type = "hfelm_scone_llama"
@@ -42,6 +55,8 @@ class SconeLlamaConfig(LlamaConfig):
         fgram_fusion: str = "gated",
         fgram_mode: str = "model",
         fgram_tokenizer_fingerprint: str | None = None,
+        fgram_final_norm: bool = True,
+        fgram_output_scale: bool = True,
         **kwargs,
     ):
         self.num_fgrams = int(num_fgrams)
@@ -53,15 +68,27 @@ class SconeLlamaConfig(LlamaConfig):
         self.fgram_fusion = fgram_fusion
         self.fgram_mode = fgram_mode
         self.fgram_tokenizer_fingerprint = fgram_tokenizer_fingerprint
+        self.fgram_final_norm = fgram_final_norm
+        self.fgram_output_scale = fgram_output_scale
         super().__init__(**kwargs)
-        if fgram_fusion not in FUSION_MODES:
-            raise ValueError(f"fgram_fusion must be one of {FUSION_MODES}, got {fgram_fusion!r}")
-        if fgram_mode not in FGRAM_MODES:
-            raise ValueError(f"fgram_mode must be one of {FGRAM_MODES}, got {fgram_mode!r}")
-        if self.max_fgram_len < 2:
-            raise ValueError(f"max_fgram_len must be >= 2, got {max_fgram_len}")
-        if self.num_fgrams < 0 or self.fgram_num_layers < 1:
-            raise ValueError(f"need num_fgrams >= 0 and fgram_num_layers >= 1, got {num_fgrams}, {fgram_num_layers}")
+        self.validate_architecture()
+
+    def validate_architecture(self):
+        """Transformers' validation hook, extended with the SCONE fields: raises ``ValueError`` naming the bad value.
+        Also run by the model's ``__init__``, so ``from_pretrained(..., fgram_fusion=...)`` overrides are checked."""
+        super().validate_architecture()
+        if self.fgram_fusion not in FUSION_MODES:
+            raise ValueError(f"fgram_fusion must be one of {FUSION_MODES}, got {self.fgram_fusion!r}")
+        if self.fgram_mode not in FGRAM_MODES:
+            raise ValueError(f"fgram_mode must be one of {FGRAM_MODES}, got {self.fgram_mode!r}")
+        for name in ("fgram_final_norm", "fgram_output_scale"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if int(self.max_fgram_len) < 2:
+            raise ValueError(f"max_fgram_len must be >= 2, got {self.max_fgram_len}")
+        if int(self.num_fgrams) < 0 or int(self.fgram_num_layers) < 1:
+            raise ValueError(f"need num_fgrams >= 0 and fgram_num_layers >= 1, got {self.num_fgrams}, "
+                             f"{self.fgram_num_layers}")
 
     def fgram_model_config(self) -> LlamaConfig:
         """The :class:`LlamaConfig` of the f-gram model ``A_f`` (no embedding table of its own)."""
@@ -94,4 +121,4 @@ class SconeLlamaConfig(LlamaConfig):
         )
 
 
-__all__ = ["SconeLlamaConfig"]
+__all__ = ["FGRAM_RECIPES", "SconeLlamaConfig"]

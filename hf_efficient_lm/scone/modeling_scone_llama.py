@@ -43,8 +43,9 @@ class SconeFgramModel(nn.Module):
     """The f-gram model ``A_f``: a small causal Llama stack over the main model's token embeddings.
 
     No token embedding of its own (it reads ``embed_tokens`` outputs), learned absolute positions 0..K-1 (paper,
-    App. F) instead of RoPE, optional in/out projections when its width differs from the main model's, a final
-    RMSNorm and a learned per-dimension output scale (Llama token embeddings are far smaller than norm outputs).
+    App. F) instead of RoPE, optional in/out projections when its width differs from the main model's. Ours, off in
+    ``FGRAM_RECIPES["paper"]``: a final RMSNorm (``fgram_final_norm``) and a learned per-dimension output scale
+    (``fgram_output_scale``; Llama token embeddings are far smaller than norm outputs).
     """
 
     def __init__(self, config: SconeLlamaConfig):
@@ -55,9 +56,9 @@ class SconeFgramModel(nn.Module):
         self.in_proj = nn.Linear(main_width, width, bias=False) if width != main_width else None
         self.position_embedding = nn.Embedding(config.max_fgram_len, width)
         self.layers = nn.ModuleList(LlamaDecoderLayer(self.config, i) for i in range(self.config.num_hidden_layers))
-        self.norm = LlamaRMSNorm(width, eps=self.config.rms_norm_eps)
+        self.norm = LlamaRMSNorm(width, eps=self.config.rms_norm_eps) if config.fgram_final_norm else None
         self.out_proj = nn.Linear(width, main_width, bias=False) if width != main_width else None
-        self.output_scale = nn.Parameter(torch.ones(main_width))
+        self.output_scale = nn.Parameter(torch.ones(main_width)) if config.fgram_output_scale else None
 
     def forward(self, window_embeds: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Args: window_embeds ``[U, L, d_main]`` (n-gram token embeddings, right-padded to ``L``), lengths
@@ -79,10 +80,11 @@ class SconeFgramModel(nn.Module):
         for layer in self.layers:
             hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=(cos, sin))
         last = hidden[torch.arange(num, device=hidden.device), lengths.to(hidden.device) - 1]
-        last = self.norm(last)
+        if self.norm is not None:
+            last = self.norm(last)
         if self.out_proj is not None:
             last = self.out_proj(last)
-        return last * self.output_scale
+        return last * self.output_scale if self.output_scale is not None else last
 
 
 class SconeLlamaPreTrainedModel(LlamaPreTrainedModel):
@@ -194,7 +196,8 @@ class SconeLlamaPreTrainedModel(LlamaPreTrainedModel):
             scone.fgram_table = FgramTable(
                 table_path, num_rows=model.config.num_fgrams, dim=model.config.hidden_size
             )
-        elif source_type is not None and source_type != cls.config_class.model_type:
+        elif (source_type is not None and source_type != cls.config_class.model_type
+              and scone.fgram_model.output_scale is not None):
             # Freshly wrapped checkpoint: scale f-gram outputs like this model's trained token embeddings.
             with torch.no_grad():
                 rms = scone.embed_tokens.weight.float().pow(2).mean().sqrt()
@@ -205,7 +208,7 @@ class SconeLlamaPreTrainedModel(LlamaPreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)
         std = self.config.initializer_range
-        if isinstance(module, SconeFgramModel):
+        if isinstance(module, SconeFgramModel) and module.output_scale is not None:
             # Match the RMS of freshly initialised token embeddings; wrapping a trained Llama re-sets it to the
             # actual embedding RMS (SconeLlamaForCausalLM.from_pretrained).
             init.constant_(module.output_scale, std)
@@ -221,6 +224,7 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
     """
 
     def __init__(self, config: SconeLlamaConfig):
+        config.validate_architecture()  # from_pretrained sets overrides after the config's own checks
         LlamaModel.__init__(self, config)
         self.fgram_model = SconeFgramModel(config) if config.fgram_mode == "model" else None
         self.fgram_gate = nn.Parameter(torch.zeros(config.hidden_size)) if config.fgram_fusion == "gated" else None

@@ -268,3 +268,35 @@ def test_tokenizer_fingerprint_mismatch_is_rejected(tmp_path):
 def test_wrapping_without_vocabulary_is_rejected(llama_dir):
     with pytest.raises(ValueError, match="fgram_vocab"):
         SconeLlamaForCausalLM.from_pretrained(llama_dir)
+
+
+def test_paper_recipe_is_replace_fusion_with_the_raw_last_position_output(tmp_path, llama_dir, vocab, batch):
+    """FGRAM_RECIPES["paper"]: no final norm, no output scale (neither parameter exists), the matched position's input
+    vector is A_f's last-layer hidden state at the window's last token; table mode equals it and the fields reload."""
+    from hf_efficient_lm.scone import FGRAM_RECIPES
+
+    torch.manual_seed(0)
+    model = SconeLlamaForCausalLM.from_pretrained(llama_dir, fgram_vocab=vocab, fgram_num_layers=1,
+                                                  **FGRAM_RECIPES["paper"]).eval()
+    names = [name for name, _ in model.named_parameters()]
+    assert not [n for n in names if "fgram_model.norm" in n or "output_scale" in n or "fgram_gate" in n], names
+    fgram_model = model.model.fgram_model
+    captured = {}
+    fgram_model.layers[-1].register_forward_hook(lambda module, args, output: captured.update(hidden=output))
+    rows, lengths = model.match_fgrams(batch)
+    assert (lengths > 0).any()
+    with torch.no_grad():
+        embeds = model.model.scone_embeddings(batch, rows, lengths)
+        b, t = (lengths >= 2).nonzero()[0].tolist()
+        n = int(lengths[b, t])
+        vector = fgram_model(model.model.embed_tokens(batch[b, t - n + 1:t + 1])[None], torch.tensor([n]))[0]
+    hidden = captured["hidden"][0] if isinstance(captured["hidden"], tuple) else captured["hidden"]
+    assert torch.equal(vector, hidden[0, n - 1])
+    torch.testing.assert_close(embeds[b, t], vector, atol=1e-6, rtol=1e-5)
+    out = model.export_fgram_table(tmp_path / "paper", batch_size=16, show_progress=False)
+    loaded = SconeLlamaForCausalLM.from_pretrained(out).eval()
+    assert (loaded.config.fgram_final_norm, loaded.config.fgram_output_scale) == (False, False)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch).logits, model(batch).logits, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="fgram_final_norm must be True or False"):
+        SconeLlamaForCausalLM.from_pretrained(llama_dir, fgram_vocab=vocab, fgram_final_norm="no")
