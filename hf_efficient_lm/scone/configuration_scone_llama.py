@@ -44,33 +44,20 @@ class SconeLlamaConfig(LlamaConfig):
 
     model_type = "hfelm_scone_llama"
 
-    def __init__(
-        self,
-        num_fgrams: int = 0,
-        max_fgram_len: int = 5,
-        fgram_num_layers: int = 2,
-        fgram_hidden_size: int | None = None,
-        fgram_num_heads: int | None = None,
-        fgram_intermediate_size: int | None = None,
-        fgram_fusion: str = "gated",
-        fgram_mode: str = "model",
-        fgram_tokenizer_fingerprint: str | None = None,
-        fgram_final_norm: bool = True,
-        fgram_output_scale: bool = True,
-        **kwargs,
-    ):
-        self.num_fgrams = int(num_fgrams)
-        self.max_fgram_len = int(max_fgram_len)
-        self.fgram_num_layers = int(fgram_num_layers)
-        self.fgram_hidden_size = fgram_hidden_size
-        self.fgram_num_heads = fgram_num_heads
-        self.fgram_intermediate_size = fgram_intermediate_size
-        self.fgram_fusion = fgram_fusion
-        self.fgram_mode = fgram_mode
-        self.fgram_tokenizer_fingerprint = fgram_tokenizer_fingerprint
-        self.fgram_final_norm = fgram_final_norm
-        self.fgram_output_scale = fgram_output_scale
-        super().__init__(**kwargs)
+    num_fgrams: int = 0
+    max_fgram_len: int = 5
+    fgram_num_layers: int = 2
+    fgram_hidden_size: int | None = None
+    fgram_num_heads: int | None = None
+    fgram_intermediate_size: int | None = None
+    fgram_fusion: str = "gated"
+    fgram_mode: str = "model"
+    fgram_tokenizer_fingerprint: str | None = None
+    fgram_final_norm: bool = True
+    fgram_output_scale: bool = True
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
         self.validate_architecture()
 
     def validate_architecture(self):
@@ -84,9 +71,12 @@ class SconeLlamaConfig(LlamaConfig):
         for name in ("fgram_final_norm", "fgram_output_scale"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if int(self.max_fgram_len) < 2:
+        for name in ("num_fgrams", "max_fgram_len", "fgram_num_layers"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+                raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        if self.max_fgram_len < 2:
             raise ValueError(f"max_fgram_len must be >= 2, got {self.max_fgram_len}")
-        if int(self.num_fgrams) < 0 or int(self.fgram_num_layers) < 1:
+        if self.num_fgrams < 0 or self.fgram_num_layers < 1:
             raise ValueError(f"need num_fgrams >= 0 and fgram_num_layers >= 1, got {self.num_fgrams}, "
                              f"{self.fgram_num_layers}")
 

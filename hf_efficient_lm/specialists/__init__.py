@@ -17,7 +17,8 @@ __getattr__ = lazy_attributes(__name__, {
     **dict.fromkeys(["ImportanceWeightedTrainer", "importance_sample", "importance_sample_iterable",
                      "importance_weights", "with_importance_weights"], ".importance_sampling"),
     **dict.fromkeys(["SpecializationResult", "specialize"], ".specialize"),
-    **dict.fromkeys(["ClusterHomogeneousTrainer", "cluster_homogeneous_order", "train_mixture_experts"],
+    **dict.fromkeys(["ClusterHomogeneousTrainer", "SpecialistCollator", "cluster_homogeneous_order",
+                     "train_mixture_experts"],
                     ".training_specialists"),
 })
 
@@ -37,6 +38,7 @@ __all__ = [
     "MiniLMEmbedder",
     "SpecializationResult",
     "SpecialistMixtureConfig",
+    "SpecialistCollator",
     "SpecialistMixtureForCausalLM",
     "cluster_homogeneous_order",
     "embedder_from_spec",

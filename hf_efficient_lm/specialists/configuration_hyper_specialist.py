@@ -32,9 +32,11 @@ class HyperSpecialistConfig(LlamaConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        self._check_specialist_fields()
+        self.validate_architecture()
 
-    def _check_specialist_fields(self):
+    def validate_architecture(self):
+        """Transformers' validation hook, extended with this family's fields (``ValueError`` naming the value)."""
+        super().validate_architecture()
         for name in ("num_clusters", "num_basis", "code_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

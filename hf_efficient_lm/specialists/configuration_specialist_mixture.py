@@ -28,9 +28,11 @@ class SpecialistMixtureConfig(LlamaConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        self._check_specialist_fields()
+        self.validate_architecture()
 
-    def _check_specialist_fields(self):
+    def validate_architecture(self):
+        """Transformers' validation hook, extended with this family's fields (``ValueError`` naming the value)."""
+        super().validate_architecture()
         if not isinstance(self.num_experts, int) or self.num_experts < 1:
             raise ValueError(f"num_experts must be a positive integer, got {self.num_experts!r}")
         if not 0 <= self.default_cluster_id < self.num_experts:

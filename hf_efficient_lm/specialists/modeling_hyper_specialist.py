@@ -133,6 +133,7 @@ class HyperSpecialistModel(HyperSpecialistPreTrainedModel, LlamaModel):
     """``LlamaModel`` with :class:`HyperSpecialistDecoderLayer` layers and the cluster codes ``E [k, m]``."""
 
     def __init__(self, config: HyperSpecialistConfig):
+        config.validate_architecture()  # from_pretrained sets overrides after the config's own checks
         # LlamaModel.__init__ would run post_init() before our parameters exist (marking the module initialised),
         # so build the same submodules here, with our decoder layers.
         HyperSpecialistPreTrainedModel.__init__(self, config)

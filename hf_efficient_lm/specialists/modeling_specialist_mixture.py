@@ -61,6 +61,7 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
     """
 
     def __init__(self, config: SpecialistMixtureConfig):
+        config.validate_architecture()  # from_pretrained sets overrides after the config's own checks
         super().__init__(config)
         self.experts = nn.ModuleList([LlamaForCausalLM(config) for _ in range(config.num_experts)])
         if config.tie_word_embeddings:

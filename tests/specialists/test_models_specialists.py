@@ -304,3 +304,14 @@ def test_parallel_plans_name_modules_that_exist_and_compile_flag_is_honest(make)
 def test_instantiate_refuses_a_histogram_that_is_not_finite_and_non_negative(make, histogram):
     with pytest.raises(ValueError, match="histogram must be finite and non-negative"):
         make().instantiate(histogram=histogram)
+
+
+def test_from_pretrained_overrides_are_validated(tmp_path):
+    """A from_pretrained override is set after the config's own checks; the model's __init__ re-runs them."""
+    from tests.contract.case_specialists import make_hyper, make_mixture
+
+    for make, override in ((make_mixture, {"default_cluster_id": 7}), (make_hyper, {"num_basis": 0})):
+        model = make()
+        model.save_pretrained(tmp_path / type(model).__name__)
+        with pytest.raises(ValueError, match=next(iter(override))):
+            type(model).from_pretrained(tmp_path / type(model).__name__, **override)
