@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
-from hf_efficient_lm.anchor.continual_anchor import AnchorTrainArguments, run_anchor_training
+from hf_efficient_lm.tools.anchor_continual import AnchorTrainArguments, run_anchor_training
 from hf_efficient_lm.anchor.modeling_anchor_llama import AnchorLlamaForCausalLM
 
 

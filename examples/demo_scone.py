@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from hf_efficient_lm.scone import SconeLlamaForCausalLM, mine_fgrams
+from hf_efficient_lm.scone import SconeLlamaForCausalLM, export_fgram_table, mine_fgrams
 
 
 def _blocks(tokenizer, texts: list[str], block_size: int) -> torch.LongTensor:
@@ -60,7 +60,7 @@ def run_demo(base_dir: str, train_texts: list[str], *, steps: int = 30, num_fgra
     model.eval()
     plain.eval()
     with tempfile.TemporaryDirectory() as tmp:
-        table_dir = model.export_fgram_table(Path(tmp) / "scone-table", show_progress=False)
+        table_dir = export_fgram_table(model, Path(tmp) / "scone-table", show_progress=False)
         table_model = SconeLlamaForCausalLM.from_pretrained(table_dir).eval()
         table_bytes = (table_dir / "fgram_table.safetensors").stat().st_size
         with torch.no_grad():

@@ -51,8 +51,8 @@ from hf_efficient_lm.specialists import (  # noqa: E402
     importance_sample,
     specialize,
 )
-from hf_efficient_lm.specialists.specialize import token_blocks, block_perplexity  # noqa: E402
-from hf_efficient_lm.specialists.training_specialists import ClusterHomogeneousTrainer, SpecialistCollator  # noqa: E402
+from hf_efficient_lm.tools.specialize import token_blocks, block_perplexity  # noqa: E402
+from hf_efficient_lm.tools.specialists_training import ClusterHomogeneousTrainer, SpecialistCollator  # noqa: E402
 from hf_efficient_lm.io_utils import save_figure  # noqa: E402
 
 ALL_DOMAINS = ("pydocs", "kernel", "code", "dictionary", "fortunes")

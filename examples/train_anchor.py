@@ -19,7 +19,7 @@ import sys
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from hf_efficient_lm.anchor.continual_anchor import AnchorTrainArguments, run_anchor_training
+from hf_efficient_lm.tools.anchor_continual import AnchorTrainArguments, run_anchor_training
 from hf_efficient_lm.cli import run_cli
 from hf_efficient_lm.train import parse_launched_args
 

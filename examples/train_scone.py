@@ -39,7 +39,14 @@ from transformers import default_data_collator, set_seed
 from hf_efficient_lm.cli import run_cli
 from hf_efficient_lm.data import check_vocab_fits, load_text_dataset, local_path, pack_dataset
 from hf_efficient_lm.io_utils import atomic_dir, atomic_file, check_writable
-from hf_efficient_lm.scone import FgramVocab, SconeLlamaConfig, SconeLlamaForCausalLM, add_fgram_columns, mine_fgrams
+from hf_efficient_lm.scone import (
+    FgramVocab,
+    SconeLlamaConfig,
+    SconeLlamaForCausalLM,
+    add_fgram_columns,
+    export_fgram_table,
+    mine_fgrams,
+)
 from hf_efficient_lm.train import parse_launched_args
 from hf_efficient_lm.train.run_dir import (
     FingerprintCallback,
@@ -150,7 +157,7 @@ def main(argv: list[str] | None = None) -> Path:
             trainer.save_model(tmp)
             tokenizer.save_pretrained(tmp)
             write_fingerprint(tmp, fingerprint)
-        table_dir = model.export_fgram_table(out / "table", dtype=getattr(torch, args.table_dtype))
+        table_dir = export_fgram_table(model, out / "table", dtype=getattr(torch, args.table_dtype))
         tokenizer.save_pretrained(table_dir)
         print(f"wrote training-mode model to {out / 'final'} and table-mode model to {table_dir}")
         metrics = {

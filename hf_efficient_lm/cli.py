@@ -21,7 +21,7 @@ USAGE_ERROR = 2
 
 # (module, function) pairs through which a family adds its own subcommands
 FAMILY_SUBCOMMANDS = [
-    ("hf_efficient_lm.scone.cli_scone", "add_scone_subcommands"),
+    ("hf_efficient_lm.tools.scone_cli", "add_scone_subcommands"),
     ("hf_efficient_lm.anchor.cli_anchor", "add_anchor_subcommands"),
     ("hf_efficient_lm.blt.cli_blt", "add_blt_subcommands"),
     ("hf_efficient_lm.specialists.cli_specialists", "add_specialists_subcommands"),

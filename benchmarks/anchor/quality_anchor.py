@@ -5,7 +5,7 @@ Rows: the base Llama; each AnchorLlama before training (plain conversion, to sho
 ``--steps`` of continual pre-training. Perplexity is per token of the held-out documents (AC: ``<AC>`` tokens are
 excluded from the count so the numbers compare with the base); "anchor" = the AnSAN mask (identical to decoding
 through the pruned cache), "full" = plain causal attention on the same weights. The MC task is the sentence
-completion of ``hf_efficient_lm.anchor.mcq_anchor`` (4 choices, 5 shots).
+completion of ``hf_efficient_lm.tools.anchor_mcq`` (4 choices, 5 shots).
 
     python benchmarks/anchor/quality_anchor.py --base ~/.cache/hf_efficient_lm/base --steps 150
 """
@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common_anchor import CACHE, CORPUS, corpus_texts, setup_cpu  # noqa: E402
 
 from hf_efficient_lm.anchor import encode_with_anchors  # noqa: E402
-from hf_efficient_lm.anchor.continual_anchor import (  # noqa: E402
+from hf_efficient_lm.tools.anchor_continual import (  # noqa: E402
     AnchorTrainArguments, build_anchor_model, run_anchor_training,
 )
-from hf_efficient_lm.anchor.mcq_anchor import evaluate_multiple_choice, sentence_cloze_items  # noqa: E402
+from hf_efficient_lm.tools.anchor_mcq import evaluate_multiple_choice, sentence_cloze_items  # noqa: E402
 from hf_efficient_lm.anchor.modeling_anchor_llama import AnchorLlamaForCausalLM  # noqa: E402
 
 

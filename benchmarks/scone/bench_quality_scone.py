@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from transformers import LlamaForCausalLM
 
-from hf_efficient_lm.scone import SconeLlamaConfig, SconeLlamaForCausalLM, match_flat, mine_fgrams
+from hf_efficient_lm.scone import SconeLlamaConfig, SconeLlamaForCausalLM, export_fgram_table, match_flat, mine_fgrams
 from hf_efficient_lm.train.presets import llama_config_from_preset
 from hf_efficient_lm.io_utils import save_figure  # noqa: E402
 from corpus_scone import DOMAINS, cache_dir, load_tokenizer, tokenized_docs
@@ -139,7 +139,7 @@ def main():
             start = time.perf_counter()
             train(model, blocks, fgram, steps, args.batch, args.lr, seed=1)
             train_s = time.perf_counter() - start
-            table_dir = model.export_fgram_table(out / f"scone_{args.fusion}_S{num_fgrams}_L{layers}",
+            table_dir = export_fgram_table(model, out / f"scone_{args.fusion}_S{num_fgrams}_L{layers}",
                                                  show_progress=False)
             table_model = SconeLlamaForCausalLM.from_pretrained(table_dir).eval()
             ppl = {d: perplexity(table_model, b) for d, b in eval_blocks.items()}

@@ -16,10 +16,10 @@ from datasets import Dataset
 from transformers import EarlyStoppingCallback, LlamaForCausalLM, Trainer, TrainingArguments
 
 from .cluster_index import ClusterIndex, entropy
-from .distillation import DistillationTrainer
-from .modeling_hyper_specialist import HyperSpecialistForCausalLM
-from .modeling_specialist_mixture import SpecialistMixtureForCausalLM
-from .training_specialists import SpecialistCollator
+from .specialists_distillation import DistillationTrainer
+from ..specialists.modeling_hyper_specialist import HyperSpecialistForCausalLM
+from ..specialists.modeling_specialist_mixture import SpecialistMixtureForCausalLM
+from .specialists_training import SpecialistCollator
 
 SELECTIONS = ("most_frequent", "best_pretrained", "histogram")
 

@@ -39,7 +39,8 @@ def _tokenized_dataset(args):
 
 def _cmd_scone_mine(args: argparse.Namespace) -> None:
     from ..io_utils import check_writable
-    from .mining_scone import mine_fgrams
+    from .scone_export import save_fgram_vocab
+    from .scone_mining import mine_fgrams
 
     check_writable(args.output_dir, replace=True)
     dataset, tokenizer = _tokenized_dataset(args)
@@ -50,7 +51,7 @@ def _cmd_scone_mine(args: argparse.Namespace) -> None:
     vocab = mine_fgrams(dataset, num_fgrams=args.num_fgrams, max_len=args.max_len, min_count=args.min_count,
                         barrier_ids=barriers, tokenizer=tokenizer, chunk_tokens=args.chunk_tokens,
                         num_threads=args.num_threads)
-    vocab.save(args.output_dir)
+    save_fgram_vocab(vocab, args.output_dir)
     print(json.dumps(vocab.metadata(), indent=2))
 
 
@@ -62,7 +63,8 @@ def _cmd_scone_export(args: argparse.Namespace) -> None:
     from ..data import local_path
     from ..eval.loading import TOKENIZER_FILES, folder_has_tokenizer
     from ..io_utils import check_writable
-    from .modeling_scone_llama import SconeLlamaForCausalLM
+    from ..scone.modeling_scone_llama import SconeLlamaForCausalLM
+    from .scone_export import export_fgram_table
 
     model_dir = Path(local_path(args.model, "model folder"))
     out_dir = Path(args.output_dir)
@@ -76,7 +78,7 @@ def _cmd_scone_export(args: argparse.Namespace) -> None:
 
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = SconeLlamaForCausalLM.from_pretrained(model_dir)
-    out = model.export_fgram_table(out_dir, batch_size=args.batch_size, dtype=getattr(torch, args.dtype))
+    out = export_fgram_table(model, out_dir, batch_size=args.batch_size, dtype=getattr(torch, args.dtype))
     note = ""
     if tokenizer is not None:
         tokenizer.save_pretrained(out)  # the exported folder is evaluated and published on its own

@@ -20,9 +20,9 @@ from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
 from ..data import load_text_dataset, local_path
 from ..io_utils import atomic_dir, check_writable
 from ..train.run_dir import FingerprintCallback, check_schedule, guarded_run, run_fingerprint, write_fingerprint
-from .data_anchor import AnchorDataCollator, tokenize_function
-from .modeling_anchor_llama import AnchorLlamaForCausalLM
-from .tokens_anchor import DEFAULT_ANCHOR_TOKEN, add_anchor_token, find_endpoint_token_ids
+from .anchor_data import AnchorDataCollator, tokenize_function
+from ..anchor.modeling_anchor_llama import AnchorLlamaForCausalLM
+from ..anchor.tokens_anchor import DEFAULT_ANCHOR_TOKEN, add_anchor_token, find_endpoint_token_ids
 
 FINAL_DIRNAME = "final"
 

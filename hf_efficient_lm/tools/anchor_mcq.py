@@ -14,7 +14,7 @@ The bundled task, :func:`sentence_cloze_items`, is a HellaSwag-like sentence com
 context is two consecutive sentences of a document, the right choice the next sentence, the distractors sentences of
 other documents.
 
-    python -m hf_efficient_lm.anchor.mcq_anchor --model DIR --data ../shared/corpus/fortunes.valid.jsonl.gz
+    python -m hf_efficient_lm.tools.anchor_mcq --model DIR --data ../shared/corpus/fortunes.valid.jsonl.gz
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from .cache_anchor import AnchorCache
-from .compat_anchor import CACHE_NAME
-from .data_anchor import encode_with_anchors, split_sentences
-from .tokens_anchor import require_anchor_token
+from ..anchor.cache_anchor import AnchorCache
+from ..anchor.compat_anchor import CACHE_NAME
+from .anchor_data import encode_with_anchors, split_sentences
+from ..anchor.tokens_anchor import require_anchor_token
 
 
 @dataclass
