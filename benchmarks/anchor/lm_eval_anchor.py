@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common_anchor import corpus_texts, setup_cpu  # noqa: E402
 
 from hf_efficient_lm.tools.anchor_mcq import sentence_cloze_items  # noqa: E402

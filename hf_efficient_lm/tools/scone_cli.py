@@ -1,5 +1,5 @@
-"""SCONE subcommands of ``hf-efficient-lm``: ``scone-mine`` (corpus -> f-gram vocabulary) and ``scone-export``
-(trained SconeLlama -> table-mode folder)."""
+"""SCONE subcommands of ``hf-efficient-lm`` (rows of ``hf_efficient_lm.cli.COMMANDS``): ``scone-mine`` (corpus ->
+f-gram vocabulary) and ``scone-export`` (trained SconeLlama -> table-mode folder)."""
 
 from __future__ import annotations
 
@@ -88,14 +88,18 @@ def _cmd_scone_export(args: argparse.Namespace) -> None:
 
 
 def add_scone_subcommands(subparsers) -> None:
-    """Add ``scone-mine`` and ``scone-export`` to the ``hf-efficient-lm`` argparse subparsers."""
-    p = subparsers.add_parser(
-        "scone-mine", help="mine the top-S frequent token n-grams (f-grams) of a corpus for SconeLlama",
-        description="Count all token n-grams of length 2..K (Apriori pruning, exact integer keys, chunked) and keep "
-                    "the S most frequent, ties broken by (count desc, length asc) so the set is closed under "
-                    "prefixes and suffixes. Never crosses documents or BOS/EOS/pad. Writes fgram_index.safetensors "
-                    "and fgram_vocab.json (with the tokenizer's fingerprint) atomically.",
-    )
+    """Add ``scone-mine`` and ``scone-export`` to argparse subparsers (``hf_efficient_lm.cli.COMMANDS`` adds each
+    through :func:`add_scone_mine` / :func:`add_scone_export`)."""
+    add_scone_mine(subparsers.add_parser("scone-mine"))
+    add_scone_export(subparsers.add_parser("scone-export"))
+
+
+def add_scone_mine(p) -> None:
+    """Options of ``hf-efficient-lm scone-mine``."""
+    p.description = ("Count all token n-grams of length 2..K (Apriori pruning, exact integer keys, chunked) and keep "
+                     "the S most frequent, ties broken by (count desc, length asc) so the set is closed under "
+                     "prefixes and suffixes. Never crosses documents or BOS/EOS/pad. Writes fgram_index.safetensors "
+                     "and fgram_vocab.json (with the tokenizer's fingerprint) atomically.")
     p.add_argument("--tokenizer", required=True, help="tokenizer folder (its fingerprint is stored with the f-grams)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-files", nargs="+", help="local json/jsonl(.gz)/txt/csv/parquet text files")
@@ -115,12 +119,12 @@ def add_scone_subcommands(subparsers) -> None:
     p.add_argument("--output-dir", required=True, help="folder for fgram_index.safetensors + fgram_vocab.json")
     p.set_defaults(func=_cmd_scone_mine)
 
-    p = subparsers.add_parser(
-        "scone-export", help="precompute a trained SconeLlama's f-gram table and write a table-mode folder",
-        description="Run the f-gram model over all S f-grams (batched) and write model.safetensors without it plus "
-                    "a memory-mapped fgram_table.safetensors, plus the model folder's tokenizer; the folder loads "
-                    "with from_pretrained and can be evaluated on its own.",
-    )
+
+def add_scone_export(p) -> None:
+    """Options of ``hf-efficient-lm scone-export``."""
+    p.description = ("Run the f-gram model over all S f-grams (batched) and write model.safetensors without it plus "
+                     "a memory-mapped fgram_table.safetensors, plus the model folder's tokenizer; the folder loads "
+                     "with from_pretrained and can be evaluated on its own.")
     p.add_argument("--model", required=True, help="training-mode SconeLlama folder")
     p.add_argument("--output-dir", required=True, help="table-mode folder to write (replaced atomically)")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
