@@ -40,13 +40,13 @@ def main(argv=None):
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory() as tmp:
-        if args.model is None:
-            import sys
+        if args.model is None:  # a tiny random AnchorLlama with a tokenizer trained here
+            from hf_efficient_lm.data import train_tokenizer
+            from hf_efficient_lm.testing_utils import save_tiny_llama
 
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from demo_anchor import _demo_texts, _tiny_base
-
-            base = _tiny_base(Path(tmp) / "base", _demo_texts())
+            base = save_tiny_llama(Path(tmp) / "base", vocab_size=512, max_position_embeddings=2048)
+            sentences = [text for text, _ in DEMONSTRATIONS] + list(QUERIES)
+            train_tokenizer(sentences * 8, 512, min_frequency=0, show_progress=False).save_pretrained(base)
             tokenizer = AutoTokenizer.from_pretrained(base)
             anchors = find_endpoint_token_ids(tokenizer, (".", "!", "?"), match="endswith")
             model = AnchorLlamaForCausalLM.from_pretrained(base, anchor_token_ids=anchors).eval()

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
-from hf_efficient_lm.anchor.continual_anchor import AnchorTrainArguments, run_anchor_training
+from hf_efficient_lm.tools.anchor_continual import AnchorTrainArguments, run_anchor_training
 from hf_efficient_lm.anchor.modeling_anchor_llama import AnchorLlamaForCausalLM
 
 
@@ -48,31 +48,20 @@ def run_demo(base_dir: str, train_texts: list[str], max_steps: int = 8) -> str:
 
 
 def _tiny_base(path: Path, texts: list[str]) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
+    from hf_efficient_lm.data import train_tokenizer
     from hf_efficient_lm.testing_utils import save_tiny_llama
 
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator(texts, trainer=trainers.BpeTrainer(
-        vocab_size=512, special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>",
-                                        eos_token="</s>", clean_up_tokenization_spaces=False)
+    tokenizer = train_tokenizer(texts, 512, min_frequency=0, show_progress=False)
     save_tiny_llama(path, vocab_size=len(tokenizer), max_position_embeddings=2048)
     tokenizer.save_pretrained(path)
     return path
 
 
 def _demo_texts() -> list[str]:
-    import gzip
+    from hf_efficient_lm.data import corpus_dir, corpus_texts
 
-    corpus = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "fortunes.valid.jsonl.gz"
-    if corpus.exists():
-        with gzip.open(corpus, "rt", encoding="utf-8") as handle:
-            return [json.loads(line)["text"][:1500] for line in handle][:64]
+    if (corpus_dir() / "fortunes.valid.jsonl.gz").exists():
+        return [text[:1500] for text in corpus_texts("fortunes", "valid", 64)]
     sentences = ["The cat sat on the mat.", "A dog ran past!", "Was it raining?", "Nobody knew.",
                  "Small models learn slowly.", "Every sentence ends here."]
     return [" ".join(sentences[i:] + sentences[:i]) * 3 for i in range(6)] * 4

@@ -76,13 +76,9 @@ def run_demo(base_dir: str | None, train_texts: list[str], seconds: float = 30.0
 
 
 if __name__ == "__main__":
-    import sys
-    from pathlib import Path
+    from hf_efficient_lm.data import corpus_texts
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "blt"))
     try:
-        from common_blt import corpus_texts
-
         texts = corpus_texts("pydocs", "train", limit=20)
     except FileNotFoundError:
         texts = ["The quick brown fox jumps over the lazy dog. " * 40]

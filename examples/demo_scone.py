@@ -14,15 +14,13 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from hf_efficient_lm.scone import SconeLlamaForCausalLM, mine_fgrams
+from hf_efficient_lm.data import pack_ids
+from hf_efficient_lm.scone import SconeLlamaForCausalLM, export_fgram_table, mine_fgrams
 
 
 def _blocks(tokenizer, texts: list[str], block_size: int) -> torch.LongTensor:
-    ids: list[int] = []
-    for ids_doc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        ids += ids_doc + [tokenizer.eos_token_id]
-    usable = len(ids) // block_size * block_size
-    return torch.tensor(ids[:usable]).view(-1, block_size)
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return torch.from_numpy(pack_ids(encoded, block_size, separator=tokenizer.eos_token_id))
 
 
 def run_demo(base_dir: str, train_texts: list[str], *, steps: int = 30, num_fgrams: int = 2000,
@@ -60,7 +58,7 @@ def run_demo(base_dir: str, train_texts: list[str], *, steps: int = 30, num_fgra
     model.eval()
     plain.eval()
     with tempfile.TemporaryDirectory() as tmp:
-        table_dir = model.export_fgram_table(Path(tmp) / "scone-table", show_progress=False)
+        table_dir = export_fgram_table(model, Path(tmp) / "scone-table", show_progress=False)
         table_model = SconeLlamaForCausalLM.from_pretrained(table_dir).eval()
         table_bytes = (table_dir / "fgram_table.safetensors").stat().st_size
         with torch.no_grad():
@@ -83,16 +81,11 @@ def run_demo(base_dir: str, train_texts: list[str], *, steps: int = 30, num_fgra
 
 
 def _standalone() -> str:
-    from hf_efficient_lm.data import train_tokenizer
+    from hf_efficient_lm.data import corpus_dir, corpus_texts, train_tokenizer
     from hf_efficient_lm.testing_utils import save_tiny_llama
 
-    corpus = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "fortunes.train.jsonl.gz"
-    if corpus.exists():
-        import gzip
-        import json
-
-        with gzip.open(corpus, "rt", encoding="utf-8") as handle:
-            texts = [json.loads(line)["text"] for _, line in zip(range(300), handle)]
+    if (corpus_dir() / "fortunes.train.jsonl.gz").exists():
+        texts = corpus_texts("fortunes", "train", 300)
     else:
         words = "the cat sat on a mat while the dog ran to the park and the bird sang".split()
         texts = [" ".join(words[(i * 7 + j) % len(words)] for j in range(40)) for i in range(300)]

@@ -28,7 +28,7 @@ from hf_efficient_lm.specialists import (  # noqa: E402
     specialize,
     train_mixture_experts,
 )
-from hf_efficient_lm.specialists.specialize import token_blocks  # noqa: E402
+from hf_efficient_lm.tools.specialize import token_blocks  # noqa: E402
 
 NUM_CLUSTERS = 2
 BLOCK_SIZE = 32

@@ -6,34 +6,14 @@
 
     accelerate launch examples/train_anchor.py ...   # same arguments, several processes
 
-Every TrainingArguments option works (--gradient_checkpointing, --bf16, --save_steps ...). A killed run resumes
-from the newest checkpoint in --output_dir when its run fingerprint matches; another run's dir is refused unless
---overwrite_output_dir. The final model (LoRA merged) and tokenizer land in OUTPUT_DIR/final
-and load with AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True) or after `import hf_efficient_lm`.
+Every TrainingArguments option works; resuming, the final folder (OUTPUT_DIR/final, LoRA merged) and loading are
+described by ``--help``. Same as ``hf-efficient-lm train-anchor`` (implemented in ``hf_efficient_lm.tools.anchor_continual``).
 """
 
-from __future__ import annotations
-
-import os
 import sys
 
-from transformers import HfArgumentParser, TrainingArguments
-
-from hf_efficient_lm.anchor.continual_anchor import AnchorTrainArguments, run_anchor_training
 from hf_efficient_lm.cli import run_cli
-from hf_efficient_lm.train import parse_launched_args
-
-
-def main(argv=None):
-    parser = HfArgumentParser((AnchorTrainArguments, TrainingArguments), description=__doc__)
-    parser.set_defaults(report_to=["none"], save_strategy="steps", save_steps=100, logging_steps=10,
-                        save_total_limit=2)
-    args, training_args = parse_launched_args(parser, argv)  # --use_cpu by default for CPU-only DDP
-    final_dir = run_anchor_training(args, training_args)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"saved AnchorLlama ({args.anchor_mode.upper()}) and tokenizer to {final_dir}")
-    return final_dir
-
+from hf_efficient_lm.tools.anchor_continual import main
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

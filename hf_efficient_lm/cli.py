@@ -1,7 +1,8 @@
-"""``hf-efficient-lm``: the command line of the package.
+"""``hf-efficient-lm``: the command line of the package, one table (``COMMANDS``) of every user entry point.
 
 Subcommands build the baseline pipeline (train-tokenizer, pretrain, evaluate), publish models with their cards,
-and run each family's tools. ``hf-efficient-lm SUBCOMMAND --help`` explains each one.
+and run each family's tools (train-anchor, anchor-mcq, train-scone, scone-mine, scone-export, train-entropy,
+train-blt, train-expert). ``hf-efficient-lm SUBCOMMAND --help`` explains each one.
 """
 
 from __future__ import annotations
@@ -13,19 +14,61 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 PROG = "hf-efficient-lm"
 DEBUG_ENV = "HFELM_DEBUG"  # set to 1 (or pass --debug) to see the traceback of a failed command
 USAGE_ERROR = 2
 
-# (module, function) pairs through which a family adds its own subcommands
-FAMILY_SUBCOMMANDS = [
-    ("hf_efficient_lm.scone.cli_scone", "add_scone_subcommands"),
-    ("hf_efficient_lm.anchor.cli_anchor", "add_anchor_subcommands"),
-    ("hf_efficient_lm.blt.cli_blt", "add_blt_subcommands"),
-    ("hf_efficient_lm.specialists.cli_specialists", "add_specialists_subcommands"),
-]
+@dataclass(frozen=True)
+class Command:
+    """One subcommand. ``target`` is ``"module:function"``, imported only when the command runs (or, for an
+    argparse command, when the parser is built; those modules import their heavy dependencies inside functions).
+
+    passthrough=False: ``function(parser)`` adds the options to the subcommand's argparse parser and sets ``func``.
+    passthrough=True: ``function(argv)`` is a tool's own main (HfArgumentParser or argparse: its ``--help`` lists
+    every option, all of ``TrainingArguments`` for the Trainer-based ones) and gets the arguments as they are.
+    """
+
+    name: str
+    help: str
+    target: str
+    passthrough: bool = False
+
+    def load(self) -> Callable:
+        module, function = self.target.split(":")
+        return getattr(importlib.import_module(module), function)
+
+
+COMMANDS: tuple[Command, ...] = (
+    # baseline pipeline and publishing
+    Command("train-tokenizer", "train a byte-level BPE tokenizer on a text dataset", "hf_efficient_lm.cli:_add_train_tokenizer"),
+    Command("pretrain", "pretrain a Llama from a size preset (HfArgumentParser + Trainer)",
+            "hf_efficient_lm.train.pretrain:main", passthrough=True),
+    Command("evaluate", "perplexity and bits-per-byte of a model on a text dataset", "hf_efficient_lm.cli:_add_evaluate"),
+    Command("publish", "save a model folder with its model card and upload it to the Hub", "hf_efficient_lm.cli:_add_publish"),
+    # AnchorLlama
+    Command("train-anchor", "continual pretraining of a Llama checkpoint into AnchorLlama (EP or AC anchors)",
+            "hf_efficient_lm.tools.anchor_continual:main", passthrough=True),
+    Command("anchor-mcq", "multiple-choice accuracy and KV-cache size of a model, full vs anchor attention",
+            "hf_efficient_lm.tools.anchor_mcq:main", passthrough=True),
+    # SconeLlama
+    Command("train-scone", "continual pretraining of a Llama into SconeLlama, then export the f-gram table",
+            "hf_efficient_lm.tools.scone_training:main", passthrough=True),
+    Command("scone-mine", "mine the top-S frequent token n-grams (f-grams) of a corpus for SconeLlama",
+            "hf_efficient_lm.tools.scone_cli:add_scone_mine"),
+    Command("scone-export", "precompute a trained SconeLlama's f-gram table and write a table-mode folder",
+            "hf_efficient_lm.tools.scone_cli:add_scone_export"),
+    # BLT
+    Command("train-entropy", "train BLT's entropy model (a small causal byte LM) on a text dataset",
+            "hf_efficient_lm.tools.blt_training:train_entropy_main", passthrough=True),
+    Command("train-blt", "train BLT from scratch with entropy (or space) patching",
+            "hf_efficient_lm.tools.blt_training:train_blt_main", passthrough=True),
+    # specialists
+    Command("train-expert", "train one expert of a specialist mixture on its cluster (one of k independent jobs)",
+            "hf_efficient_lm.tools.specialists_training:main", passthrough=True),
+)
 
 
 def positive_int(text: str) -> int:
@@ -119,41 +162,31 @@ class _DryRunApi:
         print(f"[dry run] would upload {folder_path} to {repo_id}", file=sys.stderr)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Options may be spelled with dashes or underscores (--data-files / --data_files). A failed command "
-               f"prints one line and exits with status 2; --debug (or {DEBUG_ENV}=1) shows the full traceback.",
-    )
-    parser.add_argument("--debug", action="store_true", help="show the full traceback when a command fails")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+def _data_options(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-files", nargs="+", help="local json/jsonl(.gz)/txt/csv/parquet files")
+    source.add_argument("--dataset-name", help="a Hub dataset name (needs the network)")
+    p.add_argument("--text-column", default="text", help="column holding the documents (default: text)")
+    p.add_argument("--max-documents", type=positive_int, default=None,
+                   help="use only the first N documents (N >= 1; default: all)")
 
-    def data_options(p: argparse.ArgumentParser) -> None:
-        source = p.add_mutually_exclusive_group(required=True)
-        source.add_argument("--data-files", nargs="+", help="local json/jsonl(.gz)/txt/csv/parquet files")
-        source.add_argument("--dataset-name", help="a Hub dataset name (needs the network)")
-        p.add_argument("--text-column", default="text", help="column holding the documents (default: text)")
-        p.add_argument("--max-documents", type=positive_int, default=None,
-                       help="use only the first N documents (N >= 1; default: all)")
 
-    p = sub.add_parser("train-tokenizer", help="train a byte-level BPE tokenizer on a text dataset",
-                       description="Train a byte-level BPE tokenizer (no unknown tokens; <pad>=0, <s>=1, </s>=2) "
-                                   "and save it as a PreTrainedTokenizerFast.")
-    data_options(p)
+def _add_train_tokenizer(p: argparse.ArgumentParser) -> None:
+    p.description = ("Train a byte-level BPE tokenizer (no unknown tokens; <pad>=0, <s>=1, </s>=2) and save it as a "
+                     "PreTrainedTokenizerFast.")
+    _data_options(p)
     p.add_argument("--vocab-size", type=positive_int, default=4096, help="vocabulary size including 259 byte/special tokens")
     p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
     p.add_argument("--output-dir", required=True, help="folder to write the tokenizer to (replaced atomically)")
     p.set_defaults(func=_cmd_train_tokenizer)
 
-    sub.add_parser("pretrain", add_help=False, help="pretrain a Llama from a size preset (HfArgumentParser + Trainer; "
-                   "`hf-efficient-lm pretrain --help` lists all options)")
 
-    p = sub.add_parser("evaluate", help="perplexity and bits-per-byte of a model on a text dataset",
-                       description="Perplexity and bits-per-byte (documents joined with EOS, fixed windows; every "
-                                   "document token predicted once).")
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.description = ("Perplexity and bits-per-byte (documents joined with EOS, fixed windows; every document token "
+                     "predicted once).")
     p.add_argument("--model", required=True, help="saved model folder")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
-    data_options(p)
+    _data_options(p)
     p.add_argument("--split", default="train", help="split name for the loaded files (default: train)")
     p.add_argument("--block-size", type=positive_int, default=256,
                    help="tokens per evaluation window (at most the model's max_position_embeddings)")
@@ -162,9 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true", help="allow code from the model folder")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("publish", help="save a model folder with its model card and upload it to the Hub",
-                       description="Render a model card from a template in model_cards/ and upload the folder with "
-                                   "HfApi.upload_folder (push_to_hub would replace the card).")
+
+def _add_publish(p: argparse.ArgumentParser) -> None:
+    p.description = ("Render a model card from a template in model_cards/ and upload the folder with "
+                     "HfApi.upload_folder (push_to_hub would replace the card).")
     p.add_argument("--model", required=True, help="saved model folder")
     p.add_argument("--repo-id", required=True, help="Hub repo id, e.g. user/anchor-llama-5m")
     p.add_argument("--template", default=None,
@@ -181,20 +215,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--staging-dir", help="keep the staged folder here (must be empty or new; written atomically)")
     p.set_defaults(func=_cmd_publish)
 
-    for module_name, function_name in FAMILY_SUBCOMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if not error.name or not module_name.startswith(error.name):
-                raise  # a real import error inside the family, not a family without subcommands
-            continue
-        getattr(module, function_name)(sub)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Options may be spelled with dashes or underscores (--data-files / --data_files). A failed command "
+               f"prints one line and exits with status 2; --debug (or {DEBUG_ENV}=1) shows the full traceback.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback when a command fails")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    for command in COMMANDS:
+        if command.passthrough:  # main() hands these their arguments; listed here for --help
+            sub.add_parser(command.name, add_help=False, help=f"{command.help} (`{PROG} {command.name} --help`)")
+        else:
+            command.load()(sub.add_parser(command.name, help=command.help))
     return parser
 
 
 def normalize_option_names(argv: list[str]) -> list[str]:
     """``--data_files`` -> ``--data-files``: the argparse subcommands spell options with dashes, the HfArgumentParser
-    ones (pretrain, train_anchor, train_scone) accept both; this makes the underscore spelling work everywhere."""
+    ones (pretrain, train-anchor, train-scone) accept both; this makes the underscore spelling work everywhere."""
     out = []
     for token in argv:
         if token == "--":
@@ -210,10 +250,9 @@ def normalize_option_names(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; errors propagate as exceptions (the console script turns them into one line)."""
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"]
-    if argv and argv[0] == "pretrain":
-        from .train.pretrain import main as pretrain_main
-
-        pretrain_main(argv[1:])
+    passthrough = {command.name: command for command in COMMANDS if command.passthrough}
+    if argv and argv[0] in passthrough:
+        passthrough[argv[0]].load()(argv[1:])
         return 0
     args = build_parser().parse_args(normalize_option_names(argv))
     args.func(args)

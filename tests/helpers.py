@@ -58,6 +58,14 @@ requires_accelerate_cli = pytest.mark.skipif(
 )
 
 
+# TrainingArguments that make a two-process run comparable with a one-process run of the doubled batch
+DDP_PARITY_TRAINER_ARGS = [
+    "--learning_rate", "1e-2", "--max_steps", "4", "--logging_steps", "1", "--save_strategy", "no",
+    "--seed", "0", "--train_sampling_strategy", "sequential", "--disable_tqdm", "true",
+    "--dataloader_pin_memory", "false",
+]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -29,7 +29,7 @@ def _family_folders(root):
 
     from hf_efficient_lm.anchor import AnchorLlamaForCausalLM
     from hf_efficient_lm.blt.testing_blt import make_tiny_blt
-    from hf_efficient_lm.scone import SconeLlamaForCausalLM, mine_fgrams
+    from hf_efficient_lm.scone import SconeLlamaForCausalLM, export_fgram_table, mine_fgrams
     from hf_efficient_lm.testing_utils import save_tiny_llama
 
     common = {"data_files": ["pydocs.train.jsonl.gz"], "steps": 6, "train_tokens": 768, "learning_rate": 0.01,
@@ -43,7 +43,7 @@ def _family_folders(root):
     ids = torch.randint(3, 128, (20, 40), generator=torch.Generator().manual_seed(0)).tolist()
     vocab = mine_fgrams(ids + ids, num_fgrams=8, min_count=2, vocab_size=128, show_progress=False)
     scone = SconeLlamaForCausalLM.from_pretrained(base, fgram_vocab=vocab, fgram_num_layers=1)
-    scone.export_fgram_table(root / "scone" / "table", dtype=torch.float32)
+    export_fgram_table(scone, root / "scone" / "table", dtype=torch.float32)
     (root / "scone" / "train_scone_metrics.json").write_text(json.dumps({**common, "base_model": "me/base-5m"}))
     (root / "scone" / "eval_scone.json").write_text(json.dumps({"valid.jsonl": {"scone_ppl": 30.1, "base_ppl": 31.0}}))
     yield "scone", root / "scone" / "table"

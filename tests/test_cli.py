@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from hf_efficient_lm.cli import build_parser, main
+from hf_efficient_lm.cli import COMMANDS, build_parser, main
 from tests.helpers import make_documents, write_jsonl
 
 
@@ -12,13 +12,29 @@ def test_every_subcommand_explains_itself(capsys):
     parser = build_parser()
     subcommands = parser._subparsers._group_actions[0].choices
     assert {"train-tokenizer", "pretrain", "evaluate", "publish"} <= set(subcommands)
+    passthrough = {command.name for command in COMMANDS if command.passthrough}  # their own parsers: next test
     for name, sub in subcommands.items():
-        if name == "pretrain":
+        if name in passthrough:
             continue
         assert sub.format_help().count("--") >= 2, name
     result = subprocess.run([sys.executable, "-m", "hf_efficient_lm.cli", "pretrain", "--help"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--preset" in result.stdout and "--max_train_tokens" in result.stdout
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c.passthrough], ids=lambda c: c.name)
+def test_every_tool_command_is_in_the_table_and_answers_help(command, capsys):
+    assert command.name in build_parser()._subparsers._group_actions[0].choices
+    with pytest.raises(SystemExit) as done:
+        main([command.name, "--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.count("--") >= 2, command.name
+
+
+def test_the_table_covers_every_family():
+    targets = " ".join(command.target for command in COMMANDS)
+    for family in ("anchor", "scone", "blt", "specialists"):
+        assert family in targets, family
 
 
 def test_train_tokenizer_then_evaluate_then_dry_run_publish(tmp_path, capsys):

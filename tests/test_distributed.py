@@ -8,7 +8,13 @@ import pytest
 from datasets import Dataset
 
 from hf_efficient_lm.data import iter_texts, train_tokenizer
-from tests.helpers import make_documents, requires_accelerate_cli, run_two_processes_and_one, write_jsonl
+from tests.helpers import (
+    DDP_PARITY_TRAINER_ARGS,
+    make_documents,
+    requires_accelerate_cli,
+    run_two_processes_and_one,
+    write_jsonl,
+)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "pretrain.py"
 
@@ -17,9 +23,7 @@ def _pretrain_args(root: Path, out: Path, per_device_batch: int) -> list[str]:
     return [
         "--tokenizer", str(root / "tok"), "--data_files", str(root / "train.jsonl"), "--preset", "tiny",
         "--block_size", "32", "--output_dir", str(out), "--per_device_train_batch_size", str(per_device_batch),
-        "--learning_rate", "1e-2", "--max_steps", "4", "--logging_steps", "1", "--save_strategy", "no",
-        "--seed", "0", "--train_sampling_strategy", "sequential", "--disable_tqdm", "true",
-        "--dataloader_pin_memory", "false",
+        *DDP_PARITY_TRAINER_ARGS,
     ]
 
 

@@ -11,13 +11,10 @@ prompt streams in by chunks.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common_anchor import (  # noqa: E402
     OUT_DIR, ac_model_pair, corpus_texts, ep_ids, full_cache_bytes, load_tokenizer, model_pair, setup_cpu,
 )

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common_anchor import corpus_texts, ep_ids, load_tokenizer, model_pair, setup_cpu  # noqa: E402
 
 

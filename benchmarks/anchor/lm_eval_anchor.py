@@ -1,6 +1,6 @@
 """The EleutherAI lm-evaluation-harness on a local task, with full attention and with the AnSAN mask.
 
-The task is the sentence-completion multiple choice of ``hf_efficient_lm.anchor.mcq_anchor`` written to local jsonl
+The task is the sentence-completion multiple choice of ``hf_efficient_lm.tools.anchor_mcq`` written to local jsonl
 files (test + few-shot split) with a generated task YAML (``output_type: multiple_choice``, acc / acc_norm), so
 nothing is downloaded. The model is wrapped by lm-eval's own ``HFLM``: "anchor" loads the checkpoint as is (every
 log-likelihood comes from one forward with the AnSAN mask, which equals pruned-cache inference — the paper's
@@ -20,10 +20,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common_anchor import corpus_texts, setup_cpu  # noqa: E402
 
-from hf_efficient_lm.anchor.mcq_anchor import sentence_cloze_items  # noqa: E402
+from hf_efficient_lm.tools.anchor_mcq import sentence_cloze_items  # noqa: E402
 
 TASK_YAML = """task: {name}
 dataset_path: json

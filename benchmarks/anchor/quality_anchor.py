@@ -5,7 +5,7 @@ Rows: the base Llama; each AnchorLlama before training (plain conversion, to sho
 ``--steps`` of continual pre-training. Perplexity is per token of the held-out documents (AC: ``<AC>`` tokens are
 excluded from the count so the numbers compare with the base); "anchor" = the AnSAN mask (identical to decoding
 through the pruned cache), "full" = plain causal attention on the same weights. The MC task is the sentence
-completion of ``hf_efficient_lm.anchor.mcq_anchor`` (4 choices, 5 shots).
+completion of ``hf_efficient_lm.tools.anchor_mcq`` (4 choices, 5 shots).
 
     python benchmarks/anchor/quality_anchor.py --base ~/.cache/hf_efficient_lm/base --steps 150
 """
@@ -14,42 +14,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 from transformers import AutoTokenizer, LlamaForCausalLM, TrainingArguments
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common_anchor import CACHE, CORPUS, corpus_texts, setup_cpu  # noqa: E402
 
 from hf_efficient_lm.anchor import encode_with_anchors  # noqa: E402
-from hf_efficient_lm.anchor.continual_anchor import (  # noqa: E402
+from hf_efficient_lm.eval import rows_nll  # noqa: E402
+from hf_efficient_lm.tools.anchor_continual import (  # noqa: E402
     AnchorTrainArguments, build_anchor_model, run_anchor_training,
 )
-from hf_efficient_lm.anchor.mcq_anchor import evaluate_multiple_choice, sentence_cloze_items  # noqa: E402
+from hf_efficient_lm.tools.anchor_mcq import evaluate_multiple_choice, sentence_cloze_items  # noqa: E402
 from hf_efficient_lm.anchor.modeling_anchor_llama import AnchorLlamaForCausalLM  # noqa: E402
 
 
-@torch.no_grad()
 def perplexity(model, tokenizer, texts, mode: str, anchor_mode: str, max_length: int) -> float:
+    """Token perplexity of one document per row; an inserted ``<AC>`` token is input only, never scored."""
     ac_id = model.config.anchor_token_ids[0] if anchor_mode == "ac" else None
-    total_nll, total_tokens = 0.0, 0
-    for text in tqdm(texts, desc=f"ppl {mode}", leave=False):
-        ids = torch.tensor([encode_with_anchors(tokenizer, text, anchor_mode, ac_id, max_length=max_length)])
-        kwargs = {}
-        if mode == "full" and isinstance(model, AnchorLlamaForCausalLM):
-            kwargs["anchor_flags"] = torch.zeros_like(ids, dtype=torch.bool)
-        logits = model(ids, **kwargs).logits[0, :-1].float()
-        targets = ids[0, 1:]
-        nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-        counted = targets != ac_id if ac_id is not None else torch.ones_like(targets, dtype=torch.bool)
-        total_nll += float(nll[counted].sum())
-        total_tokens += int(counted.sum())
-    return math.exp(total_nll / total_tokens)
+    rows = [encode_with_anchors(tokenizer, text, anchor_mode, ac_id, max_length=max_length) for text in texts]
+
+    def full_attention(ids, _rows):  # "full": AnchorLlama with no anchor, i.e. plain causal attention
+        return {"anchor_flags": torch.zeros_like(ids, dtype=torch.bool)}
+
+    model_inputs = full_attention if mode == "full" and isinstance(model, AnchorLlamaForCausalLM) else None
+    ignore = () if ac_id is None else (ac_id,)
+    return rows_nll(model, rows, batch_size=1, model_inputs=model_inputs, ignore_ids=ignore).perplexity
 
 
 def main(argv=None):

@@ -7,14 +7,11 @@ exact mode in 5.23) on the same weights. Greedy, ``--new-bytes`` after a ``--pro
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common_blt import corpus_bytes, make_transformers_blt  # noqa: E402
 
 import hf_efficient_lm  # noqa: E402,F401

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common_blt import DOMAINS, corpus_texts  # noqa: E402
+from hf_efficient_lm.data import CORPUS_DOMAINS as DOMAINS  # noqa: E402
+from hf_efficient_lm.data import corpus_texts  # noqa: E402
 
 from hf_efficient_lm.blt import BLTEntropyModel  # noqa: E402
 from hf_efficient_lm.blt.data_blt import calibrate_threshold, mean_patch_size, pack_texts  # noqa: E402

@@ -28,31 +28,28 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parents[1] / "examples"))
-from common_blt import DOMAINS, corpus_texts  # noqa: E402
-from train_blt import blt_config_for  # noqa: E402
-
-from hf_efficient_lm.blt import BLTEntropyModel, BLTForCausalLM  # noqa: E402
-from hf_efficient_lm.blt.data_blt import (  # noqa: E402
+from hf_efficient_lm.blt import BLTEntropyModel, BLTForCausalLM
+from hf_efficient_lm.blt.data_blt import (
     BLTDataCollator,
     add_patch_lengths_column,
     calibrate_threshold,
     pack_texts,
 )
-from hf_efficient_lm.blt.flops_blt import blt_flops_per_byte, llama_flops_per_token  # noqa: E402
-from hf_efficient_lm.eval import evaluate_causal_lm  # noqa: E402
-from hf_efficient_lm.train import llama_config_from_preset  # noqa: E402
-from hf_efficient_lm.io_utils import save_figure  # noqa: E402
+from hf_efficient_lm.blt.flops_blt import blt_flops_per_byte, llama_flops_per_token
+from hf_efficient_lm.data import CORPUS_DOMAINS as DOMAINS
+from hf_efficient_lm.data import corpus_texts, pack_ids
+from hf_efficient_lm.eval import evaluate_causal_lm, rows_nll
+from hf_efficient_lm.io_utils import save_figure
+from hf_efficient_lm.tools.blt_training import add_blt_size_options, blt_size_config
+from hf_efficient_lm.train import llama_config_from_preset
+
+HERE = Path(__file__).resolve().parent
 
 CACHE = Path(os.path.expanduser("~/.cache/hf_efficient_lm/blt_quality"))
 
@@ -60,27 +57,15 @@ CACHE = Path(os.path.expanduser("~/.cache/hf_efficient_lm/blt_quality"))
 # ----------------------------------------------------------------------------------------------------------- data
 def mixed_train_texts(chars_per_domain: int) -> dict[str, list[str]]:
     """First ``chars_per_domain`` characters (whole documents) of each domain's train split."""
-    out = {}
-    for domain in DOMAINS:
-        texts, total = [], 0
-        for text in corpus_texts(domain, "train"):
-            texts.append(text)
-            total += len(text)
-            if total >= chars_per_domain:
-                break
-        out[domain] = texts
-    return out
+    return {domain: corpus_texts(domain, "train", limit_chars=chars_per_domain) for domain in DOMAINS}
 
 
 def llama_rows(tokenizer, texts_by_domain, seq_len: int) -> list[list[int]]:
     """Per domain ``doc EOS doc EOS ...`` token streams cut into ``seq_len`` rows (the pack_dataset protocol)."""
     rows = []
     for texts in texts_by_domain.values():
-        stream = []
-        for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
-            stream.extend(ids)
-            stream.append(tokenizer.eos_token_id)
-        rows.extend(stream[i : i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len))
+        encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        rows.extend(pack_ids(encoded, seq_len, separator=tokenizer.eos_token_id).tolist())
     return rows
 
 
@@ -128,21 +113,14 @@ def time_steps(model, batch: dict, n: int) -> float:
 def blt_bits_per_byte(model, texts: list[str], seq_len: int, batch_size: int = 8) -> dict:
     """Next-byte NLL with in-forward patching over ``BOS doc EOS doc EOS ...`` rows of ``seq_len`` (every byte and
     every EOS predicted once); bits/byte = NLL / ln 2 / UTF-8 bytes of the documents. Also the mean patch size."""
-    model.eval()
     rows = pack_texts(texts, seq_len, drop_remainder=False)
-    nats, predicted, bytes_in, patches = 0.0, 0, 0, 0
-    groups = {}
-    for row in rows:
-        groups.setdefault(len(row), []).append(row)
-    batches = [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
-    for chunk in tqdm(batches, desc="BLT eval", unit="batch", leave=False):
-        ids = torch.tensor(chunk)
-        out = model.model(input_ids=ids)
-        logits = model.lm_head(out.last_hidden_state).float()
-        nats += float(F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="sum"))
-        predicted += ids[:, 1:].numel()
-        bytes_in += ids.shape[0] * (ids.shape[1] - 1)
-        patches += int(out.patch_starts[:, : ids.shape[1]].sum())
+    total = rows_nll(model, rows, batch_size=batch_size)
+    nats, predicted = total.nats, total.tokens
+    bytes_in = sum(len(row) - 1 for row in rows)
+    patches = 0
+    for row in tqdm(rows, desc="BLT patches", unit="row", leave=False):
+        ids = torch.tensor([row])
+        patches += int(model.model.compute_patch_starts(ids)[0][:, : ids.shape[1]].sum())
     num_bytes = sum(len(t.encode("utf-8")) for t in texts)
     assert predicted == num_bytes + len(texts), (predicted, num_bytes, len(texts))
     return dict(bits_per_byte=nats / math.log(2) / num_bytes, bytes=num_bytes, documents=len(texts),
@@ -159,12 +137,7 @@ def main() -> None:
     parser.add_argument("--llama-batch", type=int, default=16)
     parser.add_argument("--blt-seq-len", type=int, default=512, help="bytes per training row / eval row")
     parser.add_argument("--blt-batch", type=int, default=8)
-    parser.add_argument("--local-hidden", type=int, default=128)
-    parser.add_argument("--latent-hidden", type=int, default=256)
-    parser.add_argument("--latent-layers", type=int, default=4)
-    parser.add_argument("--decoder-layers", type=int, default=3)
-    parser.add_argument("--window", type=int, default=256)
-    parser.add_argument("--hash-buckets", type=int, default=8191)
+    add_blt_size_options(parser)  # the sizes of `hf-efficient-lm train-blt`
     parser.add_argument("--target-patch-size", type=float, default=4.5)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--budget-flops", type=float, default=None, help="training FLOPs of each model")
@@ -202,8 +175,7 @@ def main() -> None:
     with torch.no_grad():
         entropies, _ = entropy_model.entropies(calib)
     threshold = calibrate_threshold(entropies, args.target_patch_size)
-    blt_config = blt_config_for(entropy_model, args.local_hidden, args.latent_hidden, args.latent_layers,
-                                args.decoder_layers, args.window, args.hash_buckets, threshold, "entropy")
+    blt_config = blt_size_config(args, entropy_model, threshold, "entropy")
     torch.manual_seed(args.seed)
     blt = BLTForCausalLM(blt_config)
     blt.model.entropy_model.load_state_dict(entropy_model.state_dict())

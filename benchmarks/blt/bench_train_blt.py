@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common_blt import corpus_bytes, make_transformers_blt  # noqa: E402
 
 from hf_efficient_lm import BLTForCausalLM  # noqa: E402

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache, LlamaForCausalLM
 
-from hf_efficient_lm.scone import FgramVocab, SconeLlamaForCausalLM, mine_fgrams
+from hf_efficient_lm.scone import FgramVocab, SconeLlamaForCausalLM, export_fgram_table, mine_fgrams
 from corpus_scone import DOMAINS, cache_dir, load_tokenizer, tokenized_docs
 
 
@@ -114,7 +114,7 @@ def main():
     with torch.no_grad():
         scone.model.fgram_gate.fill_(1.0)
     if not (table_dir / "fgram_table.safetensors").exists():
-        scone.export_fgram_table(table_dir, dtype=getattr(torch, args.table_dtype), show_progress=False)
+        export_fgram_table(scone, table_dir, dtype=getattr(torch, args.table_dtype), show_progress=False)
     table = SconeLlamaForCausalLM.from_pretrained(table_dir).eval()
     print(f"base: {base_dir} ({sum(p.numel() for p in base.parameters()) / 1e6:.1f}M params); table model: "
           f"{vocab.num_fgrams:,} f-grams x {table.config.hidden_size} {args.table_dtype} "

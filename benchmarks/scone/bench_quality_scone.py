@@ -22,16 +22,16 @@ import numpy as np
 import torch
 from transformers import LlamaForCausalLM
 
-from hf_efficient_lm.scone import SconeLlamaConfig, SconeLlamaForCausalLM, match_flat, mine_fgrams
+from hf_efficient_lm.data import pack_ids
+from hf_efficient_lm.eval import rows_nll
+from hf_efficient_lm.scone import SconeLlamaConfig, SconeLlamaForCausalLM, export_fgram_table, match_flat, mine_fgrams
 from hf_efficient_lm.train.presets import llama_config_from_preset
 from hf_efficient_lm.io_utils import save_figure  # noqa: E402
 from corpus_scone import DOMAINS, cache_dir, load_tokenizer, tokenized_docs
 
 
 def packed_blocks(docs, eos: int, block: int) -> np.ndarray:
-    stream = np.concatenate([np.append(d.astype(np.int64), eos) for d in docs])
-    usable = stream.size // block * block
-    return stream[:usable].reshape(-1, block)
+    return pack_ids(docs, block, separator=eos)
 
 
 def train(model, blocks: np.ndarray, fgram: tuple[np.ndarray, np.ndarray] | None, steps: int, batch: int,
@@ -58,15 +58,8 @@ def train(model, blocks: np.ndarray, fgram: tuple[np.ndarray, np.ndarray] | None
     return loss.item()
 
 
-@torch.no_grad()
 def perplexity(model, blocks: np.ndarray, batch: int = 32) -> float:
-    total, count = 0.0, 0
-    for start in range(0, blocks.shape[0], batch):
-        ids = torch.from_numpy(blocks[start:start + batch])
-        loss = model(input_ids=ids, labels=ids).loss
-        total += loss.item() * ids[:, 1:].numel()
-        count += ids[:, 1:].numel()
-    return math.exp(total / count)
+    return rows_nll(model, blocks, batch_size=batch).perplexity
 
 
 def main():
@@ -139,7 +132,7 @@ def main():
             start = time.perf_counter()
             train(model, blocks, fgram, steps, args.batch, args.lr, seed=1)
             train_s = time.perf_counter() - start
-            table_dir = model.export_fgram_table(out / f"scone_{args.fusion}_S{num_fgrams}_L{layers}",
+            table_dir = export_fgram_table(model, out / f"scone_{args.fusion}_S{num_fgrams}_L{layers}",
                                                  show_progress=False)
             table_model = SconeLlamaForCausalLM.from_pretrained(table_dir).eval()
             ppl = {d: perplexity(table_model, b) for d, b in eval_blocks.items()}

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_efficient_lm.scone import FgramTable, FgramVocab
-from hf_efficient_lm.scone.table_scone import StreamingTableWriter
+from hf_efficient_lm.tools.scone_export import StreamingTableWriter
 from corpus_scone import cache_dir
 
 

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CORPUS = REPO_ROOT.parent / "shared" / "corpus"
-DOMAINS = ["pydocs", "kernel", "code", "dictionary", "fortunes"]
+from hf_efficient_lm.data import CORPUS_DOMAINS, corpus_texts
+from hf_efficient_lm.data import cache_dir as package_cache_dir
+
+DOMAINS = list(CORPUS_DOMAINS)
 
 
 def cache_dir() -> Path:
-    path = Path(os.environ.get("HFELM_CACHE", Path.home() / ".cache" / "hf_efficient_lm")) / "scone"
+    path = package_cache_dir("scone")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -30,11 +29,6 @@ def find_tokenizer_dir() -> Path:
     raise FileNotFoundError("no baseline tokenizer yet: run `python benchmarks/make_base.py` first")
 
 
-def read_texts(domain: str, split: str) -> list[str]:
-    with gzip.open(CORPUS / f"{domain}.{split}.jsonl.gz", "rt", encoding="utf-8") as handle:
-        return [json.loads(line)["text"] for line in handle]
-
-
 def tokenized_docs(split: str = "train", domains=DOMAINS) -> dict[str, list[np.ndarray]]:
     """``{domain: [int32 ids per document]}``, tokenized with the baseline tokenizer and cached."""
     from transformers import AutoTokenizer
@@ -46,7 +40,7 @@ def tokenized_docs(split: str = "train", domains=DOMAINS) -> dict[str, list[np.n
         path = cache_dir() / f"{domain}.{split}.{len(tokenizer)}.npz"
         if not path.exists():
             start = time.perf_counter()
-            ids = tokenizer(read_texts(domain, split), add_special_tokens=False)["input_ids"]
+            ids = tokenizer(corpus_texts(domain, split), add_special_tokens=False)["input_ids"]
             lengths = np.array([len(x) for x in ids], dtype=np.int64)
             flat = np.concatenate([np.asarray(x, dtype=np.int32) for x in ids])
             tmp = path.with_suffix(".tmp.npz")

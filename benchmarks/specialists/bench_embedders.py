@@ -10,8 +10,6 @@ throughput is reported relative to the hashed n-gram embedder, measured in the s
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import os
 import time
 from pathlib import Path
@@ -22,14 +20,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from hf_efficient_lm.data import cache_dir, corpus_dir, read_texts  # noqa: E402
 from hf_efficient_lm.specialists import ClusterIndex, HashedNgramEmbedder, LMHiddenStateEmbedder  # noqa: E402
 
 DOMAINS = ("pydocs", "kernel", "code", "dictionary", "fortunes")
 
 
 def windows_of(corpus: Path, domain: str, count: int, chars: int, seed: int) -> list[str]:
-    with gzip.open(corpus / f"{domain}.valid.jsonl.gz", "rt") as handle:
-        texts = [json.loads(line)["text"] for line in handle]
+    texts = read_texts([corpus / f"{domain}.valid.jsonl.gz"])
     pieces = [text[i : i + chars] for text in texts for i in range(0, max(len(text) - chars // 2, 1), chars)]
     pieces = [p for p in pieces if len(p.strip()) > chars // 4]
     rng = np.random.default_rng(seed)
@@ -42,7 +40,7 @@ def purity(labels: np.ndarray, clusters: np.ndarray) -> float:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "corpus")
+    parser.add_argument("--corpus", type=Path, default=corpus_dir())
     parser.add_argument("--windows-per-domain", type=int, default=120)
     parser.add_argument("--window-chars", type=int, default=400, help="~100-130 BPE tokens")
     parser.add_argument("--lm", type=Path, default=None,
@@ -67,7 +65,7 @@ def main(argv=None):
         embedders["MiniLM-L6 (128 wp)"] = MiniLMEmbedder(max_tokens=128)
     except ImportError as error:
         print(f"skipping MiniLM: {error}")
-    lm = args.lm or Path(os.environ.get("HFELM_CACHE", Path.home() / ".cache" / "hf_efficient_lm")) / "base"
+    lm = args.lm or cache_dir("base")
     if (Path(lm) / "config.json").is_file():
         embedders["LM mean hidden state"] = LMHiddenStateEmbedder(lm, max_tokens=128)
     else:

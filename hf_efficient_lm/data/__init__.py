@@ -1,16 +1,31 @@
 """Data: loading text datasets, training tokenizers, packing for causal-LM training."""
 
-from .packing import check_vocab_fits, pack_dataset
-from .text_datasets import iter_texts, load_text_dataset, local_path, read_texts, require_text_column
+from .packing import check_vocab_fits, pack_dataset, pack_ids
+from .text_datasets import (
+    CORPUS_DOMAINS,
+    cache_dir,
+    corpus_dir,
+    corpus_texts,
+    iter_texts,
+    load_text_dataset,
+    local_path,
+    read_texts,
+    require_text_column,
+)
 from .tokenizer_training import SPECIAL_TOKENS, tokenizer_digest, train_tokenizer
 
 __all__ = [
+    "CORPUS_DOMAINS",
     "SPECIAL_TOKENS",
+    "cache_dir",
+    "corpus_dir",
+    "corpus_texts",
     "check_vocab_fits",
     "iter_texts",
     "load_text_dataset",
     "local_path",
     "pack_dataset",
+    "pack_ids",
     "read_texts",
     "require_text_column",
     "tokenizer_digest",

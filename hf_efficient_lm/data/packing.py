@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import numpy as np
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
@@ -16,6 +18,37 @@ def check_vocab_fits(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> Non
             f"tokenizer/model vocab mismatch: the tokenizer has {len(tokenizer)} tokens but the model's "
             f"vocab_size is {vocab_size}; resize the model's embeddings or use the model's own tokenizer"
         )
+
+
+def pack_ids(
+    sequences: Iterable[Sequence[int]],
+    block_size: int,
+    *,
+    separator: int | None = None,
+    row_prefix: int | None = None,
+    drop_remainder: bool = True,
+) -> np.ndarray | list[np.ndarray]:
+    """Concatenate id sequences (``separator`` after each, e.g. EOS) and cut them into rows of ``block_size`` ids.
+
+    The one packer of the package: ``pack_dataset``, the specialists' blocks, the SCONE and BLT benchmarks use it.
+    ``row_prefix`` (e.g. BOS) opens every row, which then holds ``block_size - 1`` stream ids. Returns an int64
+    array ``[rows, block_size]``; with ``drop_remainder=False`` a list of rows whose last one may be shorter.
+    """
+    if block_size < 2:
+        raise ValueError(f"block_size must be at least 2, got {block_size}")
+    tail = () if separator is None else (separator,)
+    pieces = [np.asarray([*seq, *tail] if tail else seq, dtype=np.int64).reshape(-1) for seq in sequences]
+    stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    step = block_size - (row_prefix is not None)
+    usable = len(stream) // step * step
+    rows = stream[:usable].reshape(-1, step)
+    if row_prefix is not None:
+        rows = np.concatenate([np.full((rows.shape[0], 1), row_prefix, dtype=np.int64), rows], axis=1)
+    if drop_remainder:
+        return rows
+    rest = stream[usable:]
+    last = [np.concatenate([[row_prefix], rest]) if row_prefix is not None else rest] if rest.size else []
+    return list(rows) + last
 
 
 def pack_dataset(
@@ -42,11 +75,7 @@ def pack_dataset(
 
     def pack(batch):
         encoded = tokenizer(batch[text_column], add_special_tokens=False, verbose=False)["input_ids"]
-        stream = np.fromiter(
-            (i for ids in encoded for i in (*ids, eos)), dtype=np.int64, count=sum(len(x) + 1 for x in encoded)
-        )
-        usable = (len(stream) // block_size) * block_size
-        blocks = stream[:usable].reshape(-1, block_size).tolist()
+        blocks = pack_ids(encoded, block_size, separator=eos).tolist()
         return {"input_ids": blocks, "labels": blocks}
 
     return dataset.map(

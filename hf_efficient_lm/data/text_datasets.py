@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -216,14 +217,58 @@ def iter_texts(dataset: Iterable[dict], text_column: str = "text", batch_size: i
         yield batch
 
 
-def read_texts(files: list[str], limit_chars: int | None = None, text_column: str = "text") -> list[str]:
-    """The documents of ``files`` in order, as a list of str, stopping once ``limit_chars`` characters are read."""
+def read_texts(files: str | os.PathLike | Sequence[str | os.PathLike], limit_chars: int | None = None,
+               text_column: str = "text", *, limit_docs: int | None = None) -> list[str]:
+    """The documents of ``files`` in order, as a list of str, stopping once ``limit_chars`` characters or
+    ``limit_docs`` documents are read (the one reader of the package, its examples and benchmarks).
+
+    JSON-lines files (``.jsonl``, optionally compressed) are streamed line by line, so a limit stops the read early;
+    other formats go through :func:`load_text_dataset`.
+    """
+    if isinstance(files, (str, os.PathLike)):
+        files = [files]
     texts, total = [], 0
-    for path in files:
-        dataset = load_text_dataset([path], text_column=text_column)
-        for text in dataset[text_column]:
+
+    def full() -> bool:
+        return bool(limit_chars and total >= limit_chars) or (limit_docs is not None and len(texts) >= limit_docs)
+
+    for path in map(str, files):
+        if Path(path).suffix == ".jsonl" or Path(path).suffixes[-2:-1] == [".jsonl"]:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"data file {path!r} does not exist")
+            with _open_text(path) as handle:
+                documents = (json.loads(line)[text_column] for line in handle if line.strip())
+                for text in documents:
+                    texts.append(text)
+                    total += len(text)
+                    if full():
+                        return texts
+            continue
+        for text in load_text_dataset([path], text_column=text_column)[text_column]:
             texts.append(text)
             total += len(text)
-            if limit_chars and total >= limit_chars:
+            if full():
                 return texts
     return texts
+
+
+CORPUS_DOMAINS = ("pydocs", "kernel", "code", "dictionary", "fortunes")  # the project corpus's five domains
+
+
+def corpus_dir() -> Path:
+    """The project corpus (``$HFELM_CORPUS``, default ``../shared/corpus`` beside the checkout)."""
+    return Path(os.environ.get("HFELM_CORPUS", Path(__file__).resolve().parents[3] / "shared" / "corpus"))
+
+
+def cache_dir(*parts: str) -> Path:
+    """``$HFELM_CACHE`` (default ``~/.cache/hf_efficient_lm``) joined with ``parts``: base models, tokenized data."""
+    return Path(os.environ.get("HFELM_CACHE", Path.home() / ".cache" / "hf_efficient_lm")).joinpath(*parts)
+
+
+def corpus_texts(domain: str, split: str = "train", limit: int | None = None, *,
+                 limit_chars: int | None = None) -> list[str]:
+    """The documents of ``<corpus_dir>/<domain>.<split>.jsonl.gz`` (at most ``limit`` / ``limit_chars``)."""
+    path = corpus_dir() / f"{domain}.{split}.jsonl.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file {path} not found; set HFELM_CORPUS to the corpus folder")
+    return read_texts([path], limit_chars, limit_docs=limit)

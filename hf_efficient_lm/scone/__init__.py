@@ -7,7 +7,10 @@ from .modeling_scone_llama import SconeFgramModel, SconeLlamaForCausalLM, SconeL
 from .table_scone import CorruptTableError, FgramTable
 
 # tools, imported on first use (mining pulls pandas)
-__getattr__ = lazy_attributes(__name__, dict.fromkeys(["add_fgram_columns", "match_flat", "mine_fgrams"], ".mining_scone"))
+__getattr__ = lazy_attributes(__name__, {
+    **dict.fromkeys(["add_fgram_columns", "match_flat", "mine_fgrams"], "..tools.scone_mining"),
+    **dict.fromkeys(["export_fgram_table", "save_fgram_vocab"], "..tools.scone_export"),
+})
 
 register_causal_lm(SconeLlamaConfig, SconeLlamaForCausalLM, SconeLlamaModel)
 
@@ -25,4 +28,6 @@ __all__ = [
     "mine_fgrams",
     "match_flat",
     "add_fgram_columns",
+    "export_fgram_table",
+    "save_fgram_vocab",
 ]

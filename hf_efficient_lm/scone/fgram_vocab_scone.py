@@ -1,4 +1,4 @@
-"""The f-gram vocabulary: exact integer keys, longest-suffix matching, save/load (torch + stdlib only).
+"""The f-gram vocabulary: exact integer keys, longest-suffix matching, save/load (carried by checkpoints).
 
 Representation (mirrors the Apriori miner): level ``n`` (2..K) holds the frequent n-grams as sorted int64 keys
 ``parent * V + last_token`` where ``parent`` is the n-gram's (n-1)-prefix as a *local* index into level n-1's sorted
@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from safetensors.torch import save_file
 
-from .table_scone import read_safetensors, write_safetensors
+from .table_scone import read_safetensors
 
 INDEX_FILE = "fgram_index.safetensors"
 VOCAB_FILE = "fgram_vocab.json"
@@ -496,22 +497,17 @@ class FgramVocab:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``fgram_index.safetensors`` (keys, rows, counts) and ``fgram_vocab.json`` into ``directory``.
 
-        Each file is written to a temp name and renamed, so readers never see a half-written file.
+        Plain writes, like the rest of ``save_pretrained``'s folder: a folder that must appear whole is written
+        through ``io_utils.atomic_dir`` by the caller (``hf_efficient_lm.scone.save_fgram_vocab`` does that).
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {"counts": self.counts}
         for n, (keys, rows) in enumerate(zip(self.level_keys, self.level_rows), start=2):
-            tensors[f"keys_{n}"] = keys
-            tensors[f"rows_{n}"] = rows
+            tensors[f"keys_{n}"], tensors[f"rows_{n}"] = keys, rows
         meta = self.metadata()
-        write_safetensors(directory / INDEX_FILE, tensors, {"fgram_vocab": json.dumps(meta)})
-        tmp = directory / f".{VOCAB_FILE}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(meta, handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, directory / VOCAB_FILE)
+        save_file(tensors, str(directory / INDEX_FILE), metadata={"fgram_vocab": json.dumps(meta)})
+        (directory / VOCAB_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
         return directory
 
     @classmethod

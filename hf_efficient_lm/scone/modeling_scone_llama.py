@@ -3,7 +3,7 @@
 Training mode (``config.fgram_mode == "model"``): every position whose longest f-gram suffix (length L >= 2) is
 found gets its input vector from the f-gram model ``A_f`` run on that n-gram's *token embeddings* (the main model's
 shared ``embed_tokens``), last position's output. Inference mode (``"table"``): ``A_f``'s outputs for all f-grams
-were precomputed by :meth:`SconeLlamaForCausalLM.export_fgram_table` into ``fgram_table.safetensors``, a
+were precomputed by ``hf_efficient_lm.scone.export_fgram_table`` into ``fgram_table.safetensors``, a
 memory-mapped file read row by row on the CPU; the accelerator runs exactly the base Llama.
 
 Parameter names of the main model are those of ``LlamaForCausalLM`` (``model.embed_tokens``, ``model.layers``,
@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -26,12 +25,11 @@ from transformers import initialization as init
 from transformers.masking_utils import find_packed_sequence_indices
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaPreTrainedModel, LlamaRMSNorm
 from transformers.utils import cached_file
-from transformers.utils.logging import tqdm
 
 from .compat_scone import CACHE_NAME, resolve_cache
 from .configuration_scone_llama import SconeLlamaConfig
 from .fgram_vocab_scone import INDEX_FILE, VOCAB_FILE, FgramVocab, TokenizerMismatchError, tokenizer_fingerprint
-from .table_scone import FgramTable, StreamingTableWriter
+from .table_scone import FgramTable
 
 TABLE_FILE = "fgram_table.safetensors"
 # Up to this many positions per forward (decode steps of small batches) the table-mode fusion does its bookkeeping
@@ -118,64 +116,37 @@ class SconeLlamaPreTrainedModel(LlamaPreTrainedModel):
 
     # -------------------------------------------------------------------------------------------- save / load
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """``PreTrainedModel.save_pretrained`` plus the f-gram vocabulary (and, in table mode, the table file,
-        copied next to the weights; never inside ``model.safetensors``)."""
+        """``PreTrainedModel.save_pretrained`` plus the f-gram vocabulary and, in table mode, a streamed copy of the
+        table file (next to the weights, never inside ``model.safetensors``)."""
         result = super().save_pretrained(save_directory, *args, **kwargs)
         scone = self._scone_model()
         if scone.fgram_vocab is not None:
             scone.fgram_vocab.save(save_directory)
-        if self.config.fgram_mode == "table" and scone.fgram_table is not None:
-            source = Path(scone.fgram_table.path)
-            target = Path(save_directory) / TABLE_FILE
-            if not (target.exists() and os.path.samefile(source, target)):
-                fd, tmp = tempfile.mkstemp(prefix=f".{TABLE_FILE}.", suffix=".tmp", dir=save_directory)
-                os.close(fd)
-                try:
-                    shutil.copyfile(source, tmp)  # streamed copy, no full read into memory
-                    os.replace(tmp, target)
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
+        target = Path(save_directory) / TABLE_FILE
+        if self.config.fgram_mode == "table" and scone.fgram_table is not None and not (
+                target.exists() and os.path.samefile(scone.fgram_table.path, target)):
+            shutil.copyfile(scone.fgram_table.path, target)
         return result
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, fgram_vocab: FgramVocab | None = None,
                         **kwargs):
-        """Load a SconeLlama folder, or wrap an unmodified Llama checkpoint.
-
-        Wrapping: ``SconeLlamaForCausalLM.from_pretrained(llama_dir, fgram_vocab=vocab, fgram_num_layers=2, ...)``
-        — extra keyword arguments override config fields (any :class:`SconeLlamaConfig` field). The Llama weights
-        load unchanged; the f-gram model is freshly initialised. A tokenizer saved in ``llama_dir`` must have the
-        fingerprint the vocabulary was mined with.
-        Loading a SconeLlama folder: its ``fgram_index.safetensors`` is read, and in table mode its
-        ``fgram_table.safetensors`` is memory-mapped (validated against ``num_fgrams`` and ``hidden_size``).
-        """
+        """Load a SconeLlama folder (its ``fgram_index.safetensors``, and in table mode its memory-mapped
+        ``fgram_table.safetensors``), or wrap an unmodified Llama checkpoint: ``from_pretrained(llama_dir,
+        fgram_vocab=vocab, fgram_num_layers=2, ...)`` (extra keyword arguments override config fields; the Llama
+        weights load unchanged, ``A_f`` is fresh; a tokenizer in ``llama_dir`` must be the mining tokenizer)."""
         folder = str(pretrained_model_name_or_path)
-        source_type = None
-        if kwargs.get("config") is None:
-            config_path = _resolve_file(folder, "config.json", kwargs)
-            if config_path is not None:
-                with open(config_path, encoding="utf-8") as handle:
-                    source_type = json.load(handle).get("model_type")
-        if fgram_vocab is not None:
-            derived = {
-                "num_fgrams": fgram_vocab.num_fgrams,
-                "max_fgram_len": fgram_vocab.max_len,
-                "fgram_tokenizer_fingerprint": fgram_vocab.tokenizer_fingerprint,
-            }
-            config = kwargs.get("config")
-            if config is None:
-                for key, value in derived.items():
-                    if key in kwargs and kwargs[key] != value:
-                        raise ValueError(f"{key}={kwargs[key]!r} contradicts the f-gram vocabulary ({value!r})")
-                    kwargs[key] = value
-            tokenizer_path = _resolve_file(folder, "tokenizer.json", kwargs)
-            if tokenizer_path is not None and fgram_vocab.tokenizer_fingerprint is not None:
-                tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(tokenizer_path))
-                fgram_vocab.check_tokenizer(tokenizer, where=f"the tokenizer in {folder}")
+        if fgram_vocab is not None and kwargs.get("config") is None:
+            for key, value in (("num_fgrams", fgram_vocab.num_fgrams), ("max_fgram_len", fgram_vocab.max_len),
+                               ("fgram_tokenizer_fingerprint", fgram_vocab.tokenizer_fingerprint)):
+                if kwargs.setdefault(key, value) != value:
+                    raise ValueError(f"{key}={kwargs[key]!r} contradicts the f-gram vocabulary ({value!r})")
+        tokenizer_path = _resolve_file(folder, "tokenizer.json", kwargs) if fgram_vocab is not None else None
+        if tokenizer_path is not None and fgram_vocab.tokenizer_fingerprint is not None:
+            tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(tokenizer_path))
+            fgram_vocab.check_tokenizer(tokenizer, where=f"the tokenizer in {folder}")
         result = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         model = result[0] if kwargs.get("output_loading_info") else result  # (model, loading_info)
-        scone = model._scone_model()
         if fgram_vocab is None:
             index_path = _resolve_file(folder, INDEX_FILE, kwargs)
             if index_path is None:
@@ -186,24 +157,18 @@ class SconeLlamaPreTrainedModel(LlamaPreTrainedModel):
             _resolve_file(folder, VOCAB_FILE, kwargs)  # fetched alongside for Hub repos (human-readable summary)
             fgram_vocab = FgramVocab.load(os.path.dirname(index_path))
         model.set_fgram_vocab(fgram_vocab)
+        scone = model._scone_model()
         if model.config.fgram_mode == "table":
             table_path = _resolve_file(folder, TABLE_FILE, kwargs)
             if table_path is None:
-                raise FileNotFoundError(
-                    f"{folder} is a table-mode SconeLlama but has no {TABLE_FILE}; export one with "
-                    "model.export_fgram_table(out_dir)"
-                )
-            scone.fgram_table = FgramTable(
-                table_path, num_rows=model.config.num_fgrams, dim=model.config.hidden_size
-            )
-        elif (source_type is not None and source_type != cls.config_class.model_type
-              and scone.fgram_model.output_scale is not None):
-            # Freshly wrapped checkpoint: scale f-gram outputs like this model's trained token embeddings.
-            with torch.no_grad():
-                rms = scone.embed_tokens.weight.float().pow(2).mean().sqrt()
-                scone.fgram_model.output_scale.fill_(float(rms))
+                raise FileNotFoundError(f"{folder} is a table-mode SconeLlama but has no {TABLE_FILE}; export one "
+                                        "with hf_efficient_lm.scone.export_fgram_table(model, out_dir)")
+            scone.fgram_table = FgramTable(table_path, num_rows=model.config.num_fgrams, dim=model.config.hidden_size)
+        elif (kwargs.get("config") is None and scone.fgram_model.output_scale is not None
+              and _source_model_type(folder, kwargs) != cls.config_class.model_type):
+            with torch.no_grad():  # freshly wrapped Llama: scale f-gram outputs like its trained token embeddings
+                scone.fgram_model.output_scale.fill_(float(scone.embed_tokens.weight.float().pow(2).mean().sqrt()))
         return result
-
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -431,6 +396,14 @@ def _not_remote_code() -> bool:
     return False
 
 
+def _source_model_type(folder: str, kwargs: dict) -> str | None:
+    config_path = _resolve_file(folder, "config.json", kwargs)
+    if config_path is None:
+        return None
+    with open(config_path, encoding="utf-8") as handle:
+        return json.load(handle).get("model_type")
+
+
 def _resolve_file(folder: str, filename: str, kwargs: dict) -> str | None:
     """Local path of ``filename`` in a local folder or Hub repo (None if absent)."""
     if os.path.isdir(folder):
@@ -539,75 +512,6 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
         rows, lengths = self.model.fgram_vocab.match_last(input_ids, num_new, mask, as_lists=True)
         model_inputs["fgram_row"], model_inputs["fgram_len"] = rows, lengths
         return model_inputs
-
-    @torch.no_grad()
-    def export_fgram_table(self, out_dir, *, batch_size: int = 4096, dtype: torch.dtype | None = None,
-                           show_progress: bool = True, **save_kwargs) -> Path:
-        """Precompute ``A_f`` over all S f-grams and write a table-mode checkpoint folder to ``out_dir``.
-
-        The folder holds the main model's weights (``model.safetensors``, without ``A_f``), a config with
-        ``fgram_mode="table"``, the f-gram index, and ``fgram_table.safetensors`` ``[S, hidden]`` in ``dtype``
-        (default: the model's dtype), written ``batch_size`` rows at a time to a temp file that is renamed into
-        place, so the table is never whole in memory. The folder itself appears atomically.
-        """
-        if self.config.fgram_mode != "model":
-            raise ValueError("export_fgram_table needs the f-gram model (fgram_mode='model'); this model is a table")
-        vocab = self.model.fgram_vocab
-        if vocab is None:
-            raise ValueError("no f-gram vocabulary attached; set one with set_fgram_vocab()")
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-        was_training = self.training
-        self.eval()
-        try:
-            table_dtype = dtype or self.dtype
-            config_dict = self.config.to_dict()
-            config_dict["fgram_mode"] = "table"
-            state = {k: v for k, v in self.state_dict().items() if not k.startswith("model.fgram_model.")}
-            original_config = self.config
-            self.config = type(original_config).from_dict(config_dict)
-            self.config._attn_implementation = original_config._attn_implementation
-            try:
-                LlamaForCausalLM.save_pretrained(self, tmp_dir, state_dict=state, **save_kwargs)
-            finally:
-                self.config = original_config
-            vocab.save(tmp_dir)
-            self._write_table(tmp_dir / TABLE_FILE, batch_size, table_dtype, show_progress)
-            if out_dir.exists():
-                old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-                os.replace(out_dir, old)
-                os.replace(tmp_dir, out_dir)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp_dir, out_dir)
-        finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            self.train(was_training)
-        return out_dir
-
-    def _write_table(self, path: Path, batch_size: int, dtype: torch.dtype, show_progress: bool) -> None:
-        vocab, fgram_model = self.model.fgram_vocab, self.model.fgram_model
-        device = self.model.embed_tokens.weight.device
-        num = vocab.num_fgrams
-        metadata = {"num_fgrams": str(num), "hidden_size": str(self.config.hidden_size),
-                    "max_fgram_len": str(self.config.max_fgram_len),
-                    "tokenizer_fingerprint": str(vocab.tokenizer_fingerprint)}
-        progress = tqdm(total=num, desc="exporting f-gram table", unit="row", disable=not show_progress)
-        with StreamingTableWriter(path, num, self.config.hidden_size, dtype, metadata) as writer:
-            for start in range(0, num, batch_size):
-                rows = torch.arange(start, min(start + batch_size, num))
-                tokens, lengths = vocab.fgram_tokens(rows)
-                out = torch.empty(rows.numel(), self.config.hidden_size, dtype=self.dtype, device=device)
-                for length in lengths.unique().tolist():  # bucket by length: no padding compute
-                    sel = (lengths == length).nonzero().squeeze(1)
-                    window = tokens[sel, :length].to(device)
-                    embeds = self.model.embed_tokens(window)
-                    lens = torch.full((sel.numel(),), length, dtype=torch.long, device=device)
-                    out[sel.to(device)] = fgram_model(embeds, lens).to(out.dtype)
-                writer.write(out)
-                progress.update(rows.numel())
-        progress.close()
 
 
 __all__ = ["SconeLlamaForCausalLM", "SconeLlamaModel", "SconeLlamaPreTrainedModel", "SconeFgramModel",

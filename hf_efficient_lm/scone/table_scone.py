@@ -1,9 +1,9 @@
-"""Safetensors files written and read with torch + stdlib only (this file travels with ``trust_remote_code``).
+"""The f-gram table reader (travels with ``trust_remote_code``): a validated safetensors header and a memory map.
 
-The f-gram embedding table can be larger than RAM, so it is written row-chunk by row-chunk into a temp file that is
-renamed into place at the end (a reader never sees half a table), and read through a private memory map so that a
-lookup touches only the pages of the requested rows. The layout is plain safetensors (8-byte little-endian header
-length, JSON header padded to 8 bytes, raw little-endian data), so ``safetensors.safe_open`` reads these files too.
+The table can be larger than RAM, so it is read through a private memory map and a lookup touches only the pages of
+the requested rows (``safetensors.safe_open`` slices, it cannot gather scattered rows without copying). The header
+is parsed here so that a truncated or corrupt file is named as such. Writing lives in
+``hf_efficient_lm.tools.scone_export`` (not carried).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import mmap
 import os
 import struct
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -38,60 +37,6 @@ class CorruptTableError(ValueError):
 
 def _element_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
-
-
-def _header_bytes(entries: dict, metadata: dict | None) -> bytes:
-    header = dict(entries)
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # data section starts 8-byte aligned
-    return raw
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    """Raw little-endian bytes of a CPU tensor without a copy when it is already contiguous."""
-    tensor = tensor.detach().to("cpu").contiguous()
-    if tensor.dtype == torch.bfloat16:
-        tensor = tensor.view(torch.int16)  # numpy has no bfloat16; reinterpret the bits
-    return memoryview(tensor.numpy()).cast("B")
-
-
-def _temp_beside(path: Path) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return tmp
-
-
-def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None):
-    """Write ``tensors`` to ``path`` atomically (temp file + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    entries, offset = {}, 0
-    for name in sorted(tensors):
-        tensor = tensors[name]
-        if tensor.dtype not in _DTYPE_TO_NAME:
-            raise TypeError(f"cannot store tensor {name!r} of dtype {tensor.dtype} in safetensors here")
-        size = tensor.numel() * tensor.element_size()
-        entries[name] = {"dtype": _DTYPE_TO_NAME[tensor.dtype], "shape": list(tensor.shape),
-                         "data_offsets": [offset, offset + size]}
-        offset += size
-    header = _header_bytes(entries, metadata)
-    tmp = _temp_beside(path)
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(struct.pack("<Q", len(header)))
-            handle.write(header)
-            for name in sorted(tensors):
-                if tensors[name].numel():
-                    handle.write(_tensor_bytes(tensors[name]))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict, dict, int]:
@@ -155,57 +100,6 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
             torch.empty(0, dtype=torch.uint8)
         tensors[name] = flat.view(dtype).reshape(info["shape"]).clone()
     return tensors, metadata
-
-
-class StreamingTableWriter:
-    """Write one ``[num_rows, dim]`` tensor named ``table`` chunk by chunk, never holding it whole in memory.
-
-    Use as a context manager; rows must be written in order. On clean exit the temp file is fsynced and renamed to
-    ``path``; on error (or if fewer rows than announced were written) it is deleted and ``path`` is untouched.
-    """
-
-    def __init__(self, path, num_rows: int, dim: int, dtype: torch.dtype, metadata: dict | None = None):
-        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise TypeError(f"table dtype must be float32, float16 or bfloat16, got {dtype}")
-        self.path = Path(path)
-        self.num_rows, self.dim, self.dtype = int(num_rows), int(dim), dtype
-        size = self.num_rows * self.dim * _element_size(dtype)
-        entries = {"table": {"dtype": _DTYPE_TO_NAME[dtype], "shape": [self.num_rows, self.dim],
-                             "data_offsets": [0, size]}}
-        self._header = _header_bytes(entries, metadata)
-        self.rows_written = 0
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = _temp_beside(self.path)
-        self._handle = open(self._tmp, "wb")
-        self._handle.write(struct.pack("<Q", len(self._header)))
-        self._handle.write(self._header)
-        return self
-
-    def write(self, rows: torch.Tensor) -> None:
-        """Append ``rows`` (``[n, dim]``, any float dtype/device; cast to the table dtype)."""
-        if rows.ndim != 2 or rows.shape[1] != self.dim:
-            raise ValueError(f"expected rows of shape [n, {self.dim}], got {tuple(rows.shape)}")
-        if self.rows_written + rows.shape[0] > self.num_rows:
-            raise ValueError(f"writing {rows.shape[0]} rows would exceed the announced {self.num_rows}")
-        self._handle.write(_tensor_bytes(rows.to(self.dtype)))
-        self.rows_written += rows.shape[0]
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None and self.rows_written != self.num_rows:
-                raise ValueError(f"only {self.rows_written} of {self.num_rows} table rows were written")
-            if exc_type is None:
-                self._handle.flush()
-                os.fsync(self._handle.fileno())
-            self._handle.close()
-            if exc_type is None:
-                os.replace(self._tmp, self.path)
-        finally:
-            if os.path.exists(self._tmp):
-                os.unlink(self._tmp)
-        return False
 
 
 class FgramTable:

@@ -12,14 +12,14 @@ from .modeling_specialist_mixture import SpecialistMixtureForCausalLM
 # tools, imported on first use (clustering pulls scikit-learn, training the Trainer and datasets)
 __getattr__ = lazy_attributes(__name__, {
     **dict.fromkeys(["ClusterIndex", "HashedNgramEmbedder", "LMHiddenStateEmbedder", "MiniLMEmbedder",
-                     "embedder_from_spec", "split_into_windows"], ".cluster_index"),
-    "DistillationTrainer": ".distillation",
+                     "embedder_from_spec", "split_into_windows"], "..tools.cluster_index"),
+    "DistillationTrainer": "..tools.specialists_distillation",
     **dict.fromkeys(["ImportanceWeightedTrainer", "importance_sample", "importance_sample_iterable",
-                     "importance_weights", "with_importance_weights"], ".importance_sampling"),
-    **dict.fromkeys(["SpecializationResult", "specialize"], ".specialize"),
+                     "importance_weights", "with_importance_weights"], "..tools.importance_sampling"),
+    **dict.fromkeys(["SpecializationResult", "specialize"], "..tools.specialize"),
     **dict.fromkeys(["ClusterHomogeneousTrainer", "SpecialistCollator", "cluster_homogeneous_order",
                      "train_mixture_experts"],
-                    ".training_specialists"),
+                    "..tools.specialists_training"),
 })
 
 register_causal_lm(SpecialistMixtureConfig, SpecialistMixtureForCausalLM)

@@ -1,4 +1,5 @@
-"""Llama size presets: tiny for tests, ~5M / ~20M for CPU benchmarks, up to ~1B for GPUs.
+"""Size presets, in one table: Llama sizes (tiny for tests, ~5M / ~20M for CPU benchmarks, up to ~1B for GPUs),
+the AnchorLlama benchmarks' shapes, and BLT's sizes (ours and the Transformers reference ``BltConfig``).
 
 Parameter counts in the comments assume the vocabulary each preset is meant for; the real count depends on the
 tokenizer's vocabulary (``llama_config_from_preset`` takes it).
@@ -21,6 +22,23 @@ LLAMA_PRESETS: dict[str, dict] = {
     "125m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12),
     "350m": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8),
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4),
+    # the AnchorLlama benchmarks' shapes (more heads than the presets above: KV-cache figures depend on them)
+    "anchor-tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2),
+    "anchor-small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
+                         num_key_value_heads=4),
+    "anchor-medium": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
+                          num_key_value_heads=8),
+}
+
+# The tiny checkpoint of tests, examples and contract cases (hf_efficient_lm.testing_utils builds it).
+TINY_LLAMA_KWARGS = dict(**LLAMA_PRESETS["tiny"], vocab_size=128, max_position_embeddings=256, bos_token_id=1,
+                         eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+
+# BLT sizes: byte-level local encoder/decoder width, latent (patch) transformer width and depth, local attention
+# window, hash-embedding buckets. "small" is the CPU size of examples/train_blt.py and the BLT benchmarks.
+BLT_PRESETS: dict[str, dict] = {
+    "small": dict(local=128, latent=256, latent_layers=4, decoder_layers=3, window=256, hash_buckets=8191),
 }
 
 
@@ -40,4 +58,48 @@ def llama_config_from_preset(
         pad_token_id=pad_token_id,
         tie_word_embeddings=False,
         **overrides,
+    )
+
+
+def blt_config_for(entropy_model=None, *, preset: str = "small", threshold: float = 0.0, mode: str = "space",
+                   **sizes):
+    """A ``BLTConfig`` of ``preset`` (see ``BLT_PRESETS``; keyword sizes override it) patching with ``mode`` at
+    ``threshold``; with a trained ``BLTEntropyModel`` its config becomes the patcher's."""
+    from ..blt import BLTConfig
+
+    if preset not in BLT_PRESETS:
+        raise ValueError(f"unknown BLT preset {preset!r}; choose one of {sorted(BLT_PRESETS)}")
+    unknown = sorted(set(sizes) - set(BLT_PRESETS[preset]))
+    if unknown:
+        raise ValueError(f"unknown BLT size option(s) {unknown}; known: {sorted(BLT_PRESETS[preset])}")
+    size = {**BLT_PRESETS[preset], **sizes}
+    local = dict(hidden_size=size["local"], num_attention_heads=4, intermediate_size=int(8 * size["local"] / 3))
+    kwargs = dict(
+        encoder_config=dict(local, num_hidden_layers=1),
+        decoder_config=dict(local, num_hidden_layers=size["decoder_layers"]),
+        global_config=dict(hidden_size=size["latent"], num_attention_heads=4,
+                           intermediate_size=int(8 * size["latent"] / 3), num_hidden_layers=size["latent_layers"]),
+        local_attention_window_len=size["window"], encoder_hash_byte_group_vocab=size["hash_buckets"],
+        patching_mode=mode, patching_threshold=threshold,
+    )
+    if entropy_model is not None:
+        kwargs["entropy_config"] = entropy_model.config.to_dict()
+    return BLTConfig(**kwargs)
+
+
+def transformers_blt_kwargs(local: int = 128, latent: int = 256, latent_layers: int = 4, window: int = 512) -> dict:
+    """Keyword arguments of a scaled-down Transformers ``BltConfig`` (the shape of BLT-1B: 1 encoder layer,
+    cross-attention k=2, hash n=3..8), the reference the BLT benchmarks compare against."""
+    loc = dict(hidden_size=local, num_attention_heads=4, intermediate_size=int(8 * local / 3), cross_attn_k=2,
+               hidden_size_global=latent)
+    return dict(
+        vocab_size=260, patch_in_forward=True, encoder_hash_byte_group_size=[3, 4, 5, 6, 7, 8],
+        encoder_hash_byte_group_vocab=4099, local_attention_window_len=window, cross_attn_k=2,
+        patcher_config=dict(hidden_size=local, num_attention_heads=4, intermediate_size=int(8 * local / 3),
+                            num_hidden_layers=2, sliding_window=window),
+        encoder_config=dict(loc, num_hidden_layers=1, cross_attn_all_layers=False),
+        decoder_config=dict(loc, num_hidden_layers=3),
+        global_config=dict(hidden_size=latent, num_attention_heads=4, intermediate_size=int(8 * latent / 3),
+                           num_hidden_layers=latent_layers),
+        use_cache=False,
     )

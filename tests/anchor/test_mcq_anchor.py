@@ -5,7 +5,7 @@ from transformers import LlamaForCausalLM
 
 from hf_efficient_lm import AnchorLlamaForCausalLM
 from hf_efficient_lm.anchor import find_endpoint_token_ids
-from hf_efficient_lm.anchor.mcq_anchor import evaluate_multiple_choice, sentence_cloze_items
+from hf_efficient_lm.tools.anchor_mcq import evaluate_multiple_choice, sentence_cloze_items
 
 TEXTS = [
     "The cat sat on the mat. It was warm there. The dog did not mind. Then it rained.",

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, TrainingArguments
 
-from hf_efficient_lm.anchor.continual_anchor import AnchorTrainArguments, run_anchor_training
+from hf_efficient_lm.tools.anchor_continual import AnchorTrainArguments, run_anchor_training
 from hf_efficient_lm.testing_utils import save_tiny_llama
 
 TEXTS = [

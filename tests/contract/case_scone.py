@@ -14,7 +14,7 @@ import tempfile
 
 import torch
 
-from hf_efficient_lm.scone import SconeLlamaConfig, SconeLlamaForCausalLM, mine_fgrams
+from hf_efficient_lm.scone import SconeLlamaConfig, SconeLlamaForCausalLM, export_fgram_table, mine_fgrams
 from hf_efficient_lm.testing_utils import TINY_LLAMA_KWARGS
 from tests.contract.common import ContractCase
 
@@ -59,7 +59,7 @@ def make_scone_model(attn_implementation: str = "sdpa", fusion: str = "replace")
 @functools.lru_cache(maxsize=None)
 def _exported_table_dir() -> str:
     folder = tempfile.mkdtemp(prefix="scone_contract_table_") + "/model"
-    make_scone_model(fusion="gated").export_fgram_table(folder, show_progress=False)
+    export_fgram_table(make_scone_model(fusion="gated"), folder, show_progress=False)
     return folder
 
 

@@ -3,7 +3,7 @@
 import json
 
 from hf_efficient_lm.scone import FgramVocab, SconeLlamaForCausalLM
-from hf_efficient_lm.scone.cli_scone import add_scone_subcommands
+from hf_efficient_lm.tools.scone_cli import add_scone_subcommands
 from tests.scone.conftest import make_word_tokenizer
 
 

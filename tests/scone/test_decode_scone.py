@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from hf_efficient_lm.scone import SconeLlamaForCausalLM, mine_fgrams
+from hf_efficient_lm.scone import SconeLlamaForCausalLM, export_fgram_table, mine_fgrams
 from hf_efficient_lm.scone import fgram_vocab_scone, modeling_scone_llama
 from hf_efficient_lm.testing_utils import save_tiny_llama
 from tests.scone.conftest import pattern_docs, scone_model
@@ -69,7 +69,7 @@ def models(tmp_path_factory, vocab):
     out = {}
     for fusion in ("gated", "replace"):
         model = scone_model(llama_dir, vocab, fusion)
-        table_dir = model.export_fgram_table(root / fusion, show_progress=False)
+        table_dir = export_fgram_table(model, root / fusion, show_progress=False)
         out[fusion] = SconeLlamaForCausalLM.from_pretrained(table_dir).eval()
     return out
 

@@ -13,7 +13,13 @@ from datasets import Dataset
 from hf_efficient_lm.data import iter_texts, train_tokenizer
 from hf_efficient_lm.scone import SconeLlamaForCausalLM
 from hf_efficient_lm.testing_utils import save_tiny_llama
-from tests.helpers import make_documents, requires_accelerate_cli, run_two_processes_and_one, write_jsonl
+from tests.helpers import (
+    DDP_PARITY_TRAINER_ARGS,
+    make_documents,
+    requires_accelerate_cli,
+    run_two_processes_and_one,
+    write_jsonl,
+)
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "train_scone.py"
 
@@ -24,9 +30,7 @@ def _train_args(root: Path, out: Path, per_process_batch: int) -> list[str]:
         "--validation_files", str(root / "valid.jsonl"), "--num_fgrams", "300", "--max_fgram_len", "4",
         "--min_count", "3", "--fgram_num_layers", "1", "--block_size", "32", "--eval_block_size", "32",
         "--table_dtype", "float32", "--output_dir", str(out), "--per_device_train_batch_size", str(per_process_batch),
-        "--learning_rate", "1e-2", "--max_steps", "4", "--logging_steps", "1", "--save_strategy", "no",
-        "--seed", "0", "--train_sampling_strategy", "sequential", "--disable_tqdm", "true",
-        "--dataloader_pin_memory", "false",
+        *DDP_PARITY_TRAINER_ARGS,
     ]
 
 

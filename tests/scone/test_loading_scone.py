@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM
 
-from hf_efficient_lm.scone import SconeLlamaForCausalLM, SconeLlamaModel
+from hf_efficient_lm.scone import SconeLlamaForCausalLM, SconeLlamaModel, export_fgram_table
 from hf_efficient_lm.scone.fgram_vocab_scone import INDEX_FILE
 from hf_efficient_lm.testing_utils import save_tiny_llama
 
@@ -18,7 +18,7 @@ def scone_dirs(tmp_path_factory, vocab):
     with torch.no_grad():
         model.model.fgram_gate.normal_()
     model.save_pretrained(root / "model")
-    table = model.export_fgram_table(root / "table", show_progress=False)
+    table = export_fgram_table(model, root / "table", show_progress=False)
     return {"model": root / "model", "table": table, "causal_lm": model}
 
 

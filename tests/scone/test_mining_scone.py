@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_efficient_lm.scone import FgramVocab, TokenizerMismatchError, mine_fgrams, mining_scone, tokenizer_fingerprint
+from hf_efficient_lm.scone import FgramVocab, TokenizerMismatchError, mine_fgrams, tokenizer_fingerprint
+from hf_efficient_lm.tools import scone_mining as mining_scone
 from tests.scone.conftest import make_word_tokenizer
 
 
@@ -121,7 +122,7 @@ def test_bad_arguments():
 def test_large_vocabulary_uses_hash_levels_and_agrees(docs):
     """V*V above the dense limit: bigrams go through the hash path; results and matching are unchanged."""
     from hf_efficient_lm.scone import match_flat
-    from hf_efficient_lm.scone.mining_scone import DENSE_LIMIT
+    from hf_efficient_lm.tools.scone_mining import DENSE_LIMIT
 
     vocab_size = 7000
     assert vocab_size * vocab_size > DENSE_LIMIT

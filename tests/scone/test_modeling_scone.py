@@ -11,6 +11,7 @@ from hf_efficient_lm.scone import (
     SconeLlamaForCausalLM,
     TokenizerMismatchError,
     add_fgram_columns,
+    export_fgram_table,
     mine_fgrams,
 )
 from hf_efficient_lm.testing_utils import save_tiny_llama
@@ -88,7 +89,7 @@ def test_table_mode_equals_training_path(tmp_path, llama_dir, vocab, batch, fusi
     from safetensors import safe_open
 
     model = wrap(llama_dir, vocab, fusion)
-    out = model.export_fgram_table(tmp_path / "table", batch_size=16, show_progress=False)
+    out = export_fgram_table(model, tmp_path / "table", batch_size=16, show_progress=False)
     files = sorted(p.name for p in out.iterdir())
     assert "fgram_table.safetensors" in files and "fgram_index.safetensors" in files
     assert not [f for f in files if f.endswith(".tmp")]
@@ -121,7 +122,7 @@ def test_table_mode_equals_training_path(tmp_path, llama_dir, vocab, batch, fusi
 @torch.no_grad()
 def test_bf16_table_is_close(tmp_path, llama_dir, vocab, batch):
     model = wrap(llama_dir, vocab, "gated")
-    out = model.export_fgram_table(tmp_path / "bf16", dtype=torch.bfloat16, show_progress=False)
+    out = export_fgram_table(model, tmp_path / "bf16", dtype=torch.bfloat16, show_progress=False)
     loaded = SconeLlamaForCausalLM.from_pretrained(out).eval()
     assert loaded.fgram_table.dtype == torch.bfloat16
     torch.testing.assert_close(loaded(batch).logits, model(batch).logits, atol=5e-2, rtol=0)
@@ -130,7 +131,7 @@ def test_bf16_table_is_close(tmp_path, llama_dir, vocab, batch):
 @torch.no_grad()
 def test_table_generation_with_cache_and_left_padding(tmp_path, llama_dir, vocab, docs):
     model = wrap(llama_dir, vocab, "replace")
-    table = SconeLlamaForCausalLM.from_pretrained(model.export_fgram_table(tmp_path / "t", show_progress=False)).eval()
+    table = SconeLlamaForCausalLM.from_pretrained(export_fgram_table(model, tmp_path / "t", show_progress=False)).eval()
     long_docs = [d for d in docs if len(d) >= 10]
     long_row, short_row = torch.tensor(long_docs[1][:10]), torch.tensor(long_docs[2][:6])
     padded = torch.zeros(2, 10, dtype=torch.long)
@@ -200,7 +201,7 @@ def test_cache_without_fgram_matches_is_rejected(llama_dir, vocab, batch):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, llama_dir, vocab):
     out = tmp_path_factory.mktemp("exported") / "model"
-    wrap(llama_dir, vocab, "gated").export_fgram_table(out, show_progress=False)
+    export_fgram_table(wrap(llama_dir, vocab, "gated"), out, show_progress=False)
     return out
 
 
@@ -239,7 +240,7 @@ def test_num_fgrams_and_hidden_size_mismatch_are_rejected(tmp_path, exported, ll
     small = mine_fgrams(docs, num_fgrams=150, max_len=4, min_count=3, barrier_ids=(0, 1, 2), vocab_size=128,
                         show_progress=False)
     wide = SconeLlamaForCausalLM.from_pretrained(wide_llama, fgram_vocab=small, fgram_num_layers=1)
-    wide_out = wide.export_fgram_table(tmp_path / "wide", show_progress=False)
+    wide_out = export_fgram_table(wide, tmp_path / "wide", show_progress=False)
     folder = _copy(exported, tmp_path / "h")
     (folder / "fgram_table.safetensors").write_bytes((wide_out / "fgram_table.safetensors").read_bytes())
     with pytest.raises(ValueError, match="hidden_size"):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hf_efficient_lm.scone import CorruptTableError, FgramTable
-from hf_efficient_lm.scone.table_scone import StreamingTableWriter, read_safetensors, write_safetensors
+from hf_efficient_lm.tools.scone_export import StreamingTableWriter, read_safetensors, write_safetensors
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

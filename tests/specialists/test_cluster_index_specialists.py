@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hf_efficient_lm.specialists import ClusterIndex, HashedNgramEmbedder, LMHiddenStateEmbedder
-from hf_efficient_lm.specialists.cluster_index import INDEX_CONFIG_NAME, INDEX_WEIGHTS_NAME, split_into_windows
+from hf_efficient_lm.tools.cluster_index import INDEX_CONFIG_NAME, INDEX_WEIGHTS_NAME, split_into_windows
 
 from .conftest import DOMAIN_WORDS, make_domain_texts
 

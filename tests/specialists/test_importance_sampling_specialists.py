@@ -11,8 +11,8 @@ from hf_efficient_lm.specialists import (
     importance_weights,
     with_importance_weights,
 )
-from hf_efficient_lm.specialists.importance_sampling import exact_counts
-from hf_efficient_lm.specialists.training_specialists import SpecialistCollator
+from hf_efficient_lm.tools.importance_sampling import exact_counts
+from hf_efficient_lm.tools.specialists_training import SpecialistCollator
 from hf_efficient_lm.testing_utils import make_tiny_llama
 
 

@@ -178,7 +178,7 @@ def test_model_card_templates_render(template):
 
 
 def test_independent_expert_jobs_assemble_into_a_mixture(tmp_path):
-    from hf_efficient_lm.specialists.training_specialists import train_expert
+    from hf_efficient_lm.tools.specialists_training import train_expert
     from hf_efficient_lm.testing_utils import make_tiny_llama
 
     x = ids(batch=4, length=12, seed=3)
@@ -196,7 +196,7 @@ def test_independent_expert_jobs_assemble_into_a_mixture(tmp_path):
 
 
 def test_expert_job_cli(tmp_path):
-    from hf_efficient_lm.specialists.training_specialists import main
+    from hf_efficient_lm.tools.specialists_training import main
     from hf_efficient_lm.testing_utils import save_tiny_llama
 
     save_tiny_llama(tmp_path / "base")

@@ -19,8 +19,8 @@ from hf_efficient_lm.specialists import (
     SpecialistMixtureForCausalLM,
     specialize,
 )
-from hf_efficient_lm.specialists.distillation import distillation_loss
-from hf_efficient_lm.specialists.training_specialists import SpecialistCollator
+from hf_efficient_lm.tools.specialists_distillation import distillation_loss
+from hf_efficient_lm.tools.specialists_training import SpecialistCollator
 from hf_efficient_lm.testing_utils import TINY_LLAMA_KWARGS, make_tiny_llama
 
 from .conftest import DOMAIN_WORDS, make_domain_texts

@@ -20,9 +20,9 @@ from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
 from ..data import load_text_dataset, local_path
 from ..io_utils import atomic_dir, check_writable
 from ..train.run_dir import FingerprintCallback, check_schedule, guarded_run, run_fingerprint, write_fingerprint
-from .data_anchor import AnchorDataCollator, tokenize_function
-from .modeling_anchor_llama import AnchorLlamaForCausalLM
-from .tokens_anchor import DEFAULT_ANCHOR_TOKEN, add_anchor_token, find_endpoint_token_ids
+from .anchor_data import AnchorDataCollator, tokenize_function
+from ..anchor.modeling_anchor_llama import AnchorLlamaForCausalLM
+from ..anchor.tokens_anchor import DEFAULT_ANCHOR_TOKEN, add_anchor_token, find_endpoint_token_ids
 
 FINAL_DIRNAME = "final"
 
@@ -173,3 +173,36 @@ def _train_anchor(args, training_args, model, tokenizer, fingerprint: dict, resu
 
 
 __all__ = ["AnchorTrainArguments", "build_anchor_model", "run_anchor_training", "FINAL_DIRNAME"]
+
+
+TRAIN_ANCHOR_DOC = """Continual pre-training of a Llama checkpoint into AnchorLlama (AnLLM-EP or AnLLM-AC).
+
+    hf-efficient-lm train-anchor --base_model BASE_DIR --data_files ../shared/corpus/pydocs.train.jsonl.gz \
+        --anchor_mode ac --output_dir runs/anchor-ac --max_steps 200 --per_device_train_batch_size 4 \
+        --learning_rate 2e-5 --lr_scheduler_type constant_with_warmup --warmup_steps 20 [--lora_r 8]
+
+    accelerate launch examples/train_anchor.py ...   # same arguments, several processes
+
+Every TrainingArguments option works (--gradient_checkpointing, --bf16, --save_steps ...). A killed run resumes
+from the newest checkpoint in --output_dir when its run fingerprint matches; another run's dir is refused unless
+--overwrite_output_dir. The final model (LoRA merged) and tokenizer land in OUTPUT_DIR/final
+and load with AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True) or after `import hf_efficient_lm`.
+"""
+
+
+def main(argv=None):
+    """``hf-efficient-lm train-anchor`` (and ``examples/train_anchor.py``): see ``TRAIN_ANCHOR_DOC``."""
+    import os
+
+    from transformers import HfArgumentParser
+
+    from ..train.launch import parse_launched_args
+
+    parser = HfArgumentParser((AnchorTrainArguments, TrainingArguments), description=TRAIN_ANCHOR_DOC)
+    parser.set_defaults(report_to=["none"], save_strategy="steps", save_steps=100, logging_steps=10,
+                        save_total_limit=2)
+    args, training_args = parse_launched_args(parser, argv)  # --use_cpu by default for CPU-only DDP
+    final_dir = run_anchor_training(args, training_args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"saved AnchorLlama ({args.anchor_mode.upper()}) and tokenizer to {final_dir}")
+    return final_dir

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .cache_anchor import AnchorCache
-from .compat_anchor import CACHE_NAME, cache_of
+from ..anchor.cache_anchor import AnchorCache
+from ..anchor.compat_anchor import CACHE_NAME, cache_of
 
 
 @dataclass

@@ -149,7 +149,7 @@ def main(argv=None) -> Path:
     from transformers import AutoModelForCausalLM
 
     parser = argparse.ArgumentParser(
-        prog="python -m hf_efficient_lm.specialists.training_specialists", description=main.__doc__,
+        prog="hf-efficient-lm train-expert", description=main.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--base", required=True, help="Llama checkpoint each expert starts from")

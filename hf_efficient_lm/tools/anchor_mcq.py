@@ -14,7 +14,7 @@ The bundled task, :func:`sentence_cloze_items`, is a HellaSwag-like sentence com
 context is two consecutive sentences of a document, the right choice the next sentence, the distractors sentences of
 other documents.
 
-    python -m hf_efficient_lm.anchor.mcq_anchor --model DIR --data ../shared/corpus/fortunes.valid.jsonl.gz
+    hf-efficient-lm anchor-mcq --model DIR --data ../shared/corpus/fortunes.valid.jsonl.gz
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from .cache_anchor import AnchorCache
-from .compat_anchor import CACHE_NAME
-from .data_anchor import encode_with_anchors, split_sentences
-from .tokens_anchor import require_anchor_token
+from ..anchor.cache_anchor import AnchorCache
+from ..anchor.compat_anchor import CACHE_NAME
+from .anchor_data import encode_with_anchors, split_sentences
+from ..anchor.tokens_anchor import require_anchor_token
 
 
 @dataclass
@@ -142,7 +142,8 @@ def evaluate_multiple_choice(model, tokenizer, items: list[MultipleChoiceItem], 
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="hf-efficient-lm anchor-mcq", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="AnchorLlama checkpoint folder (with its tokenizer)")
     parser.add_argument("--data", required=True, help="jsonl(.gz) file with a 'text' column to build items from")
     parser.add_argument("--items", type=int, default=100)
@@ -152,15 +153,13 @@ def main(argv=None):
     parser.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args(argv)
 
-    import gzip
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import hf_efficient_lm  # noqa: F401  (registers AnchorLlama)
 
-    opener = gzip.open if args.data.endswith(".gz") else open
-    with opener(args.data, "rt", encoding="utf-8") as handle:
-        texts = [json.loads(line)["text"] for line in handle]
+    from ..data import read_texts
+
+    texts = read_texts([args.data])
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
     pool = sentence_cloze_items(texts, args.items + args.shots, seed=args.seed)

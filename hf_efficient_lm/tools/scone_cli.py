@@ -1,5 +1,5 @@
-"""SCONE subcommands of ``hf-efficient-lm``: ``scone-mine`` (corpus -> f-gram vocabulary) and ``scone-export``
-(trained SconeLlama -> table-mode folder)."""
+"""SCONE subcommands of ``hf-efficient-lm`` (rows of ``hf_efficient_lm.cli.COMMANDS``): ``scone-mine`` (corpus ->
+f-gram vocabulary) and ``scone-export`` (trained SconeLlama -> table-mode folder)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def _tokenized_dataset(args):
 
 def _cmd_scone_mine(args: argparse.Namespace) -> None:
     from ..io_utils import check_writable
-    from .mining_scone import mine_fgrams
+    from .scone_export import save_fgram_vocab
+    from .scone_mining import mine_fgrams
 
     check_writable(args.output_dir, replace=True)
     dataset, tokenizer = _tokenized_dataset(args)
@@ -50,7 +51,7 @@ def _cmd_scone_mine(args: argparse.Namespace) -> None:
     vocab = mine_fgrams(dataset, num_fgrams=args.num_fgrams, max_len=args.max_len, min_count=args.min_count,
                         barrier_ids=barriers, tokenizer=tokenizer, chunk_tokens=args.chunk_tokens,
                         num_threads=args.num_threads)
-    vocab.save(args.output_dir)
+    save_fgram_vocab(vocab, args.output_dir)
     print(json.dumps(vocab.metadata(), indent=2))
 
 
@@ -62,7 +63,8 @@ def _cmd_scone_export(args: argparse.Namespace) -> None:
     from ..data import local_path
     from ..eval.loading import TOKENIZER_FILES, folder_has_tokenizer
     from ..io_utils import check_writable
-    from .modeling_scone_llama import SconeLlamaForCausalLM
+    from ..scone.modeling_scone_llama import SconeLlamaForCausalLM
+    from .scone_export import export_fgram_table
 
     model_dir = Path(local_path(args.model, "model folder"))
     out_dir = Path(args.output_dir)
@@ -76,7 +78,7 @@ def _cmd_scone_export(args: argparse.Namespace) -> None:
 
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = SconeLlamaForCausalLM.from_pretrained(model_dir)
-    out = model.export_fgram_table(out_dir, batch_size=args.batch_size, dtype=getattr(torch, args.dtype))
+    out = export_fgram_table(model, out_dir, batch_size=args.batch_size, dtype=getattr(torch, args.dtype))
     note = ""
     if tokenizer is not None:
         tokenizer.save_pretrained(out)  # the exported folder is evaluated and published on its own
@@ -86,14 +88,18 @@ def _cmd_scone_export(args: argparse.Namespace) -> None:
 
 
 def add_scone_subcommands(subparsers) -> None:
-    """Add ``scone-mine`` and ``scone-export`` to the ``hf-efficient-lm`` argparse subparsers."""
-    p = subparsers.add_parser(
-        "scone-mine", help="mine the top-S frequent token n-grams (f-grams) of a corpus for SconeLlama",
-        description="Count all token n-grams of length 2..K (Apriori pruning, exact integer keys, chunked) and keep "
-                    "the S most frequent, ties broken by (count desc, length asc) so the set is closed under "
-                    "prefixes and suffixes. Never crosses documents or BOS/EOS/pad. Writes fgram_index.safetensors "
-                    "and fgram_vocab.json (with the tokenizer's fingerprint) atomically.",
-    )
+    """Add ``scone-mine`` and ``scone-export`` to argparse subparsers (``hf_efficient_lm.cli.COMMANDS`` adds each
+    through :func:`add_scone_mine` / :func:`add_scone_export`)."""
+    add_scone_mine(subparsers.add_parser("scone-mine"))
+    add_scone_export(subparsers.add_parser("scone-export"))
+
+
+def add_scone_mine(p) -> None:
+    """Options of ``hf-efficient-lm scone-mine``."""
+    p.description = ("Count all token n-grams of length 2..K (Apriori pruning, exact integer keys, chunked) and keep "
+                     "the S most frequent, ties broken by (count desc, length asc) so the set is closed under "
+                     "prefixes and suffixes. Never crosses documents or BOS/EOS/pad. Writes fgram_index.safetensors "
+                     "and fgram_vocab.json (with the tokenizer's fingerprint) atomically.")
     p.add_argument("--tokenizer", required=True, help="tokenizer folder (its fingerprint is stored with the f-grams)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-files", nargs="+", help="local json/jsonl(.gz)/txt/csv/parquet text files")
@@ -113,12 +119,12 @@ def add_scone_subcommands(subparsers) -> None:
     p.add_argument("--output-dir", required=True, help="folder for fgram_index.safetensors + fgram_vocab.json")
     p.set_defaults(func=_cmd_scone_mine)
 
-    p = subparsers.add_parser(
-        "scone-export", help="precompute a trained SconeLlama's f-gram table and write a table-mode folder",
-        description="Run the f-gram model over all S f-grams (batched) and write model.safetensors without it plus "
-                    "a memory-mapped fgram_table.safetensors, plus the model folder's tokenizer; the folder loads "
-                    "with from_pretrained and can be evaluated on its own.",
-    )
+
+def add_scone_export(p) -> None:
+    """Options of ``hf-efficient-lm scone-export``."""
+    p.description = ("Run the f-gram model over all S f-grams (batched) and write model.safetensors without it plus "
+                     "a memory-mapped fgram_table.safetensors, plus the model folder's tokenizer; the folder loads "
+                     "with from_pretrained and can be evaluated on its own.")
     p.add_argument("--model", required=True, help="training-mode SconeLlama folder")
     p.add_argument("--output-dir", required=True, help="table-mode folder to write (replaced atomically)")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],

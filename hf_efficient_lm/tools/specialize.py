@@ -15,11 +15,13 @@ import torch
 from datasets import Dataset
 from transformers import EarlyStoppingCallback, LlamaForCausalLM, Trainer, TrainingArguments
 
+from ..data.packing import pack_ids
+from ..eval.perplexity import rows_nll
 from .cluster_index import ClusterIndex, entropy
-from .distillation import DistillationTrainer
-from .modeling_hyper_specialist import HyperSpecialistForCausalLM
-from .modeling_specialist_mixture import SpecialistMixtureForCausalLM
-from .training_specialists import SpecialistCollator
+from .specialists_distillation import DistillationTrainer
+from ..specialists.modeling_hyper_specialist import HyperSpecialistForCausalLM
+from ..specialists.modeling_specialist_mixture import SpecialistMixtureForCausalLM
+from .specialists_training import SpecialistCollator
 
 SELECTIONS = ("most_frequent", "best_pretrained", "histogram")
 
@@ -53,32 +55,18 @@ def _domain_texts(domain_dataset, text_column: str) -> list[str]:
 
 def token_blocks(texts: Sequence[str], tokenizer, block_size: int) -> list[list[int]]:
     """Concatenate the documents (EOS between them) and cut ``block_size``-token blocks (the tail is dropped)."""
-    stream: list[int] = []
-    for text in texts:
-        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if tokenizer.eos_token_id is not None:
-            stream.append(tokenizer.eos_token_id)
-    return [stream[i : i + block_size] for i in range(0, len(stream) - block_size + 1, block_size)]
+    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    return pack_ids(encoded, block_size, separator=tokenizer.eos_token_id).tolist()
 
 
-@torch.no_grad()
 def block_perplexity(model, blocks: list[list[int]], *, batch_size: int = 8, cluster_id: int | None = None) -> float:
-    """Token-weighted perplexity ``exp(sum NLL / #predicted tokens)`` of ``model`` on equal-length ``blocks``."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    total_nll, total_tokens = 0.0, 0
-    for start in range(0, len(blocks), batch_size):
-        ids = torch.tensor(blocks[start : start + batch_size], device=device)
-        extra = {} if cluster_id is None else {"cluster_ids": torch.full((ids.shape[0],), cluster_id, device=device)}
-        logits = model(input_ids=ids, use_cache=False, **extra).logits[:, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                                reduction="sum")
-        total_nll += nll.item()
-        total_tokens += ids[:, 1:].numel()
-    model.train(was_training)
-    mean_nll = total_nll / max(total_tokens, 1)
-    return math.exp(mean_nll) if mean_nll < 700 else math.inf  # a diverged model has infinite perplexity
+    """Token-weighted perplexity ``exp(sum NLL / #predicted tokens)`` of ``model`` on ``blocks`` (``inf`` if it
+    diverged); ``cluster_id`` routes every block to that cluster (specialist models)."""
+    def cluster_ids(ids, _rows):
+        return {"cluster_ids": torch.full((ids.shape[0],), cluster_id, device=ids.device)}
+
+    return rows_nll(model, blocks, batch_size=batch_size,
+                    model_inputs=cluster_ids if cluster_id is not None else None).perplexity
 
 
 def specialize(

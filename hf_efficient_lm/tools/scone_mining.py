@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .fgram_vocab_scone import FgramVocab, tokenizer_fingerprint
+from ..scone.fgram_vocab_scone import FgramVocab, tokenizer_fingerprint
 
 SEPARATOR = -1  # document boundary / barrier marker inside flattened chunks
 

@@ -1,0 +1,260 @@
+"""BLT training (not carried by checkpoints): ``hf-efficient-lm train-entropy`` and ``hf-efficient-lm train-blt``.
+
+The examples ``examples/train_entropy_model.py`` and ``examples/train_blt.py`` call these mains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments, set_seed
+
+from ..blt import BLTEntropyConfig, BLTEntropyModel, BLTForCausalLM, BLTTokenizer
+from ..blt.data_blt import (
+    BLTDataCollator,
+    add_patch_lengths_column,
+    byte_dataset,
+    calibrate_threshold,
+    pack_texts,
+    pad_right,
+)
+from ..blt.flops_blt import blt_flops_per_byte
+from ..cli import normalize_option_names
+from ..data import cache_dir, corpus_dir, read_texts
+from ..eval.perplexity import rows_nll
+from ..io_utils import atomic_dir, check_writable
+from ..train.launch import check_world_size
+from ..train.presets import BLT_PRESETS, blt_config_for
+
+DEFAULT_CORPUS = corpus_dir()
+DEFAULT_ENTROPY_MODEL = str(cache_dir("blt", "entropy"))
+# command-line option -> BLT_PRESETS key
+BLT_SIZE_OPTIONS = {"local-hidden": "local", "latent-hidden": "latent", "latent-layers": "latent_layers",
+                    "decoder-layers": "decoder_layers", "window": "window", "hash-buckets": "hash_buckets"}
+
+TRAIN_ENTROPY_DOC = """Train BLT's entropy model (a small causal byte LM with sliding-window attention) on the bytes of any text dataset
+with the Hugging Face Trainer, report validation bits per byte, and save it (``BLTEntropyModel.from_pretrained``).
+
+    nice -n 10 hf-efficient-lm train-entropy --max-steps 300 \
+        --output-dir ~/.cache/hf_efficient_lm/blt/entropy
+
+Defaults read the project corpus (../shared/corpus/*.train.jsonl.gz); ``--train-files`` takes any local
+json/jsonl(.gz)/txt/csv/parquet files with a ``text`` column.
+"""
+
+TRAIN_BLT_DOC = """Train BLT from scratch on the bytes of any text dataset with the Hugging Face Trainer.
+
+Patch boundaries come from a trained entropy model (``hf-efficient-lm train-entropy``) whose threshold is
+calibrated to ``--target-patch-size`` bytes per patch; patch lengths are precomputed as a dataset column so the
+training step does not run the entropy model. Prints FLOPs per byte (and the training FLOPs spent) and evaluates
+bits per byte per domain with in-forward patching (the inference path).
+
+    nice -n 10 hf-efficient-lm train-blt --entropy-model ~/.cache/hf_efficient_lm/blt/entropy --max-steps 200
+
+``--no-pack`` keeps one document per row (its first ``--seq-len`` bytes) instead of packing; the collator then
+right-pads each batch (attention mask 0 and labels -100 on padding, which leaves every real byte's logits unchanged).
+
+Runs under ``accelerate launch`` unchanged (the Trainer handles the distribution); on CPUs that is DDP over gloo:
+
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \
+        -m hf_efficient_lm.cli train-blt --batch-size 4 ...
+
+``--batch-size`` is per process. Rank 0 writes the model, the tokenizer and ``train_blt_metrics.json`` (world size,
+global batch, training losses, bits/byte) to ``--output-dir``.
+"""
+
+
+def add_blt_size_options(parser: argparse.ArgumentParser, preset: str = "small") -> None:
+    """``--local-hidden --latent-hidden --latent-layers --decoder-layers --window --hash-buckets`` with the
+    defaults of ``BLT_PRESETS[preset]``; :func:`blt_size_config` turns the parsed values into a ``BLTConfig``."""
+    size = BLT_PRESETS[preset]
+    for option, key in BLT_SIZE_OPTIONS.items():
+        parser.add_argument(f"--{option}", type=int, default=size[key], help=f"BLT size {key!r} (default {size[key]})")
+
+
+def blt_size_config(args: argparse.Namespace, entropy_model, threshold: float, mode: str):
+    """``blt_config_for`` with the sizes parsed by :func:`add_blt_size_options`."""
+    sizes = {key: getattr(args, option.replace("-", "_")) for option, key in BLT_SIZE_OPTIONS.items()}
+    return blt_config_for(entropy_model, threshold=threshold, mode=mode, **sizes)
+
+
+def train_entropy_main(argv=None) -> str:
+    """``hf-efficient-lm train-entropy``: see the module docstring (and ``--help``)."""
+    parser = argparse.ArgumentParser(prog="hf-efficient-lm train-entropy", description=TRAIN_ENTROPY_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-files", nargs="*", default=sorted(glob.glob(str(DEFAULT_CORPUS / "*.train.jsonl.gz"))))
+    parser.add_argument("--valid-files", nargs="*", default=sorted(glob.glob(str(DEFAULT_CORPUS / "*.valid.jsonl.gz"))))
+    parser.add_argument("--output-dir", default=DEFAULT_ENTROPY_MODEL)
+    parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--window", type=int, default=256, help="sliding window (bytes)")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-steps", type=int, default=300)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--limit-chars", type=int, default=4_000_000, help="read at most this many training characters")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(normalize_option_names(list(sys.argv[1:] if argv is None else argv)))
+    torch.set_num_threads(args.threads)
+    if not args.train_files:
+        parser.error("no training files found; pass --train-files")
+
+    train = byte_dataset(read_texts(args.train_files, args.limit_chars), args.seq_len)
+    valid = byte_dataset(read_texts(args.valid_files, 200_000), args.seq_len) if args.valid_files else None
+    config = BLTEntropyConfig(
+        hidden_size=args.hidden_size, num_hidden_layers=args.layers, num_attention_heads=args.heads,
+        intermediate_size=int(8 * args.hidden_size / 3), sliding_window=args.window, max_position_embeddings=8192,
+    )
+    model = BLTEntropyModel(config)
+    print(f"entropy model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
+          f"{len(train)} training rows of {args.seq_len} bytes")
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(
+            output_dir=os.path.join(args.output_dir, "trainer"), max_steps=args.max_steps,
+            per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate, warmup_steps=min(50, args.max_steps // 10),
+            lr_scheduler_type="cosine", weight_decay=0.1, logging_steps=max(1, args.max_steps // 10), save_strategy="no",
+            report_to=[], use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+        ),
+        train_dataset=train,
+        data_collator=BLTDataCollator(),
+    )
+    trainer.train()
+    line = "entropy model trained"
+    if valid is not None and len(valid):
+        bpb = rows_nll(model, valid["input_ids"], batch_size=8).bits_per_token
+        line = f"entropy model: validation {bpb:.3f} bits/byte after {args.max_steps} steps"
+    model.save_pretrained(args.output_dir)
+    BLTTokenizer().save_pretrained(args.output_dir)
+    print(line)
+    print(f"saved to {args.output_dir}")
+    return line
+
+
+
+def train_blt_main(argv=None) -> str:
+    """``hf-efficient-lm train-blt``: see the module docstring (and ``--help``)."""
+    parser = argparse.ArgumentParser(prog="hf-efficient-lm train-blt", description=TRAIN_BLT_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-files", nargs="*", default=sorted(glob.glob(str(DEFAULT_CORPUS / "*.train.jsonl.gz"))))
+    parser.add_argument("--valid-files", nargs="*", default=sorted(glob.glob(str(DEFAULT_CORPUS / "*.valid.jsonl.gz"))))
+    parser.add_argument("--entropy-model", default=None,
+                        help=f"folder of a trained BLTEntropyModel (an error if it is not one). Default: "
+                             f"{DEFAULT_ENTROPY_MODEL} if it exists, else space patching (said in the log)")
+    parser.add_argument("--space-patching", action="store_true",
+                        help="patch at spaces instead of with an entropy model")
+    parser.add_argument("--target-patch-size", type=float, default=4.5)
+    parser.add_argument("--output-dir", default=str(cache_dir("blt", "model")),
+                        help="replaced as a whole (atomically) by rank 0 when training ends")
+    add_blt_size_options(parser)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--no-pack", action="store_true",
+                        help="one document per row (first --seq-len bytes), right-padded per batch, instead of packing")
+    parser.add_argument("--batch-size", type=int, default=8, help="rows per step and process")
+    parser.add_argument("--max-steps", type=int, default=200)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--limit-chars", type=int, default=4_000_000)
+    parser.add_argument("--eval-rows", type=int, default=16, help="validation rows per domain")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(normalize_option_names(list(sys.argv[1:] if argv is None else argv)))
+    if args.entropy_model is not None and args.space_patching:
+        parser.error("pass --entropy-model or --space-patching, not both")
+    if args.entropy_model is not None and not os.path.isfile(os.path.join(args.entropy_model, "config.json")):
+        raise FileNotFoundError(f"--entropy-model {args.entropy_model} is not a saved BLTEntropyModel folder (no "
+                                "config.json); train one with `hf-efficient-lm train-entropy` or pass --space-patching")
+    if args.entropy_model is None and not args.space_patching and os.path.isfile(
+            os.path.join(DEFAULT_ENTROPY_MODEL, "config.json")):
+        args.entropy_model = DEFAULT_ENTROPY_MODEL
+    for name in ("seq_len", "batch_size", "max_steps", "eval_rows", "threads", "limit_chars"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if not args.train_files:
+        parser.error(f"no training files: pass --train-files (default: {DEFAULT_CORPUS}/*.train.jsonl.gz)")
+    check_writable(args.output_dir, replace=True)
+    torch.set_num_threads(args.threads)
+    # Every process builds the same model: DDP broadcasts rank 0's weights anyway, but a one-process run with the
+    # same seed then starts from the same weights as a multi-process one.
+    set_seed(args.seed)
+
+    texts = read_texts(args.train_files, args.limit_chars)
+    train = byte_dataset(texts, args.seq_len, pack=not args.no_pack)
+    if len(train) == 0:
+        raise ValueError(f"the training files give no row of {args.seq_len} bytes; lower --seq-len or use --no-pack")
+    entropy_model = None
+    if args.entropy_model is not None:
+        entropy_model = BLTEntropyModel.from_pretrained(args.entropy_model).eval()
+        sample, sample_mask = pad_right(train[: min(32, len(train))]["input_ids"])
+        entropies, _ = entropy_model.entropies(sample, sample_mask)
+        threshold = calibrate_threshold(entropies, args.target_patch_size, attention_mask=sample_mask)
+        mode = "entropy"
+    else:
+        why = "--space-patching" if args.space_patching else f"no entropy model at {DEFAULT_ENTROPY_MODEL}"
+        print(f"{why}: using space patching")
+        threshold, mode = 0.0, "space"
+    config = blt_size_config(args, entropy_model, threshold, mode)
+    model = BLTForCausalLM(config)
+    if entropy_model is not None:
+        model.model.entropy_model.load_state_dict(entropy_model.state_dict())
+    train = add_patch_lengths_column(train, entropy_model, mode, threshold)
+    patches = sum(len(p) for p in train["patch_lengths"])
+    row_bytes = sum(len(r) for r in train["input_ids"])
+    mean_patch = (row_bytes + len(train)) / patches  # lengths cover each row's bytes plus its next-byte slot
+    flops = blt_flops_per_byte(config, mean_patch, args.seq_len)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"BLT: {trainable / 1e6:.2f}M trainable params; {mode} patching, threshold {threshold:.3f}, "
+          f"{mean_patch:.2f} bytes/patch; forward FLOPs/byte {flops['total'] / 1e6:.2f}M "
+          f"(latent {flops['latent'] / 1e6:.2f}M, entropy model {flops['entropy_model'] / 1e6:.2f}M)")
+
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(
+            output_dir=os.path.join(args.output_dir, "trainer"), max_steps=args.max_steps,
+            per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
+            warmup_steps=min(50, args.max_steps // 10), lr_scheduler_type="cosine", weight_decay=0.1,
+            max_grad_norm=1.0, logging_steps=max(1, args.max_steps // 10), save_strategy="no", report_to=[],
+            use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=args.seed,
+            # Every trainable parameter is used at every step, and DDP never registers the frozen entropy model
+            # (requires_grad=False), so the unused-parameter search the Trainer turns on by default is not needed.
+            ddp_find_unused_parameters=False,
+        ),
+        train_dataset=train,
+        data_collator=BLTDataCollator(),
+    )
+    check_world_size(trainer.args.world_size)
+    trainer.train()
+    global_batch = args.batch_size * trainer.args.world_size
+    bytes_seen = trainer.state.global_step * global_batch * row_bytes / len(train)
+    train_flops = 3 * (flops["total"] - flops["entropy_model"]) * bytes_seen
+    results = {}
+    for f in args.valid_files:
+        domain = Path(f).name.split(".")[0]
+        rows = pack_texts(read_texts([f], 200_000), args.seq_len)[: args.eval_rows]
+        if rows:
+            results[domain] = rows_nll(model, rows, batch_size=4).bits_per_token
+    summary = ", ".join(f"{d} {v:.3f}" for d, v in results.items())
+    line = (f"BLT after {trainer.state.global_step} steps ({bytes_seen / 1e6:.1f}M bytes, {train_flops:.2e} training "
+            f"FLOPs): bits/byte {summary}")
+    metrics = {
+        "world_size": trainer.args.world_size, "global_batch": global_batch, "steps": trainer.state.global_step,
+        "patching_mode": mode, "threshold": threshold, "mean_patch_size": mean_patch,
+        "train_bytes": bytes_seen, "flops_per_byte": flops["total"], "train_flops": train_flops, "seed": args.seed,
+        "learning_rate": args.learning_rate, "data_files": [Path(f).name for f in args.train_files],
+        "train_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+        "bits_per_byte": results,
+    }
+    if trainer.is_world_process_zero():
+        with atomic_dir(args.output_dir) as tmp:
+            model.save_pretrained(tmp)
+            BLTTokenizer().save_pretrained(tmp)
+            (tmp / "train_blt_metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(line)
+        print(f"saved to {args.output_dir}")
+    trainer.accelerator.wait_for_everyone()
+    return line
+
