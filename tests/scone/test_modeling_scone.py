@@ -294,7 +294,7 @@ def test_paper_recipe_is_replace_fusion_with_the_raw_last_position_output(tmp_pa
     hidden = captured["hidden"][0] if isinstance(captured["hidden"], tuple) else captured["hidden"]
     assert torch.equal(vector, hidden[0, n - 1])
     torch.testing.assert_close(embeds[b, t], vector, atol=1e-6, rtol=1e-5)
-    out = model.export_fgram_table(tmp_path / "paper", batch_size=16, show_progress=False)
+    out = export_fgram_table(model, tmp_path / "paper", batch_size=16, show_progress=False)
     loaded = SconeLlamaForCausalLM.from_pretrained(out).eval()
     assert (loaded.config.fgram_final_norm, loaded.config.fgram_output_scale) == (False, False)
     with torch.no_grad():
