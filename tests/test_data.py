@@ -48,3 +48,32 @@ def test_load_text_dataset_from_jsonl_and_clear_errors(tmp_path):
 def test_vocab_mismatch_is_named(tokenizer):
     with pytest.raises(ValueError, match="vocab mismatch.*300 tokens.*vocab_size is 128"):
         check_vocab_fits(tokenizer, 128)
+
+
+def test_pack_ids_separates_documents_prefixes_rows_and_keeps_or_drops_the_tail():
+    from hf_efficient_lm.data import pack_ids
+
+    docs = [[5, 6, 7], [8], [9, 10, 11, 12]]
+    assert pack_ids(docs, 4, separator=2).tolist() == [[5, 6, 7, 2], [8, 2, 9, 10]]
+    assert pack_ids(docs, 3, row_prefix=1).tolist() == [[1, 5, 6], [1, 7, 8], [1, 9, 10], [1, 11, 12]]
+    rows = pack_ids(docs, 5, separator=2, drop_remainder=False)
+    assert [list(map(int, r)) for r in rows] == [[5, 6, 7, 2, 8], [2, 9, 10, 11, 12], [2]]
+    with pytest.raises(ValueError, match="block_size must be at least 2"):
+        pack_ids(docs, 1)
+
+
+def test_read_texts_streams_jsonl_and_stops_at_either_limit(tmp_path):
+    import gzip
+    import json
+
+    from hf_efficient_lm.data import read_texts
+
+    texts = make_documents(10)
+    path = tmp_path / "docs.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.writelines(json.dumps({"text": t}) + "\n" for t in texts)
+    assert read_texts(path) == texts
+    assert read_texts([path], limit_docs=3) == texts[:3]
+    assert read_texts([path], limit_chars=len(texts[0]) + 1) == texts[:2]
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        read_texts([tmp_path / "missing.jsonl"])

@@ -8,13 +8,7 @@ import pytest
 from datasets import Dataset
 
 from hf_efficient_lm.data import iter_texts, train_tokenizer
-from tests.helpers import (
-    DDP_PARITY_TRAINER_ARGS,
-    make_documents,
-    requires_accelerate_cli,
-    run_two_processes_and_one,
-    write_jsonl,
-)
+from tests.helpers import DDP_PARITY_TRAINER_ARGS, make_documents, requires_accelerate_cli, run_two_processes_and_one, write_jsonl
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "pretrain.py"
 

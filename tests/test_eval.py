@@ -80,3 +80,40 @@ def test_trainer_metrics_agree_with_the_plain_function(model, tokenizer, tmp_pat
     assert metrics["eval_loss"] == pytest.approx(nll / ids[:, 1:].numel(), rel=1e-4)
     assert metrics["eval_bits_per_byte"] == pytest.approx(nll / math.log(2) / num_bytes, rel=1e-4)
     assert np.isfinite(metrics["eval_perplexity"])
+
+
+def test_rows_nll_sums_every_row_alone_passes_model_inputs_and_skips_ignored_ids():
+    """Rows of three lengths (batched by length, never padded), per-row extra inputs and an unscored id: the total
+    equals a reference computed row by row."""
+    from hf_efficient_lm.eval import rows_nll
+
+    model = make_tiny_llama(seed=3)
+    generator = torch.Generator().manual_seed(0)
+    rows = [torch.randint(3, 70, (n,), generator=generator) for n in (9, 9, 5, 12, 9)]  # 77 only where set
+    rows[0][4] = rows[3][7] = 77  # the ignored id as a target (and once as an input)
+    hidden = [1, 3, 2, 2, 4]  # per row, a position later tokens may not attend to: the logits change
+
+    def row_mask(index, length):
+        mask = torch.ones(length, dtype=torch.long)
+        mask[hidden[index]] = 0
+        return mask
+
+    def model_inputs(ids, indices):
+        return {"attention_mask": torch.stack([row_mask(i, ids.shape[1]) for i in indices])}
+
+    total = rows_nll(model, rows, batch_size=2, model_inputs=model_inputs, ignore_ids=[77])
+    nats, tokens = 0.0, 0
+    with torch.no_grad():
+        for index, row in enumerate(rows):
+            mask = row_mask(index, row.numel())[None]
+            logits = model(input_ids=row[None], attention_mask=mask).logits[0, :-1].float()
+            keep = row[1:] != 77
+            nats += float(F.cross_entropy(logits[keep], row[1:][keep], reduction="sum"))
+            tokens += int(keep.sum())
+    assert total.tokens == tokens == sum(r.numel() - 1 for r in rows) - 2
+    assert total.nats == pytest.approx(nats, rel=1e-5)
+    plain = rows_nll(model, rows, batch_size=2, ignore_ids=[77])
+    assert abs(plain.nats - total.nats) > 1e-3  # the masks mattered: model_inputs reached forward
+    assert total.perplexity == pytest.approx(math.exp(nats / tokens), rel=1e-5)
+    with pytest.raises(ValueError, match="row 1 has 1 ids"):
+        rows_nll(model, [rows[0], rows[0][:1]])

@@ -13,13 +13,7 @@ from datasets import Dataset
 from hf_efficient_lm.data import iter_texts, train_tokenizer
 from hf_efficient_lm.scone import SconeLlamaForCausalLM
 from hf_efficient_lm.testing_utils import save_tiny_llama
-from tests.helpers import (
-    DDP_PARITY_TRAINER_ARGS,
-    make_documents,
-    requires_accelerate_cli,
-    run_two_processes_and_one,
-    write_jsonl,
-)
+from tests.helpers import DDP_PARITY_TRAINER_ARGS, make_documents, requires_accelerate_cli, run_two_processes_and_one, write_jsonl
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "train_scone.py"
 
