@@ -15,6 +15,12 @@ used for causality), ``segment``, ``is_anchor`` and ``valid``. The same function
 itself (also a padding token), so no row of the mask is empty: padding rows give finite garbage that is never used,
 and sdpa / eager / flex all return the same numbers.
 
+Memory: a dense mask is ``[batch, 1, q_len, kv_len]``, quadratic in the length. With sdpa the model builds it once
+per forward as an additive mask shared by all layers (torch would otherwise turn a boolean mask into a float copy in
+every layer and keep each copy for the backward pass); past :data:`DENSE_MASK_MAX_ELEMENTS` it passes an
+:class:`AnchorAttentionMask` instead, whose rows each layer builds block by block from the per-token metadata (O(L)
+memory, see ``modeling_anchor_llama.chunked_sdpa_attention``). Flex attention gets a block-sparse ``BlockMask``.
+
 Only stdlib / torch / transformers imports: this file travels with checkpoints for ``trust_remote_code``.
 """
 
@@ -24,9 +30,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from .configuration_anchor_llama import ANCHOR_ATTN_IMPLEMENTATIONS
+
+
+# A dense sdpa mask of at most this many entries (batch x q_len x kv_len) is built once per forward; larger ones are
+# built in blocks of about this many entries inside each layer (bool 1 MiB + torch's float copy 4 MiB per block).
+DENSE_MASK_MAX_ELEMENTS = 1 << 20
 
 
 @dataclass
@@ -141,17 +152,22 @@ def build_anchor_attention_mask(
     variant: str = "v1",
     dtype: torch.dtype = torch.float32,
     mask_function: Callable | None = None,
+    lazy: bool = False,
 ):
     """The 4D mask a Transformers attention back-end expects, built by ``masking_utils``' own builders.
 
     Returns ``[batch, 1, q_len, kv_len]`` bool (sdpa), additive float of ``dtype`` (eager) or a flex ``BlockMask``.
-    Offsets are 0 because the metadata already carries every token's stream index.
+    With ``lazy=True`` and sdpa, a mask over :data:`DENSE_MASK_MAX_ELEMENTS` entries comes back as an
+    :class:`AnchorAttentionMask` (built block by block in the layers). Offsets are 0 because the metadata already
+    carries every token's stream index.
     """
     name = check_attn_implementation(attn_implementation)
     if mask_function is None:
         mask_function = ansan_mask_function(queries, keys, variant)
     batch_size, q_length = queries.index.shape
     kv_length = keys.index.shape[1]
+    if lazy and name == "sdpa" and batch_size * q_length * kv_length > DENSE_MASK_MAX_ELEMENTS:
+        return AnchorAttentionMask(mask_function, batch_size, q_length, kv_length, queries.index.device)
     builder = ALL_MASK_ATTENTION_FUNCTIONS[name]
     kwargs = dict(
         batch_size=batch_size,
@@ -166,6 +182,50 @@ def build_anchor_attention_mask(
     elif name == "eager":
         kwargs["dtype"] = dtype
     return builder(**kwargs)
+
+
+class AnchorAttentionMask:
+    """The AnSAN mask of one forward, never materialised whole: :meth:`rows` builds a block of query rows.
+
+    Passed to the attention layers instead of a 4D tensor when the dense mask would exceed
+    :data:`DENSE_MASK_MAX_ELEMENTS`; ``AnchorLlamaAttention`` then runs sdpa one block of queries at a time.
+
+    Args:
+        mask_function: a ``masking_utils`` mask function over the forward's metadata (absolute query rows).
+        batch_size, q_length, kv_length: the mask's shape ``[batch, 1, q_length, kv_length]``.
+        device: where the blocks are built.
+        max_elements: the size of one block (``batch x rows x kv_length``); ``None`` = :data:`DENSE_MASK_MAX_ELEMENTS`.
+    """
+
+    def __init__(self, mask_function: Callable, batch_size: int, q_length: int, kv_length: int, device,
+                 max_elements: int | None = None):
+        self.mask_function = mask_function
+        self.shape = (batch_size, 1, q_length, kv_length)
+        self.device = device
+        self.max_elements = DENSE_MASK_MAX_ELEMENTS if max_elements is None else max_elements
+
+    def block_rows(self) -> int:
+        """Query rows per block (at least 1)."""
+        batch_size, _, _, kv_length = self.shape
+        return max(1, self.max_elements // max(1, batch_size * kv_length))
+
+    def rows(self, start: int, end: int, kv_end: int | None = None) -> torch.BoolTensor:
+        """``[batch, 1, end - start, kv_end]`` bool: query rows ``start:end`` against the first ``kv_end`` keys."""
+        batch_size, _, _, kv_length = self.shape
+        return sdpa_mask(
+            batch_size=batch_size,
+            q_length=end - start,
+            kv_length=kv_length if kv_end is None else kv_end,
+            q_offset=start,
+            mask_function=self.mask_function,
+            attention_mask=None,
+            allow_is_causal_skip=False,
+            device=self.device,
+        )
+
+    def dense(self) -> torch.BoolTensor:
+        """The whole ``[batch, 1, q_length, kv_length]`` mask (tests, small inputs)."""
+        return self.rows(0, self.shape[2])
 
 
 def dense_ansan_reference(input_ids: torch.LongTensor, anchor_token_ids, attention_mask=None, variant="v1"):
@@ -196,6 +256,8 @@ def dense_ansan_reference(input_ids: torch.LongTensor, anchor_token_ids, attenti
 
 
 __all__ = [
+    "DENSE_MASK_MAX_ELEMENTS",
+    "AnchorAttentionMask",
     "AnchorTokenInfo",
     "find_anchor_tokens",
     "chunk_token_info",
