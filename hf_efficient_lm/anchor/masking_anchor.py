@@ -92,12 +92,16 @@ def chunk_token_info(
         anchors_before: ``[batch]`` anchors already seen in each row (``None`` = 0), i.e. the open sentence's id.
     """
     is_anchor = is_anchor & valid
-    anchors = is_anchor.long()
-    # Exclusive cumulative sum: an anchor keeps the id of the sentence it closes.
-    segment = torch.cumsum(anchors, dim=1) - anchors
-    if anchors_before is not None:
-        segment = segment + anchors_before[:, None].to(segment.device)
     batch, length = is_anchor.shape
+    if length == 1 and anchors_before is not None:
+        # A decode step (few ops: this runs once per generated token): the token's sentence is the open one.
+        segment = anchors_before[:, None]
+    else:
+        anchors = is_anchor.long()
+        # Exclusive cumulative sum: an anchor keeps the id of the sentence it closes.
+        segment = torch.cumsum(anchors, dim=1) - anchors
+        if anchors_before is not None:
+            segment = segment + anchors_before[:, None].to(segment.device)
     index = torch.arange(first_index, first_index + length, device=is_anchor.device).expand(batch, length)
     return AnchorTokenInfo(index=index, segment=segment, is_anchor=is_anchor, valid=valid)
 
@@ -123,6 +127,22 @@ def ansan_mask_function(queries: AnchorTokenInfo, keys: AnchorTokenInfo, variant
     return anchor_mask
 
 
+def decode_step_mask(queries: AnchorTokenInfo, keys: AnchorTokenInfo, variant: str = "v1") -> torch.BoolTensor | None:
+    """The AnSAN mask ``[batch, 1, 1, kv_len]`` of a one-token chunk, or ``None`` when the token sees every key.
+
+    Built straight from the rule, without the generic builder (it runs at every decode step): the keys are the kept
+    cache slots, all earlier than the query, then the query itself (AnchorLlama's layout), so causality holds by
+    construction. After pruning the slots are anchors + the open sentence, so a non-anchor token in an unpadded
+    batch sees them all: ``None``, and sdpa runs exactly as a plain Llama decode step does.
+    """
+    through_anchor = keys.is_anchor if variant == "v0" else keys.is_anchor & ~queries.is_anchor
+    visible = keys.valid & ((keys.segment == queries.segment) | through_anchor)
+    if bool(visible.all()):
+        return None
+    visible[:, -1] = True  # itself (also a padding token, so that no row is empty)
+    return visible[:, None, None, :]
+
+
 def causal_mask_function_from_info(queries: AnchorTokenInfo, keys: AnchorTokenInfo) -> Callable:
     """Plain causal + padding mask over the same metadata (the anchor-free reference used in tests/benchmarks)."""
 
@@ -132,6 +152,33 @@ def causal_mask_function_from_info(queries: AnchorTokenInfo, keys: AnchorTokenIn
         return ((kv_index <= q_index) & keys.valid[batch_idx, kv_idx]) | (kv_index == q_index)
 
     return plain_mask
+
+
+def compact_position_ids(is_anchor: torch.BoolTensor, chunk_sizes: list[int]) -> torch.LongTensor:
+    """``[batch, length]`` positions that ``position_mode="compact"`` gives a padding-free text fed through the
+    :class:`AnchorCache` in chunks of ``chunk_sizes`` (summing to ``length``; e.g. ``[prompt_len, 1, 1, ...]`` for
+    prefill + decoding, the official real-time inference).
+
+    The first chunk is numbered ``0, 1, ...``; every later chunk starts at the number of entries the cache kept
+    before it (anchors so far + tokens of the open sentence). A full masked forward with these ``position_ids``
+    reproduces compact cached decoding (the definition its tests recompute).
+    """
+    batch, length = is_anchor.shape
+    if sum(chunk_sizes) != length or any(size <= 0 for size in chunk_sizes):
+        raise ValueError(f"chunk_sizes {chunk_sizes} must be positive and sum to the length {length}")
+    is_anchor = is_anchor.bool()
+    order = torch.arange(length, device=is_anchor.device)
+    positions, start = [], 0
+    for size in chunk_sizes:
+        if start == 0:
+            kept = torch.zeros(batch, dtype=torch.long, device=is_anchor.device)
+        else:
+            seen = is_anchor[:, :start]
+            last_anchor = torch.where(seen, order[:start], -1).amax(dim=1)
+            kept = seen.sum(dim=1) + (start - 1 - last_anchor)
+        positions.append(kept[:, None] + order[:size])
+        start += size
+    return torch.cat(positions, dim=1)
 
 
 def check_attn_implementation(attn_implementation: str | None) -> str:
@@ -262,8 +309,10 @@ __all__ = [
     "find_anchor_tokens",
     "chunk_token_info",
     "ansan_mask_function",
+    "decode_step_mask",
     "causal_mask_function_from_info",
     "check_attn_implementation",
+    "compact_position_ids",
     "build_anchor_attention_mask",
     "dense_ansan_reference",
 ]

@@ -39,6 +39,7 @@ from .masking_anchor import (
     build_anchor_attention_mask,
     check_attn_implementation,
     chunk_token_info,
+    decode_step_mask,
     find_anchor_tokens,
 )
 
@@ -212,6 +213,11 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
             anchor_flags = find_anchor_tokens(input_ids, self._anchor_ids(device))
         first_index = cache.get_seq_length() if cache is not None else 0
         anchors_before = cache.anchors_seen if cache is not None else None
+        if self.config.position_mode == "compact" and first_index > 0:
+            # The official real-time inference: RoPE offset = length of the (pruned) cache, per row, counted over
+            # the chunk's real tokens. Read before begin_chunk, which prunes.
+            kept = cache.slot_info.valid.sum(dim=1)
+            position_ids = kept[:, None] + (valid.long().cumsum(dim=1) - 1).clamp(min=0)
         queries = chunk_token_info(anchor_flags.to(device), valid, first_index, anchors_before)
         keys = cache.begin_chunk(queries) if cache is not None else queries
 
@@ -236,16 +242,26 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
                 "pass there (it trains on CUDA). On CPU use 'sdpa', whose AnSAN mask is built block by block for "
                 "long inputs (linear memory); flex still works for inference (torch.no_grad / eval)."
             )
-        attention_mask_4d = build_anchor_attention_mask(
-            attn_implementation,
-            queries,
-            keys,
-            variant=self.config.anchor_mask_variant,
-            dtype=inputs_embeds.dtype,
-            mask_function=mask_function,
-            lazy=True,
-        )
-        if attn_implementation == "sdpa" and isinstance(attention_mask_4d, torch.Tensor):
+        if q_length == 1 and mask_function is None and attn_implementation != "flex_attention":
+            # Decode step: a few ops on [batch, kv_len] instead of the generic builder, usually no mask at all.
+            attention_mask_4d = decode_step_mask(queries, keys, self.config.anchor_mask_variant)
+        else:
+            attention_mask_4d = build_anchor_attention_mask(
+                attn_implementation,
+                queries,
+                keys,
+                variant=self.config.anchor_mask_variant,
+                dtype=inputs_embeds.dtype,
+                mask_function=mask_function,
+                lazy=True,
+            )
+        if attention_mask_4d is not None and attn_implementation == "eager" and q_length == 1:
+            attention_mask_4d = torch.where(
+                attention_mask_4d,
+                torch.zeros((), dtype=inputs_embeds.dtype, device=device),
+                torch.tensor(torch.finfo(inputs_embeds.dtype).min, dtype=inputs_embeds.dtype, device=device),
+            )
+        elif attn_implementation == "sdpa" and isinstance(attention_mask_4d, torch.Tensor):
             # One additive copy shared by all layers: given a bool mask, torch's sdpa makes its own float copy in
             # every layer and keeps each one for the backward pass (num_layers x 4 bytes x q_len x kv_len).
             attention_mask_4d = torch.where(
