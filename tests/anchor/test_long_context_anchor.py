@@ -69,12 +69,12 @@ def test_mask_blocks_equal_the_dense_mask():
     assert 0.1 < dense.float().mean() < 0.45  # not causal (0.5+), not diagonal
 
 
-@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "gradient-checkpointing"])
+@pytest.mark.parametrize("checkpointing", [None, False, True], ids=["plain", "checkpointing", "reentrant-checkpointing"])
 def test_blockwise_sdpa_equals_dense_logits_and_gradients(block_calls, monkeypatch, checkpointing):
     ids, mask = _batch()
     model = _anchor_model().train()
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if checkpointing is not None:  # the blocks' own checkpoints nest inside the layers'
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": checkpointing})
     blocked_logits, blocked_grads = _logits_and_grads(model, ids, mask)
     assert block_calls and all(q == 48 for q in block_calls)  # the block path really ran, in every layer
     monkeypatch.setattr(masking_anchor, "DENSE_MASK_MAX_ELEMENTS", 1 << 22)  # dense, shared additive mask
