@@ -7,7 +7,10 @@ fresh subprocess so that one measurement cannot inherit another's freed-but-kept
   warm-up step (PyTorch has no CPU allocator statistics; large tensors are mmap'd and given back, so RSS follows them).
 * CUDA: ``torch.cuda.max_memory_allocated()`` during the step minus the memory allocated before it.
 
-Prints MB and the ratio to Llama at each length; writes ``results/memory_anchor.png``.
+``--mmap-threshold 131072`` runs the children with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed, so that freed buffers go
+back to the system at once and the CPU peak counts live tensors only; by default glibc raises its threshold as large
+buffers are freed and keeps later ones in its heap, and the peak RSS (what a user sees) also counts those retained,
+already-freed buffers. Prints MB and the ratio to Llama at each length; writes ``results/memory_anchor.png``.
 
     python benchmarks/anchor/bench_memory_anchor.py --size tiny --lengths 1024 2048 4096 8192
     python benchmarks/anchor/bench_memory_anchor.py --device cuda --lengths 4096 8192 16384 32768 --attn sdpa flex_attention
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -86,10 +90,13 @@ def measure_point(spec: dict) -> dict:
     return dict(peak_mb=peak_mb, loss=loss)
 
 
-def run_point(spec: dict) -> dict:
+def run_point(spec: dict, mmap_threshold: int | None = None) -> dict:
     """Measure one point in a fresh interpreter (the child prints one JSON line)."""
+    env = dict(os.environ)
+    if mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
     proc = subprocess.run(
-        [sys.executable, __file__, "--_point", json.dumps(spec)], capture_output=True, text=True, check=False
+        [sys.executable, __file__, "--_point", json.dumps(spec)], capture_output=True, text=True, check=False, env=env
     )
     if proc.returncode != 0:
         return dict(peak_mb=float("nan"), loss=float("nan"), error=proc.stderr.strip().splitlines()[-1:])
@@ -103,6 +110,8 @@ def main(argv=None):
     parser.add_argument("--attn", nargs="+", default=["sdpa"], help="AnchorLlama back-ends (sdpa, eager, flex_attention)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--mmap-threshold", type=int, default=None,
+                        help="CPU: fix glibc's MALLOC_MMAP_THRESHOLD_ (bytes) in the children: count live tensors only")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--_point", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -131,14 +140,15 @@ def main(argv=None):
                       threads=args.threads, anchors=anchors)
         for length in args.lengths:
             row = dict(length=length, anchors=n_anchors[length])
-            row["llama"] = run_point(dict(common, model="llama", attn="sdpa", length=length))
+            row["llama"] = run_point(dict(common, model="llama", attn="sdpa", length=length), args.mmap_threshold)
             for attn in args.attn:
-                row[attn] = run_point(dict(common, model="anchor", attn=attn, length=length))
+                row[attn] = run_point(dict(common, model="anchor", attn=attn, length=length), args.mmap_threshold)
             rows.append(row)
             print(f"  {length}: " + ", ".join(f"{k} {v['peak_mb']:.0f} MB" for k, v in row.items()
                                               if isinstance(v, dict)), flush=True)
 
-    print(f"\nPeak activation memory, forward + backward, batch 1, size={args.size}, fp32, {args.device} "
+    allocator = "" if args.mmap_threshold is None else f", MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}"
+    print(f"\nPeak activation memory, forward + backward, batch 1, size={args.size}, fp32, {args.device}{allocator} "
           f"(MB over the loaded model; Llama = causal sdpa)")
     header = f"{'tokens':>7} {'anchors':>8} {'Llama MB':>9}" + "".join(
         f" {'Anchor ' + a + ' MB':>24} {'ratio':>6}" for a in args.attn)
@@ -170,7 +180,9 @@ def main(argv=None):
         ax.set_title(f"forward + backward, size={args.size}, {args.device}")
         ax.legend()
         fig.tight_layout()
-        path = OUT_DIR / ("memory_anchor.png" if args.device == "cpu" else f"memory_anchor_{args.device}.png")
+        suffix = "" if args.device == "cpu" else f"_{args.device}"
+        suffix += "" if args.mmap_threshold is None else "_live"
+        path = OUT_DIR / f"memory_anchor{suffix}.png"
         save_figure(fig, path)
         print(f"wrote {path}")
 
