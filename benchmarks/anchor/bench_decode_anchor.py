@@ -2,7 +2,9 @@
 
 Both models share weights. A long many-sentence prompt (EP anchors: tokens ending in . ! ?) is prefilled, then
 ``--steps`` single-token decode steps are timed (same fed tokens, no anchors among them, so the anchor cache stays at
-its post-prompt size). Prints median step times and the speed-up; writes a PNG of step time vs context.
+its post-prompt size). The *limit* is what AnchorLlama's step could cost at best: a plain Llama step whose cache holds
+as many entries as the anchor cache keeps (Llama prefilled with that many prompt tokens). Prints median step times,
+the speed-up over Llama at full context and the ratio to the limit; writes a PNG of step time vs context.
 
     python benchmarks/anchor/bench_decode_anchor.py --contexts 1024 2048 4096 --size small
 """
@@ -26,16 +28,18 @@ from bench_kv_anchor import long_prompt  # noqa: E402
 
 
 @torch.no_grad()
-def time_decode(models, prompt_ids: torch.LongTensor, feed: torch.LongTensor, warmup: int = 3):
-    """Median decode-step seconds of each model after prefilling ``prompt_ids``; the models' steps are interleaved
-    so that load from other processes on a shared machine hits both alike. Returns (medians, caches)."""
-    caches = [model(prompt_ids, use_cache=True, logits_to_keep=1).past_key_values for model in models]
+def time_decode(settings, feed: torch.LongTensor, warmup: int = 3, clock=time.perf_counter):
+    """Median decode-step seconds of each ``(model, prompt_ids)`` setting after prefilling its prompt; the settings'
+    steps are interleaved so that load from other processes on a shared machine hits them alike.
+    Returns (medians, caches)."""
+    models = [model for model, _ in settings]
+    caches = [model(prompt, use_cache=True, logits_to_keep=1).past_key_values for model, prompt in settings]
     times = [[] for _ in models]
     for step in range(feed.shape[1]):
         for model, cache, record in zip(models, caches, times):
-            start = time.perf_counter()
+            start = clock()
             model(feed[:, step : step + 1], past_key_values=cache, use_cache=True)
-            record.append(time.perf_counter() - start)
+            record.append(clock() - start)
     return [statistics.median(record[warmup:]) for record in times], caches
 
 
@@ -45,6 +49,9 @@ def main(argv=None):
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--steps", type=int, default=40, help="timed decode steps per context")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="'cpu' times this process's CPU time: steadier than wall time on a machine shared with "
+                             "other jobs (with --threads 1 it is the step's compute time)")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
     setup_cpu(args.threads)
@@ -60,14 +67,22 @@ def main(argv=None):
     rows = []
     for context in tqdm(args.contexts, desc="contexts"):
         prompt = torch.tensor([([tokenizer.bos_token_id] + text_ids)[:context]])
-        (llama_step, anchor_step), (_, cache) = time_decode([llama, anchor], prompt, feed)
-        rows.append((prompt.shape[1], cache.cached_tokens(), llama_step * 1e3, anchor_step * 1e3))
+        with torch.no_grad():
+            kept = anchor(prompt, use_cache=True, logits_to_keep=1).past_key_values.cached_tokens()
+        (llama_step, anchor_step, limit_step), (_, cache, _) = time_decode(
+            [(llama, prompt), (anchor, prompt), (llama, prompt[:, :kept])], feed,
+            clock=time.process_time if args.clock == "cpu" else time.perf_counter,
+        )
+        assert cache.cached_tokens() == kept + args.steps  # the fed tokens are no anchors: nothing pruned
+        rows.append((prompt.shape[1], kept, llama_step * 1e3, anchor_step * 1e3, limit_step * 1e3))
 
     print(f"\nDecode step time (size={args.size}, fp32, batch 1, {torch.get_num_threads()} thread(s), median of "
-          f"{args.steps - 3} interleaved steps)")
-    print(f"{'context':>8} {'anchor kept':>12} {'Llama ms':>9} {'Anchor ms':>10} {'speed-up':>9}")
-    for context, kept, llama_ms, anchor_ms in rows:
-        print(f"{context:8d} {kept:12d} {llama_ms:9.3f} {anchor_ms:10.3f} {llama_ms / anchor_ms:8.2f}x")
+          f"{args.steps - 3} interleaved steps, {args.clock} clock; limit = Llama step with a cache of the kept size)")
+    print(f"{'context':>8} {'anchor kept':>12} {'Llama ms':>9} {'Anchor ms':>10} {'limit ms':>9} {'speed-up':>9} "
+          f"{'vs limit':>9}")
+    for context, kept, llama_ms, anchor_ms, limit_ms in rows:
+        print(f"{context:8d} {kept:12d} {llama_ms:9.3f} {anchor_ms:10.3f} {limit_ms:9.3f} {llama_ms / anchor_ms:8.2f}x "
+              f"{anchor_ms / limit_ms:8.2f}x")
 
     if not args.no_plot:
         import matplotlib
@@ -79,6 +94,7 @@ def main(argv=None):
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot([r[0] for r in rows], [r[2] for r in rows], "o-", label="Llama, full cache")
         ax.plot([r[0] for r in rows], [r[3] for r in rows], "o-", label="AnchorLlama, anchor cache")
+        ax.plot([r[0] for r in rows], [r[4] for r in rows], "s--", label="limit: Llama, cache of the kept size")
         ax.set_xlabel("context tokens")
         ax.set_ylabel("decode step (ms)")
         ax.legend()

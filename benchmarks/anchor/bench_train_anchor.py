@@ -1,7 +1,7 @@
 """Training step time with the AnSAN mask vs Llama's causal attention (same weights, same batch of corpus text).
 
-Rows: Llama causal (sdpa ``is_causal``), AnchorLlama dense AnSAN mask with sdpa and with eager (forward + backward +
-AdamW step). ``--flex`` adds forward-only timings of the flex-attention (block-sparse ``BlockMask``) path against the
+Rows: Llama causal (sdpa ``is_causal``), AnchorLlama's AnSAN mask with sdpa (dense, or block by block past 2^20 mask
+entries) and with eager (forward + backward + AdamW step). ``--flex`` adds forward-only timings of the flex-attention (block-sparse ``BlockMask``) path against the
 dense mask, checking they agree: PyTorch's flex attention has no backward on CPU, so a flex *training* step can only
 be timed on a GPU (the same script, run there, times it with backward).
 
@@ -69,7 +69,7 @@ def main(argv=None):
     input_ids = batch_of_text(tokenizer, args.batch, args.seq_len).to(device)
     n_anchors = int(torch.isin(input_ids, torch.tensor(anchors, device=device)).sum())
 
-    names = ["Llama causal (sdpa)", "AnchorLlama AnSAN dense (sdpa)", "AnchorLlama AnSAN dense (eager)"]
+    names = ["Llama causal (sdpa)", "AnchorLlama AnSAN (sdpa)", "AnchorLlama AnSAN (eager)"]
     medians = time_train_steps([(llama, "sdpa"), (anchor, "sdpa"), (anchor, "eager")], input_ids, args.steps)
     results = dict(zip(names, medians))
     base = results["Llama causal (sdpa)"]

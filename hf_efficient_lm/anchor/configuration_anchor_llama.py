@@ -9,6 +9,7 @@ from transformers import LlamaConfig
 
 ANCHOR_MODES = ("ep", "ac")
 ANCHOR_MASK_VARIANTS = ("v1", "v0")
+ANCHOR_POSITION_MODES = ("absolute", "compact")
 # Attention back-ends that accept an arbitrary (AnSAN) mask. Flash attention only understands causal + padding.
 ANCHOR_ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention")
 
@@ -29,6 +30,14 @@ class AnchorLlamaConfig(LlamaConfig):
         anchor_mask_variant (`str`, *optional*, defaults to ``"v1"``):
             ``"v1"`` (paper and the official training code): an anchor sees only its own sentence. ``"v0"`` (an older
             file of the official repository): an anchor may also see earlier anchors.
+        position_mode (`str`, *optional*, defaults to ``"absolute"``):
+            Rotary positions of the tokens fed through a pruned :class:`AnchorCache`. ``"absolute"``: a token's
+            position in the text (as in training; cached decoding equals the full masked forward). ``"compact"``:
+            the official real-time inference's numbering, where a chunk fed against the cache starts at the number
+            of entries the cache *keeps* (its positions depend on how the text was chunked, see
+            ``masking_anchor.compact_position_ids``); given ``position_ids`` are then ignored. Forwards without a
+            cache, and the first chunk, use the usual positions in both modes. Configs saved before this field
+            existed load as ``"absolute"``.
     """
 
     model_type = "hfelm_anchor_llama"
@@ -37,6 +46,7 @@ class AnchorLlamaConfig(LlamaConfig):
     anchor_mode: str = "ep"
     anchor_token: str | None = None
     anchor_mask_variant: str = "v1"
+    position_mode: str = "absolute"
 
     def __post_init__(self, **kwargs):
         if self.anchor_token_ids is None:
@@ -66,10 +76,18 @@ class AnchorLlamaConfig(LlamaConfig):
             raise ValueError(
                 f"anchor_mask_variant must be one of {ANCHOR_MASK_VARIANTS}, got {self.anchor_mask_variant!r}"
             )
+        if self.position_mode not in ANCHOR_POSITION_MODES:
+            raise ValueError(f"position_mode must be one of {ANCHOR_POSITION_MODES}, got {self.position_mode!r}")
 
     def validate_architecture(self):
         super().validate_architecture()
         self.validate_anchor_settings()
 
 
-__all__ = ["AnchorLlamaConfig", "ANCHOR_ATTN_IMPLEMENTATIONS", "ANCHOR_MODES", "ANCHOR_MASK_VARIANTS"]
+__all__ = [
+    "AnchorLlamaConfig",
+    "ANCHOR_ATTN_IMPLEMENTATIONS",
+    "ANCHOR_MODES",
+    "ANCHOR_MASK_VARIANTS",
+    "ANCHOR_POSITION_MODES",
+]

@@ -11,12 +11,22 @@ Only stdlib / torch / transformers imports and single-dot siblings: this file tr
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import and_masks, find_packed_sequence_indices, packed_sequence_mask_function
 from transformers.modeling_outputs import BaseModelOutputWithPast
-from transformers.models.llama.modeling_llama import LlamaForCausalLM, LlamaModel, LlamaPreTrainedModel
+from transformers.models.llama.modeling_llama import (
+    LlamaAttention,
+    LlamaForCausalLM,
+    LlamaModel,
+    LlamaPreTrainedModel,
+    apply_rotary_pos_emb,
+)
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
@@ -24,12 +34,88 @@ from .cache_anchor import AnchorCache
 from .compat_anchor import CACHE_NAME, resolve_cache
 from .configuration_anchor_llama import AnchorLlamaConfig
 from .masking_anchor import (
+    AnchorAttentionMask,
     ansan_mask_function,
     build_anchor_attention_mask,
     check_attn_implementation,
     chunk_token_info,
+    decode_step_mask,
     find_anchor_tokens,
 )
+
+
+def _sdpa_block(module, mask: AnchorAttentionMask, start: int, end: int, dropout: float, scaling, kwargs: dict,
+                query, key, value):
+    """sdpa of query rows ``start:end`` (``query`` ``[b, heads, rows, d]``) against ``key``/``value`` ``[b, kv_heads,
+    kv_end, d]``, with the mask block built here (so a checkpointed block rebuilds it in the backward pass)."""
+    block_mask = mask.rows(start, end, key.shape[2])
+    return sdpa_attention_forward(module, query, key, value, block_mask, dropout=dropout, scaling=scaling, **kwargs)[0]
+
+
+def chunked_sdpa_attention(module, query, key, value, mask: AnchorAttentionMask, dropout: float = 0.0, scaling=None,
+                           **kwargs):
+    """Transformers' sdpa attention under an :class:`AnchorAttentionMask`, one block of query rows at a time.
+
+    Args:
+        query: ``[batch, heads, q_len, head_dim]``; key / value: ``[batch, kv_heads, kv_len, head_dim]`` whose last
+            ``q_len`` entries are the chunk's own tokens (AnchorLlama's keys are always cache slots, then the chunk).
+        mask: the lazy mask of shape ``[batch, 1, q_len, kv_len]``.
+
+    Returns:
+        ``([batch, q_len, heads, head_dim], None)`` like ``sdpa_attention_forward``.
+
+    Every query row is computed exactly as in one dense call (rows are independent); a block of rows only reads the
+    keys up to its last token (later ones are causally invisible). Under autograd each block is checkpointed: the
+    backward pass rebuilds its mask and recomputes its attention rather than keeping a quadratic mask per layer, so
+    memory stays linear in the length, at the cost of one extra attention forward.
+    """
+    q_length, kv_length = query.shape[2], key.shape[2]
+    if tuple(mask.shape[2:]) != (q_length, kv_length):
+        raise ValueError(f"the anchor mask is {tuple(mask.shape)} but the attention is {q_length} x {kv_length}")
+    held = kv_length - q_length
+    rows = mask.block_rows()
+    track = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+    outputs = []
+    for start in range(0, q_length, rows):
+        end = min(start + rows, q_length)
+        block = functools.partial(_sdpa_block, module, mask, start, end, dropout, scaling, kwargs)
+        args = (query[:, :, start:end], key[:, :, : held + end], value[:, :, : held + end])
+        outputs.append(checkpoint(block, *args, use_reentrant=False) if track else block(*args))
+    return torch.cat(outputs, dim=1), None
+
+
+class AnchorLlamaAttention(LlamaAttention):
+    """``LlamaAttention`` (same parameters, same forward) that also accepts an :class:`AnchorAttentionMask`: the
+    AnSAN mask of a long sdpa input, applied by :func:`chunked_sdpa_attention` instead of as one dense tensor."""
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
+        if not isinstance(attention_mask, AnchorAttentionMask):
+            return super().forward(
+                hidden_states, position_embeddings=position_embeddings, attention_mask=attention_mask, **kwargs
+            )
+        # LlamaAttention.forward's steps, with the attention call replaced.
+        cache = resolve_cache(kwargs.pop("cache", None), kwargs)
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        cos, sin = position_embeddings
+        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+        if cache is not None:
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
+        attn_output, attn_weights = chunked_sdpa_attention(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        return self.o_proj(attn_output), attn_weights
 
 
 class AnchorLlamaPreTrainedModel(LlamaPreTrainedModel):
@@ -46,6 +132,10 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
         config.validate_anchor_settings()
         check_attn_implementation(getattr(config, "_attn_implementation", None))
         super().__init__(config)
+        for layer in self.layers:
+            # AnchorLlamaAttention adds no parameter or state, only a second mask type to forward: re-classing keeps
+            # the initialised modules (and every parameter name) of LlamaModel.
+            layer.self_attn.__class__ = AnchorLlamaAttention
 
     def _anchor_ids(self, device: torch.device) -> torch.LongTensor:
         ids = self.config.anchor_token_ids
@@ -123,6 +213,11 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
             anchor_flags = find_anchor_tokens(input_ids, self._anchor_ids(device))
         first_index = cache.get_seq_length() if cache is not None else 0
         anchors_before = cache.anchors_seen if cache is not None else None
+        if self.config.position_mode == "compact" and first_index > 0:
+            # The official real-time inference: RoPE offset = length of the (pruned) cache, per row, counted over
+            # the chunk's real tokens. Read before begin_chunk, which prunes.
+            kept = cache.slot_info.valid.sum(dim=1)
+            position_ids = kept[:, None] + (valid.long().cumsum(dim=1) - 1).clamp(min=0)
         queries = chunk_token_info(anchor_flags.to(device), valid, first_index, anchors_before)
         keys = cache.begin_chunk(queries) if cache is not None else queries
 
@@ -139,14 +234,41 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
         if position_ids is None:
             position_ids = torch.arange(q_length, device=device).unsqueeze(0) + first_index
 
-        attention_mask_4d = build_anchor_attention_mask(
-            attn_implementation,
-            queries,
-            keys,
-            variant=self.config.anchor_mask_variant,
-            dtype=inputs_embeds.dtype,
-            mask_function=mask_function,
-        )
+        if attn_implementation == "flex_attention" and device.type == "cpu" and torch.is_grad_enabled() and (
+            self.training or inputs_embeds.requires_grad
+        ):
+            raise ValueError(
+                "attn_implementation='flex_attention' cannot train on CPU: PyTorch's flex attention has no backward "
+                "pass there (it trains on CUDA). On CPU use 'sdpa', whose AnSAN mask is built block by block for "
+                "long inputs (linear memory); flex still works for inference (torch.no_grad / eval)."
+            )
+        if q_length == 1 and mask_function is None and attn_implementation != "flex_attention":
+            # Decode step: a few ops on [batch, kv_len] instead of the generic builder, usually no mask at all.
+            attention_mask_4d = decode_step_mask(queries, keys, self.config.anchor_mask_variant)
+        else:
+            attention_mask_4d = build_anchor_attention_mask(
+                attn_implementation,
+                queries,
+                keys,
+                variant=self.config.anchor_mask_variant,
+                dtype=inputs_embeds.dtype,
+                mask_function=mask_function,
+                lazy=True,
+            )
+        if attention_mask_4d is not None and attn_implementation == "eager" and q_length == 1:
+            attention_mask_4d = torch.where(
+                attention_mask_4d,
+                torch.zeros((), dtype=inputs_embeds.dtype, device=device),
+                torch.tensor(torch.finfo(inputs_embeds.dtype).min, dtype=inputs_embeds.dtype, device=device),
+            )
+        elif attn_implementation == "sdpa" and isinstance(attention_mask_4d, torch.Tensor):
+            # One additive copy shared by all layers: given a bool mask, torch's sdpa makes its own float copy in
+            # every layer and keeps each one for the backward pass (num_layers x 4 bytes x q_len x kv_len).
+            attention_mask_4d = torch.where(
+                attention_mask_4d,
+                torch.zeros((), dtype=inputs_embeds.dtype, device=device),
+                torch.full((), float("-inf"), dtype=inputs_embeds.dtype, device=device),
+            )
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
@@ -191,4 +313,10 @@ class AnchorLlamaForCausalLM(AnchorLlamaPreTrainedModel, LlamaForCausalLM):
         return result
 
 
-__all__ = ["AnchorLlamaPreTrainedModel", "AnchorLlamaModel", "AnchorLlamaForCausalLM"]
+__all__ = [
+    "AnchorLlamaAttention",
+    "AnchorLlamaPreTrainedModel",
+    "AnchorLlamaModel",
+    "AnchorLlamaForCausalLM",
+    "chunked_sdpa_attention",
+]

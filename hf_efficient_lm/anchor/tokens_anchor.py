@@ -7,26 +7,38 @@ from __future__ import annotations
 
 import torch
 
-DEFAULT_ENDPOINTS = (".", "!", "?", "\n")
+# The paper and the official script: the bare "." piece only. The broader set: sentence-final punctuation and
+# newlines (until paper parity the default matched these four exactly; the training CLI matched ". ! ?" by suffix).
+PAPER_ENDPOINTS = (".",)
+BROAD_ENDPOINTS = (".", "!", "?", "\n")
+DEFAULT_ENDPOINTS = PAPER_ENDPOINTS
 DEFAULT_ANCHOR_TOKEN = "<AC>"
+ENDPOINT_MATCHES = ("exact", "stripped", "suffix", "endswith")
 
 
-def find_endpoint_token_ids(tokenizer, endpoints=DEFAULT_ENDPOINTS, match: str = "exact") -> list[int]:
+def find_endpoint_token_ids(tokenizer, endpoints=None, match: str = "exact") -> list[int]:
     """Ids of the tokens that end a sentence, for ``anchor_mode="ep"``.
+
+    The default reproduces the paper (AnLLM-EP): the one token whose text is exactly ``.``. The broader set —
+    ``match="suffix"``, whose default endpoints are ``. ! ? \\n`` — also anchors BPE merges such as ``"end."`` and
+    newline tokens, so fewer sentences stay open (more KV saved) on text that is not plain prose.
 
     Args:
         tokenizer: any Transformers tokenizer.
-        endpoints: the sentence-ending strings (default ``. ! ? \\n``).
+        endpoints: the sentence-ending strings; ``None`` = :data:`PAPER_ENDPOINTS` (``.``) for ``"exact"`` and
+            ``"stripped"``, :data:`BROAD_ENDPOINTS` (``. ! ? \\n``) for ``"suffix"`` / ``"endswith"``.
         match: ``"exact"`` — tokens whose decoded text is exactly an endpoint (the paper: only the bare ``.`` piece);
             ``"stripped"`` — also tokens that decode to an endpoint plus surrounding whitespace (``" ."``, ``".\\n"``);
-            ``"endswith"`` — any token whose text ends with an endpoint once trailing spaces are removed (BPE merges
-            such as ``"end."``), so a merged sentence end still closes its sentence.
+            ``"suffix"`` (alias ``"endswith"``) — any token whose text ends with an endpoint once trailing spaces are
+            removed (BPE merges such as ``"end."``), so a merged sentence end still closes its sentence.
 
     Returns:
         Sorted token ids. Raises ``ValueError`` if none of the endpoints exists in the vocabulary.
     """
-    if match not in ("exact", "stripped", "endswith"):
-        raise ValueError(f"match must be 'exact', 'stripped' or 'endswith', got {match!r}")
+    if match not in ENDPOINT_MATCHES:
+        raise ValueError(f"match must be one of {ENDPOINT_MATCHES}, got {match!r}")
+    if endpoints is None:
+        endpoints = BROAD_ENDPOINTS if match in ("suffix", "endswith") else PAPER_ENDPOINTS
     endpoints = tuple(endpoints)
     if not endpoints or any(not isinstance(e, str) or e == "" for e in endpoints):
         raise ValueError(f"endpoints must be non-empty strings, got {endpoints!r}")
@@ -124,6 +136,9 @@ def require_anchor_token(tokenizer, config) -> list[int]:
 
 
 __all__ = [
+    "PAPER_ENDPOINTS",
+    "BROAD_ENDPOINTS",
+    "ENDPOINT_MATCHES",
     "DEFAULT_ENDPOINTS",
     "DEFAULT_ANCHOR_TOKEN",
     "find_endpoint_token_ids",

@@ -38,9 +38,11 @@ class AnchorTrainArguments:
     anchor_mode: str = field(default="ep", metadata={
         "help": "'ep' (endpoint tokens), 'ac' (insert <AC>) or 'none' (no anchors: plain causal continued "
                 "pre-training through the same pipeline, the baseline for the anchor runs)."})
-    endpoints: list[str] = field(default_factory=lambda: [".", "!", "?"],
-                                 metadata={"help": "EP: sentence-ending strings whose tokens become anchors."})
-    endpoint_match: str = field(default="endswith", metadata={"help": "EP: 'exact', 'stripped' or 'endswith'."})
+    endpoints: list[str] | None = field(default=None, metadata={
+        "help": "EP: sentence-ending strings whose tokens become anchors (default: '.' for exact/stripped matching, "
+                "'. ! ? \\n' for suffix)."})
+    endpoint_match: str = field(default="exact", metadata={
+        "help": "EP: 'exact' (the paper: the bare '.' token), 'stripped', or 'suffix' (alias 'endswith')."})
     anchor_token: str = field(default=DEFAULT_ANCHOR_TOKEN, metadata={"help": "AC: the anchor token text."})
     ac_init: str = field(default=".", metadata={"help": "AC: token whose embedding initialises <AC>, or 'mean'."})
     max_length: int = field(default=512, metadata={"help": "Tokens per document (right-truncated)."})
@@ -70,7 +72,9 @@ def build_anchor_model(args: AnchorTrainArguments):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if args.anchor_mode == "ep":
-        anchor_ids = find_endpoint_token_ids(tokenizer, tuple(args.endpoints), match=args.endpoint_match)
+        anchor_ids = find_endpoint_token_ids(
+            tokenizer, None if args.endpoints is None else tuple(args.endpoints), match=args.endpoint_match
+        )
         model = AnchorLlamaForCausalLM.from_pretrained(
             args.base_model, anchor_token_ids=anchor_ids, anchor_mode="ep", pad_token_id=tokenizer.pad_token_id
         )

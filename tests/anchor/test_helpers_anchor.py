@@ -19,12 +19,12 @@ from hf_efficient_lm.testing_utils import make_tiny_llama
 
 def test_find_endpoint_token_ids(tiny_bpe_tokenizer):
     tok = tiny_bpe_tokenizer
-    ids = find_endpoint_token_ids(tok)
+    ids = find_endpoint_token_ids(tok, endpoints=(".", "!", "?", "\n"))
     decoded = {tok.decode([i]) for i in ids}
     assert decoded == {".", "!", "?", "\n"}
-    stripped = find_endpoint_token_ids(tok, match="stripped")
+    stripped = find_endpoint_token_ids(tok, endpoints=(".", "!", "?", "\n"), match="stripped")
     assert set(stripped) >= set(ids) and all(tok.decode([i]).strip() in {".", "!", "?", ""} for i in stripped)
-    assert set(find_endpoint_token_ids(tok, match="endswith")) >= set(stripped)
+    assert set(find_endpoint_token_ids(tok, match="suffix")) >= set(stripped)  # default endpoints: . ! ? \n
     with pytest.raises(ValueError, match="no token for any of the endpoints"):
         find_endpoint_token_ids(tok, endpoints=("\u00a7\u00a7\u00a7",))
 
