@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from hf_efficient_lm.io_utils import save_figure
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# run as a script: its own folder is on sys.path, so the sibling modules import directly
 from bench_common_anchor import OUT_DIR, ep_ids, load_tokenizer, model_pair, setup_cpu  # noqa: E402
 from bench_kv_anchor import long_prompt  # noqa: E402
 
