@@ -128,27 +128,26 @@ class BLTCrossAttention(nn.Module):
         self.q_norm = MistralRMSNorm(hidden, eps=config.rms_norm_eps)
         self.k_norm = MistralRMSNorm(hidden, eps=config.rms_norm_eps)
 
-    def project_kv(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[..., D] -> (keys, values)`` each ``[..., H, head_dim]`` (kv heads repeated to the query heads)."""
-        normed = self.k_norm(states)
-        shape = (*states.shape[:-1], self.num_kv_heads, self.head_dim)
-        keys = self.k_proj(normed).view(shape)
-        values = self.v_proj(normed).view(shape)
-        rep = self.num_heads // self.num_kv_heads
-        if rep > 1:
-            keys = keys.repeat_interleave(rep, dim=-2)
-            values = values.repeat_interleave(rep, dim=-2)
-        return keys, values
-
     def forward(
         self,
         queries: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
+        kv_states: torch.Tensor,
         key_valid: torch.Tensor | None = None,
+        kv_index: torch.LongTensor | None = None,
     ) -> torch.Tensor:
-        """queries ``[B, G, Q, D]`` attend to keys/values ``[B, G, S, H, head_dim]`` of their group ``G``;
-        ``key_valid [B, G, S]`` masks keys. A group with no valid key gets a zero attention output."""
+        """queries ``[B, G, Q, D]`` attend to the keys/values projected from ``kv_states [B, G', S, D]``: those of
+        their own group (``G' = G``), or of group ``kv_index [B, G]`` (gathered after the projection, so each of the
+        ``G'`` groups is projected once). ``key_valid [B, G, S]`` masks keys; a group with no valid key gets a zero
+        attention output. Every parameter is used here, inside ``forward`` (FSDP gathers them around it)."""
+        normed = self.k_norm(kv_states)
+        shape = (*kv_states.shape[:-1], self.num_kv_heads, self.head_dim)
+        keys, values = self.k_proj(normed).view(shape), self.v_proj(normed).view(shape)
+        if kv_index is not None:
+            index = kv_index.view(*kv_index.shape, 1, 1, 1).expand(*kv_index.shape, *keys.shape[2:])
+            keys, values = keys.gather(1, index), values.gather(1, index)
+        rep = self.num_heads // self.num_kv_heads
+        if rep > 1:
+            keys, values = keys.repeat_interleave(rep, dim=-2), values.repeat_interleave(rep, dim=-2)
         b, g, q, _ = queries.shape
         query = self.q_proj(self.q_norm(queries)).view(b, g, q, self.num_heads, self.head_dim).transpose(2, 3)
         # batched matmuls over (B, G, H): [q, d] x [d, s] -> [q, s]
@@ -212,9 +211,7 @@ class BLTLocalEncoder(nn.Module):
         pooled = patch_bytes.masked_fill(~gather_valid[..., None], float("-inf")).amax(dim=2)
         pooled = torch.where(gather_valid.any(dim=2, keepdim=True), pooled, torch.zeros_like(pooled))
         queries = self.patch_embedding_projection(pooled).view(b, p, self.cross_attn_k, d)
-        cross = self.cross_attn_layers[-1]
-        keys, values = cross.project_kv(patch_bytes)
-        out = queries + cross(queries, keys, values, gather_valid)
+        out = queries + self.cross_attn_layers[-1](queries, patch_bytes, gather_valid)
         return out.reshape(b, p, self.cross_attn_k * d)
 
 
@@ -272,12 +269,7 @@ class BLTLocalDecoder(nn.Module):
         index = byte_patch.clamp(min=0, max=p - 1)
         for i, layer in enumerate(self.layers):
             if i < len(self.cross_attn_layers):
-                cross = self.cross_attn_layers[i]
-                keys, values = cross.project_kv(slices)  # [B, P, k, H, hd]
-                gidx = index.view(b, n, 1, 1, 1).expand(b, n, *keys.shape[2:])
-                keys = keys.gather(1, gidx)
-                values = values.gather(1, gidx)
-                hidden = hidden + cross(hidden.unsqueeze(2), keys, values).squeeze(2)
+                hidden = hidden + self.cross_attn_layers[i](hidden.unsqueeze(2), slices, kv_index=index).squeeze(2)
             hidden = layer(
                 hidden, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
                 position_embeddings=position_embeddings, **{CACHE_NAME: cache},
@@ -390,7 +382,8 @@ class BLTPreTrainedModel(PreTrainedModel):
     config: BLTConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["MistralDecoderLayer", "LlamaDecoderLayer", "BLTCrossAttention"]
+    # FSDP / device-map units: local encoder/decoder layers, latent layers, cross-attentions, the (frozen) entropy model
+    _no_split_modules = ["MistralDecoderLayer", "LlamaDecoderLayer", "BLTCrossAttention", "BLTEntropyModel"]
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = False

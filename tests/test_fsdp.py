@@ -1,0 +1,169 @@
+"""FSDP2 (``torch.distributed.fsdp.fully_shard``) for every trainable class of the contract suite.
+
+Two CPU processes (gloo, one spawn for all families) shard each model the way accelerate's FSDP plugin does with
+``fsdp_version: 2`` and ``TRANSFORMER_BASED_WRAP`` on ``_no_split_modules``: ``fully_shard`` on every block whose class
+is named there, then on the root. Each runs 3 AdamW steps on its half of a 4-row batch; the mean of the two losses
+must equal one unsharded process on the whole batch at every step, and the gathered full state dict
+(``get_model_state_dict(full_state_dict=True)``), written with ``save_pretrained(state_dict=...)`` as the Trainer
+does, must load with ``from_pretrained`` into the weights the unsharded run reached. ``accelerate launch --use_cpu``
+silently falls back to DDP, so ``fully_shard`` is called directly here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.contract.case_anchor import CASES as ANCHOR_CASES
+from tests.contract.case_blt import CASES as BLT_CASES
+from tests.contract.case_llama import CASES as LLAMA_CASES
+from tests.contract.case_scone import CASES as SCONE_CASES
+from tests.contract.case_specialists import CASES as SPECIALIST_CASES
+from tests.helpers import _free_port
+
+CASES = {case.name: case for case in [*LLAMA_CASES, *ANCHOR_CASES, *SCONE_CASES, *SPECIALIST_CASES, *BLT_CASES]}
+WORLD, BATCH, LENGTH, STEPS, LR = 2, 4, 24, 3, 1e-2
+
+
+def _batch(name: str) -> torch.LongTensor:
+    return CASES[name].make_input_ids(BATCH, LENGTH, torch.Generator().manual_seed(7))
+
+
+def _train(model, ids: torch.LongTensor, reduce=None) -> list[float]:
+    """``STEPS`` AdamW steps of the next-token loss on ``ids``; the (globally averaged) loss before each step."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    losses = []
+    for _ in range(STEPS):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(reduce(loss.detach()) if reduce else loss.detach()))
+    return losses
+
+
+def shard(model) -> list[str]:
+    """``fully_shard`` every ``_no_split_modules`` block (innermost first), then the root; the block classes found."""
+    from torch.distributed.fsdp import fully_shard
+
+    names = set(model._no_split_modules or ())
+    blocks = [m for m in model.modules() if type(m).__name__ in names and m is not model]
+    for block in reversed(blocks):  # modules() is parents-first; a block nested in another is sharded before it
+        fully_shard(block)
+    fully_shard(model)
+    return sorted({type(b).__name__ for b in blocks})
+
+
+def _run_case(name: str, rank: int, out: Path) -> dict:
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.tensor import DTensor
+
+    model = CASES[name].make_model()
+    table = getattr(getattr(model, "model", None), "fgram_table", None)
+    rows_before = table.rows if table is not None else None
+    blocks = shard(model)
+    result = {"blocks": blocks, "num_blocks": sum(1 for m in model.modules() if type(m).__name__ in blocks)}
+    if table is not None:
+        result["table_untouched"] = table.rows is rows_before and not isinstance(table.rows, DTensor)
+        result["table_device"] = str(table.rows.device)
+    result["sharded_params"] = all(isinstance(p, DTensor) for p in model.parameters())
+    half = _batch(name).chunk(WORLD)[rank]
+    result["losses"] = _train(model, half, reduce=lambda x: (dist.all_reduce(x), x / WORLD)[1])
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    result["state_keys"] = sorted(state)
+    if rank == 0:
+        model.save_pretrained(out / name, state_dict=state)
+    dist.barrier()
+    return result
+
+
+def _worker(rank: int, out: str, port: int, names: list[str]) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), HF_HUB_OFFLINE="1")
+    for name in names:
+        # Build each model once before the process group exists: the SCONE table case exports its folder on first
+        # use, and Transformers' save_pretrained writes weights on rank 0 only once a process group is up.
+        CASES[name].make_model()
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120))
+    results = {}
+    for name in names:
+        print(f"rank {rank}: {name}", file=sys.stderr, flush=True)  # shown by pytest if a collective aborts
+        try:
+            results[name] = _run_case(name, rank, Path(out))
+        except Exception:  # one family failing must not hide the others' results
+            results[name] = {"error": traceback.format_exc()}
+            print(results[name]["error"], file=sys.stderr, flush=True)
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def sharded_runs(tmp_path_factory):
+    """Both ranks' results per family (one spawn of two processes for all families) and rank 0's checkpoints."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path_factory.mktemp("fsdp")
+    mp.start_processes(_worker, args=(str(out), _free_port(), list(CASES)), nprocs=WORLD, start_method="spawn")
+    results = [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(WORLD)]
+    return out, results
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_fsdp2_training_equals_unsharded_and_gathered_state_loads(sharded_runs, name):
+    out, results = sharded_runs
+    for rank_result in results:
+        assert "error" not in rank_result[name], rank_result[name].get("error")
+    sharded = results[0][name]
+    assert sharded["num_blocks"] > 0 and sharded["sharded_params"], sharded
+    assert results[1][name]["losses"] == sharded["losses"]  # both ranks saw the same all-reduced loss
+
+    reference = CASES[name].make_model()
+    initial = {key: value.clone() for key, value in reference.state_dict().items()}
+    losses = _train(reference, _batch(name))
+    assert len(set(losses)) == STEPS, losses  # the steps moved the weights (a frozen model would pass trivially)
+    assert sharded["losses"] == pytest.approx(losses, rel=1e-5, abs=1e-6)
+
+    expected = reference.state_dict()
+    assert sharded["state_keys"] == sorted(expected)  # the gathered state is the unsharded state, nothing more
+    loaded = type(reference).from_pretrained(out / name).eval()
+    got = loaded.state_dict()
+    # Adam's normalised first steps (~LR * sign(grad)) turn last-bit gradient differences (reduce-scatter order) on
+    # near-zero gradients into rare weight differences up to ~1e-5; every weight moved by ~LR = 1e-2 per step, so 1e-4
+    # still tells trained from untrained weights or wrongly merged shards (checked: the weights did move).
+    moved = max(float((value - initial[key]).abs().max()) for key, value in expected.items())
+    assert moved > 1e-2, moved
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, atol=1e-4, rtol=0, msg=lambda m, key=key: f"{name}: {key}: {m}")
+    ids = _batch(name)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, reference.eval()(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_fsdp2_leaves_the_scone_table_unsharded(sharded_runs):
+    """Table mode: the memory-mapped f-gram table is no parameter or buffer, so sharding neither moves nor gathers
+    it; the gathered state holds only the trained weights (the table travels as its own file)."""
+    _, results = sharded_runs
+    table = results[0]["scone_table"]
+    assert "error" not in table, table.get("error")
+    assert table["table_untouched"] and table["table_device"] == "cpu"
+    assert not any("table" in key for key in table["state_keys"])
+    assert (sharded_runs[0] / "scone_table" / "fgram_table.safetensors").is_file()
+
+
+def test_blt_shards_every_stage():
+    """BLT's ``_no_split_modules`` name the local encoder / decoder layers, the latent layers, the cross-attentions
+    and the entropy model, so each stage is its own FSDP unit."""
+    model = CASES["blt"].make_model()
+    found = {type(m).__name__ for m in model.modules()} & set(model._no_split_modules)
+    assert found == {"MistralDecoderLayer", "LlamaDecoderLayer", "BLTCrossAttention", "BLTEntropyModel"}
