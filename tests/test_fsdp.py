@@ -12,6 +12,7 @@ silently falls back to DDP, so ``fully_shard`` is called directly here.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import sys
@@ -30,6 +31,9 @@ from tests.helpers import _free_port
 
 CASES = {case.name: case for case in [*LLAMA_CASES, *ANCHOR_CASES, *SCONE_CASES, *SPECIALIST_CASES, *BLT_CASES]}
 WORLD, BATCH, LENGTH, STEPS, LR = 2, 4, 24, 3, 1e-2
+# the classes that override from_pretrained or keep state outside the state dict (f-gram vocabulary, memory-mapped
+# table, frozen entropy model): the cpu_ram_efficient_loading path must keep all of it
+META_CASES = ("scone", "scone_table", "blt")
 
 
 def _batch(name: str) -> torch.LongTensor:
@@ -50,8 +54,16 @@ def _train(model, ids: torch.LongTensor, reduce=None) -> list[float]:
     return losses
 
 
-def shard(model) -> list[str]:
-    """``fully_shard`` every ``_no_split_modules`` block (innermost first), then the root; the block classes found."""
+@functools.lru_cache(maxsize=None)
+def _reference(name: str):
+    """Initial weights, the unsharded losses on the whole batch and the trained model."""
+    reference = CASES[name].make_model()
+    initial = {key: value.clone() for key, value in reference.state_dict().items()}
+    return initial, _train(reference, _batch(name)), reference
+
+
+def shard(model) -> None:
+    """``fully_shard`` every ``_no_split_modules`` block (innermost first), then the root."""
     from torch.distributed.fsdp import fully_shard
 
     names = set(model._no_split_modules or ())
@@ -59,10 +71,29 @@ def shard(model) -> list[str]:
     for block in reversed(blocks):  # modules() is parents-first; a block nested in another is sharded before it
         fully_shard(block)
     fully_shard(model)
-    return sorted({type(b).__name__ for b in blocks})
 
 
-def _run_case(name: str, rank: int, out: Path) -> dict:
+def _load_from_meta(model, rank: int) -> None:
+    """What accelerate's ``cpu_ram_efficient_loading`` does around ``shard``: rank 1's loaded model goes to the meta
+    device before sharding, rank 0's full state is broadcast into the shards, non-persistent buffers are put back."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    full = model.state_dict()
+    buffers = {key: value.clone() for key, value in model.named_buffers() if key not in full}
+    if rank == 1:
+        model.to("meta")
+    shard(model)
+    if rank == 1:
+        model.to_empty(device="cpu")
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full if rank == 0 else {}, options=options)
+    for key, value in buffers.items():
+        owner, _, attr = key.rpartition(".")
+        model.get_submodule(owner)._buffers[attr] = value
+
+
+def _run_case(name: str, rank: int, out: Path, from_meta: bool = False) -> dict:
+    """Shard, train and gather one family on this rank (``from_meta``: through :func:`_load_from_meta`)."""
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.tensor import DTensor
@@ -70,14 +101,23 @@ def _run_case(name: str, rank: int, out: Path) -> dict:
     model = CASES[name].make_model()
     table = getattr(getattr(model, "model", None), "fgram_table", None)
     rows_before = table.rows if table is not None else None
-    blocks = shard(model)
-    result = {"blocks": blocks, "num_blocks": sum(1 for m in model.modules() if type(m).__name__ in blocks)}
+    if from_meta:
+        _load_from_meta(model, rank)
+    else:
+        shard(model)
+    from torch.distributed.fsdp import FSDPModule
+
+    # fully_shard renames each class to FSDP<name>: the units are the FSDPModules below the root
+    blocks = {type(m).__name__[len("FSDP"):] for m in model.modules() if isinstance(m, FSDPModule) and m is not model}
+    result = {"blocks": sorted(blocks), "sharded_params": all(isinstance(p, DTensor) for p in model.parameters()),
+              "frozen": sorted(n for n, p in model.named_parameters() if not p.requires_grad)}
     if table is not None:
         result["table_untouched"] = table.rows is rows_before and not isinstance(table.rows, DTensor)
         result["table_device"] = str(table.rows.device)
-    result["sharded_params"] = all(isinstance(p, DTensor) for p in model.parameters())
     half = _batch(name).chunk(WORLD)[rank]
     result["losses"] = _train(model, half, reduce=lambda x: (dist.all_reduce(x), x / WORLD)[1])
+    if from_meta:
+        return result
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     result["state_keys"] = sorted(state)
     if rank == 0:
@@ -86,24 +126,26 @@ def _run_case(name: str, rank: int, out: Path) -> dict:
     return result
 
 
-def _worker(rank: int, out: str, port: int, names: list[str]) -> None:
+def _worker(rank: int, out: str, port: int, jobs: list[str]) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), HF_HUB_OFFLINE="1")
-    for name in names:
+    names = [job.split("@")[0] for job in jobs]
+    for name in dict.fromkeys(names):
         # Build each model once before the process group exists: the SCONE table case exports its folder on first
         # use, and Transformers' save_pretrained writes weights on rank 0 only once a process group is up.
         CASES[name].make_model()
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120))
     results = {}
-    for name in names:
-        print(f"rank {rank}: {name}", file=sys.stderr, flush=True)  # shown by pytest if a collective aborts
+    for job in jobs:
+        print(f"rank {rank}: {job}", file=sys.stderr, flush=True)  # shown by pytest if a collective aborts
+        name, _, variant = job.partition("@")
         try:
-            results[name] = _run_case(name, rank, Path(out))
+            results[job] = _run_case(name, rank, Path(out), from_meta=variant == "meta")
         except Exception:  # one family failing must not hide the others' results
-            results[name] = {"error": traceback.format_exc()}
-            print(results[name]["error"], file=sys.stderr, flush=True)
+            results[job] = {"error": traceback.format_exc()}
+            print(results[job]["error"], file=sys.stderr, flush=True)
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(results))
     dist.destroy_process_group()
 
@@ -114,7 +156,8 @@ def sharded_runs(tmp_path_factory):
     import torch.multiprocessing as mp
 
     out = tmp_path_factory.mktemp("fsdp")
-    mp.start_processes(_worker, args=(str(out), _free_port(), list(CASES)), nprocs=WORLD, start_method="spawn")
+    jobs = [*CASES, *(f"{name}@meta" for name in META_CASES)]
+    mp.start_processes(_worker, args=(str(out), _free_port(), jobs), nprocs=WORLD, start_method="spawn")
     results = [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(WORLD)]
     return out, results
 
@@ -125,12 +168,10 @@ def test_fsdp2_training_equals_unsharded_and_gathered_state_loads(sharded_runs, 
     for rank_result in results:
         assert "error" not in rank_result[name], rank_result[name].get("error")
     sharded = results[0][name]
-    assert sharded["num_blocks"] > 0 and sharded["sharded_params"], sharded
+    initial, losses, reference = _reference(name)
+    assert sharded["blocks"] and set(sharded["blocks"]) <= set(reference._no_split_modules), sharded["blocks"]
+    assert sharded["sharded_params"]
     assert results[1][name]["losses"] == sharded["losses"]  # both ranks saw the same all-reduced loss
-
-    reference = CASES[name].make_model()
-    initial = {key: value.clone() for key, value in reference.state_dict().items()}
-    losses = _train(reference, _batch(name))
     assert len(set(losses)) == STEPS, losses  # the steps moved the weights (a frozen model would pass trivially)
     assert sharded["losses"] == pytest.approx(losses, rel=1e-5, abs=1e-6)
 
@@ -167,3 +208,19 @@ def test_blt_shards_every_stage():
     model = CASES["blt"].make_model()
     found = {type(m).__name__ for m in model.modules()} & set(model._no_split_modules)
     assert found == {"MistralDecoderLayer", "LlamaDecoderLayer", "BLTCrossAttention", "BLTEntropyModel"}
+
+
+@pytest.mark.parametrize("name", META_CASES)
+def test_fsdp2_from_meta_device_like_cpu_ram_efficient_loading(sharded_runs, name):
+    """accelerate's ``cpu_ram_efficient_loading``: a rank whose model went to the meta device and got rank 0's weights
+    by broadcast trains exactly like the unsharded model (nothing the forward needs lives outside the state dict,
+    the non-persistent buffers and plain attributes), and frozen parameters stay frozen."""
+    _, results = sharded_runs
+    for rank_result in results:
+        assert "error" not in rank_result[f"{name}@meta"], rank_result[f"{name}@meta"].get("error")
+    _, losses, reference = _reference(name)
+    assert results[1][f"{name}@meta"]["losses"] == pytest.approx(losses, rel=1e-5, abs=1e-6)
+    frozen = sorted(n for n, p in reference.named_parameters() if not p.requires_grad)
+    assert results[1][f"{name}@meta"]["frozen"] == frozen and (name != "blt" or frozen)  # BLT's entropy model
+    if name == "scone_table":
+        assert results[1][f"{name}@meta"]["table_untouched"]  # a plain attribute: .to("meta") leaves it alone
