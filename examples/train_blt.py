@@ -33,7 +33,7 @@ import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
 from hf_efficient_lm.blt import BLTConfig, BLTEntropyModel, BLTForCausalLM, BLTTokenizer
-from hf_efficient_lm.blt.data_blt import (
+from hf_efficient_lm.tools.blt_data import (
     BLTDataCollator,
     add_patch_lengths_column,
     byte_dataset,
@@ -41,7 +41,7 @@ from hf_efficient_lm.blt.data_blt import (
     pack_texts,
     pad_right,
 )
-from hf_efficient_lm.blt.flops_blt import blt_flops_per_byte
+from hf_efficient_lm.tools.blt_flops import blt_flops_per_byte
 from hf_efficient_lm.cli import normalize_option_names, run_cli
 from hf_efficient_lm.data import read_texts
 from hf_efficient_lm.io_utils import atomic_dir, check_writable

@@ -20,7 +20,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from hf_efficient_lm.blt import BLTEntropyConfig, BLTEntropyModel, BLTTokenizer
-from hf_efficient_lm.blt.data_blt import BLTDataCollator, byte_dataset
+from hf_efficient_lm.tools.blt_data import BLTDataCollator, byte_dataset
 from hf_efficient_lm.data import read_texts
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"

@@ -28,7 +28,7 @@ def _family_folders(root):
     from tests.contract.case_specialists import make_hyper, make_mixture
 
     from hf_efficient_lm.anchor import AnchorLlamaForCausalLM
-    from hf_efficient_lm.blt.testing_blt import make_tiny_blt
+    from hf_efficient_lm.tools.blt_testing import make_tiny_blt
     from hf_efficient_lm.scone import SconeLlamaForCausalLM, mine_fgrams
     from hf_efficient_lm.testing_utils import save_tiny_llama
 

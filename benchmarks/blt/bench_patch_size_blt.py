@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common_blt import DOMAINS, corpus_texts  # noqa: E402
 
 from hf_efficient_lm.blt import BLTEntropyModel  # noqa: E402
-from hf_efficient_lm.blt.data_blt import calibrate_threshold, mean_patch_size, pack_texts  # noqa: E402
+from hf_efficient_lm.tools.blt_data import calibrate_threshold, mean_patch_size, pack_texts  # noqa: E402
 from hf_efficient_lm.io_utils import save_figure  # noqa: E402
 
 

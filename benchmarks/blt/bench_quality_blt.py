@@ -43,13 +43,13 @@ from common_blt import DOMAINS, corpus_texts  # noqa: E402
 from train_blt import blt_config_for  # noqa: E402
 
 from hf_efficient_lm.blt import BLTEntropyModel, BLTForCausalLM  # noqa: E402
-from hf_efficient_lm.blt.data_blt import (  # noqa: E402
+from hf_efficient_lm.tools.blt_data import (  # noqa: E402
     BLTDataCollator,
     add_patch_lengths_column,
     calibrate_threshold,
     pack_texts,
 )
-from hf_efficient_lm.blt.flops_blt import blt_flops_per_byte, llama_flops_per_token  # noqa: E402
+from hf_efficient_lm.tools.blt_flops import blt_flops_per_byte, llama_flops_per_token  # noqa: E402
 from hf_efficient_lm.eval import evaluate_causal_lm  # noqa: E402
 from hf_efficient_lm.train import llama_config_from_preset  # noqa: E402
 from hf_efficient_lm.io_utils import save_figure  # noqa: E402

@@ -11,12 +11,12 @@ Data flow for ``N`` bytes, ``P`` patches, ``k = cross_attn_k``:
    *before* the one holding the byte it predicts, then sliding-window self-attention; norm; LM head -> ``[B, N, 260]``.
 
 All attention blocks are Transformers' Mistral/Llama decoder layers (half-split RoPE; checkpoints of Transformers'
-``Blt``, which uses interleaved RoPE, are converted by permuting q/k rows, see ``convert_blt.py``). Cross-attention
+``Blt``, which uses interleaved RoPE, are converted by permuting q/k rows, see ``hf_efficient_lm.tools.blt_convert``). Cross-attention
 is gathered (each query reads only its ``<= patch length`` or ``k`` keys) instead of a dense masked product.
 
-Incremental generation (``cache=BLTCache``) keeps KV caches of the entropy model, the local encoder and
-decoder (bytes) and the latent transformer (patches): per new byte it runs one step of the small models, and one
-latent step only when the entropy rule closes a patch. It is exact: equal to the full forward.
+``BLTModel.forward`` has two paths: ``_prefill`` (the full forward: training, scoring, a prompt) and ``_decode``
+(incremental generation on a :class:`BLTCache`, one byte at a time: one step of the small models per byte, one
+latent step only when the patching rule closes a patch). Decoding is exact: equal to the full forward.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import (
     create_causal_mask,
     create_sliding_window_causal_mask,
@@ -40,11 +39,11 @@ from transformers.models.mistral.modeling_mistral import (
     MistralRotaryEmbedding,
 )
 
+from .cache_blt import BLTCache
 from .compat_blt import CACHE_NAME, resolve_cache
 from .configuration_blt_lm import BLTConfig, BLTLocalConfig
-from .convert_blt import is_transformers_blt_folder, load_transformers_blt_folder
 from .modeling_blt_entropy import BLTEntropyModel, positions_from_mask
-from .patcher_blt import patch_starts, space_like, starts_from_patch_lengths
+from .patcher_blt import patch_starts, starts_from_patch_lengths
 
 # Primes of the rolling polynomial hash (same list and order as Meta's / Transformers' BLT, for weight compatibility).
 HASH_PRIMES = (
@@ -187,8 +186,9 @@ class BLTLocalEncoder(nn.Module):
         n_cross = config.num_hidden_layers if config.cross_attn_all_layers else 1
         self.cross_attn_layers = nn.ModuleList([BLTCrossAttention(config) for _ in range(n_cross)])
 
-    def run_layers(self, embeds, mask, position_ids, cache=None):
-        """``[B, N, D] -> [B, N, D]`` byte states."""
+    def run_layers(self, embeds, attention_mask, position_ids, cache=None):
+        """``[B, N, D] -> [B, N, D]`` byte states (``attention_mask [B, T]`` over all slots, or None)."""
+        mask = _local_mask(self.config, embeds, attention_mask, cache, position_ids)
         position_embeddings = self.rotary_emb(embeds, position_ids)
         hidden = embeds
         for layer in self.layers:
@@ -258,10 +258,11 @@ class BLTLocalDecoder(nn.Module):
         n_cross = config.num_hidden_layers if config.cross_attn_all_layers else 1
         self.cross_attn_layers = nn.ModuleList([BLTCrossAttention(config) for _ in range(n_cross)])
 
-    def forward(self, byte_states, patch_states, byte_patch, mask, position_ids, cache=None):
+    def forward(self, byte_states, patch_states, byte_patch, attention_mask, position_ids, cache=None):
         """byte_states ``[B, N, D]`` (encoder output); patch_states ``[B, P, D_G]``; byte_patch ``[B, N]`` index of
-        the patch each byte reads -> ``[B, N, D]`` normed states."""
+        the patch each byte reads; attention_mask ``[B, T]`` or None -> ``[B, N, D]`` normed states."""
         b, n, d = byte_states.shape
+        mask = _local_mask(self.config, byte_states, attention_mask, cache, position_ids)
         p = patch_states.shape[1]
         slices = self.patch_embedding_projection(patch_states).view(b, p, self.cross_attn_k, d)
         position_embeddings = self.rotary_emb(byte_states, position_ids)
@@ -291,90 +292,27 @@ class BLTModelOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-def _check_output_flags(output_attentions, output_hidden_states, incremental: bool) -> None:
-    if output_attentions:
-        raise ValueError(
-            "BLT does not return attention weights (output_attentions=True): its layers run fused sdpa / eager "
-            "attention over three levels with different shapes; use output_hidden_states=True for per-stage states"
-        )
-    if output_hidden_states and incremental:
-        raise ValueError(
-            "output_hidden_states=True is supported for the full forward only, not for cached incremental steps "
-            "(generate with output_hidden_states=True, or call forward without a non-empty cache)"
-        )
-
-
-class BLTCache:
-    """Everything incremental BLT generation keeps between steps (batch rows advance one byte per step together).
-
-    Byte-level: ``entropy`` / ``encoder`` / ``decoder`` DynamicCaches (sliding window), the byte ids (for n-gram
-    hashes), encoder byte states (for closing the open patch), per-row positions. Patch-level: ``latent`` DynamicCache
-    with a validity mask (rows close patches at different steps; a row that did not close a patch at a latent step
-    leaves a masked hole), the start of each row's open patch and the latent output the decoder currently reads.
-    """
-
-    is_compileable = False
-
-    def __init__(self, config: BLTConfig):
-        self.entropy = DynamicCache(config=config.entropy_config)
-        self.encoder = DynamicCache(config=config.encoder_config)
-        self.decoder = DynamicCache(config=config.decoder_config)
-        self.latent = DynamicCache(config=config.global_config)
-        self.num_bytes = 0
-        self.byte_ids = None  # [B, T] ids (padding zeroed)
-        self.byte_mask = None  # [B, T]
-        self.encoder_states = None  # [B, T, D_E]
-        self.next_position = None  # [B] position of the next byte
-        self.open_start = None  # [B] slot where the open patch starts
-        self.last_entropy = None  # [B]
-        self.latent_mask = None  # [B, S] valid latent slots
-        self.latent_next_position = None  # [B]
-        self.decoder_patch = None  # [B, D_G] latent output the decoder reads
-
-    # Per-row tensors (batch first). Beam search and batch surgery must move every one of them together with the
-    # four KV caches, otherwise a reordered row would keep another row's patch boundaries or pending patch bytes.
-    ROW_FIELDS = (
-        "byte_ids", "byte_mask", "encoder_states", "next_position", "open_start", "last_entropy", "latent_mask",
-        "latent_next_position", "decoder_patch",
-    )
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        """Bytes seen so far (slots, padding included)."""
-        return self.num_bytes
-
-    def _kv_caches(self) -> tuple[DynamicCache, ...]:
-        return (self.entropy, self.encoder, self.decoder, self.latent)
-
-    def _map_rows(self, fn) -> None:
-        for name in self.ROW_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, fn(value))
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Beam search: row ``i`` becomes old row ``beam_idx[i]`` (``beam_idx [B]``) in every cache and per-row state."""
-        for cache in self._kv_caches():
-            cache.reorder_cache(beam_idx)
-        self._map_rows(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        """Repeat each row ``repeats`` times in place (``[B, ...] -> [B * repeats, ...]``)."""
-        for cache in self._kv_caches():
-            cache.batch_repeat_interleave(repeats)
-        self._map_rows(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep only rows ``indices`` (``[B']`` long, or ``[B]`` bool) in place."""
-        for cache in self._kv_caches():
-            cache.batch_select_indices(indices)
-        self._map_rows(lambda t: t[indices.to(t.device)])
-
-    def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove != 0:
-            raise ValueError(
-                "BLTCache cannot be cropped: closed patches are already folded into the latent cache (assisted / "
-                "speculative decoding needs a croppable cache)"
-            )
+def patch_layout(starts: torch.Tensor, byte_valid: torch.Tensor | None = None):
+    """From the start mask ``[B, N + 1]``: gather index/valid ``[B, P, L]`` of each patch's byte slots (L = longest
+    patch), the decoder patch id ``[B, N]`` of each byte (the patch before the one that holds byte t + 1) and ``P``.
+    ``byte_valid [B, N]`` (the attention mask) drops padding bytes from every patch."""
+    b, n1 = starts.shape
+    n = n1 - 1
+    cum = starts.long().cumsum(dim=1)
+    enc_ids = cum[:, :n] - 1  # left padding -> -1
+    if byte_valid is not None:
+        # Right padding would otherwise join the patch opened at the row's next-byte slot: no real byte reads that
+        # patch, but it would make the gather as long as the padding.
+        enc_ids = torch.where(byte_valid.bool(), enc_ids, torch.full_like(enc_ids, -1))
+    num_patches = max(int(enc_ids.max()) + 1, 1) if n else 1
+    slot = torch.arange(n, device=starts.device).expand(b, n)
+    big = torch.full((b, num_patches + 1), n, dtype=torch.long, device=starts.device)
+    first = big.scatter_reduce(1, enc_ids + 1, slot, reduce="amin", include_self=True)[:, 1:]
+    lengths = torch.zeros(b, num_patches + 1, dtype=torch.long, device=starts.device)
+    lengths = lengths.scatter_add(1, enc_ids + 1, torch.ones_like(slot))[:, 1:]
+    offs = torch.arange(max(int(lengths.max()), 1), device=starts.device)
+    gather_index = (first.unsqueeze(-1) + offs).clamp(max=max(n - 1, 0))
+    return gather_index, offs < lengths.unsqueeze(-1), cum[:, 1:] - 2, num_patches
 
 
 class BLTPreTrainedModel(PreTrainedModel):
@@ -389,6 +327,9 @@ class BLTPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _can_compile_fullgraph = False
     _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq"]
+    # Reading / writing Transformers' own ``blt`` checkpoints is a tool, not carried by checkpoints: importing
+    # ``hf_efficient_lm.blt`` installs ``hf_efficient_lm.tools.blt_convert`` here.
+    transformers_blt_converter = None
 
     def __init__(self, config: BLTConfig, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
@@ -398,6 +339,24 @@ class BLTPreTrainedModel(PreTrainedModel):
             sub = getattr(config, key)
             if sub is not None and sub._attn_implementation_internal is None:
                 sub._attn_implementation_internal = config._attn_implementation
+
+    def freeze_entropy_model(self) -> None:
+        """Entropy model parameters never train inside BLT (boundaries are a hard threshold on its entropies)."""
+        for module in self.modules():
+            if isinstance(module, BLTEntropyModel):
+                module.requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Our folders; with ``hf_efficient_lm`` installed also folders saved by Transformers' ``BltForCausalLM``
+        (model type ``blt``), converted on load. The entropy model comes back frozen."""
+        converter = cls.transformers_blt_converter
+        if converter is not None and converter.is_transformers_blt_folder(pretrained_model_name_or_path):
+            model = converter.load(cls, pretrained_model_name_or_path, **kwargs)
+        else:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        (model[0] if isinstance(model, tuple) else model).freeze_entropy_model()
+        return model
 
 
 class BLTModel(BLTPreTrainedModel):
@@ -413,12 +372,9 @@ class BLTModel(BLTPreTrainedModel):
         self.encoder_hash_tok_embedding = (
             nn.Embedding(num_tables * config.encoder_hash_byte_group_vocab, enc.hidden_size) if num_tables else None
         )
-        if config.patching_mode.startswith("entropy"):
-            self.entropy_model = BLTEntropyModel(config.entropy_config)
-            # Frozen: boundaries are a hard threshold on its entropies; train it separately (examples/).
-            self.freeze_entropy_model()
-        else:
-            self.entropy_model = None
+        # Frozen: boundaries are a hard threshold on its entropies; it is trained separately (examples/).
+        self.entropy_model = BLTEntropyModel(config.entropy_config) if config.patching_mode.startswith("entropy") else None
+        self.freeze_entropy_model()
         self.post_init()
 
     def get_input_embeddings(self):
@@ -427,77 +383,27 @@ class BLTModel(BLTPreTrainedModel):
     def set_input_embeddings(self, value):
         self.local_encoder.embed_tokens = value
 
-    # ----- pieces ---------------------------------------------------------------------------------------------
-    def embed_bytes(self, input_ids: torch.LongTensor, hash_ids: torch.LongTensor | None = None) -> torch.Tensor:
-        """Byte embedding plus the sum of the hashed n-gram embeddings: ``[B, N] -> [B, N, D_E]``."""
+    def embed_bytes(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """Byte embedding plus the sum of the hashed n-gram embeddings (n-grams ending at each byte, zeros before the
+        first): ``[B, N] -> [B, N, D_E]``."""
         embeds = self.local_encoder.embed_tokens(input_ids)
         if self.encoder_hash_tok_embedding is not None:
-            if hash_ids is None:
-                hash_ids = self.hash_ids(input_ids)
+            c = self.config
+            hash_ids = byte_ngram_hash_ids(
+                input_ids, c.encoder_hash_byte_group_size, c.encoder_hash_byte_group_nb_functions,
+                c.encoder_hash_byte_group_vocab,
+            )
             embeds = embeds + self.encoder_hash_tok_embedding(hash_ids).sum(dim=-2)
         return embeds
 
-    def hash_ids(self, input_ids):
-        c = self.config
-        return byte_ngram_hash_ids(
-            input_ids, c.encoder_hash_byte_group_size, c.encoder_hash_byte_group_nb_functions,
-            c.encoder_hash_byte_group_vocab,
-        )
+    def _entropies(self, ids, attention_mask, position_ids, cache=None) -> torch.Tensor | None:
+        """Next-byte entropies ``[B, T]`` (None without an entropy model). Ids beyond the entropy model's vocabulary
+        (tokens added by resize_token_embeddings) read as BOE."""
+        if self.entropy_model is None:
+            return None
+        ids = torch.where(ids >= self.config.entropy_config.vocab_size, torch.zeros_like(ids), ids)
+        return self.entropy_model.entropies(ids, attention_mask, position_ids, cache=cache, use_cache=cache is not None)[0]
 
-    def _check_ids(self, input_ids):
-        if input_ids is None:
-            raise ValueError("BLT needs input_ids (byte ids); inputs_embeds is not supported")
-        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
-            raise ValueError(
-                f"input_ids must be byte ids in [0, {self.config.vocab_size}); got values in "
-                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
-            )
-
-    def entropy_input(self, ids: torch.LongTensor) -> torch.LongTensor:
-        """Ids for the entropy model: ids beyond its vocabulary (tokens added by resize_token_embeddings) -> BOE."""
-        limit = self.config.entropy_config.vocab_size
-        return torch.where(ids >= limit, torch.zeros_like(ids), ids)
-
-    def compute_patch_starts(self, input_ids, attention_mask=None, entropies=None):
-        """Start mask ``[B, N + 1]`` for the configured patching mode (runs the entropy model if needed)."""
-        c = self.config
-        if c.patching_mode.startswith("entropy") and entropies is None:
-            entropies, _ = self.entropy_model.entropies(self.entropy_input(input_ids), attention_mask)
-        starts = patch_starts(
-            c.patching_mode, input_ids, entropies=entropies, threshold=c.patching_threshold,
-            patch_size=c.patch_size, max_patch_length=c.max_patch_length, attention_mask=attention_mask,
-        )
-        return starts, entropies
-
-    @staticmethod
-    def patch_layout(starts: torch.Tensor, byte_valid: torch.Tensor | None = None):
-        """From the start mask ``[B, N + 1]``: gather index/valid ``[B, P, L]`` of each patch's byte slots, the
-        encoder patch id of each byte ``[B, N]`` and the decoder patch id ``[B, N]`` (the patch before the one that
-        holds byte t + 1). ``byte_valid [B, N]`` (the attention mask) drops padding bytes from every patch."""
-        b, n1 = starts.shape
-        n = n1 - 1
-        cum = starts.long().cumsum(dim=1)
-        enc_ids = cum[:, :n] - 1  # left padding -> -1
-        if byte_valid is not None:
-            # Right padding would otherwise join the patch opened at the row's next-byte slot: no real byte reads that
-            # patch, but it would make the gather as long as the padding.
-            enc_ids = torch.where(byte_valid.bool(), enc_ids, torch.full_like(enc_ids, -1))
-        dec_ids = cum[:, 1:] - 2
-        num_patches = max(int(enc_ids.max()) + 1, 1) if n else 1
-        slot = torch.arange(n, device=starts.device).expand(b, n)
-        big = torch.full((b, num_patches + 1), n, dtype=torch.long, device=starts.device)
-        first = big.scatter_reduce(1, enc_ids + 1, slot, reduce="amin", include_self=True)[:, 1:]
-        lengths = torch.zeros(b, num_patches + 1, dtype=torch.long, device=starts.device)
-        lengths = lengths.scatter_add(1, enc_ids + 1, torch.ones_like(slot))[:, 1:]
-        longest = max(int(lengths.max()), 1)
-        offs = torch.arange(longest, device=starts.device)
-        gather_index = (first.unsqueeze(-1) + offs).clamp(max=max(n - 1, 0))
-        gather_valid = offs < lengths.unsqueeze(-1)
-        return gather_index, gather_valid, enc_ids, dec_ids, num_patches
-
-    # ----- forward --------------------------------------------------------------------------------------------
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -517,213 +423,116 @@ class BLTModel(BLTPreTrainedModel):
         (rows sum to the real byte count, or +1). ``position_ids`` are derived from the mask and ignored. With a
         non-empty ``cache`` (``past_key_values`` before Transformers 5.24) only the new bytes are given."""
         cache = resolve_cache(cache, kwargs)
-        if inputs_embeds is not None:
-            raise ValueError("BLT works on byte ids; inputs_embeds is not supported")
+        if inputs_embeds is not None or input_ids is None:
+            raise ValueError("BLT needs input_ids (byte ids); inputs_embeds is not supported")
+        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+            raise ValueError(
+                f"input_ids must be byte ids in [0, {self.config.vocab_size}); got values in "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+            )
         if attention_mask is None and position_ids is not None and find_packed_sequence_indices(position_ids) is not None:
             raise ValueError(
                 "BLT does not take padding-free packed rows (position_ids restarting per document): its byte "
                 "positions and patches come from the attention mask. Put one document per row, padded, with an "
                 "attention_mask (or pack documents separated by EOS with BLTDataCollator)."
             )
-        self._check_ids(input_ids)
-        input_ids = input_ids.long()
-        use_cache = use_cache if use_cache is not None else cache is not None
         if cache is not None and not isinstance(cache, BLTCache):
             raise TypeError(f"the cache must be a BLTCache, got {type(cache).__name__}")
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
+        if output_attentions:
+            raise ValueError(
+                "BLT does not return attention weights (output_attentions=True): its layers run fused sdpa / eager "
+                "attention over three levels with different shapes; use output_hidden_states=True for per-stage states"
+            )
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        incremental = cache is not None and cache.num_bytes > 0
-        _check_output_flags(output_attentions, output_hidden_states, incremental)
-        if incremental:
+        if cache is not None and cache.num_bytes > 0:
+            if output_hidden_states:
+                raise ValueError(
+                    "output_hidden_states=True is supported for the full forward only, not for cached incremental "
+                    "steps (generate with output_hidden_states=True, or call forward without a non-empty cache)"
+                )
             if patch_lengths is not None:
                 raise ValueError("patch_lengths cannot be given for incremental steps (boundaries come from the cache)")
-            out = self._extend(input_ids, attention_mask, cache)
-            return out if return_dict else out.to_tuple()
+            out = self._decode(input_ids.long(), cache)
+        else:
+            use_cache = use_cache if use_cache is not None else cache is not None
+            cache = (cache or BLTCache(self.config)) if use_cache else None
+            out = self._prefill(input_ids.long(), attention_mask, patch_lengths, cache, output_hidden_states)
+        return out if return_dict else out.to_tuple()
+
+    def _prefill(self, input_ids, attention_mask, patch_lengths, cache, output_hidden_states) -> BLTModelOutput:
+        """The full forward over ``[B, N]`` bytes (training, scoring, a prompt); fills ``cache`` when given."""
         batch, length = input_ids.shape
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        attention_mask = attention_mask.long()
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
         if attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
-        has_padding = bool((attention_mask == 0).any())
-        if has_padding:
+        mask_2d = attention_mask if bool((attention_mask == 0).any()) else None
+        if mask_2d is not None:
             right_padded = check_padding(attention_mask)
-            if use_cache and bool(right_padded.any()):
+            if cache is not None and bool(right_padded.any()):
                 raise ValueError(
                     f"use_cache=True needs left padding: row(s) {right_padded.nonzero().flatten().tolist()} end with "
                     "padding, and cached bytes would continue after it. Pad prompts on the left "
                     "(tokenizer.padding_side='left'); right padding is for training / scoring (use_cache=False)."
                 )
-        mask_2d = attention_mask if has_padding else None
         position_ids = positions_from_mask(attention_mask)
         ids = input_ids * attention_mask  # padding hashes like Meta's zero left-context
-
-        if not use_cache:
-            cache = None
-        elif cache is None:
-            cache = BLTCache(self.config)
+        kv = (cache.entropy, cache.encoder, cache.latent, cache.decoder) if cache is not None else (None,) * 4
 
         entropies = None
+        if patch_lengths is None or cache is not None:  # the cache needs the entropy model's state in any case
+            entropies = self._entropies(ids, mask_2d, position_ids, kv[0])
         if patch_lengths is not None:
             starts = starts_from_patch_lengths(patch_lengths.to(input_ids.device), length, mask_2d)
         else:
-            if self.config.patching_mode.startswith("entropy"):
-                entropies, _ = self.entropy_model.entropies(
-                    self.entropy_input(ids), mask_2d, position_ids, cache=cache.entropy if cache else None, use_cache=use_cache
-                )
-            starts, entropies = self.compute_patch_starts(ids, mask_2d, entropies)
-        if use_cache and patch_lengths is not None and self.config.patching_mode.startswith("entropy"):
-            entropies, _ = self.entropy_model.entropies(
-                self.entropy_input(ids), mask_2d, position_ids, cache=cache.entropy, use_cache=True
+            c = self.config
+            starts = patch_starts(
+                c.patching_mode, ids, entropies=entropies, threshold=c.patching_threshold, patch_size=c.patch_size,
+                max_patch_length=c.max_patch_length, attention_mask=mask_2d,
             )
-
-        embeds = self.embed_bytes(ids)
-        local_mask = _local_mask(self.config.encoder_config, embeds, mask_2d, cache.encoder if cache else None, position_ids)
-        byte_states = self.local_encoder.run_layers(embeds, local_mask, position_ids, cache.encoder if cache else None)
-
-        gather_index, gather_valid, enc_ids, dec_ids, num_patches = self.patch_layout(starts, mask_2d)
+        byte_states = self.local_encoder.run_layers(self.embed_bytes(ids), mask_2d, position_ids, kv[1])
+        gather_index, gather_valid, decoder_patch_ids, num_patches = patch_layout(starts, mask_2d)
         patch_vectors = self.local_encoder.patch_vectors(byte_states, gather_index, gather_valid)
         latent_positions = torch.arange(num_patches, device=input_ids.device).unsqueeze(0).expand(batch, -1)
-        latent = self.global_transformer(patch_vectors, latent_positions, None, cache.latent if cache else None)
-
+        latent = self.global_transformer(patch_vectors, latent_positions, None, kv[2])
+        hidden = self.local_decoder(byte_states, latent, decoder_patch_ids, mask_2d, position_ids, kv[3])
         if cache is not None:
-            dec_mask = _local_mask(self.config.decoder_config, embeds, mask_2d, cache.decoder, position_ids)
-        else:
-            dec_mask = local_mask
-        hidden = self.local_decoder(byte_states, latent, dec_ids, dec_mask, position_ids, cache.decoder if cache else None)
-
-        if cache is not None:
-            self._fill_cache(cache, ids, attention_mask, byte_states, starts, entropies, latent, dec_ids, num_patches)
-        out = BLTModelOutput(
+            cache.prefill(ids, attention_mask, byte_states, starts, entropies, latent, decoder_patch_ids)
+        return BLTModelOutput(
             last_hidden_state=hidden, cache=cache, patch_starts=starts, entropies=entropies,
             hidden_states=(byte_states, latent, hidden) if output_hidden_states else None,
         )
-        return out if return_dict else out.to_tuple()
 
-    def _fill_cache(self, cache, ids, attention_mask, byte_states, starts, entropies, latent, dec_ids, num_patches):
-        batch, length = ids.shape
-        cache.num_bytes = length
-        cache.byte_ids = ids
-        cache.byte_mask = attention_mask
-        cache.encoder_states = byte_states
-        real = attention_mask.sum(dim=1)
-        cache.next_position = real.clone()
-        slot = torch.arange(length + 1, device=ids.device).expand(batch, -1)
-        cache.open_start = torch.where(starts, slot, torch.full_like(slot, -1)).amax(dim=1)
-        cache.last_entropy = entropies[:, -1] if entropies is not None else None
-        # Patches that can no longer change: every patch that ends before the open one.
-        completed = starts.long().sum(dim=1) - 1  # patches fully inside [0, N) when byte N opens one, else one less
-        patch_index = torch.arange(num_patches, device=ids.device).unsqueeze(0)
-        cache.latent_mask = (patch_index < completed.unsqueeze(1)).long()
-        cache.latent_next_position = completed.clone()
-        last = dec_ids[:, -1].clamp(min=0)
-        cache.decoder_patch = latent.gather(1, last.view(batch, 1, 1).expand(batch, 1, latent.shape[-1])).squeeze(1)
-
-    # ----- incremental generation -----------------------------------------------------------------------------
-    def _extend(self, input_ids, attention_mask, cache: BLTCache) -> BLTModelOutput:
-        """Feed new bytes one at a time through the caches; ``[B, T] -> [B, T, D]``."""
-        outs, starts_out, ent_out = [], [], []
-        for t in range(input_ids.shape[1]):
-            h, s, e = self._step(input_ids[:, t], cache)
-            outs.append(h)
-            starts_out.append(s)
-            ent_out.append(e)
-        entropies = torch.stack(ent_out, dim=1) if ent_out[0] is not None else None
+    def _decode(self, input_ids: torch.LongTensor, cache: BLTCache) -> BLTModelOutput:
+        """Feed new bytes ``[B, T]`` one at a time through the caches -> ``[B, T, D]``; patch_starts ``[B, T]`` says
+        whether the byte after each one opens a patch."""
+        hidden, starts, entropies = zip(*(self._decode_byte(input_ids[:, t], cache) for t in range(input_ids.shape[1])))
         return BLTModelOutput(
-            last_hidden_state=torch.stack(outs, dim=1),
-            cache=cache,
-            patch_starts=torch.stack(starts_out, dim=1),
-            entropies=entropies,
+            last_hidden_state=torch.stack(hidden, dim=1), cache=cache, patch_starts=torch.stack(starts, dim=1),
+            entropies=torch.stack(entropies, dim=1) if entropies[0] is not None else None,
         )
 
-    def _next_starts(self, new_ids, entropy, cache: BLTCache):
-        """Does the byte after ``new_ids`` open a patch? ``[B]`` bool, causal rule of ``patcher_blt``."""
-        c = self.config
-        rel_next = cache.next_position + 1  # relative position of the slot being decided
-        forced = rel_next <= 1
-        mode = c.patching_mode
-        if mode == "entropy":
-            fire = entropy > float(c.patching_threshold)
-        elif mode == "entropy_monotonic":
-            prev = cache.last_entropy if cache.last_entropy is not None else torch.zeros_like(entropy)
-            fire = (entropy - prev) > float(c.patching_threshold)
-        elif mode == "space":
-            prev_id = cache.byte_ids[:, -1]
-            fire = space_like(new_ids) & ~(space_like(prev_id) & (rel_next >= 3))
-        elif mode == "static":
-            fire = (rel_next - 1) % c.patch_size == 0
-        else:  # byte
-            fire = torch.ones_like(forced)
-        starts = forced | ((rel_next >= 2) & fire)
-        if c.max_patch_length is not None:
-            slot_next = cache.num_bytes + 1
-            starts = starts | ((slot_next - cache.open_start) % c.max_patch_length == 0)
-        return starts
-
-    def _step(self, new_ids: torch.LongTensor, cache: BLTCache):
-        batch = new_ids.shape[0]
-        device = new_ids.device
-        position = cache.next_position.view(batch, 1)
-        cache.byte_mask = torch.cat([cache.byte_mask, torch.ones_like(new_ids).view(batch, 1)], dim=1)
-        mask_2d = cache.byte_mask if bool((cache.byte_mask == 0).any()) else None
-        # entropy of the byte after this one
-        entropy = None
-        if self.entropy_model is not None:
-            ent, _ = self.entropy_model.entropies(
-                self.entropy_input(new_ids.view(batch, 1)), mask_2d, position, cache=cache.entropy, use_cache=True
-            )
-            entropy = ent[:, 0]
-        starts_next = self._next_starts(new_ids, entropy, cache)
-        cache.byte_ids = torch.cat([cache.byte_ids, new_ids.view(batch, 1)], dim=1)
-        window = max(self.config.encoder_hash_byte_group_size, default=1)
-        hash_ids = self.hash_ids(cache.byte_ids[:, -window:])[:, -1:] if self.encoder_hash_tok_embedding is not None else None
-        embeds = self.embed_bytes(new_ids.view(batch, 1), hash_ids)
-        enc_mask = _local_mask(self.config.encoder_config, embeds, mask_2d, cache.encoder, position)
-        state = self.local_encoder.run_layers(embeds, enc_mask, position, cache.encoder)
-        cache.encoder_states = torch.cat([cache.encoder_states, state], dim=1)
-        slot = cache.num_bytes  # slot of the new byte
-        if bool(starts_next.any()):
-            # Close each finishing row's open patch [open_start, slot] and run one latent step for all rows; rows
-            # that did not close a patch write a masked hole.
-            lo = int(cache.open_start[starts_next].min())
-            span = slot + 1 - lo
-            offs = torch.arange(span, device=device)
-            gather_index = (lo + offs).view(1, 1, span).expand(batch, 1, span)
-            gather_valid = (lo + offs).view(1, span) >= cache.open_start.view(batch, 1)
-            vectors = self.local_encoder.patch_vectors(cache.encoder_states, gather_index, gather_valid.view(batch, 1, span))
-            cache.latent_mask = torch.cat([cache.latent_mask, starts_next.long().view(batch, 1)], dim=1)
-            latent = self.global_transformer(
-                vectors, cache.latent_next_position.view(batch, 1), cache.latent_mask, cache.latent
-            )[:, 0]
-            cache.decoder_patch = torch.where(starts_next.view(batch, 1), latent, cache.decoder_patch)
-            cache.latent_next_position = cache.latent_next_position + starts_next.long()
-            cache.open_start = torch.where(starts_next, torch.full_like(cache.open_start, slot + 1), cache.open_start)
-        dec_mask = _local_mask(self.config.decoder_config, state, mask_2d, cache.decoder, position)
-        hidden = self.local_decoder(
-            state, cache.decoder_patch.unsqueeze(1), torch.zeros(batch, 1, dtype=torch.long, device=device),
-            dec_mask, position, cache.decoder,
-        )
-        if entropy is not None:
-            cache.last_entropy = entropy
-        cache.next_position = cache.next_position + 1
-        cache.num_bytes += 1
-        return hidden[:, 0], starts_next, entropy
-
-    def freeze_entropy_model(self) -> None:
-        """Entropy model parameters never train inside BLT (boundaries are a hard threshold)."""
-        if self.entropy_model is not None:
-            self.entropy_model.requires_grad_(False)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        if is_transformers_blt_folder(pretrained_model_name_or_path):
-            model = load_transformers_blt_folder(cls, pretrained_model_name_or_path, prefix="model.", **kwargs)
-        else:
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        (model[0] if isinstance(model, tuple) else model).freeze_entropy_model()
-        return model
+    def _decode_byte(self, new_ids: torch.LongTensor, cache: BLTCache):
+        """One byte per row ``[B]``: entropy model step, patch rule, encoder step; when a row's patch closes, one
+        latent step; decoder step. Returns the decoder state ``[B, D]``, the rule's decision and the entropy ``[B]``."""
+        position, mask_2d = cache.add_byte(new_ids)
+        entropy = self._entropies(new_ids.view(-1, 1), mask_2d, position, cache.entropy)
+        entropy = entropy[:, 0] if entropy is not None else None
+        closing = cache.next_byte_opens_patch(entropy)
+        window = max(self.config.encoder_hash_byte_group_size, default=1)  # the n-grams ending at the new byte
+        embeds = self.embed_bytes(cache.byte_ids[:, -window:])[:, -1:]
+        state = self.local_encoder.run_layers(embeds, mask_2d, position, cache.encoder)
+        cache.add_encoder_state(state)
+        if bool(closing.any()):
+            gather_index, gather_valid, latent_position, latent_mask = cache.close_patch(closing)
+            vectors = self.local_encoder.patch_vectors(cache.encoder_states, gather_index, gather_valid)
+            cache.read_latent(closing, self.global_transformer(vectors, latent_position, latent_mask, cache.latent)[:, 0])
+        patch_ids = torch.zeros_like(position)  # the one latent state each row reads
+        hidden = self.local_decoder(state, cache.decoder_patch.unsqueeze(1), patch_ids, mask_2d, position, cache.decoder)
+        return hidden[:, 0], closing, entropy
 
 
 class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
@@ -821,12 +630,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
                     "end with padding (attention_mask 0 at the last position). Pad on the left "
                     "(tokenizer.padding_side='left')."
                 )
-        inputs = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            CACHE_NAME: cache,
-            "use_cache": use_cache,
-        }
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, CACHE_NAME: cache, "use_cache": use_cache}
         # Pass through the other forward arguments (logits_to_keep, output flags, labels-free extras ...), except
         # patch_lengths: generation decides boundaries itself (precomputed lengths would cover the prompt only).
         for key, value in kwargs.items():
@@ -835,21 +639,12 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             inputs[key] = value
         return inputs
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Loads our folders, or converts a folder saved by Transformers' ``BltForCausalLM`` (model type ``blt``)."""
-        if is_transformers_blt_folder(pretrained_model_name_or_path):
-            model = load_transformers_blt_folder(cls, pretrained_model_name_or_path, prefix="", **kwargs)
-        else:
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        (model[0] if isinstance(model, tuple) else model).model.freeze_entropy_model()
-        return model
-
     def save_pretrained_transformers(self, save_directory) -> None:
-        """Write a folder that Transformers' own ``BltForCausalLM.from_pretrained`` loads (model type ``blt``)."""
-        from .convert_blt import export_to_transformers_blt
-
-        export_to_transformers_blt(self, save_directory)
+        """Write a folder that Transformers' own ``BltForCausalLM.from_pretrained`` loads (model type ``blt``); needs
+        the ``hf_efficient_lm`` package (a ``trust_remote_code`` copy of this file alone cannot convert)."""
+        if self.transformers_blt_converter is None:
+            raise ImportError("save_pretrained_transformers needs the hf_efficient_lm package: pip install hf-efficient-lm")
+        self.transformers_blt_converter.export(self, save_directory)
 
 
 __all__ = ["BLTModel", "BLTForCausalLM", "BLTPreTrainedModel", "BLTCache", "byte_ngram_hash_ids", "BLTCrossAttention"]

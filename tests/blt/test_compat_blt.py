@@ -11,7 +11,7 @@ from transformers.models.blt.modeling_blt import byte_group_hash_function
 
 from hf_efficient_lm import BLTForCausalLM
 from hf_efficient_lm.blt import BLTModel, byte_ngram_hash_ids
-from hf_efficient_lm.blt.testing_blt import random_bytes
+from hf_efficient_lm.tools.blt_testing import random_bytes
 
 from .conftest import make_transformers_blt
 

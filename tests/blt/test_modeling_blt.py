@@ -9,7 +9,7 @@ import torch
 
 from hf_efficient_lm import BLTConfig, BLTEntropyModel, BLTForCausalLM
 from hf_efficient_lm.blt.compat_blt import CACHE_NAME, cache_of
-from hf_efficient_lm.blt.testing_blt import make_tiny_blt, random_bytes
+from hf_efficient_lm.tools.blt_testing import make_tiny_blt, random_bytes
 
 
 def _bytes(batch=2, length=30, seed=0):
