@@ -63,6 +63,33 @@ def test_model_files_import_only_what_a_checkpoint_carries():
     assert not problems, "\n".join(problems)
 
 
+# Lines of Python a saved checkpoint carries per family (issue 12: conversion, export, data and training tools stay in
+# hf_efficient_lm/tools/). A family without a limit here is only measured.
+CARRIED_LINE_LIMITS = {"blt": 1200}
+
+
+def carried_lines(family: str) -> tuple[int, list[str]]:
+    """``wc -l`` of the family's configuration/modeling files and every sibling they import, and the file names."""
+    files = set().union(*(_closure(p) for p in _model_files() if p.parent.name == family))
+    return sum(len(p.read_text().splitlines()) for p in files), sorted(p.name for p in files)
+
+
+@pytest.mark.parametrize("family", sorted(CARRIED_LINE_LIMITS))
+def test_checkpoints_carry_at_most_their_line_budget(family):
+    lines, files = carried_lines(family)
+    assert files and lines <= CARRIED_LINE_LIMITS[family], f"{family} carries {lines} lines: {files}"
+
+
+def test_carried_lines_follow_the_import_graph(tmp_path, monkeypatch):
+    family = tmp_path / "hf_efficient_lm" / "blt"
+    family.mkdir(parents=True)
+    (family / "modeling_x.py").write_text("from .cache_x import C\n\n\n")
+    (family / "cache_x.py").write_text("import torch\n")
+    (family / "tool_x.py").write_text("from .modeling_x import M\n" * 50)  # imports the model, is not imported by it
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "hf_efficient_lm")
+    assert carried_lines("blt") == (4, ["cache_x.py", "modeling_x.py"])
+
+
 def test_python_file_names_are_unique_across_the_package():
     names = Counter(p.name for p in PACKAGE.rglob("*.py") if p.name != "__init__.py")
     duplicates = sorted(name for name, count in names.items() if count > 1)

@@ -15,14 +15,7 @@ from .configuration_blt_lm import (
 )
 from .modeling_blt_entropy import BLTEntropyModel, next_byte_entropy
 from .modeling_blt_lm import BLTForCausalLM, BLTModel, BLTPreTrainedModel, byte_ngram_hash_ids
-from .patcher_blt import (
-    entropy_patch_starts,
-    patch_starts,
-    space_patch_starts,
-    split_long_patches,
-    starts_from_patch_lengths,
-    static_patch_starts,
-)
+from .patcher_blt import patch_starts, split_long_patches, starts_from_patch_lengths
 from .tokenization_blt_lm import BLTTokenizer
 
 register_causal_lm(BLTConfig, BLTForCausalLM, BLTModel)
@@ -33,7 +26,7 @@ BLTTokenizer.register_for_auto_class("AutoTokenizer")
 BLTPreTrainedModel.transformers_blt_converter = blt_convert
 
 _DATA = [
-    "patch_lengths_from_starts", "patch_ids_from_starts", "text_to_ids", "pack_texts", "document_rows", "byte_dataset",
+    "entropy_patch_starts", "space_patch_starts", "static_patch_starts", "patch_lengths_from_starts", "patch_ids_from_starts", "text_to_ids", "pack_texts", "document_rows", "byte_dataset",
     "pad_right", "compute_patch_lengths", "add_patch_lengths_column", "mean_patch_size", "calibrate_threshold",
     "BLTDataCollator",
 ]
@@ -46,6 +39,5 @@ __all__ = [
     "BLTConfig", "BLTEntropyConfig", "BLTLocalConfig", "BLTLocalEncoderConfig", "BLTLocalDecoderConfig", "BLTGlobalConfig",
     "BLTForCausalLM", "BLTModel", "BLTCache", "BLTEntropyModel", "BLTTokenizer",
     "byte_ngram_hash_ids", "next_byte_entropy", "blt_config_from_transformers", "export_to_transformers_blt",
-    "entropy_patch_starts", "space_patch_starts", "static_patch_starts", "split_long_patches", "patch_starts",
-    "starts_from_patch_lengths", *_DATA, "blt_flops_per_byte", "llama_flops_per_token",
+    "split_long_patches", "patch_starts", "starts_from_patch_lengths", *_DATA, "blt_flops_per_byte", "llama_flops_per_token",
 ]

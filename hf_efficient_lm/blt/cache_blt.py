@@ -1,14 +1,13 @@
-"""``BLTCache``: everything incremental BLT generation keeps between steps, and the updates of that state.
+"""``BLTCache``: the state incremental BLT generation keeps between steps, and its updates (rows advance together).
 
 Byte level: ``entropy`` / ``encoder`` / ``decoder`` DynamicCaches (sliding window), the byte ids (n-gram hashes and
-the space rule read the latest ones), the encoder byte states (closing a patch cross-attends over its bytes), per-row
-positions. Patch level: the ``latent`` DynamicCache with a validity mask (rows close patches at different steps; a row
-that did not close one at a latent step leaves a masked hole), each row's open patch start and the latent output the
-decoder reads. The model calls :meth:`BLTCache.prefill` after the prompt's full forward, then per new byte
-:meth:`add_byte`, :meth:`next_byte_opens_patch` (the same :func:`boundary_rule` as the batched patcher), and for rows
-that close their patch :meth:`close_patch` / :meth:`read_latent`. Batch rows advance one byte per step together.
-
-Only stdlib / torch / transformers imports: this file travels with checkpoints for ``trust_remote_code``.
+the space rule read the latest), the encoder byte states (a closing patch cross-attends over its bytes), positions.
+Patch level: the ``latent`` DynamicCache with a validity mask (rows close patches at different steps; a row that did
+not close one leaves a masked hole), each row's open patch start and the latent output its decoder reads. The model
+calls :meth:`~BLTCache.prefill` after the prompt's full forward, then per byte :meth:`~BLTCache.add_byte`,
+:meth:`~BLTCache.next_byte_opens_patch` (the batched patcher's :func:`boundary_rule`) and, where a patch closes,
+:meth:`~BLTCache.close_patch` / :meth:`~BLTCache.read_latent`. Carried with checkpoints (stdlib / torch /
+transformers imports only).
 """
 
 from __future__ import annotations
@@ -24,8 +23,7 @@ class BLTCache:
     """Byte- and patch-level caches of one batch plus each row's patch state (see the module docstring)."""
 
     is_compileable = False
-    # Per-row tensors (batch first). Beam search and batch surgery move every one of them together with the four KV
-    # caches, otherwise a reordered row would keep another row's patch boundaries or pending patch bytes.
+    # Per-row tensors: beam search and batch surgery move each with the KV caches (or a row keeps another's patches).
     ROW_FIELDS = (
         "byte_ids", "byte_mask", "encoder_states", "next_position", "open_start", "last_entropy", "latent_mask",
         "latent_next_position", "decoder_patch",
@@ -120,11 +118,8 @@ class BLTCache:
         """Bytes seen so far (slots, padding included)."""
         return self.num_bytes
 
-    def _kv_caches(self) -> tuple[DynamicCache, ...]:
-        return (self.entropy, self.encoder, self.decoder, self.latent)
-
     def _map_rows(self, kv_method: str, arg, fn) -> None:
-        for cache in self._kv_caches():
+        for cache in (self.entropy, self.encoder, self.decoder, self.latent):
             getattr(cache, kv_method)(arg)
         for name in self.ROW_FIELDS:
             value = getattr(self, name)

@@ -1,22 +1,17 @@
-"""BLT — Byte Latent Transformer (Pagnoni et al., 2024) as a Transformers causal LM.
+"""BLT — Byte Latent Transformer (Pagnoni et al., 2024) as a Transformers causal LM. For ``N`` bytes, ``P`` patches:
 
-Data flow for ``N`` bytes, ``P`` patches, ``k = cross_attn_k``:
+1. entropy model -> next-byte entropies ``[B, N]`` -> patch start mask ``[B, N + 1]`` (``patcher_blt``);
+2. byte + hashed n-gram embeddings -> ``[B, N, D_E]``; local encoder: sliding-window layers over bytes, then each
+   patch (max-pooled, projected to ``k = cross_attn_k`` queries) cross-attends to its bytes -> ``[B, P, k * D_E]``;
+3. latent transformer: causal over patches -> ``[B, P, D_G]``;
+4. local decoder: from the encoder byte states, each byte cross-attends to the ``k`` slices of the patch *before* the
+   one holding the byte it predicts, then sliding-window layers; norm; LM head -> ``[B, N, 260]``.
 
-1. entropy model (``BLTEntropyModel``) -> next-byte entropies ``[B, N]`` -> patch start mask ``[B, N + 1]``;
-2. byte embedding + hashed n-gram embeddings -> ``[B, N, D_E]``;
-3. local encoder: sliding-window self-attention over bytes, then each patch (max-pooled, projected to ``k``
-   queries) cross-attends to its own bytes -> patch vectors ``[B, P, k * D_E]``;
-4. latent transformer: causal over patches -> ``[B, P, D_G]``;
-5. local decoder: starting from the encoder byte states, each byte cross-attends to the ``k`` slices of the patch
-   *before* the one holding the byte it predicts, then sliding-window self-attention; norm; LM head -> ``[B, N, 260]``.
-
-All attention blocks are Transformers' Mistral/Llama decoder layers (half-split RoPE; checkpoints of Transformers'
-``Blt``, which uses interleaved RoPE, are converted by permuting q/k rows, see ``hf_efficient_lm.tools.blt_convert``). Cross-attention
-is gathered (each query reads only its ``<= patch length`` or ``k`` keys) instead of a dense masked product.
-
-``BLTModel.forward`` has two paths: ``_prefill`` (the full forward: training, scoring, a prompt) and ``_decode``
-(incremental generation on a :class:`BLTCache`, one byte at a time: one step of the small models per byte, one
-latent step only when the patching rule closes a patch). Decoding is exact: equal to the full forward.
+Blocks are Transformers' Mistral/Llama layers (half-split RoPE; Transformers' ``Blt`` checkpoints, interleaved RoPE,
+are converted by permuting q/k rows in ``hf_efficient_lm.tools.blt_convert``); cross-attention gathers each query's
+``<= patch length`` or ``k`` keys instead of a dense masked product. ``BLTModel.forward`` has two paths: ``_prefill``
+(the full forward: training, scoring, a prompt) and ``_decode`` (generation on a :class:`BLTCache`: one step of the
+small models per byte, one latent step only when a patch closes), exactly equal to the full forward.
 """
 
 from __future__ import annotations
@@ -26,18 +21,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.masking_utils import (
-    create_causal_mask,
-    create_sliding_window_causal_mask,
-    find_packed_sequence_indices,
-)
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask, find_packed_sequence_indices
 from transformers.modeling_outputs import CausalLMOutputWithPast, ModelOutput
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
-from transformers.models.mistral.modeling_mistral import (
-    MistralDecoderLayer,
-    MistralRMSNorm,
-    MistralRotaryEmbedding,
-)
+from transformers.models.mistral.modeling_mistral import MistralDecoderLayer, MistralRMSNorm, MistralRotaryEmbedding
 
 from .cache_blt import BLTCache
 from .compat_blt import CACHE_NAME, resolve_cache
@@ -46,15 +33,11 @@ from .modeling_blt_entropy import BLTEntropyModel, positions_from_mask
 from .patcher_blt import patch_starts, starts_from_patch_lengths
 
 # Primes of the rolling polynomial hash (same list and order as Meta's / Transformers' BLT, for weight compatibility).
-HASH_PRIMES = (
-    1000000007, 5915587277, 1500450271, 3267000013, 5754853343, 4093082899,
-    9576890767, 3628273133, 2860486313, 5463458053, 3367900313,
-)
+HASH_PRIMES = (1000000007, 5915587277, 1500450271, 3267000013, 5754853343, 4093082899, 9576890767, 3628273133,
+               2860486313, 5463458053, 3367900313)
 
 
-def byte_ngram_hash_ids(
-    input_ids: torch.LongTensor, group_sizes: list[int], nb_functions: int, buckets: int
-) -> torch.LongTensor:
+def byte_ngram_hash_ids(input_ids: torch.LongTensor, group_sizes: list[int], nb_functions: int, buckets: int):
     """Row indices into the fused hash table, ``[B, N] -> [B, N, nb_functions * len(group_sizes)]``.
 
     For n-gram size ``n`` ending at byte ``i`` (zero left padding), ``hash = sum_j ids[i-n+1+j] * prime^j`` in
@@ -63,24 +46,18 @@ def byte_ngram_hash_ids(
     """
     ids = input_ids.long()
     batch, length = ids.shape
-    max_n = max(group_sizes) if group_sizes else 0
-    # shifted[s][:, i] = ids[:, i - s] (0 before the start)
-    padded = torch.cat([ids.new_zeros(batch, max_n), ids], dim=1)
+    max_n = max(group_sizes, default=0)
+    padded = torch.cat([ids.new_zeros(batch, max_n), ids], dim=1)  # padded[:, max_n + i - s] = ids[:, i - s]
     columns = []
     for func in range(nb_functions):
         prime = HASH_PRIMES[func % len(HASH_PRIMES)]
-        by_size = {}
-        h = ids
-        for n in range(1, max_n + 1):
-            if n > 1:
-                h = padded[:, max_n - (n - 1) : max_n - (n - 1) + length] + prime * h
-            by_size[n] = h
+        by_size = {1: ids}
+        for n in range(2, max_n + 1):
+            by_size[n] = padded[:, max_n - n + 1 : max_n - n + 1 + length] + prime * by_size[n - 1]
         for size_index, n in enumerate(group_sizes):
             table = func * len(group_sizes) + size_index
             columns.append(torch.remainder(by_size[n], buckets) + table * buckets)
-    if not columns:
-        return ids.new_zeros(batch, length, 0)
-    return torch.stack(columns, dim=-1)
+    return torch.stack(columns, dim=-1) if columns else ids.new_zeros(batch, length, 0)
 
 
 def check_padding(attention_mask: torch.Tensor) -> torch.BoolTensor:
@@ -89,20 +66,29 @@ def check_padding(attention_mask: torch.Tensor) -> torch.BoolTensor:
     mask = attention_mask.long()
     if bool(((mask != 0) & (mask != 1)).any()):
         raise ValueError(f"attention_mask must hold 0/1 values, got {sorted(set(mask.unique().tolist()))}")
-    batch, length = mask.shape
     leading = (mask.cumsum(dim=1) == 0).sum(dim=1, keepdim=True)
     end = leading + mask.sum(dim=1, keepdim=True)
-    slot = torch.arange(length, device=mask.device).unsqueeze(0)
-    expected = (slot >= leading) & (slot < end)
-    bad = (expected != mask.bool()).any(dim=1)
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        holes = (~mask[row].bool() & (slot[0] > leading[row]) & (slot[0] < end[row])).nonzero().flatten().tolist()
+    slot = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
+    holes = (mask == 0) & (slot > leading) & (slot < end)  # padding between a row's real bytes
+    if bool(holes.any()):
+        row = int(holes.any(dim=1).nonzero()[0, 0])
         raise ValueError(
-            f"attention_mask row {row} has padding between real bytes (zeros at slots {holes[:8]}): BLT needs each "
-            "row's real bytes in one run, with padding only before (left padding) and/or after (right padding) them"
+            f"attention_mask row {row} has padding between real bytes (zeros at slots "
+            f"{holes[row].nonzero().flatten().tolist()[:8]}): BLT needs each row's real bytes in one run, with padding "
+            "only before (left padding) and/or after (right padding) them"
         )
-    return (end.squeeze(1) < length) & (mask.sum(dim=1) > 0)
+    return (end.squeeze(1) < mask.shape[1]) & (mask.sum(dim=1) > 0)
+
+
+def refuse_right_padding(attention_mask: torch.Tensor, what: str) -> None:
+    """ValueError naming the right-padded rows of ``attention_mask [B, N]``: new bytes would follow their padding."""
+    right_padded = check_padding(attention_mask)
+    if bool(right_padded.any()):
+        raise ValueError(
+            f"{what}: row(s) {right_padded.nonzero().flatten().tolist()} end with padding (attention_mask 0 at the last "
+            "position), and new bytes would continue after it. Pad on the left (tokenizer.padding_side='left'); right "
+            "padding is for training / scoring (use_cache=False)."
+        )
 
 
 class BLTCrossAttention(nn.Module):
@@ -127,13 +113,8 @@ class BLTCrossAttention(nn.Module):
         self.q_norm = MistralRMSNorm(hidden, eps=config.rms_norm_eps)
         self.k_norm = MistralRMSNorm(hidden, eps=config.rms_norm_eps)
 
-    def forward(
-        self,
-        queries: torch.Tensor,
-        kv_states: torch.Tensor,
-        key_valid: torch.Tensor | None = None,
-        kv_index: torch.LongTensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, queries: torch.Tensor, kv_states: torch.Tensor, key_valid: torch.Tensor | None = None,
+                kv_index: torch.LongTensor | None = None) -> torch.Tensor:
         """queries ``[B, G, Q, D]`` attend to the keys/values projected from ``kv_states [B, G', S, D]``: those of
         their own group (``G' = G``), or of group ``kv_index [B, G]`` (gathered after the projection, so each of the
         ``G'`` groups is projected once). ``key_valid [B, G, S]`` masks keys; a group with no valid key gets a zero
@@ -159,51 +140,54 @@ class BLTCrossAttention(nn.Module):
         return self.o_proj(out) + queries
 
 
-def _local_mask(config, inputs_embeds, attention_mask, cache, position_ids):
-    fn = create_causal_mask if getattr(config, "sliding_window", None) is None else create_sliding_window_causal_mask
-    return fn(
-        config=config,
-        inputs_embeds=inputs_embeds,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        **{CACHE_NAME: cache},
-    )
+def run_layers(config, layers, rotary_emb, hidden, attention_mask, position_ids, cache=None, before_layer=None):
+    """Mistral/Llama decoder layers over ``hidden [B, T, D]`` with the causal (sliding-window when ``config`` has one)
+    mask of ``attention_mask [B, S]`` (all slots, or None) and the KV ``cache``; ``before_layer(i, hidden)`` runs
+    before layer ``i`` (the decoder's cross-attention)."""
+    sliding = getattr(config, "sliding_window", None) is not None
+    make_mask = create_sliding_window_causal_mask if sliding else create_causal_mask
+    mask = make_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask, position_ids=position_ids,
+                     **{CACHE_NAME: cache})
+    position_embeddings = rotary_emb(hidden, position_ids)
+    for i, layer in enumerate(layers):
+        if before_layer is not None:
+            hidden = before_layer(i, hidden)
+        hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
+                       position_embeddings=position_embeddings, **{CACHE_NAME: cache})
+    return hidden
 
 
-class BLTLocalEncoder(nn.Module):
-    """Byte embedding + sliding-window byte layers + patch cross-attention (patches as queries)."""
+class _BLTLocalStack(nn.Module):
+    """What the local encoder and decoder share: sliding-window byte layers, RoPE, the projection to the ``k`` patch
+    query / key slices and the cross-attentions (one per layer with ``cross_attn_all_layers``, else one). Transformers'
+    Blt encoder keeps one per layer too but only the last reaches its output; the parameters are kept alike."""
 
-    def __init__(self, config: BLTLocalConfig, cross_attn_k: int):
+    def __init__(self, config: BLTLocalConfig, patch_size: int, cross_attn_k: int, embed: bool = False):
         super().__init__()
         self.config = config
         self.cross_attn_k = cross_attn_k
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        if embed:  # the encoder's byte embedding (created first: parameter order as before the split)
+            self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList([MistralDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.rotary_emb = MistralRotaryEmbedding(config=config)
-        self.patch_embedding_projection = nn.Linear(config.hidden_size, config.hidden_size * cross_attn_k, bias=False)
-        # Transformers' Blt keeps one cross-attention per layer when cross_attn_all_layers is set but only the last
-        # one reaches the output (the pooled queries are rebuilt at every layer); we keep the same parameters.
+        self.patch_embedding_projection = nn.Linear(patch_size, config.hidden_size * cross_attn_k, bias=False)
         n_cross = config.num_hidden_layers if config.cross_attn_all_layers else 1
         self.cross_attn_layers = nn.ModuleList([BLTCrossAttention(config) for _ in range(n_cross)])
 
+
+class BLTLocalEncoder(_BLTLocalStack):
+    """Byte embedding + sliding-window byte layers + patch cross-attention (patches as queries)."""
+
+    def __init__(self, config: BLTLocalConfig, cross_attn_k: int):
+        super().__init__(config, config.hidden_size, cross_attn_k, embed=True)
+
     def run_layers(self, embeds, attention_mask, position_ids, cache=None):
         """``[B, N, D] -> [B, N, D]`` byte states (``attention_mask [B, T]`` over all slots, or None)."""
-        mask = _local_mask(self.config, embeds, attention_mask, cache, position_ids)
-        position_embeddings = self.rotary_emb(embeds, position_ids)
-        hidden = embeds
-        for layer in self.layers:
-            hidden = layer(
-                hidden, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
-                position_embeddings=position_embeddings, **{CACHE_NAME: cache},
-            )
-        return hidden
+        return run_layers(self.config, self.layers, self.rotary_emb, embeds, attention_mask, position_ids, cache)
 
     def patch_vectors(self, byte_states, gather_index, gather_valid):
-        """Pool and cross-attend each patch over its bytes.
-
-        byte_states ``[B, N, D]``; gather_index/valid ``[B, P, L]`` (byte slots of each patch, L = longest patch)
-        -> ``[B, P, k * D]``.
-        """
+        """Pool and cross-attend each patch over its bytes: byte_states ``[B, N, D]``; gather_index/valid ``[B, P, L]``
+        (byte slots of each patch, L = longest patch) -> ``[B, P, k * D]``."""
         b, p, slots = gather_index.shape
         d = byte_states.shape[-1]
         flat = gather_index.reshape(b, p * slots, 1).expand(b, p * slots, d)
@@ -223,58 +207,38 @@ class BLTGlobalTransformer(nn.Module):
         self.config = config
         self.layers = nn.ModuleList([LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.rotary_emb = LlamaRotaryEmbedding(config=config)
-        if input_size != config.hidden_size:
-            self.token_embedding_projection = nn.Linear(input_size, config.hidden_size, bias=False)
-        else:
-            self.token_embedding_projection = nn.Identity()
-
-    def forward(self, patch_vectors, position_ids, attention_mask_2d=None, cache=None):
-        """``[B, P, k*D_E] -> [B, P, D_G]``."""
-        hidden = self.token_embedding_projection(patch_vectors)
-        mask = create_causal_mask(
-            config=self.config, inputs_embeds=hidden, attention_mask=attention_mask_2d, position_ids=position_ids,
-            **{CACHE_NAME: cache},
+        self.token_embedding_projection = (
+            nn.Linear(input_size, config.hidden_size, bias=False) if input_size != config.hidden_size else nn.Identity()
         )
-        position_embeddings = self.rotary_emb(hidden, position_ids)
-        for layer in self.layers:
-            hidden = layer(
-                hidden, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
-                position_embeddings=position_embeddings, **{CACHE_NAME: cache},
-            )
-        return hidden
+
+    def forward(self, patch_vectors, position_ids, attention_mask=None, cache=None):
+        """``[B, P, k*D_E] -> [B, P, D_G]``; ``attention_mask [B, S]`` marks valid latent slots (decoding)."""
+        hidden = self.token_embedding_projection(patch_vectors)
+        return run_layers(self.config, self.layers, self.rotary_emb, hidden, attention_mask, position_ids, cache)
 
 
-class BLTLocalDecoder(nn.Module):
+class BLTLocalDecoder(_BLTLocalStack):
     """Byte layers that cross-attend (before each layer) to the k slices of their assigned patch; final norm."""
 
     def __init__(self, config: BLTLocalConfig, global_size: int, cross_attn_k: int):
-        super().__init__()
-        self.config = config
-        self.cross_attn_k = cross_attn_k
-        self.layers = nn.ModuleList([MistralDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
-        self.rotary_emb = MistralRotaryEmbedding(config=config)
-        self.patch_embedding_projection = nn.Linear(global_size, config.hidden_size * cross_attn_k, bias=False)
+        super().__init__(config, global_size, cross_attn_k)
         self.norm = MistralRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        n_cross = config.num_hidden_layers if config.cross_attn_all_layers else 1
-        self.cross_attn_layers = nn.ModuleList([BLTCrossAttention(config) for _ in range(n_cross)])
 
     def forward(self, byte_states, patch_states, byte_patch, attention_mask, position_ids, cache=None):
         """byte_states ``[B, N, D]`` (encoder output); patch_states ``[B, P, D_G]``; byte_patch ``[B, N]`` index of
         the patch each byte reads; attention_mask ``[B, T]`` or None -> ``[B, N, D]`` normed states."""
         b, n, d = byte_states.shape
-        mask = _local_mask(self.config, byte_states, attention_mask, cache, position_ids)
         p = patch_states.shape[1]
         slices = self.patch_embedding_projection(patch_states).view(b, p, self.cross_attn_k, d)
-        position_embeddings = self.rotary_emb(byte_states, position_ids)
-        hidden = byte_states
         index = byte_patch.clamp(min=0, max=p - 1)
-        for i, layer in enumerate(self.layers):
-            if i < len(self.cross_attn_layers):
-                hidden = hidden + self.cross_attn_layers[i](hidden.unsqueeze(2), slices, kv_index=index).squeeze(2)
-            hidden = layer(
-                hidden, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
-                position_embeddings=position_embeddings, **{CACHE_NAME: cache},
-            )
+
+        def cross_attend(i, hidden):
+            if i >= len(self.cross_attn_layers):
+                return hidden
+            return hidden + self.cross_attn_layers[i](hidden.unsqueeze(2), slices, kv_index=index).squeeze(2)
+
+        hidden = run_layers(self.config, self.layers, self.rotary_emb, byte_states, attention_mask, position_ids, cache,
+                            cross_attend)
         return self.norm(hidden)
 
 
@@ -322,10 +286,7 @@ class BLTPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     # FSDP / device-map units: local encoder/decoder layers, latent layers, cross-attentions, the (frozen) entropy model
     _no_split_modules = ["MistralDecoderLayer", "LlamaDecoderLayer", "BLTCrossAttention", "BLTEntropyModel"]
-    _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    _can_compile_fullgraph = False
+    _supports_sdpa = True  # flash / flex attention and fullgraph compile stay off (PreTrainedModel's defaults)
     _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq"]
     # Reading / writing Transformers' own ``blt`` checkpoints is a tool, not carried by checkpoints: importing
     # ``hf_efficient_lm.blt`` installs ``hf_efficient_lm.tools.blt_convert`` here.
@@ -369,9 +330,8 @@ class BLTModel(BLTPreTrainedModel):
         self.global_transformer = BLTGlobalTransformer(glob, config.latent_input_size)
         self.local_decoder = BLTLocalDecoder(dec, glob.hidden_size, config.cross_attn_k)
         num_tables = config.encoder_hash_byte_group_nb_functions * len(config.encoder_hash_byte_group_size)
-        self.encoder_hash_tok_embedding = (
-            nn.Embedding(num_tables * config.encoder_hash_byte_group_vocab, enc.hidden_size) if num_tables else None
-        )
+        hash_rows = num_tables * config.encoder_hash_byte_group_vocab
+        self.encoder_hash_tok_embedding = nn.Embedding(hash_rows, enc.hidden_size) if num_tables else None
         # Frozen: boundaries are a hard threshold on its entropies; it is trained separately (examples/).
         self.entropy_model = BLTEntropyModel(config.entropy_config) if config.patching_mode.startswith("entropy") else None
         self.freeze_entropy_model()
@@ -389,10 +349,8 @@ class BLTModel(BLTPreTrainedModel):
         embeds = self.local_encoder.embed_tokens(input_ids)
         if self.encoder_hash_tok_embedding is not None:
             c = self.config
-            hash_ids = byte_ngram_hash_ids(
-                input_ids, c.encoder_hash_byte_group_size, c.encoder_hash_byte_group_nb_functions,
-                c.encoder_hash_byte_group_vocab,
-            )
+            hash_ids = byte_ngram_hash_ids(input_ids, c.encoder_hash_byte_group_size,
+                                           c.encoder_hash_byte_group_nb_functions, c.encoder_hash_byte_group_vocab)
             embeds = embeds + self.encoder_hash_tok_embedding(hash_ids).sum(dim=-2)
         return embeds
 
@@ -405,18 +363,11 @@ class BLTModel(BLTPreTrainedModel):
         return self.entropy_model.entropies(ids, attention_mask, position_ids, cache=cache, use_cache=cache is not None)[0]
 
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        patch_lengths: torch.Tensor | None = None,
-        cache: BLTCache | None = None,
-        use_cache: bool | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+        patch_lengths: torch.Tensor | None = None, cache: BLTCache | None = None, use_cache: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None, position_ids: torch.LongTensor | None = None,
+        output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+        return_dict: bool | None = None, **kwargs,
     ) -> BLTModelOutput:
         """input_ids ``[B, N]`` byte ids; attention_mask ``[B, N]`` (left and/or right padding around one run of real
         bytes per row; right padding only without the cache); patch_lengths ``[B, P]`` optional precomputed patches
@@ -428,32 +379,24 @@ class BLTModel(BLTPreTrainedModel):
         if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
-            raise ValueError(
-                f"input_ids must be byte ids in [0, {self.config.vocab_size}); got values in "
-                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
-            )
+            raise ValueError(f"input_ids must be byte ids in [0, {self.config.vocab_size}); got values in "
+                             f"[{int(input_ids.min())}, {int(input_ids.max())}]")
         if attention_mask is None and position_ids is not None and find_packed_sequence_indices(position_ids) is not None:
-            raise ValueError(
-                "BLT does not take padding-free packed rows (position_ids restarting per document): its byte "
-                "positions and patches come from the attention mask. Put one document per row, padded, with an "
-                "attention_mask (or pack documents separated by EOS with BLTDataCollator)."
-            )
+            raise ValueError("BLT does not take padding-free packed rows (position_ids restarting per document): its "
+                             "byte positions and patches come from the attention mask. Put one document per row, padded, "
+                             "with an attention_mask (or pack documents separated by EOS with BLTDataCollator).")
         if cache is not None and not isinstance(cache, BLTCache):
             raise TypeError(f"the cache must be a BLTCache, got {type(cache).__name__}")
         if output_attentions:
-            raise ValueError(
-                "BLT does not return attention weights (output_attentions=True): its layers run fused sdpa / eager "
-                "attention over three levels with different shapes; use output_hidden_states=True for per-stage states"
-            )
+            raise ValueError("BLT does not return attention weights (output_attentions=True): its attention runs over "
+                             "three levels of different shapes; use output_hidden_states=True for per-stage states")
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if cache is not None and cache.num_bytes > 0:
             if output_hidden_states:
-                raise ValueError(
-                    "output_hidden_states=True is supported for the full forward only, not for cached incremental "
-                    "steps (generate with output_hidden_states=True, or call forward without a non-empty cache)"
-                )
+                raise ValueError("output_hidden_states=True is supported for the full forward only, not for cached "
+                                 "incremental steps (call forward without a non-empty cache)")
             if patch_lengths is not None:
                 raise ValueError("patch_lengths cannot be given for incremental steps (boundaries come from the cache)")
             out = self._decode(input_ids.long(), cache)
@@ -471,20 +414,15 @@ class BLTModel(BLTPreTrainedModel):
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
         mask_2d = attention_mask if bool((attention_mask == 0).any()) else None
         if mask_2d is not None:
-            right_padded = check_padding(attention_mask)
-            if cache is not None and bool(right_padded.any()):
-                raise ValueError(
-                    f"use_cache=True needs left padding: row(s) {right_padded.nonzero().flatten().tolist()} end with "
-                    "padding, and cached bytes would continue after it. Pad prompts on the left "
-                    "(tokenizer.padding_side='left'); right padding is for training / scoring (use_cache=False)."
-                )
+            check_padding(attention_mask)
+            if cache is not None:
+                refuse_right_padding(attention_mask, "use_cache=True needs left padding")
         position_ids = positions_from_mask(attention_mask)
         ids = input_ids * attention_mask  # padding hashes like Meta's zero left-context
         kv = (cache.entropy, cache.encoder, cache.latent, cache.decoder) if cache is not None else (None,) * 4
 
-        entropies = None
-        if patch_lengths is None or cache is not None:  # the cache needs the entropy model's state in any case
-            entropies = self._entropies(ids, mask_2d, position_ids, kv[0])
+        need_entropies = patch_lengths is None or cache is not None  # precomputed patches skip it unless cached
+        entropies = self._entropies(ids, mask_2d, position_ids, kv[0]) if need_entropies else None
         if patch_lengths is not None:
             starts = starts_from_patch_lengths(patch_lengths.to(input_ids.device), length, mask_2d)
         else:
@@ -545,37 +483,17 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.decoder_config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head = new_embeddings
-
-    def get_input_embeddings(self):
-        return self.model.local_encoder.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.model.local_encoder.embed_tokens = value
-
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # BLTCache is created by forward
 
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        patch_lengths: torch.Tensor | None = None,
-        cache: BLTCache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        position_ids: torch.LongTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+        patch_lengths: torch.Tensor | None = None, cache: BLTCache | None = None,
+        inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
+        position_ids: torch.LongTensor | None = None, output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits ``[B, N, 260]`` (fp32); ``labels`` ``[B, N]`` (-100 ignored) give the shifted next-byte loss (nats;
         bits per byte = loss / ln 2)."""
@@ -585,29 +503,20 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             cache=cache, use_cache=use_cache, inputs_embeds=inputs_embeds, position_ids=position_ids,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
         )
-        hidden = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            hidden = hidden[:, -logits_to_keep:]
-        elif isinstance(logits_to_keep, torch.Tensor):
-            hidden = hidden[:, logits_to_keep]
-        logits = self.lm_head(hidden).float()
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
-        out = CausalLMOutputWithPast(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{CACHE_NAME: outputs.cache}
-        )
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep  # 0 keeps all
+        logits = self.lm_head(outputs.last_hidden_state[:, keep]).float()
+        loss = None if labels is None else self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
+        out = CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                     **{CACHE_NAME: outputs.cache})
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return out if return_dict else out.to_tuple()
 
     def generate(self, *args, **kwargs):
         """``GenerationMixin.generate`` on the :class:`BLTCache`; a static / other cache implementation is refused
         (Transformers would only warn and ignore it)."""
-        impl = kwargs.get("cache_implementation")
-        if impl is None and kwargs.get("generation_config") is not None:
-            impl = getattr(kwargs["generation_config"], "cache_implementation", None)
-        if impl is None and self.generation_config is not None:
-            impl = getattr(self.generation_config, "cache_implementation", None)
+        configs = (kwargs.get("generation_config"), self.generation_config)
+        impls = [kwargs.get("cache_implementation"), *(getattr(c, "cache_implementation", None) for c in configs)]
+        impl = next((i for i in impls if i is not None), None)
         if impl not in (None, "dynamic"):
             raise ValueError(
                 f"BLTForCausalLM.generate does not support cache_implementation={impl!r}: BLT keeps its own BLTCache "
@@ -621,23 +530,13 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         if cache is not None and cache.num_bytes > 0:
             input_ids = input_ids[:, cache.num_bytes :]
         elif attention_mask is not None and bool((attention_mask == 0).any()):
-            # Generated bytes are appended at the end of every row, so a right-padded prompt would continue after its
-            # padding (Transformers only warns; here the result would be silently wrong, with or without the cache).
-            right_padded = check_padding(attention_mask)
-            if bool(right_padded.any()):
-                raise ValueError(
-                    f"BLTForCausalLM.generate needs left-padded prompts: row(s) {right_padded.nonzero().flatten().tolist()} "
-                    "end with padding (attention_mask 0 at the last position). Pad on the left "
-                    "(tokenizer.padding_side='left')."
-                )
+            # Transformers only warns; the result would be silently wrong, with or without the cache.
+            refuse_right_padding(attention_mask, "BLTForCausalLM.generate needs left-padded prompts")
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, CACHE_NAME: cache, "use_cache": use_cache}
         # Pass through the other forward arguments (logits_to_keep, output flags, labels-free extras ...), except
         # patch_lengths: generation decides boundaries itself (precomputed lengths would cover the prompt only).
-        for key, value in kwargs.items():
-            if key in inputs or value is None or key == "patch_lengths":
-                continue
-            inputs[key] = value
-        return inputs
+        extra = {k: v for k, v in kwargs.items() if k not in inputs and v is not None and k != "patch_lengths"}
+        return {**inputs, **extra}
 
     def save_pretrained_transformers(self, save_directory) -> None:
         """Write a folder that Transformers' own ``BltForCausalLM.from_pretrained`` loads (model type ``blt``); needs

@@ -1,20 +1,14 @@
 """Patch boundaries for BLT: vectorised, batched, causal.
 
-Representation. A patching of a row of ``N`` byte positions is a boolean *start mask* ``starts[B, N + 1]``:
-``starts[b, t]`` says that byte ``t`` opens a new patch. Column ``N`` is the decision for the byte that comes next
-(it decides which patch the decoder reads at the last position, and during generation whether the open patch is
-complete). Every rule here is causal: ``starts[:, t]`` depends on bytes ``< t`` (entropies up to ``t - 1``) only, so
-prefix patches never change when bytes are appended and generation can decide boundaries as bytes arrive.
-
-Conventions shared with Transformers' ``Blt`` and Meta's code: the first two real bytes always open patches (the first
-patch is the BOS byte alone); for ``t >= 2`` byte ``t`` opens a patch iff the rule fires on position ``t - 1``.
-Padding (``attention_mask == 0``) on the left and/or on the right of each row's one run of real bytes is supported:
-rules count positions from the first real byte, and padded positions never start patches except the slot right after
-the last real byte of a right-padded row, which holds that row's next-byte decision (column ``N`` of the row alone).
-So every real byte gets the patch it gets when the row is alone.
-
-Patch *lengths* (``[B, P]``, right-padded with zeros) are the exchange format for datasets and for Transformers'
-``patch_lengths`` argument; :func:`starts_from_patch_lengths` validates and converts them.
+A patching of ``N`` byte slots is a boolean *start mask* ``starts[B, N + 1]`` (byte ``t`` opens a patch); column ``N``
+is the decision for the byte that comes next (which patch the decoder reads at the last position; in generation,
+whether the open patch is complete). Rules are causal (``starts[:, t]`` reads bytes and entropies ``< t``), so prefix
+patches never change when bytes are appended. As in Transformers' ``Blt`` and Meta's code, the first two real bytes
+open patches (the BOS patch); from ``t = 2`` the mode's rule on byte ``t - 1`` decides (:func:`boundary_rule`, also
+used per byte by ``BLTCache``). Padding left and/or right of each row's one run of real bytes never opens a patch
+(rules count from the first real byte), except the slot after a right-padded row's last byte, which holds its
+next-byte decision: every real byte gets the patch it gets alone. Patch *lengths* ``[B, P]`` (right-padded with zeros,
+the dataset / ``patch_lengths`` format) are validated and converted by :func:`starts_from_patch_lengths`.
 """
 
 from __future__ import annotations
@@ -26,10 +20,22 @@ import torch
 PATCHING_MODES = ("entropy", "entropy_monotonic", "space", "static", "byte")
 
 
-def _check_threshold(threshold) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(float(threshold)):
-        raise ValueError(f"patching threshold must be a finite number, got {threshold!r}")
-    return float(threshold)
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_patching(mode: str, threshold=None, patch_size=None, max_patch_length=None) -> None:
+    """Raise a ``ValueError`` naming the bad patching setting (BLTConfig's and the patcher's one validation). The
+    entropy modes need a finite threshold, ``static`` a positive patch size; given values are always checked."""
+    if mode not in PATCHING_MODES:
+        raise ValueError(f"unknown patching mode {mode!r}: patching_mode must be one of {PATCHING_MODES}")
+    if threshold is not None or mode.startswith("entropy"):
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(float(threshold)):
+            raise ValueError(f"patching_threshold must be a finite number, got {threshold!r}")
+    if (patch_size is not None or mode == "static") and not _positive_int(patch_size):
+        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+    if max_patch_length is not None and not _positive_int(max_patch_length):
+        raise ValueError(f"max_patch_length must be a positive int or None, got {max_patch_length!r}")
 
 
 def _relative_positions(attention_mask: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
@@ -68,7 +74,7 @@ def boundary_rule(mode: str, rel: torch.Tensor, *, entropy=None, prev_entropy=No
     shape: the batched patcher passes ``[B, N + 1]`` columns, a generation step ``[B]`` (the slot after the newest
     byte). ``entropy`` / ``byte``: byte ``rel - 1``'s next-byte entropy and id; ``prev_entropy`` / ``prev_byte``:
     byte ``rel - 2``'s. Relative positions 0 and 1 always open one (the BOS patch); a maximum patch length is
-    applied on top (:func:`split_long_patches`, or :meth:`BLTCache.step`)."""
+    applied on top (:func:`split_long_patches`, or ``BLTCache.next_byte_opens_patch``)."""
     if mode == "entropy":
         fire = entropy > threshold
     elif mode == "entropy_monotonic":
@@ -91,20 +97,12 @@ def opens_by_length(offset: torch.Tensor, max_patch_length: int | None) -> torch
     return offset % max_patch_length == 0
 
 
-def patch_starts(
-    mode: str,
-    input_ids: torch.Tensor | None,
-    entropies: torch.Tensor | None = None,
-    threshold: float | None = None,
-    patch_size: int | None = None,
-    max_patch_length: int | None = None,
-    attention_mask: torch.Tensor | None = None,
-    shape: tuple[int, int] | None = None,
-) -> torch.Tensor:
+def patch_starts(mode: str, input_ids: torch.Tensor | None, entropies: torch.Tensor | None = None,
+                 threshold: float | None = None, patch_size: int | None = None, max_patch_length: int | None = None,
+                 attention_mask: torch.Tensor | None = None, shape: tuple[int, int] | None = None) -> torch.Tensor:
     """Start mask ``[B, N + 1]`` of ``mode`` over ``input_ids [B, N]`` (or ``shape = (B, N)`` for modes that read no
     ids), with next-byte ``entropies [B, N]`` for the entropy modes: :func:`boundary_rule` on every slot at once."""
-    if mode not in PATCHING_MODES:
-        raise ValueError(f"unknown patching mode {mode!r}; expected one of {PATCHING_MODES}")
+    check_patching(mode, threshold if mode.startswith("entropy") else None, patch_size, max_patch_length)
     source = input_ids if input_ids is not None else entropies
     batch, length = shape if source is None else source.shape
     facts = {}
@@ -113,14 +111,11 @@ def patch_starts(
             raise ValueError(f"patching mode {mode!r} needs entropies")
         if entropies.dim() != 2:
             raise ValueError(f"entropies must be [batch, length], got shape {tuple(entropies.shape)}")
-        threshold = _check_threshold(threshold)
         previous = _shift_right(entropies, 0.0)  # previous[:, t] = H[t-1]
         facts = dict(entropy=previous, prev_entropy=_shift_right(previous[:, :-1], 0.0))
     elif mode == "space":
         previous = _shift_right(input_ids, 0)
         facts = dict(byte=previous, prev_byte=_shift_right(previous[:, :-1], 0))
-    elif mode == "static" and (isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1):
-        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
     rel = _relative_positions(attention_mask, batch, length + 1, source.device if source is not None else None)
     fire = boundary_rule(mode, rel, threshold=threshold, patch_size=patch_size, **facts)
     # slots before the row's first real byte and after its next-byte slot (right padding) never open a patch
@@ -128,31 +123,12 @@ def patch_starts(
     return split_long_patches(starts, max_patch_length, attention_mask)
 
 
-def entropy_patch_starts(entropies: torch.Tensor, threshold: float, monotonic: bool = False,
-                         attention_mask: torch.Tensor | None = None, max_patch_length: int | None = None) -> torch.Tensor:
-    """Start mask ``[B, N + 1]`` from next-byte entropies ``[B, N]`` (nats). Global rule: byte ``t`` opens a patch
-    iff ``H[t-1] > threshold``; approximate monotonic rule (``monotonic=True``): iff ``H[t-1] - H[t-2] > threshold``."""
-    mode = "entropy_monotonic" if monotonic else "entropy"
-    return patch_starts(mode, None, entropies, threshold, None, max_patch_length, attention_mask)
-
-
-def space_patch_starts(input_ids: torch.Tensor, attention_mask=None, max_patch_length: int | None = None) -> torch.Tensor:
-    """Start mask ``[B, N + 1]``: byte ``t`` opens a patch iff byte ``t-1`` is space-like and byte ``t-2`` is not."""
-    return patch_starts("space", input_ids, max_patch_length=max_patch_length, attention_mask=attention_mask)
-
-
-def static_patch_starts(batch: int, length: int, patch_size: int, attention_mask=None) -> torch.Tensor:
-    """Start mask ``[B, N + 1]``: the BOS patch, then fixed patches of ``patch_size`` bytes from relative byte 1."""
-    return patch_starts("static", None, patch_size=patch_size, attention_mask=attention_mask, shape=(batch, length))
-
-
 def split_long_patches(starts: torch.Tensor, max_patch_length: int | None, attention_mask=None) -> torch.Tensor:
     """Add starts so that no patch is longer than ``max_patch_length`` (chunks counted from each patch's start).
     Vectorised: the start of the patch holding slot ``t`` is a running maximum of start indices."""
     if max_patch_length is None:
         return starts
-    if isinstance(max_patch_length, bool) or not isinstance(max_patch_length, int) or max_patch_length < 1:
-        raise ValueError(f"max_patch_length must be a positive int or None, got {max_patch_length!r}")
+    check_patching("byte", max_patch_length=max_patch_length)
     batch, slots = starts.shape
     idx = torch.arange(slots, device=starts.device).unsqueeze(0).expand(batch, slots)
     last_start = torch.cummax(torch.where(starts, idx, torch.full_like(idx, -1)), dim=1).values
@@ -161,9 +137,7 @@ def split_long_patches(starts: torch.Tensor, max_patch_length: int | None, atten
     return starts | (valid & opens_by_length(idx - last_start, max_patch_length))
 
 
-def starts_from_patch_lengths(
-    patch_lengths: torch.Tensor, length: int, attention_mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def starts_from_patch_lengths(patch_lengths: torch.Tensor, length: int, attention_mask=None) -> torch.Tensor:
     """Validate ``patch_lengths [B, P]`` and return the start mask ``[B, N + 1]``.
 
     Each row must sum to its number of real bytes ``n`` (Transformers' convention; a zero-length patch right after
@@ -172,20 +146,12 @@ def starts_from_patch_lengths(
     """
     if patch_lengths.dim() != 2:
         raise ValueError(f"patch_lengths must be [batch, num_patches], got shape {tuple(patch_lengths.shape)}")
-    patch_lengths = patch_lengths.long()
-    batch = patch_lengths.shape[0]
+    patch_lengths, device = patch_lengths.long(), patch_lengths.device
     if (patch_lengths < 0).any():
         raise ValueError("patch_lengths must be non-negative")
-    real = (
-        attention_mask.long().sum(dim=1)
-        if attention_mask is not None
-        else torch.full((batch,), length, device=patch_lengths.device)
-    )
-    leading = (
-        (attention_mask.long().cumsum(dim=1) == 0).sum(dim=1, keepdim=True).to(patch_lengths.device)
-        if attention_mask is not None
-        else torch.zeros(batch, 1, dtype=torch.long, device=patch_lengths.device)
-    )
+    batch = patch_lengths.shape[0]
+    mask = torch.ones(batch, length, dtype=torch.long, device=device) if attention_mask is None else attention_mask.long()
+    real, leading = mask.sum(dim=1).to(device), (mask.cumsum(dim=1) == 0).sum(dim=1, keepdim=True).to(device)
     sums = patch_lengths.sum(dim=1)
     ok = (sums == real) | (sums == real + 1)
     if not bool(ok.all()):
@@ -199,19 +165,15 @@ def starts_from_patch_lengths(
     # Transformers convention: an empty patch directly after the last non-empty patch starts at n (the next byte).
     # Only for rows summing to n: with n + 1 the zeros after the last patch are padding of the lengths tensor, and
     # in a right-padded row slot n + 1 exists (it is padding, which must not open a patch).
-    last_nonempty = torch.where(nonempty, torch.arange(patch_lengths.shape[1], device=patch_lengths.device), -1)
-    last_nonempty = last_nonempty.max(dim=1, keepdim=True).values
-    trailing_empty = (~nonempty) & (sums == real).unsqueeze(1) & (
-        torch.arange(patch_lengths.shape[1], device=patch_lengths.device).unsqueeze(0) == last_nonempty + 1
-    )
-    keep = nonempty | trailing_empty
+    column = torch.arange(patch_lengths.shape[1], device=device)
+    last_nonempty = torch.where(nonempty, column, -1).amax(dim=1, keepdim=True)
+    keep = nonempty | (~nonempty & (sums == real).unsqueeze(1) & (column == last_nonempty + 1))
     slot = torch.where(keep, begin + leading, torch.full_like(begin, length + 1))
-    starts = torch.zeros(batch, length + 2, dtype=torch.bool, device=patch_lengths.device)
-    starts.scatter_(1, slot.clamp(max=length + 1), True)
-    return starts[:, : length + 1]
+    starts = torch.zeros(batch, length + 2, dtype=torch.bool, device=device)
+    return starts.scatter_(1, slot.clamp(max=length + 1), True)[:, : length + 1]
 
 
 __all__ = [
-    "PATCHING_MODES", "boundary_rule", "opens_by_length", "patch_starts", "entropy_patch_starts", "space_patch_starts",
-    "static_patch_starts", "split_long_patches", "starts_from_patch_lengths",
+    "PATCHING_MODES", "check_patching", "boundary_rule", "opens_by_length", "patch_starts", "split_long_patches",
+    "starts_from_patch_lengths",
 ]

@@ -1,6 +1,7 @@
 """Byte data pipeline for BLT: pack texts into byte rows (or keep one document per row), precompute patch lengths as a
 dataset column (so training does not run the entropy model each step), calibrate the entropy threshold to a target
-patch size, collate (right-padding rows of different lengths)."""
+patch size, collate (right-padding rows of different lengths). Also the per-mode patching helpers and patch lengths
+from a start mask (the model itself needs only ``patcher_blt``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from ..blt.modeling_blt_entropy import BLTEntropyModel
-from ..blt.patcher_blt import entropy_patch_starts, patch_starts
+from ..blt.patcher_blt import patch_starts
 from ..blt.tokenization_blt_lm import BOE_ID, BOS_ID, BYTE_OFFSET, EOS_ID
 
 
@@ -62,6 +63,24 @@ def pad_right(rows: Sequence[Sequence[int]], pad_id: int = BOE_ID) -> tuple[torc
         input_ids[i, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
         attention_mask[i, : len(row)] = 1
     return input_ids, attention_mask
+
+
+def entropy_patch_starts(entropies: torch.Tensor, threshold: float, monotonic: bool = False,
+                         attention_mask: torch.Tensor | None = None, max_patch_length: int | None = None) -> torch.Tensor:
+    """Start mask ``[B, N + 1]`` from next-byte entropies ``[B, N]`` (nats). Global rule: byte ``t`` opens a patch
+    iff ``H[t-1] > threshold``; approximate monotonic rule (``monotonic=True``): iff ``H[t-1] - H[t-2] > threshold``."""
+    mode = "entropy_monotonic" if monotonic else "entropy"
+    return patch_starts(mode, None, entropies, threshold, None, max_patch_length, attention_mask)
+
+
+def space_patch_starts(input_ids: torch.Tensor, attention_mask=None, max_patch_length: int | None = None) -> torch.Tensor:
+    """Start mask ``[B, N + 1]``: byte ``t`` opens a patch iff byte ``t-1`` is space-like and byte ``t-2`` is not."""
+    return patch_starts("space", input_ids, max_patch_length=max_patch_length, attention_mask=attention_mask)
+
+
+def static_patch_starts(batch: int, length: int, patch_size: int, attention_mask=None) -> torch.Tensor:
+    """Start mask ``[B, N + 1]``: the BOS patch, then fixed patches of ``patch_size`` bytes from relative byte 1."""
+    return patch_starts("static", None, patch_size=patch_size, attention_mask=attention_mask, shape=(batch, length))
 
 
 def patch_ids_from_starts(starts: torch.Tensor) -> torch.Tensor:
@@ -207,6 +226,6 @@ class BLTDataCollator:
 
 
 __all__ = [
-    "patch_ids_from_starts", "patch_lengths_from_starts", "text_to_ids", "pack_texts", "document_rows", "byte_dataset", "pad_right", "compute_patch_lengths",
+    "entropy_patch_starts", "space_patch_starts", "static_patch_starts", "patch_ids_from_starts", "patch_lengths_from_starts", "text_to_ids", "pack_texts", "document_rows", "byte_dataset", "pad_right", "compute_patch_lengths",
     "add_patch_lengths_column", "mean_patch_size", "calibrate_threshold", "BLTDataCollator",
 ]
