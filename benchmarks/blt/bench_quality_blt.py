@@ -9,7 +9,7 @@ Trainer settings, each for the same training-FLOPs budget; (c) evaluates bits pe
 with its own next-byte NLL under in-forward entropy patching (the inference path); both predict every document byte
 plus one EOS per document and divide by the same UTF-8 byte count; (d) prints inference FLOPs per byte of each.
 
-FLOPs accounting (``hf_efficient_lm/blt/flops_blt.py``, 2 FLOPs per multiply-add, training = 3x forward):
+FLOPs accounting (``hf_efficient_lm/tools/blt_flops.py``, 2 FLOPs per multiply-add, training = 3x forward):
 Llama training = 3 * ``llama_flops_per_token`` * tokens (6 * N * tokens printed too); BLT training =
 3 * (``blt_flops_per_byte`` - entropy model) * bytes (patch lengths precomputed, as in ``examples/train_blt.py``; the
 entropy model's own pretraining is not counted). The budget is either ``--budget-flops`` or chosen from
