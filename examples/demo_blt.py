@@ -13,7 +13,7 @@ import time
 import torch
 
 from hf_efficient_lm.blt import BLTConfig, BLTEntropyConfig, BLTEntropyModel, BLTForCausalLM
-from hf_efficient_lm.blt.data_blt import calibrate_threshold, pack_texts, text_to_ids
+from hf_efficient_lm.tools.blt_data import calibrate_threshold, pack_texts, text_to_ids
 
 
 def _train(model, rows, steps, lr, **forward_kwargs):

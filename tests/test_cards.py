@@ -28,8 +28,8 @@ def _family_folders(root):
     from tests.contract.case_specialists import make_hyper, make_mixture
 
     from hf_efficient_lm.anchor import AnchorLlamaForCausalLM
-    from hf_efficient_lm.blt.testing_blt import make_tiny_blt
     from hf_efficient_lm.scone import SconeLlamaForCausalLM, export_fgram_table, mine_fgrams
+    from hf_efficient_lm.tools.blt_testing import make_tiny_blt
     from hf_efficient_lm.testing_utils import save_tiny_llama
 
     common = {"data_files": ["pydocs.train.jsonl.gz"], "steps": 6, "train_tokens": 768, "learning_rate": 0.01,

@@ -50,26 +50,6 @@ def carried_files(family: str) -> set[Path]:
     return set().union(*(_closure(p) for p in _model_files() if p.parent.name == family))
 
 
-def carried_lines(family: str) -> int:
-    """Non-blank lines (code, docstrings, comments) of :func:`carried_files`."""
-    return sum(1 for path in carried_files(family) for line in path.read_text().splitlines() if line.strip())
-
-
-# Ceilings on what a checkpoint carries (non-blank lines; issue 12). Tools (mining, export, conversion, training,
-# evaluation) live in hf_efficient_lm/tools/ and never count. SCONE's target is 900: what is left is the
-# forward/generate path (hash-index matcher, scalar decode matcher, table reader, fusion fast paths); the ceiling
-# keeps it from growing back until that is cut.
-CARRIED_LINE_CEILINGS = {"anchor": 700, "scone": 1300, "specialists": 650}
-
-
-@pytest.mark.parametrize("family", sorted(CARRIED_LINE_CEILINGS))
-def test_checkpoints_carry_no_more_than_the_ceiling(family):
-    names = sorted(p.name for p in carried_files(family))
-    assert names and all(p.parent.name == family for p in carried_files(family)), names
-    lines = carried_lines(family)
-    assert lines <= CARRIED_LINE_CEILINGS[family], f"{family} checkpoints carry {lines} lines: {names}"
-
-
 def test_model_files_import_only_what_a_checkpoint_carries():
     problems = []
     for model_file in _model_files():
@@ -88,6 +68,37 @@ def test_model_files_import_only_what_a_checkpoint_carries():
                 elif level == 0 and module.split(".")[0] not in ALLOWED_TOP_LEVEL:
                     problems.append(f"{where}: imports {module!r} (only stdlib, torch, transformers, safetensors allowed)")
     assert not problems, "\n".join(problems)
+
+
+# Lines of Python (``wc -l``) a saved checkpoint carries per family (issue 12: conversion, export, mining, data and
+# training tools live in hf_efficient_lm/tools/ and never count). Issue 12's targets: BLT 1,200 (met), anchor 700 and
+# SCONE 900 (not met: anchor gained the long-context lazy mask and the decode-step mask of issue 16; what SCONE keeps is
+# its forward/generate path: hash-index matcher, scalar decode matcher, table reader, fusion fast paths). The limits
+# below are today's figures, so the carried code cannot grow back while those cuts are open.
+CARRIED_LINE_LIMITS = {"blt": 1200, "anchor": 1010, "scone": 1430, "specialists": 725}
+
+
+def carried_lines(family: str) -> tuple[int, list[str]]:
+    """``wc -l`` of :func:`carried_files` and their names."""
+    files = carried_files(family)
+    return sum(len(p.read_text().splitlines()) for p in files), sorted(p.name for p in files)
+
+
+@pytest.mark.parametrize("family", sorted(CARRIED_LINE_LIMITS))
+def test_checkpoints_carry_at_most_their_line_budget(family):
+    lines, files = carried_lines(family)
+    assert files and all(p.parent.name == family for p in carried_files(family)), files
+    assert lines <= CARRIED_LINE_LIMITS[family], f"{family} carries {lines} lines: {files}"
+
+
+def test_carried_lines_follow_the_import_graph(tmp_path, monkeypatch):
+    family = tmp_path / "hf_efficient_lm" / "blt"
+    family.mkdir(parents=True)
+    (family / "modeling_x.py").write_text("from .cache_x import C\n\n\n")
+    (family / "cache_x.py").write_text("import torch\n")
+    (family / "tool_x.py").write_text("from .modeling_x import M\n" * 50)  # imports the model, is not imported by it
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "hf_efficient_lm")
+    assert carried_lines("blt") == (4, ["cache_x.py", "modeling_x.py"])
 
 
 def test_python_file_names_are_unique_across_the_package():

@@ -225,7 +225,7 @@ def test_mine_fgrams_refuses_negative_ids_and_unverifiable_vocab_warns():
 
 def test_blt_overrides_are_validated_and_an_invalid_config_is_never_saved(tmp_path):
     from hf_efficient_lm.blt import BLTForCausalLM
-    from hf_efficient_lm.blt.testing_blt import make_tiny_blt
+    from hf_efficient_lm.tools.blt_testing import make_tiny_blt
 
     model = make_tiny_blt()
     model.save_pretrained(tmp_path / "blt")
@@ -246,7 +246,7 @@ def test_blt_overrides_are_validated_and_an_invalid_config_is_never_saved(tmp_pa
 
 
 def test_calibrate_threshold_refuses_nan_targets():
-    from hf_efficient_lm.blt.data_blt import calibrate_threshold
+    from hf_efficient_lm.tools.blt_data import calibrate_threshold
 
     entropies = torch.rand(2, 16)
     for bad in (math.nan, math.inf, 0.5):

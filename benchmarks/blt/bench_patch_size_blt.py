@@ -18,7 +18,7 @@ from hf_efficient_lm.data import CORPUS_DOMAINS as DOMAINS  # noqa: E402
 from hf_efficient_lm.data import corpus_texts  # noqa: E402
 
 from hf_efficient_lm.blt import BLTEntropyModel  # noqa: E402
-from hf_efficient_lm.blt.data_blt import calibrate_threshold, mean_patch_size, pack_texts  # noqa: E402
+from hf_efficient_lm.tools.blt_data import calibrate_threshold, mean_patch_size, pack_texts  # noqa: E402
 from hf_efficient_lm.io_utils import save_figure  # noqa: E402
 
 

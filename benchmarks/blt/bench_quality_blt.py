@@ -35,13 +35,13 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_efficient_lm.blt import BLTEntropyModel, BLTForCausalLM
-from hf_efficient_lm.blt.data_blt import (
+from hf_efficient_lm.tools.blt_data import (
     BLTDataCollator,
     add_patch_lengths_column,
     calibrate_threshold,
     pack_texts,
 )
-from hf_efficient_lm.blt.flops_blt import blt_flops_per_byte, llama_flops_per_token
+from hf_efficient_lm.tools.blt_flops import blt_flops_per_byte, llama_flops_per_token
 from hf_efficient_lm.data import CORPUS_DOMAINS as DOMAINS
 from hf_efficient_lm.data import corpus_texts, pack_ids
 from hf_efficient_lm.eval import evaluate_causal_lm, rows_nll

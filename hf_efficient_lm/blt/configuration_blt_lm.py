@@ -7,68 +7,57 @@ Transformers' Mistral/Llama configs (the modules are Llama blocks; Mistral adds 
 
 from __future__ import annotations
 
-import math
-
 from transformers import LlamaConfig, MistralConfig, PreTrainedConfig
 
-from .patcher_blt import PATCHING_MODES
+from .patcher_blt import check_patching
 
 
-class BLTEntropyConfig(MistralConfig):
+class _BLTByteConfig(MistralConfig):
+    """What the byte-level models (entropy model, local encoder / decoder) share: 260 byte ids, the specials,
+    RMSNorm eps 1e-5, a 512-byte sliding window, no tied head; ``num_key_value_heads=0`` means one per head."""
+
+    vocab_size: int = 260
+    num_key_value_heads: int = 0
+    rms_norm_eps: float = 1e-5
+    sliding_window: int | None = 512
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    pad_token_id: int | None = 0
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        if not self.num_key_value_heads:
+            self.num_key_value_heads = self.num_attention_heads
+        super().__post_init__(**kwargs)
+
+
+class BLTEntropyConfig(_BLTByteConfig):
     """The entropy model: a small causal byte LM with sliding-window attention (defaults = released BLT patcher:
     hidden 768, 14 layers, 12 heads, FFN 2048, window 512, RoPE theta 10000, vocab 260)."""
 
     model_type = "hfelm_blt_entropy"
     default_theta = 10000.0
 
-    vocab_size: int = 260
     hidden_size: int = 768
     intermediate_size: int = 2048
     num_hidden_layers: int = 14
     num_attention_heads: int = 12
-    num_key_value_heads: int = 0  # 0 -> same as num_attention_heads
     max_position_embeddings: int = 8192
-    rms_norm_eps: float = 1e-5
-    sliding_window: int | None = 512
-    bos_token_id: int | None = 1
-    eos_token_id: int | list[int] | None = 2
-    pad_token_id: int | None = 0
-    tie_word_embeddings: bool = False
-
-    def __post_init__(self, **kwargs):
-        if not self.num_key_value_heads:
-            self.num_key_value_heads = self.num_attention_heads
-        super().__post_init__(**kwargs)
 
 
-class BLTLocalConfig(MistralConfig):
+class BLTLocalConfig(_BLTByteConfig):
     """Local encoder / decoder byte transformer (sliding window copied from ``BLTConfig.local_attention_window_len``).
-
-    cross_attn_all_layers: cross-attention at every layer (decoder default) or only at the last encoder layer.
-    """
+    cross_attn_all_layers: cross-attention at every layer (decoder default) or only at the last encoder layer."""
 
     model_type = "hfelm_blt_local"
     default_theta = 500000.0
 
-    vocab_size: int = 260
     hidden_size: int = 1024
     intermediate_size: int = 2816
     num_hidden_layers: int = 1
     num_attention_heads: int = 16
-    num_key_value_heads: int = 0  # 0 -> same as num_attention_heads
     max_position_embeddings: int = 24576
-    rms_norm_eps: float = 1e-5
-    sliding_window: int | None = 512
     cross_attn_all_layers: bool = False
-    bos_token_id: int | None = 1
-    eos_token_id: int | list[int] | None = 2
-    pad_token_id: int | None = 0
-    tie_word_embeddings: bool = False
-
-    def __post_init__(self, **kwargs):
-        if not self.num_key_value_heads:
-            self.num_key_value_heads = self.num_attention_heads
-        super().__post_init__(**kwargs)
 
 
 class BLTLocalEncoderConfig(BLTLocalConfig):
@@ -106,11 +95,11 @@ class BLTGlobalConfig(LlamaConfig):
     tie_word_embeddings: bool = False
 
 
+_MISSING = object()
 # Fields that ``validate_blt`` checks; assigning one after construction re-runs it.
-_VALIDATED_FIELDS = frozenset(
-    {"patching_mode", "patching_threshold", "patch_size", "max_patch_length", "cross_attn_k", "vocab_size",
-     "encoder_hash_byte_group_size", "encoder_hash_byte_group_vocab", "encoder_hash_byte_group_nb_functions"}
-)
+_VALIDATED_FIELDS = frozenset({"patching_mode", "patching_threshold", "patch_size", "max_patch_length", "cross_attn_k",
+                               "vocab_size", "encoder_hash_byte_group_size", "encoder_hash_byte_group_vocab",
+                               "encoder_hash_byte_group_nb_functions"})
 
 
 class BLTConfig(PreTrainedConfig):
@@ -134,12 +123,8 @@ class BLTConfig(PreTrainedConfig):
 
     model_type = "hfelm_blt"
     keys_to_ignore_at_inference = ["cache", "past_key_values"]
-    sub_configs_defaults = {
-        "entropy_config": BLTEntropyConfig,
-        "encoder_config": BLTLocalEncoderConfig,
-        "decoder_config": BLTLocalDecoderConfig,
-        "global_config": BLTGlobalConfig,
-    }
+    sub_configs_defaults = {"entropy_config": BLTEntropyConfig, "encoder_config": BLTLocalEncoderConfig,
+                            "decoder_config": BLTLocalDecoderConfig, "global_config": BLTGlobalConfig}
 
     vocab_size: int = 260
     patching_mode: str = "entropy"
@@ -181,18 +166,7 @@ class BLTConfig(PreTrainedConfig):
 
     def validate_blt(self) -> None:
         """Raise ``ValueError`` naming the offending field."""
-        if self.patching_mode not in PATCHING_MODES:
-            raise ValueError(f"patching_mode must be one of {PATCHING_MODES}, got {self.patching_mode!r}")
-        thr = self.patching_threshold
-        if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(float(thr)):
-            raise ValueError(f"patching_threshold must be a finite number, got {thr!r}")
-        if self.max_patch_length is not None and (
-            isinstance(self.max_patch_length, bool) or not isinstance(self.max_patch_length, int)
-            or self.max_patch_length < 1
-        ):
-            raise ValueError(f"max_patch_length must be a positive int or None, got {self.max_patch_length!r}")
-        if not isinstance(self.patch_size, int) or self.patch_size < 1:
-            raise ValueError(f"patch_size must be a positive int, got {self.patch_size!r}")
+        check_patching(self.patching_mode, self.patching_threshold, self.patch_size, self.max_patch_length)
         if not isinstance(self.cross_attn_k, int) or self.cross_attn_k < 1:
             raise ValueError(f"cross_attn_k must be a positive int, got {self.cross_attn_k!r}")
         if any(n < 1 for n in self.encoder_hash_byte_group_size):
@@ -212,20 +186,14 @@ class BLTConfig(PreTrainedConfig):
     def __setattr__(self, key, value):
         # ``from_pretrained(path, patching_threshold=...)`` sets overrides with setattr after ``__post_init__``: check
         # them there too (as AnchorLlama's config does), restoring the old value when the new one is invalid.
-        if key not in _VALIDATED_FIELDS or not self.__dict__.get("_post_init_done"):
-            super().__setattr__(key, value)
-            return
-        missing = object()
-        old = self.__dict__.get(key, missing)
+        old = self.__dict__.get(key, _MISSING)
         super().__setattr__(key, value)
-        try:
-            self.validate_blt()
-        except ValueError:
-            if old is missing:
-                self.__dict__.pop(key, None)
-            else:
-                super().__setattr__(key, old)
-            raise
+        if key in _VALIDATED_FIELDS and self.__dict__.get("_post_init_done"):
+            try:
+                self.validate_blt()
+            except ValueError:
+                self.__dict__.pop(key, None) if old is _MISSING else super().__setattr__(key, old)
+                raise
 
     def validate(self) -> None:
         """Run by ``save_pretrained`` before it writes config.json: never write a folder that cannot be reloaded."""

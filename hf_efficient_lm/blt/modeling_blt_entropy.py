@@ -31,14 +31,8 @@ class BLTEntropyModel(MistralForCausalLM):
     _tied_weights_keys = {}
 
     @torch.no_grad()
-    def entropies(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache=None,
-        use_cache: bool = False,
-    ):
+    def entropies(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
+                  position_ids: torch.LongTensor | None = None, cache=None, use_cache: bool = False):
         """Next-byte entropies (nats, fp32) ``[B, N]`` and the (updated) cache.
 
         ``H[:, t]`` is the uncertainty about byte ``t + 1`` given bytes ``<= t``. With left padding pass
@@ -46,13 +40,8 @@ class BLTEntropyModel(MistralForCausalLM):
         """
         if attention_mask is not None and position_ids is None and cache is None:
             position_ids = positions_from_mask(attention_mask)
-        out = self(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=use_cache,
-            **{CACHE_NAME: cache},
-        )
+        out = self(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache,
+                   **{CACHE_NAME: cache})
         return next_byte_entropy(out.logits), cache_of(out)
 
 

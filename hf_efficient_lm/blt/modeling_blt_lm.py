@@ -1,22 +1,17 @@
-"""BLT — Byte Latent Transformer (Pagnoni et al., 2024) as a Transformers causal LM.
+"""BLT — Byte Latent Transformer (Pagnoni et al., 2024) as a Transformers causal LM. For ``N`` bytes, ``P`` patches:
 
-Data flow for ``N`` bytes, ``P`` patches, ``k = cross_attn_k``:
+1. entropy model -> next-byte entropies ``[B, N]`` -> patch start mask ``[B, N + 1]`` (``patcher_blt``);
+2. byte + hashed n-gram embeddings -> ``[B, N, D_E]``; local encoder: sliding-window layers over bytes, then each
+   patch (max-pooled, projected to ``k = cross_attn_k`` queries) cross-attends to its bytes -> ``[B, P, k * D_E]``;
+3. latent transformer: causal over patches -> ``[B, P, D_G]``;
+4. local decoder: from the encoder byte states, each byte cross-attends to the ``k`` slices of the patch *before* the
+   one holding the byte it predicts, then sliding-window layers; norm; LM head -> ``[B, N, 260]``.
 
-1. entropy model (``BLTEntropyModel``) -> next-byte entropies ``[B, N]`` -> patch start mask ``[B, N + 1]``;
-2. byte embedding + hashed n-gram embeddings -> ``[B, N, D_E]``;
-3. local encoder: sliding-window self-attention over bytes, then each patch (max-pooled, projected to ``k``
-   queries) cross-attends to its own bytes -> patch vectors ``[B, P, k * D_E]``;
-4. latent transformer: causal over patches -> ``[B, P, D_G]``;
-5. local decoder: starting from the encoder byte states, each byte cross-attends to the ``k`` slices of the patch
-   *before* the one holding the byte it predicts, then sliding-window self-attention; norm; LM head -> ``[B, N, 260]``.
-
-All attention blocks are Transformers' Mistral/Llama decoder layers (half-split RoPE; checkpoints of Transformers'
-``Blt``, which uses interleaved RoPE, are converted by permuting q/k rows, see ``convert_blt.py``). Cross-attention
-is gathered (each query reads only its ``<= patch length`` or ``k`` keys) instead of a dense masked product.
-
-Incremental generation (``cache=BLTCache``) keeps KV caches of the entropy model, the local encoder and
-decoder (bytes) and the latent transformer (patches): per new byte it runs one step of the small models, and one
-latent step only when the entropy rule closes a patch. It is exact: equal to the full forward.
+Blocks are Transformers' Mistral/Llama layers (half-split RoPE; Transformers' ``Blt`` checkpoints, interleaved RoPE,
+are converted by permuting q/k rows in ``hf_efficient_lm.tools.blt_convert``); cross-attention gathers each query's
+``<= patch length`` or ``k`` keys instead of a dense masked product. ``BLTModel.forward`` has two paths: ``_prefill``
+(the full forward: training, scoring, a prompt) and ``_decode`` (generation on a :class:`BLTCache`: one step of the
+small models per byte, one latent step only when a patch closes), exactly equal to the full forward.
 """
 
 from __future__ import annotations
@@ -26,36 +21,23 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.cache_utils import DynamicCache
-from transformers.masking_utils import (
-    create_causal_mask,
-    create_sliding_window_causal_mask,
-    find_packed_sequence_indices,
-)
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask, find_packed_sequence_indices
 from transformers.modeling_outputs import CausalLMOutputWithPast, ModelOutput
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
-from transformers.models.mistral.modeling_mistral import (
-    MistralDecoderLayer,
-    MistralRMSNorm,
-    MistralRotaryEmbedding,
-)
+from transformers.models.mistral.modeling_mistral import MistralDecoderLayer, MistralRMSNorm, MistralRotaryEmbedding
 
+from .cache_blt import BLTCache
 from .compat_blt import CACHE_NAME, resolve_cache
 from .configuration_blt_lm import BLTConfig, BLTLocalConfig
-from .convert_blt import is_transformers_blt_folder, load_transformers_blt_folder
 from .modeling_blt_entropy import BLTEntropyModel, positions_from_mask
-from .patcher_blt import patch_starts, space_like, starts_from_patch_lengths
+from .patcher_blt import patch_starts, starts_from_patch_lengths
 
 # Primes of the rolling polynomial hash (same list and order as Meta's / Transformers' BLT, for weight compatibility).
-HASH_PRIMES = (
-    1000000007, 5915587277, 1500450271, 3267000013, 5754853343, 4093082899,
-    9576890767, 3628273133, 2860486313, 5463458053, 3367900313,
-)
+HASH_PRIMES = (1000000007, 5915587277, 1500450271, 3267000013, 5754853343, 4093082899, 9576890767, 3628273133,
+               2860486313, 5463458053, 3367900313)
 
 
-def byte_ngram_hash_ids(
-    input_ids: torch.LongTensor, group_sizes: list[int], nb_functions: int, buckets: int
-) -> torch.LongTensor:
+def byte_ngram_hash_ids(input_ids: torch.LongTensor, group_sizes: list[int], nb_functions: int, buckets: int):
     """Row indices into the fused hash table, ``[B, N] -> [B, N, nb_functions * len(group_sizes)]``.
 
     For n-gram size ``n`` ending at byte ``i`` (zero left padding), ``hash = sum_j ids[i-n+1+j] * prime^j`` in
@@ -64,24 +46,18 @@ def byte_ngram_hash_ids(
     """
     ids = input_ids.long()
     batch, length = ids.shape
-    max_n = max(group_sizes) if group_sizes else 0
-    # shifted[s][:, i] = ids[:, i - s] (0 before the start)
-    padded = torch.cat([ids.new_zeros(batch, max_n), ids], dim=1)
+    max_n = max(group_sizes, default=0)
+    padded = torch.cat([ids.new_zeros(batch, max_n), ids], dim=1)  # padded[:, max_n + i - s] = ids[:, i - s]
     columns = []
     for func in range(nb_functions):
         prime = HASH_PRIMES[func % len(HASH_PRIMES)]
-        by_size = {}
-        h = ids
-        for n in range(1, max_n + 1):
-            if n > 1:
-                h = padded[:, max_n - (n - 1) : max_n - (n - 1) + length] + prime * h
-            by_size[n] = h
+        by_size = {1: ids}
+        for n in range(2, max_n + 1):
+            by_size[n] = padded[:, max_n - n + 1 : max_n - n + 1 + length] + prime * by_size[n - 1]
         for size_index, n in enumerate(group_sizes):
             table = func * len(group_sizes) + size_index
             columns.append(torch.remainder(by_size[n], buckets) + table * buckets)
-    if not columns:
-        return ids.new_zeros(batch, length, 0)
-    return torch.stack(columns, dim=-1)
+    return torch.stack(columns, dim=-1) if columns else ids.new_zeros(batch, length, 0)
 
 
 def check_padding(attention_mask: torch.Tensor) -> torch.BoolTensor:
@@ -90,20 +66,29 @@ def check_padding(attention_mask: torch.Tensor) -> torch.BoolTensor:
     mask = attention_mask.long()
     if bool(((mask != 0) & (mask != 1)).any()):
         raise ValueError(f"attention_mask must hold 0/1 values, got {sorted(set(mask.unique().tolist()))}")
-    batch, length = mask.shape
     leading = (mask.cumsum(dim=1) == 0).sum(dim=1, keepdim=True)
     end = leading + mask.sum(dim=1, keepdim=True)
-    slot = torch.arange(length, device=mask.device).unsqueeze(0)
-    expected = (slot >= leading) & (slot < end)
-    bad = (expected != mask.bool()).any(dim=1)
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        holes = (~mask[row].bool() & (slot[0] > leading[row]) & (slot[0] < end[row])).nonzero().flatten().tolist()
+    slot = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
+    holes = (mask == 0) & (slot > leading) & (slot < end)  # padding between a row's real bytes
+    if bool(holes.any()):
+        row = int(holes.any(dim=1).nonzero()[0, 0])
         raise ValueError(
-            f"attention_mask row {row} has padding between real bytes (zeros at slots {holes[:8]}): BLT needs each "
-            "row's real bytes in one run, with padding only before (left padding) and/or after (right padding) them"
+            f"attention_mask row {row} has padding between real bytes (zeros at slots "
+            f"{holes[row].nonzero().flatten().tolist()[:8]}): BLT needs each row's real bytes in one run, with padding "
+            "only before (left padding) and/or after (right padding) them"
         )
-    return (end.squeeze(1) < length) & (mask.sum(dim=1) > 0)
+    return (end.squeeze(1) < mask.shape[1]) & (mask.sum(dim=1) > 0)
+
+
+def refuse_right_padding(attention_mask: torch.Tensor, what: str) -> None:
+    """ValueError naming the right-padded rows of ``attention_mask [B, N]``: new bytes would follow their padding."""
+    right_padded = check_padding(attention_mask)
+    if bool(right_padded.any()):
+        raise ValueError(
+            f"{what}: row(s) {right_padded.nonzero().flatten().tolist()} end with padding (attention_mask 0 at the last "
+            "position), and new bytes would continue after it. Pad on the left (tokenizer.padding_side='left'); right "
+            "padding is for training / scoring (use_cache=False)."
+        )
 
 
 class BLTCrossAttention(nn.Module):
@@ -128,27 +113,21 @@ class BLTCrossAttention(nn.Module):
         self.q_norm = MistralRMSNorm(hidden, eps=config.rms_norm_eps)
         self.k_norm = MistralRMSNorm(hidden, eps=config.rms_norm_eps)
 
-    def project_kv(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[..., D] -> (keys, values)`` each ``[..., H, head_dim]`` (kv heads repeated to the query heads)."""
-        normed = self.k_norm(states)
-        shape = (*states.shape[:-1], self.num_kv_heads, self.head_dim)
-        keys = self.k_proj(normed).view(shape)
-        values = self.v_proj(normed).view(shape)
+    def forward(self, queries: torch.Tensor, kv_states: torch.Tensor, key_valid: torch.Tensor | None = None,
+                kv_index: torch.LongTensor | None = None) -> torch.Tensor:
+        """queries ``[B, G, Q, D]`` attend to the keys/values projected from ``kv_states [B, G', S, D]``: those of
+        their own group (``G' = G``), or of group ``kv_index [B, G]`` (gathered after the projection, so each of the
+        ``G'`` groups is projected once). ``key_valid [B, G, S]`` masks keys; a group with no valid key gets a zero
+        attention output. Every parameter is used here, inside ``forward`` (FSDP gathers them around it)."""
+        normed = self.k_norm(kv_states)
+        shape = (*kv_states.shape[:-1], self.num_kv_heads, self.head_dim)
+        keys, values = self.k_proj(normed).view(shape), self.v_proj(normed).view(shape)
+        if kv_index is not None:
+            index = kv_index.view(*kv_index.shape, 1, 1, 1).expand(*kv_index.shape, *keys.shape[2:])
+            keys, values = keys.gather(1, index), values.gather(1, index)
         rep = self.num_heads // self.num_kv_heads
         if rep > 1:
-            keys = keys.repeat_interleave(rep, dim=-2)
-            values = values.repeat_interleave(rep, dim=-2)
-        return keys, values
-
-    def forward(
-        self,
-        queries: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        key_valid: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """queries ``[B, G, Q, D]`` attend to keys/values ``[B, G, S, H, head_dim]`` of their group ``G``;
-        ``key_valid [B, G, S]`` masks keys. A group with no valid key gets a zero attention output."""
+            keys, values = keys.repeat_interleave(rep, dim=-2), values.repeat_interleave(rep, dim=-2)
         b, g, q, _ = queries.shape
         query = self.q_proj(self.q_norm(queries)).view(b, g, q, self.num_heads, self.head_dim).transpose(2, 3)
         # batched matmuls over (B, G, H): [q, d] x [d, s] -> [q, s]
@@ -161,50 +140,54 @@ class BLTCrossAttention(nn.Module):
         return self.o_proj(out) + queries
 
 
-def _local_mask(config, inputs_embeds, attention_mask, cache, position_ids):
-    fn = create_causal_mask if getattr(config, "sliding_window", None) is None else create_sliding_window_causal_mask
-    return fn(
-        config=config,
-        inputs_embeds=inputs_embeds,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        **{CACHE_NAME: cache},
-    )
+def run_layers(config, layers, rotary_emb, hidden, attention_mask, position_ids, cache=None, before_layer=None):
+    """Mistral/Llama decoder layers over ``hidden [B, T, D]`` with the causal (sliding-window when ``config`` has one)
+    mask of ``attention_mask [B, S]`` (all slots, or None) and the KV ``cache``; ``before_layer(i, hidden)`` runs
+    before layer ``i`` (the decoder's cross-attention)."""
+    sliding = getattr(config, "sliding_window", None) is not None
+    make_mask = create_sliding_window_causal_mask if sliding else create_causal_mask
+    mask = make_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask, position_ids=position_ids,
+                     **{CACHE_NAME: cache})
+    position_embeddings = rotary_emb(hidden, position_ids)
+    for i, layer in enumerate(layers):
+        if before_layer is not None:
+            hidden = before_layer(i, hidden)
+        hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
+                       position_embeddings=position_embeddings, **{CACHE_NAME: cache})
+    return hidden
 
 
-class BLTLocalEncoder(nn.Module):
-    """Byte embedding + sliding-window byte layers + patch cross-attention (patches as queries)."""
+class _BLTLocalStack(nn.Module):
+    """What the local encoder and decoder share: sliding-window byte layers, RoPE, the projection to the ``k`` patch
+    query / key slices and the cross-attentions (one per layer with ``cross_attn_all_layers``, else one). Transformers'
+    Blt encoder keeps one per layer too but only the last reaches its output; the parameters are kept alike."""
 
-    def __init__(self, config: BLTLocalConfig, cross_attn_k: int):
+    def __init__(self, config: BLTLocalConfig, patch_size: int, cross_attn_k: int, embed: bool = False):
         super().__init__()
         self.config = config
         self.cross_attn_k = cross_attn_k
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        if embed:  # the encoder's byte embedding (created first: parameter order as before the split)
+            self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList([MistralDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.rotary_emb = MistralRotaryEmbedding(config=config)
-        self.patch_embedding_projection = nn.Linear(config.hidden_size, config.hidden_size * cross_attn_k, bias=False)
-        # Transformers' Blt keeps one cross-attention per layer when cross_attn_all_layers is set but only the last
-        # one reaches the output (the pooled queries are rebuilt at every layer); we keep the same parameters.
+        self.patch_embedding_projection = nn.Linear(patch_size, config.hidden_size * cross_attn_k, bias=False)
         n_cross = config.num_hidden_layers if config.cross_attn_all_layers else 1
         self.cross_attn_layers = nn.ModuleList([BLTCrossAttention(config) for _ in range(n_cross)])
 
-    def run_layers(self, embeds, mask, position_ids, cache=None):
-        """``[B, N, D] -> [B, N, D]`` byte states."""
-        position_embeddings = self.rotary_emb(embeds, position_ids)
-        hidden = embeds
-        for layer in self.layers:
-            hidden = layer(
-                hidden, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
-                position_embeddings=position_embeddings, **{CACHE_NAME: cache},
-            )
-        return hidden
+
+class BLTLocalEncoder(_BLTLocalStack):
+    """Byte embedding + sliding-window byte layers + patch cross-attention (patches as queries)."""
+
+    def __init__(self, config: BLTLocalConfig, cross_attn_k: int):
+        super().__init__(config, config.hidden_size, cross_attn_k, embed=True)
+
+    def run_layers(self, embeds, attention_mask, position_ids, cache=None):
+        """``[B, N, D] -> [B, N, D]`` byte states (``attention_mask [B, T]`` over all slots, or None)."""
+        return run_layers(self.config, self.layers, self.rotary_emb, embeds, attention_mask, position_ids, cache)
 
     def patch_vectors(self, byte_states, gather_index, gather_valid):
-        """Pool and cross-attend each patch over its bytes.
-
-        byte_states ``[B, N, D]``; gather_index/valid ``[B, P, L]`` (byte slots of each patch, L = longest patch)
-        -> ``[B, P, k * D]``.
-        """
+        """Pool and cross-attend each patch over its bytes: byte_states ``[B, N, D]``; gather_index/valid ``[B, P, L]``
+        (byte slots of each patch, L = longest patch) -> ``[B, P, k * D]``."""
         b, p, slots = gather_index.shape
         d = byte_states.shape[-1]
         flat = gather_index.reshape(b, p * slots, 1).expand(b, p * slots, d)
@@ -212,9 +195,7 @@ class BLTLocalEncoder(nn.Module):
         pooled = patch_bytes.masked_fill(~gather_valid[..., None], float("-inf")).amax(dim=2)
         pooled = torch.where(gather_valid.any(dim=2, keepdim=True), pooled, torch.zeros_like(pooled))
         queries = self.patch_embedding_projection(pooled).view(b, p, self.cross_attn_k, d)
-        cross = self.cross_attn_layers[-1]
-        keys, values = cross.project_kv(patch_bytes)
-        out = queries + cross(queries, keys, values, gather_valid)
+        out = queries + self.cross_attn_layers[-1](queries, patch_bytes, gather_valid)
         return out.reshape(b, p, self.cross_attn_k * d)
 
 
@@ -226,62 +207,38 @@ class BLTGlobalTransformer(nn.Module):
         self.config = config
         self.layers = nn.ModuleList([LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.rotary_emb = LlamaRotaryEmbedding(config=config)
-        if input_size != config.hidden_size:
-            self.token_embedding_projection = nn.Linear(input_size, config.hidden_size, bias=False)
-        else:
-            self.token_embedding_projection = nn.Identity()
-
-    def forward(self, patch_vectors, position_ids, attention_mask_2d=None, cache=None):
-        """``[B, P, k*D_E] -> [B, P, D_G]``."""
-        hidden = self.token_embedding_projection(patch_vectors)
-        mask = create_causal_mask(
-            config=self.config, inputs_embeds=hidden, attention_mask=attention_mask_2d, position_ids=position_ids,
-            **{CACHE_NAME: cache},
+        self.token_embedding_projection = (
+            nn.Linear(input_size, config.hidden_size, bias=False) if input_size != config.hidden_size else nn.Identity()
         )
-        position_embeddings = self.rotary_emb(hidden, position_ids)
-        for layer in self.layers:
-            hidden = layer(
-                hidden, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
-                position_embeddings=position_embeddings, **{CACHE_NAME: cache},
-            )
-        return hidden
+
+    def forward(self, patch_vectors, position_ids, attention_mask=None, cache=None):
+        """``[B, P, k*D_E] -> [B, P, D_G]``; ``attention_mask [B, S]`` marks valid latent slots (decoding)."""
+        hidden = self.token_embedding_projection(patch_vectors)
+        return run_layers(self.config, self.layers, self.rotary_emb, hidden, attention_mask, position_ids, cache)
 
 
-class BLTLocalDecoder(nn.Module):
+class BLTLocalDecoder(_BLTLocalStack):
     """Byte layers that cross-attend (before each layer) to the k slices of their assigned patch; final norm."""
 
     def __init__(self, config: BLTLocalConfig, global_size: int, cross_attn_k: int):
-        super().__init__()
-        self.config = config
-        self.cross_attn_k = cross_attn_k
-        self.layers = nn.ModuleList([MistralDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
-        self.rotary_emb = MistralRotaryEmbedding(config=config)
-        self.patch_embedding_projection = nn.Linear(global_size, config.hidden_size * cross_attn_k, bias=False)
+        super().__init__(config, global_size, cross_attn_k)
         self.norm = MistralRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        n_cross = config.num_hidden_layers if config.cross_attn_all_layers else 1
-        self.cross_attn_layers = nn.ModuleList([BLTCrossAttention(config) for _ in range(n_cross)])
 
-    def forward(self, byte_states, patch_states, byte_patch, mask, position_ids, cache=None):
+    def forward(self, byte_states, patch_states, byte_patch, attention_mask, position_ids, cache=None):
         """byte_states ``[B, N, D]`` (encoder output); patch_states ``[B, P, D_G]``; byte_patch ``[B, N]`` index of
-        the patch each byte reads -> ``[B, N, D]`` normed states."""
+        the patch each byte reads; attention_mask ``[B, T]`` or None -> ``[B, N, D]`` normed states."""
         b, n, d = byte_states.shape
         p = patch_states.shape[1]
         slices = self.patch_embedding_projection(patch_states).view(b, p, self.cross_attn_k, d)
-        position_embeddings = self.rotary_emb(byte_states, position_ids)
-        hidden = byte_states
         index = byte_patch.clamp(min=0, max=p - 1)
-        for i, layer in enumerate(self.layers):
-            if i < len(self.cross_attn_layers):
-                cross = self.cross_attn_layers[i]
-                keys, values = cross.project_kv(slices)  # [B, P, k, H, hd]
-                gidx = index.view(b, n, 1, 1, 1).expand(b, n, *keys.shape[2:])
-                keys = keys.gather(1, gidx)
-                values = values.gather(1, gidx)
-                hidden = hidden + cross(hidden.unsqueeze(2), keys, values).squeeze(2)
-            hidden = layer(
-                hidden, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
-                position_embeddings=position_embeddings, **{CACHE_NAME: cache},
-            )
+
+        def cross_attend(i, hidden):
+            if i >= len(self.cross_attn_layers):
+                return hidden
+            return hidden + self.cross_attn_layers[i](hidden.unsqueeze(2), slices, kv_index=index).squeeze(2)
+
+        hidden = run_layers(self.config, self.layers, self.rotary_emb, byte_states, attention_mask, position_ids, cache,
+                            cross_attend)
         return self.norm(hidden)
 
 
@@ -299,90 +256,27 @@ class BLTModelOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-def _check_output_flags(output_attentions, output_hidden_states, incremental: bool) -> None:
-    if output_attentions:
-        raise ValueError(
-            "BLT does not return attention weights (output_attentions=True): its layers run fused sdpa / eager "
-            "attention over three levels with different shapes; use output_hidden_states=True for per-stage states"
-        )
-    if output_hidden_states and incremental:
-        raise ValueError(
-            "output_hidden_states=True is supported for the full forward only, not for cached incremental steps "
-            "(generate with output_hidden_states=True, or call forward without a non-empty cache)"
-        )
-
-
-class BLTCache:
-    """Everything incremental BLT generation keeps between steps (batch rows advance one byte per step together).
-
-    Byte-level: ``entropy`` / ``encoder`` / ``decoder`` DynamicCaches (sliding window), the byte ids (for n-gram
-    hashes), encoder byte states (for closing the open patch), per-row positions. Patch-level: ``latent`` DynamicCache
-    with a validity mask (rows close patches at different steps; a row that did not close a patch at a latent step
-    leaves a masked hole), the start of each row's open patch and the latent output the decoder currently reads.
-    """
-
-    is_compileable = False
-
-    def __init__(self, config: BLTConfig):
-        self.entropy = DynamicCache(config=config.entropy_config)
-        self.encoder = DynamicCache(config=config.encoder_config)
-        self.decoder = DynamicCache(config=config.decoder_config)
-        self.latent = DynamicCache(config=config.global_config)
-        self.num_bytes = 0
-        self.byte_ids = None  # [B, T] ids (padding zeroed)
-        self.byte_mask = None  # [B, T]
-        self.encoder_states = None  # [B, T, D_E]
-        self.next_position = None  # [B] position of the next byte
-        self.open_start = None  # [B] slot where the open patch starts
-        self.last_entropy = None  # [B]
-        self.latent_mask = None  # [B, S] valid latent slots
-        self.latent_next_position = None  # [B]
-        self.decoder_patch = None  # [B, D_G] latent output the decoder reads
-
-    # Per-row tensors (batch first). Beam search and batch surgery must move every one of them together with the
-    # four KV caches, otherwise a reordered row would keep another row's patch boundaries or pending patch bytes.
-    ROW_FIELDS = (
-        "byte_ids", "byte_mask", "encoder_states", "next_position", "open_start", "last_entropy", "latent_mask",
-        "latent_next_position", "decoder_patch",
-    )
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        """Bytes seen so far (slots, padding included)."""
-        return self.num_bytes
-
-    def _kv_caches(self) -> tuple[DynamicCache, ...]:
-        return (self.entropy, self.encoder, self.decoder, self.latent)
-
-    def _map_rows(self, fn) -> None:
-        for name in self.ROW_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, fn(value))
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Beam search: row ``i`` becomes old row ``beam_idx[i]`` (``beam_idx [B]``) in every cache and per-row state."""
-        for cache in self._kv_caches():
-            cache.reorder_cache(beam_idx)
-        self._map_rows(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        """Repeat each row ``repeats`` times in place (``[B, ...] -> [B * repeats, ...]``)."""
-        for cache in self._kv_caches():
-            cache.batch_repeat_interleave(repeats)
-        self._map_rows(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep only rows ``indices`` (``[B']`` long, or ``[B]`` bool) in place."""
-        for cache in self._kv_caches():
-            cache.batch_select_indices(indices)
-        self._map_rows(lambda t: t[indices.to(t.device)])
-
-    def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove != 0:
-            raise ValueError(
-                "BLTCache cannot be cropped: closed patches are already folded into the latent cache (assisted / "
-                "speculative decoding needs a croppable cache)"
-            )
+def patch_layout(starts: torch.Tensor, byte_valid: torch.Tensor | None = None):
+    """From the start mask ``[B, N + 1]``: gather index/valid ``[B, P, L]`` of each patch's byte slots (L = longest
+    patch), the decoder patch id ``[B, N]`` of each byte (the patch before the one that holds byte t + 1) and ``P``.
+    ``byte_valid [B, N]`` (the attention mask) drops padding bytes from every patch."""
+    b, n1 = starts.shape
+    n = n1 - 1
+    cum = starts.long().cumsum(dim=1)
+    enc_ids = cum[:, :n] - 1  # left padding -> -1
+    if byte_valid is not None:
+        # Right padding would otherwise join the patch opened at the row's next-byte slot: no real byte reads that
+        # patch, but it would make the gather as long as the padding.
+        enc_ids = torch.where(byte_valid.bool(), enc_ids, torch.full_like(enc_ids, -1))
+    num_patches = max(int(enc_ids.max()) + 1, 1) if n else 1
+    slot = torch.arange(n, device=starts.device).expand(b, n)
+    big = torch.full((b, num_patches + 1), n, dtype=torch.long, device=starts.device)
+    first = big.scatter_reduce(1, enc_ids + 1, slot, reduce="amin", include_self=True)[:, 1:]
+    lengths = torch.zeros(b, num_patches + 1, dtype=torch.long, device=starts.device)
+    lengths = lengths.scatter_add(1, enc_ids + 1, torch.ones_like(slot))[:, 1:]
+    offs = torch.arange(max(int(lengths.max()), 1), device=starts.device)
+    gather_index = (first.unsqueeze(-1) + offs).clamp(max=max(n - 1, 0))
+    return gather_index, offs < lengths.unsqueeze(-1), cum[:, 1:] - 2, num_patches
 
 
 class BLTPreTrainedModel(PreTrainedModel):
@@ -390,12 +284,13 @@ class BLTPreTrainedModel(PreTrainedModel):
     config: BLTConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["MistralDecoderLayer", "LlamaDecoderLayer", "BLTCrossAttention"]
-    _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    _can_compile_fullgraph = False
+    # FSDP / device-map units: local encoder/decoder layers, latent layers, cross-attentions, the (frozen) entropy model
+    _no_split_modules = ["MistralDecoderLayer", "LlamaDecoderLayer", "BLTCrossAttention", "BLTEntropyModel"]
+    _supports_sdpa = True  # flash / flex attention and fullgraph compile stay off (PreTrainedModel's defaults)
     _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq"]
+    # Reading / writing Transformers' own ``blt`` checkpoints is a tool, not carried by checkpoints: importing
+    # ``hf_efficient_lm.blt`` installs ``hf_efficient_lm.tools.blt_convert`` here.
+    transformers_blt_converter = None
 
     def __init__(self, config: BLTConfig, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
@@ -405,6 +300,24 @@ class BLTPreTrainedModel(PreTrainedModel):
             sub = getattr(config, key)
             if sub is not None and sub._attn_implementation_internal is None:
                 sub._attn_implementation_internal = config._attn_implementation
+
+    def freeze_entropy_model(self) -> None:
+        """Entropy model parameters never train inside BLT (boundaries are a hard threshold on its entropies)."""
+        for module in self.modules():
+            if isinstance(module, BLTEntropyModel):
+                module.requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Our folders; with ``hf_efficient_lm`` installed also folders saved by Transformers' ``BltForCausalLM``
+        (model type ``blt``), converted on load. The entropy model comes back frozen."""
+        converter = cls.transformers_blt_converter
+        if converter is not None and converter.is_transformers_blt_folder(pretrained_model_name_or_path):
+            model = converter.load(cls, pretrained_model_name_or_path, **kwargs)
+        else:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        (model[0] if isinstance(model, tuple) else model).freeze_entropy_model()
+        return model
 
 
 class BLTModel(BLTPreTrainedModel):
@@ -417,15 +330,11 @@ class BLTModel(BLTPreTrainedModel):
         self.global_transformer = BLTGlobalTransformer(glob, config.latent_input_size)
         self.local_decoder = BLTLocalDecoder(dec, glob.hidden_size, config.cross_attn_k)
         num_tables = config.encoder_hash_byte_group_nb_functions * len(config.encoder_hash_byte_group_size)
-        self.encoder_hash_tok_embedding = (
-            nn.Embedding(num_tables * config.encoder_hash_byte_group_vocab, enc.hidden_size) if num_tables else None
-        )
-        if config.patching_mode.startswith("entropy"):
-            self.entropy_model = BLTEntropyModel(config.entropy_config)
-            # Frozen: boundaries are a hard threshold on its entropies; train it separately (examples/).
-            self.freeze_entropy_model()
-        else:
-            self.entropy_model = None
+        hash_rows = num_tables * config.encoder_hash_byte_group_vocab
+        self.encoder_hash_tok_embedding = nn.Embedding(hash_rows, enc.hidden_size) if num_tables else None
+        # Frozen: boundaries are a hard threshold on its entropies; it is trained separately (examples/).
+        self.entropy_model = BLTEntropyModel(config.entropy_config) if config.patching_mode.startswith("entropy") else None
+        self.freeze_entropy_model()
         self.post_init()
 
     def get_input_embeddings(self):
@@ -434,303 +343,134 @@ class BLTModel(BLTPreTrainedModel):
     def set_input_embeddings(self, value):
         self.local_encoder.embed_tokens = value
 
-    # ----- pieces ---------------------------------------------------------------------------------------------
-    def embed_bytes(self, input_ids: torch.LongTensor, hash_ids: torch.LongTensor | None = None) -> torch.Tensor:
-        """Byte embedding plus the sum of the hashed n-gram embeddings: ``[B, N] -> [B, N, D_E]``."""
+    def embed_bytes(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """Byte embedding plus the sum of the hashed n-gram embeddings (n-grams ending at each byte, zeros before the
+        first): ``[B, N] -> [B, N, D_E]``."""
         embeds = self.local_encoder.embed_tokens(input_ids)
         if self.encoder_hash_tok_embedding is not None:
-            if hash_ids is None:
-                hash_ids = self.hash_ids(input_ids)
+            c = self.config
+            hash_ids = byte_ngram_hash_ids(input_ids, c.encoder_hash_byte_group_size,
+                                           c.encoder_hash_byte_group_nb_functions, c.encoder_hash_byte_group_vocab)
             embeds = embeds + self.encoder_hash_tok_embedding(hash_ids).sum(dim=-2)
         return embeds
 
-    def hash_ids(self, input_ids):
-        c = self.config
-        return byte_ngram_hash_ids(
-            input_ids, c.encoder_hash_byte_group_size, c.encoder_hash_byte_group_nb_functions,
-            c.encoder_hash_byte_group_vocab,
-        )
+    def _entropies(self, ids, attention_mask, position_ids, cache=None) -> torch.Tensor | None:
+        """Next-byte entropies ``[B, T]`` (None without an entropy model). Ids beyond the entropy model's vocabulary
+        (tokens added by resize_token_embeddings) read as BOE."""
+        if self.entropy_model is None:
+            return None
+        ids = torch.where(ids >= self.config.entropy_config.vocab_size, torch.zeros_like(ids), ids)
+        return self.entropy_model.entropies(ids, attention_mask, position_ids, cache=cache, use_cache=cache is not None)[0]
 
-    def _check_ids(self, input_ids):
-        if input_ids is None:
-            raise ValueError("BLT needs input_ids (byte ids); inputs_embeds is not supported")
-        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
-            raise ValueError(
-                f"input_ids must be byte ids in [0, {self.config.vocab_size}); got values in "
-                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
-            )
-
-    def entropy_input(self, ids: torch.LongTensor) -> torch.LongTensor:
-        """Ids for the entropy model: ids beyond its vocabulary (tokens added by resize_token_embeddings) -> BOE."""
-        limit = self.config.entropy_config.vocab_size
-        return torch.where(ids >= limit, torch.zeros_like(ids), ids)
-
-    def compute_patch_starts(self, input_ids, attention_mask=None, entropies=None):
-        """Start mask ``[B, N + 1]`` for the configured patching mode (runs the entropy model if needed)."""
-        c = self.config
-        if c.patching_mode.startswith("entropy") and entropies is None:
-            entropies, _ = self.entropy_model.entropies(self.entropy_input(input_ids), attention_mask)
-        starts = patch_starts(
-            c.patching_mode, input_ids, entropies=entropies, threshold=c.patching_threshold,
-            patch_size=c.patch_size, max_patch_length=c.max_patch_length, attention_mask=attention_mask,
-        )
-        return starts, entropies
-
-    @staticmethod
-    def patch_layout(starts: torch.Tensor, byte_valid: torch.Tensor | None = None):
-        """From the start mask ``[B, N + 1]``: gather index/valid ``[B, P, L]`` of each patch's byte slots, the
-        encoder patch id of each byte ``[B, N]`` and the decoder patch id ``[B, N]`` (the patch before the one that
-        holds byte t + 1). ``byte_valid [B, N]`` (the attention mask) drops padding bytes from every patch."""
-        b, n1 = starts.shape
-        n = n1 - 1
-        cum = starts.long().cumsum(dim=1)
-        enc_ids = cum[:, :n] - 1  # left padding -> -1
-        if byte_valid is not None:
-            # Right padding would otherwise join the patch opened at the row's next-byte slot: no real byte reads that
-            # patch, but it would make the gather as long as the padding.
-            enc_ids = torch.where(byte_valid.bool(), enc_ids, torch.full_like(enc_ids, -1))
-        dec_ids = cum[:, 1:] - 2
-        num_patches = max(int(enc_ids.max()) + 1, 1) if n else 1
-        slot = torch.arange(n, device=starts.device).expand(b, n)
-        big = torch.full((b, num_patches + 1), n, dtype=torch.long, device=starts.device)
-        first = big.scatter_reduce(1, enc_ids + 1, slot, reduce="amin", include_self=True)[:, 1:]
-        lengths = torch.zeros(b, num_patches + 1, dtype=torch.long, device=starts.device)
-        lengths = lengths.scatter_add(1, enc_ids + 1, torch.ones_like(slot))[:, 1:]
-        longest = max(int(lengths.max()), 1)
-        offs = torch.arange(longest, device=starts.device)
-        gather_index = (first.unsqueeze(-1) + offs).clamp(max=max(n - 1, 0))
-        gather_valid = offs < lengths.unsqueeze(-1)
-        return gather_index, gather_valid, enc_ids, dec_ids, num_patches
-
-    # ----- forward --------------------------------------------------------------------------------------------
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        patch_lengths: torch.Tensor | None = None,
-        cache: BLTCache | None = None,
-        use_cache: bool | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+        patch_lengths: torch.Tensor | None = None, cache: BLTCache | None = None, use_cache: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None, position_ids: torch.LongTensor | None = None,
+        output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+        return_dict: bool | None = None, **kwargs,
     ) -> BLTModelOutput:
         """input_ids ``[B, N]`` byte ids; attention_mask ``[B, N]`` (left and/or right padding around one run of real
         bytes per row; right padding only without the cache); patch_lengths ``[B, P]`` optional precomputed patches
         (rows sum to the real byte count, or +1). ``position_ids`` are derived from the mask and ignored. With a
         non-empty ``cache`` (``past_key_values`` before Transformers 5.24) only the new bytes are given."""
         cache = resolve_cache(cache, kwargs)
-        if inputs_embeds is not None:
-            raise ValueError("BLT works on byte ids; inputs_embeds is not supported")
+        if inputs_embeds is not None or input_ids is None:
+            raise ValueError("BLT needs input_ids (byte ids); inputs_embeds is not supported")
+        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+            raise ValueError(f"input_ids must be byte ids in [0, {self.config.vocab_size}); got values in "
+                             f"[{int(input_ids.min())}, {int(input_ids.max())}]")
         if attention_mask is None and position_ids is not None and find_packed_sequence_indices(position_ids) is not None:
-            raise ValueError(
-                "BLT does not take padding-free packed rows (position_ids restarting per document): its byte "
-                "positions and patches come from the attention mask. Put one document per row, padded, with an "
-                "attention_mask (or pack documents separated by EOS with BLTDataCollator)."
-            )
-        self._check_ids(input_ids)
-        input_ids = input_ids.long()
-        use_cache = use_cache if use_cache is not None else cache is not None
+            raise ValueError("BLT does not take padding-free packed rows (position_ids restarting per document): its "
+                             "byte positions and patches come from the attention mask. Put one document per row, padded, "
+                             "with an attention_mask (or pack documents separated by EOS with BLTDataCollator).")
         if cache is not None and not isinstance(cache, BLTCache):
             raise TypeError(f"the cache must be a BLTCache, got {type(cache).__name__}")
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
+        if output_attentions:
+            raise ValueError("BLT does not return attention weights (output_attentions=True): its attention runs over "
+                             "three levels of different shapes; use output_hidden_states=True for per-stage states")
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        incremental = cache is not None and cache.num_bytes > 0
-        _check_output_flags(output_attentions, output_hidden_states, incremental)
-        if incremental:
+        if cache is not None and cache.num_bytes > 0:
+            if output_hidden_states:
+                raise ValueError("output_hidden_states=True is supported for the full forward only, not for cached "
+                                 "incremental steps (call forward without a non-empty cache)")
             if patch_lengths is not None:
                 raise ValueError("patch_lengths cannot be given for incremental steps (boundaries come from the cache)")
-            out = self._extend(input_ids, attention_mask, cache)
-            return out if return_dict else out.to_tuple()
+            out = self._decode(input_ids.long(), cache)
+        else:
+            use_cache = use_cache if use_cache is not None else cache is not None
+            cache = (cache or BLTCache(self.config)) if use_cache else None
+            out = self._prefill(input_ids.long(), attention_mask, patch_lengths, cache, output_hidden_states)
+        return out if return_dict else out.to_tuple()
+
+    def _prefill(self, input_ids, attention_mask, patch_lengths, cache, output_hidden_states) -> BLTModelOutput:
+        """The full forward over ``[B, N]`` bytes (training, scoring, a prompt); fills ``cache`` when given."""
         batch, length = input_ids.shape
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        attention_mask = attention_mask.long()
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
         if attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
-        has_padding = bool((attention_mask == 0).any())
-        if has_padding:
-            right_padded = check_padding(attention_mask)
-            if use_cache and bool(right_padded.any()):
-                raise ValueError(
-                    f"use_cache=True needs left padding: row(s) {right_padded.nonzero().flatten().tolist()} end with "
-                    "padding, and cached bytes would continue after it. Pad prompts on the left "
-                    "(tokenizer.padding_side='left'); right padding is for training / scoring (use_cache=False)."
-                )
-        mask_2d = attention_mask if has_padding else None
+        mask_2d = attention_mask if bool((attention_mask == 0).any()) else None
+        if mask_2d is not None:
+            check_padding(attention_mask)
+            if cache is not None:
+                refuse_right_padding(attention_mask, "use_cache=True needs left padding")
         position_ids = positions_from_mask(attention_mask)
         ids = input_ids * attention_mask  # padding hashes like Meta's zero left-context
+        kv = (cache.entropy, cache.encoder, cache.latent, cache.decoder) if cache is not None else (None,) * 4
 
-        if not use_cache:
-            cache = None
-        elif cache is None:
-            cache = BLTCache(self.config)
-
-        entropies = None
+        need_entropies = patch_lengths is None or cache is not None  # precomputed patches skip it unless cached
+        entropies = self._entropies(ids, mask_2d, position_ids, kv[0]) if need_entropies else None
         if patch_lengths is not None:
             starts = starts_from_patch_lengths(patch_lengths.to(input_ids.device), length, mask_2d)
         else:
-            if self.config.patching_mode.startswith("entropy"):
-                entropies, _ = self.entropy_model.entropies(
-                    self.entropy_input(ids), mask_2d, position_ids, cache=cache.entropy if cache else None, use_cache=use_cache
-                )
-            starts, entropies = self.compute_patch_starts(ids, mask_2d, entropies)
-        if use_cache and patch_lengths is not None and self.config.patching_mode.startswith("entropy"):
-            entropies, _ = self.entropy_model.entropies(
-                self.entropy_input(ids), mask_2d, position_ids, cache=cache.entropy, use_cache=True
+            c = self.config
+            starts = patch_starts(
+                c.patching_mode, ids, entropies=entropies, threshold=c.patching_threshold, patch_size=c.patch_size,
+                max_patch_length=c.max_patch_length, attention_mask=mask_2d,
             )
-
-        embeds = self.embed_bytes(ids)
-        local_mask = _local_mask(self.config.encoder_config, embeds, mask_2d, cache.encoder if cache else None, position_ids)
-        byte_states = self.local_encoder.run_layers(embeds, local_mask, position_ids, cache.encoder if cache else None)
-
-        gather_index, gather_valid, enc_ids, dec_ids, num_patches = self.patch_layout(starts, mask_2d)
+        byte_states = self.local_encoder.run_layers(self.embed_bytes(ids), mask_2d, position_ids, kv[1])
+        gather_index, gather_valid, decoder_patch_ids, num_patches = patch_layout(starts, mask_2d)
         patch_vectors = self.local_encoder.patch_vectors(byte_states, gather_index, gather_valid)
         latent_positions = torch.arange(num_patches, device=input_ids.device).unsqueeze(0).expand(batch, -1)
-        latent = self.global_transformer(patch_vectors, latent_positions, None, cache.latent if cache else None)
-
+        latent = self.global_transformer(patch_vectors, latent_positions, None, kv[2])
+        hidden = self.local_decoder(byte_states, latent, decoder_patch_ids, mask_2d, position_ids, kv[3])
         if cache is not None:
-            dec_mask = _local_mask(self.config.decoder_config, embeds, mask_2d, cache.decoder, position_ids)
-        else:
-            dec_mask = local_mask
-        hidden = self.local_decoder(byte_states, latent, dec_ids, dec_mask, position_ids, cache.decoder if cache else None)
-
-        if cache is not None:
-            self._fill_cache(cache, ids, attention_mask, byte_states, starts, entropies, latent, dec_ids, num_patches)
-        out = BLTModelOutput(
+            cache.prefill(ids, attention_mask, byte_states, starts, entropies, latent, decoder_patch_ids)
+        return BLTModelOutput(
             last_hidden_state=hidden, cache=cache, patch_starts=starts, entropies=entropies,
             hidden_states=(byte_states, latent, hidden) if output_hidden_states else None,
         )
-        return out if return_dict else out.to_tuple()
 
-    def _fill_cache(self, cache, ids, attention_mask, byte_states, starts, entropies, latent, dec_ids, num_patches):
-        batch, length = ids.shape
-        cache.num_bytes = length
-        cache.byte_ids = ids
-        cache.byte_mask = attention_mask
-        cache.encoder_states = byte_states
-        real = attention_mask.sum(dim=1)
-        cache.next_position = real.clone()
-        slot = torch.arange(length + 1, device=ids.device).expand(batch, -1)
-        cache.open_start = torch.where(starts, slot, torch.full_like(slot, -1)).amax(dim=1)
-        cache.last_entropy = entropies[:, -1] if entropies is not None else None
-        # Patches that can no longer change: every patch that ends before the open one.
-        completed = starts.long().sum(dim=1) - 1  # patches fully inside [0, N) when byte N opens one, else one less
-        patch_index = torch.arange(num_patches, device=ids.device).unsqueeze(0)
-        cache.latent_mask = (patch_index < completed.unsqueeze(1)).long()
-        cache.latent_next_position = completed.clone()
-        last = dec_ids[:, -1].clamp(min=0)
-        cache.decoder_patch = latent.gather(1, last.view(batch, 1, 1).expand(batch, 1, latent.shape[-1])).squeeze(1)
-
-    # ----- incremental generation -----------------------------------------------------------------------------
-    def _extend(self, input_ids, attention_mask, cache: BLTCache) -> BLTModelOutput:
-        """Feed new bytes one at a time through the caches; ``[B, T] -> [B, T, D]``."""
-        outs, starts_out, ent_out = [], [], []
-        for t in range(input_ids.shape[1]):
-            h, s, e = self._step(input_ids[:, t], cache)
-            outs.append(h)
-            starts_out.append(s)
-            ent_out.append(e)
-        entropies = torch.stack(ent_out, dim=1) if ent_out[0] is not None else None
+    def _decode(self, input_ids: torch.LongTensor, cache: BLTCache) -> BLTModelOutput:
+        """Feed new bytes ``[B, T]`` one at a time through the caches -> ``[B, T, D]``; patch_starts ``[B, T]`` says
+        whether the byte after each one opens a patch."""
+        hidden, starts, entropies = zip(*(self._decode_byte(input_ids[:, t], cache) for t in range(input_ids.shape[1])))
         return BLTModelOutput(
-            last_hidden_state=torch.stack(outs, dim=1),
-            cache=cache,
-            patch_starts=torch.stack(starts_out, dim=1),
-            entropies=entropies,
+            last_hidden_state=torch.stack(hidden, dim=1), cache=cache, patch_starts=torch.stack(starts, dim=1),
+            entropies=torch.stack(entropies, dim=1) if entropies[0] is not None else None,
         )
 
-    def _next_starts(self, new_ids, entropy, cache: BLTCache):
-        """Does the byte after ``new_ids`` open a patch? ``[B]`` bool, causal rule of ``patcher_blt``."""
-        c = self.config
-        rel_next = cache.next_position + 1  # relative position of the slot being decided
-        forced = rel_next <= 1
-        mode = c.patching_mode
-        if mode == "entropy":
-            fire = entropy > float(c.patching_threshold)
-        elif mode == "entropy_monotonic":
-            prev = cache.last_entropy if cache.last_entropy is not None else torch.zeros_like(entropy)
-            fire = (entropy - prev) > float(c.patching_threshold)
-        elif mode == "space":
-            prev_id = cache.byte_ids[:, -1]
-            fire = space_like(new_ids) & ~(space_like(prev_id) & (rel_next >= 3))
-        elif mode == "static":
-            fire = (rel_next - 1) % c.patch_size == 0
-        else:  # byte
-            fire = torch.ones_like(forced)
-        starts = forced | ((rel_next >= 2) & fire)
-        if c.max_patch_length is not None:
-            slot_next = cache.num_bytes + 1
-            starts = starts | ((slot_next - cache.open_start) % c.max_patch_length == 0)
-        return starts
-
-    def _step(self, new_ids: torch.LongTensor, cache: BLTCache):
-        batch = new_ids.shape[0]
-        device = new_ids.device
-        position = cache.next_position.view(batch, 1)
-        cache.byte_mask = torch.cat([cache.byte_mask, torch.ones_like(new_ids).view(batch, 1)], dim=1)
-        mask_2d = cache.byte_mask if bool((cache.byte_mask == 0).any()) else None
-        # entropy of the byte after this one
-        entropy = None
-        if self.entropy_model is not None:
-            ent, _ = self.entropy_model.entropies(
-                self.entropy_input(new_ids.view(batch, 1)), mask_2d, position, cache=cache.entropy, use_cache=True
-            )
-            entropy = ent[:, 0]
-        starts_next = self._next_starts(new_ids, entropy, cache)
-        cache.byte_ids = torch.cat([cache.byte_ids, new_ids.view(batch, 1)], dim=1)
-        window = max(self.config.encoder_hash_byte_group_size, default=1)
-        hash_ids = self.hash_ids(cache.byte_ids[:, -window:])[:, -1:] if self.encoder_hash_tok_embedding is not None else None
-        embeds = self.embed_bytes(new_ids.view(batch, 1), hash_ids)
-        enc_mask = _local_mask(self.config.encoder_config, embeds, mask_2d, cache.encoder, position)
-        state = self.local_encoder.run_layers(embeds, enc_mask, position, cache.encoder)
-        cache.encoder_states = torch.cat([cache.encoder_states, state], dim=1)
-        slot = cache.num_bytes  # slot of the new byte
-        if bool(starts_next.any()):
-            # Close each finishing row's open patch [open_start, slot] and run one latent step for all rows; rows
-            # that did not close a patch write a masked hole.
-            lo = int(cache.open_start[starts_next].min())
-            span = slot + 1 - lo
-            offs = torch.arange(span, device=device)
-            gather_index = (lo + offs).view(1, 1, span).expand(batch, 1, span)
-            gather_valid = (lo + offs).view(1, span) >= cache.open_start.view(batch, 1)
-            vectors = self.local_encoder.patch_vectors(cache.encoder_states, gather_index, gather_valid.view(batch, 1, span))
-            cache.latent_mask = torch.cat([cache.latent_mask, starts_next.long().view(batch, 1)], dim=1)
-            latent = self.global_transformer(
-                vectors, cache.latent_next_position.view(batch, 1), cache.latent_mask, cache.latent
-            )[:, 0]
-            cache.decoder_patch = torch.where(starts_next.view(batch, 1), latent, cache.decoder_patch)
-            cache.latent_next_position = cache.latent_next_position + starts_next.long()
-            cache.open_start = torch.where(starts_next, torch.full_like(cache.open_start, slot + 1), cache.open_start)
-        dec_mask = _local_mask(self.config.decoder_config, state, mask_2d, cache.decoder, position)
-        hidden = self.local_decoder(
-            state, cache.decoder_patch.unsqueeze(1), torch.zeros(batch, 1, dtype=torch.long, device=device),
-            dec_mask, position, cache.decoder,
-        )
-        if entropy is not None:
-            cache.last_entropy = entropy
-        cache.next_position = cache.next_position + 1
-        cache.num_bytes += 1
-        return hidden[:, 0], starts_next, entropy
-
-    def freeze_entropy_model(self) -> None:
-        """Entropy model parameters never train inside BLT (boundaries are a hard threshold)."""
-        if self.entropy_model is not None:
-            self.entropy_model.requires_grad_(False)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        if is_transformers_blt_folder(pretrained_model_name_or_path):
-            model = load_transformers_blt_folder(cls, pretrained_model_name_or_path, prefix="model.", **kwargs)
-        else:
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        (model[0] if isinstance(model, tuple) else model).freeze_entropy_model()
-        return model
+    def _decode_byte(self, new_ids: torch.LongTensor, cache: BLTCache):
+        """One byte per row ``[B]``: entropy model step, patch rule, encoder step; when a row's patch closes, one
+        latent step; decoder step. Returns the decoder state ``[B, D]``, the rule's decision and the entropy ``[B]``."""
+        position, mask_2d = cache.add_byte(new_ids)
+        entropy = self._entropies(new_ids.view(-1, 1), mask_2d, position, cache.entropy)
+        entropy = entropy[:, 0] if entropy is not None else None
+        closing = cache.next_byte_opens_patch(entropy)
+        window = max(self.config.encoder_hash_byte_group_size, default=1)  # the n-grams ending at the new byte
+        embeds = self.embed_bytes(cache.byte_ids[:, -window:])[:, -1:]
+        state = self.local_encoder.run_layers(embeds, mask_2d, position, cache.encoder)
+        cache.add_encoder_state(state)
+        if bool(closing.any()):
+            gather_index, gather_valid, latent_position, latent_mask = cache.close_patch(closing)
+            vectors = self.local_encoder.patch_vectors(cache.encoder_states, gather_index, gather_valid)
+            cache.read_latent(closing, self.global_transformer(vectors, latent_position, latent_mask, cache.latent)[:, 0])
+        patch_ids = torch.zeros_like(position)  # the one latent state each row reads
+        hidden = self.local_decoder(state, cache.decoder_patch.unsqueeze(1), patch_ids, mask_2d, position, cache.decoder)
+        return hidden[:, 0], closing, entropy
 
 
 class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
@@ -743,37 +483,17 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.decoder_config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head = new_embeddings
-
-    def get_input_embeddings(self):
-        return self.model.local_encoder.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.model.local_encoder.embed_tokens = value
-
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # BLTCache is created by forward
 
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        patch_lengths: torch.Tensor | None = None,
-        cache: BLTCache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        position_ids: torch.LongTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+        patch_lengths: torch.Tensor | None = None, cache: BLTCache | None = None,
+        inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
+        position_ids: torch.LongTensor | None = None, output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits ``[B, N, 260]`` (fp32); ``labels`` ``[B, N]`` (-100 ignored) give the shifted next-byte loss (nats;
         bits per byte = loss / ln 2)."""
@@ -783,29 +503,20 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             cache=cache, use_cache=use_cache, inputs_embeds=inputs_embeds, position_ids=position_ids,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
         )
-        hidden = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            hidden = hidden[:, -logits_to_keep:]
-        elif isinstance(logits_to_keep, torch.Tensor):
-            hidden = hidden[:, logits_to_keep]
-        logits = self.lm_head(hidden).float()
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
-        out = CausalLMOutputWithPast(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{CACHE_NAME: outputs.cache}
-        )
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep  # 0 keeps all
+        logits = self.lm_head(outputs.last_hidden_state[:, keep]).float()
+        loss = None if labels is None else self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
+        out = CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                     **{CACHE_NAME: outputs.cache})
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return out if return_dict else out.to_tuple()
 
     def generate(self, *args, **kwargs):
         """``GenerationMixin.generate`` on the :class:`BLTCache`; a static / other cache implementation is refused
         (Transformers would only warn and ignore it)."""
-        impl = kwargs.get("cache_implementation")
-        if impl is None and kwargs.get("generation_config") is not None:
-            impl = getattr(kwargs["generation_config"], "cache_implementation", None)
-        if impl is None and self.generation_config is not None:
-            impl = getattr(self.generation_config, "cache_implementation", None)
+        configs = (kwargs.get("generation_config"), self.generation_config)
+        impls = [kwargs.get("cache_implementation"), *(getattr(c, "cache_implementation", None) for c in configs)]
+        impl = next((i for i in impls if i is not None), None)
         if impl not in (None, "dynamic"):
             raise ValueError(
                 f"BLTForCausalLM.generate does not support cache_implementation={impl!r}: BLT keeps its own BLTCache "
@@ -819,44 +530,20 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         if cache is not None and cache.num_bytes > 0:
             input_ids = input_ids[:, cache.num_bytes :]
         elif attention_mask is not None and bool((attention_mask == 0).any()):
-            # Generated bytes are appended at the end of every row, so a right-padded prompt would continue after its
-            # padding (Transformers only warns; here the result would be silently wrong, with or without the cache).
-            right_padded = check_padding(attention_mask)
-            if bool(right_padded.any()):
-                raise ValueError(
-                    f"BLTForCausalLM.generate needs left-padded prompts: row(s) {right_padded.nonzero().flatten().tolist()} "
-                    "end with padding (attention_mask 0 at the last position). Pad on the left "
-                    "(tokenizer.padding_side='left')."
-                )
-        inputs = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            CACHE_NAME: cache,
-            "use_cache": use_cache,
-        }
+            # Transformers only warns; the result would be silently wrong, with or without the cache.
+            refuse_right_padding(attention_mask, "BLTForCausalLM.generate needs left-padded prompts")
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, CACHE_NAME: cache, "use_cache": use_cache}
         # Pass through the other forward arguments (logits_to_keep, output flags, labels-free extras ...), except
         # patch_lengths: generation decides boundaries itself (precomputed lengths would cover the prompt only).
-        for key, value in kwargs.items():
-            if key in inputs or value is None or key == "patch_lengths":
-                continue
-            inputs[key] = value
-        return inputs
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Loads our folders, or converts a folder saved by Transformers' ``BltForCausalLM`` (model type ``blt``)."""
-        if is_transformers_blt_folder(pretrained_model_name_or_path):
-            model = load_transformers_blt_folder(cls, pretrained_model_name_or_path, prefix="", **kwargs)
-        else:
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        (model[0] if isinstance(model, tuple) else model).model.freeze_entropy_model()
-        return model
+        extra = {k: v for k, v in kwargs.items() if k not in inputs and v is not None and k != "patch_lengths"}
+        return {**inputs, **extra}
 
     def save_pretrained_transformers(self, save_directory) -> None:
-        """Write a folder that Transformers' own ``BltForCausalLM.from_pretrained`` loads (model type ``blt``)."""
-        from .convert_blt import export_to_transformers_blt
-
-        export_to_transformers_blt(self, save_directory)
+        """Write a folder that Transformers' own ``BltForCausalLM.from_pretrained`` loads (model type ``blt``); needs
+        the ``hf_efficient_lm`` package (a ``trust_remote_code`` copy of this file alone cannot convert)."""
+        if self.transformers_blt_converter is None:
+            raise ImportError("save_pretrained_transformers needs the hf_efficient_lm package: pip install hf-efficient-lm")
+        self.transformers_blt_converter.export(self, save_directory)
 
 
 __all__ = ["BLTModel", "BLTForCausalLM", "BLTPreTrainedModel", "BLTCache", "byte_ngram_hash_ids", "BLTCrossAttention"]

@@ -16,7 +16,7 @@ import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
 from ..blt import BLTEntropyConfig, BLTEntropyModel, BLTForCausalLM, BLTTokenizer
-from ..blt.data_blt import (
+from .blt_data import (
     BLTDataCollator,
     add_patch_lengths_column,
     byte_dataset,
@@ -24,7 +24,7 @@ from ..blt.data_blt import (
     pack_texts,
     pad_right,
 )
-from ..blt.flops_blt import blt_flops_per_byte
+from .blt_flops import blt_flops_per_byte
 from ..cli import normalize_option_names
 from ..data import cache_dir, corpus_dir, read_texts
 from ..eval.perplexity import rows_nll

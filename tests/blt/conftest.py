@@ -30,7 +30,7 @@ def make_transformers_blt(seed=0, **overrides):
     model = BltForCausalLM(config).eval()
     if model.model.patcher is not None:
         # Put the threshold at the median entropy of random bytes so that patches have mixed sizes.
-        from hf_efficient_lm.blt.testing_blt import random_bytes
+        from hf_efficient_lm.tools.blt_testing import random_bytes
 
         with torch.no_grad():
             entropies, _, _ = model.model.patcher(random_bytes(4, 64, torch.Generator().manual_seed(99)))

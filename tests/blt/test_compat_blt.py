@@ -11,7 +11,7 @@ from transformers.models.blt.modeling_blt import byte_group_hash_function
 
 from hf_efficient_lm import BLTForCausalLM
 from hf_efficient_lm.blt import BLTModel, byte_ngram_hash_ids
-from hf_efficient_lm.blt.testing_blt import random_bytes
+from hf_efficient_lm.tools.blt_testing import random_bytes
 
 from .conftest import make_transformers_blt
 
@@ -105,6 +105,29 @@ def test_different_hash_configuration_is_a_clear_error(transformers_blt_dir, tmp
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="hash n-gram table has 291 rows"):
         BLTForCausalLM.from_pretrained(bad)
+
+
+def test_transformers_blt_folder_under_fsdp_cpu_ram_efficient_loading_is_a_clear_error(transformers_blt_dir, monkeypatch):
+    """Conversion builds the full model on every process: under accelerate's FSDP cpu_ram_efficient_loading (which
+    expects from_pretrained to cope with meta-device loading) it is refused with the fix, not silently done N times."""
+    import transformers.integrations
+
+    monkeypatch.setattr(transformers.integrations, "is_fsdp_enabled", lambda: True)
+    with pytest.raises(ValueError, match="cpu_ram_efficient_loading.*Convert it once first"):
+        BLTForCausalLM.from_pretrained(transformers_blt_dir)
+    monkeypatch.setattr(transformers.integrations, "is_fsdp_enabled", lambda: False)
+    assert BLTForCausalLM.from_pretrained(transformers_blt_dir).config.model_type == "hfelm_blt"
+
+
+def test_a_copy_without_the_package_cannot_convert(transformers_blt_dir, tmp_path, monkeypatch):
+    """The converter is a tool outside the checkpoint: the model class alone (as trust_remote_code loads it) has none
+    and says what is missing instead of failing inside the conversion."""
+    from hf_efficient_lm.blt import BLTPreTrainedModel
+
+    model = BLTForCausalLM.from_pretrained(transformers_blt_dir)
+    monkeypatch.setattr(BLTPreTrainedModel, "transformers_blt_converter", None)
+    with pytest.raises(ImportError, match="needs the hf_efficient_lm package"):
+        model.save_pretrained_transformers(tmp_path / "out")
 
 
 @torch.no_grad()

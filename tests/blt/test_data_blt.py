@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hf_efficient_lm import BLTConfig
-from hf_efficient_lm.blt.data_blt import (
+from hf_efficient_lm.tools.blt_data import (
     BLTDataCollator,
     add_patch_lengths_column,
     byte_dataset,
@@ -14,8 +14,8 @@ from hf_efficient_lm.blt.data_blt import (
     pack_texts,
     text_to_ids,
 )
-from hf_efficient_lm.blt.flops_blt import blt_flops_per_byte
-from hf_efficient_lm.blt.testing_blt import make_tiny_blt
+from hf_efficient_lm.tools.blt_flops import blt_flops_per_byte
+from hf_efficient_lm.tools.blt_testing import make_tiny_blt
 
 TEXTS = ["Hello world, this is a byte model. " * 3, "def f(x):\n    return x + 1\n" * 4, "é ü 😀 " * 5]
 

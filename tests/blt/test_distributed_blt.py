@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hf_efficient_lm import BLTForCausalLM
-from hf_efficient_lm.blt.testing_blt import make_tiny_blt, random_bytes
+from hf_efficient_lm.tools.blt_testing import make_tiny_blt, random_bytes
 from tests.helpers import make_documents, requires_accelerate_cli, run_two_processes_and_one, write_jsonl
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "train_blt.py"

@@ -9,7 +9,7 @@ import torch
 
 from hf_efficient_lm import BLTConfig, BLTEntropyModel, BLTForCausalLM
 from hf_efficient_lm.blt.compat_blt import CACHE_NAME, cache_of
-from hf_efficient_lm.blt.testing_blt import make_tiny_blt, random_bytes
+from hf_efficient_lm.tools.blt_testing import make_tiny_blt, random_bytes
 
 
 def _bytes(batch=2, length=30, seed=0):
@@ -44,6 +44,22 @@ def test_incremental_steps_equal_full_forward(overrides):
     assert cache.get_seq_length() == 22
     # the latent transformer ran once per closed patch, not once per byte
     assert cache.latent_mask.shape[1] <= int(starts[:, 12:].any(dim=0).sum()) + int(starts[:, :12].sum(dim=1).max())
+
+
+@pytest.mark.parametrize("overrides", MODES, ids=lambda o: "-".join(f"{v}" for v in o.values()))
+@torch.no_grad()
+def test_cache_decides_boundaries_like_the_batched_patcher(overrides):
+    # One rule (patcher_blt.boundary_rule): the cache's per-byte decisions after a left-padded prompt equal the start
+    # mask of the full forward, slot by slot, across rows whose positions differ by their padding.
+    model = make_tiny_blt(seed=0, **overrides)
+    x = _bytes(length=26, seed=3)
+    mask = torch.ones_like(x)
+    mask[1, :5] = 0
+    full = model.model(x, attention_mask=mask).patch_starts  # [B, 27]
+    cache = model.model(x[:, :10], attention_mask=mask[:, :10], use_cache=True).cache
+    steps = [model.model(x[:, t : t + 1], cache=cache).patch_starts[:, 0] for t in range(10, 26)]
+    assert torch.equal(torch.stack(steps, dim=1), full[:, 11:])
+    assert 0 < int(full[:, 11:].sum()) < full[:, 11:].numel() or overrides["patching_mode"] == "byte"
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.models.blt.modeling_blt import BltPatcher, process_patch_lengths
 
-from hf_efficient_lm.blt.patcher_blt import (
+from hf_efficient_lm.blt import (
     entropy_patch_starts,
     patch_lengths_from_starts,
     patch_starts,

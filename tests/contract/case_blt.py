@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from hf_efficient_lm.blt.testing_blt import make_tiny_blt, random_bytes
+from hf_efficient_lm.tools.blt_testing import make_tiny_blt, random_bytes
 from tests.contract.common import ContractCase
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .configuration_blt_lm import BLTConfig
-from .modeling_blt_lm import BLTForCausalLM
+from ..blt.configuration_blt_lm import BLTConfig
+from ..blt.modeling_blt_lm import BLTForCausalLM
 
 
 def tiny_blt_config(hidden: int = 32, latent: int = 64, window: int = 16, **overrides) -> BLTConfig:

@@ -3,7 +3,11 @@
 Differences handled here: our modules are Mistral/Llama blocks with half-split RoPE while ``Blt`` uses interleaved
 RoPE, so the rows of every self-attention q/k projection are permuted per head (even dims first, then odd dims),
 which leaves every attention score unchanged; the patcher is our ``entropy_model`` (a ``BLTEntropyModel``); all other
-parameter names are the same. Imports only stdlib, torch, transformers and siblings (copied for trust_remote_code).
+parameter names are the same.
+
+Not carried by checkpoints: importing ``hf_efficient_lm.blt`` installs this module as
+``BLTPreTrainedModel.transformers_blt_converter``, through which ``BLTForCausalLM.from_pretrained`` reads a ``blt``
+folder (:func:`load`) and ``save_pretrained_transformers`` writes one (:func:`export`).
 """
 
 from __future__ import annotations
@@ -11,12 +15,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 
 import torch
 
-from .configuration_blt_lm import BLTConfig
+from ..blt.configuration_blt_lm import BLTConfig
+from ..io_utils import atomic_dir
 
 HASH_FIELDS = ("encoder_hash_byte_group_size", "encoder_hash_byte_group_vocab", "encoder_hash_byte_group_nb_functions")
 _SELF_ATTN_QK = re.compile(r"\.layers\.\d+\.self_attn\.(q|k)_proj\.weight$")
@@ -235,8 +238,17 @@ def _load_weights(path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_transformers_blt_folder(cls, path, prefix: str = "", **kwargs):
-    """Build ``cls`` (BLTForCausalLM, or BLTModel with ``prefix='model.'``) from a Transformers ``blt`` checkpoint."""
+def load(cls, path, **kwargs):
+    """Build ``cls`` (``BLTForCausalLM``, or ``BLTModel``) from a Transformers ``blt`` checkpoint (weights converted in
+    memory, on every process: accelerate's FSDP ``cpu_ram_efficient_loading`` is refused, see below)."""
+    from transformers.integrations import is_fsdp_enabled
+
+    if is_fsdp_enabled():
+        raise ValueError(
+            f"{path} is a Transformers 'blt' checkpoint, converted on load by every process; FSDP "
+            "cpu_ram_efficient_loading needs a folder that loads on the meta device. Convert it once first: "
+            "BLTForCausalLM.from_pretrained(blt_dir).save_pretrained(our_dir), then load our_dir"
+        )
     dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
     attn_implementation = kwargs.pop("attn_implementation", None)
     kwargs.pop("trust_remote_code", None)
@@ -247,15 +259,14 @@ def load_transformers_blt_folder(cls, path, prefix: str = "", **kwargs):
     unknown = [k for k in kwargs if k not in BLTConfig.__dataclass_fields__]
     if unknown:
         raise TypeError(f"unsupported arguments for loading a Transformers blt checkpoint: {unknown}")
-    hf_cfg = _read_config(os.fspath(path))
-    config = blt_config_from_transformers(hf_cfg, **kwargs)
+    config = blt_config_from_transformers(_read_config(os.fspath(path)), **kwargs)
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
     state = state_dict_from_transformers(_load_weights(os.fspath(path)), config)
     _check_hash_table(state, config)
-    if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     model = cls(config)
+    if not hasattr(model, "lm_head"):  # the base model: its keys have no "model." prefix
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"converting {path}: missing weights {missing[:8]}, unexpected weights {unexpected[:8]}")
@@ -315,7 +326,7 @@ def transformers_config_dict(config: BLTConfig) -> dict:
     )
 
 
-def export_to_transformers_blt(model, save_directory) -> None:
+def export(model, save_directory) -> None:
     """Write ``model`` (a BLTForCausalLM) as a Transformers ``blt`` folder (config.json + model.safetensors),
     atomically (temp folder, then rename)."""
     from transformers import BltConfig
@@ -324,23 +335,12 @@ def export_to_transformers_blt(model, save_directory) -> None:
     hf_config = BltConfig(**transformers_config_dict(model.config))
     hf_config.architectures = ["BltForCausalLM"]
     state = state_dict_to_transformers({k: v.detach().cpu() for k, v in model.state_dict().items()}, model.config)
-    save_directory = os.fspath(save_directory)
-    parent = os.path.dirname(os.path.abspath(save_directory))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".blt-export-", dir=parent)
-    try:
+    with atomic_dir(save_directory) as tmp:
         hf_config.save_pretrained(tmp)
         safe_save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        if os.path.exists(save_directory):
-            old = save_directory + ".old-" + os.path.basename(tmp)
-            os.replace(save_directory, old)
-            os.replace(tmp, save_directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, save_directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+
+export_to_transformers_blt = export  # the public name re-exported by hf_efficient_lm.blt
 
 
 __all__ = [
@@ -348,7 +348,8 @@ __all__ = [
     "state_dict_from_transformers",
     "state_dict_to_transformers",
     "export_to_transformers_blt",
-    "load_transformers_blt_folder",
+    "export",
+    "load",
     "is_transformers_blt_folder",
     "transformers_config_dict",
 ]

@@ -1,6 +1,7 @@
 """Byte data pipeline for BLT: pack texts into byte rows (or keep one document per row), precompute patch lengths as a
 dataset column (so training does not run the entropy model each step), calibrate the entropy threshold to a target
-patch size, collate (right-padding rows of different lengths)."""
+patch size, collate (right-padding rows of different lengths). Also the per-mode patching helpers and patch lengths
+from a start mask (the model itself needs only ``patcher_blt``)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from .modeling_blt_entropy import BLTEntropyModel
-from .patcher_blt import patch_lengths_from_starts, patch_starts
-from .tokenization_blt_lm import BOE_ID, BOS_ID, BYTE_OFFSET, EOS_ID
+from ..blt.modeling_blt_entropy import BLTEntropyModel
+from ..blt.patcher_blt import patch_starts
+from ..blt.tokenization_blt_lm import BOE_ID, BOS_ID, BYTE_OFFSET, EOS_ID
 
 
 def text_to_ids(text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]:
@@ -64,6 +65,50 @@ def pad_right(rows: Sequence[Sequence[int]], pad_id: int = BOE_ID) -> tuple[torc
     return input_ids, attention_mask
 
 
+def entropy_patch_starts(entropies: torch.Tensor, threshold: float, monotonic: bool = False,
+                         attention_mask: torch.Tensor | None = None, max_patch_length: int | None = None) -> torch.Tensor:
+    """Start mask ``[B, N + 1]`` from next-byte entropies ``[B, N]`` (nats). Global rule: byte ``t`` opens a patch
+    iff ``H[t-1] > threshold``; approximate monotonic rule (``monotonic=True``): iff ``H[t-1] - H[t-2] > threshold``."""
+    mode = "entropy_monotonic" if monotonic else "entropy"
+    return patch_starts(mode, None, entropies, threshold, None, max_patch_length, attention_mask)
+
+
+def space_patch_starts(input_ids: torch.Tensor, attention_mask=None, max_patch_length: int | None = None) -> torch.Tensor:
+    """Start mask ``[B, N + 1]``: byte ``t`` opens a patch iff byte ``t-1`` is space-like and byte ``t-2`` is not."""
+    return patch_starts("space", input_ids, max_patch_length=max_patch_length, attention_mask=attention_mask)
+
+
+def static_patch_starts(batch: int, length: int, patch_size: int, attention_mask=None) -> torch.Tensor:
+    """Start mask ``[B, N + 1]``: the BOS patch, then fixed patches of ``patch_size`` bytes from relative byte 1."""
+    return patch_starts("static", None, patch_size=patch_size, attention_mask=attention_mask, shape=(batch, length))
+
+
+def patch_ids_from_starts(starts: torch.Tensor) -> torch.Tensor:
+    """Patch index of every slot, ``[B, slots]`` (``cumsum - 1``; left padding gets -1)."""
+    return starts.long().cumsum(dim=1) - 1
+
+
+def patch_lengths_from_starts(
+    starts: torch.Tensor, include_next: bool = False, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Lengths ``[B, P]`` of the patches over the first ``N`` slots (or all ``N + 1`` with ``include_next``,
+    Meta's ``include_next_token`` convention), right-padded with zeros. Rows sum to their number of real bytes
+    (+1 with ``include_next``). Pass the ``attention_mask [B, N]`` of right-padded rows so that their trailing padding
+    is not counted (left padding never is)."""
+    cols = starts if include_next else starts[:, :-1]
+    ids = patch_ids_from_starts(cols)
+    if attention_mask is not None:
+        leading = (attention_mask.long().cumsum(dim=1) == 0).sum(dim=1, keepdim=True)  # left padding
+        rel = torch.arange(cols.shape[1], device=cols.device).unsqueeze(0) - leading
+        counted = rel < attention_mask.long().sum(dim=1, keepdim=True) + int(include_next)
+        ids = torch.where(counted, ids, torch.full_like(ids, -1))
+    batch = cols.shape[0]
+    num = int(ids.max().item()) + 1 if ids.numel() else 0
+    lengths = torch.zeros(batch, max(num, 0) + 1, dtype=torch.long, device=starts.device)
+    lengths.scatter_add_(1, (ids + 1).clamp(min=0), torch.ones_like(ids))
+    return lengths[:, 1:]  # column 0 collected the padding
+
+
 @torch.no_grad()
 def compute_patch_lengths(
     input_ids: torch.LongTensor | Sequence[Sequence[int]],
@@ -113,8 +158,6 @@ def mean_patch_size(entropies: torch.Tensor, threshold: float, monotonic: bool =
                     max_patch_length: int | None = None, attention_mask: torch.Tensor | None = None) -> float:
     """Average bytes per patch of entropy patching at ``threshold`` over ``entropies [B, N]`` (real bytes only when
     an ``attention_mask [B, N]`` marks padding)."""
-    from .patcher_blt import entropy_patch_starts
-
     starts = entropy_patch_starts(entropies, threshold, monotonic, attention_mask, max_patch_length)[:, :-1]
     if attention_mask is None:
         return entropies.numel() / float(starts.sum())
@@ -183,6 +226,6 @@ class BLTDataCollator:
 
 
 __all__ = [
-    "text_to_ids", "pack_texts", "document_rows", "byte_dataset", "pad_right", "compute_patch_lengths",
+    "entropy_patch_starts", "space_patch_starts", "static_patch_starts", "patch_ids_from_starts", "patch_lengths_from_starts", "text_to_ids", "pack_texts", "document_rows", "byte_dataset", "pad_right", "compute_patch_lengths",
     "add_patch_lengths_column", "mean_patch_size", "calibrate_threshold", "BLTDataCollator",
 ]
