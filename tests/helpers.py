@@ -52,6 +52,20 @@ def write_tiny_corpus(root: Path) -> list[str]:
     return docs
 
 
+def save_tiny_base(path: Path, docs: list[str]) -> Path:
+    """A tiny random Llama with a 300-token BPE tokenizer trained on ``docs``, both saved in ``path`` (the base a
+    continual-pretraining test wraps)."""
+    from datasets import Dataset
+
+    from hf_efficient_lm.data import iter_texts, train_tokenizer
+    from hf_efficient_lm.testing_utils import save_tiny_llama
+
+    tokenizer = train_tokenizer(iter_texts(Dataset.from_dict({"text": docs})), 300, show_progress=False)
+    save_tiny_llama(path, vocab_size=len(tokenizer))
+    tokenizer.save_pretrained(path)
+    return path
+
+
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 requires_accelerate_cli = pytest.mark.skipif(
     shutil.which("accelerate") is None and not ACCELERATE.exists(), reason="accelerate CLI not installed"

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# run as a script: its own folder is on sys.path, so the sibling module imports directly
 from bench_common_anchor import OUT_DIR, corpus_texts, ep_ids, llama_config, load_tokenizer, setup_cpu  # noqa: E402
 
 from hf_efficient_lm.io_utils import save_figure  # noqa: E402

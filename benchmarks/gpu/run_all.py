@@ -71,10 +71,13 @@ class Row:
         return self.method_value / self.baseline_value if self.baseline_value else float("nan")
 
 
-def interleaved(method, baseline, rounds: int = 2) -> tuple[float, float]:
-    """Best of ``rounds`` throughputs of two measurements taken in turn (method, baseline, method, ...): drift of a
+ROUNDS = 2  # --smoke: 1
+
+
+def interleaved(method, baseline) -> tuple[float, float]:
+    """Best of ``ROUNDS`` throughputs of two measurements taken in turn (method, baseline, method, ...): drift of a
     shared machine and first-call warm-up hit both alike."""
-    results = [(method(), baseline()) for _ in range(rounds)]
+    results = [(method(), baseline()) for _ in range(ROUNDS)]
     return max(r[0] for r in results), max(r[1] for r in results)
 
 
@@ -203,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     parser.add_argument("--skip-tests", action="store_true", help="only the benchmarks")
     parser.add_argument("--out", type=Path, default=None, help="folder for run_all.md / run_all.json")
+    parser.add_argument("--smoke", action="store_true", help="one measuring round (CI: the script keeps working)")
     args = parser.parse_args(argv)
+    global ROUNDS
+    ROUNDS = 1 if args.smoke else 2
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the wrapped checkpoints' "newly initialised" load reports

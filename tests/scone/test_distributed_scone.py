@@ -8,12 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset
+from transformers import AutoTokenizer
 
-from hf_efficient_lm.data import iter_texts, train_tokenizer
 from hf_efficient_lm.scone import SconeLlamaForCausalLM
-from hf_efficient_lm.testing_utils import save_tiny_llama
-from tests.helpers import DDP_PARITY_TRAINER_ARGS, make_documents, requires_accelerate_cli, run_two_processes_and_one, write_jsonl
+from tests.helpers import (
+    DDP_PARITY_TRAINER_ARGS,
+    make_documents,
+    requires_accelerate_cli,
+    run_two_processes_and_one,
+    save_tiny_base,
+    write_jsonl,
+)
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "train_scone.py"
 
@@ -31,9 +36,7 @@ def _train_args(root: Path, out: Path, per_process_batch: int) -> list[str]:
 @requires_accelerate_cli
 def test_two_cpu_processes_train_scone_like_one_process_with_doubled_batch(tmp_path):
     docs = make_documents(80)
-    tokenizer = train_tokenizer(iter_texts(Dataset.from_dict({"text": docs})), 300, show_progress=False)
-    save_tiny_llama(tmp_path / "llama", vocab_size=len(tokenizer))
-    tokenizer.save_pretrained(tmp_path / "llama")
+    save_tiny_base(tmp_path / "llama", docs)
     write_jsonl(tmp_path / "train.jsonl", docs)
     write_jsonl(tmp_path / "valid.jsonl", make_documents(6, seed=1))
     run_two_processes_and_one(SCRIPT, [*_train_args(tmp_path, tmp_path / "ddp", 2), "--use_cpu", "true"],
@@ -52,6 +55,7 @@ def test_two_cpu_processes_train_scone_like_one_process_with_doubled_batch(tmp_p
     tables = [SconeLlamaForCausalLM.from_pretrained(tmp_path / name / "table").eval() for name in ("ddp", "single")]
     assert all(m.config.fgram_mode == "table" and m.model.fgram_model is None for m in tables)
     assert float(tables[0].model.fgram_gate.detach().abs().max()) > 0  # the zero-initialised gate was trained
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "llama")
     ids = torch.tensor([tokenizer(make_documents(1, seed=2)[0])["input_ids"][:24]])
     assert (tables[0].match_fgrams(ids)[1] >= 2).any()
     with torch.no_grad():

@@ -5,21 +5,15 @@ fresh, it trains all its steps on the new data and the metrics name it."""
 import json
 
 import pytest
-from datasets import Dataset
-
-from hf_efficient_lm.data import iter_texts, train_tokenizer
-from hf_efficient_lm.testing_utils import save_tiny_llama
 from hf_efficient_lm.tools.scone_training import main as train_scone
-from tests.helpers import make_documents, write_jsonl
+from tests.helpers import make_documents, save_tiny_base, write_jsonl
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("scone_resume")
     docs = make_documents(60)
-    tokenizer = train_tokenizer(iter_texts(Dataset.from_dict({"text": docs})), 300, show_progress=False)
-    save_tiny_llama(root / "llama", vocab_size=len(tokenizer))
-    tokenizer.save_pretrained(root / "llama")
+    save_tiny_base(root / "llama", docs)
     write_jsonl(root / "train.jsonl", docs)
     write_jsonl(root / "new.jsonl", make_documents(60, seed=5))
     return root
