@@ -96,7 +96,7 @@ class BLTGlobalConfig(LlamaConfig):
 
 
 _MISSING = object()
-# Fields that ``validate_blt`` checks; assigning one after construction re-runs it.
+# Fields that ``validate_architecture`` checks; assigning one after construction re-runs it.
 _VALIDATED_FIELDS = frozenset({"patching_mode", "patching_threshold", "patch_size", "max_patch_length", "cross_attn_k",
                                "vocab_size", "encoder_hash_byte_group_size", "encoder_hash_byte_group_vocab",
                                "encoder_hash_byte_group_nb_functions"})
@@ -155,7 +155,7 @@ class BLTConfig(PreTrainedConfig):
         if self.encoder_hash_byte_group_size is None:
             self.encoder_hash_byte_group_size = [3, 4, 5, 6, 7, 8]
         self.encoder_hash_byte_group_size = [int(n) for n in self.encoder_hash_byte_group_size]
-        self.validate_blt()
+        self.validate_architecture()
         # The local window lives in one place (like Transformers' BltConfig): copy it into the local sub-configs.
         self.encoder_config.sliding_window = self.local_attention_window_len
         self.decoder_config.sliding_window = self.local_attention_window_len
@@ -164,8 +164,9 @@ class BLTConfig(PreTrainedConfig):
         self.encoder_config.vocab_size = self.vocab_size
         self.decoder_config.vocab_size = self.vocab_size
 
-    def validate_blt(self) -> None:
-        """Raise ``ValueError`` naming the offending field."""
+    def validate_architecture(self) -> None:
+        """Transformers' validation hook, extended with the BLT fields: raises ``ValueError`` naming the field."""
+        super().validate_architecture()
         check_patching(self.patching_mode, self.patching_threshold, self.patch_size, self.max_patch_length)
         if not isinstance(self.cross_attn_k, int) or self.cross_attn_k < 1:
             raise ValueError(f"cross_attn_k must be a positive int, got {self.cross_attn_k!r}")
@@ -190,7 +191,7 @@ class BLTConfig(PreTrainedConfig):
         super().__setattr__(key, value)
         if key in _VALIDATED_FIELDS and self.__dict__.get("_post_init_done"):
             try:
-                self.validate_blt()
+                self.validate_architecture()
             except ValueError:
                 self.__dict__.pop(key, None) if old is _MISSING else super().__setattr__(key, old)
                 raise
@@ -198,7 +199,6 @@ class BLTConfig(PreTrainedConfig):
     def validate(self) -> None:
         """Run by ``save_pretrained`` before it writes config.json: never write a folder that cannot be reloaded."""
         self.validate_architecture()
-        self.validate_blt()
 
     @property
     def num_hidden_layers(self) -> int:
