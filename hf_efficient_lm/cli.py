@@ -48,6 +48,8 @@ COMMANDS: tuple[Command, ...] = (
             "hf_efficient_lm.train.pretrain:main", passthrough=True),
     Command("evaluate", "perplexity and bits-per-byte of a model on a text dataset", "hf_efficient_lm.cli:_add_evaluate"),
     Command("publish", "save a model folder with its model card and upload it to the Hub", "hf_efficient_lm.cli:_add_publish"),
+    Command("quickstart", "the main demo: tokenizer, base Llama and every family's headline figure, offline",
+            "hf_efficient_lm.tools.demos:quickstart_main", passthrough=True),
     # AnchorLlama
     Command("train-anchor", "continual pretraining of a Llama checkpoint into AnchorLlama (EP or AC anchors)",
             "hf_efficient_lm.tools.anchor_continual:main", passthrough=True),
