@@ -138,8 +138,8 @@ def folder_facts(folder: Path, source: Path | None = None) -> dict:
         facts["embedder"] = (json.dumps(_read_json(index).get("embedder"), sort_keys=True) if index.is_file() else
                              "not in this folder: publish the ClusterIndex saved with the model next to it")
         if model_type == "hfelm_specialist_mixture":
-            experts = int(config.get("num_experts") or 1)
-            facts.update(num_experts=experts, total_params=facts.get("parameters"),
+            experts = int(config.get("num_clusters") or config.get("num_experts") or 1)  # old configs: num_experts
+            facts.update(num_clusters=experts, total_params=facts.get("parameters"),
                          expert_params=_millions(parameters // experts) if parameters else None)
         else:
             # deployed: a stock Llama, i.e. the shared weights plus one materialised MLP per layer

@@ -12,7 +12,8 @@ class SpecialistMixtureConfig(LlamaConfig):
     routed to the expert of its cluster id (``cluster_ids`` in ``forward``; ``default_cluster_id`` when absent).
 
     Args:
-        num_experts: ``k``, the number of clusters of the ``ClusterIndex`` saved beside the checkpoint.
+        num_clusters: ``k``, the number of clusters of the ``ClusterIndex`` saved beside the checkpoint = the number of
+            experts (one per cluster). ``num_experts`` is an alias (configs saved with it load unchanged).
         default_cluster_id: expert used when ``forward`` / ``generate`` get no ``cluster_ids``.
         (all other arguments: ``LlamaConfig``'s, for one expert)
     """
@@ -23,7 +24,10 @@ class SpecialistMixtureConfig(LlamaConfig):
     base_model_tp_plan = {}
     base_model_pp_plan = {}
 
-    num_experts: int = 4
+    # One name per concept across the family (HyperSpecialistConfig.num_clusters); the old name stays an alias.
+    attribute_map = {"num_experts": "num_clusters"}
+
+    num_clusters: int = 4
     default_cluster_id: int = 0
 
     def __post_init__(self, **kwargs):
@@ -33,11 +37,11 @@ class SpecialistMixtureConfig(LlamaConfig):
     def validate_architecture(self):
         """Transformers' validation hook, extended with this family's fields (``ValueError`` naming the value)."""
         super().validate_architecture()
-        if not isinstance(self.num_experts, int) or self.num_experts < 1:
-            raise ValueError(f"num_experts must be a positive integer, got {self.num_experts!r}")
-        if not 0 <= self.default_cluster_id < self.num_experts:
+        if not isinstance(self.num_clusters, int) or self.num_clusters < 1:
+            raise ValueError(f"num_clusters must be a positive integer, got {self.num_clusters!r}")
+        if not 0 <= self.default_cluster_id < self.num_clusters:
             raise ValueError(
-                f"default_cluster_id={self.default_cluster_id} is not an expert index in [0, {self.num_experts})"
+                f"default_cluster_id={self.default_cluster_id} is not an expert index in [0, {self.num_clusters})"
             )
 
 

@@ -63,11 +63,11 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
     def __init__(self, config: SpecialistMixtureConfig):
         config.validate_architecture()  # from_pretrained sets overrides after the config's own checks
         super().__init__(config)
-        self.experts = nn.ModuleList([LlamaForCausalLM(config) for _ in range(config.num_experts)])
+        self.experts = nn.ModuleList([LlamaForCausalLM(config) for _ in range(config.num_clusters)])
         if config.tie_word_embeddings:
             self._tied_weights_keys = {
                 f"experts.{i}.lm_head.weight": f"experts.{i}.model.embed_tokens.weight"
-                for i in range(config.num_experts)
+                for i in range(config.num_clusters)
             }
         self.post_init()
 
@@ -114,7 +114,7 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
             raise ValueError("pass input_ids or inputs_embeds")
         batch_size = reference.shape[0]
         cluster_ids = resolve_cluster_ids(
-            cluster_ids, batch_size, self.config.num_experts, self.config.default_cluster_id, reference.device
+            cluster_ids, batch_size, self.config.num_clusters, self.config.default_cluster_id, reference.device
         )
         loss_kwargs = {key: kwargs.pop(key) for key in ("num_items_in_batch", "shift_labels") if key in kwargs}
         clusters = torch.unique(cluster_ids).tolist()
@@ -172,20 +172,20 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
     # ------------------------------------------------------------------------------------------ experts
     def instantiate(self, cluster: int | None = None, histogram=None) -> LlamaForCausalLM:
         """A stock ``LlamaForCausalLM`` (a copy): expert ``cluster``, or the ``histogram``-weighted average of all
-        experts' parameters (``histogram [num_experts]``, normalised here; beyond the paper)."""
+        experts' parameters (``histogram [num_clusters]``, normalised here; beyond the paper)."""
         if (cluster is None) == (histogram is None):
             raise ValueError("pass exactly one of cluster= or histogram=")
         stock = LlamaForCausalLM(stock_llama_config(self.config))
         device, dtype = next(self.parameters()).device, next(self.parameters()).dtype
         if cluster is not None:
-            if not 0 <= int(cluster) < self.config.num_experts:
-                raise ValueError(f"cluster={cluster} is not an expert index in [0, {self.config.num_experts})")
+            if not 0 <= int(cluster) < self.config.num_clusters:
+                raise ValueError(f"cluster={cluster} is not an expert index in [0, {self.config.num_clusters})")
             state = self.experts[int(cluster)].state_dict()
         else:
             weights = torch.as_tensor(histogram, dtype=torch.float64).flatten()
-            if weights.numel() != self.config.num_experts:
+            if weights.numel() != self.config.num_clusters:
                 raise ValueError(
-                    f"histogram has {weights.numel()} bins but the mixture has {self.config.num_experts} experts"
+                    f"histogram has {weights.numel()} bins but the mixture has {self.config.num_clusters} experts"
                 )
             if not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
                 raise ValueError(f"histogram must be finite and non-negative with a positive sum, got {weights.tolist()}")
@@ -202,7 +202,7 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
         """Write each expert as a stock Llama checkpoint ``directory/expert_{i}`` (one folder per expert)."""
         directory = Path(directory)
         paths = []
-        for i in range(self.config.num_experts):
+        for i in range(self.config.num_clusters):
             path = directory / f"expert_{i}"
             self.instantiate(cluster=i).save_pretrained(path)
             paths.append(path)
@@ -230,7 +230,7 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
         base.pop("architectures", None)
         base.pop("model_type", None)
         base.pop("transformers_version", None)
-        config = SpecialistMixtureConfig(**{**base, **config_overrides, "num_experts": len(models)})
+        config = SpecialistMixtureConfig(**{**base, **config_overrides, "num_clusters": len(models)})
         mixture = cls(config)
         for target, source in zip(mixture.experts, models):
             target.load_state_dict(source.state_dict())

@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaConfig
 
 # Fields our configs add on top of LlamaConfig; a stock Llama config drops them.
-SPECIALIST_CONFIG_FIELDS = ("num_experts", "num_clusters", "num_basis", "code_dim", "default_cluster_id")
+SPECIALIST_CONFIG_FIELDS = ("num_clusters", "num_experts", "num_basis", "code_dim", "default_cluster_id")
 
 
 def resolve_cluster_ids(

@@ -143,7 +143,7 @@ def specialize(
     report: dict = {"selection": selection if is_specialist else "generic", "model_class": type(model).__name__}
     flops = {"selection": 0.0}
     histogram = None
-    num_clusters = getattr(model.config, "num_experts", None) or getattr(model.config, "num_clusters", None)
+    num_clusters = model.config.num_clusters if is_specialist else None
     if is_specialist and selection in ("most_frequent", "histogram"):
         if cluster_index is None:
             raise ValueError(f"selection={selection!r} needs the cluster index the specialist was trained with")

@@ -315,3 +315,17 @@ def test_from_pretrained_overrides_are_validated(tmp_path):
         model.save_pretrained(tmp_path / type(model).__name__)
         with pytest.raises(ValueError, match=next(iter(override))):
             type(model).from_pretrained(tmp_path / type(model).__name__, **override)
+
+
+def test_num_clusters_is_the_one_name_and_num_experts_an_alias(tmp_path):
+    """The mixture and the hyper-specialist name the cluster count alike; configs saved with num_experts still load."""
+    import json
+
+    config = SpecialistMixtureConfig(**TINY_LLAMA_KWARGS, num_experts=3)
+    assert config.num_clusters == config.num_experts == 3
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["num_clusters"] == 3 and "num_experts" not in saved
+    saved["num_experts"] = saved.pop("num_clusters") + 2  # a config written before the rename
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert SpecialistMixtureConfig.from_pretrained(tmp_path).num_clusters == 5
