@@ -292,7 +292,7 @@ FAMILY_DEMOS = {"anchor": demo_anchor, "scone": demo_scone, "blt": demo_blt, "sp
 
 
 def standalone_texts(family: str) -> list[str]:
-    """Texts for a demo run on its own (``python examples/demo_<family>.py``): the shared corpus when present, else a
+    """Texts for a demo run on its own (``python examples/demo.py FAMILY``): the shared corpus when present, else a
     small synthetic text."""
     from ..data import corpus_dir, corpus_texts
 

@@ -1,0 +1,21 @@
+"""One family's demo on its own, on a tiny Llama it builds first (the quickstart runs all four on the base it trains):
+
+    python examples/demo.py anchor        # KV-cache entries the anchor cache keeps on a held-out text
+    python examples/demo.py scone         # f-gram coverage, held-out loss vs the same Llama trained alike, table size
+    python examples/demo.py blt           # bytes per patch, cached generation vs full recompute
+    python examples/demo.py specialists   # specialist vs the generic Llama trained and fine-tuned alike
+
+Each is `hf_efficient_lm.tools.demos.demo_<family>(base_dir, train_texts)`.
+"""
+
+import sys
+
+import torch
+
+from hf_efficient_lm.tools.demos import FAMILY_DEMOS, run_standalone
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in FAMILY_DEMOS:
+        sys.exit(f"usage: python examples/demo.py {{{','.join(FAMILY_DEMOS)}}}")
+    torch.set_num_threads(1)
+    print(run_standalone(sys.argv[1]))
