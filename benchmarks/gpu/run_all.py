@@ -84,10 +84,15 @@ def interleaved(method, baseline) -> tuple[float, float]:
 def english_text() -> str:
     """Real English text available on every machine (no corpus download): standard-library docstrings."""
     import collections
-    import json as json_module
     import pathlib
 
-    return "\n\n".join(inspect.getdoc(m) or "" for m in (collections, json_module, pathlib, inspect, argparse))
+    return "\n\n".join(inspect.getdoc(m) or "" for m in (collections, json, pathlib, inspect, argparse))
+
+
+def fgram_vocab(sizes: dict):
+    """The f-grams of the synthetic text (the same for the decode and the training rows)."""
+    return mine_fgrams(synthetic_ids(64, 256, sizes["vocab"], seed=1).tolist(), num_fgrams=sizes["num_fgrams"],
+                       max_len=4, min_count=2, vocab_size=sizes["vocab"], barrier_ids=(0, 1, 2), show_progress=False)
 
 
 def synthetic_ids(batch: int, length: int, vocab: int, seed: int = 0) -> torch.LongTensor:
@@ -115,9 +120,7 @@ def decode_rows(sizes: dict, device: str, workdir: Path) -> list[Row]:
                                  lambda: decode_tokens_per_second(llama, ids, new_tokens, pad_token_id=0))
         rows.append(Row(f"decode @ {context} tokens", "AnchorLlama", ours, "Llama", base, "tokens/s"))
 
-    docs = synthetic_ids(64, 256, sizes["vocab"], seed=1).tolist()
-    vocab = mine_fgrams(docs, num_fgrams=sizes["num_fgrams"], max_len=4, min_count=2, vocab_size=sizes["vocab"],
-                        barrier_ids=(0, 1, 2), show_progress=False)
+    vocab = fgram_vocab(sizes)
     scone = SconeLlamaForCausalLM.from_pretrained(workdir / "llama", fgram_vocab=vocab, fgram_num_layers=1)
     table = SconeLlamaForCausalLM.from_pretrained(export_fgram_table(scone, workdir / "scone", show_progress=False))
     table = table.to(device).eval()
@@ -151,8 +154,7 @@ def training_rows(sizes: dict, device: str, workdir: Path) -> list[Row]:
     ids = synthetic_ids(sizes["train_batch"], sizes["train_len"], sizes["vocab"], seed=3).to(device)
     llama = LlamaForCausalLM.from_pretrained(workdir / "llama").to(device)
     llama_config = llama.config.to_dict()
-    vocab = mine_fgrams(synthetic_ids(64, 256, sizes["vocab"], seed=1).tolist(), num_fgrams=sizes["num_fgrams"],
-                        max_len=4, min_count=2, vocab_size=sizes["vocab"], barrier_ids=(0, 1, 2), show_progress=False)
+    vocab = fgram_vocab(sizes)
     builders = {
         "AnchorLlama": lambda: AnchorLlamaForCausalLM.from_pretrained(workdir / "llama", anchor_token_ids=[ANCHOR_ID]),
         "SconeLlama (model mode)": lambda: SconeLlamaForCausalLM.from_pretrained(
