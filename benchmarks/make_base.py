@@ -11,7 +11,6 @@ settings reuses it (``--force`` rebuilds). The figures land in ``base_metrics.js
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -23,6 +22,7 @@ from hf_efficient_lm.data import iter_texts, load_text_dataset, train_tokenizer
 from hf_efficient_lm.eval import evaluate_causal_lm
 from hf_efficient_lm.io_utils import atomic_dir, atomic_file
 from hf_efficient_lm.train import parse_pretrain_args, run_pretrain
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
 
 DOMAINS = ["pydocs", "kernel", "code", "dictionary", "fortunes"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def default_cache() -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, threads=torch.get_num_threads())
     parser.add_argument("--corpus", default=str(REPO_ROOT.parent / "shared" / "corpus"), help="corpus folder")
     parser.add_argument("--out", default=str(default_cache() / "base"), help="where the base model goes")
     parser.add_argument("--vocab-size", type=int, default=4096)
@@ -44,10 +44,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--eval-documents", type=int, default=200, help="held-out documents per domain")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--force", action="store_true", help="rebuild even if the output exists")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_benchmark_args(parser)
 
     out = Path(args.out)
     if (out / "base_metrics.json").exists() and not args.force:

@@ -52,3 +52,30 @@ def test_save_figure_writes_a_png_atomically(tmp_path):
     plt.close(fig)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+
+
+def test_benchmark_figures_and_options(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure
+
+    fig, ax = new_figure(figsize=(3, 2))
+    ax.plot([0, 1], [1, 0])
+    path = write_figure(fig, tmp_path / "made" / "plot.png", dpi=50)  # the folder does not exist yet
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plt.fignum_exists(fig.number), "a benchmark's figure is closed once written"
+    assert f"wrote {path}" in capsys.readouterr().out
+
+    before = torch.get_num_threads()
+    try:
+        parser = benchmark_parser("doc", threads=3)
+        parser.add_argument("--steps", type=int, default=4)
+        args = parse_benchmark_args(parser, ["--threads", "1", "--steps", "2"])
+        assert (args.threads, args.steps, torch.get_num_threads()) == (1, 2, 1)
+        assert parse_benchmark_args(parser, []).threads == 3
+        with pytest.raises(ValueError, match="--threads must be >= 1, got 0"):
+            parse_benchmark_args(parser, ["--threads", "0"])
+    finally:
+        torch.set_num_threads(before)

@@ -4,6 +4,7 @@ depend on the weights' values)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -12,11 +13,20 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from hf_efficient_lm.anchor import AnchorLlamaConfig, AnchorLlamaForCausalLM, add_anchor_token, find_endpoint_token_ids
 from hf_efficient_lm.data import cache_dir, corpus_dir, corpus_texts, train_tokenizer
+from hf_efficient_lm.eval.benchmarking import benchmark_parser
 from hf_efficient_lm.train import llama_config_from_preset
 
 CORPUS = corpus_dir()
 CACHE = cache_dir()
 OUT_DIR = Path(__file__).resolve().parent / "results"
+
+
+def anchor_parser(doc: str | None, size: str = "small") -> argparse.ArgumentParser:
+    """The AnchorLlama benchmarks' parser: ``--threads`` and ``--size`` (the ``anchor-<size>`` shape of
+    ``LLAMA_PRESETS``); parse it with ``hf_efficient_lm.eval.benchmarking.parse_benchmark_args``."""
+    parser = benchmark_parser(doc)
+    parser.add_argument("--size", default=size, choices=["tiny", "small", "medium"], help="Llama shape: the anchor-<size> preset")
+    return parser
 
 
 def setup_cpu(threads: int = 1) -> None:

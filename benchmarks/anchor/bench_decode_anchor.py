@@ -11,18 +11,17 @@ the speed-up over Llama at full context and the ratio to the limit; writes a PNG
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
 from tqdm import tqdm
 
-from hf_efficient_lm.io_utils import save_figure
 
 # run as a script: its own folder is on sys.path, so the sibling modules import directly
-from bench_common_anchor import OUT_DIR, ep_ids, load_tokenizer, model_pair, setup_cpu  # noqa: E402
+from bench_common_anchor import OUT_DIR, anchor_parser, ep_ids, load_tokenizer, model_pair  # noqa: E402
 from bench_kv_anchor import long_prompt  # noqa: E402
+from hf_efficient_lm.eval.benchmarking import new_figure, parse_benchmark_args  , write_figure# noqa: E402
 
 
 @torch.no_grad()
@@ -42,17 +41,14 @@ def time_decode(settings, feed: torch.LongTensor, warmup: int = 3, clock=time.pe
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="small", choices=["tiny", "small", "medium"])
+    parser = anchor_parser(__doc__)
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--steps", type=int, default=40, help="timed decode steps per context")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                         help="'cpu' times this process's CPU time: steadier than wall time on a machine shared with "
                              "other jobs (with --threads 1 it is the step's compute time)")
     parser.add_argument("--no-plot", action="store_true")
-    args = parser.parse_args(argv)
-    setup_cpu(args.threads)
+    args = parse_benchmark_args(parser, argv)
 
     tokenizer = load_tokenizer()
     anchors = ep_ids(tokenizer)
@@ -83,23 +79,14 @@ def main(argv=None):
               f"{anchor_ms / limit_ms:8.2f}x")
 
     if not args.no_plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        OUT_DIR.mkdir(exist_ok=True)
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([r[0] for r in rows], [r[2] for r in rows], "o-", label="Llama, full cache")
-        ax.plot([r[0] for r in rows], [r[3] for r in rows], "o-", label="AnchorLlama, anchor cache")
-        ax.plot([r[0] for r in rows], [r[4] for r in rows], "s--", label="limit: Llama, cache of the kept size")
-        ax.set_xlabel("context tokens")
-        ax.set_ylabel("decode step (ms)")
+        fig, ax = new_figure(figsize=(6, 4))
+        contexts = [r[0] for r in rows]
+        for column, style, label in ((2, "o-", "Llama, full cache"), (3, "o-", "AnchorLlama, anchor cache"),
+                                     (4, "s--", "limit: Llama, cache of the kept size")):
+            ax.plot(contexts, [r[column] for r in rows], style, label=label)
+        ax.set(xlabel="context tokens", ylabel="decode step (ms)")
         ax.legend()
-        fig.tight_layout()
-        path = OUT_DIR / "decode_step_anchor.png"
-        save_figure(fig, path)
-        print(f"wrote {path}")
+        write_figure(fig, OUT_DIR / "decode_step_anchor.png")
 
 
 if __name__ == "__main__":

@@ -10,17 +10,16 @@ prompt streams in by chunks.
 
 from __future__ import annotations
 
-import argparse
 
 import torch
 from tqdm import tqdm
 
 from bench_common_anchor import (  # noqa: E402
-    OUT_DIR, ac_model_pair, corpus_texts, ep_ids, full_cache_bytes, load_tokenizer, model_pair, setup_cpu,
+    OUT_DIR, ac_model_pair, anchor_parser, corpus_texts, ep_ids, full_cache_bytes, load_tokenizer, model_pair,
 )
 
 from hf_efficient_lm.anchor import AnchorCache, encode_with_anchors  # noqa: E402
-from hf_efficient_lm.io_utils import save_figure  # noqa: E402
+from hf_efficient_lm.eval.benchmarking import new_figure, parse_benchmark_args  , write_figure# noqa: E402
 
 
 def paragraphs(domain: str, min_chars: int = 200, max_chars: int = 600) -> list[str]:
@@ -66,15 +65,12 @@ def streaming_curve(anchor, ids: list[int], chunk: int) -> list[tuple[int, int]]
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="small", choices=["tiny", "small", "medium"], help="random Llama size")
+    parser = anchor_parser(__doc__)
     parser.add_argument("--long-tokens", type=int, default=4096, help="length of the long prompts in tokens")
     parser.add_argument("--n-prompts", type=int, default=3, help="prompts per setting (averaged)")
     parser.add_argument("--chunk", type=int, default=128, help="chunk size for the streaming curve")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-plot", action="store_true")
-    args = parser.parse_args(argv)
-    setup_cpu(args.threads)
+    args = parse_benchmark_args(parser, argv)
 
     tokenizer = load_tokenizer()
     llama, ep_model = model_pair(tokenizer, ep_ids(tokenizer), args.size)
@@ -118,25 +114,15 @@ def main(argv=None):
               f"{saved:7.1%}")
 
     if not args.no_plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        OUT_DIR.mkdir(exist_ok=True)
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = new_figure(figsize=(6, 4))
         for (mode, _), curve in curves.items():
             seen = [s for s, _ in curve]
             ax.plot(seen, [k for _, k in curve], label=f"AnchorCache ({mode.upper()})")
         ax.plot(seen, seen, "k--", label="Llama full cache")
-        ax.set_xlabel("prompt tokens seen")
-        ax.set_ylabel("KV positions held per layer")
-        ax.set_title("KV cache while a long prompt streams in")
+        ax.set(xlabel="prompt tokens seen", ylabel="KV positions held per layer",
+               title="KV cache while a long prompt streams in")
         ax.legend()
-        fig.tight_layout()
-        path = OUT_DIR / "kv_cache_anchor.png"
-        save_figure(fig, path)
-        print(f"wrote {path}")
+        write_figure(fig, OUT_DIR / "kv_cache_anchor.png")
 
 
 if __name__ == "__main__":

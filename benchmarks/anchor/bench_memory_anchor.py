@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 # run as a script: its own folder is on sys.path, so the sibling module imports directly
-from bench_common_anchor import OUT_DIR, corpus_texts, ep_ids, llama_config, load_tokenizer, setup_cpu  # noqa: E402
+from bench_common_anchor import OUT_DIR, anchor_parser, corpus_texts, ep_ids, llama_config, load_tokenizer, setup_cpu  # noqa: E402
 
-from hf_efficient_lm.io_utils import save_figure  # noqa: E402
+from hf_efficient_lm.eval.benchmarking import new_figure, parse_benchmark_args  , write_figure# noqa: E402
 
 
 def _status_mb(field: str) -> float:
@@ -104,22 +104,19 @@ def run_point(spec: dict, mmap_threshold: int | None = None) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="tiny", choices=["tiny", "small", "medium"])
+    parser = anchor_parser(__doc__, size="tiny")
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     parser.add_argument("--attn", nargs="+", default=["sdpa"], help="AnchorLlama back-ends (sdpa, eager, flex_attention)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--mmap-threshold", type=int, default=None,
                         help="CPU: fix glibc's MALLOC_MMAP_THRESHOLD_ (bytes) in the children: count live tensors only")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--_point", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     if args._point:
         print(json.dumps(measure_point(json.loads(args._point))))
         return
 
-    setup_cpu(args.threads)
     tokenizer = load_tokenizer()
     anchors = ep_ids(tokenizer)
     ids = []
@@ -163,13 +160,7 @@ def main(argv=None):
         print(line)
 
     if not args.no_plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        OUT_DIR.mkdir(exist_ok=True)
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = new_figure(figsize=(6, 4))
         lengths = [row["length"] for row in rows]
         ax.plot(lengths, [row["llama"]["peak_mb"] for row in rows], "o-", label="Llama (causal sdpa)")
         for attn in args.attn:
@@ -179,12 +170,9 @@ def main(argv=None):
         ax.set_ylabel("peak activation memory (MB)")
         ax.set_title(f"forward + backward, size={args.size}, {args.device}")
         ax.legend()
-        fig.tight_layout()
         suffix = "" if args.device == "cpu" else f"_{args.device}"
         suffix += "" if args.mmap_threshold is None else "_live"
-        path = OUT_DIR / f"memory_anchor{suffix}.png"
-        save_figure(fig, path)
-        print(f"wrote {path}")
+        write_figure(fig, OUT_DIR / f"memory_anchor{suffix}.png")
 
 
 if __name__ == "__main__":

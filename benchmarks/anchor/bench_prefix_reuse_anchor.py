@@ -7,17 +7,17 @@ DynamicCache copy of the prefix. All on the same weights; prints total times, ra
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 
 import torch
 from tqdm import tqdm
 
-from bench_common_anchor import corpus_texts, ep_ids, full_cache_bytes, load_tokenizer, model_pair, setup_cpu  # noqa: E402
+from bench_common_anchor import anchor_parser, corpus_texts, ep_ids, full_cache_bytes, load_tokenizer, model_pair  # noqa: E402
 from bench_kv_anchor import five_shot_prompts  # noqa: E402
 
 from hf_efficient_lm.anchor import compress_prefix, continuation_logits  # noqa: E402
+from hf_efficient_lm.eval.benchmarking import parse_benchmark_args  # noqa: E402
 
 
 def queries(tokenizer, n: int, length: int) -> list[torch.LongTensor]:
@@ -41,13 +41,10 @@ def run(name, fn, items):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="small", choices=["tiny", "small", "medium"])
+    parser = anchor_parser(__doc__)
     parser.add_argument("--queries", type=int, default=32)
     parser.add_argument("--query-tokens", type=int, default=24)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    setup_cpu(args.threads)
+    args = parse_benchmark_args(parser, argv)
 
     tokenizer = load_tokenizer()
     llama, anchor = model_pair(tokenizer, ep_ids(tokenizer), args.size)

@@ -10,14 +10,14 @@ be timed on a GPU (the same script, run there, times it with backward).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
 from tqdm import tqdm
 
-from bench_common_anchor import corpus_texts, ep_ids, load_tokenizer, model_pair, setup_cpu  # noqa: E402
+from bench_common_anchor import anchor_parser, corpus_texts, ep_ids, load_tokenizer, model_pair  # noqa: E402
+from hf_efficient_lm.eval.benchmarking import parse_benchmark_args  # noqa: E402
 
 
 def batch_of_text(tokenizer, batch: int, length: int) -> torch.LongTensor:
@@ -50,15 +50,12 @@ def time_train_steps(settings, input_ids, steps: int, backward: bool = True) -> 
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="small", choices=["tiny", "small", "medium"])
+    parser = anchor_parser(__doc__)
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--flex", action="store_true", help="also time the flex-attention path (forward only on CPU)")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    setup_cpu(args.threads)
+    args = parse_benchmark_args(parser, argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     tokenizer = load_tokenizer()

@@ -12,7 +12,6 @@ Needs the optional dependency ``lm-eval`` (``pip install -e ".[eval]"``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -20,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from bench_common_anchor import corpus_texts, setup_cpu  # noqa: E402
+from bench_common_anchor import corpus_texts  # noqa: E402
 
 from hf_efficient_lm.tools.anchor_mcq import sentence_cloze_items  # noqa: E402
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args  # noqa: E402
 
 TASK_YAML = """task: {name}
 dataset_path: json
@@ -62,14 +62,12 @@ def write_task(folder: Path, items: int, shots_pool: int, seed: int, name: str) 
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--model", required=True, help="AnchorLlama checkpoint folder with its tokenizer")
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    setup_cpu(args.threads)
+    args = parse_benchmark_args(parser, argv)
     try:
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM

@@ -12,7 +12,6 @@ completion of ``hf_efficient_lm.tools.anchor_mcq`` (4 choices, 5 shots).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM, TrainingArguments
 
-from bench_common_anchor import CACHE, CORPUS, corpus_texts, setup_cpu  # noqa: E402
+from bench_common_anchor import CACHE, CORPUS, corpus_texts  # noqa: E402
 
 from hf_efficient_lm.anchor import encode_with_anchors  # noqa: E402
 from hf_efficient_lm.eval import rows_nll  # noqa: E402
@@ -30,6 +29,7 @@ from hf_efficient_lm.tools.anchor_continual import (  # noqa: E402
 )
 from hf_efficient_lm.tools.anchor_mcq import evaluate_multiple_choice, sentence_cloze_items  # noqa: E402
 from hf_efficient_lm.anchor.modeling_anchor_llama import AnchorLlamaForCausalLM  # noqa: E402
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args  # noqa: E402
 
 
 def perplexity(model, tokenizer, texts, mode: str, anchor_mode: str, max_length: int) -> float:
@@ -46,7 +46,7 @@ def perplexity(model, tokenizer, texts, mode: str, anchor_mode: str, max_length:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--base", default=str(CACHE / "base"), help="base Llama checkpoint + tokenizer")
     parser.add_argument("--domain", default="pydocs", help="corpus domain for training and evaluation")
     parser.add_argument("--steps", type=int, default=150)
@@ -58,9 +58,7 @@ def main(argv=None):
     parser.add_argument("--modes", nargs="+", default=["none", "ep", "ac"], choices=["none", "ep", "ac"],
                         help="'none' = the same continued pre-training without anchors (the causal baseline)")
     parser.add_argument("--output", default=str(CACHE / "anchor_quality"), help="checkpoints (outside git)")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    setup_cpu(args.threads)
+    args = parse_benchmark_args(parser, argv)
     if not (Path(args.base) / "config.json").exists():
         sys.exit(f"no base checkpoint at {args.base} (run benchmarks/make_base.py)")
 

@@ -6,32 +6,28 @@ exact mode in 5.23) on the same weights. Greedy, ``--new-bytes`` after a ``--pro
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 
 import torch
 
-from common_blt import corpus_bytes, make_transformers_blt  # noqa: E402
+from common_blt import add_reference_size_options, corpus_bytes, reference_blt  # noqa: E402
 
 import hf_efficient_lm  # noqa: E402,F401
 from hf_efficient_lm import BLTForCausalLM  # noqa: E402
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--prompt-bytes", type=int, default=1024)
     parser.add_argument("--new-bytes", type=int, default=256)
-    parser.add_argument("--local-hidden", type=int, default=128)
-    parser.add_argument("--latent-hidden", type=int, default=256)
-    parser.add_argument("--latent-layers", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1)
+    add_reference_size_options(parser)
     parser.add_argument("--skip-ours-uncached", action="store_true", help="skip our own full-recompute reference")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_benchmark_args(parser)
 
     prompt = corpus_bytes(args.prompt_bytes)
-    hf = make_transformers_blt(prompt, local=args.local_hidden, latent=args.latent_hidden, latent_layers=args.latent_layers)
+    hf = reference_blt(prompt, args)
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         ours = BLTForCausalLM.from_pretrained(tmp).eval()

@@ -8,7 +8,6 @@ writes ``patch_size_vs_threshold.png`` next to this script (or ``--out``).
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
@@ -19,17 +18,15 @@ from hf_efficient_lm.data import corpus_texts  # noqa: E402
 
 from hf_efficient_lm.blt import BLTEntropyModel  # noqa: E402
 from hf_efficient_lm.tools.blt_data import calibrate_threshold, mean_patch_size, pack_texts  # noqa: E402
-from hf_efficient_lm.io_utils import save_figure  # noqa: E402
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--entropy-model", default=os.path.expanduser("~/.cache/hf_efficient_lm/blt/entropy"))
     parser.add_argument("--rows", type=int, default=8, help="512-byte validation rows per domain")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "patch_size_vs_threshold.png"))
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_benchmark_args(parser)
     if not os.path.isfile(os.path.join(args.entropy_model, "config.json")):
         parser.error(f"no entropy model at {args.entropy_model}; run examples/train_entropy_model.py first")
     model = BLTEntropyModel.from_pretrained(args.entropy_model).eval()
@@ -49,12 +46,7 @@ def main() -> None:
     for i in range(0, len(thresholds), 4):
         print(f"{float(thresholds[i]):9.2f}  " + "  ".join(f"{curves[d][i]:10.2f}" for d in DOMAINS))
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = new_figure(1, 2, figsize=(11, 4))
     for domain in DOMAINS:
         axes[0].plot(thresholds, curves[domain], label=domain)
         axes[1].plot(thresholds / 4, curves[domain + " (monotonic)"], label=domain)
@@ -63,9 +55,7 @@ def main() -> None:
     for ax in axes:
         ax.axhline(4.5, color="grey", linestyle=":", linewidth=1)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, args.out, dpi=110)
-    print(f"wrote {args.out}")
+    write_figure(fig, args.out, dpi=110)
 
 
 if __name__ == "__main__":

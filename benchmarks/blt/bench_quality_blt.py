@@ -23,7 +23,6 @@ configs match); writes ``results/quality_blt.json`` (gitignored) and ``results/q
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -45,9 +44,9 @@ from hf_efficient_lm.tools.blt_flops import blt_flops_per_byte, llama_flops_per_
 from hf_efficient_lm.data import CORPUS_DOMAINS as DOMAINS
 from hf_efficient_lm.data import corpus_texts, pack_ids
 from hf_efficient_lm.eval import evaluate_causal_lm, rows_nll
-from hf_efficient_lm.io_utils import save_figure
 from hf_efficient_lm.tools.blt_training import add_blt_size_options, blt_size_config
 from hf_efficient_lm.train import llama_config_from_preset
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure
 
 HERE = Path(__file__).resolve().parent
 
@@ -129,7 +128,7 @@ def blt_bits_per_byte(model, texts: list[str], seq_len: int, batch_size: int = 8
 
 # --------------------------------------------------------------------------------------------------------- main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, threads=2)
     parser.add_argument("--tokenizer", default=os.path.expanduser("~/.cache/hf_efficient_lm/base"))
     parser.add_argument("--entropy-model", default=os.path.expanduser("~/.cache/hf_efficient_lm/blt/entropy"))
     parser.add_argument("--preset", default="1m", help="Llama preset (hf_efficient_lm.train.LLAMA_PRESETS)")
@@ -147,11 +146,9 @@ def main() -> None:
     parser.add_argument("--chars-per-domain", type=int, default=0, help="train text per domain (0: sized to the budget)")
     parser.add_argument("--eval-docs", type=int, default=50, help="first N documents of each *.valid.jsonl.gz")
     parser.add_argument("--reuse", action="store_true", help="load cached checkpoints trained with the same settings")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=str(HERE / "results"))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_benchmark_args(parser)
     t_start = time.perf_counter()
 
     from transformers import AutoTokenizer, LlamaForCausalLM, Trainer
@@ -325,16 +322,11 @@ def main() -> None:
     )
     (out_dir / "quality_blt.json").write_text(json.dumps(payload, indent=2))
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(results) + ["all"]
     lv = [results[d]["llama_bits_per_byte"] for d in results] + [overall["llama_bits_per_byte"]]
     bv = [results[d]["blt_bits_per_byte"] for d in results] + [overall["blt_bits_per_byte"]]
     x = range(len(names))
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = new_figure(figsize=(8, 4))
     ax.bar([i - 0.2 for i in x], lv, 0.4, label=f"Llama {args.preset} ({overall['llama_inference_flops_per_byte'] / 1e6:.2f}M FLOPs/byte)")
     ax.bar([i + 0.2 for i in x], bv, 0.4, label=f"BLT ({overall['blt_inference_flops_per_byte'] / 1e6:.2f}M FLOPs/byte)")
     for i, (a, b) in enumerate(zip(lv, bv)):
@@ -345,9 +337,8 @@ def main() -> None:
     ax.set_title(f"equal training FLOPs ({llama_flops:.2e} Llama / {blt_flops:.2e} BLT), first {args.eval_docs} docs/domain",
                  fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, out_dir / "quality_blt.png", dpi=110)
-    print(f"wrote {out_dir / 'quality_blt.json'} and {out_dir / 'quality_blt.png'}; checkpoints in {ckpt}")
+    write_figure(fig, out_dir / "quality_blt.png", dpi=110)
+    print(f"wrote {out_dir / 'quality_blt.json'}; checkpoints in {ckpt}")
 
 
 if __name__ == "__main__":

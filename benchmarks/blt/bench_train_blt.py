@@ -6,17 +6,17 @@ weights, with in-forward entropy patching and with precomputed patch lengths (th
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 
 import torch
 
-from common_blt import corpus_bytes, make_transformers_blt  # noqa: E402
+from common_blt import add_reference_size_options, corpus_bytes, reference_blt  # noqa: E402
 
 from hf_efficient_lm import BLTForCausalLM  # noqa: E402
 from hf_efficient_lm.blt import patch_lengths_from_starts  # noqa: E402
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args  # noqa: E402
 
 
 def make_step(model, batch, **kwargs):
@@ -36,16 +36,15 @@ def make_step(model, batch, **kwargs):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    add_reference_size_options(parser)
+    args = parse_benchmark_args(parser)
     data = corpus_bytes(args.batch * args.seq_len).view(args.batch, args.seq_len).clone()
     data[:, 0] = 1
-    hf = make_transformers_blt(data[:1])
+    hf = reference_blt(data[:1], args)
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         ours = BLTForCausalLM.from_pretrained(tmp)

@@ -11,7 +11,6 @@ Uses the shared base checkpoint (~/.cache/hf_efficient_lm/base) when present, el
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from transformers import DynamicCache, LlamaForCausalLM
 
 from hf_efficient_lm.scone import FgramVocab, SconeLlamaForCausalLM, export_fgram_table, mine_fgrams
 from corpus_scone import DOMAINS, cache_dir, load_tokenizer, tokenized_docs
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
 
 
 def base_checkpoint(preset: str, tokenizer) -> Path:
@@ -91,19 +91,17 @@ def paired_step_ms(base, table, docs: list[np.ndarray], batch: int, prompt_len: 
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--num-fgrams", type=int, default=100_000)
     parser.add_argument("--preset", default="5m")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--table-dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--paired-tokens", type=int, default=4096,
                         help="decode steps x batch rows per batch size in the paired per-step measurement")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_benchmark_args(parser)
     tokenizer = load_tokenizer()
     base_dir = base_checkpoint(args.preset, tokenizer)
     vocab = cached_vocab(args.num_fgrams, tokenizer)

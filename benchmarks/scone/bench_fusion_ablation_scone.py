@@ -33,7 +33,6 @@ Writes ``results/<--name>.json`` and ``.png`` (``--out``). Seeds can run in sepa
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -46,9 +45,10 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from hf_efficient_lm.data import CORPUS_DOMAINS, cache_dir, corpus_texts, pack_ids, train_tokenizer
 from hf_efficient_lm.eval import rows_nll
-from hf_efficient_lm.io_utils import atomic_dir, atomic_file, save_figure
+from hf_efficient_lm.io_utils import atomic_dir, atomic_file
 from hf_efficient_lm.scone import FGRAM_RECIPES, SconeLlamaForCausalLM, match_flat, mine_fgrams
 from hf_efficient_lm.train import llama_config_from_preset
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure
 
 DOMAINS = list(CORPUS_DOMAINS)
 NO_EXTRAS = {"fgram_final_norm": False, "fgram_output_scale": False}
@@ -281,13 +281,8 @@ def summarise(results: dict) -> None:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = results["runs"]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    fig, axes = new_figure(1, 3, figsize=(16, 4.6))
     base_curves = {r["seed"]: np.array(r["curve"]["loss"]) for r in runs["base"]}
     for name, seeds in runs.items():
         steps = seeds[0]["curve"]["step"]
@@ -328,13 +323,12 @@ def plot(results: dict, path: Path) -> None:
     axes[2].set_ylabel("held-out NLL minus base (nats/token)")
     axes[2].set_title("by how often the position's f-gram was trained")
     axes[2].legend(fontsize=6)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
+    write_figure(fig, path, dpi=110)
 
 
 # ------------------------------------------------------------------------------------------------------- main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--preset", default="1m")
     parser.add_argument("--vocab-size", type=int, default=2048)
     parser.add_argument("--chars-per-domain", type=int, default=2_000_000, help="training text read per domain")
@@ -350,13 +344,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens per domain")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--name", default="fusion_ablation_scone", help="file name of the JSON/PNG results")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="only merge the results of earlier runs (e.g. one process per seed) and report them")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_benchmark_args(parser)
     out = Path(args.out)
     if args.merge:
         parts = [json.loads(Path(p).read_text()) for p in args.merge]

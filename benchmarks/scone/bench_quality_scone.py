@@ -12,7 +12,6 @@ into ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -26,8 +25,8 @@ from hf_efficient_lm.data import pack_ids
 from hf_efficient_lm.eval import rows_nll
 from hf_efficient_lm.scone import SconeLlamaConfig, SconeLlamaForCausalLM, export_fgram_table, match_flat, mine_fgrams
 from hf_efficient_lm.train.presets import llama_config_from_preset
-from hf_efficient_lm.io_utils import save_figure  # noqa: E402
 from corpus_scone import DOMAINS, cache_dir, load_tokenizer, tokenized_docs
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure  # noqa: E402
 
 
 def packed_blocks(docs, eos: int, block: int) -> np.ndarray:
@@ -63,7 +62,7 @@ def perplexity(model, blocks: np.ndarray, batch: int = 32) -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--preset", default="1m")
     parser.add_argument("--train-tokens", type=int, default=600_000)
     parser.add_argument("--block", type=int, default=128)
@@ -73,12 +72,10 @@ def main():
     parser.add_argument("--fgram-layers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--fusion", default="replace", choices=["replace", "gated"])
     parser.add_argument("--eval-tokens", type=int, default=30_000, help="held-out tokens per domain")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(cache_dir() / "quality"))
     parser.add_argument("--reuse-base", help="quality_scone.json of an earlier run with the same settings: reuse its "
                                              "base Llama figures instead of retraining it (training is seeded)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_benchmark_args(parser)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer()
@@ -169,12 +166,7 @@ def _report(results: dict, out: Path, fusion: str) -> None:
         print(f"| {name} | " + " | ".join(f"{ppl[d]:.2f}" for d in DOMAINS) +
               f" | {mean:.2f} | {100 * (mean / base_mean - 1):+.1f}% |")
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        fig, axes = new_figure(1, 2, figsize=(9, 3.5))
         sweeps = [(k, v) for k, v in results.items() if k != "base"]
         min_layers = min(v["fgram_layers"] for _, v in sweeps) if sweeps else 1
         by_s = sorted((v["num_fgrams"], np.mean(list(v["ppl"].values()))) for _, v in sweeps
@@ -193,9 +185,7 @@ def _report(results: dict, out: Path, fusion: str) -> None:
             ax.set_ylabel("mean held-out perplexity")
             ax.legend()
         axes[0].set_xscale("log")
-        fig.tight_layout()
-        save_figure(fig, out / f"quality_scone_{fusion}.png", dpi=120)
-        print(f"plot: {out / f'quality_scone_{fusion}.png'}")
+        write_figure(fig, out / f"quality_scone_{fusion}.png", dpi=120)
     except ImportError:
         pass
 

@@ -9,7 +9,6 @@ throughput is reported relative to the hashed n-gram embedder, measured in the s
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
@@ -18,10 +17,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from hf_efficient_lm.data import cache_dir, corpus_dir, read_texts  # noqa: E402
 from hf_efficient_lm.specialists import ClusterIndex, HashedNgramEmbedder, LMHiddenStateEmbedder  # noqa: E402
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args  # noqa: E402
 
 DOMAINS = ("pydocs", "kernel", "code", "dictionary", "fortunes")
 
@@ -39,17 +38,15 @@ def purity(labels: np.ndarray, clusters: np.ndarray) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--corpus", type=Path, default=corpus_dir())
     parser.add_argument("--windows-per-domain", type=int, default=120)
     parser.add_argument("--window-chars", type=int, default=400, help="~100-130 BPE tokens")
     parser.add_argument("--lm", type=Path, default=None,
                         help="a causal LM checkpoint + tokenizer for the LM hidden-state embedder "
                              "(default: $HFELM_CACHE/base if present)")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_benchmark_args(parser, argv)
     from sklearn.metrics import normalized_mutual_info_score
 
     texts, labels = [], []

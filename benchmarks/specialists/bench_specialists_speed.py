@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from hf_efficient_lm.specialists import (
     SpecialistMixtureConfig,
     SpecialistMixtureForCausalLM,
 )
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
 
 
 def step_seconds(model, input_ids, cluster_ids, steps: int) -> float:
@@ -56,7 +56,7 @@ def forward_seconds(model, input_ids, cluster_ids, repeats: int) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=512)
@@ -65,10 +65,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/specialists/results"))
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_benchmark_args(parser, argv)
     torch.manual_seed(0)
     kwargs = dict(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
                   num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2,

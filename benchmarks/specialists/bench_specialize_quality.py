@@ -23,7 +23,6 @@ Costs are FLOPs (6·N·tokens for training, 2·N·tokens for inference passes) a
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -53,7 +52,7 @@ from hf_efficient_lm.specialists import (  # noqa: E402
 from hf_efficient_lm.tools.specialize import token_blocks, block_perplexity  # noqa: E402
 from hf_efficient_lm.tools.specialists_training import ClusterHomogeneousTrainer, SpecialistCollator  # noqa: E402
 from hf_efficient_lm.data import cache_dir, corpus_dir, read_texts  # noqa: E402
-from hf_efficient_lm.io_utils import save_figure  # noqa: E402
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure  # noqa: E402
 
 ALL_DOMAINS = ("pydocs", "kernel", "code", "dictionary", "fortunes")
 
@@ -115,7 +114,7 @@ def no_ft_model(model, report):
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--corpus", type=Path, default=corpus_dir())
     parser.add_argument("--targets", nargs="+", default=["pydocs", "fortunes"], choices=ALL_DOMAINS,
                         help="held-out specialization domains (excluded from the generic data)")
@@ -132,12 +131,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--branch-steps", type=int, default=200,
                         help="extra steps of the branched variants (SLM long, mix br, pn br); 0 disables them")
     parser.add_argument("--embedder", choices=["hashed", "minilm"], default="hashed")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", type=Path, default=cache_dir("specialists_experiment"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/specialists/results"))
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_benchmark_args(parser, argv)
     torch.manual_seed(args.seed)
     hf_logging.set_verbosity_error()
     generic_domains = [d for d in ALL_DOMAINS if d not in args.targets]
@@ -313,12 +310,7 @@ def main(argv=None) -> dict:
         {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "pretraining": pre_cost,
          "cluster_counts_per_generic_domain": purity}, indent=2))
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, len(args.targets), figsize=(6 * len(args.targets), 4.5), squeeze=False)
+        fig, axes = new_figure(1, len(args.targets), figsize=(6 * len(args.targets), 4.5), squeeze=False)
         for ax, target in zip(axes[0], args.targets):
             sub = [r for r in rows if r["domain"] == target]
             for r in sub:
@@ -328,8 +320,7 @@ def main(argv=None) -> dict:
             ax.set_xlabel("specialization GFLOPs (log)")
             ax.set_ylabel("held-out domain perplexity")
             ax.set_title(f"{target} (marker size ~ inference params)")
-        fig.tight_layout()
-        save_figure(fig, args.out / "specialize_plot.png", dpi=120)
+        write_figure(fig, args.out / "specialize_plot.png", dpi=120)
     except ImportError:
         pass
     print(f"\ntotal {time.perf_counter() - started:.0f}s; wrote {args.out}/specialize_table.md, .json, .png")

@@ -169,40 +169,51 @@ def _head_dim_for(key: str, dims: dict[str, int]) -> int:
     raise KeyError(key)
 
 
-def state_dict_from_transformers(hf_state: dict[str, torch.Tensor], config: BLTConfig) -> dict[str, torch.Tensor]:
-    """Rename/permute a ``BltForCausalLM`` state dict into our ``BLTForCausalLM`` layout."""
-    dims = _head_dims(config)
-    out = {}
-    for key, value in hf_state.items():
-        if "rotary_emb" in key:
-            continue
-        new = key
-        if key.startswith("model.patcher."):
-            if config.patching_mode != "entropy":
-                continue
-            rest = key[len("model.patcher."):]
-            new = "model.entropy_model." + (rest if rest.startswith("lm_head.") else "model." + rest)
-        if _SELF_ATTN_QK.search(new):
-            value = _permute_rows(value, _head_dim_for(new, dims), inverse=False)
-        out[new] = value
-    return out
+def _ours_from_transformers_key(key: str, config: BLTConfig) -> str | None:
+    """Our name for a ``BltForCausalLM`` key (None: dropped, the patcher of a model that does not patch by entropy)."""
+    if not key.startswith("model.patcher."):
+        return key
+    if config.patching_mode != "entropy":
+        return None
+    rest = key[len("model.patcher."):]
+    return "model.entropy_model." + (rest if rest.startswith("lm_head.") else "model." + rest)
 
 
-def state_dict_to_transformers(state: dict[str, torch.Tensor], config: BLTConfig) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`state_dict_from_transformers`."""
+def _transformers_from_ours_key(key: str, config: BLTConfig) -> str:
+    """The ``BltForCausalLM`` name of one of our keys (the inverse of :func:`_ours_from_transformers_key`)."""
+    if not key.startswith("model.entropy_model."):
+        return key
+    rest = key[len("model.entropy_model."):]
+    return "model.patcher." + (rest[len("model."):] if rest.startswith("model.") else rest)
+
+
+def _convert_state_dict(state: dict[str, torch.Tensor], config: BLTConfig, to_transformers: bool) -> dict[str, torch.Tensor]:
+    """Rename every key one way and permute the q/k rows between interleaved RoPE (Transformers' Blt) and
+    half-split RoPE (ours); rotary buffers are dropped (both sides rebuild them)."""
     dims = _head_dims(config)
+    rename = _transformers_from_ours_key if to_transformers else _ours_from_transformers_key
     out = {}
     for key, value in state.items():
         if "rotary_emb" in key:
             continue
-        new = key
-        if _SELF_ATTN_QK.search(key):
-            value = _permute_rows(value, _head_dim_for(key, dims), inverse=True)
-        if key.startswith("model.entropy_model."):
-            rest = key[len("model.entropy_model."):]
-            new = "model.patcher." + (rest[len("model."):] if rest.startswith("model.") else rest)
+        new = rename(key, config)
+        if new is None:
+            continue
+        ours = key if to_transformers else new  # head dims are looked up by our prefixes
+        if _SELF_ATTN_QK.search(ours):
+            value = _permute_rows(value, _head_dim_for(ours, dims), inverse=to_transformers)
         out[new] = value.contiguous()
     return out
+
+
+def state_dict_from_transformers(hf_state: dict[str, torch.Tensor], config: BLTConfig) -> dict[str, torch.Tensor]:
+    """Rename/permute a ``BltForCausalLM`` state dict into our ``BLTForCausalLM`` layout."""
+    return _convert_state_dict(hf_state, config, to_transformers=False)
+
+
+def state_dict_to_transformers(state: dict[str, torch.Tensor], config: BLTConfig) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`state_dict_from_transformers`."""
+    return _convert_state_dict(state, config, to_transformers=True)
 
 
 def _check_hash_table(state: dict[str, torch.Tensor], config: BLTConfig) -> None:

@@ -70,36 +70,55 @@ global batch, training losses, bits/byte) to ``--output-dir``.
 """
 
 
-def add_blt_size_options(parser: argparse.ArgumentParser, preset: str = "small") -> None:
-    """``--local-hidden --latent-hidden --latent-layers --decoder-layers --window --hash-buckets`` with the
-    defaults of ``BLT_PRESETS[preset]``; :func:`blt_size_config` turns the parsed values into a ``BLTConfig``."""
+def add_blt_size_options(parser: argparse.ArgumentParser, preset: str = "small",
+                         keys: tuple[str, ...] | None = None) -> None:
+    """``--local-hidden --latent-hidden --latent-layers --decoder-layers --window --hash-buckets`` (only those of
+    ``keys`` when given, e.g. the sizes a reference model takes) with the defaults of ``BLT_PRESETS[preset]``;
+    :func:`parsed_blt_sizes` reads them back, :func:`blt_size_config` turns them into a ``BLTConfig``."""
     size = BLT_PRESETS[preset]
+    unknown = sorted(set(keys or ()) - set(size))
+    if unknown:
+        raise ValueError(f"unknown BLT size key(s) {unknown}; known: {sorted(size)}")
     for option, key in BLT_SIZE_OPTIONS.items():
-        parser.add_argument(f"--{option}", type=int, default=size[key], help=f"BLT size {key!r} (default {size[key]})")
+        if keys is None or key in keys:
+            parser.add_argument(f"--{option}", type=int, default=size[key], help=f"BLT size {key!r} (default {size[key]})")
+
+
+def parsed_blt_sizes(args: argparse.Namespace) -> dict[str, int]:
+    """The ``BLT_PRESETS`` keys (``local``, ``latent``, ...) of the options :func:`add_blt_size_options` added."""
+    dests = {key: option.replace("-", "_") for option, key in BLT_SIZE_OPTIONS.items()}
+    return {key: getattr(args, dest) for key, dest in dests.items() if hasattr(args, dest)}
 
 
 def blt_size_config(args: argparse.Namespace, entropy_model, threshold: float, mode: str):
     """``blt_config_for`` with the sizes parsed by :func:`add_blt_size_options`."""
-    sizes = {key: getattr(args, option.replace("-", "_")) for option, key in BLT_SIZE_OPTIONS.items()}
-    return blt_config_for(entropy_model, threshold=threshold, mode=mode, **sizes)
+    return blt_config_for(entropy_model, threshold=threshold, mode=mode, **parsed_blt_sizes(args))
+
+
+def _add_byte_training_options(parser: argparse.ArgumentParser, *, output_dir: str, output_help: str | None,
+                               seq_len: int, batch_size: int, max_steps: int) -> None:
+    """The options ``train-entropy`` and ``train-blt`` share: the text files read as bytes, the output folder, the
+    row length, batch, steps, learning rate, training-text budget and torch threads (defaults per command)."""
+    parser.add_argument("--train-files", nargs="*", default=sorted(glob.glob(str(DEFAULT_CORPUS / "*.train.jsonl.gz"))))
+    parser.add_argument("--valid-files", nargs="*", default=sorted(glob.glob(str(DEFAULT_CORPUS / "*.valid.jsonl.gz"))))
+    parser.add_argument("--output-dir", default=output_dir, help=output_help)
+    parser.add_argument("--seq-len", type=int, default=seq_len, help="bytes per training row")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="rows per step and process")
+    parser.add_argument("--max-steps", type=int, default=max_steps)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--limit-chars", type=int, default=4_000_000, help="read at most this many training characters")
+    parser.add_argument("--threads", type=int, default=1)
 
 
 def train_entropy_main(argv=None) -> str:
     """``hf-efficient-lm train-entropy``: see the module docstring (and ``--help``)."""
     parser = argparse.ArgumentParser(prog="hf-efficient-lm train-entropy", description=TRAIN_ENTROPY_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-files", nargs="*", default=sorted(glob.glob(str(DEFAULT_CORPUS / "*.train.jsonl.gz"))))
-    parser.add_argument("--valid-files", nargs="*", default=sorted(glob.glob(str(DEFAULT_CORPUS / "*.valid.jsonl.gz"))))
-    parser.add_argument("--output-dir", default=DEFAULT_ENTROPY_MODEL)
+    _add_byte_training_options(parser, output_dir=DEFAULT_ENTROPY_MODEL, output_help=None, seq_len=256, batch_size=16,
+                               max_steps=300)
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--window", type=int, default=256, help="sliding window (bytes)")
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-steps", type=int, default=300)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--limit-chars", type=int, default=4_000_000, help="read at most this many training characters")
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(normalize_option_names(list(sys.argv[1:] if argv is None else argv)))
     torch.set_num_threads(args.threads)
     if not args.train_files:
@@ -141,26 +160,18 @@ def train_entropy_main(argv=None) -> str:
 def train_blt_main(argv=None) -> str:
     """``hf-efficient-lm train-blt``: see the module docstring (and ``--help``)."""
     parser = argparse.ArgumentParser(prog="hf-efficient-lm train-blt", description=TRAIN_BLT_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-files", nargs="*", default=sorted(glob.glob(str(DEFAULT_CORPUS / "*.train.jsonl.gz"))))
-    parser.add_argument("--valid-files", nargs="*", default=sorted(glob.glob(str(DEFAULT_CORPUS / "*.valid.jsonl.gz"))))
+    _add_byte_training_options(parser, output_dir=str(cache_dir("blt", "model")), seq_len=512, batch_size=8,
+                               max_steps=200, output_help="replaced as a whole (atomically) by rank 0 when training ends")
     parser.add_argument("--entropy-model", default=None,
                         help=f"folder of a trained BLTEntropyModel (an error if it is not one). Default: "
                              f"{DEFAULT_ENTROPY_MODEL} if it exists, else space patching (said in the log)")
     parser.add_argument("--space-patching", action="store_true",
                         help="patch at spaces instead of with an entropy model")
     parser.add_argument("--target-patch-size", type=float, default=4.5)
-    parser.add_argument("--output-dir", default=str(cache_dir("blt", "model")),
-                        help="replaced as a whole (atomically) by rank 0 when training ends")
     add_blt_size_options(parser)
-    parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--no-pack", action="store_true",
                         help="one document per row (first --seq-len bytes), right-padded per batch, instead of packing")
-    parser.add_argument("--batch-size", type=int, default=8, help="rows per step and process")
-    parser.add_argument("--max-steps", type=int, default=200)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--limit-chars", type=int, default=4_000_000)
     parser.add_argument("--eval-rows", type=int, default=16, help="validation rows per domain")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(normalize_option_names(list(sys.argv[1:] if argv is None else argv)))
     if args.entropy_model is not None and args.space_patching:

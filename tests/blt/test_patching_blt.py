@@ -96,17 +96,25 @@ def test_matches_transformers_blt_patcher_lengths():
         assert split[row][split[row] > 0].tolist() == hf_split[row][hf_split[row] > 0].tolist()
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    n=st.integers(1, 40), pad=st.integers(0, 5), mode=st.sampled_from(["entropy", "entropy_monotonic", "space", "static", "byte"]),
-    max_len=st.one_of(st.none(), st.integers(1, 6)), threshold=st.floats(-1, 4), seed=st.integers(0, 2**16),
-)
-def test_lengths_always_sum_to_length(n, pad, mode, max_len, threshold, seed):
+# what every patching rule is drawn with in the property tests below
+PATCHING = dict(mode=st.sampled_from(["entropy", "entropy_monotonic", "space", "static", "byte"]),
+                max_len=st.one_of(st.none(), st.integers(1, 6)), threshold=st.floats(-1, 4), seed=st.integers(0, 2**16))
+
+
+def _two_rows(n: int, pad: int, seed: int, padding_side: str):
+    """Row 0: ``n + pad`` random bytes (ids 4..259); row 1: ``n`` real bytes and ``pad`` padding on ``padding_side``.
+    Returns ids and attention mask ``[2, n + pad]`` and entropies ``[2, n + pad]`` uniform in [0, 4) nats."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(4, 260, (2, n + pad), generator=g)
     mask = torch.ones_like(ids)
-    mask[1, :pad] = 0
-    ent = torch.rand(2, n + pad, generator=g) * 4
+    mask[1, slice(0, pad) if padding_side == "left" else slice(n, None)] = 0
+    return ids, mask, torch.rand(2, n + pad, generator=g) * 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 40), pad=st.integers(0, 5), **PATCHING)
+def test_lengths_always_sum_to_length(n, pad, mode, max_len, threshold, seed):
+    ids, mask, ent = _two_rows(n, pad, seed, "left")
     starts = patch_starts(mode, ids, entropies=ent, threshold=threshold, patch_size=3, max_patch_length=max_len,
                           attention_mask=mask)
     lengths = patch_lengths_from_starts(starts)
@@ -126,16 +134,9 @@ def test_lengths_always_sum_to_length(n, pad, mode, max_len, threshold, seed):
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    n=st.integers(1, 30), pad=st.integers(1, 5), mode=st.sampled_from(["entropy", "entropy_monotonic", "space", "static", "byte"]),
-    max_len=st.one_of(st.none(), st.integers(1, 6)), threshold=st.floats(-1, 4), seed=st.integers(0, 2**16),
-)
+@given(n=st.integers(1, 30), pad=st.integers(1, 5), **PATCHING)
 def test_right_padding_keeps_the_patches_of_the_row_alone(n, pad, mode, max_len, threshold, seed):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(4, 260, (2, n + pad), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, n:] = 0
-    ent = torch.rand(2, n + pad, generator=g) * 4
+    ids, mask, ent = _two_rows(n, pad, seed, "right")
     kwargs = dict(threshold=threshold, patch_size=3, max_patch_length=max_len)
     starts = patch_starts(mode, ids, entropies=ent, attention_mask=mask, **kwargs)
     alone = patch_starts(mode, ids[1:, :n], entropies=ent[1:, :n], **kwargs)

@@ -29,6 +29,5 @@ CASES = [
         name="anchor",
         make_model=make_anchor_model,
         make_input_ids=make_anchor_input_ids,
-        lora_target_modules=["q_proj", "v_proj"],
     )
 ]

@@ -8,7 +8,6 @@ CASES = [
         name="llama",
         make_model=lambda attn_implementation="sdpa": make_tiny_llama(attn_implementation=attn_implementation),
         make_input_ids=random_ids(TINY_LLAMA_KWARGS["vocab_size"]),
-        lora_target_modules=["q_proj", "v_proj"],
         trust_remote_code=False,
     )
 ]

@@ -72,12 +72,10 @@ CASES = [
         name="scone",
         make_model=make_scone_model,
         make_input_ids=make_scone_input_ids,
-        lora_target_modules=["q_proj", "v_proj"],
     ),
     ContractCase(
         name="scone_table",
         make_model=make_scone_table_model,
         make_input_ids=make_scone_input_ids,
-        lora_target_modules=["q_proj", "v_proj"],
     ),
 ]

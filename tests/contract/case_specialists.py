@@ -35,12 +35,10 @@ CASES = [
         name="specialist_mixture",
         make_model=make_mixture,
         make_input_ids=random_ids(TINY_LLAMA_KWARGS["vocab_size"]),
-        lora_target_modules=["q_proj", "v_proj"],
     ),
     ContractCase(
         name="hyper_specialist",
         make_model=make_hyper,
         make_input_ids=random_ids(TINY_LLAMA_KWARGS["vocab_size"]),
-        lora_target_modules=["q_proj", "v_proj"],
     ),
 ]

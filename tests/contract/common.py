@@ -32,6 +32,9 @@ CHECKS = (
 )
 
 
+LLAMA_LORA_TARGETS = ("q_proj", "v_proj")
+
+
 def default_save(model: PreTrainedModel, path: Path) -> None:
     model.save_pretrained(path)
 
@@ -45,7 +48,8 @@ class ContractCase:
         the same weights twice.
     make_input_ids: ``(batch, length, generator) -> LongTensor[batch, length]`` of ids that exercise the model
         (anchors for AnchorLlama, frequent n-grams for SCONE, bytes for BLT); never the pad id.
-    lora_target_modules: explicit PEFT ``target_modules`` (module-name suffixes).
+    lora_target_modules: explicit PEFT ``target_modules`` (module-name suffixes); default the Llama attention's
+        ``q_proj`` / ``v_proj`` (every Llama-based family).
     save: writes the folder a user would publish (default ``save_pretrained``); a model loaded back from it must give
         the same logits as the in-memory model.
     trust_remote_code: False only for classes Transformers itself ships (the Llama reference).
@@ -55,7 +59,7 @@ class ContractCase:
     name: str
     make_model: Callable[..., PreTrainedModel]
     make_input_ids: Callable[[int, int, torch.Generator], torch.LongTensor]
-    lora_target_modules: list[str]
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LORA_TARGETS))
     save: Callable[[PreTrainedModel, Path], None] = default_save
     trust_remote_code: bool = True
     skips: dict[str, str] = field(default_factory=dict)
