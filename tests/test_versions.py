@@ -95,6 +95,7 @@ def test_remote_code_checkpoint_refuses_an_older_transformers(tmp_path):
 
     make_anchor_model().save_pretrained(tmp_path / "model")
     assert (tmp_path / "model" / "compat_anchor.py").exists(), "the checkpoint must carry its compat module"
+    assert not (tmp_path / "model" / "compat_anchor.py").is_symlink(), "a checkpoint carries the file, not a link"
     result = _run(
         f"""
         import sys
@@ -113,6 +114,8 @@ def test_remote_code_checkpoint_refuses_an_older_transformers(tmp_path):
 
 
 def test_the_four_compat_modules_are_one_file_copied():
-    """A checkpoint can only import its own folder's siblings, so each family carries a copy; keep them identical."""
+    """A checkpoint can only import its own folder's siblings, so each family carries a copy: one file, linked."""
     texts = {Path(module.__file__).read_text() for module in COMPAT_MODULES}
-    assert len(texts) == 1, "edit compat_anchor.py and copy it to the other family folders"
+    assert len(texts) == 1, "edit hf_efficient_lm/compat.py (each compat_<family>.py links to it)"
+    shared = (Path(compat_anchor.__file__).parents[1] / "compat.py").resolve()
+    assert {Path(module.__file__).resolve() for module in COMPAT_MODULES} == {shared}
