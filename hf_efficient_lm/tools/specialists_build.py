@@ -57,7 +57,8 @@ def mixture_from_experts(experts, **config_overrides) -> SpecialistMixtureForCau
     for i, model in enumerate(models[1:], start=1):
         other = _llama_fields(model.config)
         differing = sorted(
-            key for key in set(base) | set(other) if key not in ("_name_or_path", "dtype") and base.get(key) != other.get(key)
+            key for key in set(base) | set(other)
+            if key not in ("_name_or_path", "dtype") and base.get(key) != other.get(key)
         )
         if differing:
             raise ValueError(f"expert {i} has a different config from expert 0 in {differing}")
