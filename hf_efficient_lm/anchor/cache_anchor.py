@@ -95,29 +95,19 @@ class AnchorCache(Cache):
             )
         keys = AnchorTokenInfo.cat(self.slot_info, chunk)
         anchors_seen = self.anchors_seen + chunk.is_anchor.sum(dim=1)
-        if self.prune:
-            keep = keys.valid & (keys.is_anchor | (keys.segment == anchors_seen[:, None]))
-        else:
-            keep = keys.valid
+        keep = keys.valid & (keys.is_anchor | (keys.segment == anchors_seen[:, None])) if self.prune else keys.valid
         if bool(keep.all()):
             self._keep_index = None
             self.slot_info = keys
         else:
             kept_per_row = keep.sum(dim=1)
             width = int(kept_per_row.max()) if batch > 0 else 0
-            total = keep.shape[1]
-            # Stable left-alignment of the kept slots: sort key = (dropped, original order).
-            order = torch.arange(total, device=keep.device).expand(batch, total)
-            sort_key = (~keep).long() * total + order
-            keep_index = torch.argsort(sort_key, dim=1)[:, :width]
+            # Left-align the kept slots of each row, in their original order (a stable sort: kept before dropped).
+            self._keep_index = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :width]
             slot_valid = torch.arange(width, device=keep.device)[None, :] < kept_per_row[:, None]
-            self._keep_index = keep_index
-            self.slot_info = AnchorTokenInfo(
-                index=torch.where(slot_valid, keys.index.gather(1, keep_index), -1),
-                segment=keys.segment.gather(1, keep_index),
-                is_anchor=keys.is_anchor.gather(1, keep_index) & slot_valid,
-                valid=slot_valid,
-            )
+            kept = keys.map(lambda t: t.gather(1, self._keep_index))
+            self.slot_info = AnchorTokenInfo(index=torch.where(slot_valid, kept.index, -1), segment=kept.segment,
+                                             is_anchor=kept.is_anchor & slot_valid, valid=slot_valid)
         self.anchors_seen = anchors_seen
         self.seen_tokens += chunk.index.shape[1]
         return keys

@@ -134,17 +134,10 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
 
     @merge_with_config_defaults
     @capture_outputs
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        use_cache: bool | None = None,
-        anchor_flags: torch.BoolTensor | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPast:
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
+                inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
+                anchor_flags: torch.BoolTensor | None = None, **kwargs) -> BaseModelOutputWithPast:
         """Like ``LlamaModel.forward``; the mask is AnSAN and the cache an :class:`AnchorCache`.
 
         Args:
