@@ -70,12 +70,13 @@ def test_model_files_import_only_what_a_checkpoint_carries():
     assert not problems, "\n".join(problems)
 
 
-# Lines of Python (``wc -l``) a saved checkpoint carries per family (issue 12: conversion, export, mining, data and
-# training tools live in hf_efficient_lm/tools/ and never count). Issue 12's targets: BLT 1,200 (met), anchor 700 and
-# SCONE 900 (not met: anchor gained the long-context lazy mask and the decode-step mask of issue 16; what SCONE keeps is
-# its forward/generate path: hash-index matcher, scalar decode matcher, table reader, fusion fast paths). The limits
-# below are today's figures, so the carried code cannot grow back while those cuts are open.
-CARRIED_LINE_LIMITS = {"blt": 1200, "anchor": 1010, "scone": 1430, "specialists": 726}
+# Lines of Python (``wc -l``) a saved checkpoint carries per family (issue 12: conversion, export, mining, building,
+# data and training tools and reference implementations live in hf_efficient_lm/tools/ and never count). Issue 12's
+# targets: BLT 1,200 (met), anchor 700 and SCONE 900 (not met: anchor carries the long-context lazy mask and the
+# decode-step mask of issue 16; SCONE carries its forward/generate path, hash-index matcher, scalar decode matcher,
+# table reader and decode-step fusion, which alone exceed 900 lines). The limits below are today's figures, so the
+# carried code cannot grow back while those cuts are open.
+CARRIED_LINE_LIMITS = {"blt": 1200, "anchor": 746, "scone": 1296, "specialists": 646}
 
 
 def carried_lines(family: str) -> tuple[int, list[str]]:

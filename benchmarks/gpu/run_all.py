@@ -34,11 +34,11 @@ from hf_efficient_lm import (
     HyperSpecialistConfig,
     HyperSpecialistForCausalLM,
     SconeLlamaForCausalLM,
-    SpecialistMixtureForCausalLM,
 )
 from hf_efficient_lm.eval.speed import decode_tokens_per_second, train_tokens_per_second
 from hf_efficient_lm.io_utils import atomic_file
 from hf_efficient_lm.scone import export_fgram_table, mine_fgrams
+from hf_efficient_lm.specialists import mixture_from_experts
 from hf_efficient_lm.tools.blt_reference import make_transformers_blt
 from hf_efficient_lm.train.presets import llama_config_from_preset
 
@@ -159,7 +159,7 @@ def training_rows(sizes: dict, device: str, workdir: Path) -> list[Row]:
         "AnchorLlama": lambda: AnchorLlamaForCausalLM.from_pretrained(workdir / "llama", anchor_token_ids=[ANCHOR_ID]),
         "SconeLlama (model mode)": lambda: SconeLlamaForCausalLM.from_pretrained(
             workdir / "llama", fgram_vocab=vocab, fgram_num_layers=1),
-        "SpecialistMixture (4 experts)": lambda: SpecialistMixtureForCausalLM.from_experts(
+        "SpecialistMixture (4 experts)": lambda: mixture_from_experts(
             [LlamaForCausalLM.from_pretrained(workdir / "llama")] * 4),
         "HyperSpecialist (4 clusters)": lambda: HyperSpecialistForCausalLM(HyperSpecialistConfig(
             **{k: v for k, v in llama_config.items() if k not in ("model_type", "architectures", "transformers_version")},

@@ -12,7 +12,7 @@ stock Llama except the LLM itself:
     SLM-pn hist + FT    projected network instantiated at the histogram-weighted code (beyond the paper)
     SLM long + FT       the generic SLM trained --branch-steps more steps (equal-cost baseline for the two below)
     SLM-mix br + FT     hard mixture branched from the generic SLM, +--branch-steps cluster-routed steps
-    SLM-pn br (hist)    projected network upcycled from the generic SLM (from_llama), +--branch-steps steps
+    SLM-pn br (hist)    projected network upcycled from the generic SLM (hyper_from_llama), +--branch-steps steps
     SLM-d               generic small Llama distilled from the fine-tuned LLM on the domain data
     LLM + FT            the larger model itself (inference cost ~6x)
 
@@ -46,7 +46,9 @@ from hf_efficient_lm.specialists import (  # noqa: E402
     MiniLMEmbedder,
     SpecialistMixtureConfig,
     SpecialistMixtureForCausalLM,
+    hyper_from_llama,
     importance_sample,
+    mixture_from_experts,
     specialize,
 )
 from hf_efficient_lm.tools.specialize import token_blocks, block_perplexity  # noqa: E402
@@ -213,13 +215,12 @@ def main(argv=None) -> dict:
             cls=LlamaForCausalLM, steps=args.branch_steps, prior_cost=slm_cost)
         models["mix br"], *pre_cost["mix br"] = pretrained(
             f"mixture_branched{args.branch_steps}",
-            lambda: SpecialistMixtureForCausalLM.from_experts([continue_slm() for _ in range(args.k)]),
+            lambda: mixture_from_experts([continue_slm() for _ in range(args.k)]),
             generic_ds, args, cache, homogeneous=True, lr=1e-3, cls=SpecialistMixtureForCausalLM,
             steps=args.branch_steps, prior_cost=slm_cost)
         models["pn br"], *pre_cost["pn br"] = pretrained(
             f"projected_branched{args.branch_steps}",
-            lambda: HyperSpecialistForCausalLM.from_llama(continue_slm(), num_clusters=args.k,
-                                                          num_basis=args.pn_basis),
+            lambda: hyper_from_llama(continue_slm(), num_clusters=args.k, num_basis=args.pn_basis),
             generic_ds, args, cache, homogeneous=True, lr=1e-3, cls=HyperSpecialistForCausalLM,
             steps=args.branch_steps, prior_cost=slm_cost)
     total_params = {name: num_params(model) for name, model in models.items()}

@@ -13,6 +13,7 @@ __getattr__ = lazy_attributes(__name__, {
                     "..tools.anchor_data"),
     **dict.fromkeys(["CompressedPrefix", "compress_prefix", "continuation_logits", "generate_with_prefix"],
                     "..tools.anchor_icl"),
+    **dict.fromkeys(["compact_position_ids", "dense_ansan_reference"], "..tools.anchor_reference"),
 })
 
 register_causal_lm(AnchorLlamaConfig, AnchorLlamaForCausalLM, AnchorLlamaModel)
@@ -33,6 +34,8 @@ __all__ = [
     "compress_prefix",
     "continuation_logits",
     "generate_with_prefix",
+    "compact_position_ids",
+    "dense_ansan_reference",
     "add_anchor_token",
     "find_endpoint_token_ids",
     "require_anchor_token",

@@ -11,8 +11,6 @@ tokens keep counting absolute positions (the official code's compacted positions
 Rows of a batch keep different numbers of slots; slots are left-aligned per row and the unused tail is marked
 invalid (``slot_info.valid``), which the model's mask hides. Slot metadata is shared by all layers: the model
 calls :meth:`AnchorCache.begin_chunk` once per forward, the attention layers call ``update`` as usual.
-
-Only stdlib / torch / transformers imports: this file travels with checkpoints for ``trust_remote_code``.
 """
 
 from __future__ import annotations
@@ -33,10 +31,8 @@ class AnchorCacheLayer(DynamicLayer):
         tokens (what this step attends), then keep only the slots listed in ``keep_index`` ``[batch, kept]``."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-            self.keys = key_states.new_zeros(key_states.shape[0], key_states.shape[1], 0, key_states.shape[3])
-            self.values = value_states.new_zeros(
-                value_states.shape[0], value_states.shape[1], 0, value_states.shape[3]
-            )
+            self.keys = key_states[:, :, :0]  # no slots yet: [batch, kv_heads, 0, head_dim]
+            self.values = value_states[:, :, :0]
         full_keys = torch.cat([self.keys, key_states], dim=-2)
         full_values = torch.cat([self.values, value_states], dim=-2)
         if keep_index is None:
@@ -90,41 +86,28 @@ class AnchorCache(Cache):
         """
         batch = chunk.index.shape[0]
         if self.slot_info is None:
-            device = chunk.index.device
-            empty_long = torch.zeros(batch, 0, dtype=torch.long, device=device)
-            empty_bool = torch.zeros(batch, 0, dtype=torch.bool, device=device)
-            self.slot_info = AnchorTokenInfo(empty_long, empty_long, empty_bool, empty_bool)
-            self.anchors_seen = torch.zeros(batch, dtype=torch.long, device=device)
+            self.slot_info = chunk.map(lambda t: t[:, :0])  # no slots yet
+            self.anchors_seen = torch.zeros(batch, dtype=torch.long, device=chunk.index.device)
         elif self.slot_info.index.shape[0] != batch:
             raise ValueError(
                 f"AnchorCache holds a batch of {self.slot_info.index.shape[0]} rows but the input has {batch}; "
-                "use batch_repeat_interleave / expand_batch to reuse a cache for several rows."
+                "repeat its rows (batch_repeat_interleave) to reuse it for several."
             )
         keys = AnchorTokenInfo.cat(self.slot_info, chunk)
         anchors_seen = self.anchors_seen + chunk.is_anchor.sum(dim=1)
-        if self.prune:
-            keep = keys.valid & (keys.is_anchor | (keys.segment == anchors_seen[:, None]))
-        else:
-            keep = keys.valid
+        keep = keys.valid & (keys.is_anchor | (keys.segment == anchors_seen[:, None])) if self.prune else keys.valid
         if bool(keep.all()):
             self._keep_index = None
             self.slot_info = keys
         else:
             kept_per_row = keep.sum(dim=1)
             width = int(kept_per_row.max()) if batch > 0 else 0
-            total = keep.shape[1]
-            # Stable left-alignment of the kept slots: sort key = (dropped, original order).
-            order = torch.arange(total, device=keep.device).expand(batch, total)
-            sort_key = (~keep).long() * total + order
-            keep_index = torch.argsort(sort_key, dim=1)[:, :width]
+            # Left-align the kept slots of each row, in their original order (a stable sort: kept before dropped).
+            self._keep_index = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :width]
             slot_valid = torch.arange(width, device=keep.device)[None, :] < kept_per_row[:, None]
-            self._keep_index = keep_index
-            self.slot_info = AnchorTokenInfo(
-                index=torch.where(slot_valid, keys.index.gather(1, keep_index), -1),
-                segment=keys.segment.gather(1, keep_index),
-                is_anchor=keys.is_anchor.gather(1, keep_index) & slot_valid,
-                valid=slot_valid,
-            )
+            kept = keys.map(lambda t: t.gather(1, self._keep_index))
+            self.slot_info = AnchorTokenInfo(index=torch.where(slot_valid, kept.index, -1), segment=kept.segment,
+                                             is_anchor=kept.is_anchor & slot_valid, valid=slot_valid)
         self.anchors_seen = anchors_seen
         self.seen_tokens += chunk.index.shape[1]
         return keys
@@ -143,28 +126,20 @@ class AnchorCache(Cache):
 
     def cached_tokens(self) -> int:
         """Token positions each layer holds (summed over the batch rows; alignment padding not counted)."""
-        if self.slot_info is None:
-            return 0
-        return int(self.slot_info.valid.sum())
+        return sum(self.cached_tokens_per_row())
 
     def cached_tokens_per_row(self) -> list[int]:
-        if self.slot_info is None:
-            return []
-        return self.slot_info.valid.sum(dim=1).tolist()
+        return [] if self.slot_info is None else self.slot_info.valid.sum(dim=1).tolist()
 
     def kv_bytes(self) -> int:
         """Bytes of the key/value tensors actually allocated, all layers (includes per-row alignment padding)."""
-        return sum(
-            layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
-            for layer in self.layers
-            if layer.is_initialized
-        )
+        tensors = [t for layer in self.layers if layer.is_initialized for t in (layer.keys, layer.values)]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     # ----------------------------------------------------------------------------------------------- batch ops
     def _map_rows(self, fn) -> None:
         if self.slot_info is not None:
-            info = self.slot_info
-            self.slot_info = AnchorTokenInfo(fn(info.index), fn(info.segment), fn(info.is_anchor), fn(info.valid))
+            self.slot_info = self.slot_info.map(fn)
             self.anchors_seen = fn(self.anchors_seen)
 
     def reorder_cache(self, beam_idx: torch.LongTensor):
@@ -179,13 +154,6 @@ class AnchorCache(Cache):
         super().batch_select_indices(indices)
         self._map_rows(lambda t: t[indices.to(t.device)])
 
-    def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove != 0:
-            raise ValueError(
-                "AnchorCache cannot be cropped: pruned sentences cannot be restored (assisted / speculative "
-                "decoding needs a croppable cache)."
-            )
-
     def reset(self):
         for layer in self.layers:
             layer.reset()
@@ -193,27 +161,3 @@ class AnchorCache(Cache):
         self.slot_info = None
         self.anchors_seen = None
         self._keep_index = None
-
-    def copy(self) -> "AnchorCache":
-        """An independent copy (tensors cloned): reuse one compressed prefix for many continuations."""
-        new = AnchorCache(num_hidden_layers=len(self.layers), prune=self.prune)
-        new.seen_tokens = self.seen_tokens
-        for source, target in zip(self.layers, new.layers):
-            if source.is_initialized:
-                target.lazy_initialization(source.keys, source.values)
-                target.keys, target.values = source.keys.clone(), source.values.clone()
-        if self.slot_info is not None:
-            new.slot_info = AnchorTokenInfo(*(t.clone() for t in vars(self.slot_info).values()))
-            new.anchors_seen = self.anchors_seen.clone()
-        return new
-
-    def expand_batch(self, batch_size: int) -> "AnchorCache":
-        """A copy whose single row is repeated ``batch_size`` times (a shared prefix for a batch of queries)."""
-        if self.slot_info is not None and self.slot_info.index.shape[0] != 1:
-            raise ValueError(f"expand_batch needs a cache of batch 1, this one has {self.slot_info.index.shape[0]}")
-        new = self.copy()
-        new.batch_repeat_interleave(batch_size)
-        return new
-
-
-__all__ = ["AnchorCache", "AnchorCacheLayer"]

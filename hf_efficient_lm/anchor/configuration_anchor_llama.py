@@ -1,7 +1,4 @@
-"""Configuration of AnchorLlama: a plain Llama plus the anchor (AnLLM) attention settings.
-
-Only stdlib / torch / transformers imports: this file travels with checkpoints for ``trust_remote_code``.
-"""
+"""Configuration of AnchorLlama: a plain Llama plus the anchor (AnLLM) attention settings."""
 
 from __future__ import annotations
 
@@ -35,7 +32,7 @@ class AnchorLlamaConfig(LlamaConfig):
             position in the text (as in training; cached decoding equals the full masked forward). ``"compact"``:
             the official real-time inference's numbering, where a chunk fed against the cache starts at the number
             of entries the cache *keeps* (its positions depend on how the text was chunked, see
-            ``masking_anchor.compact_position_ids``); given ``position_ids`` are then ignored. Forwards without a
+            ``hf_efficient_lm.anchor.compact_position_ids``); given ``position_ids`` are then ignored. Forwards without a
             cache, and the first chunk, use the usual positions in both modes. Configs saved before this field
             existed load as ``"absolute"``.
     """
@@ -49,19 +46,14 @@ class AnchorLlamaConfig(LlamaConfig):
     position_mode: str = "absolute"
 
     def __post_init__(self, **kwargs):
-        if self.anchor_token_ids is None:
-            self.anchor_token_ids = []
         super().__post_init__(**kwargs)
         self.validate_anchor_settings()
 
     def validate_anchor_settings(self) -> None:
         """Raise ``ValueError`` naming the offending value if the anchor settings are inconsistent."""
-        ids = self.anchor_token_ids
-        if ids is None:
-            ids = self.anchor_token_ids = []
-        if isinstance(ids, int) or not isinstance(ids, (list, tuple)):
+        ids = [] if self.anchor_token_ids is None else self.anchor_token_ids
+        if not isinstance(ids, (list, tuple)):
             raise ValueError(f"anchor_token_ids must be a list of ints, got {ids!r}")
-        self.anchor_token_ids = [int(i) for i in ids]
         for token_id in ids:
             if isinstance(token_id, bool) or int(token_id) != token_id:
                 raise ValueError(f"anchor_token_ids must hold ints, got {token_id!r}")
@@ -78,16 +70,8 @@ class AnchorLlamaConfig(LlamaConfig):
             )
         if self.position_mode not in ANCHOR_POSITION_MODES:
             raise ValueError(f"position_mode must be one of {ANCHOR_POSITION_MODES}, got {self.position_mode!r}")
+        self.anchor_token_ids = [int(i) for i in ids]
 
     def validate_architecture(self):
         super().validate_architecture()
         self.validate_anchor_settings()
-
-
-__all__ = [
-    "AnchorLlamaConfig",
-    "ANCHOR_ATTN_IMPLEMENTATIONS",
-    "ANCHOR_MODES",
-    "ANCHOR_MASK_VARIANTS",
-    "ANCHOR_POSITION_MODES",
-]

@@ -4,14 +4,9 @@ The weights, parameter names and layers are exactly Llama's (``LlamaModel`` is s
 to build the AnSAN mask and to drive :class:`AnchorCache`), so any Llama checkpoint loads unchanged::
 
     model = AnchorLlamaForCausalLM.from_pretrained(llama_dir, anchor_token_ids=[ids of ".", "!", "?"])
-
-Only stdlib / torch / transformers imports and single-dot siblings: this file travels with checkpoints for
-``trust_remote_code``.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 from torch import nn
@@ -44,14 +39,6 @@ from .masking_anchor import (
 )
 
 
-def _sdpa_block(module, mask: AnchorAttentionMask, start: int, end: int, dropout: float, scaling, kwargs: dict,
-                query, key, value):
-    """sdpa of query rows ``start:end`` (``query`` ``[b, heads, rows, d]``) against ``key``/``value`` ``[b, kv_heads,
-    kv_end, d]``, with the mask block built here (so a checkpointed block rebuilds it in the backward pass)."""
-    block_mask = mask.rows(start, end, key.shape[2])
-    return sdpa_attention_forward(module, query, key, value, block_mask, dropout=dropout, scaling=scaling, **kwargs)[0]
-
-
 def chunked_sdpa_attention(module, query, key, value, mask: AnchorAttentionMask, dropout: float = 0.0, scaling=None,
                            **kwargs):
     """Transformers' sdpa attention under an :class:`AnchorAttentionMask`, one block of query rows at a time.
@@ -75,11 +62,16 @@ def chunked_sdpa_attention(module, query, key, value, mask: AnchorAttentionMask,
     held = kv_length - q_length
     rows = mask.block_rows()
     track = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+
+    def block(start, end, query, key, value):  # the mask block is built here: a checkpointed block rebuilds it
+        block_mask = mask.rows(start, end, key.shape[2])
+        return sdpa_attention_forward(module, query, key, value, block_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)[0]
+
     outputs = []
     for start in range(0, q_length, rows):
         end = min(start + rows, q_length)
-        block = functools.partial(_sdpa_block, module, mask, start, end, dropout, scaling, kwargs)
-        args = (query[:, :, start:end], key[:, :, : held + end], value[:, :, : held + end])
+        args = (start, end, query[:, :, start:end], key[:, :, : held + end], value[:, :, : held + end])
         outputs.append(checkpoint(block, *args, use_reentrant=False) if track else block(*args))
     return torch.cat(outputs, dim=1), None
 
@@ -104,14 +96,9 @@ class AnchorLlamaAttention(LlamaAttention):
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
         if cache is not None:
             key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
+        dropout = self.attention_dropout if self.training else 0.0
         attn_output, attn_weights = chunked_sdpa_attention(
-            self,
-            query_states,
-            key_states,
-            value_states,
-            attention_mask,
-            dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling,
+            self, query_states, key_states, value_states, attention_mask, dropout=dropout, scaling=self.scaling,
             **kwargs,
         )
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
@@ -138,31 +125,19 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
             layer.self_attn.__class__ = AnchorLlamaAttention
 
     def _anchor_ids(self, device: torch.device) -> torch.LongTensor:
-        ids = self.config.anchor_token_ids
+        ids = tuple(self.config.anchor_token_ids)
         cached = getattr(self, "_anchor_ids_cache", None)
-        if cached is None or cached[0] != tuple(ids) or cached[1].device != device:
-            for token_id in ids:
-                if not 0 <= token_id < self.config.vocab_size:
-                    raise ValueError(
-                        f"anchor token id {token_id} is outside the vocabulary (vocab_size={self.config.vocab_size})"
-                    )
-            cached = (tuple(ids), torch.tensor(list(ids), dtype=torch.long, device=device))
-            self._anchor_ids_cache = cached
+        if cached is None or cached[0] != ids or cached[1].device != device:
+            self.config.validate_anchor_settings()  # the ids (or vocab_size) may have changed since __init__
+            cached = self._anchor_ids_cache = (ids, torch.tensor(ids, dtype=torch.long, device=device))
         return cached[1]
 
     @merge_with_config_defaults
     @capture_outputs
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        use_cache: bool | None = None,
-        anchor_flags: torch.BoolTensor | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPast:
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
+                inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
+                anchor_flags: torch.BoolTensor | None = None, **kwargs) -> BaseModelOutputWithPast:
         """Like ``LlamaModel.forward``; the mask is AnSAN and the cache an :class:`AnchorCache`.
 
         Args:
@@ -195,15 +170,9 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
 
         # Per-token metadata of this chunk: padding, anchors, sentence ids, stream indices.
         if attention_mask is not None:
-            if attention_mask.dim() != 2:
-                raise ValueError(
-                    f"AnchorLlama builds its own 4D AnSAN mask; pass a 2D padding mask, got shape "
-                    f"{tuple(attention_mask.shape)}"
-                )
-            if attention_mask.shape[1] < q_length:
-                raise ValueError(
-                    f"attention_mask has {attention_mask.shape[1]} columns, fewer than the {q_length} input tokens"
-                )
+            if attention_mask.dim() != 2 or attention_mask.shape[1] < q_length:
+                raise ValueError(f"AnchorLlama builds its own 4D AnSAN mask; pass a 2D padding mask of at least "
+                                 f"{q_length} columns (the input tokens), got shape {tuple(attention_mask.shape)}")
             valid = attention_mask[:, -q_length:].to(device=device, dtype=torch.bool)
         else:
             valid = torch.ones(batch_size, q_length, dtype=torch.bool, device=device)
@@ -221,16 +190,16 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
         queries = chunk_token_info(anchor_flags.to(device), valid, first_index, anchors_before)
         keys = cache.begin_chunk(queries) if cache is not None else queries
 
-        mask_function = None
+        variant = self.config.anchor_mask_variant
+        mask_function = ansan_mask_function(queries, keys, variant)
+        documents = None
         if attention_mask is None and first_index == 0 and position_ids is not None:
             # Padding-free batches (DataCollatorWithFlattening, TRL): several documents per row, positions restart
             # at each one. Like Llama, keep every token inside its own document (anchors of earlier documents too).
             documents = find_packed_sequence_indices(position_ids.to(device))
             if documents is not None:
-                mask_function = and_masks(
-                    ansan_mask_function(queries, keys, self.config.anchor_mask_variant),
-                    packed_sequence_mask_function(documents.expand(batch_size, -1)),
-                )
+                in_document = packed_sequence_mask_function(documents.expand(batch_size, -1))
+                mask_function = and_masks(mask_function, in_document)
         if position_ids is None:
             position_ids = torch.arange(q_length, device=device).unsqueeze(0) + first_index
 
@@ -242,46 +211,26 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
                 "pass there (it trains on CUDA). On CPU use 'sdpa', whose AnSAN mask is built block by block for "
                 "long inputs (linear memory); flex still works for inference (torch.no_grad / eval)."
             )
-        if q_length == 1 and mask_function is None and attn_implementation != "flex_attention":
+        if q_length == 1 and documents is None and attn_implementation != "flex_attention":
             # Decode step: a few ops on [batch, kv_len] instead of the generic builder, usually no mask at all.
-            attention_mask_4d = decode_step_mask(queries, keys, self.config.anchor_mask_variant)
+            attention_mask_4d = decode_step_mask(queries, keys, variant)
         else:
             attention_mask_4d = build_anchor_attention_mask(
-                attn_implementation,
-                queries,
-                keys,
-                variant=self.config.anchor_mask_variant,
-                dtype=inputs_embeds.dtype,
-                mask_function=mask_function,
-                lazy=True,
+                attn_implementation, queries, keys, dtype=inputs_embeds.dtype, mask_function=mask_function, lazy=True
             )
-        if attention_mask_4d is not None and attn_implementation == "eager" and q_length == 1:
-            attention_mask_4d = torch.where(
-                attention_mask_4d,
-                torch.zeros((), dtype=inputs_embeds.dtype, device=device),
-                torch.tensor(torch.finfo(inputs_embeds.dtype).min, dtype=inputs_embeds.dtype, device=device),
-            )
-        elif attn_implementation == "sdpa" and isinstance(attention_mask_4d, torch.Tensor):
-            # One additive copy shared by all layers: given a bool mask, torch's sdpa makes its own float copy in
-            # every layer and keeps each one for the backward pass (num_layers x 4 bytes x q_len x kv_len).
-            attention_mask_4d = torch.where(
-                attention_mask_4d,
-                torch.zeros((), dtype=inputs_embeds.dtype, device=device),
-                torch.full((), float("-inf"), dtype=inputs_embeds.dtype, device=device),
-            )
+        if isinstance(attention_mask_4d, torch.Tensor) and attention_mask_4d.dtype == torch.bool:
+            # Additive, once for all layers: eager adds its mask, and given a bool mask torch's sdpa makes its own
+            # float copy in every layer and keeps each one for the backward pass (num_layers x 4 x q_len x kv_len).
+            blocked = float("-inf") if attn_implementation == "sdpa" else torch.finfo(inputs_embeds.dtype).min
+            attention_mask_4d = torch.zeros(attention_mask_4d.shape, dtype=inputs_embeds.dtype, device=device
+                                            ).masked_fill_(~attention_mask_4d, blocked)
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
         for decoder_layer in self.layers[: self.config.num_hidden_layers]:
-            hidden_states = decoder_layer(
-                hidden_states,
-                attention_mask=attention_mask_4d,
-                position_embeddings=position_embeddings,
-                position_ids=position_ids,
-                **{CACHE_NAME: cache},
-                use_cache=use_cache,
-                **kwargs,
-            )
+            hidden_states = decoder_layer(hidden_states, attention_mask=attention_mask_4d, position_ids=position_ids,
+                                          position_embeddings=position_embeddings, **{CACHE_NAME: cache},
+                                          use_cache=use_cache, **kwargs)
         hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_NAME: cache})
 
@@ -311,12 +260,3 @@ class AnchorLlamaForCausalLM(AnchorLlamaPreTrainedModel, LlamaForCausalLM):
         if isinstance(model_kwargs.get(CACHE_NAME), DynamicCache):
             model_kwargs[CACHE_NAME] = AnchorCache(config=self.config)
         return result
-
-
-__all__ = [
-    "AnchorLlamaAttention",
-    "AnchorLlamaPreTrainedModel",
-    "AnchorLlamaModel",
-    "AnchorLlamaForCausalLM",
-    "chunked_sdpa_attention",
-]

@@ -5,7 +5,8 @@ Representation (mirrors the Apriori miner): level ``n`` (2..K) holds the frequen
 key array (level 1 = the token id itself). Because the selected set is closed under prefixes and suffixes (ties are
 broken by count desc, length asc), the longest f-gram ending at every position is found with K-1 vectorised
 passes: ``local_n[i] = index_of(level_n, local_{n-1}[i-1] * V + x[i])``. Each level-n entry also carries its global
-row id (rank order: most frequent first), the row of the f-gram embedding table.
+row id (rank order: most frequent first), the row of the f-gram embedding table. Mining and the numpy matcher of
+data pipelines live in ``hf_efficient_lm.tools.scone_mining`` (not carried).
 """
 
 from __future__ import annotations
@@ -19,28 +20,29 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
-from .table_scone import read_safetensors
+from .table_scone import CorruptTableError, read_header
 
 INDEX_FILE = "fgram_index.safetensors"
 VOCAB_FILE = "fgram_vocab.json"
 FORMAT_VERSION = 1
+MATCH_BLOCK_TOKENS = 1 << 18  # positions per matching block (see FgramVocab.match)
+SCALAR_DICT_KEYS = 1 << 21  # decode-step matcher: dict levels up to this many f-grams (~200 MB), else bisect
+# what FgramVocab.metadata() derives itself; any other key of a saved vocabulary is the miner's extra_metadata
+_METADATA_KEYS = ("format_version", "num_fgrams", "max_len", "vocab_size", "barrier_ids", "tokenizer_fingerprint",
+                  "num_per_length", "min_selected_count")
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 over a tokenizer's token -> id map (added tokens included): the f-gram keys are only valid for it."""
-    vocab = tokenizer.get_vocab()
-    payload = json.dumps(sorted(vocab.items()), ensure_ascii=False, separators=(",", ":"))
+    payload = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 class TokenizerMismatchError(ValueError):
     """The f-gram vocabulary was mined with a different tokenizer than the one it is used with."""
-
-
-MATCH_BLOCK_TOKENS = 1 << 18  # positions per matching block (see FgramVocab.match)
-SCALAR_DICT_KEYS = 1 << 21  # decode-step matcher: dict levels up to this many f-grams (~200 MB), else bisect
 
 
 class KeyHashIndex:
@@ -146,26 +148,17 @@ class FgramVocab:
         counts: LongTensor ``[S]`` corpus count of every row.
         barrier_ids: token ids no f-gram may contain (EOS/BOS/pad: document boundaries).
         tokenizer_fingerprint: see :func:`tokenizer_fingerprint`; ``None`` when mined without a tokenizer.
+        extra_metadata: what the miner recorded (min_count, tokens mined, ...), saved with the vocabulary.
     """
 
-    def __init__(
-        self,
-        *,
-        vocab_size: int,
-        max_len: int,
-        level_keys: Sequence[torch.Tensor],
-        level_rows: Sequence[torch.Tensor],
-        counts: torch.Tensor,
-        barrier_ids: Sequence[int] = (),
-        tokenizer_fingerprint: str | None = None,
-        extra_metadata: dict | None = None,
-    ):
+    def __init__(self, *, vocab_size: int, max_len: int, level_keys: Sequence[torch.Tensor],
+                 level_rows: Sequence[torch.Tensor], counts: torch.Tensor, barrier_ids: Sequence[int] = (),
+                 tokenizer_fingerprint: str | None = None, extra_metadata: dict | None = None):
         if max_len < 2:
             raise ValueError(f"max_len must be >= 2 (f-grams have length 2..K), got {max_len}")
         if len(level_keys) != max_len - 1 or len(level_rows) != max_len - 1:
             raise ValueError(f"expected {max_len - 1} levels (n = 2..{max_len}), got {len(level_keys)}")
-        self.vocab_size = int(vocab_size)
-        self.max_len = int(max_len)
+        self.vocab_size, self.max_len = int(vocab_size), int(max_len)
         self.level_keys = [k.to("cpu", torch.int64).contiguous() for k in level_keys]
         self.level_rows = [r.to("cpu", torch.int64).contiguous() for r in level_rows]
         self.counts = counts.to("cpu", torch.int64)
@@ -177,12 +170,9 @@ class FgramVocab:
                 raise ValueError(f"level {n}: {keys.numel()} keys but {rows.numel()} rows")
         if self.counts.numel() != self.num_fgrams:
             raise ValueError(f"counts has {self.counts.numel()} entries for {self.num_fgrams} f-grams")
-        self._row_level = None
-        self._hash_levels = None
-        self._barrier_tensor = None
-        self._python_levels = None
+        # built on first use: row -> (level, local id), per-device hash indexes, the decode-step matcher's state
+        self._row_level = self._hash_levels = self._barrier_tensor = self._python_levels = None
 
-    # ------------------------------------------------------------------ basic facts
     @property
     def num_fgrams(self) -> int:
         """``S = |F|``."""
@@ -207,19 +197,12 @@ class FgramVocab:
                 self._barrier_tensor = torch.tensor(self.barrier_ids, dtype=input_ids.dtype, device=input_ids.device)
             valid &= ~torch.isin(input_ids, self._barrier_tensor)
         if attention_mask is not None:
-            if attention_mask.shape != input_ids.shape:
-                raise ValueError(
-                    f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
-                )
+            _check_mask_shape(input_ids, attention_mask)
             valid &= attention_mask.to(input_ids.device).bool()
         return valid
 
-    def match(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        document_ids: torch.Tensor | None = None,
-    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+    def match(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+              document_ids: torch.Tensor | None = None) -> tuple[torch.LongTensor, torch.LongTensor]:
         """Longest f-gram suffix ending at every position.
 
         Args:
@@ -231,8 +214,7 @@ class FgramVocab:
             ``(rows, lengths)``, both LongTensor ``[B, T]`` on ``input_ids.device``: the matched f-gram's table row
             and length (2..K), or ``-1`` / ``0`` where no f-gram ends at that position.
         """
-        if not torch.is_tensor(input_ids):
-            input_ids = torch.as_tensor(input_ids)
+        input_ids = torch.as_tensor(input_ids)
         if input_ids.dtype.is_floating_point:
             raise TypeError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
         squeeze = input_ids.ndim == 1
@@ -242,12 +224,10 @@ class FgramVocab:
             document_ids = document_ids[None] if document_ids is not None and document_ids.ndim == 1 else document_ids
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
-        device = input_ids.device
-        ids = input_ids.to(torch.int64)
+        device, ids = input_ids.device, input_ids.to(torch.int64)
         valid = self.valid_mask(ids, attention_mask)
         batch, length = ids.shape
-        # first token of each document: the chain "i follows i-1" is cut there
-        starts = torch.zeros_like(valid)
+        starts = torch.zeros_like(valid)  # first token of each document: the chain "i follows i-1" is cut there
         if document_ids is not None:
             document_ids = document_ids.to(device).expand(batch, length)
             starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
@@ -258,28 +238,21 @@ class FgramVocab:
             # blocks of whole rows: the passes' temporaries stay in cache (~10x faster than one huge pass on CPU)
             block = max(1, MATCH_BLOCK_TOKENS // (length + 1))
             for start in range(0, batch, block):
-                stop = min(batch, start + block)
-                self._match_rows(
-                    levels, ids[start:stop], valid[start:stop], starts[start:stop], rows[start:stop], lengths[start:stop]
-                )
-        if squeeze:
-            rows, lengths = rows[0], lengths[0]
-        return rows, lengths
+                part = slice(start, start + block)
+                self._match_rows(levels, ids[part], valid[part], starts[part], rows[part], lengths[part])
+        return (rows[0], lengths[0]) if squeeze else (rows, lengths)
 
-    def _device_levels(self, device: torch.device) -> list[tuple["KeyHashIndex", torch.Tensor]]:
+    def _device_levels(self, device: torch.device) -> list[tuple[KeyHashIndex, torch.Tensor]]:
         """Per level: a hash index over its keys and its rows, on ``device`` (built once, on the CPU)."""
         if self._hash_levels is None:
-            self._hash_levels = {}
+            cpu, previous_size = [], self.vocab_size
+            for keys, level_rows in zip(self.level_keys, self.level_rows):
+                cpu.append((KeyHashIndex(keys, query_bound=previous_size * self.vocab_size), level_rows))
+                previous_size = max(1, keys.numel())
+            self._hash_levels = {"cpu": cpu}
         key = str(device)
         if key not in self._hash_levels:
-            cpu = self._hash_levels.get("cpu")
-            if cpu is None:
-                cpu, previous_size = [], self.vocab_size
-                for keys, level_rows in zip(self.level_keys, self.level_rows):
-                    cpu.append((KeyHashIndex(keys, query_bound=previous_size * self.vocab_size), level_rows))
-                    previous_size = max(1, keys.numel())
-                self._hash_levels["cpu"] = cpu
-            self._hash_levels[key] = [(index.to(device), level_rows.to(device)) for index, level_rows in cpu]
+            self._hash_levels[key] = [(index.to(device), rows.to(device)) for index, rows in self._hash_levels["cpu"]]
         return self._hash_levels[key]
 
     def _match_rows(self, levels, ids, valid, starts, rows_out, lengths_out) -> None:
@@ -304,8 +277,7 @@ class FgramVocab:
                 adjacent &= ~flat_starts.index_select(0, pos[1:])
             follows = adjacent.nonzero().squeeze(1)
             end = pos.index_select(0, follows + 1)
-            query = local.index_select(0, follows) * self.vocab_size + flat.index_select(0, end)
-            found = index.lookup(query)
+            found = index.lookup(local.index_select(0, follows) * self.vocab_size + flat.index_select(0, end))
             hit = (found >= 0).nonzero().squeeze(1)
             pos, local = end.index_select(0, hit), found.index_select(0, hit)
             if pos.numel() == 0:
@@ -315,19 +287,15 @@ class FgramVocab:
         rows_out.copy_(rows.view(b, length + 1)[:, 1:])
         lengths_out.copy_(lengths.view(b, length + 1)[:, 1:])
 
-    def match_last(
-        self, input_ids: torch.Tensor, num_new: int = 1, attention_mask: torch.Tensor | None = None, *,
-        as_lists: bool = False,
-    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+    def match_last(self, input_ids: torch.Tensor, num_new: int = 1, attention_mask: torch.Tensor | None = None, *,
+                   as_lists: bool = False) -> tuple[torch.LongTensor, torch.LongTensor]:
         """Per-step path for generation: matches for the last ``num_new`` positions of ``input_ids [B, T]``.
 
         Only the last ``num_new + K - 1`` tokens can take part, so only those are scanned (cost independent of T).
-        For a decode step (``num_new == 1``) of up to 128 rows a scalar walk over zero-copy views of the key arrays
-        replaces the vectorised passes: it extends each row's previous suffix chain (kept from the last call) with
-        at most K-1 binary searches, a few microseconds per row against ~0.3-1 ms for the dozens of tiny tensor ops
-        of the vectorised passes. Returns ``(rows, lengths)`` of shape ``[B, num_new]``; with ``as_lists=True``
-        the scalar walk returns them as nested python lists (``[B][1]``) instead, which ``SconeLlama.forward``
-        accepts: on a CPU decode step, creating two tiny tensors costs more than the whole walk.
+        For a decode step (``num_new == 1``) of up to 128 rows a scalar walk (:meth:`_match_last_scalar`, a few
+        microseconds per row) replaces the ~0.3-1 ms of tiny tensor ops of the vectorised passes. Returns ``(rows,
+        lengths)`` ``[B, num_new]``; with ``as_lists=True`` the scalar walk returns nested python lists (``[B][1]``),
+        which ``SconeLlama.forward`` accepts: on a CPU decode step, two tiny tensors cost more than the whole walk.
         """
         window = num_new + self.max_len - 1
         tail = input_ids[:, -window:]
@@ -336,9 +304,7 @@ class FgramVocab:
             rows, lengths = self._match_last_scalar(tail, tail_mask)
             if as_lists:
                 return [[row] for row in rows], [[length] for length in lengths]
-            device = tail.device
-            return (torch.tensor(rows, dtype=torch.int64, device=device)[:, None],
-                    torch.tensor(lengths, dtype=torch.int64, device=device)[:, None])
+            return tuple(torch.tensor(out, dtype=torch.int64, device=tail.device)[:, None] for out in (rows, lengths))
         rows, lengths = self.match(tail, tail_mask)
         return rows[:, -num_new:], lengths[:, -num_new:]
 
@@ -347,9 +313,9 @@ class FgramVocab:
         # Decode steps carry a small memo from one step to the next: the "suffix chain" of each row's newest
         # position (local ids of the f-grams of length 1, 2, ... ending there; length 1 = the token itself), keyed
         # by the K-1 tokens it depends on (padding written as -1, an id that never matches). The next step finds its
-        # row's previous chain by content, so extending it costs at most K-1 binary searches, and a reordered,
-        # cropped or new batch (beam search, another generate() call) simply misses and rebuilds the chain from the
-        # window. A chain is a pure function of its key, so a hit can never be stale.
+        # row's previous chain by content, so extending it costs at most K-1 lookups, and a reordered, cropped or
+        # new batch (beam search, another generate() call) simply misses and rebuilds the chain from the window.
+        # A chain is a pure function of its key, so a hit can never be stale.
         if self._python_levels is None:
             # memoryviews share the tensors' memory: no copy, O(1) item access, usable by bisect. Levels small
             # enough also get a dict (key -> local id): one hash probe instead of ~17 bisection steps that each
@@ -363,7 +329,6 @@ class FgramVocab:
             self._python_barriers = frozenset(self.barrier_ids)
             self._suffix_memo = {}
         levels, barriers, vocab_size = self._python_levels, self._python_barriers, self.vocab_size
-        keep = self.max_len - 1  # the next position only extends f-grams of length <= K-1
 
         def extend(chain, token):
             # chain of the position before `token` -> chain of `token` (suffix closure: stop at the first miss)
@@ -385,23 +350,22 @@ class FgramVocab:
 
         ids = tail.tolist()
         if tail_mask is not None:
-            if tail_mask.shape != tail.shape:
-                raise ValueError(f"attention_mask shape {tuple(tail_mask.shape)} != input_ids shape {tuple(tail.shape)}")
+            _check_mask_shape(tail, tail_mask)
             for row, row_mask in zip(ids, tail_mask.tolist()):
                 if 0 in row_mask:
-                    row[:] = [token if keep_it else -1 for token, keep_it in zip(row, row_mask)]
-        memo, new_memo = self._suffix_memo, {}
-        out_rows, out_lengths = [], []
+                    row[:] = [token if keep else -1 for token, keep in zip(row, row_mask)]
+        new_memo, out_rows, out_lengths = {}, [], []
         for row in ids:
             last = len(row) - 1
-            chain = memo.get(tuple(row[:last]))
+            chain = self._suffix_memo.get(tuple(row[:last]))
             if chain is None:  # rebuild it from the window, which holds exactly the K-1 tokens it may use
                 chain = ()
                 for token in row[:last]:
                     chain = extend(chain, token)
             chain = extend(chain, row[last])
-            # keyed by tail[1:], the chain may only use those tokens (a short history has fewer than K-1)
-            new_memo[tuple(row[1:])] = chain[:min(keep, last)]
+            # keyed by tail[1:], the chain may only use those tokens (a short history has fewer than K-1); the next
+            # position only extends f-grams of length <= K-1
+            new_memo[tuple(row[1:])] = chain[:min(self.max_len - 1, last)]
             length = len(chain)
             out_rows.append(levels[length - 2][2][chain[-1]] if length >= 2 else -1)
             out_lengths.append(length if length >= 2 else 0)
@@ -409,16 +373,6 @@ class FgramVocab:
         return out_rows, out_lengths
 
     # ------------------------------------------------------------------ f-gram contents
-    def _row_index(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._row_level is None:
-            row_level = torch.empty(self.num_fgrams, dtype=torch.int8)
-            row_local = torch.empty(self.num_fgrams, dtype=torch.int64)
-            for n, rows in enumerate(self.level_rows, start=2):
-                row_level[rows] = n
-                row_local[rows] = torch.arange(rows.numel())
-            self._row_level, self._row_local = row_level, row_local
-        return self._row_level, self._row_local
-
     def fgram_tokens(self, rows: torch.Tensor) -> tuple[torch.LongTensor, torch.LongTensor]:
         """Token ids of the f-grams ``rows`` (LongTensor ``[n]``).
 
@@ -428,14 +382,17 @@ class FgramVocab:
         rows = torch.as_tensor(rows, dtype=torch.int64).cpu()
         if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.num_fgrams):
             raise IndexError(f"f-gram rows must lie in [0, {self.num_fgrams})")
-        row_level, row_local = self._row_index()
-        levels = row_level[rows].to(torch.int64)
+        if self._row_level is None:  # row -> (length, local id within its level)
+            self._row_level = torch.empty(self.num_fgrams, dtype=torch.int8)
+            self._row_local = torch.empty(self.num_fgrams, dtype=torch.int64)
+            for n, level_rows in enumerate(self.level_rows, start=2):
+                self._row_level[level_rows] = n
+                self._row_local[level_rows] = torch.arange(level_rows.numel())
+        levels = self._row_level[rows].long()
         tokens = torch.full((rows.numel(), self.max_len), -1, dtype=torch.int64)
         for n in range(2, self.max_len + 1):
             sel = (levels == n).nonzero().squeeze(1)
-            if sel.numel() == 0:
-                continue
-            local = row_local[rows[sel]]
+            local = self._row_local[rows[sel]]
             for position in range(n - 1, 0, -1):  # walk the prefix chain back to level 1
                 key = self.level_keys[position - 1][local]  # level (position + 1)
                 tokens[sel, position] = key % self.vocab_size
@@ -454,40 +411,35 @@ class FgramVocab:
     # ------------------------------------------------------------------ tokenizer check
     def check_tokenizer(self, tokenizer=None, *, fingerprint: str | None = None, where: str = "") -> None:
         """Raise :class:`TokenizerMismatchError` if ``tokenizer`` (or ``fingerprint``) is not the mining tokenizer."""
+        where = f" for {where}" if where else ""
         if tokenizer is not None:
             fingerprint = tokenizer_fingerprint(tokenizer)
             if len(tokenizer) < self.vocab_size:
                 raise TokenizerMismatchError(
-                    f"tokenizer/f-gram mismatch{(' for ' + where) if where else ''}: the f-gram vocabulary was mined "
-                    f"over token ids < {self.vocab_size} but the tokenizer has only {len(tokenizer)} tokens"
+                    f"tokenizer/f-gram mismatch{where}: the f-gram vocabulary was mined over token ids < "
+                    f"{self.vocab_size} but the tokenizer has only {len(tokenizer)} tokens"
                 )
         if fingerprint is None:
             return
         if self.tokenizer_fingerprint is None:
             # Mined from token ids without tokenizer=: nothing to compare, so say so instead of passing silently.
             warnings.warn(
-                f"the f-gram vocabulary{(' for ' + where) if where else ''} was mined without tokenizer=, so it "
-                f"cannot be checked against tokenizer {fingerprint}; if its ids come from another tokenizer the "
-                "f-grams are wrong. Re-mine with mine_fgrams(..., tokenizer=...) to record the fingerprint.",
-                UserWarning, stacklevel=2,
+                f"the f-gram vocabulary{where} was mined without tokenizer=, so it cannot be checked against "
+                f"tokenizer {fingerprint}; if its ids come from another tokenizer the f-grams are wrong. Re-mine "
+                "with mine_fgrams(..., tokenizer=...) to record the fingerprint.", UserWarning, stacklevel=2,
             )
-            return
-        if fingerprint != self.tokenizer_fingerprint:
+        elif fingerprint != self.tokenizer_fingerprint:
             raise TokenizerMismatchError(
-                f"tokenizer fingerprint mismatch{(' for ' + where) if where else ''}: the f-gram vocabulary was mined "
-                f"with tokenizer {self.tokenizer_fingerprint} but is being used with {fingerprint}; its n-gram keys "
-                "are token ids of the mining tokenizer and mean nothing under another one. Re-mine the f-grams with "
-                "this tokenizer."
+                f"tokenizer fingerprint mismatch{where}: the f-gram vocabulary was mined with tokenizer "
+                f"{self.tokenizer_fingerprint} but is being used with {fingerprint}; its n-gram keys are token ids "
+                "of the mining tokenizer and mean nothing under another one. Re-mine the f-grams with this tokenizer."
             )
 
     # ------------------------------------------------------------------ persistence
     def metadata(self) -> dict:
         return {
-            "format_version": FORMAT_VERSION,
-            "num_fgrams": self.num_fgrams,
-            "max_len": self.max_len,
-            "vocab_size": self.vocab_size,
-            "barrier_ids": list(self.barrier_ids),
+            "format_version": FORMAT_VERSION, "num_fgrams": self.num_fgrams, "max_len": self.max_len,
+            "vocab_size": self.vocab_size, "barrier_ids": list(self.barrier_ids),
             "tokenizer_fingerprint": self.tokenizer_fingerprint,
             "num_per_length": {str(n): c for n, c in self.num_per_length().items()},
             "min_selected_count": int(self.counts.min()) if self.num_fgrams else None,
@@ -513,15 +465,15 @@ class FgramVocab:
     @classmethod
     def load(cls, directory: str | os.PathLike, tokenizer=None) -> "FgramVocab":
         """Load a vocabulary saved by :meth:`save`; with ``tokenizer`` its fingerprint is checked."""
-        directory = Path(directory)
-        index_path = directory / INDEX_FILE
+        index_path = Path(directory) / INDEX_FILE
         if not index_path.is_file():
             raise FileNotFoundError(f"no f-gram vocabulary in {directory}: {INDEX_FILE} is missing")
-        tensors, raw_meta = read_safetensors(index_path)
+        _, raw_meta, _ = read_header(index_path)  # a truncated / corrupt file raises CorruptTableError here
         try:
             meta = json.loads(raw_meta["fgram_vocab"])
-        except (KeyError, json.JSONDecodeError) as err:
-            raise ValueError(f"{index_path}: missing or unreadable 'fgram_vocab' metadata") from err
+            tensors = load_file(str(index_path))
+        except (KeyError, json.JSONDecodeError, SafetensorError) as err:
+            raise CorruptTableError(f"{index_path}: unreadable f-gram index ({err!r}); the file is corrupt") from err
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{index_path}: unsupported f-gram index format {meta.get('format_version')}")
         max_len = int(meta["max_len"])
@@ -531,19 +483,25 @@ class FgramVocab:
             counts = tensors["counts"]
         except KeyError as err:
             raise ValueError(f"{index_path}: tensor {err} is missing; the index is corrupt") from err
-        known = {"format_version", "num_fgrams", "max_len", "vocab_size", "barrier_ids", "tokenizer_fingerprint",
-                 "num_per_length", "min_selected_count"}
         vocab = cls(
             vocab_size=int(meta["vocab_size"]), max_len=max_len, level_keys=level_keys, level_rows=level_rows,
             counts=counts, barrier_ids=meta.get("barrier_ids", ()),
             tokenizer_fingerprint=meta.get("tokenizer_fingerprint"),
-            extra_metadata={k: v for k, v in meta.items() if k not in known},
+            extra_metadata={k: v for k, v in meta.items() if k not in _METADATA_KEYS},
         )
         if vocab.num_fgrams != int(meta["num_fgrams"]):
-            raise ValueError(f"{index_path}: metadata says {meta['num_fgrams']} f-grams, arrays hold {vocab.num_fgrams}")
+            raise ValueError(f"{index_path}: metadata says {meta['num_fgrams']} f-grams, arrays hold "
+                             f"{vocab.num_fgrams}")
         for n, keys in enumerate(vocab.level_keys, start=2):
             if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
                 raise ValueError(f"{index_path}: level-{n} keys are not strictly increasing; the index is corrupt")
         if tokenizer is not None:
             vocab.check_tokenizer(tokenizer, where=str(directory))
         return vocab
+
+
+def _check_mask_shape(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+        )

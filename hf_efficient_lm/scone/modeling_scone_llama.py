@@ -28,7 +28,7 @@ from transformers.utils import cached_file
 
 from .compat_scone import CACHE_NAME, resolve_cache
 from .configuration_scone_llama import SconeLlamaConfig
-from .fgram_vocab_scone import INDEX_FILE, VOCAB_FILE, FgramVocab, TokenizerMismatchError, tokenizer_fingerprint
+from .fgram_vocab_scone import INDEX_FILE, VOCAB_FILE, FgramVocab
 from .table_scone import FgramTable
 
 TABLE_FILE = "fgram_table.safetensors"
@@ -101,16 +101,13 @@ class SconeLlamaPreTrainedModel(LlamaPreTrainedModel):
         config = self.config
         if vocab.num_fgrams != config.num_fgrams:
             raise ValueError(
-                f"f-gram vocabulary has S={vocab.num_fgrams} f-grams but the model config says "
-                f"num_fgrams={config.num_fgrams}"
+                f"f-gram vocabulary has S={vocab.num_fgrams} f-grams but config.num_fgrams={config.num_fgrams}"
             )
         if vocab.max_len != config.max_fgram_len:
             raise ValueError(f"f-gram vocabulary has K={vocab.max_len} but config.max_fgram_len={config.max_fgram_len}")
         if vocab.vocab_size > config.vocab_size:
-            raise ValueError(
-                f"f-gram vocabulary keys assume {vocab.vocab_size} token ids but the model has vocab_size "
-                f"{config.vocab_size}: it was mined with another tokenizer"
-            )
+            raise ValueError(f"f-gram vocabulary keys assume {vocab.vocab_size} token ids but the model has vocab_size "
+                             f"{config.vocab_size}: it was mined with another tokenizer")
         vocab.check_tokenizer(fingerprint=config.fgram_tokenizer_fingerprint, where="this model's config")
         self._scone_model().fgram_vocab = vocab
 
@@ -203,14 +200,17 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
     ):
         """``(fgram_row, fgram_len)`` LongTensors ``[B, T]`` for ``input_ids`` (padding = barrier; ``document_ids``
         ``[B, T]`` of packed rows: no f-gram crosses a document boundary)."""
+        mask = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
+        return self.require_vocab().match(input_ids, mask, document_ids)
+
+    def require_vocab(self) -> FgramVocab:
         if self.fgram_vocab is None:
             raise ValueError(
                 "this SconeLlama model has no f-gram vocabulary attached: load it with "
                 "SconeLlamaForCausalLM.from_pretrained(dir, fgram_vocab=...) or call set_fgram_vocab(), or pass "
                 "precomputed fgram_row/fgram_len"
             )
-        mask = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
-        return self.fgram_vocab.match(input_ids, mask, document_ids)
+        return self.fgram_vocab
 
     # -------------------------------------------------------------------------------------------- embeddings
     def fgram_vectors(self, input_ids, token_embeds, positions, rows, lengths) -> torch.Tensor:
@@ -218,15 +218,10 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
 
         Each distinct f-gram row is computed (or read from the table) once per batch and expanded back.
         """
-        if self.config.fgram_mode == "table":
-            if self.fgram_table is None:
-                raise ValueError("table-mode SconeLlama has no f-gram table loaded (fgram_table.safetensors)")
-            if rows.numel() <= 16:  # decode steps: a dedupe costs more than the few duplicate row reads it saves
-                return self.fgram_table.lookup(rows, device=token_embeds.device, dtype=token_embeds.dtype)
-            unique_rows, inverse = torch.unique(rows, return_inverse=True)
-            vectors = self.fgram_table.lookup(unique_rows, device=token_embeds.device, dtype=token_embeds.dtype)
-            return vectors[inverse]
         unique_rows, inverse = torch.unique(rows, return_inverse=True)
+        if self.config.fgram_mode == "table":
+            vectors = self.require_table().lookup(unique_rows, device=token_embeds.device, dtype=token_embeds.dtype)
+            return vectors[inverse]
         # One representative occurrence of every distinct row: its window is the f-gram's tokens.
         count = rows.numel()
         order = torch.arange(count, device=rows.device)
@@ -249,7 +244,7 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
         """``[U, L]`` token ids of the windows, those starting before this chunk taken from the vocabulary."""
         window_ids = input_ids[rep_batch[:, None], columns.clamp(min=0)]
         early = (columns[:, 0] < 0).nonzero().squeeze(1)
-        if self.fgram_vocab is None:
+        if self.fgram_vocab is None:  # (not require_vocab(): this case has its own remedy)
             raise ValueError(
                 "fgram_row/fgram_len name f-grams that start before input_ids (a decode step after a KV cache): the "
                 "f-gram model needs their tokens, so attach the f-gram vocabulary (set_fgram_vocab()) or pass the "
@@ -261,39 +256,45 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
         tokens = torch.where(tokens < 0, last, tokens)  # right padding repeats the last token (masked out)
         return window_ids.index_copy(0, early, tokens)
 
+    def require_table(self) -> FgramTable:
+        if self.fgram_table is None:
+            raise ValueError("table-mode SconeLlama has no f-gram table loaded (fgram_table.safetensors)")
+        return self.fgram_table
+
+    def _fuse(self, token_embeds: torch.Tensor, flat_index: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """``token_embeds`` ``[B, T, d]`` with ``vectors`` ``[M, d]`` fused at the flat positions ``flat_index``
+        ``[M]`` (``b * T + t``): replaced, or ``t + (g * v)`` (gated); elsewhere the token embedding is untouched."""
+        flat = token_embeds.reshape(-1, token_embeds.shape[-1])
+        if self.config.fgram_fusion == "replace":
+            return flat.index_copy(0, flat_index, vectors).view_as(token_embeds)
+        gate = self.fgram_gate
+        if gate.dtype != vectors.dtype:  # even a no-op .to() on a Parameter costs ~30 us cold per decode step
+            gate = gate.to(vectors.dtype)
+        return flat.index_add(0, flat_index, gate * vectors).view_as(token_embeds)
+
     def _fuse_few_from_table(self, token_embeds, fgram_row: list, fgram_len: list) -> torch.Tensor:
-        """``scone_embeddings`` for a decode step (a few positions, matches as nested python lists): the same
-        arithmetic as the general path, with the bookkeeping in python ints instead of a dozen tiny tensor ops (each
-        of which costs more than the step's table read once the main model's forward has evicted it from the CPU
-        caches) and nothing at all when no position matched."""
+        """:meth:`scone_embeddings` for a decode step (a few positions, matches as nested python lists): the same
+        arithmetic, with the bookkeeping in python ints instead of a dozen tiny tensor ops (each of which costs more
+        than the step's table read once the main model's forward has evicted it from the CPU caches)."""
         lengths = [length for per_row in fgram_len for length in per_row]
         matched = [i for i, length in enumerate(lengths) if length >= 2]
         if not matched:
             return token_embeds
-        table = self.fgram_table
-        if table is None:
-            raise ValueError("table-mode SconeLlama has no f-gram table loaded (fgram_table.safetensors)")
+        table, dtype = self.require_table(), token_embeds.dtype
         all_rows = [row for per_row in fgram_row for row in per_row]
-        dtype = token_embeds.dtype
-        gate = self.fgram_gate  # (None for the replace fusion)
-        if gate is not None and gate.dtype != dtype:  # even a no-op .to() on a Parameter costs ~30 us cold per step
-            gate = gate.to(dtype)
         if len(lengths) == 1 and token_embeds.device.type == "cpu":  # batch-1 decode step: no index tensors
             vector = table.row_view(all_rows[0])
-            if vector.dtype != dtype:
-                vector = vector.to(dtype)
+            vector = vector.to(dtype) if vector.dtype != dtype else vector
             if self.config.fgram_fusion == "replace":
                 return vector.view_as(token_embeds).clone()
-            return token_embeds + gate * vector  # t + (g * v), as in the general path
+            gate = self.fgram_gate if self.fgram_gate.dtype == dtype else self.fgram_gate.to(dtype)
+            return token_embeds + gate * vector  # t + (g * v), as in _fuse
         vectors = table.lookup([all_rows[i] for i in matched], device=token_embeds.device, dtype=dtype)
-        flat = token_embeds.reshape(-1, token_embeds.shape[-1])
-        index = torch.tensor(matched, device=token_embeds.device)
-        if self.config.fgram_fusion == "replace":
-            return flat.index_copy(0, index, vectors).view_as(token_embeds)
-        return flat.index_add(0, index, gate * vectors).view_as(token_embeds)  # t + (g * v), as in the general path
+        return self._fuse(token_embeds, torch.tensor(matched, device=token_embeds.device), vectors)
 
     def scone_embeddings(self, input_ids, fgram_row, fgram_len) -> torch.Tensor:
-        """Input vectors ``[B, T, hidden]``: token embeddings with f-gram vectors fused at matched positions."""
+        """Input vectors ``[B, T, hidden]``: token embeddings with f-gram vectors fused at matched positions.
+        ``fgram_row`` / ``fgram_len``: LongTensors ``[B, T]`` or nested python lists of that shape."""
         token_embeds = self.embed_tokens(input_ids)
         batch, length = input_ids.shape
         as_lists = not torch.is_tensor(fgram_len)
@@ -303,18 +304,13 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
         else:
             shapes_ok = fgram_len.shape == fgram_row.shape == input_ids.shape
         if not shapes_ok:
-            raise ValueError(
-                f"fgram_row / fgram_len must have the shape of input_ids {tuple(input_ids.shape)} (got "
-                f"{_shape(fgram_row)} / {_shape(fgram_len)})"
-            )
+            raise ValueError(f"fgram_row / fgram_len must have the shape of input_ids {tuple(input_ids.shape)}")
         if batch * length <= _FEW_POSITIONS and self.config.fgram_mode == "table":
             if not as_lists:
                 fgram_row, fgram_len = fgram_row.tolist(), fgram_len.tolist()
             return self._fuse_few_from_table(token_embeds, fgram_row, fgram_len)
-        if as_lists:
-            fgram_row, fgram_len = torch.tensor(fgram_row), torch.tensor(fgram_len)
-        fgram_len = fgram_len.to(input_ids.device, torch.long)
-        fgram_row = fgram_row.to(input_ids.device, torch.long)
+        fgram_len = torch.as_tensor(fgram_len, dtype=torch.long, device=input_ids.device)
+        fgram_row = torch.as_tensor(fgram_row, dtype=torch.long, device=input_ids.device)
         matched = fgram_len >= 2
         if not bool(matched.any()):
             return token_embeds
@@ -327,13 +323,7 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
                     f"fgram_row values must lie in [0, num_fgrams={self.config.num_fgrams}) where fgram_len >= 2"
                 )
         vectors = self.fgram_vectors(input_ids, token_embeds, positions, rows, fgram_len[matched])
-        vectors = vectors.to(token_embeds.dtype)
-        index = (positions[:, 0], positions[:, 1])
-        if self.config.fgram_fusion == "replace":
-            return token_embeds.index_put(index, vectors)
-        # gated residual only where an f-gram matched; elsewhere the token embedding is returned untouched
-        gated = token_embeds[index] + self.fgram_gate.to(token_embeds.dtype) * vectors
-        return token_embeds.index_put(index, gated)
+        return self._fuse(token_embeds, positions[:, 0] * length + positions[:, 1], vectors.to(token_embeds.dtype))
 
     def forward(
         self,
@@ -374,22 +364,8 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
                 documents = find_packed_sequence_indices(position_ids.to(input_ids.device))
             fgram_row, fgram_len = self.match_fgrams(input_ids, attention_mask, documents)
         inputs_embeds = self.scone_embeddings(input_ids, fgram_row, fgram_len)
-        return LlamaModel.forward(
-            self,
-            input_ids=None,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            **{CACHE_NAME: cache},
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
-        )
-
-
-def _shape(value) -> tuple:
-    if torch.is_tensor(value):
-        return tuple(value.shape)
-    return (len(value), *sorted({len(row) for row in value}))
+        return LlamaModel.forward(self, input_ids=None, attention_mask=attention_mask, position_ids=position_ids,
+                                  **{CACHE_NAME: cache}, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
 
 
 def _not_remote_code() -> bool:
@@ -453,24 +429,12 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
         **kwargs,
     ):
         r"""``LlamaForCausalLM.forward`` plus ``fgram_row`` / ``fgram_len`` (LongTensor ``[B, T]``, or nested lists of
-        ints): precomputed longest f-gram matches (e.g. dataset columns from ``add_fgram_columns``); named here so ``Trainer`` keeps
-        those columns."""
-        cache = resolve_cache(cache, kwargs)
-        if fgram_row is not None:
-            kwargs["fgram_row"], kwargs["fgram_len"] = fgram_row, fgram_len
-        elif fgram_len is not None:
-            raise ValueError("fgram_len given without fgram_row")
+        ints): precomputed longest f-gram matches (e.g. dataset columns from ``add_fgram_columns``); named here so
+        ``Trainer`` keeps those columns."""
         return LlamaForCausalLM.forward(
-            self,
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            **{CACHE_NAME: cache},
-            inputs_embeds=inputs_embeds,
-            labels=labels,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
+            self, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            **{CACHE_NAME: resolve_cache(cache, kwargs)}, inputs_embeds=inputs_embeds, labels=labels,
+            use_cache=use_cache, logits_to_keep=logits_to_keep, fgram_row=fgram_row, fgram_len=fgram_len, **kwargs,
         )
 
     def prepare_inputs_for_generation(
@@ -507,12 +471,6 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
         # generate() hands us the whole history: match only the tail that can reach the new positions.
         num_new = model_inputs["input_ids"].shape[1]
         mask = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
-        if self.model.fgram_vocab is None:
-            self.model.match_fgrams(input_ids)  # raises the "no vocabulary" error
-        rows, lengths = self.model.fgram_vocab.match_last(input_ids, num_new, mask, as_lists=True)
+        rows, lengths = self.model.require_vocab().match_last(input_ids, num_new, mask, as_lists=True)
         model_inputs["fgram_row"], model_inputs["fgram_len"] = rows, lengths
         return model_inputs
-
-
-__all__ = ["SconeLlamaForCausalLM", "SconeLlamaModel", "SconeLlamaPreTrainedModel", "SconeFgramModel",
-           "TokenizerMismatchError", "tokenizer_fingerprint"]

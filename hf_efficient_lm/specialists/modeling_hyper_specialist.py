@@ -10,7 +10,8 @@ A batch is split into cluster-homogeneous groups inside each MLP, so the weights
 (once per micro-batch when the batches are cluster-homogeneous). The attention runs on the whole batch, so the KV
 cache, padding and generation work exactly as in Llama.
 
-:meth:`HyperSpecialistForCausalLM.instantiate` writes the materialised weights into a stock ``LlamaForCausalLM``.
+:meth:`HyperSpecialistForCausalLM.instantiate` writes the materialised weights into a stock ``LlamaForCausalLM``;
+upcycling a Llama into this model: ``hf_efficient_lm.tools.specialists_build.hyper_from_llama``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from transformers.models.llama.modeling_llama import (
 
 from .compat_specialists import CACHE_NAME, resolve_cache
 from .configuration_hyper_specialist import HyperSpecialistConfig
-from .routing_specialists import resolve_cluster_ids, stock_llama_config
+from .routing_specialists import histogram_weights, resolve_cluster_ids, stock_llama_config
 
 PROJECTED_MATRICES = ("gate_proj", "up_proj", "down_proj")
 
@@ -202,46 +203,6 @@ class HyperSpecialistForCausalLM(HyperSpecialistPreTrainedModel, LlamaForCausalL
             **kwargs,
         )
 
-    @classmethod
-    @torch.no_grad()
-    def from_llama(cls, llama: LlamaForCausalLM, *, num_clusters: int, num_basis: int, code_dim: int | None = None,
-                   seed: int = 0) -> "HyperSpecialistForCausalLM":
-        """Upcycle a pretrained ``LlamaForCausalLM``: shared weights copied, and at initialisation EVERY cluster's
-        materialised MLP equals the Llama's (basis 0 holds its weights, the other bases are zero, and
-        ``M^(l)[:, 0]`` solves ``E_i . M^(l)[:, 0] = 1`` for all ``i``). Training then lets the clusters diverge.
-        Needs ``code_dim >= num_clusters`` (default ``num_clusters``) so that system has an exact solution."""
-        code_dim = num_clusters if code_dim is None else code_dim
-        if code_dim < num_clusters:
-            raise ValueError(f"from_llama needs code_dim >= num_clusters (got {code_dim} < {num_clusters})")
-        base_config = stock_llama_config(llama.config).to_dict()
-        for key in ("architectures", "model_type", "transformers_version"):
-            base_config.pop(key, None)
-        config = HyperSpecialistConfig(**base_config, num_clusters=num_clusters, num_basis=num_basis,
-                                       code_dim=code_dim)
-        config._attn_implementation = llama.config._attn_implementation
-        torch.manual_seed(seed)
-        model = cls(config)
-        source = llama.state_dict()
-        state = model.state_dict()
-        for name in state:
-            if name in source:
-                state[name] = source[name]
-        codes = state["model.cluster_codes"].double()
-        ones = torch.ones(num_clusters, 1, dtype=torch.float64)
-        first_column = torch.linalg.lstsq(codes, ones).solution[:, 0]  # [m]
-        for layer_idx in range(config.num_hidden_layers):
-            prefix = f"model.layers.{layer_idx}.mlp"
-            projection = state[f"{prefix}.coefficient_projection"].clone()
-            projection[:, 0] = first_column.to(projection.dtype)
-            state[f"{prefix}.coefficient_projection"] = projection
-            for matrix, basis in (("gate_proj", "gate_basis"), ("up_proj", "up_basis"), ("down_proj", "down_basis")):
-                tensor = torch.zeros_like(state[f"{prefix}.{basis}"])
-                tensor[0] = source[f"{prefix}.{matrix}.weight"]
-                state[f"{prefix}.{basis}"] = tensor
-        model.load_state_dict(state)
-        parameter = next(llama.parameters())
-        return model.to(device=parameter.device, dtype=parameter.dtype).train(llama.training)
-
     def cluster_code(self, cluster: int | None = None, histogram=None) -> torch.Tensor:
         """``E_cluster`` or ``sum_c p_c E_c`` for a ``histogram [k]`` (normalised here) -> ``[m]``."""
         codes = self.model.cluster_codes
@@ -251,13 +212,7 @@ class HyperSpecialistForCausalLM(HyperSpecialistPreTrainedModel, LlamaForCausalL
             if not 0 <= int(cluster) < self.config.num_clusters:
                 raise ValueError(f"cluster={cluster} is not a cluster index in [0, {self.config.num_clusters})")
             return codes[int(cluster)]
-        weights = torch.as_tensor(histogram, dtype=codes.dtype, device=codes.device).flatten()
-        if weights.numel() != self.config.num_clusters:
-            raise ValueError(f"histogram has {weights.numel()} bins but the model has {self.config.num_clusters} "
-                             "clusters")
-        if not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"histogram must be finite and non-negative with a positive sum, got {weights.tolist()}")
-        return (weights / weights.sum()) @ codes
+        return histogram_weights(histogram, self.config.num_clusters, codes.dtype, codes.device) @ codes
 
     @torch.no_grad()
     def instantiate(self, cluster: int | None = None, histogram=None) -> LlamaForCausalLM:

@@ -2,12 +2,11 @@
 
 Expert ``i`` is trained only on the generic windows of cluster ``i``; at evaluation time each sequence goes to the
 expert of its cluster id. Inference cost is that of ONE expert, and :meth:`SpecialistMixtureForCausalLM.instantiate`
-returns that expert as a stock ``LlamaForCausalLM`` (loadable without this package).
+returns that expert as a stock ``LlamaForCausalLM`` (loadable without this package). Assembling a mixture from
+expert checkpoints and writing its experts out: ``hf_efficient_lm.tools.specialists_build``.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,7 +15,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .compat_specialists import CACHE_NAME, cache_of, resolve_cache
 from .configuration_specialist_mixture import SpecialistMixtureConfig
-from .routing_specialists import resolve_cluster_ids, stock_llama_config
+from .routing_specialists import histogram_weights, resolve_cluster_ids, stock_llama_config
 
 
 def _gather_rows(batch_size: int, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -182,14 +181,7 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
                 raise ValueError(f"cluster={cluster} is not an expert index in [0, {self.config.num_clusters})")
             state = self.experts[int(cluster)].state_dict()
         else:
-            weights = torch.as_tensor(histogram, dtype=torch.float64).flatten()
-            if weights.numel() != self.config.num_clusters:
-                raise ValueError(
-                    f"histogram has {weights.numel()} bins but the mixture has {self.config.num_clusters} experts"
-                )
-            if not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
-                raise ValueError(f"histogram must be finite and non-negative with a positive sum, got {weights.tolist()}")
-            weights = weights / weights.sum()
+            weights = histogram_weights(histogram, self.config.num_clusters, torch.float64)
             states = [expert.state_dict() for expert in self.experts]
             state = {
                 name: sum(float(w) * s[name].double() for w, s in zip(weights, states)).to(states[0][name].dtype)
@@ -197,44 +189,6 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
             }
         stock.load_state_dict(state)
         return stock.to(device=device, dtype=dtype).train(self.training)
-
-    def save_experts(self, directory: str | Path) -> list[Path]:
-        """Write each expert as a stock Llama checkpoint ``directory/expert_{i}`` (one folder per expert)."""
-        directory = Path(directory)
-        paths = []
-        for i in range(self.config.num_clusters):
-            path = directory / f"expert_{i}"
-            self.instantiate(cluster=i).save_pretrained(path)
-            paths.append(path)
-        return paths
-
-    @classmethod
-    def from_experts(cls, experts, **config_overrides) -> "SpecialistMixtureForCausalLM":
-        """Assemble a mixture from ``k`` Llama checkpoints (paths or ``LlamaForCausalLM``s of one shape), e.g. the
-        outputs of ``k`` independent per-cluster training jobs. Expert ``i`` becomes cluster ``i``."""
-        models = [
-            expert if isinstance(expert, LlamaForCausalLM) else LlamaForCausalLM.from_pretrained(expert)
-            for expert in experts
-        ]
-        if not models:
-            raise ValueError("from_experts needs at least one expert")
-        base = stock_llama_config(models[0].config).to_dict()
-        for i, model in enumerate(models[1:], start=1):
-            other = stock_llama_config(model.config).to_dict()
-            differing = sorted(
-                key for key in set(base) | set(other)
-                if key not in ("_name_or_path", "architectures", "dtype") and base.get(key) != other.get(key)
-            )
-            if differing:
-                raise ValueError(f"expert {i} has a different config from expert 0 in {differing}")
-        base.pop("architectures", None)
-        base.pop("model_type", None)
-        base.pop("transformers_version", None)
-        config = SpecialistMixtureConfig(**{**base, **config_overrides, "num_clusters": len(models)})
-        mixture = cls(config)
-        for target, source in zip(mixture.experts, models):
-            target.load_state_dict(source.state_dict())
-        return mixture.to(next(models[0].parameters()).dtype)
 
 
 __all__ = ["SpecialistMixtureForCausalLM", "SpecialistMixturePreTrainedModel"]

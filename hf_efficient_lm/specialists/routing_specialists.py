@@ -35,6 +35,17 @@ def resolve_cluster_ids(
     return cluster_ids
 
 
+def histogram_weights(histogram, num_clusters: int, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """``histogram`` (``[num_clusters]``, any sequence) normalised to sum 1; ``ValueError`` unless it has one bin per
+    cluster and is finite and non-negative with a positive sum."""
+    weights = torch.as_tensor(histogram, dtype=dtype, device=device).flatten()
+    if weights.numel() != num_clusters:
+        raise ValueError(f"histogram has {weights.numel()} bins for {num_clusters} clusters")
+    if not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(f"histogram must be finite and non-negative with a positive sum, got {weights.tolist()}")
+    return weights / weights.sum()
+
+
 def stock_llama_config(config) -> LlamaConfig:
     """The plain ``LlamaConfig`` of one expert / one instantiated cluster (our extra fields dropped)."""
     llama_fields = {field.name for field in dataclasses.fields(LlamaConfig)}

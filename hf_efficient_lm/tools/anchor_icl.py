@@ -7,6 +7,7 @@ Not imported by the modeling files.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +39,10 @@ class CompressedPrefix:
 
     def cache_for(self, batch_size: int = 1) -> AnchorCache:
         """A fresh copy of the prefix cache for ``batch_size`` rows (the stored one is never modified)."""
-        return self.cache.copy() if batch_size == 1 else self.cache.expand_batch(batch_size)
+        cache = copy.deepcopy(self.cache)
+        if batch_size != 1:
+            cache.batch_repeat_interleave(batch_size)
+        return cache
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ other documents.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import time
@@ -112,7 +113,7 @@ def evaluate_multiple_choice(model, tokenizer, items: list[MultipleChoiceItem], 
     all_scores = []
     kv_positions = kv_bytes = 0
     for item in tqdm(items, desc=f"multiple choice ({mode})", disable=not show_progress, leave=False):
-        cache = prefix_cache.copy()
+        cache = copy.deepcopy(prefix_cache)
         context_ids = _encode(tokenizer, item.context, encode_mode, ac_id, True)
         last_logits = run(torch.tensor([context_ids], device=device), cache, keep_all_logits=False)[0, -1]
         choice_ids = [tokenizer.encode(" " + choice, add_special_tokens=False) for choice in item.choices]

@@ -27,12 +27,12 @@ from ..data import pack_ids, train_tokenizer
 from ..eval import evaluate_causal_lm
 from ..io_utils import atomic_dir, atomic_file
 from ..scone import SconeLlamaForCausalLM, export_fgram_table, mine_fgrams
-from ..specialists import SpecialistMixtureForCausalLM
 from ..testing_utils import save_tiny_llama
 from ..train import parse_pretrain_args, run_pretrain
 from .anchor_continual import AnchorTrainArguments, run_anchor_training
 from .blt_data import calibrate_threshold, pack_texts, text_to_ids
 from .cluster_index import ClusterIndex, HashedNgramEmbedder
+from .specialists_build import mixture_from_experts
 from .specialists_training import SpecialistCollator, train_mixture_experts
 from .specialize import specialize, token_blocks
 
@@ -247,7 +247,7 @@ def demo_specialists(base_dir: str, train_texts: list[str]) -> str:
     index = ClusterIndex.fit(windows, min(NUM_CLUSTERS, len(windows)), embedder=HashedNgramEmbedder(dim=256),
                              progress=False)
     cluster_ids = index.assign(windows, progress=False)
-    mixture = SpecialistMixtureForCausalLM.from_experts([base] * index.k)  # each expert starts from the base
+    mixture = mixture_from_experts([base] * index.k)  # each expert starts from the base
     # The paper's baseline at equal training cost: the generic small model trained the same number of steps on all
     # the generic windows (the mixture's steps are shared among its experts).
     generic = LlamaForCausalLM.from_pretrained(base_dir)

@@ -15,13 +15,14 @@ import struct
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from transformers import LlamaForCausalLM
 from transformers.utils.logging import tqdm
 
 from ..io_utils import atomic_dir, atomic_file
 from ..scone.modeling_scone_llama import TABLE_FILE
-from ..scone.table_scone import _DTYPE_TO_NAME, read_safetensors  # noqa: F401  (read_safetensors: the pair)
+from ..scone.table_scone import TABLE_DTYPES, read_header
 
 
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
@@ -31,6 +32,13 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     with atomic_file(path) as handle:
         handle.write(payload)
     return Path(path)
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a small safetensors file fully into memory, its header checked first (a truncated or corrupt file raises
+    ``CorruptTableError``). Returns ``(tensors, metadata)``."""
+    _, metadata, _ = read_header(path)
+    return load_file(str(path)), metadata
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
@@ -55,7 +63,8 @@ class StreamingTableWriter:
         self.path = Path(path)
         self.num_rows, self.dim, self.dtype = int(num_rows), int(dim), dtype
         size = self.num_rows * self.dim * torch.empty((), dtype=dtype).element_size()
-        header = {"table": {"dtype": _DTYPE_TO_NAME[dtype], "shape": [self.num_rows, self.dim],
+        name = next(name for name, table_dtype in TABLE_DTYPES.items() if table_dtype == dtype)
+        header = {"table": {"dtype": name, "shape": [self.num_rows, self.dim],
                             "data_offsets": [0, size]}}
         if metadata:
             header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}

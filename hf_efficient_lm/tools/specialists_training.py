@@ -4,7 +4,7 @@ Rows of a training set are fixed-length token windows with a ``cluster_ids`` col
 :class:`ClusterHomogeneousTrainer` orders them so every micro-batch holds ONE cluster: the projected network then
 materialises its MLP weights once per micro-batch, and a hard-mixture step trains exactly one expert.
 :func:`train_expert` trains one stock Llama on one cluster (the "k independent jobs" layout); gather the folders
-with ``SpecialistMixtureForCausalLM.from_experts``.
+with ``specialists_build.mixture_from_experts``.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def main(argv=None) -> Path:
 
     Trains a copy of the ``--base`` Llama on the windows of ``--cluster`` from a dataset saved with
     ``Dataset.save_to_disk`` (columns ``input_ids`` and ``cluster_ids``) and writes ``OUTPUT_DIR/expert_{cluster}``.
-    Assemble the folders with ``SpecialistMixtureForCausalLM.from_experts(sorted(OUTPUT_DIR.glob("expert_*")))``.
+    Assemble the folders with ``mixture_from_experts(sorted(OUTPUT_DIR.glob("expert_*")))``.
     """
     import argparse
 

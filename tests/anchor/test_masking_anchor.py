@@ -7,9 +7,9 @@ from hf_efficient_lm.anchor.masking_anchor import (
     build_anchor_attention_mask,
     check_attn_implementation,
     chunk_token_info,
-    dense_ansan_reference,
     find_anchor_tokens,
 )
+from hf_efficient_lm.tools.anchor_reference import dense_ansan_reference
 from tests.anchor.helpers import ANCHOR_IDS, anchored_ids
 
 

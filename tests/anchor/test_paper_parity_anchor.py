@@ -10,9 +10,9 @@ from hf_efficient_lm.anchor import find_endpoint_token_ids
 from hf_efficient_lm.anchor.masking_anchor import (
     build_anchor_attention_mask,
     chunk_token_info,
-    compact_position_ids,
     decode_step_mask,
 )
+from hf_efficient_lm.tools.anchor_reference import compact_position_ids
 from hf_efficient_lm.testing_utils import make_tiny_llama, tiny_llama_config
 from tests.anchor.helpers import ANCHOR_IDS, anchored_ids
 

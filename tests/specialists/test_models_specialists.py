@@ -11,6 +11,9 @@ from hf_efficient_lm.specialists import (
     SpecialistMixtureConfig,
     SpecialistMixtureForCausalLM,
     cluster_homogeneous_order,
+    hyper_from_llama,
+    mixture_from_experts,
+    save_experts,
     train_mixture_experts,
 )
 from hf_efficient_lm.testing_utils import TINY_LLAMA_KWARGS
@@ -97,17 +100,17 @@ def test_histogram_instantiation():
 
 def test_experts_as_independent_folders(tmp_path):
     mixture = make_mixture()
-    paths = mixture.save_experts(tmp_path)
+    paths = save_experts(mixture, tmp_path)
     assert [p.name for p in paths] == ["expert_0", "expert_1", "expert_2"]
     reloaded = AutoModelForCausalLM.from_pretrained(paths[1])
     assert type(reloaded) is LlamaForCausalLM
-    rebuilt = SpecialistMixtureForCausalLM.from_experts(paths).eval()
+    rebuilt = mixture_from_experts(paths).eval()
     x = ids()
     torch.testing.assert_close(rebuilt(x, cluster_ids=CLUSTERS).logits, mixture(x, cluster_ids=CLUSTERS).logits)
     other = LlamaForCausalLM(mixture.instantiate(cluster=0).config.__class__(**{**TINY_LLAMA_KWARGS,
                                                                                 "hidden_size": 64}))
     with pytest.raises(ValueError, match="different config"):
-        SpecialistMixtureForCausalLM.from_experts([paths[0], other])
+        mixture_from_experts([paths[0], other])
 
 
 def test_generation_with_cache():
@@ -187,7 +190,7 @@ def test_independent_expert_jobs_assemble_into_a_mixture(tmp_path):
                              learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
     paths = [train_expert(make_tiny_llama(seed=c), dataset, c, tmp_path / "experts", args) for c in (0, 1)]
     assert [p.name for p in paths] == ["expert_0", "expert_1"]
-    mixture = SpecialistMixtureForCausalLM.from_experts(paths).eval()
+    mixture = mixture_from_experts(paths).eval()
     expert_1 = LlamaForCausalLM.from_pretrained(paths[1]).eval()
     torch.testing.assert_close(mixture(x, cluster_ids=1).logits, expert_1(x).logits)
     assert not torch.equal(expert_1.lm_head.weight, make_tiny_llama(seed=1).lm_head.weight)  # it trained
@@ -205,7 +208,7 @@ def test_expert_job_cli(tmp_path):
     common = ["--base", str(tmp_path / "base"), "--windows", str(tmp_path / "windows"), "--output-dir",
               str(tmp_path / "experts"), "--max-steps", "1", "--batch-size", "2"]
     paths = [main([*common, "--cluster", str(c)]) for c in (0, 1)]
-    mixture = SpecialistMixtureForCausalLM.from_experts(sorted((tmp_path / "experts").glob("expert_*")))
+    mixture = mixture_from_experts(sorted((tmp_path / "experts").glob("expert_*")))
     assert mixture.config.num_experts == 2 and [p.name for p in paths] == ["expert_0", "expert_1"]
 
 
@@ -213,7 +216,7 @@ def test_projected_network_upcycled_from_llama_starts_as_the_llama():
     from hf_efficient_lm.testing_utils import make_tiny_llama
 
     llama = make_tiny_llama(seed=4)
-    hyper = HyperSpecialistForCausalLM.from_llama(llama, num_clusters=K, num_basis=2).eval()
+    hyper = hyper_from_llama(llama, num_clusters=K, num_basis=2).eval()
     x = ids()
     for cluster in range(K):
         torch.testing.assert_close(hyper(x, cluster_ids=cluster).logits, llama(x).logits, atol=1e-5, rtol=1e-5)
@@ -221,7 +224,7 @@ def test_projected_network_upcycled_from_llama_starts_as_the_llama():
     hyper(x, cluster_ids=CLUSTERS, labels=x).loss.backward()
     assert hyper.model.layers[0].mlp.up_basis.grad[1].abs().sum() > 0  # the zero bases learn: clusters can diverge
     with pytest.raises(ValueError, match="code_dim >= num_clusters"):
-        HyperSpecialistForCausalLM.from_llama(llama, num_clusters=K, num_basis=2, code_dim=2)
+        hyper_from_llama(llama, num_clusters=K, num_basis=2, code_dim=2)
 
 
 def test_mixture_refuses_a_mixed_cluster_cache():
