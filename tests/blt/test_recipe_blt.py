@@ -53,7 +53,7 @@ def test_document_mask_makes_each_packed_document_equal_to_the_document_alone():
     row = torch.tensor([sum(docs, [])])
     masked = make_tiny_blt(seed=0, document_mask=True)
     plain = _twin(masked, document_mask=False)
-    out_masked, out_plain = masked.model(row), plain.model(row)
+    out_masked = masked.model(row)
     logits_masked, logits_plain = masked(row).logits[0], plain(row).logits[0]
     start = 0
     for i, doc in enumerate(docs):
@@ -100,6 +100,24 @@ def test_document_mask_with_padding_and_precomputed_patch_lengths():
     # a precomputed patch across an EOS is refused (documents never share a patch)
     with pytest.raises(ValueError, match="a patch spans two documents"):
         model(torch.tensor([row]), patch_lengths=torch.tensor([[1, len(row) - 1]]))
+
+
+@torch.no_grad()
+def test_document_mask_sdpa_equals_eager_full_and_cached():
+    # The block-causal masks go through Transformers' mask functions (an and_mask_function), whose eager (additive
+    # float) and sdpa (boolean) forms must agree, in the full forward and the cached steps.
+    overrides = dict(document_mask=True, patching_mode="entropy_combined", patching_threshold_add=0.0)
+    sdpa = make_tiny_blt(seed=0, attn_implementation="sdpa", **overrides)
+    eager = make_tiny_blt(seed=0, attn_implementation="eager", **overrides)
+    x = torch.tensor([sum(_documents([9, 12, 8], seed=8), []), [0] * 7 + sum(_documents([14, 9], seed=9), [])])
+    mask = (x != 0).long()
+    real = mask.bool()  # padding positions have no defined output
+    torch.testing.assert_close(sdpa(x, attention_mask=mask).logits[real], eager(x, attention_mask=mask).logits[real],
+                               atol=1e-5, rtol=0)
+    caches = [m(x[:, :12], attention_mask=mask[:, :12], use_cache=True).past_key_values for m in (sdpa, eager)]
+    for t in range(12, x.shape[1]):
+        a, b = (m(x[:, t : t + 1], past_key_values=c, use_cache=True).logits for m, c in zip((sdpa, eager), caches))
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------- combined / byte 2 rules
