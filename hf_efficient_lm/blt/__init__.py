@@ -28,7 +28,7 @@ BLTPreTrainedModel.transformers_blt_converter = blt_convert
 _DATA = [
     "entropy_patch_starts", "space_patch_starts", "static_patch_starts", "patch_lengths_from_starts", "patch_ids_from_starts", "text_to_ids", "pack_texts", "document_rows", "byte_dataset",
     "pad_right", "compute_patch_lengths", "add_patch_lengths_column", "mean_patch_size", "calibrate_threshold",
-    "BLTDataCollator",
+    "BLTDataCollator", "entropy_mode", "document_patch_lengths", "pack_by_patches", "patch_packed_dataset",
 ]
 __getattr__ = lazy_attributes(__name__, {
     **dict.fromkeys(_DATA, "..tools.blt_data"),

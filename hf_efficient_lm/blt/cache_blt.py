@@ -1,13 +1,10 @@
 """``BLTCache``: the state incremental BLT generation keeps between steps, and its updates (rows advance together).
 
-Byte level: ``entropy`` / ``encoder`` / ``decoder`` DynamicCaches (sliding window), the byte ids (n-gram hashes and
-the space rule read the latest), the encoder byte states (a closing patch cross-attends over its bytes), positions.
-Patch level: the ``latent`` DynamicCache with a validity mask (rows close patches at different steps; a row that did
-not close one leaves a masked hole), each row's open patch start and the latent output its decoder reads. The model
-calls :meth:`~BLTCache.prefill` after the prompt's full forward, then per byte :meth:`~BLTCache.add_byte`,
-:meth:`~BLTCache.next_byte_opens_patch` (the batched patcher's :func:`boundary_rule`) and, where a patch closes,
-:meth:`~BLTCache.close_patch` / :meth:`~BLTCache.read_latent`. Carried with checkpoints (stdlib / torch /
-transformers imports only).
+Byte level: ``entropy`` / ``encoder`` / ``decoder`` DynamicCaches (sliding window), byte ids, encoder byte states,
+positions. Patch level: the ``latent`` DynamicCache with a validity mask (a row that did not close a patch at a step
+leaves a masked hole), each row's open patch start and the latent output its decoder reads. The model calls
+:meth:`~BLTCache.prefill` after the prompt's full forward, then per byte :meth:`~BLTCache.add_byte`,
+:meth:`~BLTCache.next_byte_opens_patch` (:func:`boundary_rule`) and, where a patch closes, :meth:`~BLTCache.close_patch`.
 """
 
 from __future__ import annotations
@@ -16,7 +13,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from .configuration_blt_lm import BLTConfig
-from .patcher_blt import boundary_rule, opens_by_length
+from .patcher_blt import boundary_rule, rule_settings
 
 
 class BLTCache:
@@ -24,10 +21,8 @@ class BLTCache:
 
     is_compileable = False
     # Per-row tensors: beam search and batch surgery move each with the KV caches (or a row keeps another's patches).
-    ROW_FIELDS = (
-        "byte_ids", "byte_mask", "encoder_states", "next_position", "open_start", "last_entropy", "latent_mask",
-        "latent_next_position", "decoder_patch",
-    )
+    ROW_FIELDS = ("byte_ids", "byte_mask", "encoder_states", "next_position", "open_start", "last_entropy",
+                  "latent_mask", "latent_next_position", "decoder_patch")
 
     def __init__(self, config: BLTConfig):
         self.config = config
@@ -39,39 +34,50 @@ class BLTCache:
         self.byte_ids = None  # [B, T] ids (padding zeroed)
         self.byte_mask = None  # [B, T]
         self.encoder_states = None  # [B, T, D_E]
-        self.next_position = None  # [B] position of the next byte = real bytes seen
+        self.next_position = None  # [B] position of the next byte = real bytes seen (of its document)
         self.open_start = None  # [B] slot where the open patch starts
         self.last_entropy = None  # [B] next-byte entropy after the newest byte
         self.latent_mask = None  # [B, S] valid latent slots
-        self.latent_next_position = None  # [B] closed patches
+        self.latent_next_position = None  # [B] closed patches (of the document)
         self.decoder_patch = None  # [B, D_G] latent output the decoder reads
 
     # ----------------------------------------------------------------------------------------------- updates
-    def prefill(self, ids, attention_mask, encoder_states, starts, entropies, latent, decoder_patch_ids) -> None:
+    def prefill(self, ids, attention_mask, encoder_states, starts, entropies, latent, decoder_patch_ids,
+                next_position) -> None:
         """Take over the state of the prompt's full forward: ids / attention_mask ``[B, N]`` (left padding only),
-        encoder_states ``[B, N, D_E]``, start mask ``[B, N + 1]``, entropies ``[B, N]`` or None, latent ``[B, P, D_G]``
-        and the patch each byte's decoder reads ``[B, N]``. The latent KV cache holds all ``P`` patches; the ones
-        not yet complete (the open patch, or the one the next byte opens) are masked until :meth:`close_patch`."""
+        encoder_states ``[B, N, D_E]``, start mask ``[B, N + 1]``, entropies ``[B, N]`` or None, latent ``[B, P, D_G]``,
+        the patch each byte's decoder reads ``[B, N]`` and the next byte's position ``[B]``. Latent slots of patches not
+        yet complete are masked until :meth:`close_patch`, those of earlier documents (document masking) for good."""
         batch, length = ids.shape
-        self.num_bytes, self.byte_ids, self.byte_mask, self.encoder_states = length, ids, attention_mask, encoder_states
-        self.next_position = attention_mask.sum(dim=1)
+        self.num_bytes, self.byte_ids, self.encoder_states = length, ids, encoder_states
+        self.next_position = next_position
         slot = torch.arange(length + 1, device=ids.device).expand(batch, -1)
+        doc_start = (length - next_position).unsqueeze(1)  # slot of the next byte's document (else the first real)
+        self.byte_mask = attention_mask * (slot[:, :length] >= doc_start)
         self.open_start = torch.where(starts, slot, torch.full_like(slot, -1)).amax(dim=1)
         self.last_entropy = entropies[:, -1] if entropies is not None else None
         # Patches that can no longer change: every patch that ends before the open one.
         completed = starts.long().sum(dim=1) - 1
-        self.latent_mask = (torch.arange(latent.shape[1], device=ids.device) < completed.unsqueeze(1)).long()
-        self.latent_next_position = completed
+        before = (starts & (slot < doc_start)).long().sum(dim=1, keepdim=True)  # patches of earlier documents
+        latent_slot = torch.arange(latent.shape[1], device=ids.device)
+        self.latent_mask = ((latent_slot < completed.unsqueeze(1)) & (latent_slot >= before)).long()
+        self.latent_next_position = completed - before[:, 0]
         last = decoder_patch_ids[:, -1].clamp(min=0).view(batch, 1, 1).expand(batch, 1, latent.shape[-1])
         self.decoder_patch = latent.gather(1, last).squeeze(1)
 
     def add_byte(self, new_ids: torch.LongTensor) -> tuple[torch.LongTensor, torch.Tensor | None]:
         """Append one byte per row (``[B]``); returns its positions ``[B, 1]`` and the 2-D attention mask over all
-        slots ``[B, T]`` for the KV-cache steps (None without padding)."""
+        slots ``[B, T]`` for the KV-cache steps (None without padding). A row whose new byte opens a document
+        (position 0, document masking) stops seeing every earlier slot, byte and latent."""
         position = self.next_position.view(-1, 1)
-        self.byte_mask = torch.cat([self.byte_mask, torch.ones_like(position)], dim=1)
+        slot = torch.arange(self.num_bytes, device=position.device)
+        self.byte_mask = torch.cat([self.byte_mask * (slot >= self.num_bytes - position), torch.ones_like(position)], 1)
         self.byte_ids = torch.cat([self.byte_ids, new_ids.view(-1, 1)], dim=1)
-        self.next_position = self.next_position + 1
+        fresh = self.next_position == 0
+        self.latent_mask = self.latent_mask * ~fresh.view(-1, 1)
+        self.latent_next_position = torch.where(fresh, 0, self.latent_next_position)
+        ends = new_ids == self.config.eos_token_id if self.config.document_mask else torch.zeros_like(fresh)
+        self.next_position = torch.where(ends, 0, self.next_position + 1)
         self.num_bytes += 1
         return position, (self.byte_mask if bool((self.byte_mask == 0).any()) else None)
 
@@ -82,13 +88,12 @@ class BLTCache:
         previous = self.last_entropy
         if previous is None and entropy is not None:
             previous = torch.zeros_like(entropy)
-        opens = boundary_rule(
-            c.patching_mode, self.next_position, entropy=entropy, prev_entropy=previous, byte=self.byte_ids[:, -1],
-            prev_byte=self.byte_ids[:, -2], threshold=c.patching_threshold, patch_size=c.patch_size,
-        )
+        opens = boundary_rule(c.patching_mode, self.next_position, entropy=entropy, prev_entropy=previous,
+                              byte=self.byte_ids[:, -1], prev_byte=self.byte_ids[:, -2], **rule_settings(c))
         if entropy is not None:
             self.last_entropy = entropy
-        return opens | opens_by_length(self.num_bytes - self.open_start, c.max_patch_length)
+        long = c.max_patch_length is not None and (self.num_bytes - self.open_start) % c.max_patch_length == 0
+        return opens | long
 
     def add_encoder_state(self, state: torch.Tensor) -> None:
         """The newest byte's encoder output ``[B, 1, D_E]``."""

@@ -1,9 +1,6 @@
-"""Configurations of BLT (Byte Latent Transformer, Pagnoni et al. 2024) and of its entropy model.
-
-``BLTConfig`` is composite like Transformers' ``BltConfig`` (model type ``blt``), but with our prefixed model types:
-the entropy model, local encoder, local decoder and latent (global) transformer each have a sub-config built on
-Transformers' Mistral/Llama configs (the modules are Llama blocks; Mistral adds the sliding window).
-"""
+"""Configurations of BLT (Byte Latent Transformer, Pagnoni et al. 2024) and of its entropy model. ``BLTConfig`` is
+composite like Transformers' ``BltConfig``: the entropy model, local encoder, local decoder and latent transformer
+each have a sub-config built on Transformers' Mistral (sliding window) / Llama configs."""
 
 from __future__ import annotations
 
@@ -97,9 +94,9 @@ class BLTGlobalConfig(LlamaConfig):
 
 _MISSING = object()
 # Fields that ``validate_architecture`` checks; assigning one after construction re-runs it.
-_VALIDATED_FIELDS = frozenset({"patching_mode", "patching_threshold", "patch_size", "max_patch_length", "cross_attn_k",
-                               "vocab_size", "encoder_hash_byte_group_size", "encoder_hash_byte_group_vocab",
-                               "encoder_hash_byte_group_nb_functions"})
+_VALIDATED_FIELDS = frozenset({"patching_mode", "patching_threshold", "patching_threshold_add", "patching_meta_start",
+                               "patch_size", "max_patch_length", "document_mask", "eos_token_id", "cross_attn_k",
+                               "vocab_size", *(f"encoder_hash_byte_group_{x}" for x in ("size", "vocab", "nb_functions"))})
 
 
 class BLTConfig(PreTrainedConfig):
@@ -108,13 +105,20 @@ class BLTConfig(PreTrainedConfig):
     Args:
         vocab_size: byte vocabulary (260 = 256 bytes + BOE/BOS/EOS/BPE specials).
         patching_mode: ``"entropy"`` (global threshold), ``"entropy_monotonic"`` (H[t] - H[t-1] > threshold),
-            ``"space"``, ``"static"`` (every ``patch_size`` bytes) or ``"byte"`` (one byte per patch).
+            ``"entropy_combined"`` (Meta's global + monotonic rule: H[t] > threshold and H[t] - H[t-1] >
+            patching_threshold_add), ``"space"``, ``"static"`` (every ``patch_size`` bytes) or ``"byte"``.
         patching_threshold: entropy threshold in nats (released BLT: 1.3354...).
+        patching_threshold_add: the difference threshold of ``entropy_combined`` (Meta's ``threshold_add``).
+        patching_meta_start: default True: the difference rules start as in Meta's patcher (byte 2 always opens a patch,
+            in ``entropy_combined`` byte 3 never does); False decides byte 2 by H[1] - H[0] like later bytes.
         patch_size: stride of static patching.
         max_patch_length: optional cap on patch length (longer patches are split).
         cross_attn_k: patch vectors per patch in the cross-attentions (U_E); latent width = k x encoder width, or a
             projection when they differ.
         local_attention_window_len: sliding window of the local encoder/decoder (bytes).
+        document_mask: default False (Transformers' ``Blt``); True is Meta's training recipe: no byte, patch or n-gram
+            reads across an EOS (``eos_token_id``) in the entropy model, local models and latent transformer, and
+            each document is patched and positioned as if alone.
         encoder_hash_byte_group_size: n-gram sizes of the hash embeddings (default 3..8).
         encoder_hash_byte_group_vocab: buckets per (hash function, n).
         encoder_hash_byte_group_nb_functions: number of hash functions (each a different prime).
@@ -129,8 +133,11 @@ class BLTConfig(PreTrainedConfig):
     vocab_size: int = 260
     patching_mode: str = "entropy"
     patching_threshold: float = 1.335442066192627
+    patching_threshold_add: float | None = None
+    patching_meta_start: bool = True
     patch_size: int = 4
     max_patch_length: int | None = None
+    document_mask: bool = False
     cross_attn_k: int = 2
     local_attention_window_len: int | None = 512
     encoder_hash_byte_group_size: list[int] | None = None
@@ -167,7 +174,14 @@ class BLTConfig(PreTrainedConfig):
     def validate_architecture(self) -> None:
         """Transformers' validation hook, extended with the BLT fields: raises ``ValueError`` naming the field."""
         super().validate_architecture()
-        check_patching(self.patching_mode, self.patching_threshold, self.patch_size, self.max_patch_length)
+        check_patching(self.patching_mode, self.patching_threshold, self.patch_size, self.max_patch_length,
+                       self.patching_threshold_add)
+        for name in ("document_mask", "patching_meta_start"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        eos = self.eos_token_id
+        if self.document_mask and (isinstance(eos, bool) or not isinstance(eos, int) or not 0 < eos < self.vocab_size):
+            raise ValueError(f"document_mask needs eos_token_id to be one byte id in [1, {self.vocab_size}), got {eos!r}")
         if not isinstance(self.cross_attn_k, int) or self.cross_attn_k < 1:
             raise ValueError(f"cross_attn_k must be a positive int, got {self.cross_attn_k!r}")
         if any(n < 1 for n in self.encoder_hash_byte_group_size):
@@ -175,14 +189,10 @@ class BLTConfig(PreTrainedConfig):
         if self.encoder_hash_byte_group_vocab < 1 or self.encoder_hash_byte_group_nb_functions < 0:
             raise ValueError("encoder_hash_byte_group_vocab must be >= 1 and encoder_hash_byte_group_nb_functions >= 0")
         if self.entropy_config.vocab_size > self.vocab_size:
-            raise ValueError(
-                f"entropy_config.vocab_size ({self.entropy_config.vocab_size}) cannot exceed vocab_size ({self.vocab_size})"
-            )
+            raise ValueError(f"entropy_config.vocab_size ({self.entropy_config.vocab_size}) cannot exceed vocab_size ({self.vocab_size})")
         if self.encoder_config.hidden_size != self.decoder_config.hidden_size:
-            raise ValueError(
-                "encoder_config.hidden_size and decoder_config.hidden_size must match (the decoder reads encoder states), "
-                f"got {self.encoder_config.hidden_size} and {self.decoder_config.hidden_size}"
-            )
+            raise ValueError("encoder_config.hidden_size and decoder_config.hidden_size must match (the decoder reads encoder "
+                             f"states), got {self.encoder_config.hidden_size} and {self.decoder_config.hidden_size}")
 
     def __setattr__(self, key, value):
         # ``from_pretrained(path, patching_threshold=...)`` sets overrides with setattr after ``__post_init__``: check
@@ -215,6 +225,4 @@ class BLTConfig(PreTrainedConfig):
         return self.encoder_config.hidden_size * self.cross_attn_k
 
 
-__all__ = [
-    "BLTConfig", "BLTEntropyConfig", "BLTLocalConfig", "BLTLocalEncoderConfig", "BLTLocalDecoderConfig", "BLTGlobalConfig",
-]
+__all__ = ["BLTConfig", "BLTEntropyConfig", "BLTLocalConfig", "BLTLocalEncoderConfig", "BLTLocalDecoderConfig", "BLTGlobalConfig"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from transformers import MistralForCausalLM
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from .compat_blt import CACHE_NAME, cache_of
 from .configuration_blt_lm import BLTEntropyConfig
@@ -16,9 +17,14 @@ def next_byte_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * log_probs).sum(dim=-1)
 
 
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Per-row positions counted from the first real byte (left padding -> 0): ``[B, N] -> [B, N]``."""
-    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+def layer_mask(config, hidden, attention_mask, position_ids, cache=None, docs=None):
+    """The causal (sliding-window when ``config`` has one) mask for ``hidden [B, T, *]``, ``attention_mask [B, S]`` (all
+    slots, or None) and ``cache``; ``docs [B, T]`` (document of each slot, full forward only): block-causal as Meta's."""
+    make_mask = create_sliding_window_causal_mask if getattr(config, "sliding_window", None) is not None else create_causal_mask
+    same_doc = None if docs is None else (lambda b, h, q, kv: docs[b, q] == docs[b, kv])
+    # position_ids restarting per document must not trigger Transformers' packed-sequence remapping of same_doc's indices
+    return make_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask, and_mask_function=same_doc,
+                     position_ids=position_ids if docs is None else None, **{CACHE_NAME: cache})
 
 
 class BLTEntropyModel(MistralForCausalLM):
@@ -32,17 +38,21 @@ class BLTEntropyModel(MistralForCausalLM):
 
     @torch.no_grad()
     def entropies(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
-                  position_ids: torch.LongTensor | None = None, cache=None, use_cache: bool = False):
+                  position_ids: torch.LongTensor | None = None, cache=None, use_cache: bool = False, docs=None):
         """Next-byte entropies (nats, fp32) ``[B, N]`` and the (updated) cache.
 
         ``H[:, t]`` is the uncertainty about byte ``t + 1`` given bytes ``<= t``. With left padding pass
-        ``attention_mask``; positions then count from each row's first real byte.
+        ``attention_mask``; positions then count from each row's first real byte. ``docs [B, N]`` (document of each
+        byte, with positions counted per document): block-causal attention, each document read alone.
         """
-        if attention_mask is not None and position_ids is None and cache is None:
-            position_ids = positions_from_mask(attention_mask)
+        if attention_mask is not None and position_ids is None and cache is None:  # count from the first real byte
+            position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+        if docs is not None:  # Mistral's forward takes a 4-D mask as it is
+            shape = torch.empty(*input_ids.shape, 0, dtype=self.dtype, device=input_ids.device)
+            attention_mask = layer_mask(self.config, shape, attention_mask, position_ids, cache, docs)
         out = self(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache,
                    **{CACHE_NAME: cache})
         return next_byte_entropy(out.logits), cache_of(out)
 
 
-__all__ = ["BLTEntropyModel", "next_byte_entropy", "positions_from_mask"]
+__all__ = ["BLTEntropyModel", "next_byte_entropy", "layer_mask"]

@@ -7,11 +7,10 @@
 4. local decoder: from the encoder byte states, each byte cross-attends to the ``k`` slices of the patch *before* the
    one holding the byte it predicts, then sliding-window layers; norm; LM head -> ``[B, N, 260]``.
 
-Blocks are Transformers' Mistral/Llama layers (half-split RoPE; Transformers' ``Blt`` checkpoints, interleaved RoPE,
-are converted by permuting q/k rows in ``hf_efficient_lm.tools.blt_convert``); cross-attention gathers each query's
-``<= patch length`` or ``k`` keys instead of a dense masked product. ``BLTModel.forward`` has two paths: ``_prefill``
-(the full forward: training, scoring, a prompt) and ``_decode`` (generation on a :class:`BLTCache`: one step of the
-small models per byte, one latent step only when a patch closes), exactly equal to the full forward.
+Blocks are Transformers' Mistral/Llama layers (half-split RoPE: ``hf_efficient_lm.tools.blt_convert`` permutes q/k rows
+of Transformers' ``Blt``); cross-attention gathers each query's keys. ``BLTModel.forward`` has two paths: ``_prefill``
+(the full forward) and ``_decode`` (one step of the small models per byte on a :class:`BLTCache`, one latent step
+only when a patch closes), exactly equal to the full forward.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask, find_packed_sequence_indices
+from transformers.masking_utils import find_packed_sequence_indices
 from transformers.modeling_outputs import CausalLMOutputWithPast, ModelOutput
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 from transformers.models.mistral.modeling_mistral import MistralDecoderLayer, MistralRMSNorm, MistralRotaryEmbedding
@@ -29,20 +28,22 @@ from transformers.models.mistral.modeling_mistral import MistralDecoderLayer, Mi
 from .cache_blt import BLTCache
 from .compat_blt import CACHE_NAME, resolve_cache
 from .configuration_blt_lm import BLTConfig, BLTLocalConfig
-from .modeling_blt_entropy import BLTEntropyModel, positions_from_mask
-from .patcher_blt import patch_starts, starts_from_patch_lengths
+from .modeling_blt_entropy import BLTEntropyModel, layer_mask
+from .patcher_blt import patch_starts, relative_positions, rule_settings, starts_from_patch_lengths
 
 # Primes of the rolling polynomial hash (same list and order as Meta's / Transformers' BLT, for weight compatibility).
 HASH_PRIMES = (1000000007, 5915587277, 1500450271, 3267000013, 5754853343, 4093082899, 9576890767, 3628273133,
                2860486313, 5463458053, 3367900313)
 
 
-def byte_ngram_hash_ids(input_ids: torch.LongTensor, group_sizes: list[int], nb_functions: int, buckets: int):
+def byte_ngram_hash_ids(input_ids: torch.LongTensor, group_sizes: list[int], nb_functions: int, buckets: int,
+                        positions: torch.LongTensor | None = None):
     """Row indices into the fused hash table, ``[B, N] -> [B, N, nb_functions * len(group_sizes)]``.
 
     For n-gram size ``n`` ending at byte ``i`` (zero left padding), ``hash = sum_j ids[i-n+1+j] * prime^j`` in
     wrapping int64, computed in one Horner pass over n (``h_n = ids[i-n+1] + prime * h_{n-1}``), then a
     non-negative modulo ``buckets``; table ``m = function * len(group_sizes) + size_index`` sits at ``m * buckets``.
+    ``positions [B, N]`` (document masking): bytes before byte ``i``'s document read as the zero padding.
     """
     ids = input_ids.long()
     batch, length = ids.shape
@@ -53,16 +54,18 @@ def byte_ngram_hash_ids(input_ids: torch.LongTensor, group_sizes: list[int], nb_
         prime = HASH_PRIMES[func % len(HASH_PRIMES)]
         by_size = {1: ids}
         for n in range(2, max_n + 1):
-            by_size[n] = padded[:, max_n - n + 1 : max_n - n + 1 + length] + prime * by_size[n - 1]
+            older = padded[:, max_n - n + 1 : max_n - n + 1 + length]  # ids[i - n + 1]
+            older = older if positions is None else older * (positions >= n - 1)
+            by_size[n] = older + prime * by_size[n - 1]
         for size_index, n in enumerate(group_sizes):
             table = func * len(group_sizes) + size_index
             columns.append(torch.remainder(by_size[n], buckets) + table * buckets)
     return torch.stack(columns, dim=-1) if columns else ids.new_zeros(batch, length, 0)
 
 
-def check_padding(attention_mask: torch.Tensor) -> torch.BoolTensor:
-    """Validate that each row of ``attention_mask [B, N]`` is one run of ones (padding on the left and/or the right) and
-    return which rows are right-padded, ``[B]`` bool."""
+def check_padding(attention_mask: torch.Tensor, refuse_right: str | None = None) -> None:
+    """Validate that each row of ``attention_mask [B, N]`` is one run of ones (padding on the left and/or the right);
+    with ``refuse_right`` (what needs it) also that no row is right-padded: new bytes would follow its padding."""
     mask = attention_mask.long()
     if bool(((mask != 0) & (mask != 1)).any()):
         raise ValueError(f"attention_mask must hold 0/1 values, got {sorted(set(mask.unique().tolist()))}")
@@ -72,32 +75,20 @@ def check_padding(attention_mask: torch.Tensor) -> torch.BoolTensor:
     holes = (mask == 0) & (slot > leading) & (slot < end)  # padding between a row's real bytes
     if bool(holes.any()):
         row = int(holes.any(dim=1).nonzero()[0, 0])
-        raise ValueError(
-            f"attention_mask row {row} has padding between real bytes (zeros at slots "
-            f"{holes[row].nonzero().flatten().tolist()[:8]}): BLT needs each row's real bytes in one run, with padding "
-            "only before (left padding) and/or after (right padding) them"
-        )
-    return (end.squeeze(1) < mask.shape[1]) & (mask.sum(dim=1) > 0)
-
-
-def refuse_right_padding(attention_mask: torch.Tensor, what: str) -> None:
-    """ValueError naming the right-padded rows of ``attention_mask [B, N]``: new bytes would follow their padding."""
-    right_padded = check_padding(attention_mask)
-    if bool(right_padded.any()):
-        raise ValueError(
-            f"{what}: row(s) {right_padded.nonzero().flatten().tolist()} end with padding (attention_mask 0 at the last "
-            "position), and new bytes would continue after it. Pad on the left (tokenizer.padding_side='left'); right "
-            "padding is for training / scoring (use_cache=False)."
-        )
+        zeros = holes[row].nonzero().flatten().tolist()[:8]
+        raise ValueError(f"attention_mask row {row} has padding between real bytes (zeros at slots {zeros}): BLT needs "
+                         "each row's real bytes in one run, padding only around it")
+    right_padded = (end.squeeze(1) < mask.shape[1]) & (mask.sum(dim=1) > 0)
+    if refuse_right and bool(right_padded.any()):
+        raise ValueError(f"{refuse_right}: row(s) {right_padded.nonzero().flatten().tolist()} end with padding, which new "
+                         "bytes would follow. Pad on the left (tokenizer.padding_side='left'); right padding is for "
+                         "training / scoring (use_cache=False).")
 
 
 class BLTCrossAttention(nn.Module):
-    """Cross-attention without RoPE between queries and a gathered set of keys per query group.
-
-    Same parameters as Transformers' ``BltCrossAttention`` (q/k/v/o projections, RMSNorm on queries and on the
-    key/value input) and the same residual quirk: the block returns ``queries + attention`` and callers add the
-    queries once more.
-    """
+    """Cross-attention without RoPE between queries and a gathered set of keys per query group. Same parameters as
+    Transformers' ``BltCrossAttention`` (q/k/v/o projections, RMSNorm on queries and on the key/value input) and the
+    same residual quirk: the block returns ``queries + attention`` and callers add the queries once more."""
 
     def __init__(self, config: BLTLocalConfig):
         super().__init__()
@@ -116,9 +107,8 @@ class BLTCrossAttention(nn.Module):
     def forward(self, queries: torch.Tensor, kv_states: torch.Tensor, key_valid: torch.Tensor | None = None,
                 kv_index: torch.LongTensor | None = None) -> torch.Tensor:
         """queries ``[B, G, Q, D]`` attend to the keys/values projected from ``kv_states [B, G', S, D]``: those of
-        their own group (``G' = G``), or of group ``kv_index [B, G]`` (gathered after the projection, so each of the
-        ``G'`` groups is projected once). ``key_valid [B, G, S]`` masks keys; a group with no valid key gets a zero
-        attention output. Every parameter is used here, inside ``forward`` (FSDP gathers them around it)."""
+        their own group (``G' = G``), or of group ``kv_index [B, G]`` (gathered after the projection). ``key_valid
+        [B, G, S]`` masks keys (none valid: zero output). Every parameter is used inside ``forward`` (FSDP)."""
         normed = self.k_norm(kv_states)
         shape = (*kv_states.shape[:-1], self.num_kv_heads, self.head_dim)
         keys, values = self.k_proj(normed).view(shape), self.v_proj(normed).view(shape)
@@ -140,27 +130,25 @@ class BLTCrossAttention(nn.Module):
         return self.o_proj(out) + queries
 
 
-def run_layers(config, layers, rotary_emb, hidden, attention_mask, position_ids, cache=None, before_layer=None):
-    """Mistral/Llama decoder layers over ``hidden [B, T, D]`` with the causal (sliding-window when ``config`` has one)
-    mask of ``attention_mask [B, S]`` (all slots, or None) and the KV ``cache``; ``before_layer(i, hidden)`` runs
-    before layer ``i`` (the decoder's cross-attention)."""
-    sliding = getattr(config, "sliding_window", None) is not None
-    make_mask = create_sliding_window_causal_mask if sliding else create_causal_mask
-    mask = make_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask, position_ids=position_ids,
-                     **{CACHE_NAME: cache})
-    position_embeddings = rotary_emb(hidden, position_ids)
-    for i, layer in enumerate(layers):
-        if before_layer is not None:
-            hidden = before_layer(i, hidden)
-        hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
-                       position_embeddings=position_embeddings, **{CACHE_NAME: cache})
-    return hidden
+class _LayerStack(nn.Module):
+    """A stack of Mistral/Llama decoder layers (``layers``, ``rotary_emb``, ``config``)."""
+
+    def run_layers(self, hidden, attention_mask, position_ids, cache=None, docs=None, before_layer=None):
+        """``hidden [B, T, D]`` through the layers with :func:`layer_mask`; ``before_layer(i, hidden)`` runs before
+        layer ``i`` (the decoder's cross-attention)."""
+        mask = layer_mask(self.config, hidden, attention_mask, position_ids, cache, docs)
+        position_embeddings = self.rotary_emb(hidden, position_ids)
+        for i, layer in enumerate(self.layers):
+            if before_layer is not None:
+                hidden = before_layer(i, hidden)
+            hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
+                           position_embeddings=position_embeddings, **{CACHE_NAME: cache})
+        return hidden
 
 
-class _BLTLocalStack(nn.Module):
+class _BLTLocalStack(_LayerStack):
     """What the local encoder and decoder share: sliding-window byte layers, RoPE, the projection to the ``k`` patch
-    query / key slices and the cross-attentions (one per layer with ``cross_attn_all_layers``, else one). Transformers'
-    Blt encoder keeps one per layer too but only the last reaches its output; the parameters are kept alike."""
+    query / key slices and the cross-attentions (one per layer with ``cross_attn_all_layers``, else one)."""
 
     def __init__(self, config: BLTLocalConfig, patch_size: int, cross_attn_k: int, embed: bool = False):
         super().__init__()
@@ -181,10 +169,6 @@ class BLTLocalEncoder(_BLTLocalStack):
     def __init__(self, config: BLTLocalConfig, cross_attn_k: int):
         super().__init__(config, config.hidden_size, cross_attn_k, embed=True)
 
-    def run_layers(self, embeds, attention_mask, position_ids, cache=None):
-        """``[B, N, D] -> [B, N, D]`` byte states (``attention_mask [B, T]`` over all slots, or None)."""
-        return run_layers(self.config, self.layers, self.rotary_emb, embeds, attention_mask, position_ids, cache)
-
     def patch_vectors(self, byte_states, gather_index, gather_valid):
         """Pool and cross-attend each patch over its bytes: byte_states ``[B, N, D]``; gather_index/valid ``[B, P, L]``
         (byte slots of each patch, L = longest patch) -> ``[B, P, k * D]``."""
@@ -199,7 +183,7 @@ class BLTLocalEncoder(_BLTLocalStack):
         return out.reshape(b, p, self.cross_attn_k * d)
 
 
-class BLTGlobalTransformer(nn.Module):
+class BLTGlobalTransformer(_LayerStack):
     """Causal Llama layers over patch vectors (no embedding table, no final norm)."""
 
     def __init__(self, config, input_size: int):
@@ -211,10 +195,9 @@ class BLTGlobalTransformer(nn.Module):
             nn.Linear(input_size, config.hidden_size, bias=False) if input_size != config.hidden_size else nn.Identity()
         )
 
-    def forward(self, patch_vectors, position_ids, attention_mask=None, cache=None):
+    def forward(self, patch_vectors, position_ids, attention_mask=None, cache=None, docs=None):
         """``[B, P, k*D_E] -> [B, P, D_G]``; ``attention_mask [B, S]`` marks valid latent slots (decoding)."""
-        hidden = self.token_embedding_projection(patch_vectors)
-        return run_layers(self.config, self.layers, self.rotary_emb, hidden, attention_mask, position_ids, cache)
+        return self.run_layers(self.token_embedding_projection(patch_vectors), attention_mask, position_ids, cache, docs)
 
 
 class BLTLocalDecoder(_BLTLocalStack):
@@ -224,7 +207,7 @@ class BLTLocalDecoder(_BLTLocalStack):
         super().__init__(config, global_size, cross_attn_k)
         self.norm = MistralRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, byte_states, patch_states, byte_patch, attention_mask, position_ids, cache=None):
+    def forward(self, byte_states, patch_states, byte_patch, attention_mask, position_ids, cache=None, docs=None):
         """byte_states ``[B, N, D]`` (encoder output); patch_states ``[B, P, D_G]``; byte_patch ``[B, N]`` index of
         the patch each byte reads; attention_mask ``[B, T]`` or None -> ``[B, N, D]`` normed states."""
         b, n, d = byte_states.shape
@@ -237,17 +220,14 @@ class BLTLocalDecoder(_BLTLocalStack):
                 return hidden
             return hidden + self.cross_attn_layers[i](hidden.unsqueeze(2), slices, kv_index=index).squeeze(2)
 
-        hidden = run_layers(self.config, self.layers, self.rotary_emb, byte_states, attention_mask, position_ids, cache,
-                            cross_attend)
-        return self.norm(hidden)
+        return self.norm(self.run_layers(byte_states, attention_mask, position_ids, cache, docs, cross_attend))
 
 
 @dataclass
 class BLTModelOutput(ModelOutput):
     """last_hidden_state ``[B, N, D]``; patch_starts ``[B, N + 1]`` (byte t opens a patch); entropies ``[B, N]``
-    when the entropy model ran; cache a :class:`BLTCache` when ``use_cache``; hidden_states with
-    ``output_hidden_states=True`` (full forward only): ``(encoder byte states [B, N, D_local], latent patch states
-    [B, P, D_global], decoder byte states [B, N, D_local] = last_hidden_state)``."""
+    when the entropy model ran; cache a :class:`BLTCache` when ``use_cache``; hidden_states (full forward only):
+    ``(encoder byte states [B, N, D_local], latent patch states [B, P, D_global], last_hidden_state)``."""
 
     last_hidden_state: torch.FloatTensor | None = None
     cache: object | None = None
@@ -288,8 +268,7 @@ class BLTPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["MistralDecoderLayer", "LlamaDecoderLayer", "BLTCrossAttention", "BLTEntropyModel"]
     _supports_sdpa = True  # flash / flex attention and fullgraph compile stay off (PreTrainedModel's defaults)
     _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq"]
-    # Reading / writing Transformers' own ``blt`` checkpoints is a tool, not carried by checkpoints: importing
-    # ``hf_efficient_lm.blt`` installs ``hf_efficient_lm.tools.blt_convert`` here.
+    # Reading / writing Transformers' ``blt`` checkpoints is a tool: importing hf_efficient_lm.blt installs tools.blt_convert
     transformers_blt_converter = None
 
     def __init__(self, config: BLTConfig, *args, **kwargs):
@@ -309,8 +288,7 @@ class BLTPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Our folders; with ``hf_efficient_lm`` installed also folders saved by Transformers' ``BltForCausalLM``
-        (model type ``blt``), converted on load. The entropy model comes back frozen."""
+        """Our folders; with hf_efficient_lm installed also Transformers' ``blt`` folders (converted). Entropy model frozen."""
         converter = cls.transformers_blt_converter
         if converter is not None and converter.is_transformers_blt_folder(pretrained_model_name_or_path):
             model = converter.load(cls, pretrained_model_name_or_path, **kwargs)
@@ -343,24 +321,24 @@ class BLTModel(BLTPreTrainedModel):
     def set_input_embeddings(self, value):
         self.local_encoder.embed_tokens = value
 
-    def embed_bytes(self, input_ids: torch.LongTensor) -> torch.Tensor:
+    def embed_bytes(self, input_ids: torch.LongTensor, positions=None) -> torch.Tensor:
         """Byte embedding plus the sum of the hashed n-gram embeddings (n-grams ending at each byte, zeros before the
-        first): ``[B, N] -> [B, N, D_E]``."""
+        first, or before its document's first with ``positions``): ``[B, N] -> [B, N, D_E]``."""
         embeds = self.local_encoder.embed_tokens(input_ids)
         if self.encoder_hash_tok_embedding is not None:
             c = self.config
             hash_ids = byte_ngram_hash_ids(input_ids, c.encoder_hash_byte_group_size,
-                                           c.encoder_hash_byte_group_nb_functions, c.encoder_hash_byte_group_vocab)
+                                           c.encoder_hash_byte_group_nb_functions, c.encoder_hash_byte_group_vocab, positions)
             embeds = embeds + self.encoder_hash_tok_embedding(hash_ids).sum(dim=-2)
         return embeds
 
-    def _entropies(self, ids, attention_mask, position_ids, cache=None) -> torch.Tensor | None:
+    def _entropies(self, ids, attention_mask, position_ids, cache=None, docs=None) -> torch.Tensor | None:
         """Next-byte entropies ``[B, T]`` (None without an entropy model). Ids beyond the entropy model's vocabulary
-        (tokens added by resize_token_embeddings) read as BOE."""
+        (tokens added by resize_token_embeddings) read as BOE. ``docs [B, T]``: block-causal (document masking)."""
         if self.entropy_model is None:
             return None
         ids = torch.where(ids >= self.config.entropy_config.vocab_size, torch.zeros_like(ids), ids)
-        return self.entropy_model.entropies(ids, attention_mask, position_ids, cache=cache, use_cache=cache is not None)[0]
+        return self.entropy_model.entropies(ids, attention_mask, position_ids, cache, cache is not None, docs)[0]
 
     def forward(
         self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
@@ -369,10 +347,9 @@ class BLTModel(BLTPreTrainedModel):
         output_attentions: bool | None = None, output_hidden_states: bool | None = None,
         return_dict: bool | None = None, **kwargs,
     ) -> BLTModelOutput:
-        """input_ids ``[B, N]`` byte ids; attention_mask ``[B, N]`` (left and/or right padding around one run of real
-        bytes per row; right padding only without the cache); patch_lengths ``[B, P]`` optional precomputed patches
-        (rows sum to the real byte count, or +1). ``position_ids`` are derived from the mask and ignored. With a
-        non-empty ``cache`` (``past_key_values`` before Transformers 5.24) only the new bytes are given."""
+        """input_ids ``[B, N]`` byte ids; attention_mask ``[B, N]`` (padding around one run of real bytes per row; right
+        padding only without the cache); patch_lengths ``[B, P]`` optional precomputed patches (rows sum to the real byte
+        count, or +1); ``position_ids`` ignored. With a non-empty ``cache`` only the new bytes are given."""
         cache = resolve_cache(cache, kwargs)
         if inputs_embeds is not None or input_ids is None:
             raise ValueError("BLT needs input_ids (byte ids); inputs_embeds is not supported")
@@ -382,9 +359,8 @@ class BLTModel(BLTPreTrainedModel):
             raise ValueError(f"input_ids must be byte ids in [0, {self.config.vocab_size}); got values in "
                              f"[{int(input_ids.min())}, {int(input_ids.max())}]")
         if attention_mask is None and position_ids is not None and find_packed_sequence_indices(position_ids) is not None:
-            raise ValueError("BLT does not take padding-free packed rows (position_ids restarting per document): its "
-                             "byte positions and patches come from the attention mask. Put one document per row, padded, "
-                             "with an attention_mask (or pack documents separated by EOS with BLTDataCollator).")
+            raise ValueError("BLT does not take padding-free packed rows (position_ids restarting per document): pad one "
+                             "document per row, or pack documents separated by EOS (BLTConfig.document_mask)")
         if cache is not None and not isinstance(cache, BLTCache):
             raise TypeError(f"the cache must be a BLTCache, got {type(cache).__name__}")
         if output_attentions:
@@ -414,31 +390,37 @@ class BLTModel(BLTPreTrainedModel):
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
         mask_2d = attention_mask if bool((attention_mask == 0).any()) else None
         if mask_2d is not None:
-            check_padding(attention_mask)
-            if cache is not None:
-                refuse_right_padding(attention_mask, "use_cache=True needs left padding")
-        position_ids = positions_from_mask(attention_mask)
-        ids = input_ids * attention_mask  # padding hashes like Meta's zero left-context
+            check_padding(attention_mask, "use_cache=True needs left padding" if cache is not None else None)
+        c, ids = self.config, input_ids * attention_mask  # padding hashes like Meta's zero left-context
+        eos = c.eos_token_id if c.document_mask else None
+        rel = relative_positions(mask_2d, batch, length + 1, input_ids.device, ids, eos)  # [B, N + 1], per document
+        position_ids = rel[:, :length].clamp(min=0)
+        docs = None if eos is None else (rel[:, :length] == 0).long().cumsum(dim=1)  # document of each byte
         kv = (cache.entropy, cache.encoder, cache.latent, cache.decoder) if cache is not None else (None,) * 4
 
         need_entropies = patch_lengths is None or cache is not None  # precomputed patches skip it unless cached
-        entropies = self._entropies(ids, mask_2d, position_ids, kv[0]) if need_entropies else None
-        if patch_lengths is not None:
-            starts = starts_from_patch_lengths(patch_lengths.to(input_ids.device), length, mask_2d)
+        entropies = self._entropies(ids, mask_2d, position_ids, kv[0], docs) if need_entropies else None
+        if patch_lengths is None:
+            starts = patch_starts(c.patching_mode, ids, entropies=entropies, max_patch_length=c.max_patch_length,
+                                  attention_mask=mask_2d, eos_id=eos, **rule_settings(c))
         else:
-            c = self.config
-            starts = patch_starts(
-                c.patching_mode, ids, entropies=entropies, threshold=c.patching_threshold, patch_size=c.patch_size,
-                max_patch_length=c.max_patch_length, attention_mask=mask_2d,
-            )
-        byte_states = self.local_encoder.run_layers(self.embed_bytes(ids), mask_2d, position_ids, kv[1])
+            starts = starts_from_patch_lengths(patch_lengths.to(input_ids.device), length, mask_2d)
+            if eos is not None and bool(((rel[:, :length] == 0) & ~starts[:, :length]).any()):
+                raise ValueError("patch_lengths: a patch spans two documents (document_mask: each EOS ends a patch)")
+            starts = starts if eos is None else starts | (rel == 0)  # also the next-byte slot after an EOS
+        byte_states = self.local_encoder.run_layers(self.embed_bytes(ids, None if eos is None else position_ids),
+                                                    mask_2d, position_ids, kv[1], docs)
         gather_index, gather_valid, decoder_patch_ids, num_patches = patch_layout(starts, mask_2d)
         patch_vectors = self.local_encoder.patch_vectors(byte_states, gather_index, gather_valid)
         latent_positions = torch.arange(num_patches, device=input_ids.device).unsqueeze(0).expand(batch, -1)
-        latent = self.global_transformer(patch_vectors, latent_positions, None, kv[2])
-        hidden = self.local_decoder(byte_states, latent, decoder_patch_ids, mask_2d, position_ids, kv[3])
+        latent_docs = None if eos is None else docs.gather(1, gather_index[:, :, 0])  # the document of its first byte
+        if eos is not None:  # latent positions count from the document's first patch
+            new = torch.cat([torch.ones_like(latent_docs[:, :1]), latent_docs[:, 1:] - latent_docs[:, :-1]], 1) != 0
+            latent_positions = latent_positions - torch.cummax(latent_positions * new, dim=1).values
+        latent = self.global_transformer(patch_vectors, latent_positions, None, kv[2], latent_docs)
+        hidden = self.local_decoder(byte_states, latent, decoder_patch_ids, mask_2d, position_ids, kv[3], docs)
         if cache is not None:
-            cache.prefill(ids, attention_mask, byte_states, starts, entropies, latent, decoder_patch_ids)
+            cache.prefill(ids, attention_mask, byte_states, starts, entropies, latent, decoder_patch_ids, rel[:, -1])
         return BLTModelOutput(
             last_hidden_state=hidden, cache=cache, patch_starts=starts, entropies=entropies,
             hidden_states=(byte_states, latent, hidden) if output_hidden_states else None,
@@ -461,7 +443,7 @@ class BLTModel(BLTPreTrainedModel):
         entropy = entropy[:, 0] if entropy is not None else None
         closing = cache.next_byte_opens_patch(entropy)
         window = max(self.config.encoder_hash_byte_group_size, default=1)  # the n-grams ending at the new byte
-        embeds = self.embed_bytes(cache.byte_ids[:, -window:])[:, -1:]
+        embeds = self.embed_bytes((cache.byte_ids * cache.byte_mask)[:, -window:])[:, -1:]  # zeros: other documents
         state = self.local_encoder.run_layers(embeds, mask_2d, position, cache.encoder)
         cache.add_encoder_state(state)
         if bool(closing.any()):
@@ -474,8 +456,7 @@ class BLTModel(BLTPreTrainedModel):
 
 
 class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
-    """BLT with the byte LM head (260 logits) and next-byte loss; ``from_pretrained`` also reads folders saved by
-    Transformers' ``BltForCausalLM`` (model type ``blt``)."""
+    """BLT with the byte LM head (260 logits) and next-byte loss."""
 
     def __init__(self, config: BLTConfig):
         super().__init__(config)
@@ -518,11 +499,8 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         impls = [kwargs.get("cache_implementation"), *(getattr(c, "cache_implementation", None) for c in configs)]
         impl = next((i for i in impls if i is not None), None)
         if impl not in (None, "dynamic"):
-            raise ValueError(
-                f"BLTForCausalLM.generate does not support cache_implementation={impl!r}: BLT keeps its own BLTCache "
-                "(byte- and patch-level caches with per-row patch state); static / offloaded / quantized caches "
-                "are not offered"
-            )
+            raise ValueError(f"BLTForCausalLM.generate does not support cache_implementation={impl!r}: BLT keeps its "
+                             "own BLTCache (byte- and patch-level caches with per-row patch state)")
         return super().generate(*args, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, use_cache=None, **kwargs):
@@ -531,16 +509,14 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
             input_ids = input_ids[:, cache.num_bytes :]
         elif attention_mask is not None and bool((attention_mask == 0).any()):
             # Transformers only warns; the result would be silently wrong, with or without the cache.
-            refuse_right_padding(attention_mask, "BLTForCausalLM.generate needs left-padded prompts")
+            check_padding(attention_mask, "BLTForCausalLM.generate needs left-padded prompts")
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, CACHE_NAME: cache, "use_cache": use_cache}
-        # Pass through the other forward arguments (logits_to_keep, output flags, labels-free extras ...), except
-        # patch_lengths: generation decides boundaries itself (precomputed lengths would cover the prompt only).
+        # Pass the other forward arguments through, except patch_lengths (generation decides boundaries itself).
         extra = {k: v for k, v in kwargs.items() if k not in inputs and v is not None and k != "patch_lengths"}
         return {**inputs, **extra}
 
     def save_pretrained_transformers(self, save_directory) -> None:
-        """Write a folder that Transformers' own ``BltForCausalLM.from_pretrained`` loads (model type ``blt``); needs
-        the ``hf_efficient_lm`` package (a ``trust_remote_code`` copy of this file alone cannot convert)."""
+        """Write a folder Transformers' ``BltForCausalLM`` loads (model type ``blt``); needs the hf_efficient_lm package."""
         if self.transformers_blt_converter is None:
             raise ImportError("save_pretrained_transformers needs the hf_efficient_lm package: pip install hf-efficient-lm")
         self.transformers_blt_converter.export(self, save_directory)

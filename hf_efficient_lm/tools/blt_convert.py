@@ -293,6 +293,9 @@ def transformers_config_dict(config: BLTConfig) -> dict:
         raise ValueError(
             f"Transformers' Blt only supports entropy (global threshold) or byte patching, not {config.patching_mode!r}"
         )
+    if config.document_mask:
+        raise ValueError("Transformers' Blt has no document masking: export a config with document_mask=False "
+                         "(its logits differ wherever a row holds an EOS)")
     e, enc, dec, g = config.entropy_config, config.encoder_config, config.decoder_config, config.global_config
 
     def local(c, hidden_global):

@@ -1,7 +1,8 @@
-"""Byte data pipeline for BLT: pack texts into byte rows (or keep one document per row), precompute patch lengths as a
-dataset column (so training does not run the entropy model each step), calibrate the entropy threshold to a target
-patch size, collate (right-padding rows of different lengths). Also the per-mode patching helpers and patch lengths
-from a start mask (the model itself needs only ``patcher_blt``)."""
+"""Byte data pipeline for BLT: pack texts into byte rows (or keep one document per row, or pack a fixed number of
+patches per row as Meta's packing iterator), precompute patch lengths as a dataset column (so training does not run
+the entropy model each step), calibrate the entropy threshold to a target patch size, collate (right-padding rows of
+different lengths). Also the per-mode patching helpers and patch lengths from a start mask (the model itself needs
+only ``patcher_blt``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from ..blt.modeling_blt_entropy import BLTEntropyModel
-from ..blt.patcher_blt import patch_starts
+from ..blt.patcher_blt import patch_starts, relative_positions
 from ..blt.tokenization_blt_lm import BOE_ID, BOS_ID, BYTE_OFFSET, EOS_ID
 
 
@@ -65,12 +66,21 @@ def pad_right(rows: Sequence[Sequence[int]], pad_id: int = BOE_ID) -> tuple[torc
     return input_ids, attention_mask
 
 
+def entropy_mode(monotonic: bool = False, threshold_add: float | None = None) -> str:
+    """The patching mode of Meta's ``PatcherArgs``: ``monotonicity`` wins, then ``threshold_add`` (combined rule)."""
+    return "entropy_monotonic" if monotonic else "entropy" if threshold_add is None else "entropy_combined"
+
+
 def entropy_patch_starts(entropies: torch.Tensor, threshold: float, monotonic: bool = False,
-                         attention_mask: torch.Tensor | None = None, max_patch_length: int | None = None) -> torch.Tensor:
+                         attention_mask: torch.Tensor | None = None, max_patch_length: int | None = None,
+                         threshold_add: float | None = None, meta_start: bool = True) -> torch.Tensor:
     """Start mask ``[B, N + 1]`` from next-byte entropies ``[B, N]`` (nats). Global rule: byte ``t`` opens a patch
-    iff ``H[t-1] > threshold``; approximate monotonic rule (``monotonic=True``): iff ``H[t-1] - H[t-2] > threshold``."""
-    mode = "entropy_monotonic" if monotonic else "entropy"
-    return patch_starts(mode, None, entropies, threshold, None, max_patch_length, attention_mask)
+    iff ``H[t-1] > threshold``; approximate monotonic rule (``monotonic=True``): iff ``H[t-1] - H[t-2] > threshold``;
+    with ``threshold_add`` Meta's combined rule: iff both ``H[t-1] > threshold`` and ``H[t-1] - H[t-2] >
+    threshold_add``. ``meta_start``: the first bytes of the difference rules as Meta's patcher (see
+    ``patcher_blt.boundary_rule``)."""
+    return patch_starts(entropy_mode(monotonic, threshold_add), None, entropies, threshold, None, max_patch_length,
+                        attention_mask, threshold_add=threshold_add, meta_start=meta_start)
 
 
 def space_patch_starts(input_ids: torch.Tensor, attention_mask=None, max_patch_length: int | None = None) -> torch.Tensor:
@@ -109,6 +119,18 @@ def patch_lengths_from_starts(
     return lengths[:, 1:]  # column 0 collected the padding
 
 
+def _entropies(entropy_model: BLTEntropyModel, input_ids, attention_mask=None, eos_id=None) -> torch.Tensor:
+    """Next-byte entropies ``[B, N]`` (on the CPU) of ``input_ids [B, N]``; with ``eos_id`` every document (the bytes
+    after each EOS) is read alone, as ``BLTConfig.document_mask`` does in the model."""
+    device = next(entropy_model.parameters()).device
+    positions = docs = None
+    if eos_id is not None:
+        rel = relative_positions(attention_mask, *input_ids.shape, input_ids.device, input_ids, eos_id)
+        positions, docs = rel.clamp(min=0).to(device), (rel == 0).long().cumsum(dim=1).to(device)
+    mask = attention_mask.to(device) if attention_mask is not None else None
+    return entropy_model.entropies(input_ids.to(device), mask, positions, docs=docs)[0].cpu()
+
+
 @torch.no_grad()
 def compute_patch_lengths(
     input_ids: torch.LongTensor | Sequence[Sequence[int]],
@@ -118,10 +140,15 @@ def compute_patch_lengths(
     patch_size: int = 4,
     max_patch_length: int | None = None,
     attention_mask: torch.Tensor | None = None,
+    threshold_add: float | None = None,
+    meta_start: bool = True,
+    eos_id: int | None = None,
+    include_next: bool = True,
 ) -> list[list[int]]:
-    """Patch lengths of each row (Meta's ``include_next_token`` convention: rows sum to their ``n + 1`` real ids),
-    batched. ``input_ids`` is ``[B, N]`` (with an optional ``attention_mask``) or a list of rows of different
-    lengths, which are right-padded here; causal patching makes a row's lengths independent of its padding."""
+    """Patch lengths of each row (Meta's ``include_next_token`` convention: rows sum to their ``n + 1`` real ids;
+    ``include_next=False``: to ``n``), batched. ``input_ids`` is ``[B, N]`` (with an optional ``attention_mask``) or a
+    list of rows of different lengths, which are right-padded here; causal patching makes a row's lengths independent
+    of its padding. ``eos_id``: document masking (``BLTConfig.document_mask``), each document patched alone."""
     if not isinstance(input_ids, torch.Tensor):
         if attention_mask is not None:
             raise ValueError("attention_mask goes with a tensor of input_ids; lists of rows are padded here")
@@ -132,33 +159,122 @@ def compute_patch_lengths(
     if mode.startswith("entropy"):
         if entropy_model is None:
             raise ValueError(f"patching mode {mode!r} needs an entropy model")
-        device = next(entropy_model.parameters()).device
-        mask = attention_mask.to(device) if attention_mask is not None else None
-        entropies, _ = entropy_model.entropies(input_ids.to(device), mask)
-        entropies = entropies.cpu()
+        entropies = _entropies(entropy_model, input_ids, attention_mask, eos_id)
     starts = patch_starts(mode, input_ids, entropies=entropies, threshold=threshold, patch_size=patch_size,
-                          max_patch_length=max_patch_length, attention_mask=attention_mask)
-    lengths = patch_lengths_from_starts(starts, include_next=True, attention_mask=attention_mask)
+                          max_patch_length=max_patch_length, attention_mask=attention_mask, threshold_add=threshold_add,
+                          meta_start=meta_start, eos_id=eos_id)
+    lengths = patch_lengths_from_starts(starts, include_next=include_next, attention_mask=attention_mask)
     return [row[row > 0].tolist() for row in lengths]
 
 
 def add_patch_lengths_column(dataset, entropy_model, mode="entropy", threshold=None, patch_size=4,
-                             max_patch_length=None, batch_size: int = 16):
-    """``dataset.map`` adding ``patch_lengths`` computed in batches (vectorised patching, no per-byte loop)."""
+                             max_patch_length=None, batch_size: int = 16, **rule):
+    """``dataset.map`` adding ``patch_lengths`` computed in batches (vectorised patching, no per-byte loop); ``rule``:
+    the other keywords of :func:`compute_patch_lengths` (``threshold_add``, ``meta_start``, ``eos_id``)."""
 
     def fn(batch):
         rows = batch["input_ids"]  # equal lengths when packed, ragged for one document per row
-        return {"patch_lengths": compute_patch_lengths(rows, entropy_model, mode, threshold, patch_size, max_patch_length)}
+        lengths = compute_patch_lengths(rows, entropy_model, mode, threshold, patch_size, max_patch_length, **rule)
+        return {"patch_lengths": lengths}
 
     return dataset.map(fn, batched=True, batch_size=batch_size, desc="patch lengths")
 
 
 @torch.no_grad()
+def document_patch_lengths(documents: Sequence[Sequence[int]], entropy_model: BLTEntropyModel | None,
+                           mode: str = "entropy", threshold: float | None = None, patch_size: int = 4,
+                           max_patch_length: int | None = None, threshold_add: float | None = None,
+                           meta_start: bool = True, chunk: int = 8192, batch_size: int = 16) -> list[list[int]]:
+    """Patch lengths of each document alone, summing to its length (Meta's preprocessing: ``include_next_token=False``
+    per document). The entropy model reads a document in pieces of at most ``chunk`` bytes (its context restarts per
+    piece, as in Meta's ``calculate_entropies``); the rule runs over the whole document."""
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    out = []
+    for begin in range(0, len(documents), batch_size):
+        docs = [list(d) for d in documents[begin : begin + batch_size]]
+        input_ids, attention_mask = pad_right(docs)
+        entropies = None
+        if mode.startswith("entropy"):
+            if entropy_model is None:
+                raise ValueError(f"patching mode {mode!r} needs an entropy model")
+            pieces = [(d, c) for d, doc in enumerate(docs) for c in range(0, len(doc), chunk)]
+            piece_ids, piece_mask = pad_right([docs[d][c : c + chunk] for d, c in pieces])
+            piece_entropies = _entropies(entropy_model, piece_ids, piece_mask)
+            entropies = torch.zeros(input_ids.shape)
+            for (d, c), row, real in zip(pieces, piece_entropies, piece_mask.sum(dim=1).tolist()):
+                entropies[d, c : c + real] = row[:real]
+        starts = patch_starts(mode, input_ids, entropies=entropies, threshold=threshold, patch_size=patch_size,
+                              max_patch_length=max_patch_length, attention_mask=attention_mask,
+                              threshold_add=threshold_add, meta_start=meta_start)
+        lengths = patch_lengths_from_starts(starts, attention_mask=attention_mask)
+        out.extend(row[row > 0].tolist() for row in lengths)
+    return out
+
+
+def pack_by_patches(documents: Sequence[Sequence[int]], lengths: Sequence[Sequence[int]], patches_per_row: int,
+                    max_bytes: int | None = None) -> tuple[list[list[int]], list[list[int]]]:
+    """Meta's packing by patch count (``packing_iterator.py``, ``seq_len`` counting patches): concatenate documents
+    and their patch lengths (each document patched alone, lengths summing to it: :func:`document_patch_lengths`, so no
+    patch spans two documents) and cut rows of exactly ``patches_per_row`` patches. As in Meta's iterator a row's
+    first patch is one byte (a longer one gives its first byte a patch of its own and the row's last patch moves on to
+    the next row; Meta drops that patch's bytes). Rows end where their last patch ends, so their byte lengths vary
+    (the collator right-pads); ``max_bytes`` cuts a longer row and its patches there (Meta's
+    ``max_encoder_seq_length``), leaving it fewer patches. The remainder that fills no row is dropped. Returns
+    ``(rows, patch_lengths)``, each row's lengths summing to its length (Transformers' convention)."""
+    if not isinstance(patches_per_row, int) or patches_per_row < 2:
+        raise ValueError(f"patches_per_row must be an int >= 2, got {patches_per_row!r}")
+    if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 2):
+        raise ValueError(f"max_bytes must be an int >= 2 or None, got {max_bytes!r}")
+    stream = [i for doc in documents for i in doc]
+    patches = [n for doc_lengths in lengths for n in doc_lengths]
+    if len(documents) != len(lengths):
+        raise ValueError(f"lengths must hold one list per document: {len(lengths)} lists for {len(documents)} documents")
+    for d, (doc, ls) in enumerate(zip(documents, lengths)):
+        if sum(ls) != len(doc) or not all(n > 0 for n in ls):
+            raise ValueError(f"patch lengths of document {d} must be positive and sum to its {len(doc)} ids, got {ls}")
+    rows, row_lengths, p, offset = [], [], 0, 0
+    while True:
+        first = patches[p] if p < len(patches) else 0
+        take = patches[p + 1 : p + patches_per_row - 1] if first > 1 else patches[p + 1 : p + patches_per_row]
+        row = ([1, first - 1] if first > 1 else [first]) + take
+        if len(row) < patches_per_row:
+            break
+        p += 1 + len(take)
+        size = sum(row)
+        ids = stream[offset : offset + size]
+        offset += size
+        if max_bytes is not None and size > max_bytes:
+            ends = [sum(row[: k + 1]) for k in range(len(row))]
+            keep = next(k for k, end in enumerate(ends) if end >= max_bytes)
+            row = row[:keep] + [max_bytes - (ends[keep - 1] if keep else 0)]
+            ids = ids[:max_bytes]
+        rows.append(ids)
+        row_lengths.append(row)
+    return rows, row_lengths
+
+
+def patch_packed_dataset(texts: Sequence[str], patches_per_row: int, entropy_model: BLTEntropyModel | None,
+                         mode: str = "entropy", threshold: float | None = None, max_bytes: int | None = None, **rule):
+    """A ``datasets.Dataset`` of rows packed by patch count (:func:`pack_by_patches`) with ``input_ids`` and
+    ``patch_lengths`` columns: each ``BOS text EOS`` document is patched alone (:func:`document_patch_lengths` with
+    ``rule``, e.g. ``threshold_add``, ``patch_size``, ``max_patch_length``)."""
+    from datasets import Dataset
+
+    documents = [text_to_ids(text) for text in texts]
+    lengths = document_patch_lengths(documents, entropy_model, mode, threshold, **rule)
+    rows, row_lengths = pack_by_patches(documents, lengths, patches_per_row, max_bytes)
+    return Dataset.from_dict({"input_ids": rows, "patch_lengths": row_lengths})
+
+
+@torch.no_grad()
 def mean_patch_size(entropies: torch.Tensor, threshold: float, monotonic: bool = False,
-                    max_patch_length: int | None = None, attention_mask: torch.Tensor | None = None) -> float:
+                    max_patch_length: int | None = None, attention_mask: torch.Tensor | None = None,
+                    threshold_add: float | None = None, meta_start: bool = True) -> float:
     """Average bytes per patch of entropy patching at ``threshold`` over ``entropies [B, N]`` (real bytes only when
     an ``attention_mask [B, N]`` marks padding)."""
-    starts = entropy_patch_starts(entropies, threshold, monotonic, attention_mask, max_patch_length)[:, :-1]
+    starts = entropy_patch_starts(entropies, threshold, monotonic, attention_mask, max_patch_length, threshold_add,
+                                  meta_start)[:, :-1]
     if attention_mask is None:
         return entropies.numel() / float(starts.sum())
     real = attention_mask.bool()
@@ -167,10 +283,12 @@ def mean_patch_size(entropies: torch.Tensor, threshold: float, monotonic: bool =
 
 @torch.no_grad()
 def calibrate_threshold(entropies: torch.Tensor, target_patch_size: float, monotonic: bool = False,
-                        iterations: int = 40, attention_mask: torch.Tensor | None = None) -> float:
+                        iterations: int = 40, attention_mask: torch.Tensor | None = None,
+                        threshold_add: float | None = None, meta_start: bool = True) -> float:
     """Bisect the threshold so that the mean patch size on ``entropies [B, N]`` (real bytes of ``attention_mask``)
     is ~``target_patch_size`` (the maintainers' recipe for a new dataset); mean patch size grows with the
-    threshold."""
+    threshold. With ``threshold_add`` (combined rule) the global threshold is bisected at that fixed difference
+    threshold (the target may then be out of reach: the difference rule alone bounds the patch size)."""
     if (isinstance(target_patch_size, bool) or not isinstance(target_patch_size, (int, float))
             or not math.isfinite(float(target_patch_size)) or target_patch_size < 1):
         raise ValueError(f"target_patch_size must be a finite number >= 1, got {target_patch_size!r}")
@@ -187,7 +305,8 @@ def calibrate_threshold(entropies: torch.Tensor, target_patch_size: float, monot
         lo, hi = float(diffs.min()) - 10.0, float(diffs.max()) + 10.0
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        if mean_patch_size(entropies, mid, monotonic, attention_mask=attention_mask) < target_patch_size:
+        size = mean_patch_size(entropies, mid, monotonic, None, attention_mask, threshold_add, meta_start)
+        if size < target_patch_size:
             lo = mid
         else:
             hi = mid
@@ -226,6 +345,6 @@ class BLTDataCollator:
 
 
 __all__ = [
-    "entropy_patch_starts", "space_patch_starts", "static_patch_starts", "patch_ids_from_starts", "patch_lengths_from_starts", "text_to_ids", "pack_texts", "document_rows", "byte_dataset", "pad_right", "compute_patch_lengths",
+    "entropy_mode", "document_patch_lengths", "pack_by_patches", "patch_packed_dataset", "entropy_patch_starts", "space_patch_starts", "static_patch_starts", "patch_ids_from_starts", "patch_lengths_from_starts", "text_to_ids", "pack_texts", "document_rows", "byte_dataset", "pad_right", "compute_patch_lengths",
     "add_patch_lengths_column", "mean_patch_size", "calibrate_threshold", "BLTDataCollator",
 ]

@@ -47,7 +47,10 @@ def make_tiny_blt(seed: int = 0, attn_implementation: str | None = None, **overr
         config._attn_implementation = attn_implementation
     model = sharpen_entropy_model(BLTForCausalLM(config)).eval()
     if calibrate and config.patching_mode.startswith("entropy"):
-        model.config.patching_threshold = calibrate_threshold(model, monotonic=config.patching_mode != "entropy")
+        # entropy_combined: the global threshold at the 30% quantile, so that its patching_threshold_add also bites
+        combined = config.patching_mode == "entropy_combined"
+        model.config.patching_threshold = calibrate_threshold(
+            model, monotonic=config.patching_mode == "entropy_monotonic", quantile=0.3 if combined else 0.5)
     return model
 
 

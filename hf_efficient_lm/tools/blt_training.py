@@ -23,6 +23,7 @@ from .blt_data import (
     calibrate_threshold,
     pack_texts,
     pad_right,
+    patch_packed_dataset,
 )
 from .blt_flops import blt_flops_per_byte
 from ..cli import normalize_option_names
@@ -60,6 +61,11 @@ bits per byte per domain with in-forward patching (the inference path).
 ``--no-pack`` keeps one document per row (its first ``--seq-len`` bytes) instead of packing; the collator then
 right-pads each batch (attention mask 0 and labels -100 on padding, which leaves every real byte's logits unchanged).
 
+Meta's recipe (docs/blt.md, "Meta's recipe options"): ``--patches-per-row K`` packs K patches per row (each document
+patched alone, rows of varying byte length, ``--max-row-bytes`` caps them) instead of ``--seq-len`` bytes;
+``--document-mask`` sets ``BLTConfig.document_mask`` (no attention, patch or n-gram across an EOS);
+``--patching-mode entropy_combined --threshold-add X`` uses Meta's combined rule (the global threshold is calibrated).
+
 Runs under ``accelerate launch`` unchanged (the Trainer handles the distribution); on CPUs that is DDP over gloo:
 
     accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \
@@ -90,9 +96,10 @@ def parsed_blt_sizes(args: argparse.Namespace) -> dict[str, int]:
     return {key: getattr(args, dest) for key, dest in dests.items() if hasattr(args, dest)}
 
 
-def blt_size_config(args: argparse.Namespace, entropy_model, threshold: float, mode: str):
-    """``blt_config_for`` with the sizes parsed by :func:`add_blt_size_options`."""
-    return blt_config_for(entropy_model, threshold=threshold, mode=mode, **parsed_blt_sizes(args))
+def blt_size_config(args: argparse.Namespace, entropy_model, threshold: float, mode: str, **options):
+    """``blt_config_for`` with the sizes parsed by :func:`add_blt_size_options` (``options``: ``threshold_add``,
+    ``document_mask``)."""
+    return blt_config_for(entropy_model, threshold=threshold, mode=mode, **options, **parsed_blt_sizes(args))
 
 
 def _add_byte_training_options(parser: argparse.ArgumentParser, *, output_dir: str, output_help: str | None,
@@ -168,6 +175,15 @@ def train_blt_main(argv=None) -> str:
     parser.add_argument("--space-patching", action="store_true",
                         help="patch at spaces instead of with an entropy model")
     parser.add_argument("--target-patch-size", type=float, default=4.5)
+    parser.add_argument("--patching-mode", default="entropy", choices=["entropy", "entropy_monotonic", "entropy_combined"],
+                        help="entropy rule (with an entropy model); its threshold is calibrated to --target-patch-size")
+    parser.add_argument("--threshold-add", type=float, default=0.0,
+                        help="difference threshold of --patching-mode entropy_combined (Meta's threshold_add)")
+    parser.add_argument("--document-mask", action="store_true",
+                        help="BLTConfig.document_mask: no attention, patch or n-gram across an EOS (Meta's training masks)")
+    parser.add_argument("--patches-per-row", type=int, default=None,
+                        help="pack this many patches per row (Meta's packing by patch count) instead of --seq-len bytes")
+    parser.add_argument("--max-row-bytes", type=int, default=None, help="with --patches-per-row: cut longer rows here")
     add_blt_size_options(parser)
     parser.add_argument("--no-pack", action="store_true",
                         help="one document per row (first --seq-len bytes), right-padded per batch, instead of packing")
@@ -185,6 +201,8 @@ def train_blt_main(argv=None) -> str:
     for name in ("seq_len", "batch_size", "max_steps", "eval_rows", "threads", "limit_chars"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.patches_per_row is not None and (args.patches_per_row < 2 or args.no_pack):
+        parser.error(f"--patches-per-row must be >= 2 and excludes --no-pack, got {args.patches_per_row}")
     if not args.train_files:
         parser.error(f"no training files: pass --train-files (default: {DEFAULT_CORPUS}/*.train.jsonl.gz)")
     check_writable(args.output_dir, replace=True)
@@ -198,25 +216,39 @@ def train_blt_main(argv=None) -> str:
     if len(train) == 0:
         raise ValueError(f"the training files give no row of {args.seq_len} bytes; lower --seq-len or use --no-pack")
     entropy_model = None
+    threshold_add = args.threshold_add if args.patching_mode == "entropy_combined" else None
     if args.entropy_model is not None:
         entropy_model = BLTEntropyModel.from_pretrained(args.entropy_model).eval()
         sample, sample_mask = pad_right(train[: min(32, len(train))]["input_ids"])
         entropies, _ = entropy_model.entropies(sample, sample_mask)
-        threshold = calibrate_threshold(entropies, args.target_patch_size, attention_mask=sample_mask)
-        mode = "entropy"
+        mode = args.patching_mode
+        threshold = calibrate_threshold(entropies, args.target_patch_size, monotonic=mode == "entropy_monotonic",
+                                        attention_mask=sample_mask, threshold_add=threshold_add)
     else:
         why = "--space-patching" if args.space_patching else f"no entropy model at {DEFAULT_ENTROPY_MODEL}"
         print(f"{why}: using space patching")
-        threshold, mode = 0.0, "space"
-    config = blt_size_config(args, entropy_model, threshold, mode)
+        threshold, mode, threshold_add = 0.0, "space", None
+    config = blt_size_config(args, entropy_model, threshold, mode, threshold_add=threshold_add,
+                             document_mask=args.document_mask)
     model = BLTForCausalLM(config)
     if entropy_model is not None:
         model.model.entropy_model.load_state_dict(entropy_model.state_dict())
-    train = add_patch_lengths_column(train, entropy_model, mode, threshold)
+    rule = dict(threshold_add=threshold_add, meta_start=config.patching_meta_start)
+    if args.patches_per_row is not None:  # every document patched alone: the lengths sum to each row's bytes
+        train = patch_packed_dataset(texts, args.patches_per_row, entropy_model, mode, threshold, args.max_row_bytes,
+                                     **rule)
+        if len(train) == 0:
+            raise ValueError(f"the training files give no row of {args.patches_per_row} patches")
+        extra = 0
+    else:
+        eos = config.eos_token_id if args.document_mask else None
+        train = add_patch_lengths_column(train, entropy_model, mode, threshold, eos_id=eos, **rule)
+        extra = len(train)  # Meta's include_next_token lengths: each row's bytes plus its next-byte slot
     patches = sum(len(p) for p in train["patch_lengths"])
     row_bytes = sum(len(r) for r in train["input_ids"])
-    mean_patch = (row_bytes + len(train)) / patches  # lengths cover each row's bytes plus its next-byte slot
-    flops = blt_flops_per_byte(config, mean_patch, args.seq_len)
+    mean_patch = (row_bytes + extra) / patches
+    context = args.seq_len if args.patches_per_row is None else round(row_bytes / len(train))
+    flops = blt_flops_per_byte(config, mean_patch, context)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"BLT: {trainable / 1e6:.2f}M trainable params; {mode} patching, threshold {threshold:.3f}, "
           f"{mean_patch:.2f} bytes/patch; forward FLOPs/byte {flops['total'] / 1e6:.2f}M "
@@ -253,7 +285,8 @@ def train_blt_main(argv=None) -> str:
             f"FLOPs): bits/byte {summary}")
     metrics = {
         "world_size": trainer.args.world_size, "global_batch": global_batch, "steps": trainer.state.global_step,
-        "patching_mode": mode, "threshold": threshold, "mean_patch_size": mean_patch,
+        "patching_mode": mode, "threshold": threshold, "threshold_add": threshold_add, "mean_patch_size": mean_patch,
+        "document_mask": args.document_mask, "patches_per_row": args.patches_per_row,
         "train_bytes": bytes_seen, "flops_per_byte": flops["total"], "train_flops": train_flops, "seed": args.seed,
         "learning_rate": args.learning_rate, "data_files": [Path(f).name for f in args.train_files],
         "train_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],

@@ -62,9 +62,10 @@ def llama_config_from_preset(
 
 
 def blt_config_for(entropy_model=None, *, preset: str = "small", threshold: float = 0.0, mode: str = "space",
-                   **sizes):
+                   threshold_add: float | None = None, document_mask: bool = False, **sizes):
     """A ``BLTConfig`` of ``preset`` (see ``BLT_PRESETS``; keyword sizes override it) patching with ``mode`` at
-    ``threshold``; with a trained ``BLTEntropyModel`` its config becomes the patcher's."""
+    ``threshold`` (and ``threshold_add`` for ``entropy_combined``), with ``document_mask``; with a trained
+    ``BLTEntropyModel`` its config becomes the patcher's."""
     from ..blt import BLTConfig
 
     if preset not in BLT_PRESETS:
@@ -80,7 +81,8 @@ def blt_config_for(entropy_model=None, *, preset: str = "small", threshold: floa
         global_config=dict(hidden_size=size["latent"], num_attention_heads=4,
                            intermediate_size=int(8 * size["latent"] / 3), num_hidden_layers=size["latent_layers"]),
         local_attention_window_len=size["window"], encoder_hash_byte_group_vocab=size["hash_buckets"],
-        patching_mode=mode, patching_threshold=threshold,
+        patching_mode=mode, patching_threshold=threshold, patching_threshold_add=threshold_add,
+        document_mask=document_mask,
     )
     if entropy_model is not None:
         kwargs["entropy_config"] = entropy_model.config.to_dict()
