@@ -140,6 +140,7 @@ def summarise(results: dict) -> list[dict]:
                      "infer_flops": results["flops"][name]["infer"],
                      "train_flops": float(np.mean([r["train_flops"] for r in seeds])),
                      "tokens": seeds[0]["tokens"], "seeds": [r["seed"] for r in seeds]})
+    rows.sort(key=lambda r: MODELS.index(r["name"]))
     main = next(r for r in rows if r["name"] == "main")
     print(f"\n{results['args']['steps']} steps x {results['args']['batch']} x {results['args']['block']} tokens; "
           f"S = {results['num_fgrams']:,}, held-out f-gram coverage {results['coverage']:.1%}")
