@@ -135,7 +135,12 @@ def summarise(results: dict) -> list[dict]:
         loss = np.array([[r["heldout"][d] for d in DOMAINS] for r in seeds])  # [seeds, domains]
         ppl = np.exp(loss)
         mean_ppl = ppl.mean(1)  # the mean over domains, per seed
+        main_by_seed = {r["seed"]: np.mean([math.exp(r["heldout"][d]) for d in DOMAINS])
+                        for r in results["runs"].get("main", [])}
+        # the same seed = the same batches and (SCONE) the same initial main weights: compare within a seed
+        paired = [m / main_by_seed[r["seed"]] - 1 for m, r in zip(mean_ppl, seeds) if r["seed"] in main_by_seed]
         rows.append({"name": name, "ppl_mean": ppl.mean(0).tolist(), "ppl_std": ppl.std(0).tolist(),
+                     "vs_main_paired": [float(np.mean(paired)), float(np.std(paired))] if paired else None,
                      "avg_mean": float(mean_ppl.mean()), "avg_std": float(mean_ppl.std()),
                      "infer_flops": results["flops"][name]["infer"],
                      "train_flops": float(np.mean([r["train_flops"] for r in seeds])),
@@ -144,13 +149,13 @@ def summarise(results: dict) -> list[dict]:
     main = next(r for r in rows if r["name"] == "main")
     print(f"\n{results['args']['steps']} steps x {results['args']['batch']} x {results['args']['block']} tokens; "
           f"S = {results['num_fgrams']:,}, held-out f-gram coverage {results['coverage']:.1%}")
-    print("\n| model | " + " | ".join(DOMAINS) + " | mean ppl | vs main | inference FLOPs/token | training FLOPs "
-          "(total) | tokens |")
+    print("\n| model | " + " | ".join(DOMAINS) + " | mean ppl | vs main (same seed) | inference FLOPs/token | "
+          "training FLOPs (total) | tokens |")
     print("|---|" + "---|" * (len(DOMAINS) + 5))
     for r in rows:
         cells = " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in zip(r["ppl_mean"], r["ppl_std"]))
         print(f"| {LABELS[r['name']]} | {cells} | **{r['avg_mean']:.1f} ± {r['avg_std']:.1f}** | "
-              f"{100 * (r['avg_mean'] / main['avg_mean'] - 1):+.1f}% | {r['infer_flops'] / 1e6:.2f}M "
+              f"{100 * r['vs_main_paired'][0]:+.1f}% ± {100 * r['vs_main_paired'][1]:.1f}% | {r['infer_flops'] / 1e6:.2f}M "
               f"({r['infer_flops'] / main['infer_flops']:.2f}x) | {r['train_flops']:.2e} "
               f"({r['train_flops'] / main['train_flops']:.2f}x) | {r['tokens']:,} |")
     return rows
