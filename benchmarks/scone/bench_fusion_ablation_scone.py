@@ -15,12 +15,13 @@ Protocol (CPU scale, every run single-threaded):
    per-token losses are split by how often the position's f-gram was seen in the training batches ("updates per
    f-gram"), as the difference to the base trained alike.
 
-Configurations: ``base``; ``replace`` (= ``FGRAM_RECIPES["paper"]``); ``replace_ns`` (replace + final RMSNorm +
-output scale); ``gated`` (= ``FGRAM_RECIPES["gated"]``, ours); ``gated_plain`` (gated, no norm/scale); and two
-candidate fixes for replace that keep the paper's architecture (so the exported table model is unchanged):
-``replace_id`` (``A_f``'s residual branches -- attention ``o_proj``, MLP ``down_proj`` -- and its position
-embeddings initialised to zero, so ``A_f(x_j..x_i) = T(x_i)`` exactly and the wrap starts as the base) and
-``replace_lr10`` (the paper recipe with 10x the learning rate on ``A_f``).
+Configurations (default: the grid of issue #13 item 1, {replace, gated} x {without, with final norm + output
+scale} x {random, identity init of A_f}, plus ``base``): ``replace`` (= ``FGRAM_RECIPES["paper"]``), ``replace_ns``
+(replace + final RMSNorm + output scale), ``gated`` (= ``FGRAM_RECIPES["gated"]``, ours), ``gated_plain`` (gated, no
+norm/scale), and the same four with ``_id`` / ``gated_id``: the config field ``fgram_init="identity"`` (``A_f``'s
+residual branches -- attention ``o_proj``, MLP ``down_proj`` -- and its position embeddings start at zero, so
+``A_f(x_j..x_i) = T(x_i)`` before norm/scale; the paper's architecture and table model, another initialisation).
+Also available: ``replace_lr10`` (the paper recipe with 10x the learning rate on ``A_f``).
 
 ``--base-steps 0`` skips step 1 (the "base" is the random initialisation): the from-scratch protocol of the earlier
 quality study (``bench_quality_scone.py``), for comparison.
@@ -52,23 +53,34 @@ from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, pars
 
 DOMAINS = list(CORPUS_DOMAINS)
 NO_EXTRAS = {"fgram_final_norm": False, "fgram_output_scale": False}
-# name -> (config overrides, special init, learning-rate multiplier on A_f); None = the plain base Llama
+WITH_EXTRAS = {"fgram_final_norm": True, "fgram_output_scale": True}
+IDENTITY = {"fgram_init": "identity"}
+# name -> (config overrides, learning-rate multiplier on A_f); None = the plain base Llama
 CONFIGS = {
     "base": None,
-    "replace": (dict(FGRAM_RECIPES["paper"]), None, 1.0),
-    "replace_ns": ({"fgram_fusion": "replace", "fgram_final_norm": True, "fgram_output_scale": True}, None, 1.0),
-    "gated": (dict(FGRAM_RECIPES["gated"]), None, 1.0),
-    "gated_plain": ({"fgram_fusion": "gated", **NO_EXTRAS}, None, 1.0),
-    "replace_id": (dict(FGRAM_RECIPES["paper"]), "identity", 1.0),
-    "replace_lr10": (dict(FGRAM_RECIPES["paper"]), None, 10.0),
+    "replace": (dict(FGRAM_RECIPES["paper"]), 1.0),
+    "replace_ns": ({"fgram_fusion": "replace", **WITH_EXTRAS}, 1.0),
+    "gated": (dict(FGRAM_RECIPES["gated"]), 1.0),
+    "gated_plain": ({"fgram_fusion": "gated", **NO_EXTRAS}, 1.0),
+    "replace_id": ({**FGRAM_RECIPES["paper"], **IDENTITY}, 1.0),
+    "replace_ns_id": ({"fgram_fusion": "replace", **WITH_EXTRAS, **IDENTITY}, 1.0),
+    "gated_id": ({**FGRAM_RECIPES["gated"], **IDENTITY}, 1.0),
+    "gated_plain_id": ({"fgram_fusion": "gated", **NO_EXTRAS, **IDENTITY}, 1.0),
+    "replace_lr10": (dict(FGRAM_RECIPES["paper"]), 10.0),
 }
+# the grid of issue #13 item 1: {replace, gated} x {no norm/scale, norm + scale} x {random, identity init}
+GRID = ["base", "replace", "replace_ns", "gated", "gated_plain", "replace_id", "replace_ns_id", "gated_id",
+        "gated_plain_id"]
 LABELS = {
     "base": "base Llama",
     "replace": "replace (paper)",
     "replace_ns": "replace + norm + scale",
     "gated": "gated + norm + scale (ours)",
     "gated_plain": "gated, no norm/scale",
-    "replace_id": "replace, identity init (fix)",
+    "replace_id": "replace, identity init",
+    "replace_ns_id": "replace + norm + scale, identity init",
+    "gated_id": "gated + norm + scale, identity init",
+    "gated_plain_id": "gated, no norm/scale, identity init",
     "replace_lr10": "replace, A_f LR x10",
 }
 BUCKETS = [(0, 0), (1, 9), (10, 99), (100, 10**12)]  # times the f-gram was seen in the continual-training batches
@@ -79,12 +91,14 @@ def bucket_name(low: int, high: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------- data/base
-def load_data(args):
-    """Tokenizer (trained once, cached), shuffled packed training blocks and held-out blocks (equal per domain)."""
+def load_data(args, per_domain: bool = False):
+    """Tokenizer (trained once, cached), shuffled packed training blocks and held-out blocks (equal per domain; a
+    ``{domain: blocks}`` dict with ``per_domain``). The token ids are cached next to the tokenizer."""
     root = cache_dir("scone_ablation", f"{args.preset}_v{args.vocab_size}_c{args.chars_per_domain}")
     tok_dir = root / "tokenizer"
-    train_texts = {d: corpus_texts(d, "train", limit_chars=args.chars_per_domain) for d in DOMAINS}
+    ids_path = root / f"ids_block{args.block}_eval{args.eval_tokens}.npz"
     if not (tok_dir / "tokenizer.json").exists():
+        train_texts = {d: corpus_texts(d, "train", limit_chars=args.chars_per_domain) for d in DOMAINS}
         texts = [t for d in DOMAINS for t in train_texts[d]]
         tokenizer = train_tokenizer((texts[i:i + 1000] for i in range(0, len(texts), 1000)), args.vocab_size,
                                     show_progress=False)
@@ -92,15 +106,22 @@ def load_data(args):
             tokenizer.save_pretrained(tmp)
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     eos = tokenizer.eos_token_id
-    docs = [np.asarray(x, dtype=np.int64) for d in DOMAINS
-            for x in tokenizer(train_texts[d], add_special_tokens=False)["input_ids"]]
+    if not ids_path.exists():
+        docs = [np.asarray(x, dtype=np.int64) for d in DOMAINS for x in tokenizer(
+            corpus_texts(d, "train", limit_chars=args.chars_per_domain), add_special_tokens=False)["input_ids"]]
+        valid = {}
+        for d in DOMAINS:
+            ids = tokenizer(corpus_texts(d, "valid"), add_special_tokens=False)["input_ids"]
+            valid[d] = pack_ids(ids, args.block, separator=eos)[: max(1, args.eval_tokens // args.block)]
+        with atomic_file(ids_path, "wb") as handle:
+            np.savez(handle, flat=np.concatenate(docs), lengths=np.array([len(x) for x in docs]),
+                     **{f"valid_{d}": valid[d] for d in DOMAINS})
+    data = np.load(ids_path)
+    docs = np.split(data["flat"], np.cumsum(data["lengths"])[:-1])
+    valid = {d: data[f"valid_{d}"] for d in DOMAINS}
     blocks = pack_ids(docs, args.block, separator=eos)
     blocks = blocks[np.random.default_rng(0).permutation(len(blocks))]  # mix domains before halving
-    valid = {}
-    for d in DOMAINS:
-        ids = tokenizer(corpus_texts(d, "valid"), add_special_tokens=False)["input_ids"]
-        valid[d] = pack_ids(ids, args.block, separator=eos)[: max(1, args.eval_tokens // args.block)]
-    return root, tokenizer, docs, blocks, np.concatenate([valid[d] for d in DOMAINS])
+    return root, tokenizer, docs, blocks, valid if per_domain else np.concatenate([valid[d] for d in DOMAINS])
 
 
 def make_schedule(optimizer, steps: int, warmup: int):
@@ -141,15 +162,9 @@ def make_model(name: str, base_dir: Path, vocab, layers: int, seed: int):
     torch.manual_seed(1000 + seed)  # A_f's initialisation depends on the seed
     if CONFIGS[name] is None:
         return LlamaForCausalLM.from_pretrained(base_dir)
-    overrides, init, _ = CONFIGS[name]
+    overrides, _ = CONFIGS[name]
+    # fgram_init="identity" (a config field): A_f's residual branches and positions start at 0, output = T(x_i)
     model = SconeLlamaForCausalLM.from_pretrained(base_dir, fgram_vocab=vocab, fgram_num_layers=layers, **overrides)
-    if init == "identity":
-        fgram = model.model.fgram_model
-        with torch.no_grad():  # every residual branch adds 0 at step 0: the last position's output is T(x_i)
-            fgram.position_embedding.weight.zero_()
-            for layer in fgram.layers:
-                layer.self_attn.o_proj.weight.zero_()
-                layer.mlp.down_proj.weight.zero_()
     return model
 
 
@@ -213,7 +228,7 @@ def token_nll(model, eval_blocks: np.ndarray) -> np.ndarray:
 def train_run(name: str, model, blocks: np.ndarray, args, seed: int, eval_blocks: np.ndarray,
               block_rows: np.ndarray) -> tuple[dict, np.ndarray]:
     """Continual training; returns the loss curve and how many times each f-gram row occurred in the batches."""
-    lr_mult = 1.0 if CONFIGS[name] is None else CONFIGS[name][2]
+    lr_mult = 1.0 if CONFIGS[name] is None else CONFIGS[name][1]
     fgram_params = [p for n, p in model.named_parameters() if "fgram_model" in n]
     fgram_ids = {id(p) for p in fgram_params}
     groups = [{"params": [p for p in model.parameters() if id(p) not in fgram_ids], "lr": args.lr}]
@@ -268,7 +283,9 @@ def summarise(results: dict) -> None:
               f"{final.std():.4f} | {delta.mean():+.4f} ± {delta.std():.4f} ({100 * (math.exp(delta.mean()) - 1):+.1f}% "
               f"ppl) |")
     print("\nheld-out NLL minus the base trained alike, by f-gram training count (mean over seeds):")
-    names = [n for n in runs if n != "base"]
+    names = [n for n in runs if n != "base" and all("buckets" in r for r in runs[n])]  # (--skip-base parts: none)
+    if not names:
+        return
     keys = list(runs[names[0]][0]["buckets"])
     print("| configuration | " + " | ".join(keys) + " |")
     print("|---|" + "---|" * len(keys))
@@ -310,7 +327,7 @@ def plot(results: dict, path: Path) -> None:
     axes[1].set_ylabel("held-out loss minus base (nats)")
     axes[1].set_title("loss vs the base trained alike")
     axes[1].legend(fontsize=7)
-    scone = [n for n in names if n != "base"]
+    scone = [n for n in names if n != "base" and all("buckets" in r for r in runs[n])]
     keys = list(runs[scone[0]][0]["buckets"])
     width = 0.8 / len(scone)
     for i, name in enumerate(scone):
@@ -342,8 +359,10 @@ def main() -> None:
     parser.add_argument("--num-fgrams", type=int, default=10_000)
     parser.add_argument("--fgram-layers", type=int, default=1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=GRID, choices=list(CONFIGS))
     parser.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens per domain")
+    parser.add_argument("--skip-base", action="store_true",
+                        help="do not train the base (merge with a part that has it; no per-f-gram-count split)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--name", default="fusion_ablation_scone", help="file name of the JSON/PNG results")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
@@ -371,7 +390,7 @@ def main() -> None:
         plot(results, out / f"{args.name}.png")
         print(f"\nCPU {results['cpu_s']:.0f}s over all parts; wrote {out}/{args.name}.json/.png")
         return
-    if "base" not in args.configs:
+    if "base" not in args.configs and not args.skip_base:
         args.configs = ["base", *args.configs]
     started, cpu_started = time.perf_counter(), time.process_time()
 
@@ -406,7 +425,7 @@ def main() -> None:
                       "curve": curve, "cpu_s": time.process_time() - run_start}
             if name == "base":
                 base_nll[seed] = nll
-            else:
+            elif seed in base_nll:
                 delta = nll - base_nll[seed]
                 counts = np.where(input_len >= 2, seen[np.maximum(input_rows, 0)], -1)
                 record["buckets"] = {"no f-gram": {"delta": float(delta[counts < 0].mean()),
@@ -422,8 +441,9 @@ def main() -> None:
     results["wall_s"], results["cpu_s"] = time.perf_counter() - started, time.process_time() - cpu_started
     with atomic_file(out / f"{args.name}.json", "w") as handle:
         json.dump(results, handle, indent=1)
-    summarise(results)
-    plot(results, out / f"{args.name}.png")
+    if "base" in results["runs"]:
+        summarise(results)
+        plot(results, out / f"{args.name}.png")
     print(f"\nwall {results['wall_s']:.0f}s, CPU {results['cpu_s']:.0f}s; wrote {out}/{args.name}.json/.png")
 
 

@@ -37,6 +37,8 @@ class SconeLlamaConfig(LlamaConfig):
         fgram_final_norm (`bool`): apply an RMSNorm to ``A_f``'s output (ours; the paper has none).
         fgram_output_scale (`bool`): multiply ``A_f``'s output by a learned per-dimension scale initialised to the
             token embeddings' RMS (ours; the paper has none).
+        fgram_init (`str`): ``"random"`` (Llama init) or ``"identity"`` (ours: ``A_f``'s residual branches and positions
+            start at 0, so its output starts as ``T(x_i)``, the embedding it replaces; needs equal widths).
         fgram_tokenizer_fingerprint (`str`, *optional*): fingerprint of the tokenizer the f-grams were mined with.
 
     ``FGRAM_RECIPES["paper"]`` / ``["gated"]`` name the two settings of the last three fields.
@@ -55,6 +57,7 @@ class SconeLlamaConfig(LlamaConfig):
     fgram_tokenizer_fingerprint: str | None = None
     fgram_final_norm: bool = True
     fgram_output_scale: bool = True
+    fgram_init: str = "random"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -68,6 +71,9 @@ class SconeLlamaConfig(LlamaConfig):
             raise ValueError(f"fgram_fusion must be one of {FUSION_MODES}, got {self.fgram_fusion!r}")
         if self.fgram_mode not in FGRAM_MODES:
             raise ValueError(f"fgram_mode must be one of {FGRAM_MODES}, got {self.fgram_mode!r}")
+        if self.fgram_init not in ("random", "identity") or (self.fgram_init == "identity" and (
+                self.fgram_hidden_size or self.hidden_size) != self.hidden_size):
+            raise ValueError(f"fgram_init must be 'random' or 'identity' (equal widths), got {self.fgram_init!r}")
         for name in ("fgram_final_norm", "fgram_output_scale"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")

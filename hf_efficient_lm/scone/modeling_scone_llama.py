@@ -57,6 +57,9 @@ class SconeFgramModel(nn.Module):
         self.norm = LlamaRMSNorm(width, eps=self.config.rms_norm_eps) if config.fgram_final_norm else None
         self.out_proj = nn.Linear(width, main_width, bias=False) if width != main_width else None
         self.output_scale = nn.Parameter(torch.ones(main_width)) if config.fgram_output_scale else None
+        if config.fgram_init == "identity":  # residual branches and positions start at 0: the output is T(x_i)
+            for module in [self.position_embedding, *(m for x in self.layers for m in (x.self_attn.o_proj, x.mlp.down_proj))]:
+                module.zero_init = True  # (flagged per module: _init_weights may skip a parent without own weights)
 
     def forward(self, window_embeds: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Args: window_embeds ``[U, L, d_main]`` (n-gram token embeddings, right-padded to ``L``), lengths
@@ -174,6 +177,8 @@ class SconeLlamaPreTrainedModel(LlamaPreTrainedModel):
             # Match the RMS of freshly initialised token embeddings; wrapping a trained Llama re-sets it to the
             # actual embedding RMS (SconeLlamaForCausalLM.from_pretrained).
             init.constant_(module.output_scale, std)
+        if getattr(module, "zero_init", False):  # fgram_init="identity"; init.* skips weights loaded from a file
+            init.zeros_(module.weight)
         if isinstance(module, SconeLlamaModel) and module.fgram_gate is not None:
             init.zeros_(module.fgram_gate)  # gated fusion starts as the exact base model
 

@@ -301,3 +301,45 @@ def test_paper_recipe_is_replace_fusion_with_the_raw_last_position_output(tmp_pa
         torch.testing.assert_close(loaded(batch).logits, model(batch).logits, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="fgram_final_norm must be True or False"):
         SconeLlamaForCausalLM.from_pretrained(llama_dir, fgram_vocab=vocab, fgram_final_norm="no")
+
+
+def test_identity_init_makes_the_paper_replace_wrap_the_base_llama_and_survives_reload(tmp_path, llama_dir, vocab,
+                                                                                       batch):
+    """fgram_init="identity": A_f's output starts as the token embedding it replaces, so the paper's replace fusion
+    wrapping a Llama gives the base's logits at step 0 (the default random init does not); the zeroed weights are
+    then trained like any other, and loading a trained SconeLlama must not zero them again."""
+    from hf_efficient_lm.scone import FGRAM_RECIPES
+
+    base = LlamaForCausalLM.from_pretrained(llama_dir).eval()
+    rows, lengths = SconeLlamaForCausalLM.from_pretrained(llama_dir, fgram_vocab=vocab).match_fgrams(batch)
+    assert (lengths >= 2).float().mean() > 0.3  # the replaced positions are a real share of the batch
+    torch.manual_seed(0)
+    random = SconeLlamaForCausalLM.from_pretrained(llama_dir, fgram_vocab=vocab, fgram_num_layers=2,
+                                                   **FGRAM_RECIPES["paper"]).eval()
+    torch.manual_seed(0)
+    model = SconeLlamaForCausalLM.from_pretrained(llama_dir, fgram_vocab=vocab, fgram_num_layers=2,
+                                                  fgram_init="identity", **FGRAM_RECIPES["paper"]).eval()
+    with torch.no_grad():
+        expected = base(batch).logits
+        assert (random(batch).logits - expected).abs().max() > 1e-3  # random init: the wrap moves the logits
+        torch.testing.assert_close(model(batch).logits, expected, atol=1e-5, rtol=1e-5)
+        embeds = model.model.scone_embeddings(batch, rows, lengths)
+        torch.testing.assert_close(embeds, base.model.embed_tokens(batch), atol=1e-6, rtol=1e-6)
+        fgram = model.model.fgram_model
+        assert fgram.layers[0].self_attn.q_proj.weight.std() > 0  # only the residual branches' outputs start at 0
+        for layer in fgram.layers:  # stand-in for training: every parameter becomes non-zero
+            layer.self_attn.o_proj.weight.normal_(0, 0.05)
+            layer.mlp.down_proj.weight.normal_(0, 0.05)
+        fgram.position_embedding.weight.normal_(0, 0.05)
+        trained = model(batch).logits
+    assert (trained - expected).abs().max() > 1e-3
+    model.save_pretrained(tmp_path / "trained")
+    loaded = SconeLlamaForCausalLM.from_pretrained(tmp_path / "trained").eval()
+    assert loaded.config.fgram_init == "identity"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch).logits, trained, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="fgram_init must be"):
+        SconeLlamaForCausalLM.from_pretrained(llama_dir, fgram_vocab=vocab, fgram_init="zeros")
+    with pytest.raises(ValueError, match="fgram_init must be"):
+        SconeLlamaForCausalLM.from_pretrained(llama_dir, fgram_vocab=vocab, fgram_init="identity",
+                                              fgram_hidden_size=16)
