@@ -10,9 +10,10 @@ scale, on the same AnchorLlama weights in two settings:
 
 The few-shot demonstrations are shared by all items: they are run once into a cache (compressed to its anchors in
 ``anchor`` mode) and every item continues from a copy of it, so the timing shows the prefix-reuse benefit too.
-The bundled task, :func:`sentence_cloze_items`, is a HellaSwag-like sentence completion built from any corpus: the
-context is two consecutive sentences of a document, the right choice the next sentence, the distractors sentences of
-other documents.
+Two bundled tasks build items from any corpus: :func:`next_sentence_items` ("which sentence comes next?": context =
+consecutive sentences of a document, right choice = the next sentence, distractors = length-matched sentences of other
+documents, balanced answer positions, no repeats; the one the quality benchmark uses) and the older
+:func:`sentence_cloze_items` (the same idea sampled with replacement, distractors of any length).
 
     hf-efficient-lm anchor-mcq --model DIR --data ../shared/corpus/fortunes.valid.jsonl.gz
 """
@@ -69,6 +70,71 @@ def sentence_cloze_items(texts: list[str], n_items: int, n_choices: int = 4, see
         choices = distractors + [answer]
         rng.shuffle(choices)
         items.append(MultipleChoiceItem(" ".join(doc[start : start + 2]), choices, choices.index(answer)))
+    return items
+
+
+def next_sentence_items(texts: list[str], n_items: int, n_choices: int = 4, seed: int = 0,
+                        context_sentences: int = 2, min_chars: int = 20, max_chars: int = 200,
+                        length_candidates: int = 16) -> list[MultipleChoiceItem]:
+    """"Which sentence comes next?" items from held-out documents: the context is ``context_sentences``
+    consecutive sentences of a document, the right choice the sentence that follows them, the distractors sentences
+    of *other* documents (never the item's own), each picked as the closest in length (characters) to the answer
+    among ``length_candidates`` random draws, so a summed log-probability cannot win on length alone.
+
+    Unlike :func:`sentence_cloze_items` no (document, position) is used twice, items are spread round-robin over the
+    documents, and the answer's position is balanced exactly (item ``k``'s label is a shuffled ``k % n_choices``).
+    Raises ``ValueError`` if the documents hold fewer than ``n_items`` distinct positions or fewer than
+    ``n_choices`` usable documents."""
+    if n_items < 1 or n_choices < 2 or context_sentences < 1 or length_candidates < 1:
+        raise ValueError(f"need n_items >= 1, n_choices >= 2, context_sentences >= 1, length_candidates >= 1; got "
+                         f"{n_items}, {n_choices}, {context_sentences}, {length_candidates}")
+    rng = random.Random(seed)
+    docs = []
+    for text in texts:
+        sentences = [" ".join(s.split()) for s in split_sentences(text)]
+        sentences = [s for s in sentences if min_chars <= len(s) <= max_chars]
+        if len(sentences) > context_sentences:
+            docs.append(sentences)
+    if len(docs) < n_choices:
+        raise ValueError(f"need at least {n_choices} documents with {context_sentences + 1}+ usable sentences, "
+                         f"found {len(docs)}")
+    # every (document, answer index), shuffled within each document, then taken round-robin over documents
+    per_doc = []
+    for index, doc in enumerate(docs):
+        positions = [(index, p) for p in range(context_sentences, len(doc))]
+        rng.shuffle(positions)
+        per_doc.append(positions)
+    order = []
+    while any(per_doc):
+        for positions in per_doc:
+            if positions:
+                order.append(positions.pop())
+    if len(order) < n_items:
+        raise ValueError(f"asked for {n_items} items, the documents hold only {len(order)} distinct positions")
+    labels = [k % n_choices for k in range(n_items)]
+    rng.shuffle(labels)
+    items = []
+    for (doc_index, answer_index), label in zip(order[:n_items], labels):
+        doc = docs[doc_index]
+        answer = doc[answer_index]
+        distractors: list[str] = []
+        for _attempt in range(100 * n_choices):
+            if len(distractors) == n_choices - 1:
+                break
+            draws = []
+            for _ in range(length_candidates):
+                other = rng.randrange(len(docs) - 1)
+                other += other >= doc_index  # any document but the item's own
+                candidate = rng.choice(docs[other])
+                if candidate != answer and candidate not in distractors and candidate not in doc:
+                    draws.append(candidate)
+            if draws:
+                distractors.append(min(draws, key=lambda c: abs(len(c) - len(answer))))
+        if len(distractors) < n_choices - 1:
+            raise ValueError(f"found no {n_choices - 1} distinct distractors for {answer!r} in the other documents")
+        choices = distractors[:label] + [answer] + distractors[label:]
+        context = " ".join(doc[answer_index - context_sentences : answer_index])
+        items.append(MultipleChoiceItem(context, choices, label))
     return items
 
 
@@ -149,6 +215,8 @@ def main(argv=None):
     parser.add_argument("--items", type=int, default=100)
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task", default="next-sentence", choices=["next-sentence", "cloze"],
+                        help="item builder: next_sentence_items (default) or sentence_cloze_items")
     parser.add_argument("--modes", nargs="+", default=["full", "anchor"], choices=["full", "anchor"])
     parser.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -162,7 +230,8 @@ def main(argv=None):
     texts = read_texts([args.data])
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
-    pool = sentence_cloze_items(texts, args.items + args.shots, seed=args.seed)
+    build = next_sentence_items if args.task == "next-sentence" else sentence_cloze_items
+    pool = build(texts, args.items + args.shots, seed=args.seed)
     demos, items = pool[: args.shots], pool[args.shots :]
     results = [evaluate_multiple_choice(model, tokenizer, items, demos, mode) for mode in args.modes]
     for r in results:
