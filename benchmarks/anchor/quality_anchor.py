@@ -245,7 +245,7 @@ def train(args, data_file: Path, mode: str, seed: int) -> Path:
     return run_anchor_training(train_args, TrainingArguments(
         output_dir=str(run_dir), max_steps=args.steps, per_device_train_batch_size=args.batch,
         learning_rate=args.lr, lr_scheduler_type="constant_with_warmup", warmup_steps=args.warmup,
-        logging_steps=25, save_strategy="no", report_to=[], seed=seed, data_seed=seed,
+        logging_steps=max(1, min(25, args.steps // 4)), save_strategy="no", report_to=[], seed=seed, data_seed=seed,
         dataloader_pin_memory=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
     ))
 
@@ -304,6 +304,9 @@ def summarize(runs: dict) -> dict:
                 row["masked_gap"] = max(abs(ppl_of([r["ppl"][d]["anchor"]]) / ppl_of([r["ppl"][d]["masked"]]) - 1)
                                         for r in by_seed.values() for d in DOMAINS)
             summary["ppl"].append(row)
+        losses = [r["train_loss_end"] for r in by_seed.values() if "train_loss_end" in r]
+        if losses:
+            summary.setdefault("train_loss_end", {})[variant] = mean_std(losses)
         mc_seeds = {s: r["mc"] for s, r in by_seed.items() if "mc" in r}
         if mc_seeds:
             first = next(iter(mc_seeds.values()))
@@ -343,6 +346,9 @@ def markdown(summary: dict, settings: dict) -> str:
     gaps = [r["masked_gap"] for r in summary["ppl"] if "masked_gap" in r]
     if gaps:
         lines.append(f"\nPruned-cache vs one-forward AnSAN mask perplexity: largest relative gap {max(gaps):.1e}.\n")
+    if summary.get("train_loss_end"):
+        lines.append("Training loss at the end (mean of the last two logged, over all tokens incl. anchors): "
+                     + ", ".join(f"{LABELS[v]} {fmt(x, 3)}" for v, x in summary["train_loss_end"].items()) + "\n")
     lines += ["## (b), (c) next-sentence multiple choice (4 choices, chance 0.25)\n",
               "| model | shots | attention | acc | acc_norm | KV positions | KV kept | wall s | CPU s | speed-up (CPU) |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -440,7 +446,8 @@ def main(argv=None):
     texts = eval_texts(args.eval_docs, args.piece_chars)
     held_out = [doc for domain in DOMAINS for doc in corpus_texts(domain, "valid")]
     mc_items = next_sentence_items(held_out, args.mc_items, seed=0)
-    demo_docs = [doc for domain in DOMAINS for doc in corpus_texts(domain, "train", 40)]
+    train_docs = {domain: corpus_texts(domain, "train", 8) for domain in DOMAINS}
+    demo_docs = [train_docs[domain][i] for i in range(8) for domain in DOMAINS]  # demos from all five domains
     mc_demos = next_sentence_items(demo_docs, max(args.shots), seed=1)
     key = dict(eval_docs=args.eval_docs, piece_chars=args.piece_chars, chunk=args.chunk, mc_items=args.mc_items,
                shots=args.shots, mc_chunk=args.mc_chunk)
@@ -489,6 +496,9 @@ def main(argv=None):
                 final.parent / "eval.json", {**key, "mc": with_mc},
                 lambda: evaluate(model, tok, None if mode == "none" else mode, texts, mc_items, mc_demos, args,
                                  with_mc))
+            losses = json.loads((final / "anchor_train_metrics.json").read_text())["train_losses"]
+            if losses:
+                runs[mode][seed]["train_loss_end"] = statistics.fmean(losses[-2:])  # the last 2 logged
             summary = save()
             print(f"[{(time.perf_counter() - started) / 60:.1f} min] {mode} seed {seed}: pooled ppl "
                   + ", ".join(f"{r['attention']} {r['pooled'][0]:.2f}" for r in summary["ppl"]
