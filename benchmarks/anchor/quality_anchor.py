@@ -11,8 +11,11 @@ same steps on the same data without anchors (the causal baseline), with seeds.
     is read but never scored, and "full" reads the text without ``<AC>``, so every column scores the same tokens.
 (b) Few-shot accuracy on "which sentence comes next?" (``anchor_mcq.next_sentence_items``): context = 2 sentences of a
     held-out document of any domain, 4 choices, the distractors length-matched sentences of other documents, answer
-    positions balanced; 0- and 5-shot (demonstrations from the train split); ``acc`` (summed log-probability) and
-    ``acc_norm`` (per byte). Chance = 0.25.
+    positions balanced; 0- and 5-shot (demonstrations from the train split). ``acc_pmi`` (the headline: summed
+    log-probability of the choice after the prompt minus after BOS alone, lm-eval's ``acc_mutual_info``), ``acc``
+    (summed log-probability) and ``acc_norm`` (per byte). Chance = 0.25. A 1M-parameter model's summed
+    log-probability mostly measures how likely a sentence is on its own, so acc / acc_norm sit near chance even for
+    the base; acc_pmi asks what the context adds.
 (c) KV cache kept and total inference time of (b)'s 5-shot scoring, anchor pruned cache vs full caching, timed in
     interleaved chunks of items (wall and process CPU time) on the same weights.
 
@@ -201,33 +204,41 @@ def perplexities(model, tokenizer, texts: dict[str, list[str]], anchor_mode: str
 # ---------------------------------------------------------------------------------- (b), (c) multiple choice
 def multiple_choice(model, tokenizer, items, demos, modes, chunk_items: int) -> dict:
     """Accuracy / KV / time per mode; the modes alternate over chunks of items so they share the machine's noise."""
-    totals = {m: dict(correct=0.0, correct_norm=0.0, kv=0.0, wall=0.0, cpu=0.0, prefix_tokens=0) for m in modes}
+    totals = {m: dict(correct=0.0, correct_norm=0.0, correct_pmi=0.0, kv=0.0, wall=0.0, cpu=0.0, prefix_tokens=0)
+              for m in modes}
     for start in tqdm(range(0, len(items), chunk_items), desc=f"MC {len(demos)}-shot {'/'.join(modes)}",
                       leave=False):
         chunk = items[start : start + chunk_items]
         for mode in (modes if (start // chunk_items) % 2 == 0 else modes[::-1]):
-            cpu = time.process_time()
-            r = evaluate_multiple_choice(model, tokenizer, chunk, demos, mode=mode, show_progress=False)
+            r = evaluate_multiple_choice(model, tokenizer, chunk, demos, mode=mode, show_progress=False,
+                                         unconditional=True)
             t = totals[mode]
-            t["cpu"] += time.process_time() - cpu
+            # time the prompt + choice scoring only (the unconditional pass for acc_pmi is left out of both)
+            t["cpu"] += r["cpu_seconds"]
             t["wall"] += r["seconds"]
+            t["correct_pmi"] += r["accuracy_pmi"] * len(chunk)
             t["correct"] += r["accuracy"] * len(chunk)
             t["correct_norm"] += r["accuracy_norm"] * len(chunk)
             t["kv"] += r["kv_positions"] * len(chunk)
             t["prefix_tokens"] = r["prefix_tokens"]
     n = len(items)
-    return {m: dict(accuracy=t["correct"] / n, accuracy_norm=t["correct_norm"] / n, kv_positions=t["kv"] / n,
+    return {m: dict(accuracy=t["correct"] / n, accuracy_norm=t["correct_norm"] / n,
+                    accuracy_pmi=t["correct_pmi"] / n, kv_positions=t["kv"] / n,
                     wall_s=t["wall"], cpu_s=t["cpu"], prefix_tokens=t["prefix_tokens"], items=n)
             for m, t in totals.items()}
 
 
-def evaluate(model, tokenizer, anchor_mode, texts, mc_items, mc_demos, args, with_mc: bool) -> dict:
+def evaluate(model, tokenizer, anchor_mode, texts, mc_items, mc_demos, args, with_mc: bool, cache: Path,
+             key: dict) -> dict:
+    """(a) and, if ``with_mc``, (b)+(c) of one model, each cached in ``cache``-ppl.json / -mc.json under ``key``."""
     model.eval()
-    result = {"ppl": perplexities(model, tokenizer, texts, anchor_mode, args.chunk, args.max_length)}
+    result = {"ppl": cached_eval(cache.with_name(cache.name + "-ppl.json"), key["ppl"], lambda: perplexities(
+        model, tokenizer, texts, anchor_mode, args.chunk, args.max_length))}
     if with_mc:
         modes = ("full",) if anchor_mode is None else ("full", "anchor")
-        result["mc"] = {str(shots): multiple_choice(model, tokenizer, mc_items, mc_demos[:shots], modes,
-                                                    args.mc_chunk) for shots in args.shots}
+        result["mc"] = cached_eval(cache.with_name(cache.name + "-mc.json"), key["mc"], lambda: {
+            str(shots): multiple_choice(model, tokenizer, mc_items, mc_demos[:shots], modes, args.mc_chunk)
+            for shots in args.shots})
     return result
 
 
@@ -315,7 +326,7 @@ def summarize(runs: dict) -> dict:
                     rs = [m[shots][mode] for m in mc_seeds.values()]
                     row = {"variant": variant, "shots": int(shots), "attention": mode, "seeds": sorted(mc_seeds),
                            "items": rs[0]["items"], "prefix_tokens": rs[0]["prefix_tokens"]}
-                    for key in ("accuracy", "accuracy_norm", "kv_positions", "wall_s", "cpu_s"):
+                    for key in ("accuracy", "accuracy_norm", "accuracy_pmi", "kv_positions", "wall_s", "cpu_s"):
                         row[key] = mean_std([x[key] for x in rs])
                     if mode == "anchor":
                         fulls = [m[shots]["full"] for m in mc_seeds.values()]
@@ -350,12 +361,13 @@ def markdown(summary: dict, settings: dict) -> str:
         lines.append("Training loss at the end (mean of the last two logged, over all tokens incl. anchors): "
                      + ", ".join(f"{LABELS[v]} {fmt(x, 3)}" for v, x in summary["train_loss_end"].items()) + "\n")
     lines += ["## (b), (c) next-sentence multiple choice (4 choices, chance 0.25)\n",
-              "| model | shots | attention | acc | acc_norm | KV positions | KV kept | wall s | CPU s | speed-up (CPU) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| model | shots | attention | acc_pmi | acc | acc_norm | KV positions | KV kept | wall s | CPU s | "
+              "speed-up (CPU) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in summary["mc"]:
         kept = fmt(row["kv_kept"], pct=True) if "kv_kept" in row else "-"
         speed = fmt(row["speedup_cpu"]) + "x" if "speedup_cpu" in row else "-"
-        lines.append(f"| {LABELS[row['variant']]} | {row['shots']} | {row['attention']} | {fmt(row['accuracy'], 3)} | "
+        lines.append(f"| {LABELS[row['variant']]} | {row['shots']} | {row['attention']} | "
+                     f"{fmt(row['accuracy_pmi'], 3)} | {fmt(row['accuracy'], 3)} | "
                      f"{fmt(row['accuracy_norm'], 3)} | {fmt(row['kv_positions'], 1)} | {kept} | "
                      f"{fmt(row['wall_s'], 1)} | {fmt(row['cpu_s'], 1)} | {speed} |")
     return "\n".join(lines) + "\n"
@@ -386,11 +398,11 @@ def plot(summary: dict, path: Path) -> None:
     labels = [f"{LABELS[r['variant']]}\n{r['attention']}" for r in mc if r["shots"] == max(x["shots"] for x in mc)]
     for k, shots in enumerate(sorted({r["shots"] for r in mc})):
         sel = [r for r in mc if r["shots"] == shots]
-        axes[1].bar([i + 0.4 * k for i in range(len(sel))], [r["accuracy_norm"][0] for r in sel], 0.4,
-                    yerr=[r["accuracy_norm"][1] for r in sel], label=f"{shots}-shot")
+        axes[1].bar([i + 0.4 * k for i in range(len(sel))], [r["accuracy_pmi"][0] for r in sel], 0.4,
+                    yerr=[r["accuracy_pmi"][1] for r in sel], label=f"{shots}-shot")
     axes[1].axhline(0.25, color="k", ls="--", lw=1, label="chance")
     axes[1].set_xticks([i + 0.2 for i in range(len(labels))], labels, fontsize=7, rotation=35, ha="right")
-    axes[1].set_ylabel("acc_norm")
+    axes[1].set_ylabel("accuracy (acc_pmi)")
     axes[1].set_title("(b) next-sentence choice (4-way)")
     axes[1].legend(fontsize=7)
     anchor_rows = [r for r in mc if r["attention"] == "anchor"]
@@ -424,11 +436,14 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--train-pieces", type=int, default=600, help="training pieces per domain")
     parser.add_argument("--piece-chars", type=int, default=700, help="characters per document piece")
-    parser.add_argument("--eval-docs", type=int, default=20, help="held-out pieces per domain")
-    parser.add_argument("--chunk", type=int, default=32, help="tokens per forward in pruned-cache perplexity")
+    parser.add_argument("--eval-docs", type=int, default=12, help="held-out pieces per domain")
+    parser.add_argument("--chunk", type=int, default=64, help="tokens per forward in pruned-cache perplexity")
     parser.add_argument("--mc-items", type=int, default=500)
     parser.add_argument("--shots", nargs="+", type=int, default=[0, 5])
     parser.add_argument("--mc-chunk", type=int, default=50, help="items per interleaved timing chunk")
+    parser.add_argument("--references", action=argparse.BooleanOptionalAction, default=True,
+                        help="evaluate the base and the untrained conversions (--no-references: a second process "
+                             "training other seeds in parallel; a final run with every seed merges all from cache)")
     parser.add_argument("--untrained-mc", action="store_true",
                         help="also run the MC task on the untrained EP / AC conversions")
     parser.add_argument("--results", default=str(OUT_DIR / "quality_anchor.json"))
@@ -449,8 +464,9 @@ def main(argv=None):
     train_docs = {domain: corpus_texts(domain, "train", 8) for domain in DOMAINS}
     demo_docs = [train_docs[domain][i] for i in range(8) for domain in DOMAINS]  # demos from all five domains
     mc_demos = next_sentence_items(demo_docs, max(args.shots), seed=1)
-    key = dict(eval_docs=args.eval_docs, piece_chars=args.piece_chars, chunk=args.chunk, mc_items=args.mc_items,
-               shots=args.shots, mc_chunk=args.mc_chunk)
+    key = {"ppl": dict(eval_docs=args.eval_docs, piece_chars=args.piece_chars, chunk=args.chunk,
+                       max_length=args.max_length),
+           "mc": dict(mc_items=args.mc_items, shots=args.shots, mc_chunk=args.mc_chunk, scoring="pmi")}
     settings = {k: v for k, v in vars(args).items() if k not in ("results", "work")}
     settings["base"] = Path(args.base).name
 
@@ -472,16 +488,16 @@ def main(argv=None):
     # the base and the untrained conversions (no seed: nothing is trained)
     base_tok = AutoTokenizer.from_pretrained(args.base)
     base = AnchorLlamaForCausalLM.from_pretrained(args.base, anchor_token_ids=[])
-    runs["base"] = {0: cached_eval(work / "eval-base.json", key, lambda: evaluate(
-        base, base_tok, None, texts, mc_items, mc_demos, args, True))}
-    save()
+    if args.references:
+        runs["base"] = {0: evaluate(base, base_tok, None, texts, mc_items, mc_demos, args, bool(mc_seeds),
+                                    work / "eval-base", key)}
+        save()
     for mode in ("ep", "ac"):
-        if mode not in args.modes:
+        if mode not in args.modes or not args.references:
             continue
         model, tok = build_anchor_model(AnchorTrainArguments(base_model=args.base, anchor_mode=mode))
-        runs[f"{mode}0"] = {0: cached_eval(work / f"eval-{mode}0.json", {**key, "mc": args.untrained_mc},
-                                           lambda: evaluate(model, tok, mode, texts, mc_items, mc_demos, args,
-                                                            args.untrained_mc))}
+        runs[f"{mode}0"] = {0: evaluate(model, tok, mode, texts, mc_items, mc_demos, args, args.untrained_mc,
+                                        work / f"eval-{mode}0", key)}
         save()
 
     for seed in args.seeds:
@@ -492,10 +508,8 @@ def main(argv=None):
             model = AnchorLlamaForCausalLM.from_pretrained(final)
             tok = AutoTokenizer.from_pretrained(final)
             with_mc = seed in mc_seeds
-            runs.setdefault(mode, {})[seed] = cached_eval(
-                final.parent / "eval.json", {**key, "mc": with_mc},
-                lambda: evaluate(model, tok, None if mode == "none" else mode, texts, mc_items, mc_demos, args,
-                                 with_mc))
+            runs.setdefault(mode, {})[seed] = evaluate(model, tok, None if mode == "none" else mode, texts,
+                                                       mc_items, mc_demos, args, with_mc, final.parent / "eval", key)
             losses = json.loads((final / "anchor_train_metrics.json").read_text())["train_losses"]
             if losses:
                 runs[mode][seed]["train_loss_end"] = statistics.fmean(losses[-2:])  # the last 2 logged

@@ -144,12 +144,18 @@ def _encode(tokenizer, text: str, anchor_mode: str, anchor_token_id, close: bool
 
 @torch.no_grad()
 def evaluate_multiple_choice(model, tokenizer, items: list[MultipleChoiceItem], demos: list[MultipleChoiceItem],
-                             mode: str = "anchor", show_progress: bool = True) -> dict:
+                             mode: str = "anchor", show_progress: bool = True, unconditional: bool = False) -> dict:
     """Accuracy, KV cache size and time of ``model`` (an AnchorLlamaForCausalLM) on ``items`` with ``demos`` as
     few-shot demonstrations, in ``mode`` ``"full"`` or ``"anchor"`` (see the module docstring).
 
     Returns a dict: accuracy, accuracy_norm, kv_positions / kv_bytes (mean per scored choice row, after the choice),
-    prefix_tokens, seconds, and ``scores`` (per item, the summed log-probability of each choice)."""
+    prefix_tokens, seconds (wall) and cpu_seconds (this process), and ``scores`` (per item, the summed
+    log-probability of each choice). With
+    ``unconditional=True`` also ``accuracy_pmi`` / ``unconditional_scores``: each choice is scored once more after
+    the BOS token alone (same mode), and the choice maximising ``log p(choice | prompt) - log p(choice | BOS)`` is
+    taken (lm-evaluation-harness's ``acc_mutual_info``): it removes how likely a sentence is on its own, which a
+    small model's summed log-probability otherwise mostly measures. ``seconds`` leaves that extra forward out
+    (``unconditional_seconds``), so it times the prompt + choice scoring alone."""
     if mode not in ("full", "anchor"):
         raise ValueError(f"mode must be 'full' or 'anchor', got {mode!r}")
     config = model.config
@@ -165,7 +171,7 @@ def evaluate_multiple_choice(model, tokenizer, items: list[MultipleChoiceItem], 
         return model(input_ids=ids, attention_mask=attention_mask, use_cache=True, anchor_flags=flags,
                      logits_to_keep=0 if keep_all_logits else 1, **{CACHE_NAME: cache}).logits
 
-    start_time = time.perf_counter()
+    start_time, start_cpu = time.perf_counter(), time.process_time()
     prefix_ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     for demo in demos:
         prefix_ids += _encode(tokenizer, demo.context + " " + demo.choices[demo.label], encode_mode, ac_id, True)
@@ -174,8 +180,9 @@ def evaluate_multiple_choice(model, tokenizer, items: list[MultipleChoiceItem], 
     if prefix_ids:
         run(torch.tensor([prefix_ids], device=device), prefix_cache, keep_all_logits=False)
 
-    correct = correct_norm = 0
-    all_scores = []
+    correct = correct_norm = correct_pmi = 0
+    extra_seconds = extra_cpu = 0.0
+    all_scores, all_unconditional = [], []
     kv_positions = kv_bytes = 0
     for item in tqdm(items, desc=f"multiple choice ({mode})", disable=not show_progress, leave=False):
         cache = prefix_cache.copy()
@@ -200,11 +207,27 @@ def evaluate_multiple_choice(model, tokenizer, items: list[MultipleChoiceItem], 
         lengths = torch.tensor([len(choice.encode("utf-8")) for choice in item.choices], device=device)
         correct += int(scores.argmax()) == item.label
         correct_norm += int((scores / lengths).argmax()) == item.label
-    seconds = time.perf_counter() - start_time
+        if unconditional:
+            if tokenizer.bos_token_id is None:
+                raise ValueError("unconditional=True scores each choice after the BOS token; the tokenizer has none")
+            extra_started, extra_cpu_started = time.perf_counter(), time.process_time()
+            bos = torch.full((len(choice_ids), 1), tokenizer.bos_token_id, dtype=torch.long, device=device)
+            alone = run(torch.cat([bos, batch], 1), AnchorCache(config=config),
+                        attention_mask=torch.cat([torch.ones_like(bos), mask], 1))
+            alone = torch.log_softmax(alone[:, :-1].float(), -1).gather(-1, batch[..., None])[..., 0]
+            alone = (alone * mask).sum(-1)
+            all_unconditional.append(alone.tolist())
+            correct_pmi += int((scores - alone).argmax()) == item.label
+            extra_seconds += time.perf_counter() - extra_started
+            extra_cpu += time.process_time() - extra_cpu_started
+    seconds = time.perf_counter() - start_time - extra_seconds
+    cpu_seconds = time.process_time() - start_cpu - extra_cpu
     n = max(len(items), 1)
     return dict(mode=mode, items=len(items), shots=len(demos), accuracy=correct / n, accuracy_norm=correct_norm / n,
                 prefix_tokens=len(prefix_ids), kv_positions=kv_positions / n, kv_bytes=kv_bytes / n, seconds=seconds,
-                scores=all_scores)
+                cpu_seconds=cpu_seconds, scores=all_scores,
+                **(dict(accuracy_pmi=correct_pmi / n, unconditional_scores=all_unconditional,
+                        unconditional_seconds=extra_seconds) if unconditional else {}))
 
 
 def main(argv=None):
@@ -233,10 +256,12 @@ def main(argv=None):
     build = next_sentence_items if args.task == "next-sentence" else sentence_cloze_items
     pool = build(texts, args.items + args.shots, seed=args.seed)
     demos, items = pool[: args.shots], pool[args.shots :]
-    results = [evaluate_multiple_choice(model, tokenizer, items, demos, mode) for mode in args.modes]
+    results = [evaluate_multiple_choice(model, tokenizer, items, demos, mode, unconditional=True)
+               for mode in args.modes]
     for r in results:
         r.pop("scores")
-        print(f"{r['mode']:6} acc {r['accuracy']:.3f} acc_norm {r['accuracy_norm']:.3f} "
+        r.pop("unconditional_scores")
+        print(f"{r['mode']:6} acc {r['accuracy']:.3f} acc_norm {r['accuracy_norm']:.3f} acc_pmi {r['accuracy_pmi']:.3f} "
               f"KV positions {r['kv_positions']:.1f} KV bytes {r['kv_bytes'] / 1024:.1f} KiB time {r['seconds']:.2f}s")
     if args.output:
         from ..io_utils import atomic_file

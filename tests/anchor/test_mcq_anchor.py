@@ -47,13 +47,25 @@ def test_harness_matches_explicit_forward(tmp_path, tiny_bpe_tokenizer):
     assert all(len(i.choices) == 3 and 0 <= i.label < 3 for i in pool)
     demos, items = pool[:2], pool[2:]
     for mode, reference in (("anchor", model), ("full", llama)):
-        result = evaluate_multiple_choice(model, tok, items, demos, mode=mode, show_progress=False)
-        expected = 0
-        for item, got in zip(items, result["scores"]):
+        result = evaluate_multiple_choice(model, tok, items, demos, mode=mode, show_progress=False,
+                                          unconditional=True)
+        expected = expected_pmi = 0
+        for item, got, got_alone in zip(items, result["scores"], result["unconditional_scores"]):
             scores = _reference_scores(reference, tok, demos, item)
             torch.testing.assert_close(torch.tensor(got), torch.tensor(scores), atol=1e-4, rtol=0)
             expected += int(torch.tensor(scores).argmax()) == item.label
+            # each choice after BOS alone, scored by an explicit forward of the reference
+            alone = []
+            for choice in item.choices:
+                ids = tok.encode(" " + choice, add_special_tokens=False)
+                with torch.no_grad():
+                    logits = reference(torch.tensor([[tok.bos_token_id] + ids])).logits[0, :-1]
+                alone.append(torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids)[:, None]).sum().item())
+            torch.testing.assert_close(torch.tensor(got_alone), torch.tensor(alone), atol=1e-4, rtol=0)
+            assert max(abs(a - b) for a, b in zip(scores, alone)) > 0.1  # the prompt changes the scores
+            expected_pmi += int((torch.tensor(scores) - torch.tensor(alone)).argmax()) == item.label
         assert result["accuracy"] == expected / len(items)
+        assert result["accuracy_pmi"] == expected_pmi / len(items)
         assert result["items"] == 3 and result["shots"] == 2
         if mode == "anchor":
             anchor_positions = result["kv_positions"]
