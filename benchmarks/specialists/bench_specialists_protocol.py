@@ -4,7 +4,7 @@ What follows the paper: windows = the training block (each 64-token generic bloc
 own); flat k-means; many more clusters for importance sampling than experts, the expert
 counts in the paper's proportion (IS 1024 : mixture 16 : PN 32, here 256 : 4 : 8 by default); SLM-is pretrained
 from scratch on generic windows resampled to the domain histogram (no smoothing), its pretraining counted as
-specialization cost; every small model fine-tuned on the domain with early stopping (base lr / 3 regime: <= 100
+specialization cost; every small model fine-tuned on the domain with early stopping (base lr / 3 regime: <= 80
 steps, patience 2 evaluations of 20 steps); the mixture's expert chosen three ways (most frequent cluster, lowest domain loss
 before fine-tuning, fine-tune every expert and keep the best on the held-out domain split: Table 5); cost columns
 pretraining / specialization (per domain) / inference, in FLOPs (6 N tokens training, 2 N per token inference) and
