@@ -70,6 +70,8 @@ COMMANDS: tuple[Command, ...] = (
     # specialists
     Command("train-expert", "train one expert of a specialist mixture on its cluster (one of k independent jobs)",
             "hf_efficient_lm.tools.specialists_training:main", passthrough=True),
+    Command("plan-specialists", "which specialist method the paper recommends for given budgets, with its costs",
+            "hf_efficient_lm.tools.specialists_plan:main", passthrough=True),
 )
 
 

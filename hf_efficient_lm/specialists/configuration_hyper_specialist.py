@@ -19,6 +19,9 @@ class HyperSpecialistConfig(LlamaConfig):
         num_basis: ``h``, basis tensors per MLP matrix (the capacity; the paper's PN uses ``h < k``).
         code_dim: ``m``, length of each cluster code ``E_i``.
         default_cluster_id: cluster used when ``forward`` / ``generate`` get no ``cluster_ids``.
+        projection_per_matrix: one ``M^(l)`` per matrix (gate, up, down: ``[3, m, h]``) instead of one shared.
+        projection_init: ``"shared_start"``: every cluster starts as the same Llama-initialised MLP (basis 0; the
+            other bases 0; ``E[:, 0] = 1``, ``M[..., :, 0] = e_0``); ``"random"``: random ``E``, ``M``, bases.
     """
 
     model_type = "hfelm_hyper_specialist"
@@ -29,6 +32,8 @@ class HyperSpecialistConfig(LlamaConfig):
     num_basis: int = 4
     code_dim: int = 4
     default_cluster_id: int = 0
+    projection_per_matrix: bool = False
+    projection_init: str = "random"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -41,6 +46,8 @@ class HyperSpecialistConfig(LlamaConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.projection_init not in ("random", "shared_start"):
+            raise ValueError(f"projection_init={self.projection_init!r}; choose 'random' or 'shared_start'")
         if not 0 <= self.default_cluster_id < self.num_clusters:
             raise ValueError(
                 f"default_cluster_id={self.default_cluster_id} is not a cluster index in [0, {self.num_clusters})"

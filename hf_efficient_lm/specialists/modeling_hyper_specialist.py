@@ -41,7 +41,8 @@ PROJECTED_MATRICES = ("gate_proj", "up_proj", "down_proj")
 class HyperSpecialistMLP(nn.Module):
     """Llama's gated MLP with cluster-conditioned weights.
 
-    Parameters: ``coefficient_projection`` ``M [m, h]``; ``gate_basis`` / ``up_basis`` ``[h, ffn, hidden]``;
+    Parameters: ``coefficient_projection`` ``M [m, h]`` (``[3, m, h]``: one per matrix gate/up/down with
+    ``config.projection_per_matrix``); ``gate_basis`` / ``up_basis`` ``[h, ffn, hidden]``;
     ``down_basis`` ``[h, hidden, ffn]`` (each basis slice has the shape of the matching ``nn.Linear.weight``).
     """
 
@@ -50,7 +51,8 @@ class HyperSpecialistMLP(nn.Module):
         if config.mlp_bias:
             raise ValueError("HyperSpecialistConfig does not support mlp_bias=True (Llama's default is False)")
         hidden, ffn, basis = config.hidden_size, config.intermediate_size, config.num_basis
-        self.coefficient_projection = nn.Parameter(torch.empty(config.code_dim, basis))
+        per_matrix = (len(PROJECTED_MATRICES),) if config.projection_per_matrix else ()
+        self.coefficient_projection = nn.Parameter(torch.empty(*per_matrix, config.code_dim, basis))
         self.gate_basis = nn.Parameter(torch.empty(basis, ffn, hidden))
         self.up_basis = nn.Parameter(torch.empty(basis, ffn, hidden))
         self.down_basis = nn.Parameter(torch.empty(basis, hidden, ffn))
@@ -60,11 +62,12 @@ class HyperSpecialistMLP(nn.Module):
 
     def materialize(self, code: torch.Tensor) -> dict[str, torch.Tensor]:
         """Weights for one code ``[m]`` (``E_i``, or a histogram-weighted mix of codes) -> ``{name: weight}``."""
-        coefficients = code.to(self.coefficient_projection.dtype) @ self.coefficient_projection  # [h]
+        coefficients = code.to(self.coefficient_projection.dtype) @ self.coefficient_projection  # [h] or [3, h]
+        gate, up, down = coefficients if coefficients.dim() == 2 else (coefficients,) * 3
         return {
-            "gate_proj": torch.einsum("h,hfd->fd", coefficients, self.gate_basis),
-            "up_proj": torch.einsum("h,hfd->fd", coefficients, self.up_basis),
-            "down_proj": torch.einsum("h,hdf->df", coefficients, self.down_basis),
+            "gate_proj": torch.einsum("h,hfd->fd", gate, self.gate_basis),
+            "up_proj": torch.einsum("h,hfd->fd", up, self.up_basis),
+            "down_proj": torch.einsum("h,hdf->df", down, self.down_basis),
         }
 
     def _gated_mlp(self, hidden_states: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -117,17 +120,32 @@ class HyperSpecialistPreTrainedModel(LlamaPreTrainedModel):
     _can_compile_fullgraph = False
 
     def _init_weights(self, module):
-        """Codes ``E`` and projections ``M`` ~ N(0, 1/m); bases scaled so a materialised ``W`` starts with std
-        ``initializer_range`` (``||E_i M|| ~ sqrt(h/m)``)."""
+        """``random``: codes ``E`` and projections ``M`` ~ N(0, 1/m), bases scaled so a materialised ``W`` starts with
+        std ``initializer_range`` in expectation (``||E_i M|| ~ sqrt(h/m)``; per cluster it varies a lot when h, m
+        are small). ``shared_start``: every cluster's ``W`` starts as the same N(0, initializer_range) matrix."""
         super()._init_weights(module)
         config = self.config
+        # shared_start edits whole tensors with init.copy_: init.* skip tensors loaded from a checkpoint, slices not.
+        shared_start = config.projection_init == "shared_start"
         if isinstance(module, HyperSpecialistMLP):
             init.normal_(module.coefficient_projection, mean=0.0, std=1.0 / math.sqrt(config.code_dim))
             basis_std = config.initializer_range / math.sqrt(config.num_basis / config.code_dim)
+            # shared_start: basis 0 rescaled to initializer_range, the other bases zeroed
+            keep = torch.zeros(config.num_basis, 1, 1)
+            keep[0] = config.initializer_range / basis_std
             for basis in (module.gate_basis, module.up_basis, module.down_basis):
                 init.normal_(basis, mean=0.0, std=basis_std)
+                if shared_start:
+                    init.copy_(basis, basis.detach() * keep.to(basis))
+            if shared_start:
+                projection = module.coefficient_projection.detach().clone()
+                projection[..., 0], projection[..., 0, 0] = 0.0, 1.0  # with E[:, 0] = 1: coefficient 0 is 1 for all
+                init.copy_(module.coefficient_projection, projection)
         elif isinstance(module, HyperSpecialistModel):
             init.normal_(module.cluster_codes, mean=0.0, std=1.0 / math.sqrt(config.code_dim))
+            if shared_start:
+                init.copy_(module.cluster_codes, torch.cat([torch.ones_like(module.cluster_codes[:, :1]),
+                                                            module.cluster_codes.detach()[:, 1:]], dim=1))
 
 
 class HyperSpecialistModel(HyperSpecialistPreTrainedModel, LlamaModel):

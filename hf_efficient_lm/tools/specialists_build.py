@@ -92,7 +92,7 @@ def hyper_from_llama(llama: LlamaForCausalLM, *, num_clusters: int, num_basis: i
     for layer_idx in range(config.num_hidden_layers):
         prefix = f"model.layers.{layer_idx}.mlp"
         projection = state[f"{prefix}.coefficient_projection"].clone()
-        projection[:, 0] = first_column.to(projection.dtype)
+        projection[..., 0] = first_column.to(projection.dtype)  # every matrix's M, shared or per matrix
         state[f"{prefix}.coefficient_projection"] = projection
         for matrix in PROJECTED_MATRICES:  # gate_proj -> gate_basis, ...
             basis = f"{prefix}.{matrix.replace('_proj', '_basis')}"

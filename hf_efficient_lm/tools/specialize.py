@@ -23,7 +23,7 @@ from ..specialists.modeling_hyper_specialist import HyperSpecialistForCausalLM
 from ..specialists.modeling_specialist_mixture import SpecialistMixtureForCausalLM
 from .specialists_training import SpecialistCollator
 
-SELECTIONS = ("most_frequent", "best_pretrained", "histogram")
+SELECTIONS = ("most_frequent", "best_pretrained", "best_finetuned", "histogram")
 
 
 @dataclass
@@ -69,6 +69,31 @@ def block_perplexity(model, blocks: list[list[int]], *, batch_size: int = 8, clu
                     model_inputs=cluster_ids if cluster_id is not None else None).perplexity
 
 
+def _best_finetuned(model, domain_dataset, cluster_index, **kwargs) -> SpecializationResult:
+    """Fine-tune every cluster's model on the same split and keep the best on the held-out domain documents."""
+    started = time.perf_counter()
+    best, candidates, flops = None, [], {"selection": 0.0, "finetune": 0.0, "evaluation": 0.0}
+    for cluster in range(model.config.num_clusters):
+        result = specialize(model.instantiate(cluster=cluster), domain_dataset, None, **kwargs)
+        report = result.report
+        candidates.append({"cluster": cluster, "ppl_before": report["ppl_before"], "ppl_after": report["ppl_after"],
+                           "finetune_steps": report["finetune_steps"]})
+        for key in flops:
+            flops[key] += report["flops"][key]
+        if best is None or report["ppl_after"] < best.report["ppl_after"]:
+            best = SpecializationResult(model=result.model, report=dict(report, selected_cluster=cluster))
+        else:
+            del result
+    flops["total"] = sum(flops.values())
+    best.report.update(
+        selection="best_finetuned", model_class=type(model).__name__, candidates=candidates, flops=flops,
+        finetune_steps=sum(c["finetune_steps"] for c in candidates),
+        train_tokens=sum(c["finetune_steps"] for c in candidates) * kwargs["batch_size"] * kwargs["block_size"],
+        seconds=time.perf_counter() - started,
+    )
+    return best
+
+
 def specialize(
     model,
     domain_dataset,
@@ -101,8 +126,9 @@ def specialize(
         cluster_index: the index the specialist was trained with (``None`` allowed for a plain Llama or for
             ``best_pretrained``).
         selection: ``most_frequent`` (argmax of the domain histogram: the paper), ``best_pretrained`` (the
-            expert with the lowest loss on the domain's training blocks) or ``histogram`` (histogram-weighted
-            mix of expert weights / cluster codes).
+            expert with the lowest loss on the domain's training blocks), ``best_finetuned`` (fine-tune EVERY
+            expert and keep the one with the lowest held-out perplexity: the paper's Table 5 upper bound, ``k``
+            times the fine-tuning cost) or ``histogram`` (histogram-weighted mix of expert weights / cluster codes).
         tokenizer: the model's tokenizer (documents are cut into ``block_size``-token blocks).
         eval_fraction: share of the documents held out for early stopping and the reported perplexities.
         max_steps: fine-tuning step cap (0: no fine-tuning); evaluation every ``eval_steps``, stop after
@@ -122,6 +148,13 @@ def specialize(
     is_specialist = isinstance(model, (SpecialistMixtureForCausalLM, HyperSpecialistForCausalLM))
     if not is_specialist and not isinstance(model, LlamaForCausalLM):
         raise TypeError(f"model must be a SpecialistMixture/HyperSpecialist/Llama causal LM, got {type(model).__name__}")
+    if is_specialist and selection == "best_finetuned":
+        return _best_finetuned(model, domain_dataset, cluster_index, tokenizer=tokenizer, text_column=text_column,
+                               block_size=block_size, eval_fraction=eval_fraction, max_steps=max_steps,
+                               learning_rate=learning_rate, batch_size=batch_size, eval_steps=eval_steps,
+                               early_stopping_patience=early_stopping_patience, teacher=teacher,
+                               distillation_alpha=distillation_alpha,
+                               distillation_temperature=distillation_temperature, seed=seed, output_dir=output_dir)
     texts = _domain_texts(domain_dataset, text_column)
     if len(texts) < 2:
         raise ValueError("specialize() needs at least 2 domain documents (one is held out for early stopping)")

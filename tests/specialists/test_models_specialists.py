@@ -227,6 +227,56 @@ def test_projected_network_upcycled_from_llama_starts_as_the_llama():
         hyper_from_llama(llama, num_clusters=K, num_basis=2, code_dim=2)
 
 
+def test_per_matrix_projection_gives_each_matrix_its_own_coefficients():
+    torch.manual_seed(0)
+    config = HyperSpecialistConfig(**TINY_LLAMA_KWARGS, num_clusters=K, num_basis=2, code_dim=2,
+                                   projection_per_matrix=True)
+    hyper = HyperSpecialistForCausalLM(config).eval()
+    mlp = hyper.model.layers[0].mlp
+    assert mlp.coefficient_projection.shape == (3, 2, 2)
+    code = hyper.model.cluster_codes[1]
+    weights = mlp.materialize(code)
+    for index, (name, basis) in enumerate((("gate_proj", mlp.gate_basis), ("up_proj", mlp.up_basis),
+                                           ("down_proj", mlp.down_basis))):
+        coefficients = code @ mlp.coefficient_projection[index]  # [h], this matrix's own M
+        torch.testing.assert_close(weights[name], torch.einsum("h,h...->...", coefficients, basis))
+    shared = [code @ mlp.coefficient_projection[i] for i in range(3)]
+    assert not torch.allclose(shared[0], shared[1])  # random per-matrix M: the three coefficient vectors differ
+    x = ids()
+    with torch.no_grad():  # the stock Llama of a cluster still equals the routed forward
+        torch.testing.assert_close(hyper.instantiate(cluster=1)(x).logits, hyper(x, cluster_ids=1).logits,
+                                   atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("per_matrix", [False, True])
+def test_shared_start_init_every_cluster_begins_as_one_llama_then_diverges(per_matrix, tmp_path):
+    torch.manual_seed(0)
+    config = HyperSpecialistConfig(**TINY_LLAMA_KWARGS, num_clusters=K, num_basis=3, code_dim=K,
+                                   projection_per_matrix=per_matrix, projection_init="shared_start")
+    hyper = HyperSpecialistForCausalLM(config)
+    stocks = [hyper.instantiate(cluster=c).state_dict() for c in range(K)]
+    for name, tensor in stocks[0].items():
+        for other in stocks[1:]:
+            assert torch.equal(tensor, other[name]), name
+    # the same scale as a Llama's MLP (the random init gives each cluster a different scale)
+    gate = stocks[0]["model.layers.0.mlp.gate_proj.weight"]
+    assert abs(gate.std().item() - config.initializer_range) < 0.2 * config.initializer_range
+    x = ids()
+    optimizer = torch.optim.Adam(hyper.parameters(), lr=1e-2)
+    hyper.train()
+    hyper(x, cluster_ids=CLUSTERS, labels=x).loss.backward()
+    optimizer.step()
+    after = [hyper.instantiate(cluster=c).state_dict()["model.layers.0.mlp.up_proj.weight"] for c in range(K)]
+    assert (after[0] - after[2]).abs().max() > 1e-4  # one step apart already: the clusters diverge
+    # a saved model reloads as saved (the init must not overwrite loaded weights)
+    hyper.save_pretrained(tmp_path / "pn")
+    again = HyperSpecialistForCausalLM.from_pretrained(tmp_path / "pn")
+    for (name, tensor), loaded in zip(hyper.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(tensor, loaded), name
+    with pytest.raises(ValueError, match="projection_init"):
+        HyperSpecialistConfig(**TINY_LLAMA_KWARGS, projection_init="zeros")
+
+
 def test_mixture_refuses_a_mixed_cluster_cache():
     mixture, x = make_mixture(), ids(batch=2, length=6)
     with pytest.raises(ValueError, match="several clusters"):

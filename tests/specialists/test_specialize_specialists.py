@@ -79,6 +79,26 @@ def test_best_pretrained_and_histogram(models, index, specialist_tokenizer):
     torch.testing.assert_close(mixed.model.lm_head.weight, expected, atol=1e-6, rtol=1e-5)
 
 
+def test_best_finetuned_finetunes_every_expert_and_keeps_the_best(models, index, specialist_tokenizer):
+    """The paper's Table 5 upper bound: k fine-tunes on the same split, the lowest held-out perplexity wins."""
+    kwargs = dict(tokenizer=specialist_tokenizer, block_size=16, max_steps=10, eval_steps=5, learning_rate=3e-3,
+                  batch_size=4, early_stopping_patience=2)
+    best = specialize(models["mixture"], domain_dataset(24), index, selection="best_finetuned", **kwargs)
+    candidates = best.report["candidates"]
+    assert [c["cluster"] for c in candidates] == list(range(K))
+    afters = [c["ppl_after"] for c in candidates]
+    assert len(set(afters)) == K  # the experts differ, so the choice is not a tie
+    assert best.report["selected_cluster"] == int(np.argmin(afters))
+    assert best.report["ppl_after"] == min(afters)
+    # the kept model is that expert's fine-tune: same perplexity as a direct fine-tune of that expert
+    single = specialize(models["mixture"].instantiate(cluster=best.report["selected_cluster"]), domain_dataset(24),
+                        None, **kwargs)
+    assert single.report["ppl_after"] == pytest.approx(best.report["ppl_after"], rel=1e-4)
+    assert best.report["flops"]["finetune"] == pytest.approx(
+        sum(6.0 * best.report["inference_params"] * c["finetune_steps"] * 4 * 16 for c in candidates))
+    assert type(best.model) is LlamaForCausalLM
+
+
 def test_finetuning_lowers_heldout_perplexity_and_reloads_without_package(models, index, specialist_tokenizer,
                                                                           tmp_path):
     result = specialize(models["hyper"], domain_dataset(24), index, tokenizer=specialist_tokenizer, block_size=16,
