@@ -316,7 +316,17 @@ def all_runs(args) -> None:
 
     order = [(n, s) for s in args.seeds for n in sorted(table, key=lambda n: -table[n]["size"]) if not is_patch_run(n)]
     order += [(n, s) for s in args.seeds for n in table if is_patch_run(n)]
-    todo = [(n, s) for n, s in order if not (Path(args.cache) / "runs" / f"{n}-seed{s}" / "result.json").exists()]
+    def busy_or_done(n, s):  # done, or running under another orchestrator (a pid file of a live process)
+        run_dir = Path(args.cache) / "runs" / f"{n}-seed{s}"
+        if (run_dir / "result.json").exists():
+            return True
+        try:
+            os.kill(int((run_dir / "pid").read_text()), 0)
+            return True
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return False
+
+    todo = [(n, s) for n, s in order if not busy_or_done(n, s)]
     base = [sys.executable, str(Path(__file__).resolve())] + sys.argv[1:]  # the last --stage wins
     logs = Path(args.cache) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -326,9 +336,15 @@ def all_runs(args) -> None:
     while todo or running:
         while todo and len(running) < args.jobs:
             n, s = todo.pop(0)
+            if busy_or_done(n, s):
+                bar.update(1)
+                continue
             log = open(logs / f"{n}-seed{s}.log", "w")
-            running.append((subprocess.Popen(base + ["--stage", "run", "--run-name", n, "--seed", str(s)],
-                                             stdout=log, stderr=subprocess.STDOUT, env=env), f"{n}-seed{s}"))
+            proc = subprocess.Popen(base + ["--stage", "run", "--run-name", n, "--seed", str(s)],
+                                    stdout=log, stderr=subprocess.STDOUT, env=env)
+            (Path(args.cache) / "runs" / f"{n}-seed{s}").mkdir(parents=True, exist_ok=True)
+            (Path(args.cache) / "runs" / f"{n}-seed{s}" / "pid").write_text(str(proc.pid))
+            running.append((proc, f"{n}-seed{s}"))
         time.sleep(5)
         for proc, tag in list(running):
             if proc.poll() is not None:
