@@ -119,7 +119,7 @@ def blt_bits_per_byte(model, texts: list[str], seq_len: int, batch_size: int = 8
     patches = 0
     for row in tqdm(rows, desc="BLT patches", unit="row", leave=False):
         ids = torch.tensor([row])
-        patches += int(model.model.compute_patch_starts(ids)[0][:, : ids.shape[1]].sum())
+        patches += int(model.model(input_ids=ids, use_cache=False).patch_starts[:, : ids.shape[1]].sum())
     num_bytes = sum(len(t.encode("utf-8")) for t in texts)
     assert predicted == num_bytes + len(texts), (predicted, num_bytes, len(texts))
     return dict(bits_per_byte=nats / math.log(2) / num_bytes, bytes=num_bytes, documents=len(texts),

@@ -1,5 +1,6 @@
 """Data: loading text datasets, training tokenizers, packing for causal-LM training."""
 
+from .noise import NOISE_KINDS, noise_text, noise_texts
 from .packing import check_vocab_fits, pack_dataset, pack_ids
 from .text_datasets import (
     CORPUS_DOMAINS,
@@ -16,6 +17,7 @@ from .tokenizer_training import SPECIAL_TOKENS, tokenizer_digest, train_tokenize
 
 __all__ = [
     "CORPUS_DOMAINS",
+    "NOISE_KINDS",
     "SPECIAL_TOKENS",
     "cache_dir",
     "corpus_dir",
@@ -23,6 +25,8 @@ __all__ = [
     "check_vocab_fits",
     "iter_texts",
     "load_text_dataset",
+    "noise_text",
+    "noise_texts",
     "local_path",
     "pack_dataset",
     "pack_ids",

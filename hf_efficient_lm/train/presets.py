@@ -12,6 +12,10 @@ from transformers import LlamaConfig
 LLAMA_PRESETS: dict[str, dict] = {
     # ~30k params at vocab 512: the contract suite's and the demo's size
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    # ~0.2M / ~0.45M non-embedding (0.73M / 1.2M at vocab 4096): the small end of the BLT scaling ladder
+    # (benchmarks/blt/bench_scaling_blt.py pairs 200k, 450k, 1m with BLT_PRESETS scale-64, scale-96, scale-128)
+    "200k": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4),
+    "450k": dict(hidden_size=96, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4),
     # ~1.3M at vocab 2048: quick CPU experiments
     "1m": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4),
     # ~5.4M at vocab 4096: the shared CPU baseline (benchmarks/make_base.py)
@@ -39,6 +43,16 @@ TINY_LLAMA_KWARGS = dict(**LLAMA_PRESETS["tiny"], vocab_size=128, max_position_e
 # window, hash-embedding buckets. "small" is the CPU size of examples/train_blt.py and the BLT benchmarks.
 BLT_PRESETS: dict[str, dict] = {
     "small": dict(local=128, latent=256, latent_layers=4, decoder_layers=3, window=256, hash_buckets=8191),
+    # The scaling ladder of benchmarks/blt/bench_scaling_blt.py: one small local model (64 wide, 1 encoder and 2
+    # decoder layers) and a latent transformer of the shape of the paired Llama preset (200k, 450k, 1m), which it
+    # runs once per patch instead of once per token.
+    "scale-64": dict(local=64, latent=64, latent_layers=4, decoder_layers=2, window=256, hash_buckets=4099),
+    "scale-96": dict(local=64, latent=96, latent_layers=4, decoder_layers=2, window=256, hash_buckets=4099),
+    "scale-128": dict(local=64, latent=128, latent_layers=4, decoder_layers=2, window=256, hash_buckets=4099),
+    # scale-128 with a wider latent for larger patches at the same inference FLOPs per byte (latent FLOPs/byte
+    # ~ width^2 / patch size): ~6 and ~8 bytes per patch instead of ~4.5
+    "scale-128-ps6": dict(local=64, latent=152, latent_layers=4, decoder_layers=2, window=256, hash_buckets=4099),
+    "scale-128-ps8": dict(local=64, latent=168, latent_layers=4, decoder_layers=2, window=256, hash_buckets=4099),
 }
 
 
