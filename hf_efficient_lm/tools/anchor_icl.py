@@ -8,7 +8,10 @@ Not imported by the modeling files.
 from __future__ import annotations
 
 import copy
+import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -97,4 +100,67 @@ def generate_with_prefix(model, prefix: CompressedPrefix, query_ids: torch.LongT
     )
 
 
-__all__ = ["CompressedPrefix", "compress_prefix", "continuation_logits", "generate_with_prefix"]
+# a toy key-word task: enough to see the compressed prefix answer queries; a trained checkpoint gives real answers
+DEMONSTRATIONS = (
+    ("The capital of France is Paris.", "Paris"),
+    ("Water boils at one hundred degrees.", "one hundred"),
+    ("The cat sat on the red mat.", "red"),
+    ("Seven days make one week.", "seven"),
+    ("The sun rises in the east.", "east"),
+)
+QUERIES = ("The sky is blue today.", "Snow is cold and white.", "Bees make sweet honey.", "Ice melts in the sun.")
+
+
+def icl_prompt(demonstrations) -> str:
+    """The few-shot prefix: one ``Sentence: ...\\nKey word: ....`` block per ``(text, answer)`` pair."""
+    return "".join(f"Sentence: {text}\nKey word: {answer}.\n\n" for text, answer in demonstrations)
+
+
+def tiny_anchor_model(texts) -> tuple:
+    """``(model, tokenizer)``: a tiny random AnchorLlama (EP anchors ``. ! ?``) with a BPE tokenizer trained on
+    ``texts`` -- only to see the mechanics run without a checkpoint."""
+    from transformers import AutoTokenizer
+
+    from ..anchor import AnchorLlamaForCausalLM, find_endpoint_token_ids
+    from ..data import train_tokenizer
+    from ..testing_utils import save_tiny_llama
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = save_tiny_llama(Path(tmp) / "base", vocab_size=512, max_position_embeddings=2048)
+        train_tokenizer(list(texts) * 8, 512, min_frequency=0, show_progress=False).save_pretrained(base)
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        anchors = find_endpoint_token_ids(tokenizer, (".", "!", "?"), match="endswith")
+        return AnchorLlamaForCausalLM.from_pretrained(base, anchor_token_ids=anchors).eval(), tokenizer
+
+
+@torch.no_grad()
+def answer_from_compressed_prefix(model, tokenizer, demonstrations=DEMONSTRATIONS, queries=QUERIES,
+                                  max_new_tokens: int = 6) -> dict:
+    """Compress ``demonstrations`` once, answer every query from copies of that cache (greedy), and check the last
+    answer against ``generate`` recomputing the whole prompt (raises ``AssertionError`` if they differ).
+
+    Returns ``{"answers": {query: text}, "seen_tokens", "cached_tokens", "kv_bytes", "compress_seconds",
+    "seconds_per_query", "recompute_seconds"}``."""
+    prefix_ids = tokenizer(icl_prompt(demonstrations), return_tensors="pt").input_ids.to(model.device)
+    start = time.perf_counter()
+    prefix = compress_prefix(model, prefix_ids)
+    report = {"seen_tokens": prefix.seen_tokens, "cached_tokens": prefix.cached_tokens(),
+              "kv_bytes": prefix.kv_bytes(), "compress_seconds": time.perf_counter() - start, "answers": {}}
+    start = time.perf_counter()
+    for query in queries:
+        query_ids = tokenizer(f"Sentence: {query}\nKey word:", return_tensors="pt", add_special_tokens=False).input_ids
+        out = generate_with_prefix(model, prefix, query_ids, max_new_tokens=max_new_tokens, do_sample=False)
+        new = out[0, prefix_ids.shape[1] + query_ids.shape[1]:]
+        report["answers"][query] = tokenizer.decode(new, skip_special_tokens=True)
+    report["seconds_per_query"] = (time.perf_counter() - start) / max(len(queries), 1)
+    start = time.perf_counter()
+    full_prompt = torch.cat([prefix_ids, query_ids.to(model.device)], 1)
+    recomputed = model.generate(full_prompt, attention_mask=torch.ones_like(full_prompt),
+                                max_new_tokens=max_new_tokens, do_sample=False)
+    report["recompute_seconds"] = time.perf_counter() - start
+    assert torch.equal(recomputed, out), "compressed-prefix generation differs from recomputing the whole prompt"
+    return report
+
+
+__all__ = ["CompressedPrefix", "DEMONSTRATIONS", "QUERIES", "answer_from_compressed_prefix", "compress_prefix",
+           "continuation_logits", "generate_with_prefix", "icl_prompt", "tiny_anchor_model"]

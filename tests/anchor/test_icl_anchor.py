@@ -35,3 +35,16 @@ def test_compressed_prefix_reused_for_many_queries_is_exact(anchor_llama_dir):
     beams = generate_with_prefix(model, prefix, query, max_new_tokens=6, num_beams=2, do_sample=False)
     recomputed = model.generate(torch.cat([prefix_ids, query], 1), max_new_tokens=6, num_beams=2, do_sample=False)
     assert torch.equal(beams, recomputed)
+
+
+def test_answer_from_compressed_prefix_reports_every_query_and_prunes_the_demonstrations():
+    """The example's package call: each query answered from the compressed prefix; the demonstrations keep only
+    their anchors; the built-in recompute check passes (it raises if the cached answer differs)."""
+    from hf_efficient_lm.tools.anchor_icl import DEMONSTRATIONS, QUERIES, answer_from_compressed_prefix, tiny_anchor_model
+
+    torch.manual_seed(0)
+    model, tokenizer = tiny_anchor_model([text for text, _ in DEMONSTRATIONS] + list(QUERIES))
+    report = answer_from_compressed_prefix(model, tokenizer, queries=QUERIES[:2], max_new_tokens=3)
+    assert list(report["answers"]) == list(QUERIES[:2])
+    assert 0 < report["cached_tokens"] < report["seen_tokens"] / 2  # one anchor per demonstration sentence, roughly
+    assert report["kv_bytes"] > 0
