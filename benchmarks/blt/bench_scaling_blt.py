@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--patch-presets", nargs="*", default=["scale-128-ps6", "scale-128-ps8"])
     p.add_argument("--patch-sizes", nargs="*", type=float, default=[6.0, 8.0])
     p.add_argument("--target-patch-size", type=float, default=4.5, help="patch size of the scaling ladder's BLTs")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=3, help="training subprocesses at a time (1 thread each)")
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--train-chars", type=int, default=160_000, help="training text per domain (the shared pool)")
