@@ -2,6 +2,7 @@
 single-dot siblings; file names are unique across the package (a saved folder is flat)."""
 
 import ast
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -135,3 +136,17 @@ def test_package_import_is_light_and_tools_load_on_first_use():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_scripts_import_the_package_without_editing_sys_path():
+    """Benchmarks and examples run as scripts (their folder is on ``sys.path`` already) and import the package; a
+    ``sys.path.insert`` or ``runpy`` call means one script reaches into another's tree (issue 12)."""
+    root = PACKAGE.parent
+    offenders = [
+        f"{path.relative_to(root)}:{number}"
+        for folder in ("benchmarks", "examples")
+        for path in sorted((root / folder).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if "sys.path.insert" in line or "sys.path.append" in line or re.search(r"\brunpy\b", line)
+    ]
+    assert not offenders, offenders
