@@ -275,10 +275,10 @@ def demo_specialists(base_dir: str, train_texts: list[str]) -> str:
     if abs(change) < 0.01:  # below what one short seeded run can tell apart
         quality = (f"no measurable domain effect at this size (held-out domain PPL {report['ppl_after']:.1f} vs "
                    f"{generic['ppl_after']:.1f} for the generic Llama trained and fine-tuned alike); the paper-protocol "
-                   f"comparison is benchmarks/specialists/bench_specialize_quality.py, figures in docs/specialists.md")
+                   f"comparison is benchmarks/specialists/bench_specialists_protocol.py, figures in docs/specialists.md")
     else:
         verdict = "better" if change < 0 else "worse at this size; the paper-protocol comparison is " \
-            "benchmarks/specialists/bench_specialize_quality.py"
+            "benchmarks/specialists/bench_specialists_protocol.py"
         quality = (f"held-out domain PPL {report['ppl_after']:.1f} vs {generic['ppl_after']:.1f} for the generic "
                    f"Llama trained and fine-tuned alike ({change:+.1%}: {verdict})")
     return (
