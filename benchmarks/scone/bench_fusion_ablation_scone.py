@@ -30,6 +30,13 @@ quality study (``bench_quality_scone.py``), for comparison.
 
 Writes ``results/<--name>.json`` and ``.png`` (``--out``). Seeds can run in separate processes (``--seeds 1 2
 --name part2 --out /tmp/x``) and be reported together with ``--merge /tmp/x/part1.json /tmp/x/part2.json``.
+
+Both scaling axes (issue #13 item 3): one process per (S, depth) point of one configuration, without the base, then
+``--axes`` reports loss minus the base against S and depth (the first file holds the base runs)::
+
+    python bench_fusion_ablation_scone.py --configs replace_id --skip-base --num-fgrams 100000 --name S100000_L1 --out /tmp/axes
+    python bench_fusion_ablation_scone.py --configs replace_id --name scaling_axes_scone \
+        --axes results/fusion_ablation_scone.json /tmp/axes/S*.json
 """
 
 from __future__ import annotations
@@ -343,6 +350,50 @@ def plot(results: dict, path: Path) -> None:
     write_figure(fig, path, dpi=110)
 
 
+def summarise_axes(parts: list[dict], config: str, path: Path) -> dict:
+    """Issue #13 item 3: ``config``'s final held-out loss minus the base (same seed) at every (S, A_f depth) point.
+
+    ``parts``: ablation results at one protocol (same data, steps, seeds); the first one holds the ``base`` runs.
+    Returns ``{"S=..,L=..": {...}}`` and plots loss-vs-base against S (depth 1) and against depth (smallest S).
+    """
+    base = {r["seed"]: r["curve"]["loss"][-1] for part in parts for r in part["runs"].get("base", [])}
+    points = {}
+    for part in parts:
+        if part["train_tokens"] != parts[0]["train_tokens"]:
+            raise ValueError("every part of a sweep must train the same number of tokens")
+        for r in part["runs"].get(config, []):
+            key = (part["args"]["num_fgrams"], part["args"]["fgram_layers"])
+            entry = points.setdefault(key, {"coverage": part["coverage"], "delta": {}})
+            entry["delta"][r["seed"]] = r["curve"]["loss"][-1] - base[r["seed"]]
+    print(f"\n{LABELS[config]}, {parts[0]['train_tokens']:,} continual tokens: held-out loss minus the base "
+          "trained alike (same seed), mean ± std over seeds")
+    print("| S | A_f layers | held-out coverage | seeds | vs base (nats) | perplexity |")
+    print("|---|---|---|---|---|---|")
+    out = {}
+    for (num, layers), entry in sorted(points.items()):
+        delta = np.array([entry["delta"][s] for s in sorted(entry["delta"])])
+        print(f"| {num:,} | {layers} | {entry['coverage']:.1%} | {len(delta)} | {delta.mean():+.4f} ± "
+              f"{delta.std():.4f} | {100 * (math.exp(delta.mean()) - 1):+.2f}% |")
+        out[f"S={num},L={layers}"] = {"num_fgrams": num, "fgram_layers": layers, "coverage": entry["coverage"],
+                                      "seeds": sorted(entry["delta"]), "delta": [float(d) for d in delta]}
+    fig, axes = new_figure(1, 2, figsize=(10, 4))
+    smallest = min(num for num, _ in points)
+    for ax, select, xlabel, log in ((axes[0], lambda k: k[1] == 1, "f-grams S (A_f depth 1)", True),
+                                    (axes[1], lambda k: k[0] == smallest, f"A_f layers (S = {smallest:,})", False)):
+        keys = sorted(k for k in points if select(k))
+        xs = [k[0] if log else k[1] for k in keys]
+        values = [np.array(list(points[k]["delta"].values())) for k in keys]
+        ax.errorbar(xs, [v.mean() for v in values], yerr=[v.std() for v in values], fmt="o-", capsize=4)
+        ax.axhline(0, color="gray", lw=0.8)
+        ax.set_xscale("log" if log else "linear")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("held-out loss minus base (nats/token)")
+    axes[0].set_title(f"{LABELS[config]}: more f-grams")
+    axes[1].set_title(f"{LABELS[config]}: a deeper A_f")
+    write_figure(fig, path, dpi=110)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------- main
 def main() -> None:
     parser = benchmark_parser(__doc__)
@@ -365,10 +416,20 @@ def main() -> None:
                         help="do not train the base (merge with a part that has it; no per-f-gram-count split)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--name", default="fusion_ablation_scone", help="file name of the JSON/PNG results")
+    parser.add_argument("--axes", nargs="+", metavar="JSON",
+                        help="only report the S / A_f-depth sweep of --configs[-1] over these results (the first "
+                             "one holds the base runs; issue #13 item 3)")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="only merge the results of earlier runs (e.g. one process per seed) and report them")
     args = parse_benchmark_args(parser)
     out = Path(args.out)
+    if args.axes:
+        table = summarise_axes([json.loads(Path(p).read_text()) for p in args.axes], args.configs[-1],
+                               out / f"{args.name}.png")
+        with atomic_file(out / f"{args.name}.json", "w") as handle:
+            json.dump({"config": args.configs[-1], "points": table, "parts": [Path(p).name for p in args.axes]},
+                      handle, indent=1)
+        return
     if args.merge:
         parts = [json.loads(Path(p).read_text()) for p in args.merge]
         results = parts[0]

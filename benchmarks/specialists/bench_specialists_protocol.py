@@ -39,7 +39,8 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from bench_specialize_quality import load_texts  # noqa: E402
 from hf_efficient_lm.data import cache_dir, corpus_dir  # noqa: E402
-from hf_efficient_lm.io_utils import save_figure  # noqa: E402
+from hf_efficient_lm.eval.benchmarking import new_figure, write_figure  # noqa: E402
+from hf_efficient_lm.io_utils import atomic_file  # noqa: E402
 from hf_efficient_lm.specialists import (  # noqa: E402
     hyper_from_llama,
     ClusterIndex,
@@ -153,6 +154,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache-dir", type=Path, default=cache_dir("specialists_protocol"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/specialists/results"))
+    parser.add_argument("--name", default="protocol",
+                        help="file prefix of the results: <out>/<name>_table.md, _results.json, _plot.png")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
@@ -350,49 +353,42 @@ def main(argv=None):
     text = "\n".join(lines)
     print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "protocol_table.md").write_text(
-        f"Seeds {seeds} (mean ± std over seeds), targets {args.targets}. Command: `OMP_NUM_THREADS=1 python "
-        f"benchmarks/specialists/bench_specialists_protocol.py --seeds {' '.join(map(str, seeds))}` (defaults)\n\n"
-        f"{text}\n")
-    (args.out / "protocol_results.json").write_text(json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "seeds": seeds, "summary": summary,
-         "diagnostics": {str(k): v for k, v in diagnostics.items()}, "rows": rows,
-         "wall_seconds_this_call": time.perf_counter() - started_all}, indent=2, default=float))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-        ax = axes[0]
-        for method, s in summary.items():
-            if "macro" not in s:
-                continue
-            x = s["cost"]["spec_flops"] / 1e9
-            ax.errorbar(x, s["macro"]["ppl_ft"][0], yerr=s["macro"]["ppl_ft"][1], fmt="o", capsize=3)
-            ax.annotate(method, (x, s["macro"]["ppl_ft"][0]), fontsize=7)
-        ax.set_xscale("log")
-        ax.set_xlabel("specialization GFLOPs per domain (log)")
-        ax.set_ylabel(f"macro perplexity after fine-tuning ({', '.join(args.targets)})")
-        ax.set_title(f"mean ± std over {len(seeds)} seeds")
-        ax = axes[1]
-        domains = np.arange(1, 51)
-        for method, s in summary.items():
-            if "macro" not in s:
-                continue
-            c = s["cost"]
-            ax.plot(domains, (c["pretrain_flops"] + domains * c["spec_flops"]) / 1e9,
-                    label=f"{method} (PPL {s['macro']['ppl_ft'][0]:.1f})")
-        ax.set_yscale("log")
-        ax.set_xlabel("number of domains N")
-        ax.set_ylabel("C_total(N) = pretraining + N x specialization (GFLOPs)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        save_figure(fig, args.out / "protocol_plot.png", dpi=120)
-    except ImportError:
-        pass
-    print(f"total {time.perf_counter() - started_all:.0f}s; wrote {args.out}/protocol_table.md, .json, .png")
+    options = " ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in ("embedder", "pretrain_steps")
+                       if getattr(args, k) != parser.get_default(k))
+    with atomic_file(args.out / f"{args.name}_table.md", "w") as handle:
+        handle.write(f"Seeds {seeds} (mean ± std over seeds), targets {args.targets}, {run_key}. Command: "
+                     f"`OMP_NUM_THREADS=1 python benchmarks/specialists/bench_specialists_protocol.py {options} "
+                     f"--seeds {' '.join(map(str, seeds))}`\n\n{text}\n")
+    with atomic_file(args.out / f"{args.name}_results.json", "w") as handle:
+        json.dump({"args": {k: str(v) for k, v in vars(args).items()}, "seeds": seeds, "summary": summary,
+                   "diagnostics": {str(k): v for k, v in diagnostics.items()}, "rows": rows,
+                   "wall_seconds_this_call": time.perf_counter() - started_all}, handle, indent=2, default=float)
+    fig, axes = new_figure(1, 2, figsize=(13, 4.8))
+    ax = axes[0]
+    for method, s in summary.items():
+        if "macro" not in s:
+            continue
+        x = s["cost"]["spec_flops"] / 1e9
+        ax.errorbar(x, s["macro"]["ppl_ft"][0], yerr=s["macro"]["ppl_ft"][1], fmt="o", capsize=3)
+        ax.annotate(method, (x, s["macro"]["ppl_ft"][0]), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("specialization GFLOPs per domain (log)")
+    ax.set_ylabel(f"macro perplexity after fine-tuning ({', '.join(args.targets)})")
+    ax.set_title(f"mean ± std over {len(seeds)} seeds")
+    ax = axes[1]
+    domains = np.arange(1, 51)
+    for method, s in summary.items():
+        if "macro" not in s:
+            continue
+        c = s["cost"]
+        ax.plot(domains, (c["pretrain_flops"] + domains * c["spec_flops"]) / 1e9,
+                label=f"{method} (PPL {s['macro']['ppl_ft'][0]:.1f})")
+    ax.set_yscale("log")
+    ax.set_xlabel("number of domains N")
+    ax.set_ylabel("C_total(N) = pretraining + N x specialization (GFLOPs)")
+    ax.legend(fontsize=7)
+    write_figure(fig, args.out / f"{args.name}_plot.png", dpi=120)
+    print(f"total {time.perf_counter() - started_all:.0f}s; wrote {args.out}/{args.name}_table.md, _results.json")
     return summary
 
 
