@@ -2,7 +2,7 @@
 
 Subcommands build the baseline pipeline (train-tokenizer, pretrain, evaluate), publish models with their cards,
 and run each family's tools (train-anchor, anchor-mcq, train-scone, scone-mine, scone-export, train-entropy,
-train-blt, train-expert). ``hf-efficient-lm SUBCOMMAND --help`` explains each one.
+train-blt, train-expert, plan-specialists). ``hf-efficient-lm SUBCOMMAND --help`` explains each one.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ domains of ``../shared/corpus``; tokenizer and blocks as in ``bench_fusion_ablat
 
 * ``main``: the ``--preset`` Llama (``1m``: width 128, 4 layers).
 * ``large``: the same with ``--large-layers`` layers (8: about 2x the main model's non-embedding FLOPs/token).
+* ``wide``: the main depth at width ``--wide-width`` (176, MLP 2.75x: about 1.9x the non-embedding FLOPs/token), the
+  other ~2x baseline: at this scale a deeper model trains more slowly per step than a wider one.
 * ``scone_*``: the main model (the same initial weights as ``main`` for a seed) wrapped by ``SconeLlamaForCausalLM``
   with an ``A_f`` of ``--fgram-layers`` layers at the main width (4 = the main model's non-embedding size), S =
   ``--num-fgrams`` f-grams mined on the training blocks; fusions ``scone_replace_id`` (the paper's replace fusion,
@@ -52,8 +54,8 @@ SCONE_MODELS = {
     "scone_replace_id": {**FGRAM_RECIPES["paper"], "fgram_init": "identity"},
     "scone_gated": dict(FGRAM_RECIPES["gated"]),
 }
-MODELS = ["main", *SCONE_MODELS, *(f"{m}_half" for m in SCONE_MODELS), "large"]
-LABELS = {"main": "main (1m)", "large": "large (2x layers)", "scone_replace_id": "main + SCONE replace, identity init",
+MODELS = ["main", *SCONE_MODELS, *(f"{m}_half" for m in SCONE_MODELS), "large", "wide"]
+LABELS = {"main": "main (1m)", "large": "large (2x layers)", "wide": "wide (1.4x width)", "scone_replace_id": "main + SCONE replace, identity init",
           "scone_gated": "main + SCONE gated", "scone_replace_id_half": "main + SCONE replace id, half tokens",
           "scone_gated_half": "main + SCONE gated, half tokens"}
 
@@ -71,19 +73,31 @@ def forward_flops(config, context: float) -> float:
         4 * config.num_hidden_layers * config.hidden_size * context
 
 
-def preset_config(args, tokenizer, layers: int | None = None):
+def preset_config(args, tokenizer, layers: int | None = None, width: int | None = None):
     config = llama_config_from_preset(args.preset, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     if layers is not None:
         config.num_hidden_layers = layers
+    if width is not None:  # same heads, MLP ratio kept
+        config.intermediate_size = round(config.intermediate_size * width / config.hidden_size)
+        config.hidden_size = width
     return config
 
 
-def build(name: str, args, seed: int, tokenizer, vocab, init_dir: Path):
-    """A fresh model; every model of a seed starts from that seed's main-model weights (``large``: its own)."""
+def model_config(name: str, args, tokenizer):
+    """The Llama config of model ``name``: the baselines' own, else the main model's (SCONE wraps it)."""
     if name == "large":
+        return preset_config(args, tokenizer, layers=args.large_layers)
+    if name == "wide":
+        return preset_config(args, tokenizer, width=args.wide_width)
+    return preset_config(args, tokenizer)
+
+
+def build(name: str, args, seed: int, tokenizer, vocab, init_dir: Path):
+    """A fresh model; every model of a seed starts from that seed's main-model weights (baselines: their own)."""
+    if name in ("large", "wide"):
         torch.manual_seed(seed)
-        return LlamaForCausalLM(preset_config(args, tokenizer, args.large_layers))
+        return LlamaForCausalLM(model_config(name, args, tokenizer))
     if name == "main":
         return LlamaForCausalLM.from_pretrained(init_dir)
     torch.manual_seed(1000 + seed)  # A_f's initialisation
@@ -187,6 +201,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="1m")
     parser.add_argument("--large-layers", type=int, default=8)
+    parser.add_argument("--wide-width", type=int, default=176)
     parser.add_argument("--vocab-size", type=int, default=2048)
     parser.add_argument("--chars-per-domain", type=int, default=2_000_000)
     parser.add_argument("--block", type=int, default=128)
@@ -225,12 +240,10 @@ def main() -> None:
         eval_len = vocab.match(torch.from_numpy(np.concatenate(list(eval_sets.values()))))[1]
         results = {"args": vars(args), "num_fgrams": vocab.num_fgrams, "coverage": float((eval_len >= 2).float().mean()),
                    "runs": {}, "flops": {}}
-        main_config = preset_config(args, tokenizer)
-        large_config = preset_config(args, tokenizer, args.large_layers)
         context = (args.block - 1) / 2  # mean number of earlier positions attended to in a block
         fgram_params = decoder_params(preset_config(args, tokenizer, args.fgram_layers))
         for name in args.models:
-            config = large_config if name == "large" else main_config
+            config = model_config(name, args, tokenizer)
             results["flops"][name] = {"infer": forward_flops(config, context) + (2 * config.hidden_size
                                                                                  if "gated" in name else 0)}
             results["runs"][name] = []
@@ -243,7 +256,7 @@ def main() -> None:
                     run_start = time.process_time()
                     model = build(name, args, seed, tokenizer, vocab, Path(tmp))
                     record = train(name, model, blocks, block_rows, block_lens, args, seed, eval_sets)
-                    config = large_config if name == "large" else main_config
+                    config = model_config(name, args, tokenizer)
                     # training: 3 x forward FLOPs per token; A_f: 6 x its weights per window token it ran
                     # (attention inside <= K-token windows is negligible)
                     record["train_flops"] = 3 * forward_flops(config, context) * record["tokens"] + \
