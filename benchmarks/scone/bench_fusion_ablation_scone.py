@@ -364,6 +364,9 @@ def summarise_axes(parts: list[dict], config: str, path: Path) -> dict:
         for r in part["runs"].get(config, []):
             key = (part["args"]["num_fgrams"], part["args"]["fgram_layers"])
             entry = points.setdefault(key, {"coverage": part["coverage"], "delta": {}})
+            if r["seed"] not in base:
+                raise ValueError(f"no base run for seed {r['seed']}: the first --axes file must hold the base runs "
+                                 "of every seed of the sweep")
             entry["delta"][r["seed"]] = r["curve"]["loss"][-1] - base[r["seed"]]
     print(f"\n{LABELS[config]}, {parts[0]['train_tokens']:,} continual tokens: held-out loss minus the base "
           "trained alike (same seed), mean ± std over seeds")

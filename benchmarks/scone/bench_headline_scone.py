@@ -55,8 +55,8 @@ SCONE_MODELS = {
     "scone_gated": dict(FGRAM_RECIPES["gated"]),
 }
 MODELS = ["main", *SCONE_MODELS, *(f"{m}_half" for m in SCONE_MODELS), "large", "wide"]
-LABELS = {"main": "main (1m)", "large": "large (2x layers)", "wide": "wide (1.4x width)", "scone_replace_id": "main + SCONE replace, identity init",
-          "scone_gated": "main + SCONE gated", "scone_replace_id_half": "main + SCONE replace id, half tokens",
+LABELS = {"main": "main (1m)", "large": "large (2x layers)", "wide": "wide (same depth, --wide-width)",
+          "scone_replace_id": "main + SCONE replace, identity init", "scone_gated": "main + SCONE gated", "scone_replace_id_half": "main + SCONE replace id, half tokens",
           "scone_gated_half": "main + SCONE gated, half tokens"}
 
 

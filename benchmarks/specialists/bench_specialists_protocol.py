@@ -353,8 +353,10 @@ def main(argv=None):
     text = "\n".join(lines)
     print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)
-    options = " ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in ("embedder", "pretrain_steps")
-                       if getattr(args, k) != parser.get_default(k))
+    # the command that reproduces these runs: every protocol option changed from its default
+    bookkeeping = {"seeds", "embed_only", "summary_only", "threads", "cache_dir", "out", "name"}
+    options = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                       for k, v in vars(args).items() if k not in bookkeeping and v != parser.get_default(k))
     with atomic_file(args.out / f"{args.name}_table.md", "w") as handle:
         handle.write(f"Seeds {seeds} (mean ± std over seeds), targets {args.targets}, {run_key}. Command: "
                      f"`OMP_NUM_THREADS=1 python benchmarks/specialists/bench_specialists_protocol.py {options} "
