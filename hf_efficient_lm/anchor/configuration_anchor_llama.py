@@ -47,10 +47,11 @@ class AnchorLlamaConfig(LlamaConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        self.validate_anchor_settings()
+        self.validate_architecture()
 
-    def validate_anchor_settings(self) -> None:
-        """Raise ``ValueError`` naming the offending value if the anchor settings are inconsistent."""
+    def validate_architecture(self) -> None:
+        """Transformers' validation hook, extended with the anchor fields: raises ``ValueError`` naming the bad value."""
+        super().validate_architecture()
         ids = [] if self.anchor_token_ids is None else self.anchor_token_ids
         if not isinstance(ids, (list, tuple)):
             raise ValueError(f"anchor_token_ids must be a list of ints, got {ids!r}")
@@ -72,6 +73,6 @@ class AnchorLlamaConfig(LlamaConfig):
             raise ValueError(f"position_mode must be one of {ANCHOR_POSITION_MODES}, got {self.position_mode!r}")
         self.anchor_token_ids = [int(i) for i in ids]
 
-    def validate_architecture(self):
-        super().validate_architecture()
-        self.validate_anchor_settings()
+    def validate(self) -> None:  # save_pretrained runs it; the inherited one runs the parent's checks only
+        self.validate_architecture()
+        super().validate()

@@ -116,7 +116,7 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
     """``LlamaModel`` whose forward uses the AnSAN mask and an :class:`AnchorCache`."""
 
     def __init__(self, config: AnchorLlamaConfig):
-        config.validate_anchor_settings()
+        config.validate_architecture()
         check_attn_implementation(getattr(config, "_attn_implementation", None))
         super().__init__(config)
         for layer in self.layers:
@@ -128,7 +128,7 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
         ids = tuple(self.config.anchor_token_ids)
         cached = getattr(self, "_anchor_ids_cache", None)
         if cached is None or cached[0] != ids or cached[1].device != device:
-            self.config.validate_anchor_settings()  # the ids (or vocab_size) may have changed since __init__
+            self.config.validate_architecture()  # the ids (or vocab_size) may have changed since __init__
             cached = self._anchor_ids_cache = (ids, torch.tensor(ids, dtype=torch.long, device=device))
         return cached[1]
 
@@ -157,16 +157,13 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
         batch_size, q_length = inputs_embeds.shape[:2]
         device = inputs_embeds.device
 
-        if use_cache and cache is None:
-            cache = AnchorCache(config=self.config)
+        if (use_cache and cache is None) or (isinstance(cache, DynamicCache) and cache.get_seq_length() == 0):
+            cache = AnchorCache(config=self.config)  # an empty DynamicCache holds nothing to convert
         if cache is not None and not isinstance(cache, AnchorCache):
-            if isinstance(cache, DynamicCache) and cache.get_seq_length() == 0:
-                cache = AnchorCache(config=self.config)
-            else:
-                raise TypeError(
-                    f"AnchorLlama needs an AnchorCache (or None), got a filled {type(cache).__name__}: "
-                    "its slots carry no anchor/sentence bookkeeping."
-                )
+            raise TypeError(
+                f"AnchorLlama needs an AnchorCache (or None), got a filled {type(cache).__name__}: "
+                "its slots carry no anchor/sentence bookkeeping."
+            )
 
         # Per-token metadata of this chunk: padding, anchors, sentence ids, stream indices.
         if attention_mask is not None:

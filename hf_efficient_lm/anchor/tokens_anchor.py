@@ -103,8 +103,7 @@ def add_anchor_token(model, tokenizer, token: str = DEFAULT_ANCHOR_TOKEN, init_f
     config.anchor_token_ids = [token_id]
     config.anchor_mode = "ac"
     config.anchor_token = token
-    if hasattr(config, "validate_anchor_settings"):
-        config.validate_anchor_settings()
+    config.validate_architecture()
     return token_id
 
 

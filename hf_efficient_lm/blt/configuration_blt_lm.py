@@ -206,9 +206,9 @@ class BLTConfig(PreTrainedConfig):
                 self.__dict__.pop(key, None) if old is _MISSING else super().__setattr__(key, old)
                 raise
 
-    def validate(self) -> None:
-        """Run by ``save_pretrained`` before it writes config.json: never write a folder that cannot be reloaded."""
+    def validate(self) -> None:  # save_pretrained runs it; the inherited one runs the parent's checks only
         self.validate_architecture()
+        super().validate()
 
     @property
     def num_hidden_layers(self) -> int:

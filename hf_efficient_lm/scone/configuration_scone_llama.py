@@ -86,6 +86,10 @@ class SconeLlamaConfig(LlamaConfig):
             raise ValueError(f"need num_fgrams >= 0 and fgram_num_layers >= 1, got {self.num_fgrams}, "
                              f"{self.fgram_num_layers}")
 
+    def validate(self) -> None:  # save_pretrained runs it; the inherited one runs the parent's checks only
+        self.validate_architecture()
+        super().validate()
+
     def fgram_model_config(self) -> LlamaConfig:
         """The :class:`LlamaConfig` of the f-gram model ``A_f`` (no embedding table of its own)."""
         width = self.fgram_hidden_size or self.hidden_size

@@ -53,5 +53,9 @@ class HyperSpecialistConfig(LlamaConfig):
                 f"default_cluster_id={self.default_cluster_id} is not a cluster index in [0, {self.num_clusters})"
             )
 
+    def validate(self) -> None:  # save_pretrained runs it; the inherited one runs the parent's checks only
+        self.validate_architecture()
+        super().validate()
+
 
 __all__ = ["HyperSpecialistConfig"]

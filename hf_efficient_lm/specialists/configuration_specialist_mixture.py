@@ -44,5 +44,9 @@ class SpecialistMixtureConfig(LlamaConfig):
                 f"default_cluster_id={self.default_cluster_id} is not an expert index in [0, {self.num_clusters})"
             )
 
+    def validate(self) -> None:  # save_pretrained runs it; the inherited one runs the parent's checks only
+        self.validate_architecture()
+        super().validate()
+
 
 __all__ = ["SpecialistMixtureConfig"]

@@ -29,5 +29,6 @@ CASES = [
         name="anchor",
         make_model=make_anchor_model,
         make_input_ids=make_anchor_input_ids,
+        invalid_config=("anchor_mask_variant", "v9", "anchor_mask_variant must be one of"),
     )
 ]

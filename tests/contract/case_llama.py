@@ -9,5 +9,6 @@ CASES = [
         make_model=lambda attn_implementation="sdpa": make_tiny_llama(attn_implementation=attn_implementation),
         make_input_ids=random_ids(TINY_LLAMA_KWARGS["vocab_size"]),
         trust_remote_code=False,
+        invalid_config=("num_attention_heads", 7, "not a multiple of the number of attention heads"),
     )
 ]

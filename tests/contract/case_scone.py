@@ -72,10 +72,12 @@ CASES = [
         name="scone",
         make_model=make_scone_model,
         make_input_ids=make_scone_input_ids,
+        invalid_config=("fgram_fusion", "sum", "fgram_fusion must be one of"),
     ),
     ContractCase(
         name="scone_table",
         make_model=make_scone_table_model,
         make_input_ids=make_scone_input_ids,
+        invalid_config=("fgram_mode", "disk", "fgram_mode must be one of"),
     ),
 ]

@@ -35,10 +35,12 @@ CASES = [
         name="specialist_mixture",
         make_model=make_mixture,
         make_input_ids=random_ids(TINY_LLAMA_KWARGS["vocab_size"]),
+        invalid_config=("default_cluster_id", 99, "default_cluster_id=99 is not an expert index"),
     ),
     ContractCase(
         name="hyper_specialist",
         make_model=make_hyper,
         make_input_ids=random_ids(TINY_LLAMA_KWARGS["vocab_size"]),
+        invalid_config=("projection_init", "zeros", "projection_init='zeros'"),
     ),
 ]

@@ -29,6 +29,7 @@ CHECKS = (
     "lora",
     "buffers",
     "resize_embeddings",
+    "invalid_config",
 )
 
 
@@ -54,6 +55,8 @@ class ContractCase:
         the same logits as the in-memory model.
     trust_remote_code: False only for classes Transformers itself ships (the Llama reference).
     skips: check name -> the reason that check does not apply (shown by pytest). Never a way to hide a failure.
+    invalid_config: ``(field, value, message)``: a config field of this class, a value its validation refuses, and a
+        regex the error must match (``save_pretrained`` must refuse it rather than write an unloadable folder).
     """
 
     name: str
@@ -64,11 +67,14 @@ class ContractCase:
     trust_remote_code: bool = True
     skips: dict[str, str] = field(default_factory=dict)
     atol: float = 1e-5
+    invalid_config: tuple[str, object, str] | None = None
 
     def __post_init__(self):
         unknown = set(self.skips) - set(CHECKS)
         if unknown:
             raise ValueError(f"{self.name}: unknown contract checks in skips: {sorted(unknown)}")
+        if self.invalid_config is None and "invalid_config" not in self.skips:
+            raise ValueError(f"{self.name}: declare invalid_config (a field, a refused value, the error's regex)")
 
 
 def random_ids(vocab_size: int, low: int = 3):

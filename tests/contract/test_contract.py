@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -357,3 +358,23 @@ def test_resize_token_embeddings(case, tmp_path):
     torch.testing.assert_close(
         _logits(_load(case, tmp_path), new_token_ids), _logits(model, new_token_ids), atol=case.atol, rtol=0
     )
+
+
+@parametrize_cases
+def test_invalid_config_is_never_saved(case, tmp_path):
+    """A config edited into an invalid state after construction is refused with an error naming the problem, either
+    on assignment or by ``save_pretrained`` before it writes anything: a folder that cannot be reloaded is never
+    written (Transformers' ``save_pretrained`` runs ``config.validate()``, which must include the family's checks)."""
+    _skip_if_declared(case, "invalid_config")
+    name, value, message = case.invalid_config
+    model = case.make_model()
+    try:
+        setattr(model.config, name, value)
+    except ValueError as err:  # a config that validates assignments (BLT) refuses here and keeps the old value
+        assert re.search(message, str(err)), err
+        assert getattr(model.config, name) != value
+        return
+    with pytest.raises(Exception, match=message) as failure:
+        case.save(model, tmp_path / "out")
+    assert isinstance(failure.value, ValueError) or not case.trust_remote_code, repr(failure.value)  # ours: ValueError
+    assert not list((tmp_path / "out").glob("*.json")) and not list((tmp_path / "out").glob("*.safetensors"))
