@@ -373,10 +373,6 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
                                   **{CACHE_NAME: cache}, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
 
 
-def _not_remote_code() -> bool:
-    return False
-
-
 def _source_model_type(folder: str, kwargs: dict) -> str | None:
     config_path = _resolve_file(folder, "config.json", kwargs)
     if config_path is None:
@@ -461,7 +457,7 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
         # (for a legacy `cache_position` argument this forward does not take): ~50 us of cold introspection per
         # decode step, a quarter of SconeLlama's whole per-step overhead. This instance answers "not remote" for
         # the duration of the call; the class (and save_pretrained's code export) is untouched.
-        self.__dict__["is_remote_code"] = _not_remote_code
+        self.__dict__["is_remote_code"] = lambda: False
         try:
             model_inputs = super().prepare_inputs_for_generation(
                 input_ids,

@@ -172,13 +172,7 @@ class HyperSpecialistModel(HyperSpecialistPreTrainedModel, LlamaModel):
                 inputs_embeds=None, use_cache=None, cluster_ids=None, **kwargs):
         """As ``LlamaModel.forward`` plus ``cluster_ids [batch]`` (None: ``config.default_cluster_id``)."""
         cache = resolve_cache(cache, kwargs)
-        reference = input_ids if input_ids is not None else inputs_embeds
-        if reference is None:
-            raise ValueError("pass input_ids or inputs_embeds")
-        cluster_ids = resolve_cluster_ids(
-            cluster_ids, reference.shape[0], self.config.num_clusters, self.config.default_cluster_id,
-            reference.device,
-        )
+        cluster_ids = resolve_cluster_ids(cluster_ids, input_ids, inputs_embeds, self.config)
         return LlamaModel.forward(
             self,
             input_ids=input_ids,

@@ -108,13 +108,8 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
         ``shift_labels``) are given, and the routed experts' ``hidden_states`` / ``attentions`` when asked for
         (``output_hidden_states`` / ``output_attentions``), each row's from its own expert."""
         cache = resolve_cache(cache, kwargs)
-        reference = input_ids if input_ids is not None else inputs_embeds
-        if reference is None:
-            raise ValueError("pass input_ids or inputs_embeds")
-        batch_size = reference.shape[0]
-        cluster_ids = resolve_cluster_ids(
-            cluster_ids, batch_size, self.config.num_clusters, self.config.default_cluster_id, reference.device
-        )
+        cluster_ids = resolve_cluster_ids(cluster_ids, input_ids, inputs_embeds, self.config)
+        batch_size = cluster_ids.shape[0]
         loss_kwargs = {key: kwargs.pop(key) for key in ("num_items_in_batch", "shift_labels") if key in kwargs}
         clusters = torch.unique(cluster_ids).tolist()
         if len(clusters) == 1:

@@ -7,20 +7,19 @@ import dataclasses
 import torch
 from transformers import LlamaConfig
 
-# Fields our configs add on top of LlamaConfig; a stock Llama config drops them.
-SPECIALIST_CONFIG_FIELDS = ("num_clusters", "num_experts", "num_basis", "code_dim", "default_cluster_id")
 
+def resolve_cluster_ids(cluster_ids, input_ids, inputs_embeds, config) -> torch.LongTensor:
+    """``cluster_ids`` as ``LongTensor[batch]`` on the inputs' device; ``None`` means ``config.default_cluster_id``.
 
-def resolve_cluster_ids(
-    cluster_ids, batch_size: int, num_clusters: int, default_cluster_id: int, device: torch.device
-) -> torch.LongTensor:
-    """``cluster_ids`` as ``LongTensor[batch_size]`` on ``device``; ``None`` means ``default_cluster_id`` for all.
-
-    Accepts an int, a sequence or a tensor of shape ``[batch]`` (or ``[batch, 1]``); raises ``ValueError`` on a wrong
-    length or an id outside ``[0, num_clusters)``.
+    Accepts an int, a sequence or a tensor of shape ``[batch]`` (or ``[batch, 1]``); raises ``ValueError`` without
+    inputs, on a wrong length or on an id outside ``[0, config.num_clusters)``.
     """
+    reference = input_ids if input_ids is not None else inputs_embeds
+    if reference is None:
+        raise ValueError("pass input_ids or inputs_embeds")
+    batch_size, device, num_clusters = reference.shape[0], reference.device, config.num_clusters
     if cluster_ids is None:
-        return torch.full((batch_size,), default_cluster_id, dtype=torch.long, device=device)
+        return torch.full((batch_size,), config.default_cluster_id, dtype=torch.long, device=device)
     if isinstance(cluster_ids, int):
         cluster_ids = torch.full((batch_size,), cluster_ids, dtype=torch.long, device=device)
     cluster_ids = torch.as_tensor(cluster_ids, device=device).long().reshape(-1)
@@ -47,11 +46,8 @@ def histogram_weights(histogram, num_clusters: int, dtype: torch.dtype, device=N
 
 
 def stock_llama_config(config) -> LlamaConfig:
-    """The plain ``LlamaConfig`` of one expert / one instantiated cluster (our extra fields dropped)."""
-    llama_fields = {field.name for field in dataclasses.fields(LlamaConfig)}
-    values = {key: value for key, value in config.to_dict().items() if key in llama_fields}
-    for key in SPECIALIST_CONFIG_FIELDS + ("architectures", "auto_map", "model_type", "transformers_version"):
-        values.pop(key, None)
-    stock = LlamaConfig(**values)
+    """The plain ``LlamaConfig`` of one expert / one instantiated cluster: only ``LlamaConfig``'s own fields."""
+    llama_fields = {field.name for field in dataclasses.fields(LlamaConfig)} - {"architectures", "transformers_version"}
+    stock = LlamaConfig(**{key: value for key, value in config.to_dict().items() if key in llama_fields})
     stock._attn_implementation = config._attn_implementation
     return stock
