@@ -110,7 +110,7 @@ class KeyHashIndex:
         moved.slot_keys, moved.slot_values = self.slot_keys.to(device), self.slot_values.to(device)
         return moved
 
-    def lookup(self, query: torch.Tensor) -> torch.Tensor:
+    def index_of(self, query: torch.Tensor) -> torch.Tensor:
         """Position of each query key in ``keys`` (LongTensor like ``query``), -1 where it is absent."""
         if self.num_keys == 0 or query.numel() == 0:
             return torch.full_like(query, -1)
@@ -277,7 +277,7 @@ class FgramVocab:
                 adjacent &= ~flat_starts.index_select(0, pos[1:])
             follows = adjacent.nonzero().squeeze(1)
             end = pos.index_select(0, follows + 1)
-            found = index.lookup(local.index_select(0, follows) * self.vocab_size + flat.index_select(0, end))
+            found = index.index_of(local.index_select(0, follows) * self.vocab_size + flat.index_select(0, end))
             hit = (found >= 0).nonzero().squeeze(1)
             pos, local = end.index_select(0, hit), found.index_select(0, hit)
             if pos.numel() == 0:
@@ -400,7 +400,7 @@ class FgramVocab:
             tokens[sel, 0] = local
         return tokens, levels
 
-    def lookup(self, ngram: Sequence[int]) -> int:
+    def row_of(self, ngram: Sequence[int]) -> int:
         """Row of one n-gram (tuple of token ids), or -1 if it is not an f-gram."""
         ngram = [int(t) for t in ngram]
         if not 2 <= len(ngram) <= self.max_len:

@@ -49,13 +49,13 @@ def make_tiny_blt(seed: int = 0, attn_implementation: str | None = None, **overr
     if calibrate and config.patching_mode.startswith("entropy"):
         # entropy_combined: the global threshold at the 30% quantile, so that its patching_threshold_add also bites
         combined = config.patching_mode == "entropy_combined"
-        model.config.patching_threshold = calibrate_threshold(
+        model.config.patching_threshold = entropy_quantile_threshold(
             model, monotonic=config.patching_mode == "entropy_monotonic", quantile=0.3 if combined else 0.5)
     return model
 
 
 @torch.no_grad()
-def calibrate_threshold(model: BLTForCausalLM, monotonic: bool = False, quantile: float = 0.5) -> float:
+def entropy_quantile_threshold(model: BLTForCausalLM, monotonic: bool = False, quantile: float = 0.5) -> float:
     """The ``quantile`` of the entropy model's entropies (or of their increments, for the monotonic rule) on random
     bytes: a threshold giving a mix of patch sizes."""
     entropies, _ = model.model.entropy_model.entropies(random_bytes(4, 64, torch.Generator().manual_seed(99)))

@@ -31,7 +31,7 @@ def test_scone_mine_and_export(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["num_fgrams"] == 12
     vocab = FgramVocab.load(tmp_path / "fgrams", tokenizer=tokenizer)
     assert vocab.barrier_ids == (0, 1, 2)
-    assert vocab.lookup(tokenizer("the cat sat", add_special_tokens=False)["input_ids"]) >= 0
+    assert vocab.row_of(tokenizer("the cat sat", add_special_tokens=False)["input_ids"]) >= 0
 
     llama = save_tiny_llama(tmp_path / "llama", vocab_size=16)
     tokenizer.save_pretrained(llama)

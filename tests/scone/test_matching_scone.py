@@ -76,7 +76,7 @@ def test_match_shapes_devices_and_lookup(vocab, docs):
     assert (lengths > 0).float().mean() > 0.5  # pattern data is mostly covered
     for i in torch.nonzero(lengths).squeeze(1).tolist():
         n = int(lengths[i])
-        assert vocab.lookup(ids[i - n + 1:i + 1].tolist()) == int(rows[i])
+        assert vocab.row_of(ids[i - n + 1:i + 1].tolist()) == int(rows[i])
     with pytest.raises(TypeError, match="integer"):
         vocab.match(torch.zeros(2, 3))
 
@@ -113,12 +113,12 @@ def test_key_hash_index_equals_sorted_search(kind):
     query = query[torch.randperm(query.numel(), generator=generator)]
     at = torch.searchsorted(keys, query).clamp(max=max(keys.numel() - 1, 0))
     expected = torch.where(keys[at] == query, at, -1) if keys.numel() else torch.full_like(query, -1)
-    assert torch.equal(index.lookup(query), expected)
+    assert torch.equal(index.index_of(query), expected)
     assert len(index) == keys.numel()
     # the short hash for queries promised below 2**31 lands on the same slots
     small = query < (1 << 31)
     bounded = KeyHashIndex(keys, query_bound=1 << 31)
-    assert torch.equal(bounded.lookup(query[small]), expected[small])
+    assert torch.equal(bounded.index_of(query[small]), expected[small])
     with pytest.raises(ValueError, match="non-negative"):
         KeyHashIndex(torch.tensor([-3]))
 
