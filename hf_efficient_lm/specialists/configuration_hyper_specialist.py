@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from transformers import LlamaConfig
 
+from .routing_specialists import ClusterConfig
 
-class HyperSpecialistConfig(LlamaConfig):
+
+class HyperSpecialistConfig(ClusterConfig):
     """A ``LlamaConfig`` for the shared network plus the projection sizes of the per-cluster MLP weights.
 
     For cluster ``i`` and layer ``l`` every MLP matrix is ``W^(l,i) = sum_r (E_i . M^(l))_r T^(l)_r`` with cluster
@@ -15,10 +17,9 @@ class HyperSpecialistConfig(LlamaConfig):
     identity ``M`` each cluster owns one basis tensor: the hard mixture (of MLPs).
 
     Args:
-        num_clusters: ``k``, clusters of the ``ClusterIndex`` saved beside the checkpoint.
+        num_clusters, default_cluster_id: see :class:`ClusterConfig`.
         num_basis: ``h``, basis tensors per MLP matrix (the capacity; the paper's PN uses ``h < k``).
         code_dim: ``m``, length of each cluster code ``E_i``.
-        default_cluster_id: cluster used when ``forward`` / ``generate`` get no ``cluster_ids``.
         projection_per_matrix: one ``M^(l)`` per matrix (gate, up, down: ``[3, m, h]``) instead of one shared.
         projection_init: ``"shared_start"``: every cluster starts as the same Llama-initialised MLP (basis 0; the
             other bases 0; ``E[:, 0] = 1``, ``M[..., :, 0] = e_0``); ``"random"``: random ``E``, ``M``, bases.
@@ -28,34 +29,20 @@ class HyperSpecialistConfig(LlamaConfig):
     # Llama's plan minus the MLP: the per-cluster MLP is read off bases, not gate/up/down Linear layers.
     base_model_tp_plan = {key: value for key, value in LlamaConfig.base_model_tp_plan.items() if ".mlp." not in key}
 
-    num_clusters: int = 4
     num_basis: int = 4
     code_dim: int = 4
-    default_cluster_id: int = 0
     projection_per_matrix: bool = False
     projection_init: str = "random"
 
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        self.validate_architecture()
-
     def validate_architecture(self):
-        """Transformers' validation hook, extended with this family's fields (``ValueError`` naming the value)."""
+        """:class:`ClusterConfig`'s checks plus the projection fields (``ValueError`` naming the value)."""
         super().validate_architecture()
-        for name in ("num_clusters", "num_basis", "code_dim"):
+        for name in ("num_basis", "code_dim"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.projection_init not in ("random", "shared_start"):
             raise ValueError(f"projection_init={self.projection_init!r}; choose 'random' or 'shared_start'")
-        if not 0 <= self.default_cluster_id < self.num_clusters:
-            raise ValueError(
-                f"default_cluster_id={self.default_cluster_id} is not a cluster index in [0, {self.num_clusters})"
-            )
-
-    def validate(self) -> None:  # save_pretrained runs it; the inherited one runs the parent's checks only
-        self.validate_architecture()
-        super().validate()
 
 
 __all__ = ["HyperSpecialistConfig"]

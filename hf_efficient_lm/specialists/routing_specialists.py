@@ -1,4 +1,5 @@
-"""Helpers shared by the two specialist model files (copied with them for ``trust_remote_code``)."""
+"""What the two specialist families share (copied with their files for ``trust_remote_code``): the cluster fields of
+their configs, cluster-id routing, histogram weights and the stock Llama config of one instantiated cluster."""
 
 from __future__ import annotations
 
@@ -6,6 +7,36 @@ import dataclasses
 
 import torch
 from transformers import LlamaConfig
+
+
+class ClusterConfig(LlamaConfig):
+    """A ``LlamaConfig`` plus the cluster fields both specialist configs share.
+
+    Args:
+        num_clusters: ``k``, clusters of the ``ClusterIndex`` saved beside the checkpoint (one expert each in a mixture).
+        default_cluster_id: the cluster used when ``forward`` / ``generate`` get no ``cluster_ids``.
+    """
+
+    num_clusters: int = 4
+    default_cluster_id: int = 0
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.validate_architecture()
+
+    def validate_architecture(self):
+        """Transformers' validation hook, extended with the cluster fields (``ValueError`` naming the value)."""
+        super().validate_architecture()
+        if isinstance(self.num_clusters, bool) or not isinstance(self.num_clusters, int) or self.num_clusters < 1:
+            raise ValueError(f"num_clusters must be a positive integer, got {self.num_clusters!r}")
+        if not 0 <= self.default_cluster_id < self.num_clusters:
+            raise ValueError(
+                f"default_cluster_id={self.default_cluster_id} is not a cluster index in [0, {self.num_clusters})"
+            )
+
+    def validate(self) -> None:  # save_pretrained runs it; the inherited one runs LlamaConfig's checks only
+        self.validate_architecture()
+        super().validate()
 
 
 def resolve_cluster_ids(cluster_ids, input_ids, inputs_embeds, config) -> torch.LongTensor:

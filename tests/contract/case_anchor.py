@@ -29,6 +29,6 @@ CASES = [
         name="anchor",
         make_model=make_anchor_model,
         make_input_ids=make_anchor_input_ids,
-        invalid_config=("anchor_mask_variant", "v9", "anchor_mask_variant must be one of"),
+        invalid_config=("anchor_token_ids", [10_000], "anchor token id 10000 is outside the vocabulary"),
     )
 ]

@@ -72,7 +72,7 @@ CASES = [
         name="scone",
         make_model=make_scone_model,
         make_input_ids=make_scone_input_ids,
-        invalid_config=("fgram_fusion", "sum", "fgram_fusion must be one of"),
+        invalid_config=("max_fgram_len", 1, "max_fgram_len must be >= 2"),
     ),
     ContractCase(
         name="scone_table",

@@ -35,7 +35,7 @@ CASES = [
         name="specialist_mixture",
         make_model=make_mixture,
         make_input_ids=random_ids(TINY_LLAMA_KWARGS["vocab_size"]),
-        invalid_config=("default_cluster_id", 99, "default_cluster_id=99 is not an expert index"),
+        invalid_config=("default_cluster_id", 99, "default_cluster_id=99 is not a cluster index"),
     ),
     ContractCase(
         name="hyper_specialist",
