@@ -77,3 +77,21 @@ def test_read_texts_streams_jsonl_and_stops_at_either_limit(tmp_path):
     assert read_texts([path], limit_chars=len(texts[0]) + 1) == texts[:2]
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         read_texts([tmp_path / "missing.jsonl"])
+
+
+def test_corpus_texts_reads_a_domain_split_from_the_default_or_a_given_corpus(tmp_path, monkeypatch):
+    import gzip
+    import json
+
+    from hf_efficient_lm.data import corpus_texts
+
+    texts = make_documents(6)
+    for folder, split in ((tmp_path / "env", "train"), (tmp_path / "given", "valid")):
+        folder.mkdir()
+        with gzip.open(folder / f"code.{split}.jsonl.gz", "wt", encoding="utf-8") as handle:
+            handle.writelines(json.dumps({"text": t}) + "\n" for t in texts)
+    monkeypatch.setenv("HFELM_CORPUS", str(tmp_path / "env"))
+    assert corpus_texts("code") == texts
+    assert corpus_texts("code", "valid", corpus=tmp_path / "given", limit_chars=len(texts[0]) + 1) == texts[:2]
+    with pytest.raises(FileNotFoundError, match="code.valid.jsonl.gz not found"):
+        corpus_texts("code", "valid")  # the default corpus has no valid split

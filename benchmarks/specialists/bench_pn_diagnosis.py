@@ -43,8 +43,7 @@ from torch.utils.data import SequentialSampler  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Trainer, TrainingArguments  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from bench_specialize_quality import load_texts  # noqa: E402
-from hf_efficient_lm.data import cache_dir, corpus_dir  # noqa: E402
+from hf_efficient_lm.data import cache_dir, corpus_dir, corpus_texts  # noqa: E402
 from hf_efficient_lm.specialists import (  # noqa: E402
     ClusterIndex,
     HashedNgramEmbedder,
@@ -115,7 +114,7 @@ def main(argv=None):
             row = json.loads(line)
             done[(row["variant"], row["seed"])] = row
 
-    generic_texts = {d: load_texts(args.corpus, d, "train", args.generic_chars) for d in GENERIC}
+    generic_texts = {d: corpus_texts(d, "train", corpus=args.corpus, limit_chars=args.generic_chars) for d in GENERIC}
     if (cache / "tokenizer" / "tokenizer.json").is_file():
         tokenizer = PreTrainedTokenizerFast.from_pretrained(cache / "tokenizer")
     else:
@@ -133,14 +132,14 @@ def main(argv=None):
         index.save_pretrained(cache / "index")
     cluster_ids = index.assign(windows, progress=False)
     valid_blocks = [b for d in GENERIC
-                    for b in token_blocks(load_texts(args.corpus, d, "valid", 200_000), tokenizer,
+                    for b in token_blocks(corpus_texts(d, "valid", corpus=args.corpus, limit_chars=200_000), tokenizer,
                                           args.block_size)[:64]]
     valid_clusters = index.assign([tokenizer.decode(b) for b in valid_blocks], progress=False)
     chars_per_token = sum(len(w) for w in windows[:2000]) / (min(2000, len(windows)) * args.block_size)
     targets = {}
     for target in args.targets:
-        texts = load_texts(args.corpus, target, "train", int(args.domain_tokens * chars_per_token))
-        test = token_blocks(load_texts(args.corpus, target, "valid", 10**7), tokenizer, args.block_size)
+        texts = corpus_texts(target, "train", corpus=args.corpus, limit_chars=int(args.domain_tokens * chars_per_token))
+        test = token_blocks(corpus_texts(target, "valid", corpus=args.corpus, limit_chars=10**7), tokenizer, args.block_size)
         test = [test[i] for i in np.random.default_rng(0).permutation(len(test))[: args.test_blocks]]
         domain_windows = [tokenizer.decode(b) for b in token_blocks(texts, tokenizer, args.block_size)]
         hist = index.histogram(domain_windows, progress=False)

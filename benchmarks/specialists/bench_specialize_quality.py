@@ -53,14 +53,10 @@ from hf_efficient_lm.specialists import (  # noqa: E402
 )
 from hf_efficient_lm.tools.specialize import token_blocks, block_perplexity  # noqa: E402
 from hf_efficient_lm.tools.specialists_training import ClusterHomogeneousTrainer, SpecialistCollator  # noqa: E402
-from hf_efficient_lm.data import cache_dir, corpus_dir, read_texts  # noqa: E402
+from hf_efficient_lm.data import cache_dir, corpus_dir, corpus_texts  # noqa: E402
 from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure  # noqa: E402
 
 ALL_DOMAINS = ("pydocs", "kernel", "code", "dictionary", "fortunes")
-
-
-def load_texts(corpus: Path, domain: str, split: str, max_chars: int) -> list[str]:
-    return read_texts([corpus / f"{domain}.{split}.jsonl.gz"], max_chars)
 
 
 def num_params(model) -> int:
@@ -147,7 +143,7 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
 
     # ---------------------------------------------------------------- generic data, tokenizer, clusters
-    generic_texts = {d: load_texts(args.corpus, d, "train", args.generic_chars) for d in generic_domains}
+    generic_texts = {d: corpus_texts(d, "train", corpus=args.corpus, limit_chars=args.generic_chars) for d in generic_domains}
     tokenizer_path = cache / "tokenizer"
     if (tokenizer_path / "tokenizer.json").is_file():
         tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_path)
@@ -233,8 +229,8 @@ def main(argv=None) -> dict:
     chars_per_token = sum(len(w) for w in windows[:2000]) / (min(2000, len(windows)) * args.block_size)
     for target in args.targets:
         chars = int(args.domain_tokens * chars_per_token)
-        domain_texts = load_texts(args.corpus, target, "train", chars)
-        test_blocks = token_blocks(load_texts(args.corpus, target, "valid", 10**7), tokenizer, args.block_size)
+        domain_texts = corpus_texts(target, "train", corpus=args.corpus, limit_chars=chars)
+        test_blocks = token_blocks(corpus_texts(target, "valid", corpus=args.corpus, limit_chars=10**7), tokenizer, args.block_size)
         test_blocks = [test_blocks[i] for i in np.random.default_rng(0).permutation(len(test_blocks))[
             : args.test_blocks]]
         domain_windows = [tokenizer.decode(b) for b in token_blocks(domain_texts, tokenizer, args.block_size)]

@@ -266,9 +266,10 @@ def cache_dir(*parts: str) -> Path:
 
 
 def corpus_texts(domain: str, split: str = "train", limit: int | None = None, *,
-                 limit_chars: int | None = None) -> list[str]:
-    """The documents of ``<corpus_dir>/<domain>.<split>.jsonl.gz`` (at most ``limit`` / ``limit_chars``)."""
-    path = corpus_dir() / f"{domain}.{split}.jsonl.gz"
+                 limit_chars: int | None = None, corpus: str | os.PathLike | None = None) -> list[str]:
+    """The documents of ``<corpus>/<domain>.<split>.jsonl.gz`` (at most ``limit`` / ``limit_chars``); ``corpus``
+    defaults to :func:`corpus_dir`."""
+    path = Path(corpus if corpus is not None else corpus_dir()) / f"{domain}.{split}.jsonl.gz"
     if not path.is_file():
         raise FileNotFoundError(f"corpus file {path} not found; set HFELM_CORPUS to the corpus folder")
     return read_texts([path], limit_chars, limit_docs=limit)
