@@ -21,6 +21,7 @@ from tqdm import tqdm
 # run as a script: its own folder is on sys.path, so the sibling modules import directly
 from bench_common_anchor import OUT_DIR, anchor_parser, ep_ids, load_tokenizer, model_pair  # noqa: E402
 from bench_kv_anchor import long_prompt  # noqa: E402
+from hf_efficient_lm.compat import CACHE_NAME, cache_of  # noqa: E402
 from hf_efficient_lm.eval.benchmarking import new_figure, parse_benchmark_args  , write_figure# noqa: E402
 
 
@@ -30,12 +31,12 @@ def time_decode(settings, feed: torch.LongTensor, warmup: int = 3, clock=time.pe
     steps are interleaved so that load from other processes on a shared machine hits them alike.
     Returns (medians, caches)."""
     models = [model for model, _ in settings]
-    caches = [model(prompt, use_cache=True, logits_to_keep=1).past_key_values for model, prompt in settings]
+    caches = [cache_of(model(prompt, use_cache=True, logits_to_keep=1)) for model, prompt in settings]
     times = [[] for _ in models]
     for step in range(feed.shape[1]):
         for model, cache, record in zip(models, caches, times):
             start = clock()
-            model(feed[:, step : step + 1], past_key_values=cache, use_cache=True)
+            model(feed[:, step : step + 1], **{CACHE_NAME: cache}, use_cache=True)
             record.append(clock() - start)
     return [statistics.median(record[warmup:]) for record in times], caches
 
@@ -62,7 +63,7 @@ def main(argv=None):
     for context in tqdm(args.contexts, desc="contexts"):
         prompt = torch.tensor([([tokenizer.bos_token_id] + text_ids)[:context]])
         with torch.no_grad():
-            kept = anchor(prompt, use_cache=True, logits_to_keep=1).past_key_values.cached_tokens()
+            kept = cache_of(anchor(prompt, use_cache=True, logits_to_keep=1)).cached_tokens()
         (llama_step, anchor_step, limit_step), (_, cache, _) = time_decode(
             [(llama, prompt), (anchor, prompt), (llama, prompt[:, :kept])], feed,
             clock=time.process_time if args.clock == "cpu" else time.perf_counter,

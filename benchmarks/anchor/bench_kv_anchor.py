@@ -18,6 +18,7 @@ from bench_common_anchor import (  # noqa: E402
     OUT_DIR, ac_model_pair, anchor_parser, corpus_texts, ep_ids, full_cache_bytes, load_tokenizer, model_pair,
 )
 
+from hf_efficient_lm.compat import CACHE_NAME, cache_of  # noqa: E402
 from hf_efficient_lm.anchor import AnchorCache, encode_with_anchors  # noqa: E402
 from hf_efficient_lm.eval.benchmarking import new_figure, parse_benchmark_args  , write_figure# noqa: E402
 
@@ -49,8 +50,8 @@ def long_prompt(tokenizer, tokens: int, domain: str) -> str:
 @torch.no_grad()
 def measure(llama, anchor, ids: list[int]) -> dict:
     input_ids = torch.tensor([ids])
-    full = llama(input_ids, use_cache=True).past_key_values
-    cache = anchor(input_ids, use_cache=True, logits_to_keep=1).past_key_values
+    full = cache_of(llama(input_ids, use_cache=True))
+    cache = cache_of(anchor(input_ids, use_cache=True, logits_to_keep=1))
     return dict(seen=len(ids), kept=cache.cached_tokens(), full_bytes=full_cache_bytes(full),
                 anchor_bytes=cache.kv_bytes())
 
@@ -59,7 +60,7 @@ def measure(llama, anchor, ids: list[int]) -> dict:
 def streaming_curve(anchor, ids: list[int], chunk: int) -> list[tuple[int, int]]:
     cache, curve = AnchorCache(config=anchor.config), []
     for start in range(0, len(ids), chunk):
-        anchor(torch.tensor([ids[start : start + chunk]]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        anchor(torch.tensor([ids[start : start + chunk]]), **{CACHE_NAME: cache}, use_cache=True, logits_to_keep=1)
         curve.append((cache.get_seq_length(), cache.cached_tokens()))
     return curve
 

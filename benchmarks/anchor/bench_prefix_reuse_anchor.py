@@ -16,6 +16,7 @@ from tqdm import tqdm
 from bench_common_anchor import anchor_parser, corpus_texts, ep_ids, full_cache_bytes, load_tokenizer, model_pair  # noqa: E402
 from bench_kv_anchor import five_shot_prompts  # noqa: E402
 
+from hf_efficient_lm.compat import CACHE_NAME, cache_of  # noqa: E402
 from hf_efficient_lm.anchor import compress_prefix, continuation_logits  # noqa: E402
 from hf_efficient_lm.eval.benchmarking import parse_benchmark_args  # noqa: E402
 
@@ -56,7 +57,7 @@ def main(argv=None):
         start = time.perf_counter()
         prefix = compress_prefix(anchor, prefix_ids)
         compress_time = time.perf_counter() - start
-        llama_prefix = llama(prefix_ids, use_cache=True, logits_to_keep=1).past_key_values
+        llama_prefix = cache_of(llama(prefix_ids, use_cache=True, logits_to_keep=1))
 
     times = {
         "AnchorLlama recompute prefix+query": run(
@@ -66,7 +67,7 @@ def main(argv=None):
             "llama recompute", lambda q: llama(torch.cat([prefix_ids, q], 1), logits_to_keep=q.shape[1]), items
         ),
         "Llama full-cache prefix reuse": run(
-            "llama reuse", lambda q: llama(q, past_key_values=copy.deepcopy(llama_prefix), use_cache=True), items
+            "llama reuse", lambda q: llama(q, **{CACHE_NAME: copy.deepcopy(llama_prefix)}, use_cache=True), items
         ),
         "AnchorLlama compressed prefix reuse": run(
             "anchor reuse", lambda q: continuation_logits(anchor, prefix, q), items

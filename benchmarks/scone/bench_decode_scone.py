@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache, LlamaForCausalLM
 
+from hf_efficient_lm.compat import CACHE_NAME
 from hf_efficient_lm.scone import FgramVocab, SconeLlamaForCausalLM, export_fgram_table, mine_fgrams
 from corpus_scone import DOMAINS, cache_dir, load_tokenizer, tokenized_docs
 from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
@@ -77,14 +78,14 @@ def paired_step_ms(base, table, docs: list[np.ndarray], batch: int, prompt_len: 
         caches = {}
         for name, model in (("base", base), ("table", table)):
             caches[name] = DynamicCache(config=model.config)
-            model(ids[:, :prompt_len], past_key_values=caches[name], use_cache=True)
+            model(ids[:, :prompt_len], **{CACHE_NAME: caches[name]}, use_cache=True)
         for length in range(prompt_len + 1, total + 1):
             current, mask = ids[:, :length], torch.ones(batch, length, dtype=torch.long)
             order = (("base", base, base_steps), ("table", table, table_steps))
             for name, model, out in order if length % 2 else order[::-1]:
                 cpu = time.process_time()
                 inputs = model.prepare_inputs_for_generation(current, next_sequence_length=1, use_cache=True,
-                                                             past_key_values=caches[name], attention_mask=mask)
+                                                             **{CACHE_NAME: caches[name]}, attention_mask=mask)
                 model(**inputs)
                 out.append((time.process_time() - cpu) * 1e3)
     return base_steps, table_steps

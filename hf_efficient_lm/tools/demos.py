@@ -23,6 +23,7 @@ from transformers.utils import logging as hf_logging
 
 from ..anchor import AnchorLlamaForCausalLM
 from ..blt import BLTConfig, BLTEntropyConfig, BLTEntropyModel, BLTForCausalLM
+from ..compat import cache_of
 from ..data import pack_ids, train_tokenizer
 from ..eval import evaluate_causal_lm
 from ..io_utils import atomic_dir, atomic_file
@@ -102,7 +103,7 @@ def demo_anchor(base_dir: str, train_texts: list[str], max_steps: int = 8) -> st
     ids = tokenizer(held_out, return_tensors="pt", truncation=True, max_length=1024).input_ids
     with torch.no_grad():
         out = model(ids, labels=ids, use_cache=True)
-    cache = out.past_key_values
+    cache = cache_of(out)
     seen, kept = cache.get_seq_length(), cache.cached_tokens()
     return (f"AnchorLlama: KV cache {kept} of {seen} tokens kept ({1 - kept / seen:.0%} saved), "
             f"held-out AnSAN loss {out.loss.item():.2f} after {max_steps} EP steps")
