@@ -76,3 +76,28 @@ def ep_ids(tokenizer) -> list[int]:
 
 def full_cache_bytes(cache) -> int:
     return sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers)
+
+
+# ------------------------------------------------------------------------------- prompts of real corpus text
+def paragraphs(domain: str, min_chars: int = 200, max_chars: int = 600) -> list[str]:
+    out = []
+    for text in corpus_texts(domain):
+        for para in text.split("\n\n"):
+            para = " ".join(para.split())
+            if min_chars <= len(para) <= max_chars and para.count(". ") >= 2:
+                out.append(para)
+    return out
+
+
+def five_shot_prompts(n: int) -> list[str]:
+    paras = paragraphs("pydocs") + paragraphs("kernel")
+    return ["\n\n".join(paras[i * 6 : i * 6 + 6]) for i in range(n)]
+
+
+def long_prompt(tokenizer, tokens: int, domain: str) -> str:
+    parts = []
+    for para in paragraphs(domain, 100, 4000):
+        parts.append(para)
+        if len(tokenizer.encode(" ".join(parts))) > tokens * 1.05:
+            break
+    return "\n\n".join(parts)

@@ -19,10 +19,9 @@ from tqdm import tqdm
 
 
 # run as a script: its own folder is on sys.path, so the sibling modules import directly
-from bench_common_anchor import OUT_DIR, anchor_parser, ep_ids, load_tokenizer, model_pair  # noqa: E402
-from bench_kv_anchor import long_prompt  # noqa: E402
+from bench_common_anchor import OUT_DIR, anchor_parser, ep_ids, load_tokenizer, long_prompt, model_pair  # noqa: E402
 from hf_efficient_lm.compat import CACHE_NAME, cache_of  # noqa: E402
-from hf_efficient_lm.eval.benchmarking import new_figure, parse_benchmark_args  , write_figure# noqa: E402
+from hf_efficient_lm.eval.benchmarking import new_figure, parse_benchmark_args, write_figure  # noqa: E402
 
 
 @torch.no_grad()

@@ -15,36 +15,13 @@ import torch
 from tqdm import tqdm
 
 from bench_common_anchor import (  # noqa: E402
-    OUT_DIR, ac_model_pair, anchor_parser, corpus_texts, ep_ids, full_cache_bytes, load_tokenizer, model_pair,
+    OUT_DIR, ac_model_pair, anchor_parser, ep_ids, five_shot_prompts, full_cache_bytes, load_tokenizer, long_prompt,
+    model_pair,
 )
 
 from hf_efficient_lm.compat import CACHE_NAME, cache_of  # noqa: E402
 from hf_efficient_lm.anchor import AnchorCache, encode_with_anchors  # noqa: E402
-from hf_efficient_lm.eval.benchmarking import new_figure, parse_benchmark_args  , write_figure# noqa: E402
-
-
-def paragraphs(domain: str, min_chars: int = 200, max_chars: int = 600) -> list[str]:
-    out = []
-    for text in corpus_texts(domain):
-        for para in text.split("\n\n"):
-            para = " ".join(para.split())
-            if min_chars <= len(para) <= max_chars and para.count(". ") >= 2:
-                out.append(para)
-    return out
-
-
-def five_shot_prompts(n: int) -> list[str]:
-    paras = paragraphs("pydocs") + paragraphs("kernel")
-    return ["\n\n".join(paras[i * 6 : i * 6 + 6]) for i in range(n)]
-
-
-def long_prompt(tokenizer, tokens: int, domain: str) -> str:
-    parts = []
-    for para in paragraphs(domain, 100, 4000):
-        parts.append(para)
-        if len(tokenizer.encode(" ".join(parts))) > tokens * 1.05:
-            break
-    return "\n\n".join(parts)
+from hf_efficient_lm.eval.benchmarking import new_figure, parse_benchmark_args, write_figure  # noqa: E402
 
 
 @torch.no_grad()

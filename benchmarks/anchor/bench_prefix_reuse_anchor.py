@@ -13,8 +13,9 @@ import time
 import torch
 from tqdm import tqdm
 
-from bench_common_anchor import anchor_parser, corpus_texts, ep_ids, full_cache_bytes, load_tokenizer, model_pair  # noqa: E402
-from bench_kv_anchor import five_shot_prompts  # noqa: E402
+from bench_common_anchor import (  # noqa: E402
+    anchor_parser, corpus_texts, ep_ids, five_shot_prompts, full_cache_bytes, load_tokenizer, model_pair,
+)
 
 from hf_efficient_lm.compat import CACHE_NAME, cache_of  # noqa: E402
 from hf_efficient_lm.anchor import compress_prefix, continuation_logits  # noqa: E402

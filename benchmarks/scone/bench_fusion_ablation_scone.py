@@ -49,16 +49,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
-from hf_efficient_lm.data import CORPUS_DOMAINS, cache_dir, corpus_texts, pack_ids, train_tokenizer
+from corpus_scone import load_data, make_schedule
 from hf_efficient_lm.eval import rows_nll
 from hf_efficient_lm.io_utils import atomic_dir, atomic_file
 from hf_efficient_lm.scone import FGRAM_RECIPES, SconeLlamaForCausalLM, match_flat, mine_fgrams
 from hf_efficient_lm.train import llama_config_from_preset
 from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure
 
-DOMAINS = list(CORPUS_DOMAINS)
 NO_EXTRAS = {"fgram_final_norm": False, "fgram_output_scale": False}
 WITH_EXTRAS = {"fgram_final_norm": True, "fgram_output_scale": True}
 IDENTITY = {"fgram_init": "identity"}
@@ -97,45 +96,7 @@ def bucket_name(low: int, high: int) -> str:
     return f"seen {low}" if low == high else (f"seen {low}+" if high >= 10**12 else f"seen {low}-{high}")
 
 
-# ------------------------------------------------------------------------------------------------------- data/base
-def load_data(args, per_domain: bool = False):
-    """Tokenizer (trained once, cached), shuffled packed training blocks and held-out blocks (equal per domain; a
-    ``{domain: blocks}`` dict with ``per_domain``). The token ids are cached next to the tokenizer."""
-    root = cache_dir("scone_ablation", f"{args.preset}_v{args.vocab_size}_c{args.chars_per_domain}")
-    tok_dir = root / "tokenizer"
-    ids_path = root / f"ids_block{args.block}_eval{args.eval_tokens}.npz"
-    if not (tok_dir / "tokenizer.json").exists():
-        train_texts = {d: corpus_texts(d, "train", limit_chars=args.chars_per_domain) for d in DOMAINS}
-        texts = [t for d in DOMAINS for t in train_texts[d]]
-        tokenizer = train_tokenizer((texts[i:i + 1000] for i in range(0, len(texts), 1000)), args.vocab_size,
-                                    show_progress=False)
-        with atomic_dir(tok_dir) as tmp:
-            tokenizer.save_pretrained(tmp)
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    eos = tokenizer.eos_token_id
-    if not ids_path.exists():
-        docs = [np.asarray(x, dtype=np.int64) for d in DOMAINS for x in tokenizer(
-            corpus_texts(d, "train", limit_chars=args.chars_per_domain), add_special_tokens=False)["input_ids"]]
-        valid = {}
-        for d in DOMAINS:
-            ids = tokenizer(corpus_texts(d, "valid"), add_special_tokens=False)["input_ids"]
-            valid[d] = pack_ids(ids, args.block, separator=eos)[: max(1, args.eval_tokens // args.block)]
-        with atomic_file(ids_path, "wb") as handle:
-            np.savez(handle, flat=np.concatenate(docs), lengths=np.array([len(x) for x in docs]),
-                     **{f"valid_{d}": valid[d] for d in DOMAINS})
-    data = np.load(ids_path)
-    docs = np.split(data["flat"], np.cumsum(data["lengths"])[:-1])
-    valid = {d: data[f"valid_{d}"] for d in DOMAINS}
-    blocks = pack_ids(docs, args.block, separator=eos)
-    blocks = blocks[np.random.default_rng(0).permutation(len(blocks))]  # mix domains before halving
-    return root, tokenizer, docs, blocks, valid if per_domain else np.concatenate([valid[d] for d in DOMAINS])
-
-
-def make_schedule(optimizer, steps: int, warmup: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * (
-        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
-
-
+# ------------------------------------------------------------------------------------------------------------ base
 def build_base(args, root: Path, tokenizer, blocks: np.ndarray) -> Path:
     """Pretrain the base Llama on the first half of the blocks (seeded), cache it; reused when present."""
     base_dir = root / f"base_steps{args.base_steps}"

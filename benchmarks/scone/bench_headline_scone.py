@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_fusion_ablation_scone import DOMAINS, load_data, make_schedule
+from corpus_scone import DOMAINS, load_data, make_schedule
 from tqdm import tqdm
 from transformers import LlamaForCausalLM
 
