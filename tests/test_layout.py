@@ -150,3 +150,16 @@ def test_scripts_import_the_package_without_editing_sys_path():
         if "sys.path.insert" in line or "sys.path.append" in line or re.search(r"\brunpy\b", line)
     ]
     assert not offenders, offenders
+
+
+def test_benchmarks_import_helpers_never_another_script():
+    """A benchmark imports the package and its folder's helper modules (bench_common_anchor.py, corpus_scone.py, ...);
+    importing another benchmark *script* (a file with a ``__main__`` block) couples two experiments (issue 12)."""
+    root = PACKAGE.parent / "benchmarks"
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        for _, level, module in _imports(path):
+            sibling = path.parent / f"{module}.py"
+            if level == 0 and sibling.is_file() and "__name__ == \"__main__\"" in sibling.read_text():
+                offenders.append(f"{path.relative_to(root)} imports the script {sibling.name}")
+    assert not offenders, offenders
