@@ -14,6 +14,7 @@ import torch
 from ..blt.modeling_blt_entropy import BLTEntropyModel
 from ..blt.patcher_blt import patch_starts, relative_positions
 from ..blt.tokenization_blt_lm import BOE_ID, BOS_ID, BYTE_OFFSET, EOS_ID
+from ..data import pack_ids
 
 
 def text_to_ids(text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]:
@@ -23,18 +24,14 @@ def text_to_ids(text: str, add_bos: bool = True, add_eos: bool = True) -> list[i
 
 
 def pack_texts(texts: Iterable[str], seq_len: int, drop_remainder: bool = True) -> list[list[int]]:
-    """Concatenate ``BOS text EOS`` documents and cut rows of ``seq_len`` ids (every row starts with its own BOS)."""
+    """Concatenate ``text EOS`` byte documents and cut rows of ``seq_len`` ids, each opened by its own BOS
+    (:func:`~hf_efficient_lm.data.pack_ids` over the byte ids); with ``drop_remainder=False`` the last row may be
+    shorter."""
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2, got {seq_len}")
-    rows, buffer = [], []
-    for text in texts:
-        buffer.extend(text_to_ids(text, add_bos=False))
-        while len(buffer) >= seq_len - 1:
-            rows.append([BOS_ID] + buffer[: seq_len - 1])
-            buffer = buffer[seq_len - 1 :]
-    if buffer and not drop_remainder:
-        rows.append([BOS_ID] + buffer)
-    return rows
+    rows = pack_ids([text_to_ids(text, add_bos=False) for text in texts], seq_len, row_prefix=BOS_ID,
+                    drop_remainder=drop_remainder)
+    return [row.tolist() for row in rows]
 
 
 def document_rows(texts: Iterable[str], seq_len: int) -> list[list[int]]:

@@ -26,6 +26,9 @@ def test_pack_texts_rows():
     flat = [i for r in rows for i in r[1:]]
     expected = [i for t in TEXTS for i in text_to_ids(t, add_bos=False)]
     assert flat == expected[: len(flat)]
+    kept = pack_texts(TEXTS, 32, drop_remainder=False)  # the tail is a shorter last row: every byte is kept
+    assert kept[:-1] == rows and kept[-1][0] == 1 and 1 < len(kept[-1]) < 32
+    assert [i for r in kept for i in r[1:]] == expected
     with pytest.raises(ValueError, match="seq_len"):
         pack_texts(TEXTS, 1)
 
