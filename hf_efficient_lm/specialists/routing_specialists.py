@@ -1,4 +1,4 @@
-"""What the two specialist families share (copied with their files for ``trust_remote_code``): the cluster fields of
+"""What the two specialist model types share (copied with their files for ``trust_remote_code``): the cluster fields
 their configs, cluster-id routing, histogram weights and the stock Llama config of one instantiated cluster."""
 
 from __future__ import annotations
