@@ -1,5 +1,5 @@
-"""What the two specialist model types share (copied with their files for ``trust_remote_code``): the cluster fields
-their configs, cluster-id routing, histogram weights and the stock Llama config of one instantiated cluster."""
+"""What the two specialist model types share (copied with their files for ``trust_remote_code``): their
+configs' cluster fields, cluster-id routing, histogram weights and the stock Llama config of one cluster."""
 
 from __future__ import annotations
 
