@@ -117,3 +117,33 @@ def test_rows_nll_sums_every_row_alone_passes_model_inputs_and_skips_ignored_ids
     assert total.perplexity == pytest.approx(math.exp(nats / tokens), rel=1e-5)
     with pytest.raises(ValueError, match="row 1 has 1 ids"):
         rows_nll(model, [rows[0], rows[0][:1]])
+
+
+def test_decode_throughput_remeasures_a_stalled_median_and_names_an_unmeasurable_one(monkeypatch):
+    """``decode_tokens_per_second`` = new tokens / (total - prefill). When a shared machine stalls the prefill median
+    above the total, it measures again with more repeats; only if that never separates the two does it raise."""
+    from hf_efficient_lm.eval import speed
+
+    class Model:
+        def generate(self, input_ids, max_new_tokens, **kwargs):
+            return max_new_tokens
+
+    def scripted(times):
+        calls = []
+
+        def median_seconds(fn, device, repeats):
+            calls.append((fn(), repeats))  # (max_new_tokens, repeats)
+            return times[len(calls) - 1]
+        return median_seconds, calls
+
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    fake, calls = scripted([0.04, 0.02, 0.01, 0.05])  # attempt 1: prefill stalled above the total; attempt 2 clean
+    monkeypatch.setattr(speed, "median_seconds", fake)
+    assert speed.decode_tokens_per_second(Model(), ids, 8) == pytest.approx(2 * 8 / 0.04)
+    assert calls == [(1, 3), (9, 3), (1, 6), (9, 6)]
+
+    fake, calls = scripted([0.02, 0.02] * 3)
+    monkeypatch.setattr(speed, "median_seconds", fake)
+    with pytest.raises(RuntimeError, match="8 new tokens took no measurable time beyond the prefill"):
+        speed.decode_tokens_per_second(Model(), ids, 8)
+    assert [repeats for _, repeats in calls] == [3, 3, 6, 6, 12, 12]
