@@ -14,7 +14,7 @@ from importlib import metadata
 from transformers.models.llama.modeling_llama import LlamaModel
 from transformers.utils import logging
 
-SUPPORTED_TRANSFORMERS = ("5.23", "5.25")  # tested: >= first, < second (the first untested minor)
+SUPPORTED_TRANSFORMERS = ("5.23", "5.26")  # tested: >= first, < second (the first untested minor)
 CACHE_NAME = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 _OLD_CACHE_NAMES = ("past_key_values", "cache_params")
 
