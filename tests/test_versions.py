@@ -37,6 +37,31 @@ def test_every_family_declares_the_same_range_as_pyproject():
     assert f"transformers=={low}.0" in minimum
 
 
+def test_every_declared_lower_bound_is_pinned_for_the_minimum_end_of_ci():
+    """.ci/run builds its minimum end from .ci/constraints-min.txt: each ``>=`` bound of pyproject.toml must be pinned
+    there at that release (same major.minor, or the exact patch when the bound names one), so CI proves the floor."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    pinned = {}
+    for line in (ROOT / ".ci" / "constraints-min.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pinned[name.strip().lower().replace("_", "-")] = Version(version)
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    unpinned = []
+    for dep in map(Requirement, deps):
+        for spec in dep.specifier:
+            if spec.operator != ">=":
+                continue
+            name, bound = dep.name.lower().replace("_", "-"), Version(spec.version)
+            have = pinned.get(name)
+            if have is None or have.release[: len(bound.release)] != bound.release or have not in dep.specifier:
+                unpinned.append(f"{dep} (constraints-min pins {have})")
+    assert not unpinned, unpinned
+
+
 def test_installed_transformers_is_inside_the_range():
     for module in COMPAT_MODULES:
         module.check_transformers_version(transformers.__version__)  # no error, no warning needed
