@@ -145,32 +145,41 @@ def main(argv: list[str] | None = None) -> Path:
         trainer = Trainer(model=model, args=training_args, train_dataset=blocks, data_collator=default_data_collator,
                           callbacks=[FingerprintCallback(fingerprint)])
         trainer.train(resume_from_checkpoint=decision.resume_from)
-        out = Path(training_args.output_dir)
-        if not trainer.is_world_process_zero():
-            return out
-        with atomic_dir(out / "final") as tmp:
-            trainer.save_model(tmp)
-            tokenizer.save_pretrained(tmp)
-            write_fingerprint(tmp, fingerprint)
-        table_dir = export_fgram_table(model, out / "table", dtype=getattr(torch, args.table_dtype))
-        tokenizer.save_pretrained(table_dir)
-        print(f"wrote training-mode model to {out / 'final'} and table-mode model to {table_dir}")
-        metrics = {
-            "world_size": training_args.world_size, "global_batch": global_batch, "block_size": args.block_size,
-            "steps": trainer.state.global_step, "num_fgrams": vocab.num_fgrams,
-            "train_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
-            "base_model": args.base_model, "from_scratch_preset": args.from_scratch_preset,
-            "data_files": [Path(f).name for f in args.data_files], "seed": training_args.seed,
-            "learning_rate": training_args.learning_rate, "fgram_fusion": args.fgram_fusion,
-            "fgram_num_layers": args.fgram_num_layers, "max_fgram_len": vocab.max_len,
-            "train_tokens": trainer.state.global_step * global_batch * args.block_size,
-            "resumed_from": decision.resume_from,
-        }
-        with atomic_file(out / "train_scone_metrics.json", "w") as handle:
-            handle.write(json.dumps(metrics, indent=2))
-        if args.validation_files:
-            _evaluate(args, tokenizer, table_dir, out)
-    return out
+        if trainer.is_world_process_zero():
+            _write_outputs(args, trainer, tokenizer, vocab, fingerprint, global_batch, decision.resume_from)
+        # Every process leaves together (as pretrain, train-anchor and train-blt do): one that exits while the main
+        # process still writes can abort at interpreter exit with the process group alive ("terminate called without
+        # an active exception", SIGABRT), and the launcher then fails the whole run.
+        trainer.accelerator.wait_for_everyone()
+    return Path(training_args.output_dir)
+
+
+def _write_outputs(args, trainer, tokenizer, vocab, fingerprint: dict, global_batch: int, resumed_from) -> None:
+    """Main process: ``output_dir/final`` (training mode), ``output_dir/table`` (table mode), the metrics json and,
+    with ``--validation_files``, ``eval_scone.json``."""
+    out = Path(trainer.args.output_dir)
+    with atomic_dir(out / "final") as tmp:
+        trainer.save_model(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_fingerprint(tmp, fingerprint)
+    table_dir = export_fgram_table(trainer.model, out / "table", dtype=getattr(torch, args.table_dtype))
+    tokenizer.save_pretrained(table_dir)
+    print(f"wrote training-mode model to {out / 'final'} and table-mode model to {table_dir}")
+    metrics = {
+        "world_size": trainer.args.world_size, "global_batch": global_batch, "block_size": args.block_size,
+        "steps": trainer.state.global_step, "num_fgrams": vocab.num_fgrams,
+        "train_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+        "base_model": args.base_model, "from_scratch_preset": args.from_scratch_preset,
+        "data_files": [Path(f).name for f in args.data_files], "seed": trainer.args.seed,
+        "learning_rate": trainer.args.learning_rate, "fgram_fusion": args.fgram_fusion,
+        "fgram_num_layers": args.fgram_num_layers, "max_fgram_len": vocab.max_len,
+        "train_tokens": trainer.state.global_step * global_batch * args.block_size,
+        "resumed_from": resumed_from,
+    }
+    with atomic_file(out / "train_scone_metrics.json", "w") as handle:
+        handle.write(json.dumps(metrics, indent=2))
+    if args.validation_files:
+        _evaluate(args, tokenizer, table_dir, out)
 
 
 def _evaluate(args, tokenizer, table_dir: Path, out: Path) -> None:
