@@ -117,9 +117,13 @@ def prepare(sizes: dict, workdir: Path) -> None:
                                       max_position_embeddings=max(sizes["contexts"]) + sizes["new_tokens"] + 8)
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(workdir / "llama")
+    make_transformers_blt(blt_prompt(sizes), **sizes["blt_sizes"]).save_pretrained(workdir / "blt")
+
+
+def blt_prompt(sizes: dict) -> torch.LongTensor:
+    """``[1, blt_prompt]`` byte ids (BOS, then English text's bytes offset by BLT's 4 special ids)."""
     data = english_text().encode("utf-8")[: sizes["blt_prompt"] - 1]
-    make_transformers_blt(torch.tensor([[1] + [b + 4 for b in data]]), **sizes["blt_sizes"]).save_pretrained(
-        workdir / "blt")
+    return torch.tensor([[1] + [b + 4 for b in data]])
 
 
 def anchor_decode_rows(sizes: dict, device: str, workdir: Path) -> list[Row]:
@@ -153,8 +157,7 @@ def scone_decode_rows(sizes: dict, device: str, workdir: Path) -> list[Row]:
 
 
 def blt_rows(sizes: dict, device: str, workdir: Path) -> list[Row]:
-    data = english_text().encode("utf-8")[: sizes["blt_prompt"] - 1]
-    prompt = torch.tensor([[1] + [b + 4 for b in data]]).to(device)
+    prompt = blt_prompt(sizes).to(device)
     from transformers import BltForCausalLM
 
     ours = BLTForCausalLM.from_pretrained(workdir / "blt").to(device).eval()
