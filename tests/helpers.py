@@ -99,3 +99,24 @@ def run_two_processes_and_one(script: Path, ddp_args: list[str], single_args: li
     single = subprocess.run([sys.executable, str(script), *single_args], capture_output=True, text=True, env=env,
                             timeout=timeout)
     assert single.returncode == 0, single.stderr[-4000:]
+
+
+def one_sgd_step(trainer_class, model, dataset, *, batch_size: int, accumulation: int, output_dir, **trainer_kwargs):
+    """The weight change ``[num_params]`` of one optimizer step of ``trainer_class`` (plain SGD, lr 1e-2, no clipping)
+    over ``batch_size * accumulation`` rows of ``dataset``: one step over 4 rows must equal 2 x 2 accumulated."""
+    import copy
+
+    import torch
+    from transformers import TrainingArguments
+
+    from hf_efficient_lm.tools.specialists_training import SpecialistCollator
+
+    model = copy.deepcopy(model).train()
+    before = [p.detach().clone() for p in model.parameters()]
+    args = TrainingArguments(output_dir=str(output_dir), max_steps=1, per_device_train_batch_size=batch_size,
+                             gradient_accumulation_steps=accumulation, learning_rate=1e-2, optim="sgd",
+                             max_grad_norm=0.0, lr_scheduler_type="constant", report_to=[], use_cpu=True,
+                             save_strategy="no", disable_tqdm=True, logging_strategy="no", seed=0)
+    trainer_class(model=model, args=args, train_dataset=dataset, data_collator=SpecialistCollator(0),
+                  **trainer_kwargs).train()
+    return torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])

@@ -206,7 +206,7 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
             raise ValueError(
                 "attn_implementation='flex_attention' cannot train on CPU: PyTorch's flex attention has no backward "
                 "pass there (it trains on CUDA). On CPU use 'sdpa', whose AnSAN mask is built block by block for "
-                "long inputs (linear memory); flex still works for inference (torch.no_grad / eval)."
+                "long inputs (linear memory); on CPU flex only runs uncached inference forwards (torch.no_grad)."
             )
         if q_length == 1 and documents is None and attn_implementation != "flex_attention":
             # Decode step: a few ops on [batch, kv_len] instead of the generic builder, usually no mask at all.

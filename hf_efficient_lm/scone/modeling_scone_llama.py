@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import weakref
 from pathlib import Path
 
 import torch
@@ -472,6 +473,21 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
         # generate() hands us the whole history: match only the tail that can reach the new positions.
         num_new = model_inputs["input_ids"].shape[1]
         mask = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
-        rows, lengths = self.model.require_vocab().match_last(input_ids, num_new, mask, as_lists=True)
+        vocab = self.model.require_vocab()
+        if num_new == input_ids.shape[1]:  # the first forward, or a chunk of a chunked prefill (only its ids given)
+            seen = cache.get_seq_length() if cache is not None else 0
+            if seen:  # the f-grams of the chunk may begin in the previous one: its tail, kept below
+                cache_ref, tail_end, tail = self.__dict__.get("_prefill_tail") or (None, None, None)
+                if cache_ref is None or cache_ref() is not cache or tail_end != seen:
+                    raise ValueError(
+                        "generate() passed only the new tokens over a filled cache, but SconeLlama's f-grams may "
+                        "begin in the cached tokens: pass the whole sequence as input_ids"
+                    )
+                input_ids = torch.cat([tail, input_ids], dim=1)
+                mask = mask[:, -input_ids.shape[1]:] if mask is not None else None  # (it spans the whole history)
+            if cache is not None:
+                self.__dict__["_prefill_tail"] = (weakref.ref(cache), seen + num_new,
+                                                  input_ids[:, -(vocab.max_len - 1):].clone())
+        rows, lengths = vocab.match_last(input_ids, num_new, mask, as_lists=True)
         model_inputs["fgram_row"], model_inputs["fgram_len"] = rows, lengths
         return model_inputs

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import GenerationMixin, LlamaForCausalLM, PreTrainedModel
+from transformers.integrations.neftune import neftune_post_forward_hook
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .compat_specialists import CACHE_NAME, cache_of, resolve_cache
@@ -112,8 +113,15 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
         batch_size = cluster_ids.shape[0]
         loss_kwargs = {key: kwargs.pop(key) for key in ("num_items_in_batch", "shift_labels") if key in kwargs}
         clusters = torch.unique(cluster_ids).tolist()
+        if inputs_embeds is not None and clusters != [self.config.default_cluster_id]:
+            raise ValueError(
+                f"inputs_embeds routed to clusters {clusters}: the experts embed with tables of their own and "
+                f"get_input_embeddings() is expert {self.config.default_cluster_id}'s, so pass input_ids (or call "
+                "model.experts[c] with embeddings from its own table)"
+            )
         if len(clusters) == 1:
-            output = self.experts[clusters[0]](
+            output = self._run_expert(
+                clusters[0],
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
@@ -140,7 +148,8 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
                 def take(tensor):
                     return tensor[rows] if tensor is not None and tensor.shape[0] == batch_size else tensor
 
-                output = self.experts[cluster](
+                output = self._run_expert(
+                    cluster,
                     input_ids=take(input_ids),
                     attention_mask=take(attention_mask),
                     position_ids=take(position_ids),
@@ -164,6 +173,21 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
         return result if return_dict else result.to_tuple()
 
     # ------------------------------------------------------------------------------------------ experts
+    def _run_expert(self, cluster: int, **inputs) -> CausalLMOutputWithPast:
+        """Expert ``cluster``'s forward. Trainer's NEFTune noises the table ``get_input_embeddings()`` returns (the
+        default expert's); the other experts' tables get the same noise for the call, so NEFTune trains them all."""
+        expert, default_table = self.experts[cluster], self.get_input_embeddings()
+        alpha, table = getattr(default_table, "neftune_noise_alpha", None), expert.get_input_embeddings()
+        if alpha is None or table is default_table:
+            return expert(**inputs)
+        table.neftune_noise_alpha = alpha
+        hook = table.register_forward_hook(neftune_post_forward_hook)
+        try:
+            return expert(**inputs)
+        finally:
+            hook.remove()
+            del table.neftune_noise_alpha
+
     def instantiate(self, cluster: int | None = None, histogram=None) -> LlamaForCausalLM:
         """A stock ``LlamaForCausalLM`` (a copy): expert ``cluster``, or the ``histogram``-weighted average of all
         experts' parameters (``histogram [num_clusters]``, normalised here; beyond the paper)."""

@@ -43,7 +43,7 @@ def resolve_cluster_ids(cluster_ids, input_ids, inputs_embeds, config) -> torch.
     """``cluster_ids`` as ``LongTensor[batch]`` on the inputs' device; ``None`` means ``config.default_cluster_id``.
 
     Accepts an int, a sequence or a tensor of shape ``[batch]`` (or ``[batch, 1]``); raises ``ValueError`` without
-    inputs, on a wrong length or on an id outside ``[0, config.num_clusters)``.
+    inputs, on another shape, a wrong length, non-integer ids or an id outside ``[0, config.num_clusters)``.
     """
     reference = input_ids if input_ids is not None else inputs_embeds
     if reference is None:
@@ -53,11 +53,19 @@ def resolve_cluster_ids(cluster_ids, input_ids, inputs_embeds, config) -> torch.
         return torch.full((batch_size,), config.default_cluster_id, dtype=torch.long, device=device)
     if isinstance(cluster_ids, int):
         cluster_ids = torch.full((batch_size,), cluster_ids, dtype=torch.long, device=device)
-    cluster_ids = torch.as_tensor(cluster_ids, device=device).long().reshape(-1)
+    cluster_ids = torch.as_tensor(cluster_ids, device=device)
+    if cluster_ids.is_floating_point() or cluster_ids.is_complex():
+        raise ValueError(f"cluster_ids must be integers, got dtype {cluster_ids.dtype}")
+    # [batch] or [batch, 1] only: generate() repeats dim 0 for beams / returned sequences, so a row-major [1, batch]
+    # would be expanded as c0, c1, c0, c1 against rows r0, r0, r1, r1
+    if cluster_ids.dim() > 2 or (cluster_ids.dim() == 2 and cluster_ids.shape[1] != 1):
+        raise ValueError(f"cluster_ids must have shape [batch] or [batch, 1], got {tuple(cluster_ids.shape)}")
+    cluster_ids = cluster_ids.long().reshape(-1)
     if cluster_ids.numel() == 1 and batch_size > 1:
         cluster_ids = cluster_ids.expand(batch_size)
     if cluster_ids.numel() != batch_size:
-        raise ValueError(f"cluster_ids has {cluster_ids.numel()} entries for a batch of {batch_size} sequences")
+        raise ValueError(f"cluster_ids has {cluster_ids.numel()} entries for a batch of {batch_size} sequences "
+                         "(generate() repeats them for beams / returned sequences only when given as a tensor)")
     if cluster_ids.numel() and (cluster_ids.min() < 0 or cluster_ids.max() >= num_clusters):
         raise ValueError(
             f"cluster_ids must lie in [0, {num_clusters}), got values {sorted(set(cluster_ids.tolist()))}"

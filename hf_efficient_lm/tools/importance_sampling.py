@@ -185,6 +185,11 @@ def with_importance_weights(dataset: Dataset, cluster_ids, target_histogram, **k
 class ImportanceWeightedTrainer(Trainer):
     """A ``Trainer`` whose loss is the ``loss_weight``-weighted mean of per-sequence token cross-entropies."""
 
+    # compute_loss returns a per-micro-batch mean (it ignores num_items_in_batch), so the Trainer must divide it by
+    # the accumulation steps: left at None, it assumes a model whose forward takes **kwargs scaled it already, and
+    # gradient accumulation over n micro-batches would give n times the gradient.
+    loss_is_scaled_for_ga = False
+
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
         if LOSS_WEIGHT_COLUMN not in self._signature_columns:

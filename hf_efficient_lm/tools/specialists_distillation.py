@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch.nn import functional as F
 from transformers import Trainer
@@ -45,10 +47,17 @@ class DistillationTrainer(Trainer):
 
     Args:
         teacher_model: any causal LM with the student's vocabulary; put in eval mode, frozen, moved to the
-            training device.
+            training device. A specialist teacher (its forward takes ``cluster_ids``) gets each row's cluster id
+            from the batch, kept even when the student takes none.
         alpha: weight of the KL term (0 = plain fine-tuning, 1 = pure distillation).
         temperature: softmax temperature ``T`` of both distributions in the KL.
     """
+
+    # compute_loss returns a per-micro-batch mean: the Trainer divides it by the accumulation steps (see
+    # ImportanceWeightedTrainer).
+    loss_is_scaled_for_ga = False
+    # what the teacher is given of a batch, when its forward takes it
+    TEACHER_INPUTS = ("input_ids", "attention_mask", "position_ids", "cluster_ids")
 
     def __init__(self, *args, teacher_model, alpha: float = 0.5, temperature: float = 2.0, **kwargs):
         if not 0.0 <= alpha <= 1.0:
@@ -59,11 +68,22 @@ class DistillationTrainer(Trainer):
         self.teacher_model = teacher_model.eval().requires_grad_(False).to(self.args.device)
         self.alpha = alpha
         self.temperature = temperature
+        accepted = inspect.signature(teacher_model.forward).parameters
+        self._teacher_inputs = [key for key in self.TEACHER_INPUTS if key in accepted]
+        student = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self._student_takes_cluster_ids = "cluster_ids" in inspect.signature(student.forward).parameters
+
+    def _set_signature_columns_if_needed(self):  # keep the teacher's inputs (cluster_ids) the student lacks
+        super()._set_signature_columns_if_needed()
+        missing = [key for key in self._teacher_inputs if key not in self._signature_columns]
+        self._signature_columns = list(self._signature_columns) + missing
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
+        teacher_inputs = {key: inputs[key] for key in self._teacher_inputs if key in inputs}
+        if not self._student_takes_cluster_ids:
+            inputs.pop("cluster_ids", None)  # kept for the teacher only
         outputs = model(**inputs)
-        teacher_inputs = {key: inputs[key] for key in ("input_ids", "attention_mask") if key in inputs}
         with torch.no_grad():
             teacher_logits = self.teacher_model(**teacher_inputs).logits
         # Evaluation reports the plain cross-entropy, so early stopping compares like with like across methods.

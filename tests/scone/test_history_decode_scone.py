@@ -129,3 +129,36 @@ def test_history_fgrams_without_vocabulary_are_rejected(setup):
                   fgram_len=lengths[:, t:t + 1])
     finally:
         model.model.fgram_vocab = vocab
+
+
+@pytest.mark.parametrize("fusion", ["replace", "gated"])
+@pytest.mark.parametrize("chunk", [3, 4])
+@torch.no_grad()
+def test_chunked_prefill_matches_fgrams_across_chunk_boundaries(setup, fusion, chunk):
+    """generate(prefill_chunk_size=c) hands prepare_inputs_for_generation each chunk's ids alone: f-grams that begin
+    in the previous chunk must still match (the old code matched each chunk alone: logits off by up to 6.7)."""
+    models, prompts = setup
+    model = models[4, fusion]
+    padded, mask = prompts.clone(), torch.ones_like(prompts)
+    padded[1, :2], mask[1, :2] = 0, 0  # left padding: the mask then spans the whole history in every chunk
+    for ids, attention_mask in ((prompts, None), (padded, mask)):
+        kwargs = _common(do_sample=False, attention_mask=attention_mask, return_dict_in_generate=True,
+                         output_logits=True)
+        out = model.generate(ids, prefill_chunk_size=chunk, **kwargs)
+        reference = model(out.sequences, attention_mask=None if attention_mask is None else torch.cat(
+            [attention_mask, torch.ones(2, NEW, dtype=torch.long)], dim=1)).logits[:, PROMPT_LEN - 1:-1]
+        assert (torch.stack(out.logits, dim=1) - reference).abs().max() < 1e-4
+        assert torch.equal(out.sequences, model.generate(ids, **kwargs).sequences)
+    lengths = model.match_fgrams(prompts)[1]
+    positions = torch.arange(PROMPT_LEN)
+    begins_before_its_chunk = (lengths >= 2) & (positions - lengths + 1 < positions // chunk * chunk)
+    assert int(begins_before_its_chunk.sum()) >= 4  # the state that failed: here 12 (chunk 3) and 10 (chunk 4) of 20 prompt positions
+
+
+@torch.no_grad()
+def test_new_tokens_alone_over_a_cache_the_model_did_not_fill_are_refused(setup):
+    models, prompts = setup
+    model = models[4, "replace"]
+    cache = model(prompts[:, :6], use_cache=True).past_key_values  # filled outside generate(): no tail recorded
+    with pytest.raises(ValueError, match="f-grams may begin in the cached tokens"):
+        model.prepare_inputs_for_generation(prompts[:, 6:], past_key_values=cache)

@@ -14,6 +14,7 @@ from hf_efficient_lm.specialists import (
 from hf_efficient_lm.tools.importance_sampling import exact_counts
 from hf_efficient_lm.tools.specialists_training import SpecialistCollator
 from hf_efficient_lm.testing_utils import make_tiny_llama
+from tests.helpers import one_sgd_step
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +131,16 @@ def test_weighted_trainer_trains_with_the_weight_column(tmp_path):
     trainer.compute_loss = spy
     trainer.train()
     assert seen and all(seen)  # the weight column survived Trainer's column filtering
+
+
+def test_weighted_trainer_accumulates_like_one_larger_batch(tmp_path):
+    ids = torch.randint(3, 128, (4, 12), generator=torch.Generator().manual_seed(2))
+    # equal weight sums per micro-batch, so the per-micro-batch weighted means average to the whole batch's
+    dataset = Dataset.from_dict({"input_ids": ids.tolist(), "loss_weight": [0.5, 1.5, 1.5, 0.5]})
+    model = make_tiny_llama(seed=0)
+    whole = one_sgd_step(ImportanceWeightedTrainer, model, dataset, batch_size=4, accumulation=1,
+                         output_dir=tmp_path / "one")
+    accumulated = one_sgd_step(ImportanceWeightedTrainer, model, dataset, batch_size=2, accumulation=2,
+                               output_dir=tmp_path / "two")
+    assert whole.abs().max() > 1e-4
+    torch.testing.assert_close(accumulated, whole, atol=1e-6, rtol=1e-4)  # (was 2x: loss not divided by 2 steps)

@@ -382,3 +382,52 @@ def test_num_clusters_is_the_one_name_and_num_experts_an_alias(tmp_path):
     saved["num_experts"] = saved.pop("num_clusters") + 2  # a config written before the rename
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert SpecialistMixtureConfig.from_pretrained(tmp_path).num_clusters == 5
+
+
+@pytest.mark.parametrize("make", [make_mixture, make_hyper])
+def test_cluster_ids_of_another_shape_or_dtype_are_refused_and_generate_expands_them_per_row(make):
+    model, x = make(), ids(batch=3, length=6)
+    torch.testing.assert_close(model(x, cluster_ids=torch.tensor([[2], [0], [1]])).logits,
+                               model(x, cluster_ids=torch.tensor([2, 0, 1])).logits)
+    with pytest.raises(ValueError, match=r"shape \[batch\] or \[batch, 1\], got \(1, 3\)"):
+        model(x, cluster_ids=torch.tensor([[2, 0, 1]]))  # generate() would repeat it as 2,0,1,2,0,1 for rows 0,0,1,1,..
+    with pytest.raises(ValueError, match="must be integers"):
+        model(x, cluster_ids=torch.tensor([2.0, 0.0, 1.0]))
+    clusters = torch.tensor([2, 0, 1])
+    out = model.generate(x, cluster_ids=clusters, max_new_tokens=3, do_sample=False, num_beams=2,
+                         num_return_sequences=2, use_cache=make is make_hyper)
+    for row in range(3):
+        alone = model.generate(x[row : row + 1], cluster_ids=clusters[row : row + 1], max_new_tokens=3,
+                               do_sample=False, num_beams=2, num_return_sequences=2, use_cache=make is make_hyper)
+        assert out[2 * row : 2 * row + 2].tolist() == alone.tolist()
+
+
+def test_mixture_inputs_embeds_only_for_the_expert_whose_table_they_come_from():
+    model, x = make_mixture(), ids()
+    default = model.config.default_cluster_id
+    embeds = model.get_input_embeddings()(x)
+    torch.testing.assert_close(model(inputs_embeds=embeds, cluster_ids=default).logits,
+                               model(x, cluster_ids=default).logits)
+    with pytest.raises(ValueError, match=r"inputs_embeds routed to clusters \[0, 1, 2\]"):
+        model(inputs_embeds=embeds, cluster_ids=CLUSTERS)
+
+
+def test_mixture_neftune_noises_every_expert_like_the_default_one():
+    from transformers.integrations.neftune import activate_neftune, deactivate_neftune
+
+    model, x = make_mixture().train(), ids()
+    clean = model(x, cluster_ids=CLUSTERS).logits.detach()
+    handle = activate_neftune(model, 5.0)  # what Trainer(neftune_noise_alpha=5) does
+    for cluster in range(K):  # each expert gets exactly the noise NEFTune gives that expert alone
+        stock = model.instantiate(cluster=cluster)
+        stock_handle = activate_neftune(stock, 5.0)
+        torch.manual_seed(cluster)
+        noisy = model(x, cluster_ids=cluster).logits
+        torch.manual_seed(cluster)
+        torch.testing.assert_close(noisy, stock(x).logits)
+        deactivate_neftune(stock, stock_handle)
+        assert (noisy - model.experts[cluster](x).logits).abs().max() > 1e-3  # (the hook is gone after the call)
+    assert (model(x, cluster_ids=CLUSTERS).logits - clean).abs().amax(dim=(1, 2)).min() > 1e-3  # every row noised
+    deactivate_neftune(model, handle)
+    torch.testing.assert_close(model(x, cluster_ids=CLUSTERS).logits, clean)
+    assert all(not hasattr(expert.get_input_embeddings(), "neftune_noise_alpha") for expert in model.experts)

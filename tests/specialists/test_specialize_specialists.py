@@ -22,6 +22,7 @@ from hf_efficient_lm.specialists import (
 from hf_efficient_lm.tools.specialists_distillation import distillation_loss
 from hf_efficient_lm.tools.specialists_training import SpecialistCollator
 from hf_efficient_lm.testing_utils import TINY_LLAMA_KWARGS, make_tiny_llama
+from tests.helpers import one_sgd_step
 
 from .conftest import DOMAIN_WORDS, make_domain_texts
 
@@ -212,3 +213,39 @@ def test_index_travels_with_the_checkpoint(models, index, tmp_path):
     reloaded_index = ClusterIndex.from_pretrained(tmp_path)
     assert type(reloaded) is HyperSpecialistForCausalLM and reloaded_index.k == reloaded.config.num_clusters
     np.testing.assert_array_equal(reloaded_index.centroids, index.centroids)
+
+
+def test_distillation_trainer_accumulates_like_one_larger_batch(tmp_path):
+    student, teacher = make_tiny_llama(seed=1), make_tiny_llama(seed=2)
+    x = torch.randint(3, 128, (4, 12), generator=torch.Generator().manual_seed(0))
+    dataset = Dataset.from_dict({"input_ids": x.tolist()})
+    steps = [one_sgd_step(DistillationTrainer, student, dataset, batch_size=batch, accumulation=4 // batch,
+                          output_dir=tmp_path / str(batch), teacher_model=teacher, alpha=0.5) for batch in (4, 2)]
+    assert steps[0].abs().max() > 1e-4
+    torch.testing.assert_close(steps[1], steps[0], atol=1e-6, rtol=1e-4)  # (was 2x: loss not divided by 2 steps)
+
+
+def test_distillation_teacher_routes_each_row_by_its_cluster_id(tmp_path):
+    torch.manual_seed(3)
+    teacher = SpecialistMixtureForCausalLM(SpecialistMixtureConfig(**TINY_LLAMA_KWARGS, num_clusters=K)).eval()
+    with torch.no_grad():  # sharpen: random experts are near-uniform, so any routing would give about the same KL
+        for expert in teacher.experts:
+            expert.lm_head.weight.mul_(50.0)
+    student = make_tiny_llama(seed=1)
+    x = torch.randint(3, 128, (4, 12), generator=torch.Generator().manual_seed(0))
+    clusters = [2, 0, 1, 2]
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, per_device_train_batch_size=4)
+    dataset = Dataset.from_dict({"input_ids": x.tolist(), "cluster_ids": clusters})
+    trainer = DistillationTrainer(model=student, args=args, train_dataset=dataset, teacher_model=teacher, alpha=1.0,
+                                  data_collator=SpecialistCollator(0))
+    batch = next(iter(trainer.get_train_dataloader()))  # (shuffled) the cluster column survives for the teacher
+    x, routing = batch["input_ids"], batch["cluster_ids"]
+    assert sorted(routing.tolist()) == sorted(clusters)
+    with torch.no_grad():
+        loss = trainer.compute_loss(student.train(), dict(batch))
+        routed = teacher(x, cluster_ids=routing).logits
+        expected = distillation_loss(student(x).logits, routed, x, alpha=1.0, temperature=2.0)[0]
+        default = distillation_loss(student(x).logits, teacher(x).logits, x, alpha=1.0, temperature=2.0)[0]
+    torch.testing.assert_close(loss, expected)
+    assert (routed - teacher(x).logits).abs().max() > 10  # the experts really differ
+    assert (expected - default).abs() > 1e-2  # and the default expert alone gives another loss (here 0.09)
