@@ -210,8 +210,7 @@ class BLTLocalDecoder(_BLTLocalStack):
     def forward(self, byte_states, patch_states, byte_patch, attention_mask, position_ids, cache=None, docs=None):
         """byte_states ``[B, N, D]`` (encoder output); patch_states ``[B, P, D_G]``; byte_patch ``[B, N]`` index of
         the patch each byte reads; attention_mask ``[B, T]`` or None -> ``[B, N, D]`` normed states."""
-        b, n, d = byte_states.shape
-        p = patch_states.shape[1]
+        (b, _, d), p = byte_states.shape, patch_states.shape[1]
         slices = self.patch_embedding_projection(patch_states).view(b, p, self.cross_attn_k, d)
         index = byte_patch.clamp(min=0, max=p - 1)
 
@@ -240,8 +239,7 @@ def patch_layout(starts: torch.Tensor, byte_valid: torch.Tensor | None = None):
     """From the start mask ``[B, N + 1]``: gather index/valid ``[B, P, L]`` of each patch's byte slots (L = longest
     patch), the decoder patch id ``[B, N]`` of each byte (the patch before the one that holds byte t + 1) and ``P``.
     ``byte_valid [B, N]`` (the attention mask) drops padding bytes from every patch."""
-    b, n1 = starts.shape
-    n = n1 - 1
+    b, n = starts.shape[0], starts.shape[1] - 1
     cum = starts.long().cumsum(dim=1)
     enc_ids = cum[:, :n] - 1  # left padding -> -1
     if byte_valid is not None:
@@ -375,6 +373,9 @@ class BLTModel(BLTPreTrainedModel):
                                  "incremental steps (call forward without a non-empty cache)")
             if patch_lengths is not None:
                 raise ValueError("patch_lengths cannot be given for incremental steps (boundaries come from the cache)")
+            if attention_mask is not None and not bool(attention_mask[:, -input_ids.shape[1]:].all()):
+                raise ValueError("bytes fed over a filled cache must all be real (attention_mask 1): left padding belongs "
+                                 "in the first chunk (generate: a prefill_chunk_size longer than the padding)")
             out = self._decode(input_ids.long(), cache)
         else:
             use_cache = use_cache if use_cache is not None else cache is not None
@@ -505,7 +506,7 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, use_cache=None, **kwargs):
         cache = resolve_cache(cache, kwargs)
-        if cache is not None and cache.num_bytes > 0:
+        if cache is not None and 0 < cache.num_bytes < input_ids.shape[1]:  # (chunked prefill passes the chunk alone)
             input_ids = input_ids[:, cache.num_bytes :]
         elif attention_mask is not None and bool((attention_mask == 0).any()):
             # Transformers only warns; the result would be silently wrong, with or without the cache.

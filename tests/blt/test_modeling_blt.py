@@ -369,3 +369,29 @@ def test_padding_free_rows_are_refused():
     with pytest.raises(ValueError, match="padding-free packed rows"):
         model(ids, position_ids=position_ids)
     model(ids, position_ids=torch.arange(12)[None])  # one document's own positions are fine
+
+
+@torch.no_grad()
+def test_chunked_prefill_equals_one_prefill_and_padding_over_a_filled_cache_is_refused():
+    """generate(prefill_chunk_size=c, cache=BLTCache(...)) hands over each chunk's bytes alone (the old code sliced
+    them away: 'not enough values to unpack'); later chunks run as multi-byte cached steps. A byte fed over a filled
+    cache must be real: the cached path never reads the mask, so padding there was taken as bytes."""
+    from hf_efficient_lm.blt import BLTCache
+
+    model = make_tiny_blt(seed=3)
+    prompts = [_bytes(1, n, seed=5 + i)[0] for i, n in enumerate((20, 13))]
+    ids, mask = _left_padded(prompts, 20)
+    kwargs = dict(attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0, output_logits=True,
+                  return_dict_in_generate=True)
+    reference = model.generate(ids, **kwargs)
+    for chunk in (8, 9):  # longer than the 7 bytes of padding: they stay in the first chunk
+        chunked = model.generate(ids, prefill_chunk_size=chunk, **{CACHE_NAME: BLTCache(model.config)}, **kwargs)
+        assert torch.equal(chunked.sequences, reference.sequences)
+        assert (torch.stack(chunked.logits) - torch.stack(reference.logits)).abs().max() < 1e-5
+    starts = model.model(ids, attention_mask=mask).patch_starts[:, :20]
+    assert int(starts[:, 8:].sum()) >= 3 and bool((~starts[:, 8:]).any())  # later chunks open and continue patches
+    with pytest.raises(ValueError, match="must all be real"):  # padding reaching into the second chunk
+        model.generate(ids, prefill_chunk_size=4, **{CACHE_NAME: BLTCache(model.config)}, **kwargs)
+    cache = cache_of(model(ids[:, :10], attention_mask=mask[:, :10], use_cache=True))
+    with pytest.raises(ValueError, match="must all be real"):
+        model(ids[:, 10:], attention_mask=torch.zeros_like(ids), **{CACHE_NAME: cache})
