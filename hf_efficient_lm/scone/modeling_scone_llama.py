@@ -358,6 +358,9 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
         if (fgram_row is None) != (fgram_len is None):
             raise ValueError("fgram_row and fgram_len must be given together")
         if fgram_len is None:
+            if cache is not None and not hasattr(cache, "get_seq_length"):  # generate_batch's PagedAttentionCache
+                raise TypeError(f"SconeLlama cannot decode over a {type(cache).__name__} (continuous batching): its "
+                                "f-gram matching needs each sequence's token history; use generate()")
             if cache is not None and cache.get_seq_length() > 0:
                 raise ValueError(
                     "with a non-empty KV cache, input_ids hold only the new tokens, whose f-grams may start in the "

@@ -198,6 +198,18 @@ def test_cache_without_fgram_matches_is_rejected(llama_dir, vocab, batch):
         model(batch[:, -1:], past_key_values=prefix.past_key_values)
 
 
+def test_a_cache_without_token_history_is_named(llama_dir, vocab, batch):
+    """Continuous batching (generate_batch) hands the model a PagedAttentionCache, which has no sequence length and
+    no per-sequence history: named instead of an AttributeError from deep inside the forward."""
+
+    class PagedAttentionCache:  # stands in for transformers' paged cache (no get_seq_length)
+        pass
+
+    model = wrap(llama_dir, vocab, "gated")
+    with pytest.raises(TypeError, match="cannot decode over a PagedAttentionCache"):
+        model(batch, past_key_values=PagedAttentionCache())
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, llama_dir, vocab):
     out = tmp_path_factory.mktemp("exported") / "model"
