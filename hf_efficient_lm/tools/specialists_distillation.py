@@ -56,8 +56,8 @@ class DistillationTrainer(Trainer):
     # compute_loss returns a per-micro-batch mean: the Trainer divides it by the accumulation steps (see
     # ImportanceWeightedTrainer).
     loss_is_scaled_for_ga = False
-    # what the teacher is given of a batch, when its forward takes it
-    TEACHER_INPUTS = ("input_ids", "attention_mask", "position_ids", "cluster_ids")
+    # what the teacher is given of a batch: the ids and mask, and these when its forward names them
+    TEACHER_EXTRA_INPUTS = ("position_ids", "cluster_ids")
 
     def __init__(self, *args, teacher_model, alpha: float = 0.5, temperature: float = 2.0, **kwargs):
         if not 0.0 <= alpha <= 1.0:
@@ -68,10 +68,9 @@ class DistillationTrainer(Trainer):
         self.teacher_model = teacher_model.eval().requires_grad_(False).to(self.args.device)
         self.alpha = alpha
         self.temperature = temperature
-        accepted = inspect.signature(teacher_model.forward).parameters
-        self._teacher_inputs = [key for key in self.TEACHER_INPUTS if key in accepted]
-        student = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        self._student_takes_cluster_ids = "cluster_ids" in inspect.signature(student.forward).parameters
+        named = _forward_parameters(teacher_model)
+        self._teacher_inputs = ["input_ids", "attention_mask", *(k for k in self.TEACHER_EXTRA_INPUTS if k in named)]
+        self._student_takes_cluster_ids = "cluster_ids" in _forward_parameters(self.model)
 
     def _set_signature_columns_if_needed(self):  # keep the teacher's inputs (cluster_ids) the student lacks
         super()._set_signature_columns_if_needed()
@@ -91,3 +90,9 @@ class DistillationTrainer(Trainer):
         loss, _, _ = distillation_loss(outputs.logits, teacher_logits, labels, alpha=alpha,
                                        temperature=self.temperature)
         return (loss, outputs) if return_outputs else loss
+
+
+def _forward_parameters(model) -> set[str]:
+    """The argument names of ``model``'s forward (of the wrapped model for a PEFT model, whose own takes **kwargs)."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return set(inspect.signature(model.forward).parameters)
