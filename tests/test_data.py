@@ -18,6 +18,26 @@ def test_tokenizer_has_fixed_special_ids_and_round_trips_any_text(tokenizer):
         assert tokenizer.decode(ids) == text
 
 
+def test_documents_are_text_even_where_they_spell_a_special_token(tokenizer):
+    """A literal "</s>" inside a document stays text (split_special_tokens): as the EOS id it became a document
+    boundary in training and a zero-byte token in bits-per-byte, though its 4 bytes were counted."""
+    from hf_efficient_lm.data import encode_documents
+    from hf_efficient_lm.eval import evaluate_causal_lm
+    from hf_efficient_lm.testing_utils import make_tiny_llama
+
+    docs = ["Alpha </s> beta <s> gamma.", "Delta <pad> epsilon."]
+    special = set(tokenizer.all_special_ids)
+    for ids, doc in zip(encode_documents(tokenizer, docs), docs):
+        assert not special & set(ids) and tokenizer.decode(ids) == doc
+    assert special & set(tokenizer(docs[0], add_special_tokens=False)["input_ids"])  # what the default does
+    packed = pack_dataset(Dataset.from_dict({"text": docs * 8}), tokenizer, 16)
+    eos_count = sum(row.count(tokenizer.eos_token_id) for row in packed["input_ids"])
+    assert eos_count <= 16  # one per document (the tail is dropped), none from the text
+    result = evaluate_causal_lm(make_tiny_llama(vocab_size=300), tokenizer, docs, block_size=64, show_progress=False)
+    assert result.tokens == sum(len(ids) + 1 for ids in encode_documents(tokenizer, docs))  # + one EOS each
+    assert result.bytes == sum(len(doc.encode()) for doc in docs)
+
+
 def test_tokenizer_rejects_too_small_vocab():
     with pytest.raises(ValueError, match="too small"):
         train_tokenizer([["abc"]], 100, show_progress=False)
@@ -75,6 +95,9 @@ def test_read_texts_streams_jsonl_and_stops_at_either_limit(tmp_path):
     assert read_texts(path) == texts
     assert read_texts([path], limit_docs=3) == texts[:3]
     assert read_texts([path], limit_chars=len(texts[0]) + 1) == texts[:2]
+    assert read_texts([path], limit_docs=0) == []  # (returned one document)
+    with pytest.raises(ValueError, match="limit_chars must be positive"):
+        read_texts([path], limit_chars=0)  # (meant "no limit")
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         read_texts([tmp_path / "missing.jsonl"])
 

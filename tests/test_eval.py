@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from transformers import Trainer, TrainingArguments
+from transformers import EvalPrediction, Trainer, TrainingArguments
 
 from hf_efficient_lm.data import iter_texts, pack_dataset, train_tokenizer
 from hf_efficient_lm.eval import evaluate_causal_lm, lm_bits_per_byte_path, make_compute_metrics, token_nll_for_metrics
@@ -80,6 +80,29 @@ def test_trainer_metrics_agree_with_the_plain_function(model, tokenizer, tmp_pat
     assert metrics["eval_loss"] == pytest.approx(nll / ids[:, 1:].numel(), rel=1e-4)
     assert metrics["eval_bits_per_byte"] == pytest.approx(nll / math.log(2) / num_bytes, rel=1e-4)
     assert np.isfinite(metrics["eval_perplexity"])
+
+
+def test_trainer_metrics_count_the_bytes_of_a_block_cut_inside_a_character(tokenizer):
+    """A block may start or end inside a multi-byte character (byte-level tokens): each predicted token counts its own
+    bytes. Decoding the block instead turned each stray byte into U+FFFD (3 bytes): bits-per-byte 8% too low on
+    mixed non-ASCII text."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
+
+    def raw_bytes(token_ids):  # the bytes the tokens spell, character by character of the byte-level alphabet
+        return bytes(to_byte[char] for token in tokenizer.convert_ids_to_tokens(token_ids) for char in token)
+
+    text = "na\u00efve \ua66e caf\u00e9 \U0001f600 ok"  # 2-, 3- and 4-byte characters
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert raw_bytes(ids) == text.encode("utf-8")
+    compute = make_compute_metrics(tokenizer)
+    for start, end in ((0, len(ids)), (3, len(ids)), (1, len(ids) - 2), (4, 9)):  # cuts inside characters too
+        row = np.array([ids[start:end]])
+        metrics = compute(EvalPrediction(predictions=np.ones(row.shape, dtype=np.float32), label_ids=row))
+        true_bytes = len(raw_bytes(ids[start + 1:end]))  # token `start` is context, not predicted
+        assert metrics["bits_per_byte"] == pytest.approx((end - start - 1) / math.log(2) / true_bytes)
+    assert "\ufffd" in tokenizer.decode(ids[4:9])  # a cut the decoded count got wrong
 
 
 def test_rows_nll_sums_every_row_alone_passes_model_inputs_and_skips_ignored_ids():

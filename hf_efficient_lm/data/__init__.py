@@ -1,7 +1,7 @@
 """Data: loading text datasets, training tokenizers, packing for causal-LM training."""
 
 from .noise import NOISE_KINDS, noise_text, noise_texts
-from .packing import check_vocab_fits, pack_dataset, pack_ids
+from .packing import check_vocab_fits, encode_documents, pack_dataset, pack_ids
 from .text_datasets import (
     CORPUS_DOMAINS,
     cache_dir,
@@ -23,6 +23,7 @@ __all__ = [
     "corpus_dir",
     "corpus_texts",
     "check_vocab_fits",
+    "encode_documents",
     "iter_texts",
     "load_text_dataset",
     "noise_text",

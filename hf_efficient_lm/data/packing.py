@@ -20,6 +20,14 @@ def check_vocab_fits(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> Non
         )
 
 
+def encode_documents(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each document, no BOS/EOS added, and text is text: a literal ``"</s>"`` or ``"<|endoftext|>"`` in
+    a document is spelled in ordinary tokens, never turned into a special id (which training would take for a
+    document boundary and bits-per-byte would score as a zero-byte token). The one tokenization of documents for
+    training, mining and evaluation."""
+    return tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
+
+
 def pack_ids(
     sequences: Iterable[Sequence[int]],
     block_size: int,
@@ -74,8 +82,7 @@ def pack_dataset(
     eos = tokenizer.eos_token_id
 
     def pack(batch):
-        encoded = tokenizer(batch[text_column], add_special_tokens=False, verbose=False)["input_ids"]
-        blocks = pack_ids(encoded, block_size, separator=eos).tolist()
+        blocks = pack_ids(encode_documents(tokenizer, batch[text_column]), block_size, separator=eos).tolist()
         return {"input_ids": blocks, "labels": blocks}
 
     return dataset.map(

@@ -227,7 +227,12 @@ def read_texts(files: str | os.PathLike | Sequence[str | os.PathLike], limit_cha
     """
     if isinstance(files, (str, os.PathLike)):
         files = [files]
+    if (limit_chars is not None and limit_chars <= 0) or (limit_docs is not None and limit_docs < 0):
+        raise ValueError(f"limit_chars must be positive and limit_docs >= 0 (None: no limit), got {limit_chars}, "
+                         f"{limit_docs}")
     texts, total = [], 0
+    if limit_docs == 0:
+        return texts
 
     def full() -> bool:
         return bool(limit_chars and total >= limit_chars) or (limit_docs is not None and len(texts) >= limit_docs)

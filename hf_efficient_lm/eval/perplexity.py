@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..data.packing import check_vocab_fits
+from ..data.packing import check_vocab_fits, encode_documents
 
 
 @dataclass
@@ -116,7 +116,7 @@ def _token_stream(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> n
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; the evaluation protocol separates documents with EOS")
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    encoded = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+    encoded = encode_documents(tokenizer, texts)
     pieces = [np.array([start], dtype=np.int64)]
     for ids in encoded:
         pieces.append(np.asarray(ids, dtype=np.int64))

@@ -27,15 +27,44 @@ def token_nll_for_metrics(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     return nll
 
 
+def token_byte_counts(tokenizer: PreTrainedTokenizerBase) -> np.ndarray | None:
+    """``[len(tokenizer)]`` UTF-8 bytes each token id stands for (special tokens 0) for a byte-level BPE tokenizer
+    (GPT-2's alphabet, ``data.train_tokenizer``'s): each character of a token is one byte, so a token that holds part
+    of a multi-byte character still counts its own bytes. ``None`` for other tokenizers."""
+    from tokenizers import decoders
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not isinstance(backend.decoder, decoders.ByteLevel):
+        return None
+    alphabet, special, added = set(bytes_to_unicode().values()), set(tokenizer.all_special_ids), tokenizer.added_tokens_decoder
+    counts = np.zeros(len(tokenizer), dtype=np.int64)
+    for token, token_id in tokenizer.get_vocab().items():
+        if token_id in added:  # an added token is literal text, not spelled in the byte alphabet
+            counts[token_id] = 0 if token_id in special else len(added[token_id].content.encode("utf-8"))
+        elif set(token) <= alphabet:
+            counts[token_id] = len(token)
+        else:
+            return None
+    return counts
+
+
 def make_compute_metrics(tokenizer: PreTrainedTokenizerBase):
     """``compute_metrics`` for a Trainer using ``token_nll_for_metrics``: loss, perplexity and bits-per-byte.
 
-    Bytes are counted by decoding each example's predicted label tokens, so the figure is exact for byte-level
-    tokenizers (special tokens count zero bytes).
+    Bytes are each predicted token's own bytes (:func:`token_byte_counts`) for a byte-level BPE tokenizer, so a
+    block that starts or ends inside a multi-byte character counts exactly its bytes; for other tokenizers, the
+    UTF-8 length of the decoded tokens (exact where blocks end between characters). Special tokens count zero bytes.
     """
     import evaluate
 
     metric = evaluate.load(lm_bits_per_byte_path())
+    byte_counts = token_byte_counts(tokenizer)
+
+    def num_bytes(ids: list[int]) -> int:
+        if byte_counts is not None:
+            return int(byte_counts[ids].sum())
+        return len(tokenizer.decode(ids, skip_special_tokens=True).encode("utf-8"))
 
     def compute_metrics(prediction: EvalPrediction) -> dict:
         nll, labels = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
@@ -46,7 +75,7 @@ def make_compute_metrics(tokenizer: PreTrainedTokenizerBase):
             metric.add(
                 nll_sum=float(nll[row][:-1][predicted[row][1:]].sum()),
                 num_tokens=len(ids),
-                num_bytes=len(tokenizer.decode(ids, skip_special_tokens=True).encode("utf-8")),
+                num_bytes=num_bytes(ids),
             )
         return metric.compute()
 

@@ -13,7 +13,7 @@ def _tokenized_dataset(args):
     """A dataset with an ``input_ids`` column: loaded with ``load_from_disk`` or tokenized from text files."""
     from transformers import AutoTokenizer
 
-    from ..data import local_path
+    from ..data import encode_documents, local_path
 
     tokenizer = AutoTokenizer.from_pretrained(local_path(args.tokenizer, "tokenizer folder"))
     if args.tokenized:
@@ -30,7 +30,7 @@ def _tokenized_dataset(args):
         dataset = dataset.select(range(min(args.max_documents, len(dataset))))
     if not args.tokenized:
         dataset = dataset.map(
-            lambda batch: {"input_ids": tokenizer(batch[args.text_column], add_special_tokens=False)["input_ids"]},
+            lambda batch: {"input_ids": encode_documents(tokenizer, batch[args.text_column])},
             batched=True, batch_size=1000, remove_columns=dataset.column_names, num_proc=args.num_proc,
             desc="tokenizing",
         )

@@ -15,7 +15,7 @@ import torch
 from datasets import Dataset
 from transformers import EarlyStoppingCallback, LlamaForCausalLM, Trainer, TrainingArguments
 
-from ..data.packing import pack_ids
+from ..data.packing import encode_documents, pack_ids
 from ..eval.perplexity import rows_nll
 from .cluster_index import ClusterIndex, entropy
 from .specialists_distillation import DistillationTrainer
@@ -55,8 +55,7 @@ def _domain_texts(domain_dataset, text_column: str) -> list[str]:
 
 def token_blocks(texts: Sequence[str], tokenizer, block_size: int) -> list[list[int]]:
     """Concatenate the documents (EOS between them) and cut ``block_size``-token blocks (the tail is dropped)."""
-    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-    return pack_ids(encoded, block_size, separator=tokenizer.eos_token_id).tolist()
+    return pack_ids(encode_documents(tokenizer, texts), block_size, separator=tokenizer.eos_token_id).tolist()
 
 
 def block_perplexity(model, blocks: list[list[int]], *, batch_size: int = 8, cluster_id: int | None = None) -> float:
