@@ -57,7 +57,8 @@ class NLLTotal:
 
     @property
     def bits_per_token(self) -> float:
-        """``loss / ln 2``: bits per byte when every token is one byte (BLT, its entropy model)."""
+        """``loss / ln 2``, bits per predicted token (for BLT rows that counts each EOS as a byte; bits per UTF-8 byte:
+        ``hf_efficient_lm.tools.blt_data.rows_bits_per_byte``)."""
         return self.loss / math.log(2)
 
 

@@ -17,6 +17,16 @@ from ..blt.tokenization_blt_lm import BOE_ID, BOS_ID, BYTE_OFFSET, EOS_ID
 from ..data import pack_ids
 
 
+def rows_bits_per_byte(model, rows: Sequence[Sequence[int]], batch_size: int = 8) -> float:
+    """Bits per UTF-8 byte of BLT id rows (:func:`pack_texts`, :func:`document_rows`): the NLL of every predicted id,
+    EOS included, over the number of predicted bytes (ids from ``BYTE_OFFSET`` on), as token models are scored
+    (their EOS predictions count, their special tokens hold no bytes)."""
+    from ..eval.perplexity import rows_nll
+
+    num_bytes = sum(sum(1 for i in row[1:] if i >= BYTE_OFFSET) for row in rows)
+    return rows_nll(model, rows, batch_size=batch_size).nats / math.log(2) / max(num_bytes, 1)
+
+
 def text_to_ids(text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]:
     """UTF-8 bytes of ``text`` as BLT ids (byte + 4), with BOS/EOS."""
     ids = [b + BYTE_OFFSET for b in text.encode("utf-8", errors="surrogatepass")]

@@ -24,11 +24,11 @@ from .blt_data import (
     pack_texts,
     pad_right,
     patch_packed_dataset,
+    rows_bits_per_byte,
 )
 from .blt_flops import blt_flops_per_byte
 from ..cli import normalize_option_names
 from ..data import cache_dir, corpus_dir, read_texts
-from ..eval.perplexity import rows_nll
 from ..io_utils import atomic_dir, check_writable
 from ..train.launch import check_world_size
 from ..train.presets import BLT_PRESETS, blt_config_for
@@ -154,7 +154,7 @@ def train_entropy_main(argv=None) -> str:
     trainer.train()
     line = "entropy model trained"
     if valid is not None and len(valid):
-        bpb = rows_nll(model, valid["input_ids"], batch_size=8).bits_per_token
+        bpb = rows_bits_per_byte(model, valid["input_ids"], batch_size=8)
         line = f"entropy model: validation {bpb:.3f} bits/byte after {args.max_steps} steps"
     model.save_pretrained(args.output_dir)
     BLTTokenizer().save_pretrained(args.output_dir)
@@ -279,7 +279,7 @@ def train_blt_main(argv=None) -> str:
         domain = Path(f).name.split(".")[0]
         rows = pack_texts(read_texts([f], 200_000), args.seq_len)[: args.eval_rows]
         if rows:
-            results[domain] = rows_nll(model, rows, batch_size=4).bits_per_token
+            results[domain] = rows_bits_per_byte(model, rows, batch_size=4)
     summary = ", ".join(f"{d} {v:.3f}" for d, v in results.items())
     line = (f"BLT after {trainer.state.global_step} steps ({bytes_seen / 1e6:.1f}M bytes, {train_flops:.2e} training "
             f"FLOPs): bits/byte {summary}")

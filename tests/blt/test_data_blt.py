@@ -12,6 +12,7 @@ from hf_efficient_lm.tools.blt_data import (
     calibrate_threshold,
     mean_patch_size,
     pack_texts,
+    rows_bits_per_byte,
     text_to_ids,
 )
 from hf_efficient_lm.tools.blt_flops import blt_flops_per_byte
@@ -91,3 +92,19 @@ def test_flops_per_byte_of_blt_1b_match_the_spec():
     assert 0.28e9 < flops["local_decoder"] < 0.34e9
     assert 0.52e9 < flops["latent"] < 0.62e9
     assert blt_flops_per_byte(BLTConfig(), 9.0, 2048)["latent"] < flops["latent"] / 1.9
+
+
+@torch.no_grad()
+def test_rows_bits_per_byte_divides_every_prediction_by_the_utf8_bytes():
+    """train-blt / train-entropy report bits per byte: the NLL of every predicted id (EOS included) over the texts'
+    UTF-8 bytes (they reported bits per predicted id, counting each EOS as a byte)."""
+    import math
+
+    model = make_tiny_blt(seed=0)
+    rows = pack_texts(TEXTS, 48, drop_remainder=False)  # every byte and EOS predicted once
+    nats = 0.0
+    for row in rows:
+        ids = torch.tensor([row])
+        nats += torch.nn.functional.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:], reduction="sum").item()
+    num_bytes = sum(len(text.encode()) for text in TEXTS)
+    assert rows_bits_per_byte(model, rows, batch_size=3) == pytest.approx(nats / math.log(2) / num_bytes, rel=1e-5)
