@@ -85,9 +85,7 @@ class BLTCache:
         """Does the byte after the newest one open a patch, i.e. does each row's open patch end with the newest byte?
         ``entropy [B]``: the entropy model's next-byte entropy after the newest byte (entropy modes). ``[B]`` bool."""
         c = self.config
-        previous = self.last_entropy
-        if previous is None and entropy is not None:
-            previous = torch.zeros_like(entropy)
+        previous = self.last_entropy if self.last_entropy is not None or entropy is None else torch.zeros_like(entropy)
         opens = boundary_rule(c.patching_mode, self.next_position, entropy=entropy, prev_entropy=previous,
                               byte=self.byte_ids[:, -1], prev_byte=self.byte_ids[:, -2], **rule_settings(c))
         if entropy is not None:
@@ -145,10 +143,8 @@ class BLTCache:
 
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove != 0:
-            raise ValueError(
-                "BLTCache cannot be cropped: closed patches are already folded into the latent cache (assisted / "
-                "speculative decoding needs a croppable cache)"
-            )
+            raise ValueError("BLTCache cannot be cropped: closed patches are already folded into the latent cache "
+                             "(assisted / speculative decoding needs a croppable cache)")
 
 
 __all__ = ["BLTCache"]

@@ -36,6 +36,10 @@ class BLTEntropyModel(MistralForCausalLM):
     # Separate output head (like the released BLT patcher): Mistral's lm_head <-> embed_tokens tie is not declared.
     _tied_weights_keys = {}
 
+    def __init__(self, config: BLTEntropyConfig):  # the class name sets no loss_type, and Trainer would then count
+        super().__init__(config)  # all labels for num_items_in_batch, not the shifted ones (loss scaled by (T-1)/T)
+        self.loss_type = "ForCausalLM"
+
     @torch.no_grad()
     def entropies(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
                   position_ids: torch.LongTensor | None = None, cache=None, use_cache: bool = False, docs=None):

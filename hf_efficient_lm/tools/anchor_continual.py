@@ -11,13 +11,13 @@ mode the embedding and LM head are trained fully too, so the new row learns). Re
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
 
 from ..data import load_text_dataset, local_path
+from ..eval.perplexity import rows_nll
 from ..io_utils import atomic_dir, check_writable
 from ..train.run_dir import FingerprintCallback, check_schedule, guarded_run, run_fingerprint, write_fingerprint
 from .anchor_data import AnchorDataCollator, tokenize_function
@@ -158,9 +158,12 @@ def _train_anchor(args, training_args, model, tokenizer, fingerprint: dict, resu
         "lora_r": args.lora_r, "resumed_from": resume_from,
     }
     if eval_set is not None:
-        eval_metrics = trainer.evaluate()
-        metrics.update(eval_metrics)
-        metrics["eval_perplexity_ansan"] = math.exp(eval_metrics["eval_loss"])
+        metrics.update(trainer.evaluate())
+        if trainer.is_world_process_zero():
+            # Token-weighted over the documents (Trainer's eval_loss weights each batch's mean by its rows, which
+            # is not the per-token mean when documents differ in length); anchors are scored like any token.
+            nll = rows_nll(trainer.model, eval_set["input_ids"], batch_size=training_args.per_device_eval_batch_size)
+            metrics["eval_perplexity_ansan"] = nll.perplexity
 
     final_dir = output_dir / FINAL_DIRNAME
     if trainer.is_world_process_zero():

@@ -105,7 +105,7 @@ def blt_size_config(args: argparse.Namespace, entropy_model, threshold: float, m
 def _add_byte_training_options(parser: argparse.ArgumentParser, *, output_dir: str, output_help: str | None,
                                seq_len: int, batch_size: int, max_steps: int) -> None:
     """The options ``train-entropy`` and ``train-blt`` share: the text files read as bytes, the output folder, the
-    row length, batch, steps, learning rate, training-text budget and torch threads (defaults per command)."""
+    row length, batch, steps, learning rate, training-text budget, torch threads and seed (defaults per command)."""
     parser.add_argument("--train-files", nargs="*", default=sorted(glob.glob(str(DEFAULT_CORPUS / "*.train.jsonl.gz"))))
     parser.add_argument("--valid-files", nargs="*", default=sorted(glob.glob(str(DEFAULT_CORPUS / "*.valid.jsonl.gz"))))
     parser.add_argument("--output-dir", default=output_dir, help=output_help)
@@ -115,6 +115,7 @@ def _add_byte_training_options(parser: argparse.ArgumentParser, *, output_dir: s
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--limit-chars", type=int, default=4_000_000, help="read at most this many training characters")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="initial weights and data order")
 
 
 def train_entropy_main(argv=None) -> str:
@@ -137,6 +138,7 @@ def train_entropy_main(argv=None) -> str:
         hidden_size=args.hidden_size, num_hidden_layers=args.layers, num_attention_heads=args.heads,
         intermediate_size=int(8 * args.hidden_size / 3), sliding_window=args.window, max_position_embeddings=8192,
     )
+    set_seed(args.seed)
     model = BLTEntropyModel(config)
     print(f"entropy model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
           f"{len(train)} training rows of {args.seq_len} bytes")
@@ -146,7 +148,7 @@ def train_entropy_main(argv=None) -> str:
             output_dir=os.path.join(args.output_dir, "trainer"), max_steps=args.max_steps,
             per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate, warmup_steps=min(50, args.max_steps // 10),
             lr_scheduler_type="cosine", weight_decay=0.1, logging_steps=max(1, args.max_steps // 10), save_strategy="no",
-            report_to=[], use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+            report_to=[], use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=args.seed,
         ),
         train_dataset=train,
         data_collator=BLTDataCollator(),
@@ -188,7 +190,6 @@ def train_blt_main(argv=None) -> str:
     parser.add_argument("--no-pack", action="store_true",
                         help="one document per row (first --seq-len bytes), right-padded per batch, instead of packing")
     parser.add_argument("--eval-rows", type=int, default=16, help="validation rows per domain")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(normalize_option_names(list(sys.argv[1:] if argv is None else argv)))
     if args.entropy_model is not None and args.space_patching:
         parser.error("pass --entropy-model or --space-patching, not both")

@@ -46,8 +46,10 @@ from ..train.launch import parse_launched_args
 from ..train.run_dir import (
     FingerprintCallback,
     check_schedule,
+    global_batch,
     guarded_run,
     run_fingerprint,
+    steps_for_token_budget,
     write_fingerprint,
 )
 
@@ -132,10 +134,8 @@ def main(argv: list[str] | None = None) -> Path:
     set_seed(training_args.seed)  # the f-gram model's initial weights: the same in every process and run
     model = build_model(args, vocab, tokenizer)
     check_vocab_fits(tokenizer, model.config.vocab_size)
-    global_batch = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-                    * max(1, training_args.world_size))
     if args.max_train_tokens:
-        training_args.max_steps = max(1, args.max_train_tokens // (global_batch * args.block_size))
+        training_args.max_steps = steps_for_token_budget(args.max_train_tokens, training_args, args.block_size)
     fingerprint = run_fingerprint(
         model_config=model.config, tokenizer=tokenizer, training_args=training_args, data_files=args.data_files,
         script="train_scone", base_model=args.base_model, fgram_vocab=vocab.metadata(), block_size=args.block_size,
@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> Path:
                           callbacks=[FingerprintCallback(fingerprint)])
         trainer.train(resume_from_checkpoint=decision.resume_from)
         if trainer.is_world_process_zero():
-            _write_outputs(args, trainer, tokenizer, vocab, fingerprint, global_batch, decision.resume_from)
+            _write_outputs(args, trainer, tokenizer, vocab, fingerprint, global_batch(training_args),
+                           decision.resume_from)
         # Every process leaves together (as pretrain, train-anchor and train-blt do): one that exits while the main
         # process still writes can abort at interpreter exit with the process group alive ("terminate called without
         # an active exception", SIGABRT), and the launcher then fails the whole run.
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> Path:
     return Path(training_args.output_dir)
 
 
-def _write_outputs(args, trainer, tokenizer, vocab, fingerprint: dict, global_batch: int, resumed_from) -> None:
+def _write_outputs(args, trainer, tokenizer, vocab, fingerprint: dict, rows_per_step: int, resumed_from) -> None:
     """Main process: ``output_dir/final`` (training mode), ``output_dir/table`` (table mode), the metrics json and,
     with ``--validation_files``, ``eval_scone.json``."""
     out = Path(trainer.args.output_dir)
@@ -166,14 +167,14 @@ def _write_outputs(args, trainer, tokenizer, vocab, fingerprint: dict, global_ba
     tokenizer.save_pretrained(table_dir)
     print(f"wrote training-mode model to {out / 'final'} and table-mode model to {table_dir}")
     metrics = {
-        "world_size": trainer.args.world_size, "global_batch": global_batch, "block_size": args.block_size,
+        "world_size": trainer.args.world_size, "global_batch": rows_per_step, "block_size": args.block_size,
         "steps": trainer.state.global_step, "num_fgrams": vocab.num_fgrams,
         "train_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
         "base_model": args.base_model, "from_scratch_preset": args.from_scratch_preset,
         "data_files": [Path(f).name for f in args.data_files], "seed": trainer.args.seed,
         "learning_rate": trainer.args.learning_rate, "fgram_fusion": args.fgram_fusion,
         "fgram_num_layers": args.fgram_num_layers, "max_fgram_len": vocab.max_len,
-        "train_tokens": trainer.state.global_step * global_batch * args.block_size,
+        "train_tokens": trainer.state.global_step * rows_per_step * args.block_size,
         "resumed_from": resumed_from,
     }
     with atomic_file(out / "train_scone_metrics.json", "w") as handle:

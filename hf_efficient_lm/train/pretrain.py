@@ -28,7 +28,15 @@ from transformers import (
 from ..data import check_vocab_fits, load_text_dataset, local_path, pack_dataset
 from ..io_utils import atomic_dir, check_writable
 from .launch import parse_launched_args
-from .run_dir import FingerprintCallback, check_schedule, guarded_run, run_fingerprint, write_fingerprint
+from .run_dir import (
+    FingerprintCallback,
+    check_schedule,
+    global_batch,
+    guarded_run,
+    run_fingerprint,
+    steps_for_token_budget,
+    write_fingerprint,
+)
 from .presets import LLAMA_PRESETS, llama_config_from_preset
 
 FINAL_DIRNAME = "final"
@@ -55,14 +63,6 @@ class PretrainArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Start fresh when output_dir holds checkpoints or a final model of a "
                                          "different run (they are deleted); without it such a dir is refused."}
-    )
-
-
-def _global_batch(training_args: TrainingArguments) -> int:
-    return (
-        training_args.per_device_train_batch_size
-        * training_args.gradient_accumulation_steps
-        * max(1, training_args.world_size)
     )
 
 
@@ -116,7 +116,7 @@ def run_pretrain(args: PretrainArguments, training_args: TrainingArguments) -> P
     if not args.overwrite_output_dir:
         _refuse_other_model(final_dir, config)
     if args.max_train_tokens is not None:
-        training_args.max_steps = max(1, math.ceil(args.max_train_tokens / (_global_batch(training_args) * args.block_size)))
+        training_args.max_steps = steps_for_token_budget(args.max_train_tokens, training_args, args.block_size)
     fingerprint = run_fingerprint(
         model_config=config, tokenizer=tokenizer, training_args=training_args, data_files=args.data_files,
         dataset_name=args.dataset_name, text_column=args.text_column, block_size=args.block_size,
@@ -156,8 +156,8 @@ def _train(args: PretrainArguments, training_args: TrainingArguments, tokenizer,
     metrics = {
         "train_blocks": len(train_set), "block_size": args.block_size, "preset": args.preset,
         "parameters": sum(p.numel() for p in model.parameters()), "world_size": training_args.world_size,
-        "global_batch": _global_batch(training_args), "steps": trainer.state.global_step,
-        "train_tokens": trainer.state.global_step * _global_batch(training_args) * args.block_size,
+        "global_batch": global_batch(training_args), "steps": trainer.state.global_step,
+        "train_tokens": trainer.state.global_step * global_batch(training_args) * args.block_size,
         "train_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
         "data_files": [Path(f).name for f in args.data_files], "dataset_name": args.dataset_name,
         "seed": training_args.seed, "learning_rate": training_args.learning_rate, "resumed_from": resume_from,

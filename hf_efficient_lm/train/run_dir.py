@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -269,6 +270,18 @@ def check_schedule(training_args, *, max_train_tokens: int | None = None, max_do
         raise ValueError(f"--learning_rate must be >= 0, got {training_args.learning_rate}")
 
 
+def global_batch(training_args) -> int:
+    """Rows per optimizer step over all processes: per-device batch x accumulation steps x processes."""
+    return (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+            * max(1, training_args.world_size))
+
+
+def steps_for_token_budget(max_train_tokens: int, training_args, block_size: int) -> int:
+    """The optimizer steps of a ``--max_train_tokens`` budget in rows of ``block_size`` tokens: rounded up, so every
+    training command that takes a budget trains on at least that many tokens (and on the same number of steps)."""
+    return max(1, math.ceil(max_train_tokens / (global_batch(training_args) * block_size)))
+
+
 __all__ = [
     "FINGERPRINT_FILE",
     "FingerprintCallback",
@@ -279,8 +292,10 @@ __all__ = [
     "decide_resume",
     "describe_difference",
     "file_digest",
+    "global_batch",
     "guarded_run",
     "lock_output_dir",
     "model_config_fingerprint",
     "run_fingerprint",
+    "steps_for_token_budget",
 ]

@@ -81,3 +81,34 @@ def test_another_runs_dir_is_refused_and_overwrite_starts_fresh(tmp_path, base_a
     final = run_anchor_training(other, _training_args(tmp_path / "run", 2))
     metrics = json.loads((final / "anchor_train_metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["data_files"] == ["other.jsonl"] and metrics["resumed_from"] is None
+
+
+def test_validation_perplexity_is_token_weighted_over_documents_of_different_lengths(tmp_path, base_and_data):
+    """eval_perplexity_ansan (published on the model card as "perplexity") was exp of Trainer's eval_loss, which
+    weights each batch's mean by its rows: not the per-token figure once documents differ in length."""
+    from hf_efficient_lm.tools.anchor_data import tokenize_function
+
+    base, data = base_and_data
+    valid = tmp_path / "valid.jsonl"
+    texts = ["Short one. Yes.", "A much longer validation document. It has several sentences. Each ends here. And "
+             "one more sentence follows it. Done.", "Medium length text here. Two sentences."]
+    valid.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    args = AnchorTrainArguments(base_model=str(base), data_files=[str(data)], validation_files=[str(valid)],
+                                anchor_mode="ep", max_length=64)
+    training_args = _training_args(tmp_path / "run", 1)
+    training_args.per_device_eval_batch_size = 2
+    final = run_anchor_training(args, training_args)
+    metrics = json.loads((final / "anchor_train_metrics.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True).eval()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(final)
+    rows = tokenize_function(tok, "ep", None, 64, "text")({"text": texts})["input_ids"]
+    nats = tokens = 0
+    with torch.no_grad():
+        for row in rows:  # each document alone: its own per-token NLL
+            ids = torch.tensor([row])
+            nats += torch.nn.functional.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:], reduction="sum").item()
+            tokens += len(row) - 1
+    assert len({len(row) for row in rows}) == 3
+    assert metrics["eval_perplexity_ansan"] == pytest.approx(float(torch.tensor(nats / tokens).exp()), rel=1e-4)

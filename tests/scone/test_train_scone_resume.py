@@ -46,3 +46,17 @@ def test_train_scone_resumes_only_its_own_run(root, capsys):
     metrics = json.loads((out / "train_scone_metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["data_files"] == ["new.jsonl"] and metrics["resumed_from"] is None
     assert (out / "final" / "model.safetensors").read_bytes() != weights
+
+
+def test_a_token_budget_gives_train_scone_the_steps_it_gives_pretrain(root):
+    """--max_train_tokens 200 in rows of 4 x 32 tokens: 1.56 steps, rounded up by both commands (train-scone rounded
+    down, training its 'same budget' on fewer tokens than the base it is compared with)."""
+    from transformers import TrainingArguments
+
+    from hf_efficient_lm.train.run_dir import steps_for_token_budget
+
+    args = TrainingArguments(output_dir=str(root / "unused"), per_device_train_batch_size=4, use_cpu=True)
+    assert steps_for_token_budget(200, args, 32) == 2 and steps_for_token_budget(256, args, 32) == 2
+    out = train_scone(_argv(root, "train.jsonl", "0", "--max_train_tokens", "200", "--output_dir", str(root / "budget")))
+    metrics = json.loads((out / "train_scone_metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["train_tokens"] == 256
