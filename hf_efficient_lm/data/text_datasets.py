@@ -55,6 +55,8 @@ def load_text_dataset(
     """Load one split of a text dataset and check that it has ``text_column``.
 
     Either ``data_files`` (local files, all of one format) or ``dataset_name`` (a Hub dataset; needs the network).
+    A ``.txt`` file goes through ``datasets``' text loader: one document per line, its newline dropped, a blank line
+    an empty document (packing gives it an EOS of its own). Multi-line documents belong in JSON lines.
     """
     if (data_files is None) == (dataset_name is None):
         raise ValueError("pass exactly one of data_files (local files) or dataset_name (a Hub dataset)")
