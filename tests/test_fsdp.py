@@ -151,6 +151,11 @@ def _worker(rank: int, out: str, port: int, jobs: list[str]) -> None:
             print(results[job]["error"], file=sys.stderr, flush=True)
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(results))
     dist.destroy_process_group()
+    # The results are on disk. Interpreter teardown of a gloo worker once aborted on a loaded CI machine after all of
+    # this had finished ("terminate called without an active exception", SIGABRT: a C++ thread destroyed at exit),
+    # which failed every test of the module; leave without the teardown.
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,7 @@ LABELS = {"main": "main (1m)", "large": "large (2x layers)", "wide": "wide (same
 def decoder_params(config) -> int:
     """Weights one token's forward multiplies by in ``num_hidden_layers`` Llama layers (no norms, no embedding)."""
     d, f, heads, kv = config.hidden_size, config.intermediate_size, config.num_attention_heads, config.num_key_value_heads
-    head_dim = d // heads
+    head_dim = getattr(config, "head_dim", None) or d // heads  # what the built model has (q_proj: d -> heads * head_dim)
     return config.num_hidden_layers * (d * head_dim * (2 * heads + 2 * kv) + 3 * d * f)
 
 
@@ -79,8 +79,12 @@ def preset_config(args, tokenizer, layers: int | None = None, width: int | None 
     if layers is not None:
         config.num_hidden_layers = layers
     if width is not None:  # same heads, MLP ratio kept
+        if width % config.num_attention_heads:
+            raise ValueError(f"--wide-width {width} is not a multiple of the {config.num_attention_heads} heads")
         config.intermediate_size = round(config.intermediate_size * width / config.hidden_size)
-        config.hidden_size = width
+        # head_dim too: LlamaConfig fixed it at hidden_size / heads when built, and a model whose attention stays at
+        # the main width was trained (and its FLOPs overcounted by 8%) as the "wide" baseline until this was set
+        config.hidden_size, config.head_dim = width, width // config.num_attention_heads
     return config
 
 

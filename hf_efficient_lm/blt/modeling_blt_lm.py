@@ -504,14 +504,14 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
                              "own BLTCache (byte- and patch-level caches with per-row patch state)")
         return super().generate(*args, **kwargs)
 
-    def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, use_cache=None, **kwargs):
-        cache = resolve_cache(cache, kwargs)
+    def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, past_key_values=None, **kwargs):
+        cache = resolve_cache(cache, {"past_key_values": past_key_values, **kwargs})  # (generate < 5.24 checks it)
         if cache is not None and 0 < cache.num_bytes < input_ids.shape[1]:  # (chunked prefill passes the chunk alone)
             input_ids = input_ids[:, cache.num_bytes :]
         elif attention_mask is not None and bool((attention_mask == 0).any()):
             # Transformers only warns; the result would be silently wrong, with or without the cache.
             check_padding(attention_mask, "BLTForCausalLM.generate needs left-padded prompts")
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, CACHE_NAME: cache, "use_cache": use_cache}
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, CACHE_NAME: cache}
         # Pass the other forward arguments through, except patch_lengths (generation decides boundaries itself).
         extra = {k: v for k, v in kwargs.items() if k not in inputs and v is not None and k != "patch_lengths"}
         return {**inputs, **extra}
