@@ -15,12 +15,20 @@ def _attention_flops(hidden: int, layers: int, context: float) -> float:
     return 2 * 2 * hidden * context * layers
 
 
+def mean_context(length: float, window: int | None = None) -> float:
+    """Keys a query attends to on average over a causal row of ``length`` positions: ``(length + 1) / 2``, or under a
+    sliding ``window`` (itself and ``window - 1`` before it) ``sum_t min(t, window) / length``."""
+    if not window or length <= window:
+        return (length + 1) / 2
+    return (window * (window + 1) / 2 + (length - window) * window) / length
+
+
 def llama_flops_per_token(config, context: int) -> float:
-    """Forward FLOPs per token of a LlamaConfig at average causal context ``context / 2``."""
+    """Forward FLOPs per token of a LlamaConfig over rows of ``context`` tokens (mean causal context)."""
     block = _block_matmul_params(config.hidden_size, config.intermediate_size, config.num_attention_heads,
                                  config.num_key_value_heads)
     return 2 * block * config.num_hidden_layers + 2 * config.hidden_size * config.vocab_size + _attention_flops(
-        config.hidden_size, config.num_hidden_layers, context / 2
+        config.hidden_size, config.num_hidden_layers, mean_context(context)
     )
 
 
@@ -33,8 +41,8 @@ def blt_flops_per_byte(config, mean_patch_size: float, context_bytes: int, inclu
         raise ValueError(f"mean_patch_size must be positive, got {mean_patch_size}")
     e, enc, dec, g, k = config.entropy_config, config.encoder_config, config.decoder_config, config.global_config, config.cross_attn_k
 
-    def local_ctx(window):
-        return min(context_bytes / 2, window) if window else context_bytes / 2
+    def local_ctx(window):  # (was min(N / 2, window): 256 keys for a 256-byte window over 512 bytes, not 192.25)
+        return mean_context(context_bytes, window)
 
     out = {}
     if include_entropy_model and config.patching_mode.startswith("entropy"):
@@ -43,32 +51,37 @@ def blt_flops_per_byte(config, mean_patch_size: float, context_bytes: int, inclu
             e.hidden_size, e.num_hidden_layers, local_ctx(e.sliding_window))
     else:
         out["entropy_model"] = 0.0
-    cross_enc = 2 * (4 * enc.hidden_size * enc.hidden_size)  # q,k,v,o of the patch cross-attention (per byte-ish)
+    # The patch cross-attention: k queries per patch (pooled bytes projected to k * D, then q and o projections)
+    # attend to the patch's bytes, whose k and v projections run once per byte.
+    d_enc, kv_dim = enc.hidden_size, enc.num_key_value_heads * (enc.hidden_size // enc.num_attention_heads)
     blk = _block_matmul_params(enc.hidden_size, enc.intermediate_size, enc.num_attention_heads, enc.num_key_value_heads)
     out["local_encoder"] = (
         2 * blk * enc.num_hidden_layers
         + _attention_flops(enc.hidden_size, enc.num_hidden_layers, local_ctx(config.local_attention_window_len))
-        + (cross_enc * k + 2 * enc.hidden_size * enc.hidden_size * k) / mean_patch_size  # per patch, amortised
-        + 2 * 2 * enc.hidden_size * k * mean_patch_size / mean_patch_size
+        + (2 * d_enc * d_enc * k + 2 * 2 * d_enc * d_enc * k) / mean_patch_size  # per patch: projection, q and o
+        + 2 * 2 * d_enc * kv_dim  # per byte: k and v
+        + 2 * 2 * d_enc * k  # per byte: each of the patch's k queries scores and mixes it
     )
     latent_in = config.latent_input_size
     blk = _block_matmul_params(g.hidden_size, g.intermediate_size, g.num_attention_heads, g.num_key_value_heads)
     per_patch = 2 * blk * g.num_hidden_layers + _attention_flops(g.hidden_size, g.num_hidden_layers,
-                                                                  context_bytes / mean_patch_size / 2)
+                                                                  mean_context(context_bytes / mean_patch_size))
     if latent_in != g.hidden_size:
         per_patch += 2 * latent_in * g.hidden_size
     out["latent"] = per_patch / mean_patch_size
     blk = _block_matmul_params(dec.hidden_size, dec.intermediate_size, dec.num_attention_heads, dec.num_key_value_heads)
     n_cross = dec.num_hidden_layers if dec.cross_attn_all_layers else 1
+    dec_kv_dim = dec.num_key_value_heads * (dec.hidden_size // dec.num_attention_heads)
     out["local_decoder"] = (
         2 * blk * dec.num_hidden_layers
         + _attention_flops(dec.hidden_size, dec.num_hidden_layers, local_ctx(config.local_attention_window_len))
         + n_cross * (2 * 2 * dec.hidden_size * dec.hidden_size + 2 * 2 * dec.hidden_size * k)  # q, o + k keys
-        + (2 * g.hidden_size * dec.hidden_size * k + n_cross * 2 * 2 * dec.hidden_size * dec.hidden_size * k) / mean_patch_size
+        # per patch: its k slices of the latent state, then their k and v projections in each cross layer
+        + (2 * g.hidden_size * dec.hidden_size * k + n_cross * 2 * 2 * dec.hidden_size * dec_kv_dim * k) / mean_patch_size
         + 2 * dec.hidden_size * config.vocab_size
     )
     out["total"] = sum(out.values())
     return out
 
 
-__all__ = ["blt_flops_per_byte", "llama_flops_per_token"]
+__all__ = ["blt_flops_per_byte", "llama_flops_per_token", "mean_context"]

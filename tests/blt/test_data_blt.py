@@ -15,7 +15,7 @@ from hf_efficient_lm.tools.blt_data import (
     rows_bits_per_byte,
     text_to_ids,
 )
-from hf_efficient_lm.tools.blt_flops import blt_flops_per_byte
+from hf_efficient_lm.tools.blt_flops import blt_flops_per_byte, mean_context
 from hf_efficient_lm.tools.blt_testing import make_tiny_blt
 
 TEXTS = ["Hello world, this is a byte model. " * 3, "def f(x):\n    return x + 1\n" * 4, "é ü 😀 " * 5]
@@ -108,3 +108,40 @@ def test_rows_bits_per_byte_divides_every_prediction_by_the_utf8_bytes():
         nats += torch.nn.functional.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:], reduction="sum").item()
     num_bytes = sum(len(text.encode()) for text in TEXTS)
     assert rows_bits_per_byte(model, rows, batch_size=3) == pytest.approx(nats / math.log(2) / num_bytes, rel=1e-5)
+
+
+def test_mean_context_counts_the_keys_a_causal_or_sliding_window_query_sees():
+    """The attention term's context, against a literal count (the formula took min(N / 2, W): 256 keys per query for
+    a 256-byte window over 512 bytes, which see 192.25 on average; +33% on every published local-attention term)."""
+    for length, window in ((512, 256), (512, None), (100, 256), (7, 3), (1, None)):
+        keys = sum(min(t + 1, window) if window else t + 1 for t in range(length))
+        assert mean_context(length, window) == pytest.approx(keys / length)
+
+
+def test_flops_per_byte_count_the_projections_torch_measures():
+    """The formula's projection FLOPs equal every nn.Linear FLOP torch's FlopCounterMode counts in a forward with
+    static patches (no padding inside a patch). Its attention terms (self-attention over ``mean_context`` keys, the
+    cross-attention scores) are taken out first. The encoder's cross-attention k/v projections run on every byte
+    (the formula had counted them once per patch: k / patch size of the real cost)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = make_tiny_blt(seed=0, patching_mode="static", patch_size=4, patching_threshold=None)
+    n = 64
+    ids = torch.randint(4, 260, (1, n), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        patches = int(model.model(ids, use_cache=False).patch_starts[:, :n].sum())
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(ids, use_cache=False)
+    measured = sum(v for name, ops in counter.get_flop_counts().items()
+                   if name.endswith(("_proj", "lm_head", "projection")) for v in ops.values())
+    cfg, k = model.config, model.config.cross_attn_k
+    enc, dec, glob = cfg.encoder_config, cfg.decoder_config, cfg.global_config
+    window = cfg.local_attention_window_len
+    n_cross = dec.num_hidden_layers if dec.cross_attn_all_layers else 1
+    attention_per_byte = 4 * (enc.hidden_size * enc.num_hidden_layers * mean_context(n, window)
+                              + dec.hidden_size * dec.num_hidden_layers * mean_context(n, window)
+                              + glob.hidden_size * glob.num_hidden_layers * mean_context(patches) * patches / n
+                              + enc.hidden_size * k + n_cross * dec.hidden_size * k)
+    flops = blt_flops_per_byte(cfg, n / patches, n, include_entropy_model=False)
+    assert (flops["total"] - attention_per_byte) * n == pytest.approx(measured, rel=0.01)
