@@ -10,8 +10,10 @@ domains of ``../shared/corpus``; tokenizer and blocks as in ``bench_fusion_ablat
 
 * ``main``: the ``--preset`` Llama (``1m``: width 128, 4 layers).
 * ``large``: the same with ``--large-layers`` layers (8: about 2x the main model's non-embedding FLOPs/token).
-* ``wide``: the main depth at width ``--wide-width`` (176, MLP 2.75x: about 1.9x the non-embedding FLOPs/token), the
-  other ~2x baseline: at this scale a deeper model trains more slowly per step than a wider one.
+* ``wide``: the main depth at width ``--wide-width`` (176, MLP 2.75x, heads of 44: 1.74x the main model's inference
+  FLOPs/token), the other ~2x baseline: at this scale a deeper model trains more slowly per step than a wider one.
+* ``wide_mlp``: the same with the attention at the main width (4 heads of 32 reading and writing the 176-wide
+  residual stream): 1.60x. It is what ``wide`` built until 2026-12-04.
 * ``scone_*``: the main model (the same initial weights as ``main`` for a seed) wrapped by ``SconeLlamaForCausalLM``
   with an ``A_f`` of ``--fgram-layers`` layers at the main width (4 = the main model's non-embedding size), S =
   ``--num-fgrams`` f-grams mined on the training blocks; fusions ``scone_replace_id`` (the paper's replace fusion,
@@ -54,8 +56,9 @@ SCONE_MODELS = {
     "scone_replace_id": {**FGRAM_RECIPES["paper"], "fgram_init": "identity"},
     "scone_gated": dict(FGRAM_RECIPES["gated"]),
 }
-MODELS = ["main", *SCONE_MODELS, *(f"{m}_half" for m in SCONE_MODELS), "large", "wide"]
+MODELS = ["main", *SCONE_MODELS, *(f"{m}_half" for m in SCONE_MODELS), "large", "wide", "wide_mlp"]
 LABELS = {"main": "main (1m)", "large": "large (2x layers)", "wide": "wide (same depth, --wide-width)",
+          "wide_mlp": "wide residual + MLP (attention at the main width)",
           "scone_replace_id": "main + SCONE replace, identity init", "scone_gated": "main + SCONE gated", "scone_replace_id_half": "main + SCONE replace id, half tokens",
           "scone_gated_half": "main + SCONE gated, half tokens"}
 
@@ -73,7 +76,7 @@ def forward_flops(config, context: float) -> float:
         4 * config.num_hidden_layers * config.hidden_size * context
 
 
-def preset_config(args, tokenizer, layers: int | None = None, width: int | None = None):
+def preset_config(args, tokenizer, layers: int | None = None, width: int | None = None, wide_attention: bool = True):
     config = llama_config_from_preset(args.preset, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     if layers is not None:
@@ -82,9 +85,12 @@ def preset_config(args, tokenizer, layers: int | None = None, width: int | None 
         if width % config.num_attention_heads:
             raise ValueError(f"--wide-width {width} is not a multiple of the {config.num_attention_heads} heads")
         config.intermediate_size = round(config.intermediate_size * width / config.hidden_size)
-        # head_dim too: LlamaConfig fixed it at hidden_size / heads when built, and a model whose attention stays at
-        # the main width was trained (and its FLOPs overcounted by 8%) as the "wide" baseline until this was set
-        config.hidden_size, config.head_dim = width, width // config.num_attention_heads
+        # head_dim too (LlamaConfig fixed it at hidden_size / heads when built). Without it (``wide_mlp``) the
+        # attention keeps the main width: q/k/v/o map width -> heads x main head_dim. Until 2026-12-04 that model
+        # was trained and reported as "wide", with the FLOPs of the all-wide one (1.74x instead of its 1.60x).
+        config.hidden_size = width
+        if wide_attention:
+            config.head_dim = width // config.num_attention_heads
     return config
 
 
@@ -92,14 +98,14 @@ def model_config(name: str, args, tokenizer):
     """The Llama config of model ``name``: the baselines' own, else the main model's (SCONE wraps it)."""
     if name == "large":
         return preset_config(args, tokenizer, layers=args.large_layers)
-    if name == "wide":
-        return preset_config(args, tokenizer, width=args.wide_width)
+    if name in ("wide", "wide_mlp"):
+        return preset_config(args, tokenizer, width=args.wide_width, wide_attention=name == "wide")
     return preset_config(args, tokenizer)
 
 
 def build(name: str, args, seed: int, tokenizer, vocab, init_dir: Path):
     """A fresh model; every model of a seed starts from that seed's main-model weights (baselines: their own)."""
-    if name in ("large", "wide"):
+    if name in ("large", "wide", "wide_mlp"):
         torch.manual_seed(seed)
         return LlamaForCausalLM(model_config(name, args, tokenizer))
     if name == "main":
