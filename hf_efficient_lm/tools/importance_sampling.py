@@ -161,7 +161,8 @@ def importance_sample_iterable(
 
 
 def importance_weights(cluster_ids: Sequence[int], target_histogram, *, max_weight: float | None = None) -> np.ndarray:
-    """Per-row weights ``p_target(c) / p_generic(c)`` (mean 1 over the rows), optionally capped at ``max_weight``."""
+    """Per-row weights ``p_target(c) / p_generic(c)``, normalised to mean 1 over the rows. ``max_weight`` caps that
+    ratio before the normalisation, so a final weight may exceed it by the normalisation factor."""
     cluster_ids = np.asarray(cluster_ids, dtype=np.int64)
     target = _check_histogram(target_histogram)
     if cluster_ids.size == 0:
@@ -183,7 +184,10 @@ def with_importance_weights(dataset: Dataset, cluster_ids, target_histogram, **k
 
 
 class ImportanceWeightedTrainer(Trainer):
-    """A ``Trainer`` whose loss is the ``loss_weight``-weighted mean of per-sequence token cross-entropies."""
+    """A ``Trainer`` whose loss is the importance-weighted token cross-entropy ``sum(w_row * loss_token) / tokens`` of
+    each micro-batch. The weights have mean 1 over the dataset (:func:`importance_weights`), so this estimates the loss
+    under the target histogram. (Dividing by the sum of the weights instead cancelled them within any micro-batch whose
+    rows share one weight: a batch of one row, or of one cluster.)"""
 
     # compute_loss returns a per-micro-batch mean (it ignores num_items_in_batch), so the Trainer must divide it by
     # the accumulation steps: left at None, it assumes a model whose forward takes **kwargs scaled it already, and
@@ -206,6 +210,5 @@ class ImportanceWeightedTrainer(Trainer):
         ).view_as(targets)
         valid = (targets != -100).to(token_loss.dtype)
         row_weights = torch.ones(targets.shape[0], device=logits.device) if weights is None else weights.float()
-        token_weights = valid * row_weights[:, None]
-        loss = (token_loss * token_weights).sum() / token_weights.sum().clamp(min=1e-8)
+        loss = (token_loss * valid * row_weights[:, None]).sum() / valid.sum().clamp(min=1)
         return (loss, outputs) if return_outputs else loss

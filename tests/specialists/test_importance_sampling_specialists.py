@@ -133,10 +133,25 @@ def test_weighted_trainer_trains_with_the_weight_column(tmp_path):
     assert seen and all(seen)  # the weight column survived Trainer's column filtering
 
 
+def test_a_weight_shared_by_a_whole_micro_batch_still_scales_its_loss(tmp_path):
+    """Normalising by the weights' sum cancelled them within any micro-batch of one weight (one row, one cluster): a
+    row weighted 5 trained exactly like a row weighted 1."""
+    model = make_tiny_llama(seed=0)
+    ids = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(3))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = ImportanceWeightedTrainer(model=model, args=args, data_collator=SpecialistCollator(0))
+    with torch.no_grad():
+        plain = model(input_ids=ids, labels=ids).loss
+        for weight in (0.5, 5.0):
+            batch = SpecialistCollator(0)([{"input_ids": row, "loss_weight": weight} for row in ids.tolist()])
+            torch.testing.assert_close(trainer.compute_loss(model, dict(batch)), weight * plain)
+
+
 def test_weighted_trainer_accumulates_like_one_larger_batch(tmp_path):
     ids = torch.randint(3, 128, (4, 12), generator=torch.Generator().manual_seed(2))
-    # equal weight sums per micro-batch, so the per-micro-batch weighted means average to the whole batch's
-    dataset = Dataset.from_dict({"input_ids": ids.tolist(), "loss_weight": [0.5, 1.5, 1.5, 0.5]})
+    # unequal weight sums per micro-batch (3 and 1): with rows of equal length the micro-batch means still average to
+    # the whole batch's (a mean over tokens, whatever the weights)
+    dataset = Dataset.from_dict({"input_ids": ids.tolist(), "loss_weight": [1.5, 1.5, 0.5, 0.5]})
     model = make_tiny_llama(seed=0)
     whole = one_sgd_step(ImportanceWeightedTrainer, model, dataset, batch_size=4, accumulation=1,
                          output_dir=tmp_path / "one")
