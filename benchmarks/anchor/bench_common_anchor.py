@@ -81,7 +81,7 @@ def full_cache_bytes(cache) -> int:
 # ------------------------------------------------------------------------------- prompts of real corpus text
 def paragraphs(domain: str, min_chars: int = 200, max_chars: int = 600) -> list[str]:
     out = []
-    for text in corpus_texts(domain):
+    for text in corpus_texts(domain, "valid"):  # held-out text (the tokenizer fallback trains on "train")
         for para in text.split("\n\n"):
             para = " ".join(para.split())
             if min_chars <= len(para) <= max_chars and para.count(". ") >= 2:

@@ -24,7 +24,7 @@ from hf_efficient_lm.eval.benchmarking import parse_benchmark_args  # noqa: E402
 
 def queries(tokenizer, n: int, length: int) -> list[torch.LongTensor]:
     out = []
-    for text in corpus_texts("fortunes"):
+    for text in corpus_texts("fortunes", "valid"):  # held-out text, as before the shared reader (986d54b)
         for piece in text.split("\n%\n"):
             ids = tokenizer.encode(" " + " ".join(piece.split()), add_special_tokens=False)[:length]
             if len(ids) == length:

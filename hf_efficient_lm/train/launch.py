@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
 from transformers import HfArgumentParser
+
+
+@atexit.register
+def _destroy_process_group_at_exit() -> None:
+    """A launched command leaves its process group before interpreter teardown. Left to teardown, a gloo group has
+    aborted a process that had finished all its work ("terminate called without an active exception", SIGABRT),
+    which fails the whole launch: seen twice in CI on a loaded machine, in ``train-scone`` and the FSDP tests."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def launched_processes() -> int:
