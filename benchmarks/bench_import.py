@@ -18,7 +18,7 @@ import sys
 
 from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
 
-HEAVY = ("pandas", "datasets", "sklearn", "transformers.trainer")
+HEAVY = ("pandas", "datasets", "sklearn", "transformers.trainer", "transformers.trainer_utils")
 BASELINE = "import transformers\nfrom transformers import LlamaForCausalLM\n"
 PACKAGE = "import hf_efficient_lm\n"
 

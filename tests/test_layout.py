@@ -128,7 +128,8 @@ def test_package_import_is_light_and_tools_load_on_first_use():
 
     code = (
         "import sys, hf_efficient_lm\n"
-        "heavy = [m for m in ('pandas', 'datasets', 'sklearn', 'transformers.trainer') if m in sys.modules]\n"
+        "heavy = [m for m in ('pandas', 'datasets', 'sklearn', 'transformers.trainer', 'transformers.trainer_utils')\n"
+        "         if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "from hf_efficient_lm import mine_fgrams, specialize, ClusterIndex\n"
         "from hf_efficient_lm.specialists import DistillationTrainer, train_mixture_experts\n"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import GenerationMixin, LlamaForCausalLM, PreTrainedModel
-from transformers.integrations.neftune import neftune_post_forward_hook
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .compat_specialists import CACHE_NAME, cache_of, resolve_cache
@@ -180,6 +179,7 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
         alpha, table = getattr(default_table, "neftune_noise_alpha", None), expert.get_input_embeddings()
         if alpha is None or table is default_table:
             return expert(**inputs)
+        from transformers.integrations.neftune import neftune_post_forward_hook  # (0.14 s to import; Trainer has)
         table.neftune_noise_alpha = alpha
         hook = table.register_forward_hook(neftune_post_forward_hook)
         try:
