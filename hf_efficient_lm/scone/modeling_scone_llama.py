@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import weakref
 from pathlib import Path
 
 import torch
@@ -479,18 +478,17 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
         vocab = self.model.require_vocab()
         if num_new == input_ids.shape[1]:  # the first forward, or a chunk of a chunked prefill (only its ids given)
             seen = cache.get_seq_length() if cache is not None else 0
-            if seen:  # the f-grams of the chunk may begin in the previous one: its tail, kept below
-                cache_ref, tail_end, tail = self.__dict__.get("_prefill_tail") or (None, None, None)
-                if cache_ref is None or cache_ref() is not cache or tail_end != seen:
+            if seen:  # the f-grams of the chunk may begin in the previous one: its tail, kept on the cache below
+                tail_end, tail = getattr(cache, "scone_prefill_tail", (None, None))
+                if tail_end != seen:
                     raise ValueError(
                         "generate() passed only the new tokens over a filled cache, but SconeLlama's f-grams may "
                         "begin in the cached tokens: pass the whole sequence as input_ids"
                     )
                 input_ids = torch.cat([tail, input_ids], dim=1)
                 mask = mask[:, -input_ids.shape[1]:] if mask is not None else None  # (it spans the whole history)
-            if cache is not None:
-                self.__dict__["_prefill_tail"] = (weakref.ref(cache), seen + num_new,
-                                                  input_ids[:, -(vocab.max_len - 1):].clone())
+            if cache is not None:  # (the cache's own state: it lives and dies with the generation)
+                cache.scone_prefill_tail = (seen + num_new, input_ids[:, -(vocab.max_len - 1):].clone())
         rows, lengths = vocab.match_last(input_ids, num_new, mask, as_lists=True)
         model_inputs["fgram_row"], model_inputs["fgram_len"] = rows, lengths
         return model_inputs
