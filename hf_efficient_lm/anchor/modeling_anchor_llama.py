@@ -175,7 +175,8 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
             valid = torch.ones(batch_size, q_length, dtype=torch.bool, device=device)
         if anchor_flags is None:
             if input_ids is None:
-                raise ValueError("With inputs_embeds, pass anchor_flags [batch, q_len] to mark the anchors")
+                raise ValueError("With inputs_embeds, pass anchor_flags [batch, q_len] to mark the anchors (in "
+                                 "generate(inputs_embeds=...) too: the prompt's flags)")
             anchor_flags = find_anchor_tokens(input_ids, self._anchor_ids(device))
         first_index = cache.get_seq_length() if cache is not None else 0
         anchors_before = cache.anchors_seen if cache is not None else None
@@ -257,3 +258,13 @@ class AnchorLlamaForCausalLM(AnchorLlamaPreTrainedModel, LlamaForCausalLM):
         if isinstance(model_kwargs.get(CACHE_NAME), DynamicCache):
             model_kwargs[CACHE_NAME] = AnchorCache(config=self.config)
         return result
+
+    def prepare_inputs_for_generation(self, input_ids, *args, inputs_embeds=None, anchor_flags=None, **kwargs):
+        """``GenerationMixin``'s, plus ``generate(inputs_embeds=..., anchor_flags=...)``: embeddings carry no ids, so the
+        prompt's anchors come as ``anchor_flags`` ``[batch, prompt_len]``, given to the forward that reads the
+        embeddings only; every later step finds its anchors by id."""
+        model_inputs = super().prepare_inputs_for_generation(input_ids, *args, inputs_embeds=inputs_embeds, **kwargs)
+        embeds = model_inputs.get("inputs_embeds")
+        if embeds is not None and anchor_flags is not None:
+            model_inputs["anchor_flags"] = anchor_flags[:, -embeds.shape[1]:]
+        return model_inputs

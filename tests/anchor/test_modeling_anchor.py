@@ -185,6 +185,31 @@ def test_generate_prunes_generated_anchors(anchor_llama_dir, llama):
     assert cache.cached_tokens() < cache.get_seq_length() == fed.shape[1]
 
 
+@torch.no_grad()
+@pytest.mark.parametrize(
+    "search", [dict(do_sample=False), dict(do_sample=False, num_beams=3, num_return_sequences=2)], ids=["greedy", "beam"]
+)
+def test_generate_from_inputs_embeds_equals_from_ids(anchor_llama_dir, search):
+    """``generate(inputs_embeds=..., anchor_flags=...)`` == ``generate(ids)``: prompt anchors come as flags, generated
+    ones are found by id. Id 95 is made an anchor too: of the ids 7..127 it is the one this tiny model, with it as an
+    anchor, emits at least 4 times in both searches (a scan), so sentences close mid-generation."""
+    ids, mask = _prompt_batch()
+    model = AnchorLlamaForCausalLM.from_pretrained(anchor_llama_dir, anchor_token_ids=[*ANCHOR_IDS, 95]).eval()
+    anchor_ids = torch.tensor(model.config.anchor_token_ids)
+    flags = torch.isin(ids, anchor_ids) & mask.bool()
+    embeds = model.get_input_embeddings()(ids)
+    common = dict(attention_mask=mask, max_new_tokens=14, pad_token_id=0, **search)
+    from_ids = model.generate(ids, **common)[:, ids.shape[1]:]
+    from_embeds = model.generate(inputs_embeds=embeds, anchor_flags=flags, **common)
+    assert torch.equal(from_embeds, from_ids)
+    # the state is not degenerate: anchors in every prompt row and among the generated tokens, and the flags matter
+    assert (flags.sum(dim=1) > 0).all() and int(torch.isin(from_ids, anchor_ids).sum()) >= 3
+    unflagged = model.generate(inputs_embeds=embeds, anchor_flags=torch.zeros_like(flags), **common)
+    assert not torch.equal(unflagged, from_ids)
+    with pytest.raises(ValueError, match="pass anchor_flags"):
+        model.generate(inputs_embeds=embeds, **common)
+
+
 def test_bad_input_errors(anchor_llama_dir, model):
     with pytest.raises(ValueError, match="outside the vocabulary"):
         AnchorLlamaForCausalLM.from_pretrained(anchor_llama_dir, anchor_token_ids=[5, 500])

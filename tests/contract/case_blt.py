@@ -23,6 +23,8 @@ CASES = [
         make_model=make_blt_model,
         make_input_ids=make_blt_input_ids,
         invalid_config=("patching_mode", "words", "patching_mode must be one of"),
+        # bytes are read as ids (patching, hash n-grams): Transformers refuses embeddings for a class that takes none
+        inputs_embeds_error="You passed `inputs_embeds` to `.generate\\(\\)`, but the model class BLTForCausalLM",
         lora_target_modules=["global_transformer.layers.0.self_attn.q_proj", "global_transformer.layers.1.self_attn.v_proj"],
         skips={
             "padding_free": "BLT derives byte positions from the attention mask and patches from the entropy model; "

@@ -73,11 +73,13 @@ CASES = [
         make_model=make_scone_model,
         make_input_ids=make_scone_input_ids,
         invalid_config=("max_fgram_len", 1, "max_fgram_len must be >= 2"),
+        inputs_embeds_error="f-gram matching needs input_ids",
     ),
     ContractCase(
         name="scone_table",
         make_model=make_scone_table_model,
         make_input_ids=make_scone_input_ids,
         invalid_config=("fgram_mode", "disk", "fgram_mode must be one of"),
+        inputs_embeds_error="f-gram matching needs input_ids",
     ),
 ]

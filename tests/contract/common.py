@@ -20,6 +20,7 @@ CHECKS = (
     "remote_code",
     "generate_cache",
     "left_padding",
+    "inputs_embeds",
     "padding_free",
     "outputs",
     "sdpa_eager",
@@ -57,6 +58,10 @@ class ContractCase:
     skips: check name -> the reason that check does not apply (shown by pytest). Never a way to hide a failure.
     invalid_config: ``(field, value, message)``: a config field of this class, a value its validation refuses, and a
         regex the error must match (``save_pretrained`` must refuse it rather than write an unloadable folder).
+    inputs_embeds_kwargs: ``(model, input_ids) -> dict``: what ``generate(inputs_embeds=...)`` needs besides the
+        embeddings to equal ``generate(input_ids)`` (AnchorLlama: the prompt's ``anchor_flags``).
+    inputs_embeds_error: for a class whose forward needs the ids themselves (f-gram matching, bytes), the regex of
+        the named error ``generate(inputs_embeds=...)`` raises instead.
     """
 
     name: str
@@ -68,6 +73,8 @@ class ContractCase:
     skips: dict[str, str] = field(default_factory=dict)
     atol: float = 1e-5
     invalid_config: tuple[str, object, str] | None = None
+    inputs_embeds_kwargs: Callable[[PreTrainedModel, torch.LongTensor], dict] = lambda model, input_ids: {}
+    inputs_embeds_error: str | None = None
 
     def __post_init__(self):
         unknown = set(self.skips) - set(CHECKS)

@@ -170,6 +170,31 @@ def test_left_padded_batch_equals_rows_alone(case):
 
 
 @parametrize_cases
+def test_generate_from_inputs_embeds_equals_from_ids(case):
+    """``generate(inputs_embeds=embed(ids))`` (soft prompts, multimodal front ends) continues exactly as
+    ``generate(ids)``: left-padded batch, greedy and 2-beam search; a class that needs the ids names that instead."""
+    _skip_if_declared(case, "inputs_embeds")
+    model = case.make_model()
+    pad = _pad_id(model)
+    ids = _ids(case, batch=2, length=10, seed=3)
+    ids[1, :3] = pad
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(ids)
+    extra = case.inputs_embeds_kwargs(model, ids)
+    for search in (dict(do_sample=False), dict(do_sample=False, num_beams=2)):
+        common = dict(attention_mask=mask, max_new_tokens=6, pad_token_id=pad, **search)
+        if case.inputs_embeds_error is not None:
+            with pytest.raises(ValueError, match=case.inputs_embeds_error):
+                model.generate(inputs_embeds=embeds, **common, **extra)
+            return
+        from_ids = model.generate(ids, **common)
+        from_embeds = model.generate(inputs_embeds=embeds, **common, **extra)
+        assert torch.equal(from_embeds, from_ids[:, ids.shape[1]:]), search
+
+
+@parametrize_cases
 def test_padding_free_packed_row_equals_documents_alone(case):
     """The shape DataCollatorWithFlattening / TRL's padding-free mode make: one row holding several documents,
     position ids restarting at each, no attention mask. Every document must be computed as if alone. (Without a KV
