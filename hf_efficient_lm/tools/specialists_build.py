@@ -7,6 +7,8 @@ training or after per-cluster jobs, and write through ``io_utils``.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -44,9 +46,24 @@ def save_experts(mixture: SpecialistMixtureForCausalLM, directory: str | Path) -
 
 
 def mixture_from_experts(experts, **config_overrides) -> SpecialistMixtureForCausalLM:
-    """Assemble a mixture from ``k`` Llama checkpoints (paths or ``LlamaForCausalLM``s of one shape), e.g. the
-    outputs of ``k`` independent per-cluster training jobs. Expert ``i`` becomes cluster ``i``; ``config_overrides``
-    set :class:`SpecialistMixtureConfig` fields (``default_cluster_id``, ...)."""
+    """Assemble a mixture from ``k`` Llama checkpoints of one shape, e.g. the outputs of ``k`` independent
+    per-cluster training jobs. Expert ``i`` becomes cluster ``i``; ``config_overrides`` set
+    :class:`SpecialistMixtureConfig` fields (``default_cluster_id``, ...).
+
+    ``experts``: the folder holding ``expert_0 .. expert_{k-1}`` (what :func:`save_experts` and the
+    ``train-expert`` jobs write; a missing one is an error), or a sequence of paths / ``LlamaForCausalLM``s in cluster
+    order. A path named ``expert_N`` must sit at position ``N``: ``sorted()`` puts ``expert_10`` before ``expert_2``.
+    """
+    if isinstance(experts, (str, os.PathLike)):
+        experts = _expert_folders(Path(experts))
+    experts = list(experts)
+    for position, expert in enumerate(experts):
+        number = re.fullmatch(r"expert_(\d+)", Path(expert).name) if isinstance(expert, (str, os.PathLike)) else None
+        if number and int(number.group(1)) != position:
+            raise ValueError(
+                f"{expert} is expert {position} of the list, but expert i becomes cluster i: pass the expert_N folders "
+                "in cluster order (sorted() puts expert_10 before expert_2), or pass the folder that holds them"
+            )
     models = [
         expert if isinstance(expert, LlamaForCausalLM) else LlamaForCausalLM.from_pretrained(expert)
         for expert in experts
@@ -69,16 +86,28 @@ def mixture_from_experts(experts, **config_overrides) -> SpecialistMixtureForCau
     return mixture.to(next(models[0].parameters()).dtype)
 
 
+def _expert_folders(directory: Path) -> list[Path]:
+    """``directory/expert_0 .. expert_{k-1}`` in cluster order (numbers, not names); a gap is an unfinished job."""
+    found = {int(m.group(1)): path for path in (directory.iterdir() if directory.is_dir() else ())
+             if path.is_dir() and (m := re.fullmatch(r"expert_(\d+)", path.name))}
+    if not found:
+        raise FileNotFoundError(f"{directory} holds no expert_N folders (save_experts / train-expert write them)")
+    missing = [i for i in range(max(found) + 1) if i not in found]
+    if missing:
+        raise ValueError(f"{directory} lacks expert_{missing[0]} ({len(missing)} of {max(found) + 1} missing): "
+                         "every cluster's job must finish before the mixture is assembled")
+    return [found[i] for i in range(len(found))]
+
+
 @torch.no_grad()
 def hyper_from_llama(llama: LlamaForCausalLM, *, num_clusters: int, num_basis: int, code_dim: int | None = None,
                      seed: int = 0) -> HyperSpecialistForCausalLM:
     """Upcycle a pretrained ``LlamaForCausalLM`` into a projected network: shared weights copied, and at
-    initialisation EVERY cluster's materialised MLP equals the Llama's (basis 0 holds its weights, the other bases
-    are zero, and ``M^(l)[:, 0]`` solves ``E_i . M^(l)[:, 0] = 1`` for all ``i``). Training then lets the clusters
-    diverge. Needs ``code_dim >= num_clusters`` (default ``num_clusters``) so that system has an exact solution."""
+    initialisation EVERY cluster's materialised MLP equals the Llama's, bit for bit in any dtype (basis 0 holds its
+    weights, the other bases are zero, ``E[:, 0] = 1`` and ``M^(l)[:, 0] = e_0``, so coefficient 0 is exactly 1:
+    ``projection_init="shared_start"``'s construction). The codes' other columns and ``M``'s other entries are
+    random, so training lets the clusters diverge. ``code_dim`` defaults to ``num_clusters``."""
     code_dim = num_clusters if code_dim is None else code_dim
-    if code_dim < num_clusters:
-        raise ValueError(f"hyper_from_llama needs code_dim >= num_clusters (got {code_dim} < {num_clusters})")
     config = HyperSpecialistConfig(**_llama_fields(llama.config), num_clusters=num_clusters, num_basis=num_basis,
                                    code_dim=code_dim)
     config._attn_implementation = llama.config._attn_implementation
@@ -86,14 +115,11 @@ def hyper_from_llama(llama: LlamaForCausalLM, *, num_clusters: int, num_basis: i
     model = HyperSpecialistForCausalLM(config)
     source = llama.state_dict()
     state = {name: source.get(name, tensor) for name, tensor in model.state_dict().items()}
-    codes = state["model.cluster_codes"].double()
-    ones = torch.ones(num_clusters, 1, dtype=torch.float64)
-    first_column = torch.linalg.lstsq(codes, ones).solution[:, 0]  # [m]
+    state["model.cluster_codes"][:, 0] = 1.0
     for layer_idx in range(config.num_hidden_layers):
         prefix = f"model.layers.{layer_idx}.mlp"
-        projection = state[f"{prefix}.coefficient_projection"].clone()
-        projection[..., 0] = first_column.to(projection.dtype)  # every matrix's M, shared or per matrix
-        state[f"{prefix}.coefficient_projection"] = projection
+        projection = state[f"{prefix}.coefficient_projection"]  # every matrix's M, shared or per matrix
+        projection[..., 0], projection[..., 0, 0] = 0.0, 1.0
         for matrix in PROJECTED_MATRICES:  # gate_proj -> gate_basis, ...
             basis = f"{prefix}.{matrix.replace('_proj', '_basis')}"
             tensor = torch.zeros_like(state[basis])

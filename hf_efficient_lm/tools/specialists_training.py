@@ -141,7 +141,7 @@ def main(argv=None) -> Path:
 
     Trains a copy of the ``--base`` Llama on the windows of ``--cluster`` from a dataset saved with
     ``Dataset.save_to_disk`` (columns ``input_ids`` and ``cluster_ids``) and writes ``OUTPUT_DIR/expert_{cluster}``.
-    Assemble the folders with ``mixture_from_experts(sorted(OUTPUT_DIR.glob("expert_*")))``.
+    Assemble the folders with ``mixture_from_experts(OUTPUT_DIR)`` (expert ``i`` = cluster ``i``).
     """
     import argparse
 

@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -208,8 +210,27 @@ def test_expert_job_cli(tmp_path):
     common = ["--base", str(tmp_path / "base"), "--windows", str(tmp_path / "windows"), "--output-dir",
               str(tmp_path / "experts"), "--max-steps", "1", "--batch-size", "2"]
     paths = [main([*common, "--cluster", str(c)]) for c in (0, 1)]
-    mixture = mixture_from_experts(sorted((tmp_path / "experts").glob("expert_*")))
+    mixture = mixture_from_experts(tmp_path / "experts")
     assert mixture.config.num_experts == 2 and [p.name for p in paths] == ["expert_0", "expert_1"]
+
+
+def test_experts_assembled_in_cluster_order_past_ten(tmp_path):
+    """12 expert folders: the folder (or an explicit list) maps expert_i to cluster i; a text-sorted list, which puts
+    expert_10 before expert_2, and a folder with a gap are refused instead of routing clusters to other experts."""
+    from hf_efficient_lm.testing_utils import make_tiny_llama
+
+    for cluster in range(12):
+        make_tiny_llama(seed=cluster).save_pretrained(tmp_path / f"expert_{cluster}")
+    x = ids(batch=1)
+    mixture = mixture_from_experts(tmp_path).eval()
+    for cluster in (2, 10, 11):
+        expert = LlamaForCausalLM.from_pretrained(tmp_path / f"expert_{cluster}").eval()
+        torch.testing.assert_close(mixture(x, cluster_ids=cluster).logits, expert(x).logits)
+    with pytest.raises(ValueError, match="is expert 2 of the list"):
+        mixture_from_experts(sorted(tmp_path.glob("expert_*")))
+    shutil.rmtree(tmp_path / "expert_7")
+    with pytest.raises(ValueError, match="lacks expert_7"):
+        mixture_from_experts(tmp_path)
 
 
 def test_projected_network_upcycled_from_llama_starts_as_the_llama():
@@ -223,8 +244,16 @@ def test_projected_network_upcycled_from_llama_starts_as_the_llama():
     hyper.train()
     hyper(x, cluster_ids=CLUSTERS, labels=x).loss.backward()
     assert hyper.model.layers[0].mlp.up_basis.grad[1].abs().sum() > 0  # the zero bases learn: clusters can diverge
-    with pytest.raises(ValueError, match="code_dim >= num_clusters"):
-        hyper_from_llama(llama, num_clusters=K, num_basis=2, code_dim=2)
+    # exact in bf16 too, and with fewer code dimensions than clusters: coefficient 0 is exactly 1, the rest multiply
+    # zero bases (a least-squares solve of E . M[:, 0] = 1 gave 0.99609 for 3 of 4 clusters in bf16)
+    bf16 = make_tiny_llama(seed=4).to(torch.bfloat16)
+    for code_dim in (2, 4):
+        upcycled = hyper_from_llama(bf16, num_clusters=4, num_basis=3, code_dim=code_dim)
+        for cluster in range(4):
+            weights = upcycled.model.layers[1].mlp.materialize(upcycled.model.cluster_codes[cluster])
+            for name, weight in weights.items():
+                assert torch.equal(weight, getattr(bf16.model.layers[1].mlp, name).weight), (code_dim, cluster, name)
+        assert not torch.equal(upcycled.model.cluster_codes[0], upcycled.model.cluster_codes[1])
 
 
 def test_per_matrix_projection_gives_each_matrix_its_own_coefficients():
