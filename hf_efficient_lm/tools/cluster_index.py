@@ -100,6 +100,9 @@ class _TransformerMeanPoolEmbedder:
             batch = tokenizer(
                 list(texts[start : start + self.batch_size]),
                 padding=True,
+                # right: with a tokenizer saved for left padding, a model with absolute positions (GPT-2) would see
+                # every token shifted by its row's padding, and a text's cluster would depend on its batch
+                padding_side="right",
                 truncation=True,
                 max_length=self.max_tokens,
                 return_tensors="pt",

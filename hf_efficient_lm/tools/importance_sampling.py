@@ -54,6 +54,23 @@ def _rows_by_cluster(cluster_ids: np.ndarray, num_clusters: int) -> list[np.ndar
     return [order[boundaries[c] : boundaries[c + 1]] for c in range(num_clusters)]
 
 
+def _target_over_present(target: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """``target`` (normalised ``[k]``) without the clusters that have no generic rows (``sizes[c] == 0``),
+    renormalised with a warning; ``ValueError`` when no target mass is left."""
+    missing = (target > 0) & (sizes == 0)
+    if missing.any():
+        if target[~missing].sum() <= 0:
+            raise ValueError("the generic data has no rows in any cluster the target histogram wants")
+        warnings.warn(
+            f"clusters {np.flatnonzero(missing).tolist()} carry {target[missing].sum():.3f} of the target mass but "
+            "have no generic rows; dropping them and renormalising",
+            stacklevel=3,
+        )
+        target = np.where(missing, 0.0, target)
+        target = target / target.sum()
+    return target
+
+
 def importance_sample_indices(
     cluster_ids: Sequence[int],
     target_histogram,
@@ -82,17 +99,7 @@ def importance_sample_indices(
     target = _check_histogram(target)
     rows = _rows_by_cluster(cluster_ids, target.size)
     sizes = np.array([len(r) for r in rows])
-    missing = (target > 0) & (sizes == 0)
-    if missing.any():
-        if target[~missing].sum() <= 0:
-            raise ValueError("the generic data has no rows in any cluster the target histogram wants")
-        warnings.warn(
-            f"clusters {np.flatnonzero(missing).tolist()} carry {target[missing].sum():.3f} of the target mass but "
-            "have no generic rows; dropping them and renormalising",
-            stacklevel=2,
-        )
-        target = np.where(missing, 0.0, target)
-        target = target / target.sum()
+    target = _target_over_present(target, sizes)
     counts = exact_counts(target, int(num_samples))
     if not replace:
         short = np.flatnonzero(counts > sizes)
@@ -144,15 +151,30 @@ def importance_sample_iterable(
     cluster_column: str = "cluster",
     seed: int = 0,
     stopping_strategy: str = "all_exhausted",
+    cluster_sizes: Sequence[int] | None = None,
 ) -> IterableDataset:
     """A stream drawing each row's cluster from ``target_histogram`` then the next row of that cluster.
 
-    ``stopping_strategy`` is passed to ``datasets.interleave_datasets``: ``all_exhausted`` cycles small clusters
-    (with replacement), ``all_exhausted_without_replacement`` / ``first_exhausted`` never repeat a row.
+    ``stopping_strategy`` (``datasets.interleave_datasets``'): ``all_exhausted`` (default) cycles the small clusters
+    (with replacement) until every one has been read once; ``first_exhausted`` never repeats a row and stops when the
+    first cluster runs out. (``all_exhausted_without_replacement`` is refused: it reads every cluster to its end, so
+    the stream is the generic data with its generic histogram.) ``cluster_sizes`` (``[k]`` generic rows per cluster,
+    e.g. ``np.bincount`` of the index's assignments): target clusters without generic rows are dropped with a warning;
+    without it such a cluster ends a ``first_exhausted`` stream at once.
     """
     if not isinstance(dataset, IterableDataset):
         raise TypeError(f"dataset must be a datasets.IterableDataset, got {type(dataset).__name__}")
+    if stopping_strategy not in ("all_exhausted", "first_exhausted"):
+        raise ValueError(
+            f"stopping_strategy={stopping_strategy!r}: use 'all_exhausted' or 'first_exhausted' (a strategy that reads "
+            "every cluster to its end without repeats returns the generic histogram, not the target's)"
+        )
     target = _check_histogram(target_histogram)
+    if cluster_sizes is not None:
+        sizes = np.asarray(cluster_sizes, dtype=np.int64)
+        if sizes.shape != target.shape:
+            raise ValueError(f"cluster_sizes has {sizes.size} entries for {target.size} clusters")
+        target = _target_over_present(target, sizes)
     clusters = np.flatnonzero(target > 0)
     streams = [dataset.filter(lambda row, c=int(c): row[cluster_column] == c) for c in clusters]
     return interleave_datasets(
@@ -169,7 +191,9 @@ def importance_weights(cluster_ids: Sequence[int], target_histogram, *, max_weig
         raise ValueError("cluster_ids is empty")
     if cluster_ids.max() >= target.size:
         raise ValueError(f"target_histogram has {target.size} bins but cluster_ids go up to {int(cluster_ids.max())}")
-    generic = np.bincount(cluster_ids, minlength=target.size) / cluster_ids.size
+    sizes = np.bincount(cluster_ids, minlength=target.size)
+    target = _target_over_present(target, sizes)  # (mass on clusters without rows would vanish unnoticed)
+    generic = sizes / cluster_ids.size
     weights = target[cluster_ids] / generic[cluster_ids]
     if max_weight is not None:
         weights = np.minimum(weights, max_weight)

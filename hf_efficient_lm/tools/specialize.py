@@ -76,7 +76,7 @@ def _best_finetuned(model, domain_dataset, cluster_index, **kwargs) -> Specializ
         result = specialize(model.instantiate(cluster=cluster), domain_dataset, None, **kwargs)
         report = result.report
         candidates.append({"cluster": cluster, "ppl_before": report["ppl_before"], "ppl_after": report["ppl_after"],
-                           "finetune_steps": report["finetune_steps"]})
+                           "finetune_steps": report["finetune_steps"], "train_tokens": report["train_tokens"]})
         for key in flops:
             flops[key] += report["flops"][key]
         if best is None or report["ppl_after"] < best.report["ppl_after"]:
@@ -87,7 +87,7 @@ def _best_finetuned(model, domain_dataset, cluster_index, **kwargs) -> Specializ
     best.report.update(
         selection="best_finetuned", model_class=type(model).__name__, candidates=candidates, flops=flops,
         finetune_steps=sum(c["finetune_steps"] for c in candidates),
-        train_tokens=sum(c["finetune_steps"] for c in candidates) * kwargs["batch_size"] * kwargs["block_size"],
+        train_tokens=sum(c["train_tokens"] for c in candidates),
         seconds=time.perf_counter() - started,
     )
     return best
@@ -211,7 +211,7 @@ def specialize(
     report["domain_eval_tokens"] = len(eval_blocks) * block_size
     report["ppl_before"] = block_perplexity(start_model, eval_blocks, batch_size=batch_size)
 
-    steps_done = 0
+    steps_done = train_tokens = 0
     # Step 0 is a candidate of the early stopping too: a fine-tune that only hurts keeps the starting weights.
     start_state = {name: tensor.detach().clone() for name, tensor in start_model.state_dict().items()}
     if max_steps > 0:
@@ -240,6 +240,8 @@ def specialize(
                 logging_strategy="no",
                 report_to=[],
                 seed=seed,
+                # the tokens actually trained on: an epoch's last batch holds the remainder rows, not batch_size
+                include_num_input_tokens_seen="all",
             )
             common = dict(
                 model=start_model,
@@ -256,7 +258,7 @@ def specialize(
             else:
                 trainer = Trainer(**common)
             output = trainer.train()
-            steps_done = output.global_step
+            steps_done, train_tokens = output.global_step, int(trainer.state.num_input_tokens_seen)
             report["best_step"] = (
                 int(trainer.state.best_model_checkpoint.rsplit("-", 1)[-1])
                 if trainer.state.best_model_checkpoint else steps_done
@@ -268,7 +270,6 @@ def specialize(
     if report["kept_start_weights"]:
         start_model.load_state_dict(start_state)
         report["ppl_after"], report["best_step"] = report["ppl_before"], 0
-    train_tokens = steps_done * batch_size * block_size
     num_evals = steps_done // eval_steps + 2 if steps_done else 2
     flops["finetune"] = 6.0 * inference_params * train_tokens
     if teacher is not None:

@@ -91,6 +91,22 @@ def test_lm_hidden_state_embedder(tmp_path, specialist_tokenizer, domain_texts):
     vectors = embedder.embed(texts, progress=False)
     assert vectors.shape == (6, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(vectors[0], embedder.embed(texts[:1], progress=False)[0], atol=1e-5)
+    # a tokenizer saved for left padding and a model with absolute positions: a text's vector (so its cluster) must
+    # not depend on the batch it is embedded in
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(specialist_tokenizer), n_embd=32, n_layer=2, n_head=4,
+                               n_positions=64)).save_pretrained(tmp_path / "gpt2")
+    specialist_tokenizer.save_pretrained(tmp_path / "gpt2")
+    tokenizer_config = tmp_path / "gpt2" / "tokenizer_config.json"
+    tokenizer_config.write_text(json.dumps({**json.loads(tokenizer_config.read_text()), "padding_side": "left"}))
+    gpt2 = LMHiddenStateEmbedder(tmp_path / "gpt2", max_tokens=32)
+    assert gpt2.tokenizer.padding_side == "left"
+    short = [" ".join(text.split()[:n]) for text, n in zip(texts, (2, 5, 9, 3, 12, 7))]  # unequal: rows get padded
+    batched = gpt2.embed(short, progress=False)
+    alone = np.concatenate([gpt2.embed([text], progress=False) for text in short])
+    np.testing.assert_allclose(batched, alone, atol=1e-5)  # (0.47 apart with left padding)
     index = ClusterIndex.fit(texts, 2, embedder=embedder, progress=False)
     index.save_pretrained(tmp_path / "index")
     reloaded = ClusterIndex.from_pretrained(tmp_path / "index")

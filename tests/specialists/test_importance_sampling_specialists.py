@@ -87,6 +87,31 @@ def test_iterable_variant_matches_target_in_expectation():
     assert np.abs(empirical - target).sum() < 0.08
 
 
+def test_iterable_variant_refuses_the_generic_histogram_and_drops_empty_clusters():
+    clusters = [0] * 200 + [1] * 20  # cluster 2 has no generic rows
+
+    def rows():
+        for i, c in enumerate(clusters):
+            yield {"row": i, "cluster": c}
+
+    stream = IterableDataset.from_generator(rows)
+    with pytest.raises(ValueError, match="generic histogram"):
+        importance_sample_iterable(stream, [0.2, 0.3, 0.5], stopping_strategy="all_exhausted_without_replacement")
+    with pytest.warns(UserWarning, match=r"clusters \[2\] carry 0.500 of the target mass"):
+        resampled = importance_sample_iterable(stream, [0.2, 0.3, 0.5], cluster_sizes=[200, 20, 0],
+                                               stopping_strategy="first_exhausted")
+    seen = [row["cluster"] for row in resampled]
+    assert len(seen) >= 20 and set(seen) == {0, 1}  # (without cluster_sizes the empty cluster ended it at 0 rows)
+
+
+def test_importance_weights_without_rows_in_a_target_cluster():
+    with pytest.raises(ValueError, match="no rows in any cluster the target histogram wants"):
+        importance_weights([0, 0, 1], [0.0, 0.0, 1.0])  # (was NaN everywhere)
+    with pytest.warns(UserWarning, match=r"clusters \[2\] carry 0.800"):
+        weights = importance_weights([0, 0, 1, 1, 1], [0.1, 0.1, 0.8])
+    np.testing.assert_allclose(weights, [1.25, 1.25, 5 / 6, 5 / 6, 5 / 6], rtol=1e-6)
+
+
 def test_importance_weights(generic):
     _, cluster_ids = generic
     weights = importance_weights(cluster_ids, [0.25, 0.25, 0.25, 0.25])

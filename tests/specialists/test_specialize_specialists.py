@@ -95,9 +95,18 @@ def test_best_finetuned_finetunes_every_expert_and_keeps_the_best(models, index,
     single = specialize(models["mixture"].instantiate(cluster=best.report["selected_cluster"]), domain_dataset(24),
                         None, **kwargs)
     assert single.report["ppl_after"] == pytest.approx(best.report["ppl_after"], rel=1e-4)
+    rows = best.report["domain_train_tokens"] // 16
+    for c in candidates:
+        assert c["train_tokens"] == _trained_tokens(rows, 4, c["finetune_steps"], 16)
     assert best.report["flops"]["finetune"] == pytest.approx(
-        sum(6.0 * best.report["inference_params"] * c["finetune_steps"] * 4 * 16 for c in candidates))
+        sum(6.0 * best.report["inference_params"] * c["train_tokens"] for c in candidates))
     assert type(best.model) is LlamaForCausalLM
+
+
+def _trained_tokens(rows: int, batch: int, steps: int, block: int) -> int:
+    """Tokens ``steps`` Trainer steps feed over ``rows`` blocks: each epoch ends with a batch of the remainder."""
+    per_epoch = [min(batch, rows - start) for start in range(0, rows, batch)]
+    return sum(per_epoch[step % len(per_epoch)] for step in range(steps)) * block
 
 
 def test_finetuning_lowers_heldout_perplexity_and_reloads_without_package(models, index, specialist_tokenizer,
@@ -106,7 +115,9 @@ def test_finetuning_lowers_heldout_perplexity_and_reloads_without_package(models
                         max_steps=20, eval_steps=10, learning_rate=3e-3, batch_size=8, early_stopping_patience=2)
     report = result.report
     assert report["ppl_after"] < report["ppl_before"]
-    assert report["finetune_steps"] > 0 and report["train_tokens"] == report["finetune_steps"] * 8 * 16
+    rows = report["domain_train_tokens"] // 16
+    assert rows % 8 and report["finetune_steps"] > rows // 8  # an epoch ended in a short batch, not 8 rows
+    assert report["train_tokens"] == _trained_tokens(rows, 8, report["finetune_steps"], 16)
     assert report["flops"]["finetune"] == 6.0 * report["inference_params"] * report["train_tokens"]
     assert report["seconds"] > 0
     result.model.save_pretrained(tmp_path / "specialist")
