@@ -457,13 +457,17 @@ def add_fgram_columns(dataset, vocab: FgramVocab, *, column: str = "input_ids", 
     """Add ``fgram_row`` (int64, -1 = none) and ``fgram_len`` (int8, 0 = none) columns to a tokenized dataset.
 
     This is the pre-scan the paper does for training (spec §1.5): the forward pass then only gathers windows.
-    Rows must be whole documents or packed blocks; barrier ids inside a block (EOS) stop matches.
+    Rows must be whole documents or packed blocks; barrier ids inside a block (EOS) stop matches, and so do the
+    padding positions of an ``attention_mask`` column (zeros), as in the model's own matching.
     """
 
     def tag(batch):
         docs = batch[column]
         lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
         flat = _flatten_docs(docs, np.empty(0, dtype=np.int64))
+        if "attention_mask" in batch:  # padding becomes a separator (the model's matching masks it the same way)
+            keep = _flatten_docs(batch["attention_mask"], np.empty(0, dtype=np.int64))
+            flat[keep == 0] = SEPARATOR
         rows, lens = match_flat(vocab, flat)
         starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
         return {

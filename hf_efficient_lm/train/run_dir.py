@@ -3,7 +3,8 @@ train_scone): a lock against concurrent writers, and a *run fingerprint* so a ru
 
 The fingerprint is what defines a run: the model configuration, the tokenizer, the content of the data files, the
 seed and the schedule (learning rate and scheduler, warmup, global batch, optimizer; not the length, so a larger
-``max_steps`` extends a run). It is written to ``OUTPUT_DIR/run_fingerprint.json`` when a
+``max_steps`` extends a run: the steps done keep their schedule, later steps follow the schedule of the new length
+from the step reached). It is written to ``OUTPUT_DIR/run_fingerprint.json`` when a
 run starts and into every ``checkpoint-*`` the Trainer saves (:class:`FingerprintCallback`). A later run into the same
 dir resumes from the newest checkpoint only when its fingerprint is identical (and says so in one line); otherwise it
 refuses with the differing fields named, or, with ``overwrite=True`` (``--overwrite_output_dir``), removes the old
@@ -23,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
 from ..data.tokenizer_training import tokenizer_digest
@@ -133,10 +135,24 @@ def write_fingerprint(folder: str | os.PathLike, fingerprint: dict) -> None:
 
 
 class FingerprintCallback(TrainerCallback):
-    """Writes the run fingerprint into every checkpoint the Trainer saves (main process only)."""
+    """What a fingerprinted run needs from its Trainer: the fingerprint in every checkpoint it saves (main process
+    only), and on resume the learning rate of the schedule it resumes under."""
 
     def __init__(self, fingerprint: dict):
         self.fingerprint = fingerprint
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        # A resumed run's optimizer holds the rate its checkpoint's step set. Under a larger max_steps the Trainer
+        # builds the scheduler for the new length and restores only its step counter, so that stale rate (0 at the
+        # end of a linear decay: a step that changes nothing) would drive the first resumed step. Set the rate the
+        # schedule gives at this step (the same value when the length did not change).
+        scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # (accelerate may wrap it)
+        if state.global_step and isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            rates = [base * rule(scheduler.last_epoch) for base, rule in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+            for group, rate in zip(optimizer.param_groups, rates):
+                group["lr"] = rate
+            scheduler._last_lr = rates
+        return control
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:

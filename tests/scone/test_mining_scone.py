@@ -133,3 +133,22 @@ def test_large_vocabulary_uses_hash_levels_and_agrees(docs):
     rows, lengths = match_flat(vocab, flat)
     torch_rows, torch_lengths = vocab.match(torch.from_numpy(flat)[None].clamp(min=0), (torch.from_numpy(flat) >= 0)[None])
     assert rows.tolist() == torch_rows[0].tolist() and lengths.tolist() == torch_lengths[0].tolist()
+
+
+def test_precomputed_columns_treat_masked_padding_like_the_model():
+    """Left-padded rows whose pad id is an ordinary token: the columns stop matches at the padding, as
+    ``FgramVocab.match(ids, attention_mask)`` (the model's own matching) does."""
+    import datasets
+
+    from hf_efficient_lm.tools.scone_mining import add_fgram_columns
+
+    vocab = mine_fgrams([[5, 6, 7, 8]] * 5, num_fgrams=100, max_len=3, min_count=2, vocab_size=10,
+                        show_progress=False)
+    rows = [{"input_ids": [5, 6, 7, 8], "attention_mask": [0, 1, 1, 1]},
+            {"input_ids": [5, 5, 6, 7], "attention_mask": [0, 0, 1, 1]},
+            {"input_ids": [5, 6, 7, 8], "attention_mask": [1, 1, 1, 1]}]
+    columns = add_fgram_columns(datasets.Dataset.from_list(rows), vocab)
+    expected_rows, expected_lengths = vocab.match(torch.tensor([r["input_ids"] for r in rows]),
+                                                  torch.tensor([r["attention_mask"] for r in rows]))
+    assert columns["fgram_len"] == expected_lengths.tolist() == [[0, 0, 2, 3], [0, 0, 0, 2], [0, 2, 3, 3]]
+    assert columns["fgram_row"] == expected_rows.tolist()
