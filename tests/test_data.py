@@ -95,6 +95,11 @@ def test_read_texts_streams_jsonl_and_stops_at_either_limit(tmp_path):
     assert read_texts(path) == texts
     assert read_texts([path], limit_docs=3) == texts[:3]
     assert read_texts([path], limit_chars=len(texts[0]) + 1) == texts[:2]
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"text": f"other {i}"}) + "\n" for i in range(4)))
+    # a budget over several files is split between them, not spent on the first
+    assert read_texts([path, other], limit_docs=4, per_file=True) == texts[:2] + ["other 0", "other 1"]
+    assert read_texts([path, other], limit_docs=4) == texts[:4]
     assert read_texts([path], limit_docs=0) == []  # (returned one document)
     with pytest.raises(ValueError, match="limit_chars must be positive"):
         read_texts([path], limit_chars=0)  # (meant "no limit")

@@ -77,3 +77,17 @@ def test_publish_of_a_family_folder_carries_auto_map_and_code(tmp_path):
 def test_publish_refuses_a_folder_without_a_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json missing"):
         publish(tmp_path, "me/x", card_template="llama_base", api=FakeHfApi())
+
+
+def test_publish_refuses_pickle_files_anywhere_in_the_folder(tmp_path):
+    """Only top-level *.bin / *.pt were refused: a trainer/training_args.bin or a *.pth went up (and unpickles on
+    download)."""
+    for name in ("trainer/training_args.bin", "weights.pth"):
+        folder = tmp_path / name.replace("/", "_")
+        make_tiny_llama().save_pretrained(folder)
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_bytes(b"pickle")
+        api = FakeHfApi()
+        with pytest.raises(ValueError, match=f"refusing to publish pickle files \\({name}\\)"):
+            publish(folder, "me/x", card_template="llama_base", api=api)
+        assert not api.uploads

@@ -175,6 +175,9 @@ def training_procedure(recorded: dict, datasets: list[str]) -> str:
     return "\n".join(lines)
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
 def _stage(model_or_folder, tokenizer, staging: Path) -> None:
     if isinstance(model_or_folder, (str, os.PathLike)):
         source = Path(model_or_folder)
@@ -186,8 +189,10 @@ def _stage(model_or_folder, tokenizer, staging: Path) -> None:
         model_or_folder.save_pretrained(staging)
     if tokenizer is not None:
         tokenizer.save_pretrained(staging)
-    if list(staging.glob("*.bin")) or list(staging.glob("*.pt")):
-        raise ValueError("refusing to publish pickle weights (*.bin / *.pt); save with safetensors")
+    pickles = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.suffix in PICKLE_SUFFIXES)
+    if pickles:  # anywhere in the folder: a trainer/ subfolder's training_args.bin unpickles on download too
+        raise ValueError(f"refusing to publish pickle files ({', '.join(pickles[:5])}); weights only as safetensors, "
+                         "and leave pickled trainer state out of the folder")
 
 
 def publish(

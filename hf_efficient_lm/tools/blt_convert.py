@@ -12,9 +12,11 @@ folder (:func:`load`) and ``save_pretrained_transformers`` writes one (:func:`ex
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
+from pathlib import Path
 
 import torch
 
@@ -70,6 +72,13 @@ def _rope(sub: dict, default_theta: float) -> dict:
 def blt_config_from_transformers(hf: dict, **overrides) -> BLTConfig:
     """Our :class:`BLTConfig` from the ``config.json`` dict of a Transformers ``blt`` checkpoint."""
     patcher, enc, dec, glob = (_sub(hf.get(k)) for k in ("patcher_config", "encoder_config", "decoder_config", "global_config"))
+    for name, sub in (("config", hf), ("patcher_config", patcher), ("encoder_config", enc), ("decoder_config", dec),
+                      ("global_config", glob)):
+        if sub.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"{name}.hidden_act={sub['hidden_act']!r}: BLTForCausalLM's MLPs are SwiGLU (silu); "
+                             "this checkpoint would load and compute something else")
+    if hf.get("tie_word_embeddings"):
+        raise ValueError("tie_word_embeddings=True: BLTForCausalLM keeps its byte embeddings and output head apart")
     patch_in_forward = hf.get("patch_in_forward", True)
     mode = hf.get("patching_mode", "entropy")
     if patch_in_forward and mode == "entropy":
@@ -125,7 +134,9 @@ def blt_config_from_transformers(hf: dict, **overrides) -> BLTConfig:
             rms_norm_eps=glob.get("rms_norm_eps", 1e-5), max_position_embeddings=glob.get("max_position_embeddings", 4096),
             rope_parameters=_rope(glob, 500000.0),
         ),
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        # the byte tokenizer's ids, where the checkpoint names none (Transformers' BltConfig defaults them to None)
+        **{f"{name}_token_id": default if hf.get(f"{name}_token_id") is None else hf[f"{name}_token_id"]
+           for name, default in (("bos", 1), ("eos", 2), ("pad", 0))},
         initializer_range=hf.get("initializer_range", 0.02),
     )
     for key in HASH_FIELDS:
@@ -264,13 +275,19 @@ def load(cls, path, **kwargs):
     attn_implementation = kwargs.pop("attn_implementation", None)
     kwargs.pop("trust_remote_code", None)
     config_override = kwargs.pop("config", None)
-    if config_override is not None:
-        for key in HASH_FIELDS:
-            kwargs.setdefault(key, getattr(config_override, key))
     unknown = [k for k in kwargs if k not in BLTConfig.__dataclass_fields__]
     if unknown:
         raise TypeError(f"unsupported arguments for loading a Transformers blt checkpoint: {unknown}")
-    config = blt_config_from_transformers(_read_config(os.fspath(path)), **kwargs)
+    hf_config = _read_config(os.fspath(path))
+    if config_override is None:
+        config = blt_config_from_transformers(hf_config, **kwargs)
+    else:  # the caller's config, as for our own folders, once its hash layout is the checkpoint's (checked there)
+        blt_config_from_transformers(hf_config, **{key: getattr(config_override, key) for key in HASH_FIELDS})
+        config = copy.deepcopy(config_override)
+        for key, value in kwargs.items():
+            setattr(config, key, value)
+    if dtype == "auto":  # the checkpoint's own dtype, as Transformers reads it
+        dtype = hf_config.get("dtype") or hf_config.get("torch_dtype")
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
     state = state_dict_from_transformers(_load_weights(os.fspath(path)), config)
@@ -281,7 +298,7 @@ def load(cls, path, **kwargs):
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"converting {path}: missing weights {missing[:8]}, unexpected weights {unexpected[:8]}")
-    if dtype is not None and dtype != "auto":
+    if dtype is not None:
         model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     config.name_or_path = os.fspath(path)
     return model.eval()
@@ -335,22 +352,33 @@ def transformers_config_dict(config: BLTConfig) -> dict:
             rope_parameters=dict(g.rope_parameters), intermediate_size=g.intermediate_size,
         ),
         tie_word_embeddings=False,
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
         use_cache=False,  # Transformers 5.23's Blt cache is incorrect; uncached is its only exact mode
         initializer_range=config.initializer_range,
     )
 
 
+EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors")
+
+
 def export(model, save_directory) -> None:
-    """Write ``model`` (a BLTForCausalLM) as a Transformers ``blt`` folder (config.json + model.safetensors),
-    atomically (temp folder, then rename)."""
-    from transformers import BltConfig
+    """Write ``model`` (a BLTForCausalLM) as a Transformers ``blt`` folder (config, generation config with its
+    special ids, model.safetensors), atomically (temp folder, then rename). The folder is replaced whole, so one that
+    holds anything else (a tokenizer, notes, our own checkpoint) is refused rather than emptied."""
+    from transformers import BltConfig, GenerationConfig
     from transformers.modeling_utils import safe_save_file
 
+    others = sorted(p.name for p in Path(save_directory).iterdir() if p.name not in EXPORT_FILES) if Path(
+        save_directory).is_dir() else []
+    if others:
+        raise FileExistsError(f"{save_directory} holds {others[:5]}: exporting replaces the whole folder; export "
+                              "into an empty or new one")
     hf_config = BltConfig(**transformers_config_dict(model.config))
     hf_config.architectures = ["BltForCausalLM"]
     state = state_dict_to_transformers({k: v.detach().cpu() for k, v in model.state_dict().items()}, model.config)
     with atomic_dir(save_directory) as tmp:
         hf_config.save_pretrained(tmp)
+        GenerationConfig.from_model_config(hf_config).save_pretrained(tmp)  # generate() stops at EOS, pads with pad
         safe_save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
 
 

@@ -126,7 +126,7 @@ def patch_lengths_from_starts(
     return lengths[:, 1:]  # column 0 collected the padding
 
 
-def _entropies(entropy_model: BLTEntropyModel, input_ids, attention_mask=None, eos_id=None) -> torch.Tensor:
+def row_entropies(entropy_model: BLTEntropyModel, input_ids, attention_mask=None, eos_id=None) -> torch.Tensor:
     """Next-byte entropies ``[B, N]`` (on the CPU) of ``input_ids [B, N]``; with ``eos_id`` every document (the bytes
     after each EOS) is read alone, as ``BLTConfig.document_mask`` does in the model."""
     device = next(entropy_model.parameters()).device
@@ -166,7 +166,7 @@ def compute_patch_lengths(
     if mode.startswith("entropy"):
         if entropy_model is None:
             raise ValueError(f"patching mode {mode!r} needs an entropy model")
-        entropies = _entropies(entropy_model, input_ids, attention_mask, eos_id)
+        entropies = row_entropies(entropy_model, input_ids, attention_mask, eos_id)
     starts = patch_starts(mode, input_ids, entropies=entropies, threshold=threshold, patch_size=patch_size,
                           max_patch_length=max_patch_length, attention_mask=attention_mask, threshold_add=threshold_add,
                           meta_start=meta_start, eos_id=eos_id)
@@ -207,7 +207,7 @@ def document_patch_lengths(documents: Sequence[Sequence[int]], entropy_model: BL
                 raise ValueError(f"patching mode {mode!r} needs an entropy model")
             pieces = [(d, c) for d, doc in enumerate(docs) for c in range(0, len(doc), chunk)]
             piece_ids, piece_mask = pad_right([docs[d][c : c + chunk] for d, c in pieces])
-            piece_entropies = _entropies(entropy_model, piece_ids, piece_mask)
+            piece_entropies = row_entropies(entropy_model, piece_ids, piece_mask)
             entropies = torch.zeros(input_ids.shape)
             for (d, c), row, real in zip(pieces, piece_entropies, piece_mask.sum(dim=1).tolist()):
                 entropies[d, c : c + real] = row[:real]

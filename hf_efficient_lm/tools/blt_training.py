@@ -10,12 +10,14 @@ import glob
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
 from ..blt import BLTEntropyConfig, BLTEntropyModel, BLTForCausalLM, BLTTokenizer
+from ..blt.tokenization_blt_lm import EOS_ID
 from .blt_data import (
     BLTDataCollator,
     add_patch_lengths_column,
@@ -24,6 +26,7 @@ from .blt_data import (
     pack_texts,
     pad_right,
     patch_packed_dataset,
+    row_entropies,
     rows_bits_per_byte,
 )
 from .blt_flops import blt_flops_per_byte
@@ -35,6 +38,7 @@ from ..train.presets import BLT_PRESETS, blt_config_for
 
 DEFAULT_CORPUS = corpus_dir()
 DEFAULT_ENTROPY_MODEL = str(cache_dir("blt", "entropy"))
+CALIBRATION_ROWS = 256  # rows whose entropies calibrate the threshold (~128K bytes at 512-byte rows)
 # command-line option -> BLT_PRESETS key
 BLT_SIZE_OPTIONS = {"local-hidden": "local", "latent-hidden": "latent", "latent-layers": "latent_layers",
                     "decoder-layers": "decoder_layers", "window": "window", "hash-buckets": "hash_buckets"}
@@ -113,7 +117,8 @@ def _add_byte_training_options(parser: argparse.ArgumentParser, *, output_dir: s
     parser.add_argument("--batch-size", type=int, default=batch_size, help="rows per step and process")
     parser.add_argument("--max-steps", type=int, default=max_steps)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--limit-chars", type=int, default=4_000_000, help="read at most this many training characters")
+    parser.add_argument("--limit-chars", type=int, default=4_000_000,
+                        help="read at most this many training characters, split evenly over the training files")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="initial weights and data order")
 
@@ -132,8 +137,9 @@ def train_entropy_main(argv=None) -> str:
     if not args.train_files:
         parser.error("no training files found; pass --train-files")
 
-    train = byte_dataset(read_texts(args.train_files, args.limit_chars), args.seq_len)
-    valid = byte_dataset(read_texts(args.valid_files, 200_000), args.seq_len) if args.valid_files else None
+    check_writable(args.output_dir, replace=True)
+    train = byte_dataset(read_texts(args.train_files, args.limit_chars, per_file=True), args.seq_len)
+    valid = byte_dataset(read_texts(args.valid_files, 200_000, per_file=True), args.seq_len) if args.valid_files else None
     config = BLTEntropyConfig(
         hidden_size=args.hidden_size, num_hidden_layers=args.layers, num_attention_heads=args.heads,
         intermediate_size=int(8 * args.hidden_size / 3), sliding_window=args.window, max_position_embeddings=8192,
@@ -145,7 +151,7 @@ def train_entropy_main(argv=None) -> str:
     trainer = Trainer(
         model=model,
         args=TrainingArguments(
-            output_dir=os.path.join(args.output_dir, "trainer"), max_steps=args.max_steps,
+            output_dir=tempfile.mkdtemp(prefix="train-entropy-"), max_steps=args.max_steps,  # (saves nothing there)
             per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate, warmup_steps=min(50, args.max_steps // 10),
             lr_scheduler_type="cosine", weight_decay=0.1, logging_steps=max(1, args.max_steps // 10), save_strategy="no",
             report_to=[], use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=args.seed,
@@ -158,8 +164,9 @@ def train_entropy_main(argv=None) -> str:
     if valid is not None and len(valid):
         bpb = rows_bits_per_byte(model, valid["input_ids"], batch_size=8)
         line = f"entropy model: validation {bpb:.3f} bits/byte after {args.max_steps} steps"
-    model.save_pretrained(args.output_dir)
-    BLTTokenizer().save_pretrained(args.output_dir)
+    with atomic_dir(args.output_dir) as tmp:
+        model.save_pretrained(tmp)
+        BLTTokenizer().save_pretrained(tmp)
     print(line)
     print(f"saved to {args.output_dir}")
     return line
@@ -206,13 +213,17 @@ def train_blt_main(argv=None) -> str:
         parser.error(f"--patches-per-row must be >= 2 and excludes --no-pack, got {args.patches_per_row}")
     if not args.train_files:
         parser.error(f"no training files: pass --train-files (default: {DEFAULT_CORPUS}/*.train.jsonl.gz)")
+    if args.threshold_add and args.patching_mode != "entropy_combined":
+        parser.error("--threshold-add is the difference threshold of --patching-mode entropy_combined only")
+    if args.max_row_bytes is not None and args.patches_per_row is None:
+        parser.error("--max-row-bytes cuts the rows of --patches-per-row packing only")
     check_writable(args.output_dir, replace=True)
     torch.set_num_threads(args.threads)
     # Every process builds the same model: DDP broadcasts rank 0's weights anyway, but a one-process run with the
     # same seed then starts from the same weights as a multi-process one.
     set_seed(args.seed)
 
-    texts = read_texts(args.train_files, args.limit_chars)
+    texts = read_texts(args.train_files, args.limit_chars, per_file=True)
     train = byte_dataset(texts, args.seq_len, pack=not args.no_pack)
     if len(train) == 0:
         raise ValueError(f"the training files give no row of {args.seq_len} bytes; lower --seq-len or use --no-pack")
@@ -220,8 +231,11 @@ def train_blt_main(argv=None) -> str:
     threshold_add = args.threshold_add if args.patching_mode == "entropy_combined" else None
     if args.entropy_model is not None:
         entropy_model = BLTEntropyModel.from_pretrained(args.entropy_model).eval()
-        sample, sample_mask = pad_right(train[: min(32, len(train))]["input_ids"])
-        entropies, _ = entropy_model.entropies(sample, sample_mask)
+        # a seeded sample spread over the whole training set, read as the patch-length column reads its rows (the
+        # first 32 rows were ~16 KB of the first file: 4.18 bytes/patch on the whole set for a 4.5 target)
+        picked = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:CALIBRATION_ROWS]
+        sample, sample_mask = pad_right(train.select(sorted(picked.tolist()))["input_ids"])
+        entropies = row_entropies(entropy_model, sample, sample_mask, eos_id=EOS_ID if args.document_mask else None)
         mode = args.patching_mode
         threshold = calibrate_threshold(entropies, args.target_patch_size, monotonic=mode == "entropy_monotonic",
                                         attention_mask=sample_mask, threshold_add=threshold_add)

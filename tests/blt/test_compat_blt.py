@@ -156,3 +156,36 @@ def test_cached_greedy_equals_transformers_teacher_forced_argmax(tmp_path):
     assert len(pending) >= 3, pending
     teacher = hf(got, use_cache=False).logits[0, 15:-1].argmax(-1)
     assert torch.equal(teacher, got[0, 16:])
+
+
+def test_conversion_keeps_special_ids_config_dtype_and_refuses_what_it_cannot_express(transformers_blt_dir, tmp_path):
+    """The audit's silent cases: an export without special ids (Transformers' generate never stopped at EOS), a
+    ``config=`` override kept only for its hash fields, ``dtype="auto"`` loading bf16 as fp32, a non-silu activation
+    loaded as silu, and an export that emptied a folder holding other files."""
+    ours = BLTForCausalLM.from_pretrained(transformers_blt_dir)
+    ours.save_pretrained_transformers(tmp_path / "exported")
+    exported = json.loads((tmp_path / "exported" / "config.json").read_text())
+    generation = json.loads((tmp_path / "exported" / "generation_config.json").read_text())
+    for name, value in (("bos", 1), ("eos", 2), ("pad", 0)):
+        assert exported[f"{name}_token_id"] == generation[f"{name}_token_id"] == value, name
+    (tmp_path / "exported" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        ours.save_pretrained_transformers(tmp_path / "exported")
+    assert (tmp_path / "exported" / "notes.txt").exists()
+
+    config = ours.config
+    config.patching_threshold, config.max_patch_length = 1.25, 2
+    override = BLTForCausalLM.from_pretrained(transformers_blt_dir, config=config)
+    assert (override.config.patching_threshold, override.config.max_patch_length) == (1.25, 2)
+
+    bf16 = tmp_path / "bf16"
+    TransformersBlt.from_pretrained(transformers_blt_dir, dtype=torch.bfloat16).save_pretrained(bf16)
+    assert next(BLTForCausalLM.from_pretrained(bf16, dtype="auto").parameters()).dtype == torch.bfloat16
+
+    gelu = tmp_path / "gelu"
+    shutil.copytree(transformers_blt_dir, gelu)
+    raw = json.loads((gelu / "config.json").read_text())
+    raw["decoder_config"]["hidden_act"] = "gelu"
+    (gelu / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="decoder_config.hidden_act='gelu'"):
+        BLTForCausalLM.from_pretrained(gelu)

@@ -323,6 +323,38 @@ def test_train_blt_takes_the_recipe_options(tmp_path, options):
         assert metrics["threshold_add"] == 0.0 and 1.0 < metrics["mean_patch_size"]
 
 
+def test_train_blt_calibrates_on_the_whole_set_and_refuses_options_it_would_ignore(tmp_path):
+    """The threshold was calibrated on the first 32 rows (the start of the first file), so the column's patches missed
+    the requested size; --threshold-add / --max-row-bytes were parsed and ignored outside their modes."""
+    import json
+
+    from hf_efficient_lm.tools.blt_training import train_blt_main
+
+    # two domains of different predictability, one file each: the first rows alone say little about the second
+    repetitive = [f"Doc {i}: " + "abcabcabc abcabcabc " * (2 + i % 3) for i in range(60)]
+    varied = [f"Note {i}: " + " ".join(f"{(i * 7919 + j * 104729) % 100003:x}" for j in range(30)) for i in range(60)]
+    files = []
+    for name, rows in (("a", repetitive), ("b", varied)):
+        files.append(tmp_path / f"{name}.jsonl")
+        files[-1].write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    entropy_dir = tmp_path / "entropy"
+    blt = make_tiny_blt(seed=0)
+    with torch.no_grad():  # sharpened: entropies that differ between the domains and along each row
+        for parameter in blt.model.entropy_model.parameters():
+            parameter.mul_(4.0)
+    blt.model.entropy_model.save_pretrained(entropy_dir)
+    common = ["--train-files", *map(str, files), "--valid-files", str(files[0]), "--entropy-model", str(entropy_dir),
+              "--seq-len", "64", "--max-steps", "1", "--batch-size", "2", "--eval-rows", "1", "--local-hidden", "32",
+              "--latent-hidden", "64", "--latent-layers", "1", "--decoder-layers", "1", "--hash-buckets", "31",
+              "--output-dir", str(tmp_path / "out"), "--target-patch-size", "3"]
+    train_blt_main(common)
+    metrics = json.loads((tmp_path / "out" / "train_blt_metrics.json").read_text())
+    assert abs(metrics["mean_patch_size"] - 3.0) < 0.15, metrics["mean_patch_size"]
+    for wrong in (["--threshold-add", "0.5"], ["--max-row-bytes", "96"]):
+        with pytest.raises(SystemExit):
+            train_blt_main([*common, *wrong])
+
+
 def test_train_entropy_is_reproducible_from_its_seed(tmp_path):
     """train-entropy built its model before any seed was set (and had no --seed): two identical runs differed by up
     to 0.13 in a weight. It now takes --seed, like train-blt."""
