@@ -274,8 +274,8 @@ def mine_fgrams(
     """
     if num_fgrams < 1:
         raise ValueError(f"num_fgrams must be >= 1, got {num_fgrams}")
-    if max_len < 2:
-        raise ValueError(f"max_len must be >= 2, got {max_len}")
+    if not 2 <= max_len <= 127:  # (match lengths are stored as int8; the paper's K is 3)
+        raise ValueError(f"max_len must be in 2..127, got {max_len}")
     if min_count < 1:
         raise ValueError(f"min_count must be >= 1, got {min_count}")
     barriers = np.asarray(sorted({int(b) for b in barrier_ids}), dtype=np.int64)

@@ -113,6 +113,8 @@ def test_bad_arguments():
         mine_fgrams([[3, 4]], num_fgrams=0, show_progress=False)
     with pytest.raises(ValueError, match="max_len"):
         mine_fgrams([[3, 4]], num_fgrams=3, max_len=1, show_progress=False)
+    with pytest.raises(ValueError, match="max_len must be in 2..127"):  # (was an OverflowError at match time)
+        mine_fgrams([[3, 4]], num_fgrams=3, max_len=128, show_progress=False)
     with pytest.raises(ValueError, match="vocab_size"):
         mine_fgrams([[3, 40]] * 6, num_fgrams=3, vocab_size=10, show_progress=False)
     with pytest.raises(TypeError, match="iterable"):
