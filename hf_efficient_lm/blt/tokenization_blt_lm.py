@@ -95,6 +95,16 @@ class BLTTokenizer(PreTrainedTokenizer):
         vocab.update({str(tok): i for i, tok in self._added_tokens_decoder.items()})
         return vocab
 
+    def _add_tokens(self, new_tokens, special_tokens: bool = False) -> int:
+        # An id past the 260 byte ids would never be produced (text is read as bytes, special tokens split) and has
+        # no byte to decode to: refuse it rather than grow len(tokenizer) with a token that cannot work.
+        known = self.get_vocab()
+        new = [str(token) for token in new_tokens if str(token) not in known]
+        if new:
+            raise ValueError(f"BLTTokenizer reads UTF-8 bytes and cannot add tokens {new[:3]}: its 260 ids are 4 special "
+                             "ids and the 256 byte values (the model's vocabulary), so text is never matched to a new id")
+        return super()._add_tokens(new_tokens, special_tokens=special_tokens)
+
     def _tokenize(self, text: str, **kwargs) -> list[str]:
         return [chr(b) for b in text.encode("utf-8", errors="surrogatepass")]
 

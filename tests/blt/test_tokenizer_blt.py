@@ -64,3 +64,12 @@ def test_bad_ids_raise(tok):
         tok.decode_bytes([-1])
     with pytest.raises(TypeError, match="expects bytes"):
         tok.encode_bytes("text")
+
+
+def test_new_tokens_are_refused_by_name():
+    """add_tokens grew len(tokenizer) to 261 with a token text was never matched to and that decoding could not
+    read; special tokens already in the vocabulary still go through."""
+    tokenizer = BLTTokenizer()
+    with pytest.raises(ValueError, match=r"cannot add tokens \['<x>'\]"):
+        tokenizer.add_tokens(["<x>"])
+    assert tokenizer.add_special_tokens({"pad_token": "<boe>"}) == 0 and len(tokenizer) == 260
