@@ -49,6 +49,30 @@ def test_windows_and_batches_cover_every_token_once(model, tokenizer):
     assert batched.loss == pytest.approx(one.loss, rel=1e-5)
 
 
+def test_a_window_feeds_exactly_block_size_tokens(tokenizer):
+    """Each window fed its block plus the next token (only a target): one position past max_position_embeddings at
+    block_size == the limit, and with a length-scaled RoPE ("dynamic") every position was rescaled."""
+    model = make_tiny_llama(vocab_size=300, max_position_embeddings=16,
+                            rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0})
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # sharpened: attention that depends on the positions enough for a rescale to show
+        for weight in (p for p in model.parameters() if p.dim() >= 2):
+            weight.copy_(torch.randn(weight.shape, generator=generator) * 3.0 / weight.shape[-1] ** 0.5)
+    docs = make_documents(4, seed=3)
+    result = evaluate_causal_lm(model, tokenizer, docs, block_size=16, show_progress=False)
+    ids = [tokenizer.bos_token_id]
+    for doc in docs:
+        ids += tokenizer(doc, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = torch.tensor(ids)
+    nll = 0.0
+    with torch.no_grad():
+        for start in range(0, ids.numel() - 1, 16):
+            window = ids[start:start + 17]
+            logits = model(window[None, :-1]).logits[0]  # 16 inputs predict the 16 next tokens
+            nll += F.cross_entropy(logits, window[1:], reduction="sum").item()
+    assert result.loss == pytest.approx(nll / (ids.numel() - 1), rel=1e-5)
+
+
 def test_empty_texts_are_an_error(model, tokenizer):
     with pytest.raises(ValueError, match="no non-empty texts"):
         evaluate_causal_lm(model, tokenizer, ["", ""], show_progress=False)
@@ -170,3 +194,33 @@ def test_decode_throughput_remeasures_a_stalled_median_and_names_an_unmeasurable
     with pytest.raises(RuntimeError, match="8 new tokens took no measurable time beyond the prefill"):
         speed.decode_tokens_per_second(Model(), ids, 8)
     assert [repeats for _, repeats in calls] == [3, 3, 6, 6, 12, 12]
+
+
+def test_strict_loading_refuses_weights_the_config_does_not_use(tmp_path):
+    """A config edited to fewer layers than were saved loaded with a notice only (9 weights unused), and the
+    evaluation measured another model."""
+    import json
+
+    from hf_efficient_lm.eval import load_causal_lm_strict
+
+    make_tiny_llama().save_pretrained(tmp_path)
+    load_causal_lm_strict(str(tmp_path))  # as saved: fine
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["num_hidden_layers"] -= 1
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"saved weights are not used by LlamaForCausalLM \(e.g. model.layers.1"):
+        load_causal_lm_strict(str(tmp_path))
+
+
+def test_an_added_special_token_counts_no_bytes(tokenizer):
+    """<AC> (added with special_tokens=True, so decode(skip_special_tokens=True) drops it) is not in all_special_ids:
+    the byte-level count gave it 4 bytes, so bits-per-byte came out too low on AC-mode text."""
+    import copy
+
+    from hf_efficient_lm.eval.trainer_metrics import token_byte_counts
+
+    tok = copy.deepcopy(tokenizer)
+    tok.add_tokens(["<AC>"], special_tokens=True)
+    tok.add_tokens(["plain"])
+    counts = token_byte_counts(tok)
+    assert counts[tok.convert_tokens_to_ids("<AC>")] == 0 and counts[tok.convert_tokens_to_ids("plain")] == 5

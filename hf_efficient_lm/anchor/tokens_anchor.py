@@ -44,10 +44,9 @@ def find_endpoint_token_ids(tokenizer, endpoints=None, match: str = "exact") -> 
         raise ValueError(f"endpoints must be non-empty strings, got {endpoints!r}")
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     found = set()
-    for token_id in range(len(tokenizer)):
+    for token_id, text in enumerate(_surface_texts(tokenizer)):
         if token_id in special:
             continue
-        text = tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
         if match == "exact":
             hit = text in endpoints
         elif match == "stripped":
@@ -66,6 +65,17 @@ def find_endpoint_token_ids(tokenizer, endpoints=None, match: str = "exact") -> 
     return sorted(found)
 
 
+def _surface_texts(tokenizer) -> list[str]:
+    """The text each token adds after another token (``[len(tokenizer)]``). A token decoded alone loses the leading
+    space a SentencePiece tokenizer strips from the first piece, so Llama-2's ``"▁."`` would read as a bare ``"."``
+    (the paper's anchor, id 29889, is the piece ``"."`` only): decode it after a plain letter and keep the suffix."""
+    ref = tokenizer.encode("a", add_special_tokens=False)[-1:]
+    head = tokenizer.decode(ref, clean_up_tokenization_spaces=False)
+    pairs = tokenizer.batch_decode([ref + [token_id] for token_id in range(len(tokenizer))],
+                                   clean_up_tokenization_spaces=False)
+    return [text[len(head):] if text.startswith(head) else text for text in pairs]
+
+
 def add_anchor_token(model, tokenizer, token: str = DEFAULT_ANCHOR_TOKEN, init_from: str = ".") -> int:
     """Add the ``<AC>`` anchor token for ``anchor_mode="ac"``: tokenizer, embeddings, config.
 
@@ -82,7 +92,10 @@ def add_anchor_token(model, tokenizer, token: str = DEFAULT_ANCHOR_TOKEN, init_f
         tokenizer.add_tokens([token], special_tokens=True)
     token_id = tokenizer.convert_tokens_to_ids(token)
     if init_from != "mean":
-        source_ids = tokenizer.encode(init_from, add_special_tokens=False)
+        # the piece itself first: encode(".") gives SentencePiece's "▁." (a word-initial dot), not the "." piece
+        piece_id = tokenizer.convert_tokens_to_ids(init_from)
+        known = piece_id is not None and piece_id != tokenizer.unk_token_id
+        source_ids = [piece_id] if known else tokenizer.encode(init_from, add_special_tokens=False)
         if len(source_ids) != 1:
             raise ValueError(f"init_from={init_from!r} is not a single token for this tokenizer (ids {source_ids})")
         source_id = source_ids[0]

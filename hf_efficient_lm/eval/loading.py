@@ -9,9 +9,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tok
 
 
 def load_causal_lm_strict(path: str, *, trust_remote_code: bool = False, dtype=None):
-    """``AutoModelForCausalLM.from_pretrained`` that raises ``ValueError`` when weights are missing from the folder or
-    have the wrong shape: they would be randomly initialised (e.g. ``model_type`` edited to another architecture) and
-    any figure computed with them meaningless."""
+    """``AutoModelForCausalLM.from_pretrained`` that raises ``ValueError`` when weights are missing from the folder,
+    have the wrong shape, or are saved but unused: the first two would be randomly initialised (e.g. ``model_type``
+    edited to another architecture), the last means the config describes another model than the weights (e.g. fewer
+    layers), and any figure computed then is meaningless."""
     from transformers import AutoModelForCausalLM
 
     kwargs = {"trust_remote_code": trust_remote_code, "output_loading_info": True}
@@ -20,7 +21,8 @@ def load_causal_lm_strict(path: str, *, trust_remote_code: bool = False, dtype=N
     model, info = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     missing = sorted(info.get("missing_keys") or [])
     mismatched = list(info.get("mismatched_keys") or [])
-    if missing or mismatched:
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if missing or mismatched or unexpected:
         problems = []
         if missing:
             problems.append(f"{len(missing)} weights of {type(model).__name__} are not in the checkpoint "
@@ -28,9 +30,12 @@ def load_causal_lm_strict(path: str, *, trust_remote_code: bool = False, dtype=N
         if mismatched:
             names = [m[0] if isinstance(m, (tuple, list)) else str(m) for m in mismatched]
             problems.append(f"{len(mismatched)} weights have another shape (e.g. {', '.join(names[:3])})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} saved weights are not used by {type(model).__name__} "
+                            f"(e.g. {', '.join(unexpected[:3])})")
         raise ValueError(
-            f"{path}: {'; '.join(problems)}; they would be random and the evaluation meaningless. Does config.json's "
-            f"model_type ({model.config.model_type!r}) match the saved weights?"
+            f"{path}: {'; '.join(problems)}; the evaluation would not measure the saved model. Does config.json "
+            f"(model_type {model.config.model_type!r}, its sizes) match the saved weights?"
         )
     return model
 

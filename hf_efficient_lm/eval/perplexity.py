@@ -78,8 +78,8 @@ def rows_nll(
         rows: a sequence of id rows (lists, 1-D arrays or tensors) or a ``[N, T]`` array / tensor. Rows may differ
             in length: batches hold rows of one length, so nothing is padded (a row alone or in a batch gets the
             same logits).
-        model_inputs: ``model_inputs(ids, row_indices) -> dict`` of extra forward keyword arguments for the batch
-            ``ids`` ``[b, T]`` made of ``rows[row_indices]`` (e.g. ``{"cluster_ids": ...}``, BLT
+        model_inputs: ``model_inputs(ids, row_indices) -> dict`` of extra forward keyword arguments for the fed
+            ids ``[b, T - 1]`` (the rows ``rows[row_indices]`` without their last id) (e.g. ``{"cluster_ids": ...}``, BLT
             ``{"patch_lengths": ...}``, AnchorLlama ``{"anchor_flags": ...}``).
         ignore_ids: target ids that are not scored (an inserted anchor token, say).
     """
@@ -101,8 +101,11 @@ def rows_nll(
     try:
         for indices in tqdm(batches, desc="evaluating", disable=not show_progress, unit="batch"):
             ids = torch.stack([rows[i] for i in indices]).to(device)
-            extra = model_inputs(ids, indices) if model_inputs is not None else {}
-            logits = model(input_ids=ids, use_cache=False, **extra).logits[:, :-1].float()
+            # the last id is only a target: fed too, it would make a window one position longer than the block
+            # (past max_position_embeddings at block_size == the limit; a length-scaled RoPE rescales every position)
+            inputs = ids[:, :-1]
+            extra = model_inputs(inputs, indices) if model_inputs is not None else {}
+            logits = model(input_ids=inputs, use_cache=False, **extra).logits.float()
             targets = ids[:, 1:]
             if ignored.numel():
                 targets = targets.masked_fill(torch.isin(targets, ignored.to(device)), -100)

@@ -41,7 +41,10 @@ def token_byte_counts(tokenizer: PreTrainedTokenizerBase) -> np.ndarray | None:
     counts = np.zeros(len(tokenizer), dtype=np.int64)
     for token, token_id in tokenizer.get_vocab().items():
         if token_id in added:  # an added token is literal text, not spelled in the byte alphabet
-            counts[token_id] = 0 if token_id in special else len(added[token_id].content.encode("utf-8"))
+            # special ones (<AC> added with special_tokens=True, not in all_special_ids) are no text: 0 bytes, as
+            # decode(skip_special_tokens=True) counts them
+            is_special = token_id in special or added[token_id].special
+            counts[token_id] = 0 if is_special else len(added[token_id].content.encode("utf-8"))
         elif set(token) <= alphabet:
             counts[token_id] = len(token)
         else:

@@ -1,8 +1,8 @@
 """Data pipeline for anchor continual pre-training: sentence splitting, ``<AC>`` insertion, tokenisation, collation.
 
 * EP mode: the text is used as is; endpoint tokens are the anchors (``find_endpoint_token_ids``).
-* AC mode: each sentence is tokenised and followed by the ``<AC>`` id (token-level insertion, so the anchor never
-  merges with neighbouring text). Like the official code, the last sentence of a document gets no ``<AC>`` unless
+* AC mode: the text is tokenised once and the ``<AC>`` id follows the last token of each sentence (token-level
+  insertion, so the anchor never merges with neighbouring text, and the other ids are the EP ids of the same text). Like the official code, the last sentence of a document gets no ``<AC>`` unless
   ``anchor_after_last=True``.
 
 Not imported by the modeling files.
@@ -10,6 +10,8 @@ Not imported by the modeling files.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -27,7 +29,13 @@ def split_sentences(text: str) -> list[str]:
     """
     if not isinstance(text, str):
         raise TypeError(f"split_sentences expects a str, got {type(text).__name__}")
-    return [span for span in _SENTENCE_BREAK.split(text) if span]
+    spans: list[str] = []
+    for span in _SENTENCE_BREAK.split(text):
+        if spans and not span.strip():  # whitespace alone (". \n") closes no sentence: it joins the one before
+            spans[-1] += span
+        elif span:
+            spans.append(span)
+    return spans
 
 
 def encode_with_anchors(
@@ -43,15 +51,29 @@ def encode_with_anchors(
     ids: list[int] = []
     if add_bos and tokenizer.bos_token_id is not None:
         ids.append(tokenizer.bos_token_id)
+    # text is text: a literal "<AC>" or "</s>" in a document is those characters, not the anchor or EOS id
+    encode = dict(add_special_tokens=False, split_special_tokens=True)
     if anchor_mode == "ep":
-        ids.extend(tokenizer.encode(text, add_special_tokens=False))
+        ids.extend(tokenizer.encode(text, **encode))
     elif anchor_mode == "ac":
         if anchor_token_id is None:
             raise ValueError("anchor_mode='ac' needs anchor_token_id (the id of <AC>)")
         sentences = split_sentences(text)
-        for number, sentence in enumerate(sentences):
-            ids.extend(tokenizer.encode(sentence, add_special_tokens=False))
-            if anchor_after_last or number < len(sentences) - 1:
+        ends = list(itertools.accumulate(len(sentence) for sentence in sentences))
+        if not anchor_after_last:
+            ends = ends[:-1]
+        if getattr(tokenizer, "is_fast", False):
+            # One encoding of the whole text: sentences tokenised apart would each get SentencePiece's word-initial
+            # "▁" (a space after every newline). <AC> goes after the tokens that start before each sentence end.
+            encoded = tokenizer(text, return_offsets_mapping=True, **encode)
+            starts = [start for start, _ in encoded["offset_mapping"]]
+            cuts = [bisect.bisect_left(starts, end) for end in ends]
+            pieces = [encoded["input_ids"][a:b] for a, b in zip([0, *cuts], [*cuts, len(starts)])]
+        else:  # (no offsets: per sentence, exact for byte-level BPE, whose spans start with their own space)
+            pieces = [tokenizer.encode(sentence, **encode) for sentence in sentences]
+        for number, piece in enumerate(pieces):
+            ids.extend(piece)
+            if number < len(ends):
                 ids.append(anchor_token_id)
     else:
         raise ValueError(f"anchor_mode must be 'ep' or 'ac', got {anchor_mode!r}")

@@ -15,6 +15,7 @@ from hf_efficient_lm.anchor import (
     split_sentences,
 )
 from hf_efficient_lm.testing_utils import make_tiny_llama
+from tests.anchor.helpers import sentencepiece_style_tokenizer
 
 
 def test_find_endpoint_token_ids(tiny_bpe_tokenizer):
@@ -29,12 +30,34 @@ def test_find_endpoint_token_ids(tiny_bpe_tokenizer):
         find_endpoint_token_ids(tok, endpoints=("\u00a7\u00a7\u00a7",))
 
 
+def test_sentencepiece_tokenizer_anchors_and_ac_text():
+    """A Llama-2-style tokenizer strips the leading space of a piece decoded alone, so "▁." read as the paper's bare
+    "." anchor and add_anchor_token copied its row; AC mode tokenised each sentence alone, adding a word-initial "▁"
+    after every newline (the text changed), and turned a literal "<AC>" in a document into the anchor id."""
+    tok = sentencepiece_style_tokenizer()
+    assert tok.convert_ids_to_tokens(find_endpoint_token_ids(tok)) == ["."]
+    assert tok.convert_ids_to_tokens(find_endpoint_token_ids(tok, match="stripped")) == [".", "▁."]
+    text = "The cat sat.\nWorld ran. The dog ran <AC>"
+    ac_id = len(tok) + 7
+    ac = encode_with_anchors(tok, text, "ac", ac_id, add_bos=False)
+    assert [i for i in ac if i != ac_id] == encode_with_anchors(tok, text, "ep", add_bos=False)
+    assert tok.decode([i for i in ac if i != ac_id]) == text and ac.count(ac_id) == 2
+    first = ac.index(ac_id)  # after "sat.\n", before "World" (no word-initial "▁World": there is no space)
+    assert tok.convert_ids_to_tokens([ac[first - 1], ac[first + 1]]) == ["<0x0A>", "W"]
+    model = AnchorLlamaForCausalLM(AnchorLlamaConfig(**make_tiny_llama(vocab_size=len(tok)).config.to_dict()))
+    new_id = add_anchor_token(model, tok)
+    emb = model.get_input_embeddings().weight
+    assert torch.equal(emb[new_id], emb[tok.convert_tokens_to_ids(".")])
+    assert not torch.equal(emb[new_id], emb[tok.convert_tokens_to_ids("▁.")])
+
+
 def test_split_sentences_round_trips():
     text = "The cat sat. The dog ran! Did it rain?\nYes it did.\n\nNew paragraph 3.5 here"
     spans = split_sentences(text)
     assert "".join(spans) == text
     assert spans[:3] == ["The cat sat.", " The dog ran!", " Did it rain?\n"]
     assert spans[-1] == "New paragraph 3.5 here"  # "3.5" is not a break (no whitespace after the dot)
+    assert split_sentences("It ends. \nNext line.") == ["It ends. \n", "Next line."]  # (" \n" alone got an <AC>)
 
 
 def test_add_anchor_token_resizes_and_copies_the_period_row(tiny_bpe_tokenizer):
