@@ -148,18 +148,19 @@ def train_entropy_main(argv=None) -> str:
     model = BLTEntropyModel(config)
     print(f"entropy model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
           f"{len(train)} training rows of {args.seq_len} bytes")
-    trainer = Trainer(
-        model=model,
-        args=TrainingArguments(
-            output_dir=tempfile.mkdtemp(prefix="train-entropy-"), max_steps=args.max_steps,  # (saves nothing there)
-            per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate, warmup_steps=min(50, args.max_steps // 10),
-            lr_scheduler_type="cosine", weight_decay=0.1, logging_steps=max(1, args.max_steps // 10), save_strategy="no",
-            report_to=[], use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=args.seed,
-        ),
-        train_dataset=train,
-        data_collator=BLTDataCollator(),
-    )
-    trainer.train()
+    with tempfile.TemporaryDirectory(prefix="train-entropy-") as workdir:  # (the Trainer saves nothing there)
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(
+                output_dir=workdir, max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
+                learning_rate=args.learning_rate, warmup_steps=min(50, args.max_steps // 10), lr_scheduler_type="cosine",
+                weight_decay=0.1, logging_steps=max(1, args.max_steps // 10), save_strategy="no", report_to=[],
+                use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=args.seed,
+            ),
+            train_dataset=train,
+            data_collator=BLTDataCollator(),
+        )
+        trainer.train()
     line = "entropy model trained"
     if valid is not None and len(valid):
         bpb = rows_bits_per_byte(model, valid["input_ids"], batch_size=8)
