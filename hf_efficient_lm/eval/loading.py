@@ -34,8 +34,8 @@ def load_causal_lm_strict(path: str, *, trust_remote_code: bool = False, dtype=N
             problems.append(f"{len(unexpected)} saved weights are not used by {type(model).__name__} "
                             f"(e.g. {', '.join(unexpected[:3])})")
         raise ValueError(
-            f"{path}: {'; '.join(problems)}; the evaluation would not measure the saved model. Does config.json "
-            f"(model_type {model.config.model_type!r}, its sizes) match the saved weights?"
+            f"{path}: {'; '.join(problems)}; the evaluation would not measure the saved model. Do config.json's "
+            f"model_type ({model.config.model_type!r}) and sizes match the saved weights?"
         )
     return model
 
