@@ -178,6 +178,9 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
                 raise ValueError("With inputs_embeds, pass anchor_flags [batch, q_len] to mark the anchors (in "
                                  "generate(inputs_embeds=...) too: the prompt's flags)")
             anchor_flags = find_anchor_tokens(input_ids, self._anchor_ids(device))
+        elif anchor_flags.shape != (batch_size, q_length) or anchor_flags.dtype != torch.bool:  # (it would broadcast)
+            raise ValueError(f"anchor_flags must be a bool tensor of shape [batch, q_len] = {[batch_size, q_length]}, got "
+                             f"{anchor_flags.dtype} {list(anchor_flags.shape)}")
         first_index = cache.get_seq_length() if cache is not None else 0
         anchors_before = cache.anchors_seen if cache is not None else None
         if self.config.position_mode == "compact" and first_index > 0:

@@ -230,6 +230,11 @@ def test_bad_input_errors(anchor_llama_dir, model):
         model(ids, past_key_values=filled)
     with pytest.raises(ValueError, match="cannot be cropped"):
         model(ids, use_cache=True).past_key_values.crop(-1)
+    # flags of one row, or 1-D, broadcast over the batch and silently gave every row the first row's anchors
+    two = anchored_ids(2, 8, seed=4)
+    for flags in (torch.ones(1, 8, dtype=torch.bool), torch.ones(8, dtype=torch.bool), torch.ones(2, 8)):
+        with pytest.raises(ValueError, match=r"anchor_flags must be a bool tensor of shape \[batch, q_len\] = \[2, 8\]"):
+            model(two, anchor_flags=flags)
 
 
 @pytest.mark.skipif(not os.environ.get("HFELM_SLOW"), reason="flex attention compiles for ~1 min on CPU; HFELM_SLOW=1")
