@@ -66,9 +66,9 @@ def byte_ngram_hash_ids(input_ids: torch.LongTensor, group_sizes: list[int], nb_
 def check_padding(attention_mask: torch.Tensor, refuse_right: str | None = None) -> None:
     """Validate that each row of ``attention_mask [B, N]`` is one run of ones (padding on the left and/or the right);
     with ``refuse_right`` (what needs it) also that no row is right-padded: new bytes would follow its padding."""
+    if bool(((attention_mask != 0) & (attention_mask != 1)).any()):  # (before .long(): 0.9 would read as 0)
+        raise ValueError(f"attention_mask must hold 0/1 values, got {sorted(set(attention_mask.unique().tolist()))}")
     mask = attention_mask.long()
-    if bool(((mask != 0) & (mask != 1)).any()):
-        raise ValueError(f"attention_mask must hold 0/1 values, got {sorted(set(mask.unique().tolist()))}")
     leading = (mask.cumsum(dim=1) == 0).sum(dim=1, keepdim=True)
     end = leading + mask.sum(dim=1, keepdim=True)
     slot = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
@@ -386,12 +386,12 @@ class BLTModel(BLTPreTrainedModel):
     def _prefill(self, input_ids, attention_mask, patch_lengths, cache, output_hidden_states) -> BLTModelOutput:
         """The full forward over ``[B, N]`` bytes (training, scoring, a prompt); fills ``cache`` when given."""
         batch, length = input_ids.shape
-        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
-        if attention_mask.shape != input_ids.shape:
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
-        mask_2d = attention_mask if bool((attention_mask == 0).any()) else None
-        if mask_2d is not None:
+        if attention_mask is not None:  # 0/1 values (a mask of 2s multiplied every id by 2), one run of ones per row
             check_padding(attention_mask, "use_cache=True needs left padding" if cache is not None else None)
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
+        mask_2d = attention_mask if bool((attention_mask == 0).any()) else None
         c, ids = self.config, input_ids * attention_mask  # padding hashes like Meta's zero left-context
         eos = c.eos_token_id if c.document_mask else None
         rel = relative_positions(mask_2d, batch, length + 1, input_ids.device, ids, eos)  # [B, N + 1], per document

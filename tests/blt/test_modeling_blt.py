@@ -414,3 +414,17 @@ def test_chunked_prefill_equals_one_prefill_and_padding_over_a_filled_cache_is_r
     cache = cache_of(model(ids[:, :10], attention_mask=mask[:, :10], use_cache=True))
     with pytest.raises(ValueError, match="must all be real"):
         model(ids[:, 10:], attention_mask=torch.zeros_like(ids), **{CACHE_NAME: cache})
+
+
+def test_attention_mask_values_other_than_0_and_1_are_refused():
+    """The mask multiplies the ids (padding hashes as byte 0), and its 0/1 check only ran when it held a 0: a mask of
+    2s doubled every byte id, and a float 0.9 mask became all padding (Llama gives the same logits for both)."""
+    model = make_tiny_blt(seed=0).eval()
+    ids = random_bytes(2, 12, torch.Generator().manual_seed(0))
+    for mask in (torch.full_like(ids, 2), torch.full(ids.shape, 0.9)):
+        with pytest.raises(ValueError, match="attention_mask must hold 0/1 values"):
+            model(input_ids=ids, attention_mask=mask)
+        with pytest.raises(ValueError, match="attention_mask must hold 0/1 values"):
+            model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
+    torch.testing.assert_close(model(input_ids=ids, attention_mask=torch.ones(ids.shape, dtype=torch.bool)).logits,
+                               model(input_ids=ids).logits)
