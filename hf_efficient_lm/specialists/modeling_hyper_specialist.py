@@ -31,9 +31,9 @@ from transformers.models.llama.modeling_llama import (
     LlamaRotaryEmbedding,
 )
 
-from .compat_specialists import CACHE_NAME, resolve_cache
+from .compat_specialists import CACHE_NAME, cache_of, resolve_cache
 from .configuration_hyper_specialist import HyperSpecialistConfig
-from .routing_specialists import histogram_weights, resolve_cluster_ids, stock_llama_config
+from .routing_specialists import check_cache_clusters, histogram_weights, resolve_cluster_ids, stock_llama_config
 
 PROJECTED_MATRICES = ("gate_proj", "up_proj", "down_proj")
 
@@ -173,7 +173,8 @@ class HyperSpecialistModel(HyperSpecialistPreTrainedModel, LlamaModel):
         """As ``LlamaModel.forward`` plus ``cluster_ids [batch]`` (None: ``config.default_cluster_id``)."""
         cache = resolve_cache(cache, kwargs)
         cluster_ids = resolve_cluster_ids(cluster_ids, input_ids, inputs_embeds, self.config)
-        return LlamaModel.forward(
+        check_cache_clusters(cache, cluster_ids)
+        output = LlamaModel.forward(
             self,
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -185,6 +186,8 @@ class HyperSpecialistModel(HyperSpecialistPreTrainedModel, LlamaModel):
             cluster_codes=self.cluster_codes,
             **kwargs,
         )
+        check_cache_clusters(cache_of(output), cluster_ids)  # (a cache the forward created records them too)
+        return output
 
 
 class HyperSpecialistForCausalLM(HyperSpecialistPreTrainedModel, LlamaForCausalLM):

@@ -15,7 +15,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .compat_specialists import CACHE_NAME, cache_of, resolve_cache
 from .configuration_specialist_mixture import SpecialistMixtureConfig
-from .routing_specialists import histogram_weights, resolve_cluster_ids, stock_llama_config
+from .routing_specialists import check_cache_clusters, histogram_weights, resolve_cluster_ids, stock_llama_config
 
 
 def _gather_rows(batch_size: int, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -109,6 +109,7 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
         (``output_hidden_states`` / ``output_attentions``), each row's from its own expert."""
         cache = resolve_cache(cache, kwargs)
         cluster_ids = resolve_cluster_ids(cluster_ids, input_ids, inputs_embeds, self.config)
+        check_cache_clusters(cache, cluster_ids)
         batch_size = cluster_ids.shape[0]
         loss_kwargs = {key: kwargs.pop(key) for key in ("num_items_in_batch", "shift_labels") if key in kwargs}
         clusters = torch.unique(cluster_ids).tolist()
@@ -132,6 +133,7 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
                 **kwargs,
             )
             logits, cache = output.logits, cache_of(output)
+            check_cache_clusters(cache, cluster_ids)  # (a cache the expert created records them too)
             hidden_states, attentions = output.hidden_states, output.attentions
         else:
             if cache is not None or use_cache:
@@ -140,6 +142,9 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
                     f"a KV cache with rows of several clusters ({clusters}) in one batch is not supported by the hard "
                     "mixture: generate one cluster per batch (or pass use_cache=False)"
                 )
+            for name, tensor in (("attention_mask", attention_mask), ("position_ids", position_ids)):
+                if tensor is not None and tensor.shape[0] not in ((batch_size,) if name == "attention_mask" else (1, batch_size)):
+                    raise ValueError(f"{name} has {tensor.shape[0]} rows for a batch of {batch_size}: each expert reads its rows")
             routed = []
             for cluster in clusters:
                 rows = (cluster_ids == cluster).nonzero(as_tuple=True)[0]

@@ -73,6 +73,19 @@ def resolve_cluster_ids(cluster_ids, input_ids, inputs_embeds, config) -> torch.
     return cluster_ids
 
 
+def check_cache_clusters(cache, cluster_ids: torch.LongTensor) -> None:
+    """A KV cache holds keys computed under its rows' clusters: record ``cluster_ids [batch]`` on it, and refuse a later
+    step that routes a row elsewhere (a decode loop that leaves ``cluster_ids`` out falls back to the default)."""
+    if cache is None or not hasattr(cache, "get_seq_length"):
+        return
+    held = getattr(cache, "specialist_cluster_ids", None)
+    if (held is not None and cache.get_seq_length() > 0 and held.shape == cluster_ids.shape
+            and not torch.equal(held, cluster_ids.to(held.device))):
+        raise ValueError(f"the KV cache was filled under cluster_ids {held.tolist()} but this step routes "
+                         f"{cluster_ids.tolist()}: pass the same cluster_ids at every step (None is the default cluster)")
+    cache.specialist_cluster_ids = cluster_ids.detach().clone()
+
+
 def histogram_weights(histogram, num_clusters: int, dtype: torch.dtype, device=None) -> torch.Tensor:
     """``histogram`` (``[num_clusters]``, any sequence) normalised to sum 1; ``ValueError`` unless it has one bin per
     cluster and is finite and non-negative with a positive sum."""
