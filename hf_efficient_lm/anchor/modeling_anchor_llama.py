@@ -167,9 +167,10 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
 
         # Per-token metadata of this chunk: padding, anchors, sentence ids, stream indices.
         if attention_mask is not None:
-            if attention_mask.dim() != 2 or attention_mask.shape[1] < q_length:
-                raise ValueError(f"AnchorLlama builds its own 4D AnSAN mask; pass a 2D padding mask of at least "
-                                 f"{q_length} columns (the input tokens), got shape {tuple(attention_mask.shape)}")
+            seen = cache.get_seq_length() if cache is not None else 0  # (a wider mask would be read from its right)
+            if attention_mask.dim() != 2 or tuple(attention_mask.shape) not in {(batch_size, q_length), (batch_size, seen + q_length)}:
+                raise ValueError(f"AnchorLlama builds its own 4D AnSAN mask; pass a 2D padding mask [batch, q_len] or "
+                                 f"[batch, seen + q_len] = {[batch_size, seen + q_length]}, got shape {tuple(attention_mask.shape)}")
             valid = attention_mask[:, -q_length:].to(device=device, dtype=torch.bool)
         else:
             valid = torch.ones(batch_size, q_length, dtype=torch.bool, device=device)
@@ -266,6 +267,8 @@ class AnchorLlamaForCausalLM(AnchorLlamaPreTrainedModel, LlamaForCausalLM):
         """``GenerationMixin``'s, plus ``generate(inputs_embeds=..., anchor_flags=...)``: embeddings carry no ids, so the
         prompt's anchors come as ``anchor_flags`` ``[batch, prompt_len]``, given to the forward that reads the
         embeddings only; every later step finds its anchors by id."""
+        if anchor_flags is not None and inputs_embeds is None:  # (ids carry their anchors: the flags would be dropped)
+            raise ValueError("generate() takes anchor_flags with inputs_embeds only: with input_ids, anchors are found by id")
         model_inputs = super().prepare_inputs_for_generation(input_ids, *args, inputs_embeds=inputs_embeds, **kwargs)
         embeds = model_inputs.get("inputs_embeds")
         if embeds is not None and anchor_flags is not None:

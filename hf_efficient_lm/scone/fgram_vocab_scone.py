@@ -299,6 +299,8 @@ class FgramVocab:
         """
         window = num_new + self.max_len - 1
         tail = input_ids[:, -window:]
+        if attention_mask is not None:  # (before slicing: a mask of another width would be cut to fit)
+            _check_mask_shape(input_ids, attention_mask)
         tail_mask = attention_mask[:, -window:] if attention_mask is not None else None
         if num_new == 1 and tail.shape[0] <= 128:
             rows, lengths = self._match_last_scalar(tail, tail_mask)

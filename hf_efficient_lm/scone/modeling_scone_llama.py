@@ -205,8 +205,10 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
     ):
         """``(fgram_row, fgram_len)`` LongTensors ``[B, T]`` for ``input_ids`` (padding = barrier; ``document_ids``
         ``[B, T]`` of packed rows: no f-gram crosses a document boundary)."""
-        mask = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
-        return self.require_vocab().match(input_ids, mask, document_ids)
+        if attention_mask is not None and attention_mask.ndim != 2:  # (its padding would join f-grams with real tokens)
+            raise ValueError("SconeLlama matches f-grams under a 2-D padding mask [batch, seq]; with a 4-D attention mask "
+                             "pass precomputed fgram_row / fgram_len (model.match_fgrams(ids, padding_mask))")
+        return self.require_vocab().match(input_ids, attention_mask, document_ids)
 
     def require_vocab(self) -> FgramVocab:
         if self.fgram_vocab is None:

@@ -33,7 +33,7 @@ from transformers.models.llama.modeling_llama import (
 
 from .compat_specialists import CACHE_NAME, cache_of, resolve_cache
 from .configuration_hyper_specialist import HyperSpecialistConfig
-from .routing_specialists import check_cache_clusters, histogram_weights, resolve_cluster_ids, stock_llama_config
+from .routing_specialists import check_cache_clusters, cluster_index, histogram_weights, resolve_cluster_ids, stock_llama_config
 
 PROJECTED_MATRICES = ("gate_proj", "up_proj", "down_proj")
 
@@ -224,9 +224,8 @@ class HyperSpecialistForCausalLM(HyperSpecialistPreTrainedModel, LlamaForCausalL
         if (cluster is None) == (histogram is None):
             raise ValueError("pass exactly one of cluster= or histogram=")
         if cluster is not None:
-            if not 0 <= int(cluster) < self.config.num_clusters:
-                raise ValueError(f"cluster={cluster} is not a cluster index in [0, {self.config.num_clusters})")
-            return codes[int(cluster)]
+            cluster = cluster_index(cluster, self.config.num_clusters, "a cluster")
+            return codes[cluster]
         return histogram_weights(histogram, self.config.num_clusters, codes.dtype, codes.device) @ codes
 
     @torch.no_grad()

@@ -15,7 +15,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .compat_specialists import CACHE_NAME, cache_of, resolve_cache
 from .configuration_specialist_mixture import SpecialistMixtureConfig
-from .routing_specialists import check_cache_clusters, histogram_weights, resolve_cluster_ids, stock_llama_config
+from .routing_specialists import check_cache_clusters, cluster_index, histogram_weights, resolve_cluster_ids, stock_llama_config
 
 
 def _gather_rows(batch_size: int, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -201,9 +201,8 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
         stock = LlamaForCausalLM(stock_llama_config(self.config))
         device, dtype = next(self.parameters()).device, next(self.parameters()).dtype
         if cluster is not None:
-            if not 0 <= int(cluster) < self.config.num_clusters:
-                raise ValueError(f"cluster={cluster} is not an expert index in [0, {self.config.num_clusters})")
-            state = self.experts[int(cluster)].state_dict()
+            cluster = cluster_index(cluster, self.config.num_clusters, "an expert")
+            state = self.experts[cluster].state_dict()
         else:
             weights = histogram_weights(histogram, self.config.num_clusters, torch.float64)
             states = [expert.state_dict() for expert in self.experts]

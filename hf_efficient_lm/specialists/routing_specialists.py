@@ -4,6 +4,7 @@ configs' cluster fields, cluster-id routing, histogram weights and the stock Lla
 from __future__ import annotations
 
 import dataclasses
+import operator
 
 import torch
 from transformers import LlamaConfig
@@ -71,6 +72,17 @@ def resolve_cluster_ids(cluster_ids, input_ids, inputs_embeds, config) -> torch.
             f"cluster_ids must lie in [0, {num_clusters}), got values {sorted(set(cluster_ids.tolist()))}"
         )
     return cluster_ids
+
+
+def cluster_index(cluster, num_clusters: int, what: str = "cluster") -> int:
+    """``cluster`` as an int in ``[0, num_clusters)``; ``ValueError`` for anything else (``int(1.7)`` routed to 1)."""
+    try:
+        index = operator.index(cluster) if not isinstance(cluster, bool) else None
+    except TypeError:
+        index = None
+    if index is None or not 0 <= index < num_clusters:
+        raise ValueError(f"cluster={cluster!r} is not {what} index in [0, {num_clusters})")
+    return index
 
 
 def check_cache_clusters(cache, cluster_ids: torch.LongTensor) -> None:

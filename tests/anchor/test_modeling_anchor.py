@@ -235,6 +235,11 @@ def test_bad_input_errors(anchor_llama_dir, model):
     for flags in (torch.ones(1, 8, dtype=torch.bool), torch.ones(8, dtype=torch.bool), torch.ones(2, 8)):
         with pytest.raises(ValueError, match=r"anchor_flags must be a bool tensor of shape \[batch, q_len\] = \[2, 8\]"):
             model(two, anchor_flags=flags)
+    # a mask wider than the input was read from its right (Llama reads its left), and generate(input_ids) dropped flags
+    with pytest.raises(ValueError, match=r"\[batch, seen \+ q_len\] = \[2, 8\], got shape \(2, 10\)"):
+        model(two, attention_mask=torch.ones(2, 10, dtype=torch.long))
+    with pytest.raises(ValueError, match="anchor_flags with inputs_embeds only"):
+        model.generate(two, anchor_flags=torch.zeros(2, 8, dtype=torch.bool), max_new_tokens=2, pad_token_id=0)
 
 
 @pytest.mark.skipif(not os.environ.get("HFELM_SLOW"), reason="flex attention compiles for ~1 min on CPU; HFELM_SLOW=1")

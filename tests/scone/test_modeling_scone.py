@@ -191,6 +191,17 @@ def test_inputs_embeds_without_ids_is_rejected(llama_dir, vocab):
         model.generate(inputs_embeds=torch.zeros(1, 3, model.config.hidden_size), max_new_tokens=2)
 
 
+def test_a_4d_mask_or_a_mask_of_another_width_is_refused_for_matching(llama_dir, vocab, batch):
+    """A 4-D mask reached the Llama layers but f-gram matching ignored it (padding joined f-grams with real tokens: 0.38
+    off the row alone); match_last cut a mask of another width to fit."""
+    model = wrap(llama_dir, vocab, "gated")
+    four_d = torch.zeros(batch.shape[0], 1, batch.shape[1], batch.shape[1])
+    with pytest.raises(ValueError, match="2-D padding mask"):
+        model(batch, attention_mask=four_d)
+    with pytest.raises(ValueError, match="attention_mask shape"):
+        vocab.match_last(batch, 1, torch.ones(batch.shape[0], batch.shape[1] + 5, dtype=torch.long))
+
+
 def test_cache_without_fgram_matches_is_rejected(llama_dir, vocab, batch):
     model = wrap(llama_dir, vocab, "gated")
     prefix = model(batch[:, :-1], use_cache=True)

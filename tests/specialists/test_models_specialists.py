@@ -482,3 +482,9 @@ def test_a_cache_keeps_the_clusters_it_was_filled_under():
     three = ids(batch=3, length=6, seed=6)
     with pytest.raises(ValueError, match="attention_mask has 2 rows for a batch of 3"):
         make_mixture()(three, cluster_ids=torch.tensor([0, 2, 1]), attention_mask=torch.ones(2, 6, dtype=torch.long))
+    # a float or bool cluster was truncated (1.7 -> expert 1, -0.5 -> expert 0) where forward refuses float ids
+    for model in (make_mixture(), make_hyper()):
+        for bad in (1.7, -0.5, True, "1"):
+            with pytest.raises(ValueError, match="index in \\[0, 3\\)"):
+                model.instantiate(cluster=bad)
+        assert type(model.instantiate(cluster=torch.tensor(2))) is LlamaForCausalLM
