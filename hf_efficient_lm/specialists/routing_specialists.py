@@ -74,7 +74,7 @@ def resolve_cluster_ids(cluster_ids, input_ids, inputs_embeds, config) -> torch.
     return cluster_ids
 
 
-def cluster_index(cluster, num_clusters: int, what: str = "cluster") -> int:
+def cluster_index(cluster, num_clusters: int, what: str = "a cluster") -> int:
     """``cluster`` as an int in ``[0, num_clusters)``; ``ValueError`` for anything else (``int(1.7)`` routed to 1)."""
     try:
         index = operator.index(cluster) if not isinstance(cluster, bool) else None
