@@ -166,11 +166,12 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
             )
 
         # Per-token metadata of this chunk: padding, anchors, sentence ids, stream indices.
-        if attention_mask is not None:
-            seen = cache.get_seq_length() if cache is not None else 0  # (a wider mask would be read from its right)
-            if attention_mask.dim() != 2 or tuple(attention_mask.shape) not in {(batch_size, q_length), (batch_size, seen + q_length)}:
-                raise ValueError(f"AnchorLlama builds its own 4D AnSAN mask; pass a 2D padding mask [batch, q_len] or "
-                                 f"[batch, seen + q_len] = {[batch_size, seen + q_length]}, got shape {tuple(attention_mask.shape)}")
+        first_index = cache.get_seq_length() if cache is not None else 0
+        if attention_mask is not None:  # (a mask wider than the stream would be read from its right)
+            widths = {(batch_size, q_length), (batch_size, first_index + q_length)}
+            if attention_mask.dim() != 2 or tuple(attention_mask.shape) not in widths:
+                raise ValueError(f"AnchorLlama builds its own 4D AnSAN mask; pass a 2D padding mask [batch, q_len] or [batch, "
+                                 f"seen + q_len] = {[batch_size, first_index + q_length]}, got shape {tuple(attention_mask.shape)}")
             valid = attention_mask[:, -q_length:].to(device=device, dtype=torch.bool)
         else:
             valid = torch.ones(batch_size, q_length, dtype=torch.bool, device=device)
@@ -182,7 +183,6 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
         elif anchor_flags.shape != (batch_size, q_length) or anchor_flags.dtype != torch.bool:  # (it would broadcast)
             raise ValueError(f"anchor_flags must be a bool tensor of shape [batch, q_len] = {[batch_size, q_length]}, got "
                              f"{anchor_flags.dtype} {list(anchor_flags.shape)}")
-        first_index = cache.get_seq_length() if cache is not None else 0
         anchors_before = cache.anchors_seen if cache is not None else None
         if self.config.position_mode == "compact" and first_index > 0:
             # The official real-time inference: RoPE offset = length of the (pruned) cache, per row, counted over

@@ -368,8 +368,8 @@ def export(model, save_directory) -> None:
     from transformers import BltConfig, GenerationConfig
     from transformers.modeling_utils import safe_save_file
 
-    others = sorted(p.name for p in Path(save_directory).iterdir() if p.name not in EXPORT_FILES) if Path(
-        save_directory).is_dir() else []
+    target = Path(save_directory)
+    others = sorted(p.name for p in target.iterdir() if p.name not in EXPORT_FILES) if target.is_dir() else []
     if others:
         raise FileExistsError(f"{save_directory} holds {others[:5]}: exporting replaces the whole folder; export "
                               "into an empty or new one")

@@ -21,6 +21,7 @@ from ..specialists.modeling_hyper_specialist import PROJECTED_MATRICES, HyperSpe
 from ..specialists.modeling_specialist_mixture import SpecialistMixtureForCausalLM
 from ..specialists.routing_specialists import stock_llama_config
 
+EXPERT_FOLDER = re.compile(r"expert_(\d+)")  # save_experts' and train-expert's folder names; the number is the cluster
 # config.json keys that name a class or a release rather than the network's shape
 _NOT_SHAPE = ("architectures", "model_type", "transformers_version")
 
@@ -38,7 +39,7 @@ def save_experts(mixture: SpecialistMixtureForCausalLM, directory: str | Path) -
     directory = Path(directory)
     paths = []
     for i in range(mixture.config.num_clusters):
-        path = directory / f"expert_{i}"
+        path = directory / f"expert_{i}"  # (EXPERT_FOLDER reads the number back)
         with atomic_dir(path) as tmp:
             mixture.instantiate(cluster=i).save_pretrained(tmp)
         paths.append(path)
@@ -58,7 +59,7 @@ def mixture_from_experts(experts, **config_overrides) -> SpecialistMixtureForCau
         experts = _expert_folders(Path(experts))
     experts = list(experts)
     for position, expert in enumerate(experts):
-        number = re.fullmatch(r"expert_(\d+)", Path(expert).name) if isinstance(expert, (str, os.PathLike)) else None
+        number = EXPERT_FOLDER.fullmatch(Path(expert).name) if isinstance(expert, (str, os.PathLike)) else None
         if number and int(number.group(1)) != position:
             raise ValueError(
                 f"{expert} is expert {position} of the list, but expert i becomes cluster i: pass the expert_N folders "
@@ -89,7 +90,7 @@ def mixture_from_experts(experts, **config_overrides) -> SpecialistMixtureForCau
 def _expert_folders(directory: Path) -> list[Path]:
     """``directory/expert_0 .. expert_{k-1}`` in cluster order (numbers, not names); a gap is an unfinished job."""
     found = {int(m.group(1)): path for path in (directory.iterdir() if directory.is_dir() else ())
-             if path.is_dir() and (m := re.fullmatch(r"expert_(\d+)", path.name))}
+             if path.is_dir() and (m := EXPERT_FOLDER.fullmatch(path.name))}
     if not found:
         raise FileNotFoundError(f"{directory} holds no expert_N folders (save_experts / train-expert write them)")
     missing = [i for i in range(max(found) + 1) if i not in found]
