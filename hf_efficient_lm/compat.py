@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from importlib import metadata
 
+from packaging.version import Version
 from transformers.models.llama.modeling_llama import LlamaModel
 from transformers.utils import logging
 
@@ -19,18 +20,14 @@ CACHE_NAME = "cache" if "cache" in inspect.signature(LlamaModel.forward).paramet
 _OLD_CACHE_NAMES = ("past_key_values", "cache_params")
 
 
-def _minor(version: str) -> tuple[int, int]:
-    major, minor = version.split(".")[:2]
-    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
-
-
 def check_transformers_version(version: str | None = None) -> None:
     version = version or metadata.version("transformers")
     low, high = SUPPORTED_TRANSFORMERS
     supported = f"hf-efficient-lm supports transformers>={low},<{high}"
-    if _minor(version) < _minor(low):
+    minor = Version(version).release[:2]  # (5.26.0.dev0 is 5.26)
+    if minor < Version(low).release:
         raise ImportError(f"transformers {version} is installed; {supported}. Run: pip install 'transformers>={low},<{high}'")
-    if _minor(version) >= _minor(high):
+    if minor >= Version(high).release:
         logging.get_logger("hf_efficient_lm").warning_once(
             f"transformers {version} is installed; {supported} (newer releases are untested and may rename APIs)."
         )

@@ -11,8 +11,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hf_efficient_lm"
 FAMILIES = ("anchor", "scone", "blt", "specialists")
-# safetensors is a hard dependency of transformers, so wherever a checkpoint's code can run, it is installed
-ALLOWED_TOP_LEVEL = {"torch", "transformers", "safetensors"} | set(sys.stdlib_module_names)
+# safetensors and packaging are hard dependencies of transformers, so wherever a checkpoint's code can run, they are
+# installed
+ALLOWED_TOP_LEVEL = {"torch", "transformers", "safetensors", "packaging"} | set(sys.stdlib_module_names)
 
 
 def _model_files() -> list[Path]:
@@ -67,7 +68,7 @@ def test_model_files_import_only_what_a_checkpoint_carries():
                 elif level == 1 and not module:
                     problems.append(f"{where}: `from . import ...` is not copied by save_pretrained")
                 elif level == 0 and module.split(".")[0] not in ALLOWED_TOP_LEVEL:
-                    problems.append(f"{where}: imports {module!r} (only stdlib, torch, transformers, safetensors allowed)")
+                    problems.append(f"{where}: imports {module!r} (only stdlib, torch, transformers, safetensors, packaging allowed)")
     assert not problems, "\n".join(problems)
 
 
@@ -77,7 +78,7 @@ def test_model_files_import_only_what_a_checkpoint_carries():
 # decode-step mask of issue 16, and generation from inputs_embeds; SCONE carries its forward/generate path, hash-index matcher, scalar decode matcher,
 # table reader and decode-step fusion, which alone exceed 900 lines). The limits below are today's figures, so the
 # carried code cannot grow back while those cuts are open.
-CARRIED_LINE_LIMITS = {"blt": 1200, "anchor": 761, "scone": 1328, "specialists": 723}
+CARRIED_LINE_LIMITS = {"blt": 1200, "anchor": 758, "scone": 1325, "specialists": 720}
 
 
 def carried_lines(family: str) -> tuple[int, list[str]]:

@@ -26,6 +26,8 @@ class _BLTByteConfig(MistralConfig):
         if not self.num_key_value_heads:
             self.num_key_value_heads = self.num_attention_heads
         super().__post_init__(**kwargs)
+        if self.tie_word_embeddings:  # no BLT model declares a tie, so True would be silently ignored
+            raise ValueError(f"{type(self).__name__}: BLT's LM heads are separate weights; tie_word_embeddings must be False")
 
 
 class BLTEntropyConfig(_BLTByteConfig):
@@ -96,7 +98,8 @@ _MISSING = object()
 # Fields that ``validate_architecture`` checks; assigning one after construction re-runs it.
 _VALIDATED_FIELDS = frozenset({"patching_mode", "patching_threshold", "patching_threshold_add", "patching_meta_start",
                                "patch_size", "max_patch_length", "document_mask", "eos_token_id", "cross_attn_k",
-                               "vocab_size", *(f"encoder_hash_byte_group_{x}" for x in ("size", "vocab", "nb_functions"))})
+                               "vocab_size", "tie_word_embeddings", "encoder_hash_byte_group_size",
+                               "encoder_hash_byte_group_vocab", "encoder_hash_byte_group_nb_functions"})
 
 
 class BLTConfig(PreTrainedConfig):
@@ -176,6 +179,8 @@ class BLTConfig(PreTrainedConfig):
         super().validate_architecture()
         check_patching(self.patching_mode, self.patching_threshold, self.patch_size, self.max_patch_length,
                        self.patching_threshold_add)
+        if self.tie_word_embeddings:  # (as in _BLTByteConfig)
+            raise ValueError("BLTConfig: the LM head is separate from the byte embeddings; tie_word_embeddings must be False")
         for name in ("document_mask", "patching_meta_start"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")

@@ -364,8 +364,7 @@ class BLTModel(BLTPreTrainedModel):
         if output_attentions:
             raise ValueError("BLT does not return attention weights (output_attentions=True): its attention runs over "
                              "three levels of different shapes; use output_hidden_states=True for per-stage states")
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if cache is not None and cache.num_bytes > 0:
             if output_hidden_states:
@@ -493,16 +492,12 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return out if return_dict else out.to_tuple()
 
-    def generate(self, *args, **kwargs):
-        """``GenerationMixin.generate`` on the :class:`BLTCache`; a static / other cache implementation is refused
-        (Transformers would only warn and ignore it)."""
-        configs = (kwargs.get("generation_config"), self.generation_config)
-        impls = [kwargs.get("cache_implementation"), *(getattr(c, "cache_implementation", None) for c in configs)]
-        impl = next((i for i in impls if i is not None), None)
+    def _prepare_cache_for_generation(self, generation_config, *args, **kwargs):
+        impl = generation_config.cache_implementation  # (Transformers would only warn and ignore it)
         if impl not in (None, "dynamic"):
             raise ValueError(f"BLTForCausalLM.generate does not support cache_implementation={impl!r}: BLT keeps its "
                              "own BLTCache (byte- and patch-level caches with per-row patch state)")
-        return super().generate(*args, **kwargs)
+        return super()._prepare_cache_for_generation(generation_config, *args, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, past_key_values=None, **kwargs):
         cache = resolve_cache(cache, {"past_key_values": past_key_values, **kwargs})  # (generate < 5.24 checks it)

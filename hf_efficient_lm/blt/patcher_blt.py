@@ -115,6 +115,8 @@ def patch_starts(mode: str, input_ids: torch.Tensor | None, entropies: torch.Ten
     source = input_ids if input_ids is not None else entropies
     batch, length = shape if source is None else source.shape
     device = source.device if source is not None else None
+    if attention_mask is not None and tuple(attention_mask.shape) != (batch, length):  # ([1, N] would broadcast)
+        raise ValueError(f"attention_mask must be [batch, length] = {[batch, length]}, got {list(attention_mask.shape)}")
     facts = {}
     if mode.startswith("entropy"):
         if entropies is None or entropies.dim() != 2:
@@ -152,9 +154,9 @@ def starts_from_patch_lengths(patch_lengths: torch.Tensor, length: int, attentio
     marks that the next byte opens a patch) or ``n + 1`` (Meta's ``include_next_token``: the last patch covers it)."""
     if patch_lengths.dim() != 2:
         raise ValueError(f"patch_lengths must be [batch, num_patches], got shape {tuple(patch_lengths.shape)}")
+    if patch_lengths.is_floating_point() or bool((patch_lengths < 0).any()):  # (.long() would read 2.7 as 2)
+        raise ValueError(f"patch_lengths must be non-negative integers, got dtype {patch_lengths.dtype}")
     patch_lengths, device = patch_lengths.long(), patch_lengths.device
-    if (patch_lengths < 0).any():
-        raise ValueError("patch_lengths must be non-negative")
     batch = patch_lengths.shape[0]
     mask = torch.ones(batch, length, dtype=torch.long, device=device) if attention_mask is None else attention_mask.long()
     real, leading = mask.sum(dim=1).to(device), (mask.cumsum(dim=1) == 0).sum(dim=1, keepdim=True).to(device)

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from hf_efficient_lm import BLTConfig, BLTEntropyModel, BLTForCausalLM
+from hf_efficient_lm.blt import BLTEntropyConfig
 from hf_efficient_lm.blt.compat_blt import CACHE_NAME, cache_of
-from hf_efficient_lm.tools.blt_testing import make_tiny_blt, random_bytes
+from hf_efficient_lm.tools.blt_testing import make_tiny_blt, random_bytes, tiny_blt_config
 
 
 def _bytes(batch=2, length=30, seed=0):
@@ -414,6 +415,18 @@ def test_chunked_prefill_equals_one_prefill_and_padding_over_a_filled_cache_is_r
     cache = cache_of(model(ids[:, :10], attention_mask=mask[:, :10], use_cache=True))
     with pytest.raises(ValueError, match="must all be real"):
         model(ids[:, 10:], attention_mask=torch.zeros_like(ids), **{CACHE_NAME: cache})
+
+
+def test_tied_head_is_refused_not_silently_untied(tmp_path):
+    # No BLT model declares the tie, so tie_word_embeddings=True built a model whose head stayed separate.
+    for overrides in ({"tie_word_embeddings": True}, {"entropy_config": {"tie_word_embeddings": True}}):
+        with pytest.raises(ValueError, match="tie_word_embeddings must be False"):
+            tiny_blt_config(**overrides)
+    with pytest.raises(ValueError, match="tie_word_embeddings must be False"):
+        BLTEntropyConfig(tie_word_embeddings=True)
+    BLTForCausalLM(tiny_blt_config()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="tie_word_embeddings must be False"):
+        BLTForCausalLM.from_pretrained(tmp_path, tie_word_embeddings=True)
 
 
 def test_attention_mask_values_other_than_0_and_1_are_refused():

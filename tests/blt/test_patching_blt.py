@@ -229,6 +229,12 @@ def test_bad_input_errors():
         starts_from_patch_lengths(torch.tensor([[1, 2, 3]]), 4)
     with pytest.raises(ValueError, match="non-negative"):
         starts_from_patch_lengths(torch.tensor([[1, 4, -1]]), 4)
+    # 2.5 + 1.5 + 0.9 read as 2 + 1 + 0 would sum to the row's 3 bytes: float lengths are refused, not truncated
+    with pytest.raises(ValueError, match="non-negative integers, got dtype torch.float32"):
+        starts_from_patch_lengths(torch.tensor([[2.5, 1.5, 0.9]]), 3)
+    # a [1, N] mask for a batch of 2 would broadcast its padding onto the other row
+    with pytest.raises(ValueError, match=r"attention_mask must be \[batch, length\] = \[2, 6\], got \[1, 6\]"):
+        patch_starts("space", torch.full((2, 6), 70), attention_mask=torch.tensor([[0, 1, 1, 1, 1, 1]]))
     with pytest.raises(ValueError, match="max_patch_length"):
         split_long_patches(torch.ones(1, 3, dtype=torch.bool), 0)
     with pytest.raises(ValueError, match="unknown patching mode"):
