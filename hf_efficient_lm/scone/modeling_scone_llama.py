@@ -308,10 +308,11 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
         if as_lists:  # nested python lists (generate()'s decode steps)
             shapes_ok = (len(fgram_len) == len(fgram_row) == batch
                          and all(len(r) == len(n) == length for r, n in zip(fgram_row, fgram_len)))
-        else:
-            shapes_ok = fgram_len.shape == fgram_row.shape == input_ids.shape
+        else:  # (float matches would be truncated: row 2.7 read as 2)
+            shapes_ok = fgram_len.shape == fgram_row.shape == input_ids.shape and not (
+                fgram_len.is_floating_point() or fgram_row.is_floating_point())
         if not shapes_ok:
-            raise ValueError(f"fgram_row / fgram_len must have the shape of input_ids {tuple(input_ids.shape)}")
+            raise ValueError(f"fgram_row / fgram_len must be integer ids with the shape of input_ids {tuple(input_ids.shape)}")
         if batch * length <= _FEW_POSITIONS and self.config.fgram_mode == "table":
             if not as_lists:
                 fgram_row, fgram_len = fgram_row.tolist(), fgram_len.tolist()

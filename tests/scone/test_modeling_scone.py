@@ -202,6 +202,16 @@ def test_a_4d_mask_or_a_mask_of_another_width_is_refused_for_matching(llama_dir,
         vocab.match_last(batch, 1, torch.ones(batch.shape[0], batch.shape[1] + 5, dtype=torch.long))
 
 
+def test_float_fgram_matches_are_refused(llama_dir, vocab, batch):
+    """Float fgram_row / fgram_len (a collator that casts columns) were cast with .long(): row 2.7 read as row 2."""
+    model = wrap(llama_dir, vocab, "gated")
+    rows, lengths = model.match_fgrams(batch)
+    assert bool((lengths >= 2).any())  # the rows name real f-grams, so a truncation would change the output
+    for bad in ({"fgram_row": rows.float() + 0.7, "fgram_len": lengths}, {"fgram_row": rows, "fgram_len": lengths.float()}):
+        with pytest.raises(ValueError, match="must be integer ids with the shape of input_ids"):
+            model(batch, **bad)
+
+
 def test_cache_without_fgram_matches_is_rejected(llama_dir, vocab, batch):
     model = wrap(llama_dir, vocab, "gated")
     prefix = model(batch[:, :-1], use_cache=True)
