@@ -100,6 +100,9 @@ def test_read_texts_streams_jsonl_and_stops_at_either_limit(tmp_path):
     # a budget over several files is split between them, not spent on the first
     assert read_texts([path, other], limit_docs=4, per_file=True) == texts[:2] + ["other 0", "other 1"]
     assert read_texts([path, other], limit_docs=4) == texts[:4]
+    # shares sum to the limit (rounded-up shares read 3 documents for limit_docs=1 over 3 files, 6 for 4)
+    assert read_texts([path, other, path], limit_docs=1, per_file=True) == texts[:1]
+    assert read_texts([path, other, path], limit_docs=4, per_file=True) == texts[:2] + ["other 0", texts[0]]
     assert read_texts([path], limit_docs=0) == []  # (returned one document)
     with pytest.raises(ValueError, match="limit_chars must be positive"):
         read_texts([path], limit_chars=0)  # (meant "no limit")

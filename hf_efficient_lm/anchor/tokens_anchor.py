@@ -42,9 +42,11 @@ def find_endpoint_token_ids(tokenizer, endpoints=None, match: str = "exact") -> 
     endpoints = tuple(endpoints)
     if not endpoints or any(not isinstance(e, str) or e == "" for e in endpoints):
         raise ValueError(f"endpoints must be non-empty strings, got {endpoints!r}")
+    from ..data.tokenizer_training import surface_texts  # (here: hf_efficient_lm.data imports datasets)
+
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     found = set()
-    for token_id, text in enumerate(_surface_texts(tokenizer)):
+    for token_id, text in enumerate(surface_texts(tokenizer)):
         if token_id in special:
             continue
         if match == "exact":
@@ -63,17 +65,6 @@ def find_endpoint_token_ids(tokenizer, endpoints=None, match: str = "exact") -> 
     if not found:
         raise ValueError(f"the tokenizer has no token for any of the endpoints {endpoints!r} (match={match!r})")
     return sorted(found)
-
-
-def _surface_texts(tokenizer) -> list[str]:
-    """The text each token adds after another token (``[len(tokenizer)]``). A token decoded alone loses the leading
-    space a SentencePiece tokenizer strips from the first piece, so Llama-2's ``"▁."`` would read as a bare ``"."``
-    (the paper's anchor, id 29889, is the piece ``"."`` only): decode it after a plain letter and keep the suffix."""
-    ref = tokenizer.encode("a", add_special_tokens=False)[-1:]
-    head = tokenizer.decode(ref, clean_up_tokenization_spaces=False)
-    pairs = tokenizer.batch_decode([ref + [token_id] for token_id in range(len(tokenizer))],
-                                   clean_up_tokenization_spaces=False)
-    return [text[len(head):] if text.startswith(head) else text for text in pairs]
 
 
 def add_anchor_token(model, tokenizer, token: str = DEFAULT_ANCHOR_TOKEN, init_from: str = ".") -> int:

@@ -235,8 +235,14 @@ def read_texts(files: str | os.PathLike | Sequence[str | os.PathLike], limit_cha
         raise ValueError(f"limit_chars must be positive and limit_docs >= 0 (None: no limit), got {limit_chars}, "
                          f"{limit_docs}")
     if per_file and len(files) > 1:
-        share = [None if limit is None else -(-limit // len(files)) for limit in (limit_chars, limit_docs)]
-        return [text for path in files for text in read_texts([path], share[0], text_column, limit_docs=share[1])]
+        # file i gets limit // n, the first limit % n one more: the shares sum to the limit (a rounded-up share
+        # read up to n - 1 documents too many)
+        def share(limit, i):
+            return None if limit is None else limit // len(files) + (i < limit % len(files))
+
+        shares = [(share(limit_chars, i), share(limit_docs, i)) for i in range(len(files))]
+        return [text for path, (chars, docs) in zip(files, shares) if chars != 0 and docs != 0
+                for text in read_texts([path], chars, text_column, limit_docs=docs)]
     texts, total = [], 0
     if limit_docs == 0:
         return texts

@@ -61,3 +61,14 @@ def tokenizer_digest(tokenizer) -> str:
     else:
         payload = json.dumps([type(tokenizer).__name__, sorted(tokenizer.get_vocab().items())], ensure_ascii=False)
     return "sha256:" + hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def surface_texts(tokenizer) -> list[str]:
+    """The text each token adds after another token (``[len(tokenizer)]``). A token decoded alone loses the leading
+    space a SentencePiece tokenizer strips from the first piece, so Llama-2's ``"▁."`` would read as a bare ``"."``:
+    each token is decoded after a plain letter and the letter's text removed."""
+    ref = tokenizer.encode("a", add_special_tokens=False)[-1:]
+    head = tokenizer.decode(ref, clean_up_tokenization_spaces=False)
+    pairs = tokenizer.batch_decode([ref + [token_id] for token_id in range(len(tokenizer))],
+                                   clean_up_tokenization_spaces=False)
+    return [text[len(head):] if text.startswith(head) else text for text in pairs]
