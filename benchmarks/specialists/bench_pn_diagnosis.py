@@ -108,11 +108,17 @@ def main(argv=None):
     cache = args.cache_dir / f"c{args.generic_chars}_b{args.block_size}_v{args.vocab_size}_k{args.k}"
     cache.mkdir(parents=True, exist_ok=True)
     runs_path = cache / "runs.jsonl"
+    # what else decides a run: a row of other settings (or of a version that did not record them) is not reused
+    # (rows were keyed by variant and seed only, so reruns with other --steps or --pn-basis merged old rows)
+    settings = {key: getattr(args, key) for key in ("corpus", "domain_tokens", "test_blocks", "batch_size", "pn_basis",
+                                                      "steps", "finetune_steps", "targets")}
+    settings = json.loads(json.dumps(settings, default=str))
     done = {}
     if runs_path.is_file():
         for line in runs_path.read_text().splitlines():
             row = json.loads(line)
-            done[(row["variant"], row["seed"])] = row
+            if row.get("settings") == settings:
+                done[(row["variant"], row["seed"])] = row
 
     generic_texts = {d: corpus_texts(d, "train", corpus=args.corpus, limit_chars=args.generic_chars) for d in GENERIC}
     if (cache / "tokenizer" / "tokenizer.json").is_file():
@@ -197,7 +203,7 @@ def main(argv=None):
                 rows = [b for b, c in zip(valid_blocks, valid_clusters) if k == 1 or c == cluster]
                 ppl = block_perplexity(model, rows, batch_size=32, cluster_id=int(cluster) if routed else None)
                 nll, count = nll + math.log(ppl) * len(rows), count + len(rows)
-            row = {"variant": variant, "seed": seed, "generic_loss": nll / count, "train_seconds": 0.0}
+            row = {"variant": variant, "seed": seed, "settings": settings, "generic_loss": nll / count}
             row["train_seconds"] = time.perf_counter() - started
             for target, (texts, test, hist) in targets.items():
                 if routed:
