@@ -20,7 +20,10 @@ same steps on the same data without anchors (the causal baseline), with seeds.
     interleaved chunks of items (wall and process CPU time) on the same weights.
 
 Results: ``benchmarks/anchor/results/quality_anchor.{json,md,png}``; checkpoints under ``--work`` (outside git). A
-rerun reuses finished training runs and evaluations with the same settings.
+rerun reuses a finished training run only when every setting that shapes the trained model (the base checkpoint's and
+the training data's sha256, mode, seed, steps, batch, max length, lr, warm-up, pieces, piece length) equals the one
+stored in its ``final/quality_train_settings.json``, else it retrains; an evaluation cache is reused only when its
+evaluation settings and the sha256 of the evaluated checkpoint (``checkpoint_fingerprint``) both match.
 
     OMP_NUM_THREADS=1 python benchmarks/anchor/quality_anchor.py --base ~/.cache/hf_efficient_lm/base-1m \\
         --steps 150 --batch 4 --seeds 0 1 2 --mc-seeds 0 --mc-items 500
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import math
 import random
@@ -230,40 +234,94 @@ def multiple_choice(model, tokenizer, items, demos, modes, chunk_items: int) -> 
 
 
 def evaluate(model, tokenizer, anchor_mode, texts, mc_items, mc_demos, args, with_mc: bool, cache: Path,
-             key: dict) -> dict:
-    """(a) and, if ``with_mc``, (b)+(c) of one model, each cached in ``cache``-ppl.json / -mc.json under ``key``."""
+             key: dict, model_key) -> dict:
+    """(a) and, if ``with_mc``, (b)+(c) of one model, each cached in ``cache``-ppl.json / -mc.json under ``key``
+    (the evaluation settings) plus ``model_key`` (what identifies the evaluated model: its checkpoint's
+    ``checkpoint_fingerprint``), so a cache of another model, e.g. one since retrained, is ignored."""
     model.eval()
-    result = {"ppl": cached_eval(cache.with_name(cache.name + "-ppl.json"), key["ppl"], lambda: perplexities(
-        model, tokenizer, texts, anchor_mode, args.chunk, args.max_length))}
+    result = {"ppl": cached_eval(cache.with_name(cache.name + "-ppl.json"), {**key["ppl"], "model": model_key},
+                                 lambda: perplexities(model, tokenizer, texts, anchor_mode, args.chunk,
+                                                      args.max_length))}
     if with_mc:
         modes = ("full",) if anchor_mode is None else ("full", "anchor")
-        result["mc"] = cached_eval(cache.with_name(cache.name + "-mc.json"), key["mc"], lambda: {
-            str(shots): multiple_choice(model, tokenizer, mc_items, mc_demos[:shots], modes, args.mc_chunk)
-            for shots in args.shots})
+        result["mc"] = cached_eval(cache.with_name(cache.name + "-mc.json"), {**key["mc"], "model": model_key},
+                                   lambda: {str(shots): multiple_choice(model, tokenizer, mc_items,
+                                                                        mc_demos[:shots], modes, args.mc_chunk)
+                                            for shots in args.shots})
     return result
 
 
 # ------------------------------------------------------------------------------------------------- training
+TRAIN_SETTINGS = "quality_train_settings.json"  # in a run's final/: the settings it was trained with
+# the files of a checkpoint folder an evaluation depends on (not the Trainer's bookkeeping, e.g. training_args.bin)
+CHECKPOINT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model")
+
+
+def sha256_of(paths) -> str:
+    """sha256 over the names and bytes of ``paths`` (in the given order)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def checkpoint_fingerprint(folder) -> str:
+    """sha256 of a checkpoint folder's config, tokenizer and weight files: equal fingerprints, equal models."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and (
+        p.name in CHECKPOINT_FILES or p.name.endswith((".safetensors", ".safetensors.index.json"))
+        or (p.name.startswith("pytorch_model") and p.name.endswith((".bin", ".bin.index.json")))))
+    if not any(p.name.endswith((".safetensors", ".bin")) for p in files):
+        raise FileNotFoundError(f"no weights in {folder}")
+    return sha256_of(files)
+
+
+def training_settings(args, data_file: Path, mode: str, seed: int) -> dict:
+    """Every input that changes the model ``train`` produces; a finished run is reused only when these are equal."""
+    return {"base_sha256": checkpoint_fingerprint(args.base), "data_file": Path(data_file).name,
+            "data_sha256": sha256_of([data_file]), "train_pieces": args.train_pieces, "piece_chars": args.piece_chars,
+            "anchor_mode": mode, "seed": seed, "steps": args.steps, "batch": args.batch,
+            "max_length": args.max_length, "lr": args.lr, "lr_scheduler": "constant_with_warmup",
+            "warmup": args.warmup}
+
+
+def reusable_run(final: Path, settings: dict) -> bool:
+    """Whether ``final`` holds a finished run trained with exactly ``settings``."""
+    stored = final / TRAIN_SETTINGS
+    if not ((final / "anchor_train_metrics.json").exists() and stored.exists()):
+        return False  # unfinished, or finished before the settings were stored: its settings are unknown
+    return json.loads(stored.read_text()) == settings
+
+
 def train(args, data_file: Path, mode: str, seed: int) -> Path:
     run_dir = Path(args.work) / f"{mode}-s{seed}"
     final = run_dir / "final"
-    metrics = final / "anchor_train_metrics.json"
-    if metrics.exists():
-        done = json.loads(metrics.read_text())
-        if done.get("steps") == args.steps and done.get("seed") == seed and done.get("learning_rate") == args.lr:
-            return final
+    settings = training_settings(args, data_file, mode, seed)
+    if reusable_run(final, settings):
+        return final
+    (final / TRAIN_SETTINGS).unlink(missing_ok=True)  # a run killed while retraining must not look finished
     train_args = AnchorTrainArguments(base_model=args.base, data_files=[str(data_file)], anchor_mode=mode,
                                       max_length=args.max_length, overwrite_output_dir=True)
-    return run_anchor_training(train_args, TrainingArguments(
+    final = run_anchor_training(train_args, TrainingArguments(
         output_dir=str(run_dir), max_steps=args.steps, per_device_train_batch_size=args.batch,
         learning_rate=args.lr, lr_scheduler_type="constant_with_warmup", warmup_steps=args.warmup,
         logging_steps=max(1, min(25, args.steps // 4)), save_strategy="no", report_to=[], seed=seed, data_seed=seed,
         dataloader_pin_memory=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
     ))
+    with atomic_file(final / TRAIN_SETTINGS, "w") as handle:
+        json.dump(settings, handle, indent=1)
+    return final
 
 
 def cached_eval(path: Path, key: dict, compute):
-    """``compute()`` unless ``path`` holds a result for the same ``key`` (the evaluation settings)."""
+    """``compute()`` unless ``path`` holds a result for the same ``key`` (the evaluation settings and the evaluated
+    model's fingerprint; a cache written without the fingerprint never matches)."""
     if path.exists():
         stored = json.loads(path.read_text())
         if stored.get("key") == key:
@@ -471,12 +529,14 @@ def main(argv=None):
 
     runs: dict[str, dict[int, dict]] = {}
     train_minutes: dict[str, float] = {}  # 0 for a run reused from an earlier invocation
+    train_settings: dict[str, dict] = {}  # per run: the settings it was trained with (stored in its folder)
+    base_key = checkpoint_fingerprint(args.base)
     results_path = Path(args.results)
 
     def save():
         summary = summarize(runs)
-        payload = {"settings": settings, "summary": summary, "runs": runs,
-                   "train_minutes": train_minutes, "wall_minutes": (time.perf_counter() - started) / 60}
+        payload = {"settings": settings, "summary": summary, "runs": runs, "train_minutes": train_minutes,
+                   "train_settings": train_settings, "wall_minutes": (time.perf_counter() - started) / 60}
         results_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(results_path, "w") as handle:
             json.dump(payload, handle, indent=1)
@@ -489,14 +549,14 @@ def main(argv=None):
     base = AnchorLlamaForCausalLM.from_pretrained(args.base, anchor_token_ids=[])
     if args.references:
         runs["base"] = {0: evaluate(base, base_tok, None, texts, mc_items, mc_demos, args, bool(mc_seeds),
-                                    work / "eval-base", key)}
+                                    work / "eval-base", key, base_key)}
         save()
     for mode in ("ep", "ac"):
         if mode not in args.modes or not args.references:
             continue
         model, tok = build_anchor_model(AnchorTrainArguments(base_model=args.base, anchor_mode=mode))
         runs[f"{mode}0"] = {0: evaluate(model, tok, mode, texts, mc_items, mc_demos, args, args.untrained_mc,
-                                        work / f"eval-{mode}0", key)}
+                                        work / f"eval-{mode}0", key, {"base": base_key, "conversion": mode})}
         save()
 
     for seed in args.seeds:
@@ -504,11 +564,13 @@ def main(argv=None):
             train_started = time.perf_counter()
             final = train(args, data_file, mode, seed)
             train_minutes[f"{mode}-s{seed}"] = (time.perf_counter() - train_started) / 60
+            train_settings[f"{mode}-s{seed}"] = json.loads((final / TRAIN_SETTINGS).read_text())
             model = AnchorLlamaForCausalLM.from_pretrained(final)
             tok = AutoTokenizer.from_pretrained(final)
             with_mc = seed in mc_seeds
             runs.setdefault(mode, {})[seed] = evaluate(model, tok, None if mode == "none" else mode, texts,
-                                                       mc_items, mc_demos, args, with_mc, final.parent / "eval", key)
+                                                       mc_items, mc_demos, args, with_mc, final.parent / "eval", key,
+                                                       checkpoint_fingerprint(final))
             losses = json.loads((final / "anchor_train_metrics.json").read_text())["train_losses"]
             if losses:
                 runs[mode][seed]["train_loss_end"] = statistics.fmean(losses[-2:])  # the last 2 logged
