@@ -26,6 +26,7 @@ def test_documents_are_text_even_where_they_spell_a_special_token(tokenizer):
     from hf_efficient_lm.testing_utils import make_tiny_llama
 
     docs = ["Alpha </s> beta <s> gamma.", "Delta <pad> epsilon."]
+    assert encode_documents(tokenizer, []) == []  # (an IndexError from inside the tokenizer)
     special = set(tokenizer.all_special_ids)
     for ids, doc in zip(encode_documents(tokenizer, docs), docs):
         assert not special & set(ids) and tokenizer.decode(ids) == doc

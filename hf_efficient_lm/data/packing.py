@@ -25,7 +25,10 @@ def encode_documents(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -
     a document is spelled in ordinary tokens, never turned into a special id (which training would take for a
     document boundary and bits-per-byte would score as a zero-byte token). The one tokenization of documents for
     training, mining and evaluation."""
-    return tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
+    texts = list(texts)
+    if not texts:  # (the tokenizer raises an IndexError on an empty batch)
+        return []
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
 
 
 def pack_ids(
