@@ -30,6 +30,8 @@ quality study (``bench_quality_scone.py``), for comparison.
 
 Writes ``results/<--name>.json`` and ``.png`` (``--out``). Seeds can run in separate processes (``--seeds 1 2
 --name part2 --out /tmp/x``) and be reported together with ``--merge /tmp/x/part1.json /tmp/x/part2.json``.
+``--report results/X.json`` re-reports a results file (an ablation's or an ``--axes`` one) and rewrites its plot
+``results/X.png``, the JSON unchanged. Every "±" is the sample standard deviation over seeds (ddof=1).
 
 Both scaling axes (issue #13 item 3): one process per (S, depth) point of one configuration, without the base, then
 ``--axes`` reports loss minus the base against S and depth (the first file holds the base runs)::
@@ -51,10 +53,10 @@ import torch
 from tqdm import tqdm
 from transformers import LlamaForCausalLM
 
-from corpus_scone import load_data, make_schedule
+from corpus_scone import load_data, make_schedule, match_blocks, seed_std
 from hf_efficient_lm.eval import rows_nll
 from hf_efficient_lm.io_utils import atomic_dir, atomic_file
-from hf_efficient_lm.scone import FGRAM_RECIPES, SconeLlamaForCausalLM, match_flat, mine_fgrams
+from hf_efficient_lm.scone import FGRAM_RECIPES, SconeLlamaForCausalLM, mine_fgrams
 from hf_efficient_lm.train import llama_config_from_preset
 from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure
 
@@ -235,7 +237,7 @@ def summarise(results: dict) -> None:
     print(f"\nbase step-0 held-out loss {base0:.4f}; coverage {results['coverage']:.1%}; "
           f"{results['train_tokens']:,} continual tokens")
     print("\n| configuration | RMS A_f / RMS T (step 0) | cos(A_f, T) | input change | step-0 loss (jump) | "
-          "final loss, mean ± std | vs base (final) |")
+          "final loss, mean ± sample std | vs base (final) |")
     print("|---|---|---|---|---|---|---|")
     for name, seeds in runs.items():
         s0 = [r["stats0"] for r in seeds]
@@ -248,8 +250,8 @@ def summarise(results: dict) -> None:
         else:
             geo = "— | — | —"
         print(f"| {LABELS[name]} | {geo} | {l0.mean():.3f} ({l0.mean() - base0:+.3f}) | {final.mean():.4f} ± "
-              f"{final.std():.4f} | {delta.mean():+.4f} ± {delta.std():.4f} ({100 * (math.exp(delta.mean()) - 1):+.1f}% "
-              f"ppl) |")
+              f"{seed_std(final):.4f} | {delta.mean():+.4f} ± {seed_std(delta):.4f} "
+              f"({100 * (math.exp(delta.mean()) - 1):+.1f}% ppl) |")
     print("\nheld-out NLL minus the base trained alike, by f-gram training count (mean over seeds):")
     names = [n for n in runs if n != "base" and all("buckets" in r for r in runs[n])]  # (--skip-base parts: none)
     if not names:
@@ -272,13 +274,13 @@ def plot(results: dict, path: Path) -> None:
     for name, seeds in runs.items():
         steps = seeds[0]["curve"]["step"]
         losses = np.array([np.array(r["curve"]["loss"]) - base_curves[r["seed"]] for r in seeds])
-        mean, std = losses.mean(0), losses.std(0)
+        mean, std = losses.mean(0), seed_std(losses)
         line, = axes[0].plot(steps, mean, "o-", ms=3, label=LABELS[name])
         axes[0].fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     axes[0].set_xlabel("continual-training step")
     axes[0].set_ylabel("held-out loss minus base, same seed (nats/token)")
     axes[0].set_yscale("symlog", linthresh=0.02)
-    axes[0].set_title("held-out loss vs the base, mean ± std over seeds")
+    axes[0].set_title("held-out loss vs the base, mean ± sample std over seeds")
     axes[0].legend(fontsize=7)
     names = list(runs)
     base_final = np.array([r["curve"]["loss"][-1] for r in runs["base"]])
@@ -287,7 +289,7 @@ def plot(results: dict, path: Path) -> None:
     jump = [np.mean([r["curve"]["loss"][0] for r in runs[n]]) - base0 for n in names]
     gap = [np.array([r["curve"]["loss"][-1] for r in runs[n]]) - base_final for n in names]
     axes[1].bar(x - 0.2, jump, 0.4, label="step 0 (wrap, no training)")
-    axes[1].bar(x + 0.2, [g.mean() for g in gap], 0.4, yerr=[g.std() for g in gap], capsize=3,
+    axes[1].bar(x + 0.2, [g.mean() for g in gap], 0.4, yerr=[seed_std(g) for g in gap], capsize=3,
                 label=f"after {results['args']['steps']} steps")
     axes[1].axhline(0, color="gray", lw=0.8)
     axes[1].set_yscale("symlog", linthresh=0.02)
@@ -301,7 +303,7 @@ def plot(results: dict, path: Path) -> None:
     for i, name in enumerate(scone):
         values = np.array([[r["buckets"][k]["delta"] for k in keys] for r in runs[name]])
         axes[2].bar(np.arange(len(keys)) + (i - len(scone) / 2 + 0.5) * width, values.mean(0), width,
-                    yerr=values.std(0), capsize=2, label=LABELS[name], color=f"C{names.index(name)}")  # = panel 1
+                    yerr=seed_std(values), capsize=2, label=LABELS[name], color=f"C{names.index(name)}")  # = panel 1
     axes[2].axhline(0, color="gray", lw=0.8)
     axes[2].set_yscale("symlog", linthresh=0.02)
     axes[2].set_xticks(np.arange(len(keys)), keys, fontsize=8)
@@ -317,8 +319,13 @@ def summarise_axes(parts: list[dict], config: str, path: Path) -> dict:
     ``parts``: ablation results at one protocol (same data, steps, seeds); the first one holds the ``base`` runs.
     Returns ``{"S=..,L=..": {...}}`` and plots loss-vs-base against S (depth 1) and against depth (smallest S).
     """
-    base = {r["seed"]: r["curve"]["loss"][-1] for part in parts for r in part["runs"].get("base", [])}
+    base = {r["seed"]: r["curve"]["loss"][-1] for part in parts for r in part.get("runs", {}).get("base", [])}
     points = {}
+    if "points" in parts[0]:  # a written --axes result (--report): its points, as summarise_axes returned them
+        for entry in parts[0]["points"].values():
+            points[(entry["num_fgrams"], entry["fgram_layers"])] = {
+                "coverage": entry["coverage"], "delta": dict(zip(entry["seeds"], entry["delta"]))}
+        parts = []
     for part in parts:
         if part["train_tokens"] != parts[0]["train_tokens"]:
             raise ValueError("every part of a sweep must train the same number of tokens")
@@ -329,15 +336,16 @@ def summarise_axes(parts: list[dict], config: str, path: Path) -> dict:
                 raise ValueError(f"no base run for seed {r['seed']}: the first --axes file must hold the base runs "
                                  "of every seed of the sweep")
             entry["delta"][r["seed"]] = r["curve"]["loss"][-1] - base[r["seed"]]
-    print(f"\n{LABELS[config]}, {parts[0]['train_tokens']:,} continual tokens: held-out loss minus the base "
-          "trained alike (same seed), mean ± std over seeds")
+    tokens = f"{parts[0]['train_tokens']:,} continual tokens" if parts else "re-reported"
+    print(f"\n{LABELS[config]}, {tokens}: held-out loss minus the base trained alike (same seed), mean ± sample std "
+          "over seeds")
     print("| S | A_f layers | held-out coverage | seeds | vs base (nats) | perplexity |")
     print("|---|---|---|---|---|---|")
     out = {}
     for (num, layers), entry in sorted(points.items()):
         delta = np.array([entry["delta"][s] for s in sorted(entry["delta"])])
         print(f"| {num:,} | {layers} | {entry['coverage']:.1%} | {len(delta)} | {delta.mean():+.4f} ± "
-              f"{delta.std():.4f} | {100 * (math.exp(delta.mean()) - 1):+.2f}% |")
+              f"{seed_std(delta):.4f} | {100 * (math.exp(delta.mean()) - 1):+.2f}% |")
         out[f"S={num},L={layers}"] = {"num_fgrams": num, "fgram_layers": layers, "coverage": entry["coverage"],
                                       "seeds": sorted(entry["delta"]), "delta": [float(d) for d in delta]}
     fig, axes = new_figure(1, 2, figsize=(10, 4))
@@ -347,7 +355,7 @@ def summarise_axes(parts: list[dict], config: str, path: Path) -> dict:
         keys = sorted(k for k in points if select(k))
         xs = [k[0] if log else k[1] for k in keys]
         values = [np.array(list(points[k]["delta"].values())) for k in keys]
-        ax.errorbar(xs, [v.mean() for v in values], yerr=[v.std() for v in values], fmt="o-", capsize=4)
+        ax.errorbar(xs, [v.mean() for v in values], yerr=[seed_std(v) for v in values], fmt="o-", capsize=4)
         ax.axhline(0, color="gray", lw=0.8)
         ax.set_xscale("log" if log else "linear")
         ax.set_xlabel(xlabel)
@@ -385,8 +393,20 @@ def main() -> None:
                              "one holds the base runs; issue #13 item 3)")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="only merge the results of earlier runs (e.g. one process per seed) and report them")
+    parser.add_argument("--report", metavar="JSON",
+                        help="only re-report a results file (an ablation or --axes one); rewrites its .png, not the JSON")
     args = parse_benchmark_args(parser)
     out = Path(args.out)
+    if args.report:
+        path = Path(args.report)
+        results = json.loads(path.read_text())
+        if "points" in results:
+            summarise_axes([results], results["config"], path.with_suffix(".png"))
+        elif "base" in results["runs"]:
+            summarise(results)
+            plot(results, path.with_suffix(".png"))
+        print(f"\nre-reported {path}; wrote {path.with_suffix('.png')}")
+        return
     if args.axes:
         table = summarise_axes([json.loads(Path(p).read_text()) for p in args.axes], args.configs[-1],
                                out / f"{args.name}.png")
@@ -426,8 +446,10 @@ def main() -> None:
     vocab = mine_fgrams(docs, num_fgrams=args.num_fgrams, barrier_ids=barriers, tokenizer=tokenizer,
                         show_progress=False)
     args.num_fgrams = vocab.num_fgrams
-    rows_flat, _ = match_flat(vocab, continual.reshape(-1), num_threads=1)
-    block_rows = rows_flat.reshape(continual.shape)  # (rows never cross a block: a block boundary is a cut anyway)
+    # per row, so a match never reaches into the previous block (the model's own matching of a batch row cannot
+    # either); until 2026-12-05 the blocks were matched as one flat array, and 0.08% of positions matched across a
+    # block boundary (the committed results have that)
+    block_rows, _ = match_blocks(vocab, continual, num_threads=1)
     eval_rows, eval_len = (x.numpy() for x in vocab.match(torch.from_numpy(eval_blocks)))
     coverage = float((eval_len >= 2).mean())
     print(f"{len(blocks):,} blocks of {args.block} ({len(continual):,} for continual training), S = {vocab.num_fgrams:,}"

@@ -23,13 +23,20 @@ domains of ``../shared/corpus``; tokenizer and blocks as in ``bench_fusion_ablat
   f-gram windows it really ran (counted per batch). ``scone_*_half`` variants train on half the steps (the paper's
   way of equalising training FLOPs; only meaningful when ``A_f`` costs about as much as the main model).
 * Inference accelerator FLOPs/token (forward, context = block): ``2 x`` (decoder + LM-head weights) + attention
-  ``4 x layers x d x (mean context)``; SCONE's is the main model's (its f-gram vectors come from a CPU-side table)
-  plus ``2 x d`` for the gated fusion's multiply-add.
-* Held-out perplexity per domain (first ``--eval-tokens`` of each valid split), mean ± std over ``--seeds``. SCONE is
-  evaluated in training mode, which the test suite shows equal to the exported table model (fp32 logits).
+  ``4 x layers x heads x head_dim x (mean context)`` (the attention width, 128 for ``wide_mlp`` whose residual is
+  176; until 2026-12-05 the formula used ``hidden_size`` there and printed 1.62x for it); SCONE's is the main
+  model's (its f-gram vectors come from a CPU-side table) plus ``2 x d`` for the gated fusion's multiply-add. The
+  formula equals torch's ``FlopCounterMode`` for every model at context = block (eager attention).
+* Held-out perplexity per domain (first ``--eval-tokens`` of each valid split), mean ± std over ``--seeds`` (the
+  sample standard deviation, ddof=1, as the anchor and BLT benchmarks). SCONE is evaluated in training mode, which
+  the test suite shows equal to the exported table model (fp32 logits).
 
     cd benchmarks/scone && OMP_NUM_THREADS=1 nice -n 19 python bench_headline_scone.py --seeds 0 --name s0 --out DIR
     python bench_headline_scone.py --merge DIR/s0.json DIR/s1.json DIR/s2.json   # -> results/headline_scone.*
+    python bench_headline_scone.py --report results/headline_scone_400.json  # re-report a results file in place
+
+``--merge`` refuses parts whose settings differ in anything but ``--seeds`` / ``--models`` (a setting a part does
+not record counts as the script's default), and a (model, seed) run that two parts both hold.
 """
 
 from __future__ import annotations
@@ -43,13 +50,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from corpus_scone import DOMAINS, load_data, make_schedule
+from corpus_scone import DOMAINS, load_data, make_schedule, match_blocks, seed_std
 from tqdm import tqdm
 from transformers import LlamaForCausalLM
 
 from hf_efficient_lm.eval import rows_nll
 from hf_efficient_lm.io_utils import atomic_file, save_figure
-from hf_efficient_lm.scone import FGRAM_RECIPES, SconeLlamaForCausalLM, match_flat, mine_fgrams
+from hf_efficient_lm.scone import FGRAM_RECIPES, SconeLlamaForCausalLM, mine_fgrams
 from hf_efficient_lm.train import llama_config_from_preset
 
 SCONE_MODELS = {
@@ -63,17 +70,22 @@ LABELS = {"main": "main (1m)", "large": "large (2x layers)", "wide": "wide (same
           "scone_gated_half": "main + SCONE gated, half tokens"}
 
 
+def head_dim(config) -> int:
+    """What the built model has (q_proj: hidden_size -> heads x head_dim); LlamaConfig fixes it when built."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def decoder_params(config) -> int:
     """Weights one token's forward multiplies by in ``num_hidden_layers`` Llama layers (no norms, no embedding)."""
     d, f, heads, kv = config.hidden_size, config.intermediate_size, config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or d // heads  # what the built model has (q_proj: d -> heads * head_dim)
-    return config.num_hidden_layers * (d * head_dim * (2 * heads + 2 * kv) + 3 * d * f)
+    return config.num_hidden_layers * (d * head_dim(config) * (2 * heads + 2 * kv) + 3 * d * f)
 
 
 def forward_flops(config, context: float) -> float:
-    """Forward FLOPs per token: 2 x (decoder + LM head weights) + 4 x layers x d x context (QK^T and AV)."""
+    """Forward FLOPs per token: 2 x (decoder + LM head weights) + 4 x layers x heads x head_dim x context (QK^T and
+    AV run at the attention width heads x head_dim, which is not hidden_size for ``wide_mlp``)."""
     return 2 * (decoder_params(config) + config.hidden_size * config.vocab_size) + \
-        4 * config.num_hidden_layers * config.hidden_size * context
+        4 * config.num_hidden_layers * config.num_attention_heads * head_dim(config) * context
 
 
 def preset_config(args, tokenizer, layers: int | None = None, width: int | None = None, wide_attention: bool = True):
@@ -163,9 +175,10 @@ def summarise(results: dict) -> list[dict]:
                         for r in results["runs"].get("main", [])}
         # the same seed = the same batches and (SCONE) the same initial main weights: compare within a seed
         paired = [m / main_by_seed[r["seed"]] - 1 for m, r in zip(mean_ppl, seeds) if r["seed"] in main_by_seed]
-        rows.append({"name": name, "ppl_mean": ppl.mean(0).tolist(), "ppl_std": ppl.std(0).tolist(),
-                     "vs_main_paired": [float(np.mean(paired)), float(np.std(paired))] if paired else None,
-                     "avg_mean": float(mean_ppl.mean()), "avg_std": float(mean_ppl.std()),
+        # spreads: the sample std over seeds (ddof=1), as in the anchor and BLT benchmarks
+        rows.append({"name": name, "ppl_mean": ppl.mean(0).tolist(), "ppl_std": seed_std(ppl).tolist(),
+                     "vs_main_paired": [float(np.mean(paired)), seed_std(paired)] if paired else None,
+                     "avg_mean": float(mean_ppl.mean()), "avg_std": seed_std(mean_ppl),
                      "infer_flops": results["flops"][name]["infer"],
                      "train_flops": float(np.mean([r["train_flops"] for r in seeds])),
                      "tokens": seeds[0]["tokens"], "seeds": [r["seed"] for r in seeds]})
@@ -199,12 +212,52 @@ def plot(rows: list[dict], path: Path) -> None:
                         label=LABELS[r["name"]])
             ax.set_xlabel(label)
             ax.set_xscale("log")
-    axes[0].set_ylabel("held-out perplexity, mean of 5 domains (± std over seeds)")
+    axes[0].set_ylabel("held-out perplexity, mean of 5 domains (± sample std over seeds)")
     axes[0].set_title("perplexity vs inference FLOPs/token")
     axes[1].set_title("perplexity vs training compute")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
+
+
+MERGE_FREE_ARGS = {"seeds", "models", "name", "out", "merge", "report"}  # what parts of one merge may differ in
+
+
+def merge(paths: list[str], defaults: dict) -> dict:
+    """The runs of ``paths`` in one result. Refuses parts whose settings differ in anything but the seeds and models
+    (a key a part lacks, e.g. one added to the script later, counts as the script's default), whose f-grams or
+    FLOPs differ, and any (model, seed) run held twice."""
+    parts = [(Path(p), json.loads(Path(p).read_text())) for p in paths]
+    first_path, results = parts[0]
+    reference = {**defaults, **results["args"]}
+    held, flops = {}, {}  # (model, seed) -> the part holding it; model -> (its FLOPs, the part that gave them)
+    for path, part in parts:
+        settings = {**defaults, **part["args"]}
+        differ = {k: (reference.get(k), settings.get(k)) for k in sorted(set(reference) | set(settings))
+                  if k not in MERGE_FREE_ARGS and reference.get(k) != settings.get(k)}
+        if differ:
+            raise ValueError(f"cannot merge {path.name} with {first_path.name}: settings differ "
+                             + ", ".join(f"{k}={b!r} vs {a!r}" for k, (a, b) in differ.items()))
+        for key in ("num_fgrams", "coverage"):
+            if part[key] != results[key]:
+                raise ValueError(f"cannot merge {path.name}: {key}={part[key]} vs {results[key]} in {first_path.name}")
+        for name, seeds in part["runs"].items():
+            other, source = flops.setdefault(name, (part["flops"][name], path.name))
+            if part["flops"][name] != other:
+                raise ValueError(f"cannot merge {path.name}: {name}'s FLOPs {part['flops'][name]} differ from "
+                                 f"{other} in {source}")
+            for run in seeds:
+                key = (name, run["seed"])
+                if key in held:
+                    raise ValueError(f"{name} seed {run['seed']} is in both {held[key]} and {path.name}")
+                held[key] = path.name
+    for path, part in parts[1:]:
+        for name, seeds in part["runs"].items():
+            results["runs"].setdefault(name, []).extend(seeds)
+            results["flops"][name] = part["flops"][name]
+        results["cpu_s"] += part["cpu_s"]
+    results["merged_from"] = [path.name for path, _ in parts]
+    return results
 
 
 def main() -> None:
@@ -228,25 +281,30 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--name", default="headline_scone")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="merge the results of earlier runs and report")
+    parser.add_argument("--report", metavar="JSON",
+                        help="only re-report a results file: rewrite its summary and plot in place (nothing trained)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if args.report:
+        path = Path(args.report)
+        results = json.loads(path.read_text())
+        results["summary"] = rows = summarise(results)
+        with atomic_file(path, "w") as handle:
+            json.dump(results, handle, indent=1)
+        plot(rows, path.with_suffix(".png"))
+        print(f"\nrewrote {path} (summary) and {path.with_suffix('.png')}")
+        return
     if args.merge:
-        parts = [json.loads(Path(p).read_text()) for p in args.merge]
-        results = parts[0]
-        for part in parts[1:]:
-            for name, seeds in part["runs"].items():
-                results["runs"].setdefault(name, []).extend(seeds)
-                results["flops"][name] = part["flops"][name]
-            results["cpu_s"] += part["cpu_s"]
-        results["merged_from"] = [Path(p).name for p in args.merge]
+        results = merge(args.merge, defaults=vars(parser.parse_args([])))
     else:
         started = time.process_time()
         _, tokenizer, docs, blocks, eval_sets = load_data(args, per_domain=True)  # the ablation's data and held-out
         vocab = mine_fgrams(docs, num_fgrams=args.num_fgrams, tokenizer=tokenizer, show_progress=False,
                             barrier_ids=[tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id])
-        rows_flat, lens_flat = match_flat(vocab, blocks.reshape(-1), num_threads=1)
-        block_rows, block_lens = rows_flat.reshape(blocks.shape), lens_flat.reshape(blocks.shape)
+        # per row: a match never reaches into the previous block (until 2026-12-05 the blocks were matched as one
+        # flat array, and 0.08% of positions matched across a block boundary; the committed results have that)
+        block_rows, block_lens = match_blocks(vocab, blocks, num_threads=1)
         eval_len = vocab.match(torch.from_numpy(np.concatenate(list(eval_sets.values()))))[1]
         results = {"args": vars(args), "num_fgrams": vocab.num_fgrams, "coverage": float((eval_len >= 2).float().mean()),
                    "runs": {}, "flops": {}}

@@ -6,7 +6,9 @@ and opened as ``FgramTable`` (a private memory map). Reported:
   mapped in by lookups; shared, reclaimable, bounded by the rows touched). Goal: < 100 MB growth.
 * per-token lookup latency = gather the step's rows from the map (+ copy to a tensor), warm and cold (the file's
   pages evicted with posix_fadvise DONTNEED), uniform and Zipf(1.1) row ids; baseline in the same run: the base
-  model's in-RAM token-embedding gather (``nn.Embedding``) for the same number of tokens.
+  model's in-RAM token-embedding gather (``nn.Embedding``) for the same number of tokens. Both sides run under
+  ``torch.no_grad()`` (as in decoding; with autograd on, the embedding built a graph per call, ~15% of its time) and
+  get the same untimed warm-up calls (``--warmup``); a cold measurement evicts the file's pages after its warm-up.
 * the per-step matching cost (``FgramVocab.match_last``) against a 10M-key vocabulary.
 
     nice -n 10 python benchmarks/scone/bench_table_scone.py --rows 10000000 --dim 256
@@ -46,8 +48,13 @@ def evict(path) -> None:
         os.close(fd)
 
 
-def time_lookups(fn, row_batches) -> float:
-    """Median microseconds per token over the steps."""
+def time_lookups(fn, row_batches, warmup: int, before=None) -> float:
+    """Median microseconds per token over the steps, after ``warmup`` untimed calls (then ``before()``, if given:
+    the cold measurement's page eviction). Run under ``torch.no_grad()`` by the caller."""
+    for rows in row_batches[:warmup]:
+        fn(rows)
+    if before is not None:
+        before()
     times = []
     for rows in row_batches:
         start = time.perf_counter()
@@ -62,6 +69,7 @@ def main():
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=50, help="untimed calls before every latency measurement")
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--delete", action="store_true", help="delete the table file at the end (default: keep it)")
     args = parser.parse_args()
@@ -101,14 +109,14 @@ def main():
                 ids = np.minimum(generator.zipf(1.1, size=(args.steps, batch)) - 1, args.rows - 1)
             row_batches = [torch.from_numpy(r).long() for r in ids]
             token_batches = [torch.from_numpy(r % args.vocab_size).long() for r in ids]
-            base = time_lookups(lambda r: embedding(r), token_batches)
-            for cache in ("cold", "warm"):
-                if cache == "cold":
-                    evict(path)
-                per_token = time_lookups(lambda r: table.lookup(r, dtype=dtype), row_batches)
-                print(f"| {batch} | {dist} | {cache} | {per_token:.2f} | {base:.2f} | {per_token / base:.1f}x |")
+            with torch.no_grad():  # both sides without autograd, the same warm-up
+                base = time_lookups(embedding, token_batches, args.warmup)
+                for cache in ("cold", "warm"):
+                    per_token = time_lookups(lambda r: table.lookup(r, dtype=dtype), row_batches, args.warmup,
+                                             before=(lambda: evict(path)) if cache == "cold" else None)
+                    print(f"| {batch} | {dist} | {cache} | {per_token:.2f} | {base:.2f} | {per_token / base:.1f}x |")
     after = rss_mb()
-    touched = sum(args.steps * b for b in (1, 16)) * 2 * 2
+    touched = sum((args.steps + args.warmup) * b for b in (1, 16)) * 2 * 2  # (2 row-id kinds x cold / warm)
     print(f"\nRSS growth after {touched:,} row lookups: total {after['VmRSS'] - before['VmRSS']:.1f} MB = anonymous "
           f"{after['RssAnon'] - before['RssAnon']:.1f} MB + file-backed (mapped page cache) "
           f"{after['RssFile'] - before['RssFile']:.1f} MB; goal < 100 MB")
