@@ -82,6 +82,9 @@ def test_resume_only_a_matching_run_refuse_or_start_fresh_otherwise(corpus, tmp_
         _pretrain(corpus, out, data="new.jsonl")
     with pytest.raises(ValueError, match=r"seed: 0 -> 1"):
         _pretrain(corpus, out, seed="1")
+    # a setting that changes the data order: its resume mixed two runs under "fingerprint matches"
+    with pytest.raises(ValueError, match=r"schedule \(data_seed: None -> 7\)"):
+        _pretrain(corpus, out, "--data_seed", "7")
     assert (final / "model.safetensors").read_bytes() == before
 
     # told to start fresh: trains all its steps on the new data, and the metrics name that data
@@ -101,6 +104,49 @@ def test_checkpoints_of_another_model_are_refused_not_loaded(corpus, tmp_path):
         _pretrain(corpus, out)
     final = _pretrain(corpus, out, "--overwrite_output_dir", "true")
     assert not foreign.exists() and json.loads((final / "pretrain_metrics.json").read_text())["steps"] == 3
+
+
+def test_overwrite_removes_what_the_command_wrote_beside_its_checkpoints(tmp_path):
+    """train-scone writes table/ and its metrics beside final/: --overwrite_output_dir kept them, and publish put the
+    old run's held-out perplexities on the new model's card."""
+    from hf_efficient_lm.train.run_dir import decide_resume, write_fingerprint
+
+    out = tmp_path / "run"
+    (out / "final").mkdir(parents=True)
+    (out / "table").mkdir()
+    write_fingerprint(out, {"seed": 0})
+    for name in ("eval_scone.json", "train_scone_metrics.json", "notes.txt"):
+        (out / name).write_text("{}")
+    decision = decide_resume(out, {"seed": 1}, overwrite=True, outputs=("table", "train_scone_metrics.json",
+                                                                        "eval_scone.json"))
+    assert decision.resume_from is None and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_token_budget_counts_the_short_steps_that_end_epochs(corpus, tmp_path, monkeypatch):
+    """--max_train_tokens over two epochs whose last steps are short trained 1% fewer tokens than the budget (the
+    steps assumed full batches), and train_tokens reported steps x global batch x block (1% more than trained)."""
+    import hf_efficient_lm.train.pretrain as pretrain_module
+
+    seen = []
+
+    class CountingTrainer(pretrain_module.Trainer):
+        def training_step(self, model, inputs, *args, **kwargs):
+            seen.append(inputs["input_ids"].numel())
+            return super().training_step(model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(pretrain_module, "Trainer", CountingTrainer)
+    argv = _pretrain_argv(corpus, tmp_path / "run", "--gradient_accumulation_steps", "2", "--save_strategy", "no")
+    argv[argv.index("--per_device_train_batch_size") + 1] = "5"
+    at = argv.index("--max_steps")
+    del argv[at : at + 2]
+    budget = 2 * 32 * 150
+    final = run_pretrain(*parse_pretrain_args(argv + ["--max_train_tokens", str(budget)]))
+    metrics = json.loads((final / "pretrain_metrics.json").read_text())
+    assert metrics["train_blocks"] * 32 < budget < 3 * metrics["train_blocks"] * 32  # into the second epoch
+    assert metrics["train_blocks"] % 10 != 0  # every epoch ends in a short step
+    assert sum(seen) >= budget and metrics["train_tokens"] == sum(seen)
+    with pytest.raises(ValueError, match="either --max_steps .* or --max_train_tokens"):
+        run_pretrain(*parse_pretrain_args(argv + ["--max_train_tokens", str(budget), "--max_steps", "4"]))
 
 
 # ------------------------------------------------------------------------------------------- concurrent writers

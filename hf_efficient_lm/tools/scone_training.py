@@ -63,7 +63,8 @@ class SconeTrainArguments:
     validation_files: list[str] = field(default_factory=list, metadata={"help": "Held-out files; perplexity per file at the end."})
     text_column: str = field(default="text")
     block_size: int = field(default=256, metadata={"help": "Tokens per packed training block."})
-    max_train_tokens: int | None = field(default=None, metadata={"help": "Token budget -> max_steps."})
+    max_train_tokens: int | None = field(default=None, metadata={"help": "Token budget: sets max_steps so that at least this many tokens are trained "
+                                                  "(instead of --max_steps)."})
     max_documents: int | None = field(default=None, metadata={"help": "Use only the first N training documents."})
     fgram_dir: str | None = field(default=None, metadata={"help": "A mined f-gram vocabulary (hf-efficient-lm scone-mine); mined from the training data if absent."})
     num_fgrams: int = field(default=100_000, metadata={"help": "S when mining here."})
@@ -135,13 +136,15 @@ def main(argv: list[str] | None = None) -> Path:
     model = build_model(args, vocab, tokenizer)
     check_vocab_fits(tokenizer, model.config.vocab_size)
     if args.max_train_tokens:
-        training_args.max_steps = steps_for_token_budget(args.max_train_tokens, training_args, args.block_size)
+        training_args.max_steps = steps_for_token_budget(args.max_train_tokens, training_args, args.block_size,
+                                                         num_rows=len(blocks))
+    training_args.include_num_input_tokens_seen = "all"  # (train_tokens: epochs end in short steps)
     fingerprint = run_fingerprint(
         model_config=model.config, tokenizer=tokenizer, training_args=training_args, data_files=args.data_files,
         script="train_scone", base_model=args.base_model, fgram_vocab=vocab.metadata(), block_size=args.block_size,
         max_documents=args.max_documents, text_column=args.text_column,
     )
-    with guarded_run(training_args, fingerprint, overwrite=args.overwrite_output_dir) as decision:
+    with guarded_run(training_args, fingerprint, overwrite=args.overwrite_output_dir, outputs=OUTPUTS) as decision:
         trainer = Trainer(model=model, args=training_args, train_dataset=blocks, data_collator=default_data_collator,
                           callbacks=[FingerprintCallback(fingerprint)])
         trainer.train(resume_from_checkpoint=decision.resume_from)
@@ -153,6 +156,9 @@ def main(argv: list[str] | None = None) -> Path:
         # an active exception", SIGABRT), and the launcher then fails the whole run.
         trainer.accelerator.wait_for_everyone()
     return Path(training_args.output_dir)
+
+
+OUTPUTS = ("table", "train_scone_metrics.json", "eval_scone.json")  # what _write_outputs writes beside final/
 
 
 def _write_outputs(args, trainer, tokenizer, vocab, fingerprint: dict, rows_per_step: int, resumed_from) -> None:
@@ -174,13 +180,15 @@ def _write_outputs(args, trainer, tokenizer, vocab, fingerprint: dict, rows_per_
         "data_files": [Path(f).name for f in args.data_files], "seed": trainer.args.seed,
         "learning_rate": trainer.args.learning_rate, "fgram_fusion": args.fgram_fusion,
         "fgram_num_layers": args.fgram_num_layers, "max_fgram_len": vocab.max_len,
-        "train_tokens": trainer.state.global_step * rows_per_step * args.block_size,
+        "train_tokens": int(trainer.state.num_input_tokens_seen),
         "resumed_from": resumed_from,
     }
     with atomic_file(out / "train_scone_metrics.json", "w") as handle:
         handle.write(json.dumps(metrics, indent=2))
     if args.validation_files:
         _evaluate(args, tokenizer, table_dir, out)
+    else:  # (an earlier run's evaluation would go on this model's card)
+        (out / "eval_scone.json").unlink(missing_ok=True)
 
 
 def _evaluate(args, tokenizer, table_dir: Path, out: Path) -> None:

@@ -54,7 +54,8 @@ class PretrainArguments:
     preset: str = field(default="tiny", metadata={"help": f"Model size: one of {sorted(LLAMA_PRESETS)}."})
     block_size: int = field(default=256, metadata={"help": "Tokens per packed training block."})
     max_train_tokens: int | None = field(
-        default=None, metadata={"help": "Token budget; sets max_steps = budget / (global batch * block_size)."}
+        default=None, metadata={"help": "Token budget: sets max_steps so that at least this many tokens are trained (instead of "
+                                  "--max_steps)."}
     )
     max_documents: int | None = field(default=None, metadata={"help": "Use only the first N documents (quick runs)."})
     max_position_embeddings: int = field(
@@ -115,8 +116,6 @@ def run_pretrain(args: PretrainArguments, training_args: TrainingArguments) -> P
     final_dir = output_dir / FINAL_DIRNAME
     if not args.overwrite_output_dir:
         _refuse_other_model(final_dir, config)
-    if args.max_train_tokens is not None:
-        training_args.max_steps = steps_for_token_budget(args.max_train_tokens, training_args, args.block_size)
     fingerprint = run_fingerprint(
         model_config=config, tokenizer=tokenizer, training_args=training_args, data_files=args.data_files,
         dataset_name=args.dataset_name, text_column=args.text_column, block_size=args.block_size,
@@ -141,6 +140,10 @@ def _train(args: PretrainArguments, training_args: TrainingArguments, tokenizer,
             eval_set = pack_dataset(eval_raw, tokenizer, args.block_size, text_column=args.text_column)
     if len(train_set) == 0:
         raise ValueError(f"the training data gives no full block of {args.block_size} tokens; lower --block_size")
+    if args.max_train_tokens is not None:  # (not in the fingerprint: a larger budget extends the run)
+        training_args.max_steps = steps_for_token_budget(args.max_train_tokens, training_args, args.block_size,
+                                                         num_rows=len(train_set))
+    training_args.include_num_input_tokens_seen = "all"  # (train_tokens: epochs end in short steps)
 
     model = LlamaForCausalLM(config)
     trainer = Trainer(
@@ -157,7 +160,7 @@ def _train(args: PretrainArguments, training_args: TrainingArguments, tokenizer,
         "train_blocks": len(train_set), "block_size": args.block_size, "preset": args.preset,
         "parameters": sum(p.numel() for p in model.parameters()), "world_size": training_args.world_size,
         "global_batch": global_batch(training_args), "steps": trainer.state.global_step,
-        "train_tokens": trainer.state.global_step * global_batch(training_args) * args.block_size,
+        "train_tokens": int(trainer.state.num_input_tokens_seen),
         "train_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
         "data_files": [Path(f).name for f in args.data_files], "dataset_name": args.dataset_name,
         "seed": training_args.seed, "learning_rate": training_args.learning_rate, "resumed_from": resume_from,

@@ -61,6 +61,11 @@ def model_config_fingerprint(config) -> dict:
     return _plain({k: v for k, v in data.items() if k not in _VOLATILE_CONFIG_KEYS})
 
 
+_OPTIONAL_SCHEDULE_KEYS = ("data_seed", "lr_scheduler_kwargs", "optim_args", "train_sampling_strategy",
+                           "label_smoothing_factor", "dataloader_drop_last", "neftune_noise_alpha",
+                           "average_tokens_across_devices", "group_by_length", "full_determinism")
+
+
 def schedule_fingerprint(training_args, **extra) -> dict:
     """The optimisation settings of ``TrainingArguments`` that change what a run computes, plus ``extra``.
 
@@ -72,6 +77,13 @@ def schedule_fingerprint(training_args, **extra) -> dict:
             "adam_beta2", "adam_epsilon", "optim", "bf16", "fp16")
     schedule = {k: getattr(training_args, k, None) for k in keys}
     schedule["global_batch"] = global_batch
+    # Also what changes the data order, the schedule's shape or the loss, recorded only where it differs from the
+    # default, so fingerprints written before these were checked still match (a resume with another --data_seed or
+    # min_lr mixed two runs under a "fingerprint matches").
+    defaults = type(training_args).__dataclass_fields__
+    for key in _OPTIONAL_SCHEDULE_KEYS:
+        if key in defaults and getattr(training_args, key) != defaults[key].default:
+            schedule[key] = getattr(training_args, key)
     schedule.update(extra)
     return _plain(schedule)
 
@@ -202,10 +214,12 @@ class RunDecision:
 
 def decide_resume(output_dir: str | os.PathLike, fingerprint: dict, *, overwrite: bool = False,
                   resume_from_checkpoint: str | None = None, final_dirname: str = "final",
-                  remove: bool = True) -> RunDecision:
+                  remove: bool = True, outputs: Sequence[str] = ()) -> RunDecision:
     """Resume, start fresh or refuse (``ValueError``) given what ``output_dir`` holds; see the module docstring.
 
-    ``remove=False`` (processes other than the main one) decides without deleting anything.
+    ``remove=False`` (processes other than the main one) decides without deleting anything. ``outputs``: what the
+    command writes into ``output_dir`` besides checkpoints and ``final_dirname`` (metrics files, exported folders),
+    removed with them when ``overwrite`` starts fresh.
     """
     root = Path(output_dir)
     if resume_from_checkpoint:
@@ -243,15 +257,20 @@ def decide_resume(output_dir: str | os.PathLike, fingerprint: dict, *, overwrite
             shutil.rmtree(folder)
         if final.is_dir():
             shutil.rmtree(final)
-        with contextlib.suppress(FileNotFoundError):
-            (root / FINGERPRINT_FILE).unlink()
+        for name in (FINGERPRINT_FILE, *outputs):  # (a stale eval file went on the new run's model card)
+            path = root / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
     return RunDecision(None, f"starting fresh in {root}: removed {len(found)} checkpoint(s)"
                              f"{' and the final model' if had_final else ''} of another run (--overwrite_output_dir)")
 
 
 @contextlib.contextmanager
 def guarded_run(training_args, fingerprint: dict, *, overwrite: bool = False,
-                final_dirname: str = "final") -> Iterator[RunDecision]:
+                final_dirname: str = "final", outputs: Sequence[str] = ()) -> Iterator[RunDecision]:
     """For the ``with`` block of a training run: check ``output_dir`` is writable, lock it (main process), decide
     whether to resume (main process first, so every process sees the same dir), record the fingerprint and print the
     decision in one line. The caller adds ``FingerprintCallback(fingerprint)`` to its Trainer."""
@@ -263,7 +282,7 @@ def guarded_run(training_args, fingerprint: dict, *, overwrite: bool = False,
         with training_args.main_process_first(desc="check the output dir"):
             decision = decide_resume(output_dir, fingerprint, overwrite=overwrite,
                                      resume_from_checkpoint=training_args.resume_from_checkpoint,
-                                     final_dirname=final_dirname, remove=is_main)
+                                     final_dirname=final_dirname, remove=is_main, outputs=outputs)
             if is_main:
                 if decision.resume_from is None:
                     write_fingerprint(output_dir, fingerprint)
@@ -280,6 +299,9 @@ def check_schedule(training_args, *, max_train_tokens: int | None = None, max_do
         raise ValueError(f"--num_train_epochs must be positive, got {training_args.num_train_epochs}")
     if max_train_tokens is not None and max_train_tokens < 1:
         raise ValueError(f"--max_train_tokens must be a positive number of tokens, got {max_train_tokens}")
+    if max_train_tokens is not None and training_args.max_steps != -1:  # (the budget silently replaced --max_steps)
+        raise ValueError(f"pass either --max_steps ({training_args.max_steps}) or --max_train_tokens "
+                         f"({max_train_tokens}), not both: the budget sets the number of steps")
     if max_documents is not None and max_documents < 1:
         raise ValueError(f"--max_documents must be a positive number of documents, got {max_documents}")
     if training_args.learning_rate < 0:
@@ -292,10 +314,21 @@ def global_batch(training_args) -> int:
             * max(1, training_args.world_size))
 
 
-def steps_for_token_budget(max_train_tokens: int, training_args, block_size: int) -> int:
+def steps_for_token_budget(max_train_tokens: int, training_args, block_size: int, num_rows: int | None = None) -> int:
     """The optimizer steps of a ``--max_train_tokens`` budget in rows of ``block_size`` tokens: rounded up, so every
-    training command that takes a budget trains on at least that many tokens (and on the same number of steps)."""
-    return max(1, math.ceil(max_train_tokens / (global_batch(training_args) * block_size)))
+    training command that takes a budget trains on at least that many tokens (and on the same number of steps).
+
+    With ``num_rows`` (the training set's rows) the budget is counted the way the Trainer steps through epochs: an
+    epoch's last step holds only the rows left (``ceil(micro-batches / accumulation)`` steps per epoch), so a budget of
+    several epochs needs more steps than ``budget / (global batch x block)`` (1% too few tokens without it)."""
+    step_rows = global_batch(training_args)
+    rows_needed = math.ceil(max_train_tokens / block_size)
+    if num_rows is None or num_rows < 1:
+        return max(1, math.ceil(rows_needed / step_rows))
+    micro_rows = training_args.per_device_train_batch_size * max(1, training_args.world_size)
+    steps_per_epoch = math.ceil(math.ceil(num_rows / micro_rows) / training_args.gradient_accumulation_steps)
+    epochs, rest = divmod(rows_needed, num_rows)
+    return max(1, epochs * steps_per_epoch + math.ceil(rest / step_rows))
 
 
 __all__ = [
