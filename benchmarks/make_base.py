@@ -86,11 +86,12 @@ def main() -> None:
         per_domain[domain] = evaluate_causal_lm(model, tokenizer, texts, block_size=args.block_size).as_dict()
         print(f"{domain:>10}: perplexity {per_domain[domain]['perplexity']:.2f}  "
               f"bits/byte {per_domain[domain]['bits_per_byte']:.3f}")
+    trained = json.loads((final / "pretrain_metrics.json").read_text())["train_tokens"]  # (>= the budget)
     metrics = {
         "preset": args.preset, "vocab_size": len(tokenizer), "parameters": sum(p.numel() for p in model.parameters()),
-        "train_tokens": args.train_tokens, "block_size": args.block_size, "seed": args.seed,
+        "token_budget": args.train_tokens, "train_tokens": trained, "block_size": args.block_size, "seed": args.seed,
         "tokenizer_seconds": round(tokenizer_seconds, 1), "train_seconds": round(train_seconds, 1),
-        "train_tokens_per_second": round(args.train_tokens / train_seconds, 1), "held_out": per_domain,
+        "train_tokens_per_second": round(trained / train_seconds, 1), "held_out": per_domain,
     }
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)

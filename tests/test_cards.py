@@ -100,3 +100,30 @@ def test_cards_have_intended_use_and_training_procedure_from_the_run(tmp_path):
         else:
             assert "optimizer steps 6" in procedure and "peak learning rate 0.01" in procedure, (template, procedure)
             assert "pydocs.train.jsonl.gz" in procedure, (template, procedure)
+
+
+def test_cards_read_make_base_held_out_results_and_count_what_the_accelerator_runs(tmp_path):
+    """make_base.py records per-domain results under held_out, which the card never read ("No evaluation recorded");
+    a training-mode SCONE folder's card counted A_f's weights as accelerator parameters "the same as the base model"."""
+    from hf_efficient_lm.scone import SconeLlamaForCausalLM, mine_fgrams
+    from hf_efficient_lm.testing_utils import save_tiny_llama
+
+    held_out = {"code": {"perplexity": 41.5, "bits_per_byte": 2.25}, "fortunes": {"perplexity": 60.25}}
+    folder = _save(make_tiny_llama(), tmp_path / "base", "base_metrics.json",
+                   {"preset": "tiny", "train_tokens": 2048, "token_budget": 2000, "seed": 0, "held_out": held_out})
+    card = publish(folder, "me/base", card_template="llama_base", api=FakeHfApi()).card
+    assert "No evaluation recorded" not in card
+    for value in ("41.5", "2.25", "60.25"):
+        assert value in card
+
+    base = save_tiny_llama(tmp_path / "llama")
+    ids = torch.randint(3, 128, (20, 40), generator=torch.Generator().manual_seed(0)).tolist()
+    vocab = mine_fgrams(ids + ids, num_fgrams=8, min_count=2, vocab_size=128, show_progress=False)
+    scone = SconeLlamaForCausalLM.from_pretrained(base, fgram_vocab=vocab, fgram_num_layers=1)
+    scone.save_pretrained(tmp_path / "scone")
+    main = sum(p.numel() for name, p in scone.named_parameters() if ".fgram_model." not in name)
+    fgram = sum(p.numel() for name, p in scone.named_parameters() if ".fgram_model." in name)
+    assert fgram > 0
+    card = publish(tmp_path / "scone", "me/scone", card_template="scone", api=FakeHfApi()).card
+    line = next(line for line in card.splitlines() if line.startswith("- Accelerator parameters"))
+    assert f"{main / 1e6:.2f}" in line and f"{fgram / 1e6:.2f}" in line and "once the table is exported" in line

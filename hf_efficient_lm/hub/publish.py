@@ -99,6 +99,8 @@ def folder_facts(folder: Path, source: Path | None = None) -> dict:
             metrics.append(("held-out", label, float(recorded[key])))
     for domain, value in (recorded.get("bits_per_byte") or {}).items():
         metrics.append((domain, "bits_per_byte", float(value)))
+    for domain, row in (recorded.get("held_out") or {}).items():  # benchmarks/make_base.py's per-domain results
+        metrics += [(domain, key, float(row[key])) for key in ("perplexity", "bits_per_byte") if key in row]
     facts["_metrics"] = metrics
 
     if model_type == "hfelm_anchor_llama":
@@ -107,7 +109,12 @@ def folder_facts(folder: Path, source: Path | None = None) -> dict:
     elif model_type == "hfelm_scone_llama":
         facts.update(num_fgrams=config.get("num_fgrams"), max_fgram_len=config.get("max_fgram_len"),
                      fgram_layers=config.get("fgram_num_layers"), fusion=config.get("fgram_fusion"),
-                     fgram_mode=config.get("fgram_mode"), accelerator_params=facts.get("parameters"))
+                     fgram_mode=config.get("fgram_mode"))
+        # what the accelerator runs once the table is exported: the main model (A_f's weights stay in a
+        # training-mode folder until then, and were counted as accelerator parameters)
+        fgram_params = _count_parameters(main_weights, "model.fgram_model.")
+        facts["accelerator_params"] = _millions(parameters - fgram_params) if parameters else None
+        facts["fgram_model_params"] = _millions(fgram_params) if fgram_params else None
         table = folder / "fgram_table.safetensors"
         if table.is_file():
             from safetensors import safe_open
