@@ -70,6 +70,11 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[P
     ``path`` is left exactly as it was.
     """
     path = Path(path)
+    if not path.exists():  # a process killed between the two renames below left the old folder aside: restore it
+        aside = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime) if \
+            path.parent.is_dir() else []
+        if aside:
+            os.replace(aside[-1], path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a directory")
     if not overwrite and path.exists() and any(path.iterdir()):
@@ -82,7 +87,11 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[P
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)  # (the destination was gone, the old copy left hidden aside)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)

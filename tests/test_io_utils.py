@@ -19,6 +19,37 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
 
 
+def test_atomic_dir_keeps_the_old_folder_when_the_swap_fails_or_is_killed(tmp_path, monkeypatch):
+    """The old folder is moved aside before the new one moves in: a failure of the second rename deleted the new one
+    and left the old one hidden (the destination gone); a process killed in between left the same state."""
+    import os
+
+    import hf_efficient_lm.io_utils as io_utils
+
+    target = tmp_path / "final"
+    with atomic_dir(target) as tmp:
+        (tmp / "w").write_text("OLD")
+    real_replace, calls = os.replace, []
+
+    def failing_second_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io_utils.os, "replace", failing_second_replace)
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_dir(target) as tmp:
+            (tmp / "w").write_text("NEW")
+    monkeypatch.undo()
+    assert (target / "w").read_text() == "OLD" and sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+    os.replace(target, tmp_path / ".final.old-12345")  # killed between the renames: only the aside copy is left
+    with pytest.raises(FileExistsError, match="not empty"):  # the next write finds the old folder restored
+        with atomic_dir(target, overwrite=False):
+            pass
+    assert (target / "w").read_text() == "OLD" and sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+
+
 def test_atomic_dir_refuses_to_overwrite_when_asked(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "f").write_text("keep")
