@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def normalize_option_names(argv: list[str]) -> list[str]:
     """``--data_files`` -> ``--data-files``: the argparse subcommands spell options with dashes, the HfArgumentParser
-    ones (pretrain, train-anchor, train-scone) accept both; this makes the underscore spelling work everywhere."""
+    ones (pretrain, train-anchor, train-scone) accept both; this makes the underscore spelling work everywhere (the
+    passthrough commands' own parsers included)."""
     out = []
     for token in argv:
         if token == "--":
@@ -255,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; errors propagate as exceptions (the console script turns them into one line)."""
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"]
     passthrough = {command.name: command for command in COMMANDS if command.passthrough}
-    if argv and argv[0] in passthrough:
-        passthrough[argv[0]].load()(argv[1:])
+    if argv and argv[0] in passthrough:  # (quickstart, anchor-mcq and the BLT tools read dashes only)
+        passthrough[argv[0]].load()(normalize_option_names(argv[1:]))
         return 0
     args = build_parser().parse_args(normalize_option_names(argv))
     args.func(args)

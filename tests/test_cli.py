@@ -31,6 +31,14 @@ def test_every_tool_command_is_in_the_table_and_answers_help(command, capsys):
     assert capsys.readouterr().out.count("--") >= 2, command.name
 
 
+def test_underscore_options_reach_a_command_with_its_own_parser(capsys):
+    """README promises either spelling; the passthrough tools' argparse parsers knew the dashes only."""
+    main(["plan-specialists", "--pretraining_budget", "100", "--specialization_budget", "10", "--num_domains", "2"])
+    underscores = capsys.readouterr().out
+    main(["plan-specialists", "--pretraining-budget", "100", "--specialization-budget", "10", "--num-domains", "2"])
+    assert underscores == capsys.readouterr().out and underscores.strip()
+
+
 def test_the_table_covers_every_family():
     targets = " ".join(command.target for command in COMMANDS)
     for family in ("anchor", "scone", "blt", "specialists"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from transformers import LlamaConfig
 
 LLAMA_PRESETS: dict[str, dict] = {
-    # ~30k params at vocab 512: the contract suite's and the demo's size
+    # ~51k params at vocab 512 (19k non-embedding): the contract suite's and the demo's size
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
     # ~0.2M / ~0.45M non-embedding (0.73M / 1.2M at vocab 4096): the small end of the BLT scaling ladder
     # (benchmarks/blt/bench_scaling_blt.py pairs 200k, 450k, 1m with BLT_PRESETS scale-64, scale-96, scale-128)

@@ -145,3 +145,26 @@ def test_flops_per_byte_count_the_projections_torch_measures():
                               + enc.hidden_size * k + n_cross * dec.hidden_size * k)
     flops = blt_flops_per_byte(cfg, n / patches, n, include_entropy_model=False)
     assert (flops["total"] - attention_per_byte) * n == pytest.approx(measured, rel=0.01)
+
+
+def test_llama_flops_follow_head_dim_where_it_differs_from_hidden_over_heads():
+    """The attention width is heads x head_dim; the formula read head_dim as hidden / heads (-27% on this config).
+    Reference: FlopCounterMode's matmuls, the attention scaled from the full T x T it counts to the causal context."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_efficient_lm.tools.blt_flops import llama_flops_per_token
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, attn_implementation="eager")
+    model, length = LlamaForCausalLM(config).eval(), 10
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.randint(0, 64, (1, length)))
+    counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    linear = sum(v for name, v in counts.items() if name.endswith(("_proj", "lm_head")))
+    layer = "LlamaForCausalLM.model.layers.{}.self_attn"
+    attention = sum(counts[layer.format(i)] - sum(counts[f"{layer.format(i)}.{p}_proj"] for p in "qkvo")
+                    for i in range(config.num_hidden_layers))
+    expected = linear + attention * mean_context(length) / length
+    assert llama_flops_per_token(config, length) * length == pytest.approx(expected, rel=1e-9)
