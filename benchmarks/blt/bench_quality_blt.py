@@ -9,7 +9,7 @@ Trainer settings, each for the same training-FLOPs budget; (c) evaluates bits pe
 with its own next-byte NLL under in-forward entropy patching (the inference path); both predict every document byte
 plus one EOS per document and divide by the same UTF-8 byte count; (d) prints inference FLOPs per byte of each.
 
-FLOPs accounting (``hf_efficient_lm/blt/flops_blt.py``, 2 FLOPs per multiply-add, training = 3x forward):
+FLOPs accounting (``hf_efficient_lm/tools/blt_flops.py``, 2 FLOPs per multiply-add, training = 3x forward):
 Llama training = 3 * ``llama_flops_per_token`` * tokens (6 * N * tokens printed too); BLT training =
 3 * (``blt_flops_per_byte`` - entropy model) * bytes (patch lengths precomputed, as in ``examples/train_blt.py``; the
 entropy model's own pretraining is not counted). The budget is either ``--budget-flops`` or chosen from
@@ -184,7 +184,7 @@ def main() -> None:
     blt_train_fpb = blt_flops_per_byte(blt_config, train_patch, args.blt_seq_len)
     blt_train_fpb_no_ent = blt_train_fpb["total"] - blt_train_fpb["entropy_model"]
     print(f"Llama ({args.preset}): {sum(p.numel() for p in llama.parameters()) / 1e6:.2f}M params "
-          f"({llama_n / 1e6:.2f}M non-embedding), forward {llama_fpt / 1e6:.2f}M FLOPs/token at context "
+          f"({llama_n / 1e6:.2f}M without the input embedding), forward {llama_fpt / 1e6:.2f}M FLOPs/token at context "
           f"{args.llama_seq_len}")
     print(f"BLT: {blt_trainable / 1e6:.2f}M trainable params, threshold {threshold:.3f} -> {train_patch:.2f} bytes/patch "
           f"on train rows, forward {blt_train_fpb['total'] / 1e6:.2f}M FLOPs/byte "
@@ -288,7 +288,7 @@ def main() -> None:
     # ---- table
     print()
     print(f"equal training FLOPs: Llama {llama_flops:.3e} (3 x {llama_fpt / 1e6:.2f}M FLOPs/token x "
-          f"{llama_tokens / 1e6:.2f}M tokens; 6*N*D with N={llama_n / 1e6:.2f}M non-embedding: "
+          f"{llama_tokens / 1e6:.2f}M tokens; 6*N*D with N={llama_n / 1e6:.2f}M without the input embedding: "
           f"{6 * llama_n * llama_tokens:.3e}), BLT {blt_flops:.3e} (3 x {blt_train_fpb_no_ent / 1e6:.2f}M FLOPs/byte x "
           f"{blt_bytes / 1e6:.2f}M bytes); ratio BLT/Llama {blt_flops / llama_flops:.3f}")
     print(f"training bytes seen: Llama ~{llama_tokens * sample_bpt / 1e6:.2f}M ({sample_bpt:.2f} bytes/token), "
