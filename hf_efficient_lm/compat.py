@@ -28,9 +28,8 @@ def check_transformers_version(version: str | None = None) -> None:
     if minor < Version(low).release:
         raise ImportError(f"transformers {version} is installed; {supported}. Run: pip install 'transformers>={low},<{high}'")
     if minor >= Version(high).release:
-        logging.get_logger("hf_efficient_lm").warning_once(
-            f"transformers {version} is installed; {supported} (newer releases are untested and may rename APIs)."
-        )
+        logging.get_logger("hf_efficient_lm").warning_once(f"transformers {version} is installed; {supported} (newer "
+                                                           "releases are untested and may rename APIs).")
 
 
 def resolve_cache(cache, kwargs: dict):

@@ -106,15 +106,15 @@ class BLTCrossAttention(nn.Module):
 
     def forward(self, queries: torch.Tensor, kv_states: torch.Tensor, key_valid: torch.Tensor | None = None,
                 kv_index: torch.LongTensor | None = None) -> torch.Tensor:
-        """queries ``[B, G, Q, D]`` attend to the keys/values projected from ``kv_states [B, G', S, D]``: those of
-        their own group (``G' = G``), or of group ``kv_index [B, G]`` (gathered after the projection). ``key_valid
-        [B, G, S]`` masks keys (none valid: zero output). Every parameter is used inside ``forward`` (FSDP)."""
+        """queries ``[B, G, Q, D]`` attend to the keys/values projected from ``kv_states``: ``[B, G, S, D]``, or ``[B, 1,
+        T, D]`` whose slots ``kv_index [B, G, S]`` each group reads (gathered after the projection: each state projected
+        once). ``key_valid [B, G, S]`` masks keys (none valid: zero output). Every parameter is used inside ``forward``."""
         normed = self.k_norm(kv_states)
         shape = (*kv_states.shape[:-1], self.num_kv_heads, self.head_dim)
         keys, values = self.k_proj(normed).view(shape), self.v_proj(normed).view(shape)
-        if kv_index is not None:
-            index = kv_index.view(*kv_index.shape, 1, 1, 1).expand(*kv_index.shape, *keys.shape[2:])
-            keys, values = keys.gather(1, index), values.gather(1, index)
+        if kv_index is not None:  # slot s of group g is slot kv_index[b, g, s] of the one group
+            flat = kv_index.flatten(1)[..., None, None].expand(-1, -1, *keys.shape[3:])  # [B, G * S, heads, dim]
+            keys, values = (t[:, 0].gather(1, flat).view(*kv_index.shape, *t.shape[3:]) for t in (keys, values))
         rep = self.num_heads // self.num_kv_heads
         if rep > 1:
             keys, values = keys.repeat_interleave(rep, dim=-2), values.repeat_interleave(rep, dim=-2)
@@ -172,14 +172,15 @@ class BLTLocalEncoder(_BLTLocalStack):
     def patch_vectors(self, byte_states, gather_index, gather_valid):
         """Pool and cross-attend each patch over its bytes: byte_states ``[B, N, D]``; gather_index/valid ``[B, P, L]``
         (byte slots of each patch, L = longest patch) -> ``[B, P, k * D]``."""
-        b, p, slots = gather_index.shape
-        d = byte_states.shape[-1]
+        (b, p, slots), d = gather_index.shape, byte_states.shape[-1]
         flat = gather_index.reshape(b, p * slots, 1).expand(b, p * slots, d)
         patch_bytes = byte_states.gather(1, flat).view(b, p, slots, d)
         pooled = patch_bytes.masked_fill(~gather_valid[..., None], float("-inf")).amax(dim=2)
         pooled = torch.where(gather_valid.any(dim=2, keepdim=True), pooled, torch.zeros_like(pooled))
         queries = self.patch_embedding_projection(pooled).view(b, p, self.cross_attn_k, d)
-        out = queries + self.cross_attn_layers[-1](queries, patch_bytes, gather_valid)
+        # each byte's keys/values projected once when the slots (padded to the longest patch) outnumber the bytes
+        kv, index = (byte_states.unsqueeze(1), gather_index) if p * slots > byte_states.shape[1] else (patch_bytes, None)
+        out = queries + self.cross_attn_layers[-1](queries, kv, gather_valid, index)
         return out.reshape(b, p, self.cross_attn_k * d)
 
 
@@ -211,8 +212,9 @@ class BLTLocalDecoder(_BLTLocalStack):
         """byte_states ``[B, N, D]`` (encoder output); patch_states ``[B, P, D_G]``; byte_patch ``[B, N]`` index of
         the patch each byte reads; attention_mask ``[B, T]`` or None -> ``[B, N, D]`` normed states."""
         (b, _, d), p = byte_states.shape, patch_states.shape[1]
-        slices = self.patch_embedding_projection(patch_states).view(b, p, self.cross_attn_k, d)
-        index = byte_patch.clamp(min=0, max=p - 1)
+        slices = self.patch_embedding_projection(patch_states).view(b, 1, p * self.cross_attn_k, d)
+        k = torch.arange(self.cross_attn_k, device=byte_patch.device)  # byte t reads the k slices of its patch
+        index = byte_patch.clamp(min=0, max=p - 1).unsqueeze(-1) * self.cross_attn_k + k
 
         def cross_attend(i, hidden):
             if i >= len(self.cross_attn_layers):
