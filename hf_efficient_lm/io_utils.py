@@ -70,11 +70,9 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[P
     ``path`` is left exactly as it was.
     """
     path = Path(path)
-    if not path.exists():  # a process killed between the two renames below left the old folder aside: restore it
-        aside = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime) if \
-            path.parent.is_dir() else []
-        if aside:
-            os.replace(aside[-1], path)
+    aside = [] if path.exists() else sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if aside:  # a process killed between the two renames below left the old folder aside: restore it
+        os.replace(aside[-1], path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a directory")
     if not overwrite and path.exists() and any(path.iterdir()):

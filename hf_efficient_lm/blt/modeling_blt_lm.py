@@ -213,8 +213,8 @@ class BLTLocalDecoder(_BLTLocalStack):
         the patch each byte reads; attention_mask ``[B, T]`` or None -> ``[B, N, D]`` normed states."""
         (b, _, d), p = byte_states.shape, patch_states.shape[1]
         slices = self.patch_embedding_projection(patch_states).view(b, 1, p * self.cross_attn_k, d)
-        k = torch.arange(self.cross_attn_k, device=byte_patch.device)  # byte t reads the k slices of its patch
-        index = byte_patch.clamp(min=0, max=p - 1).unsqueeze(-1) * self.cross_attn_k + k
+        slice_ids = torch.arange(self.cross_attn_k, device=byte_patch.device)  # byte t reads its patch's k slices
+        index = byte_patch.clamp(min=0, max=p - 1).unsqueeze(-1) * self.cross_attn_k + slice_ids
 
         def cross_attend(i, hidden):
             if i >= len(self.cross_attn_layers):

@@ -46,10 +46,10 @@ from ..train.launch import parse_launched_args
 from ..train.run_dir import (
     FingerprintCallback,
     check_schedule,
+    count_trained_tokens,
     global_batch,
     guarded_run,
     run_fingerprint,
-    steps_for_token_budget,
     write_fingerprint,
 )
 
@@ -135,10 +135,7 @@ def main(argv: list[str] | None = None) -> Path:
     set_seed(training_args.seed)  # the f-gram model's initial weights: the same in every process and run
     model = build_model(args, vocab, tokenizer)
     check_vocab_fits(tokenizer, model.config.vocab_size)
-    if args.max_train_tokens:
-        training_args.max_steps = steps_for_token_budget(args.max_train_tokens, training_args, args.block_size,
-                                                         num_rows=len(blocks))
-    training_args.include_num_input_tokens_seen = "all"  # (train_tokens: epochs end in short steps)
+    count_trained_tokens(training_args, args.max_train_tokens, args.block_size, num_rows=len(blocks))
     fingerprint = run_fingerprint(
         model_config=model.config, tokenizer=tokenizer, training_args=training_args, data_files=args.data_files,
         script="train_scone", base_model=args.base_model, fgram_vocab=vocab.metadata(), block_size=args.block_size,

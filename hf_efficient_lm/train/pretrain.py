@@ -31,10 +31,10 @@ from .launch import parse_launched_args
 from .run_dir import (
     FingerprintCallback,
     check_schedule,
+    count_trained_tokens,
     global_batch,
     guarded_run,
     run_fingerprint,
-    steps_for_token_budget,
     write_fingerprint,
 )
 from .presets import LLAMA_PRESETS, llama_config_from_preset
@@ -140,10 +140,7 @@ def _train(args: PretrainArguments, training_args: TrainingArguments, tokenizer,
             eval_set = pack_dataset(eval_raw, tokenizer, args.block_size, text_column=args.text_column)
     if len(train_set) == 0:
         raise ValueError(f"the training data gives no full block of {args.block_size} tokens; lower --block_size")
-    if args.max_train_tokens is not None:  # (not in the fingerprint: a larger budget extends the run)
-        training_args.max_steps = steps_for_token_budget(args.max_train_tokens, training_args, args.block_size,
-                                                         num_rows=len(train_set))
-    training_args.include_num_input_tokens_seen = "all"  # (train_tokens: epochs end in short steps)
+    count_trained_tokens(training_args, args.max_train_tokens, args.block_size, num_rows=len(train_set))
 
     model = LlamaForCausalLM(config)
     trainer = Trainer(

@@ -314,6 +314,15 @@ def global_batch(training_args) -> int:
             * max(1, training_args.world_size))
 
 
+def count_trained_tokens(training_args, max_train_tokens: int | None, block_size: int, num_rows: int) -> None:
+    """Have the Trainer count the tokens it trains on (``state.num_input_tokens_seen``: epochs end in short steps, so
+    steps x global batch x block over-counts) and, with a ``--max_train_tokens`` budget, set ``max_steps`` from it
+    (:func:`steps_for_token_budget` over the ``num_rows`` training rows)."""
+    training_args.include_num_input_tokens_seen = "all"
+    if max_train_tokens is not None:  # (not in the fingerprint: a larger budget extends the run)
+        training_args.max_steps = steps_for_token_budget(max_train_tokens, training_args, block_size, num_rows=num_rows)
+
+
 def steps_for_token_budget(max_train_tokens: int, training_args, block_size: int, num_rows: int | None = None) -> int:
     """The optimizer steps of a ``--max_train_tokens`` budget in rows of ``block_size`` tokens: rounded up, so every
     training command that takes a budget trains on at least that many tokens (and on the same number of steps).
@@ -347,4 +356,5 @@ __all__ = [
     "model_config_fingerprint",
     "run_fingerprint",
     "steps_for_token_budget",
+    "count_trained_tokens",
 ]
