@@ -388,9 +388,9 @@ def _source_model_type(folder: str, kwargs: dict) -> str | None:
 
 
 def _resolve_file(folder: str, filename: str, kwargs: dict) -> str | None:
-    """Local path of ``filename`` in a local folder or Hub repo (None if absent)."""
+    """Local path of ``filename`` in a local folder or Hub repo, under ``kwargs["subfolder"]`` (None if absent)."""
     if os.path.isdir(folder):
-        path = os.path.join(folder, filename)
+        path = os.path.join(folder, kwargs.get("subfolder") or "", filename)
         return path if os.path.isfile(path) else None
     hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder")
                   if k in kwargs}

@@ -245,6 +245,24 @@ def _copy(src, dst):
     return dst
 
 
+@torch.no_grad()
+def test_from_pretrained_reads_side_files_from_a_local_subfolder(tmp_path, llama_dir, vocab, batch, exported):
+    """``subfolder=`` reaches the f-gram index, the table and a wrapped Llama's files, as it does the weights."""
+    trained = wrap(llama_dir, vocab, "gated")
+    trained.save_pretrained(tmp_path / "model_mode" / "model")
+    _copy(exported, tmp_path / "table_mode" / "model")
+    _copy(llama_dir, tmp_path / "llama" / "model")
+    for parent, reference in (("model_mode", trained), ("table_mode", SconeLlamaForCausalLM.from_pretrained(exported))):
+        loaded = SconeLlamaForCausalLM.from_pretrained(tmp_path / parent, subfolder="model").eval()
+        assert torch.equal(loaded(batch).logits, reference.eval()(batch).logits), parent
+    torch.manual_seed(0)
+    wrapped = SconeLlamaForCausalLM.from_pretrained(tmp_path / "llama", subfolder="model", fgram_vocab=vocab,
+                                                    fgram_num_layers=1)
+    rms = LlamaForCausalLM.from_pretrained(llama_dir).model.embed_tokens.weight.pow(2).mean().sqrt()
+    # a wrapped Llama's output scale is set from its embeddings; a SconeLlama folder's (model_mode above) is kept
+    torch.testing.assert_close(wrapped.model.fgram_model.output_scale, torch.full_like(wrapped.model.fgram_model.output_scale, float(rms)))
+
+
 def test_truncated_or_corrupt_table_is_rejected(tmp_path, exported):
     folder = _copy(exported, tmp_path / "m")
     table = folder / "fgram_table.safetensors"
