@@ -9,6 +9,7 @@ and a folder written by ``save_pretrained`` carries an ``auto_map`` plus the mod
 from __future__ import annotations
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 MODEL_TYPE_PREFIX = "hfelm_"
 
@@ -34,6 +35,10 @@ def register_causal_lm(
         return
     AutoConfig.register(model_type, config_class, exist_ok=True)
     AutoModelForCausalLM.register(config_class, causal_lm_class, exist_ok=True)
+    # The Trainer (label_smoothing_factor > 0) and the text-generation pipeline recognise a causal LM by its class name
+    # in this table, not by the Auto registration above: without it the smoothed loss targets the current token
+    # instead of the next one. Keyed by our own prefixed model_type, so no Transformers entry changes.
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type] = causal_lm_class.__name__
     if base_model_class is not None:
         AutoModel.register(config_class, base_model_class, exist_ok=True)
         base_model_class.register_for_auto_class("AutoModel")

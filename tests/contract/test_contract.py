@@ -253,6 +253,32 @@ def test_trainer_lowers_loss_on_repeated_batch(case, tmp_path):
 
 
 @parametrize_cases
+def test_trainer_label_smoothing_targets_the_next_token(case, tmp_path):
+    """``label_smoothing_factor`` makes the Trainer compute the loss itself (``LabelSmoother``), shifting the labels
+    only for classes it knows as causal LMs: the eval loss must be the next-token smoothed loss, by hand."""
+    _skip_if_declared(case, "trainer")
+    from datasets import Dataset
+
+    model = case.make_model().eval()
+    ids = _ids(case, batch=4, length=16)
+    epsilon = 0.1
+
+    def smoothed_loss(logits, labels):  # LabelSmoother's formula: (1 - eps) * NLL + eps * mean(-log p) over the vocab
+        log_probs = -torch.log_softmax(logits.float(), dim=-1)
+        nll = log_probs.gather(-1, labels[..., None]).mean()
+        return ((1 - epsilon) * nll + epsilon * log_probs.mean()).item()
+
+    logits = _logits(model, ids)
+    shifted, unshifted = smoothed_loss(logits[:, :-1], ids[:, 1:]), smoothed_loss(logits, ids)
+    assert abs(shifted - unshifted) > 20 * 1e-5 * shifted  # the two differ by far more than the tolerance below
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, label_smoothing_factor=epsilon,
+                             report_to=[], use_cpu=True, disable_tqdm=True)
+    dataset = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    evaluated = Trainer(model=model, args=args, eval_dataset=dataset).evaluate()
+    assert evaluated["eval_loss"] == pytest.approx(shifted, rel=1e-5)
+
+
+@parametrize_cases
 def test_outputs_like_transformers_models(case):
     """What Transformers' common tests ask of every causal LM: hidden states on request (a tuple, the last one the
     final layer's output), ``return_dict=False`` gives a plain tuple whose first items are (loss,) logits, and
