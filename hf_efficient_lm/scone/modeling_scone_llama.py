@@ -164,8 +164,8 @@ class SconeLlamaPreTrainedModel(LlamaPreTrainedModel):
                 raise FileNotFoundError(f"{folder} is a table-mode SconeLlama but has no {TABLE_FILE}; export one "
                                         "with hf_efficient_lm.scone.export_fgram_table(model, out_dir)")
             scone.fgram_table = FgramTable(table_path, num_rows=model.config.num_fgrams, dim=model.config.hidden_size)
-        elif (kwargs.get("config") is None and scone.fgram_model.output_scale is not None
-              and _source_model_type(folder, kwargs) != cls.config_class.model_type):
+        elif kwargs.get("config") is None and scone.fgram_model.output_scale is not None and json.loads(Path(
+                _resolve_file(folder, "config.json", kwargs)).read_text()).get("model_type") != cls.config_class.model_type:
             with torch.no_grad():  # freshly wrapped Llama: scale f-gram outputs like its trained token embeddings
                 scone.fgram_model.output_scale.fill_(float(scone.embed_tokens.weight.float().pow(2).mean().sqrt()))
         return result
@@ -379,21 +379,10 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
                                   **{CACHE_NAME: cache}, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
 
 
-def _source_model_type(folder: str, kwargs: dict) -> str | None:
-    config_path = _resolve_file(folder, "config.json", kwargs)
-    if config_path is None:
-        return None
-    with open(config_path, encoding="utf-8") as handle:
-        return json.load(handle).get("model_type")
-
-
 def _resolve_file(folder: str, filename: str, kwargs: dict) -> str | None:
-    """Local path of ``filename`` in a local folder or Hub repo, under ``kwargs["subfolder"]`` (None if absent)."""
-    if os.path.isdir(folder):
-        path = os.path.join(folder, kwargs.get("subfolder") or "", filename)
-        return path if os.path.isfile(path) else None
-    hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder")
-                  if k in kwargs}
+    """Local path of ``filename`` in a local folder or Hub repo, found as ``from_pretrained`` finds the weights
+    (``subfolder``, ``revision``, ... from ``kwargs``); None if absent."""
+    hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
     return cached_file(folder, filename, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
 
 

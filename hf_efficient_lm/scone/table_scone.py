@@ -137,6 +137,12 @@ class FgramTable:
         if hasattr(mmap, "MADV_DONTNEED"):
             self._mmap.madvise(mmap.MADV_DONTNEED)
 
+    def __getstate__(self) -> dict:  # copy.deepcopy, pickle (torch.save, quantize_dynamic): reopened from its file,
+        return {"path": self.path, "release_every_rows": self.release_every_rows}  # never copied into memory
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], release_every_rows=state["release_every_rows"])
+
     def __len__(self) -> int:
         return self.num_rows
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
-from transformers import LlamaForCausalLM
+from transformers import LlamaForCausalLM, PreTrainedModel
 from transformers.utils.logging import tqdm
 
 from ..io_utils import atomic_dir, atomic_file
@@ -113,6 +113,9 @@ def export_fgram_table(model, out_dir, *, batch_size: int = 4096, dtype: torch.d
     (default: the model's dtype), written ``batch_size`` rows at a time, so the table is never whole in memory.
     The folder itself appears atomically.
     """
+    if not isinstance(model, PreTrainedModel):  # e.g. a PeftModel: its adapters would not reach the table
+        raise TypeError(f"export_fgram_table takes a SconeLlamaForCausalLM, got {type(model).__name__}; for a PEFT "
+                        "model, merge the adapters first: export_fgram_table(model.merge_and_unload(), out_dir)")
     if model.config.fgram_mode != "model":
         raise ValueError("export_fgram_table needs the f-gram model (fgram_mode='model'); this model is a table")
     vocab = model.model.fgram_vocab

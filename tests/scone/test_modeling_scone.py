@@ -263,6 +263,34 @@ def test_from_pretrained_reads_side_files_from_a_local_subfolder(tmp_path, llama
     torch.testing.assert_close(wrapped.model.fgram_model.output_scale, torch.full_like(wrapped.model.fgram_model.output_scale, float(rms)))
 
 
+@torch.no_grad()
+def test_table_mode_model_deep_copies_and_pickles_by_reopening_its_table(tmp_path, exported, batch):
+    """copy.deepcopy / torch.save (TRL reference models, merge_and_unload on a copy, quantize_dynamic) reopen the
+    memory-mapped table from its file instead of failing on the map or copying the table into memory."""
+    import copy
+    import io
+    import pickle
+
+    model = SconeLlamaForCausalLM.from_pretrained(exported).eval()
+    expected = model(batch).logits
+    assert len(pickle.dumps(model.fgram_table)) < 1024  # its path, not its rows
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for twin in (copy.deepcopy(model), torch.load(buffer, weights_only=False)):
+        assert twin.fgram_table is not model.fgram_table and twin.fgram_table.path == model.fgram_table.path
+        assert torch.equal(twin(batch).logits, expected)
+
+
+def test_export_refuses_a_peft_wrapper_and_names_the_merge(tmp_path, llama_dir, vocab):
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(wrap(llama_dir, vocab, "gated"), LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(TypeError, match="merge_and_unload"):
+        export_fgram_table(peft_model, tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_truncated_or_corrupt_table_is_rejected(tmp_path, exported):
     folder = _copy(exported, tmp_path / "m")
     table = folder / "fgram_table.safetensors"
