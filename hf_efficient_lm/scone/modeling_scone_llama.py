@@ -441,11 +441,12 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
         attention_mask=None,
         inputs_embeds=None,
         is_first_iteration=False,
+        past_key_values=None,
         **kwargs,
     ):
         if inputs_embeds is not None:
             raise ValueError("SconeLlama cannot generate from inputs_embeds: f-gram matching needs input_ids")
-        cache = resolve_cache(cache, kwargs)
+        cache = resolve_cache(cache, {"past_key_values": past_key_values, **kwargs})  # (generate < 5.24 checks it)
         kwargs.pop("fgram_row", None)
         kwargs.pop("fgram_len", None)
         # GenerationMixin asks inspect.signature(self.forward) on every step of a model registered for remote code

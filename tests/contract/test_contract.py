@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments
 
 import hf_efficient_lm  # noqa: F401  (registers the families)
+from hf_efficient_lm.compat import CACHE_NAME
 from tests.contract.common import CHECKS, ContractCase
 
 
@@ -149,6 +150,22 @@ def test_greedy_generate_cache_equals_recompute(case):
     cached = model.generate(ids, use_cache=True, **common)
     recomputed = model.generate(ids, use_cache=False, **common)
     assert torch.equal(cached, recomputed)
+
+
+@parametrize_cases
+def test_generate_continues_from_a_returned_cache(case):
+    """A second ``generate()`` given the first's cache (under the release's own argument name, ``past_key_values``
+    before Transformers 5.24) and its sequences equals one started from scratch on those sequences."""
+    _skip_if_declared(case, "generate_cache")
+    model = case.make_model()
+    ids = _ids(case, length=10)
+    common = dict(max_new_tokens=4, do_sample=False, pad_token_id=_pad_id(model))
+    first = model.generate(ids, attention_mask=torch.ones_like(ids), return_dict_in_generate=True, **common)
+    sequences, cache = first.sequences, first[CACHE_NAME]
+    assert cache is not None and cache.get_seq_length() > ids.shape[1]
+    continued = model.generate(sequences, attention_mask=torch.ones_like(sequences), **{CACHE_NAME: cache}, **common)
+    scratch = model.generate(sequences, attention_mask=torch.ones_like(sequences), **common)
+    assert torch.equal(continued, scratch)
 
 
 @parametrize_cases
