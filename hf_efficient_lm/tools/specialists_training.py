@@ -56,9 +56,14 @@ class _ClusterHomogeneousSampler(Sampler):
     def __len__(self) -> int:
         return self._length
 
+    def set_epoch(self, epoch: int) -> None:
+        # The Trainer names the epoch before iterating, also in a resumed process: epoch e always gets the order of
+        # seed + e (a resumed run replayed epoch 0's batches when the count restarted at 0).
+        self.epoch = epoch
+
     def __iter__(self):
         order = cluster_homogeneous_order(self.cluster_ids, self.batch_size, seed=self.seed + self.epoch)
-        self.epoch += 1
+        self.epoch += 1  # (a loop that never calls set_epoch still gets a new order each epoch)
         return iter(order.tolist())
 
 

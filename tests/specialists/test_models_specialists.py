@@ -149,6 +149,29 @@ def test_cluster_homogeneous_order():
     assert set(order.tolist()) == set(range(16))  # every row appears
 
 
+def test_cluster_homogeneous_batches_of_an_epoch_do_not_depend_on_a_restart(tmp_path):
+    """A resumed process builds a new Trainer and enters epoch e directly: its batches must be those epoch e of an
+    uninterrupted run sees (a restarted epoch count replayed epoch 0's batches)."""
+    from hf_efficient_lm.tools.specialists_training import ClusterHomogeneousTrainer
+
+    dataset = Dataset.from_dict({"input_ids": ids(batch=16, length=4, seed=1).tolist(),
+                                 "cluster_ids": [0] * 6 + [1] * 4 + [2] * 6})
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, report_to=[], use_cpu=True,
+                             remove_unused_columns=False, seed=3)
+
+    def epoch_batches(loader, epoch):
+        loader.set_epoch(epoch)  # what the Trainer does before each epoch
+        return [batch["input_ids"].tolist() for batch in loader]
+
+    def loader():
+        return ClusterHomogeneousTrainer(model=make_mixture(), args=args, train_dataset=dataset).get_train_dataloader()
+
+    uninterrupted = loader()
+    epochs = [epoch_batches(uninterrupted, epoch) for epoch in range(3)]
+    assert epochs[0] != epochs[1] != epochs[2]
+    assert epoch_batches(loader(), 2) == epochs[2] and epoch_batches(loader(), 1) == epochs[1]
+
+
 def test_trainer_trains_only_routed_experts_and_hyper_gets_gradients(tmp_path):
     mixture = make_mixture().train()
     x = ids(batch=8, length=12, seed=5)
