@@ -106,6 +106,48 @@ def test_checkpoints_of_another_model_are_refused_not_loaded(corpus, tmp_path):
     assert not foreign.exists() and json.loads((final / "pretrain_metrics.json").read_text())["steps"] == 3
 
 
+def _checkpoint(root, step, fingerprint=None, optimizer=True):
+    from hf_efficient_lm.train.run_dir import write_fingerprint
+
+    folder = root / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    if optimizer:
+        (folder / "optimizer.pt").write_bytes(b"x")
+    if fingerprint is not None:  # FingerprintCallback writes it last: without it the save was cut short
+        write_fingerprint(folder, fingerprint)
+    return folder
+
+
+def test_a_checkpoint_cut_short_is_not_resumed_and_one_without_optimizer_state_is_refused(tmp_path):
+    """A killed save left checkpoint-N without its fingerprint (written last): it was resumed and failed on a missing
+    trainer_state.json or a truncated model.safetensors, and the dir stayed stuck. A model-only checkpoint
+    (--save_only_model) resumed under "fingerprint matches" with a fresh optimizer and a restarted schedule."""
+    from hf_efficient_lm.train.run_dir import decide_resume, write_fingerprint
+
+    run = {"seed": 0}
+    out = tmp_path / "run"
+    _checkpoint(out, 3, run)
+    broken = _checkpoint(out, 6)
+    write_fingerprint(out, run)
+    decision = decide_resume(out, run)
+    assert decision.resume_from == str(out / "checkpoint-3") and "checkpoint-6 cut short" in decision.message
+    assert not broken.exists()
+    _checkpoint(out, 6)  # the only ones left cut short: the run starts again
+    (out / "checkpoint-3").rename(out / "old")
+    assert decide_resume(out, run).resume_from is None and not (out / "checkpoint-6").exists()
+
+    model_only = tmp_path / "model_only"
+    _checkpoint(model_only, 3, run, optimizer=False)
+    write_fingerprint(model_only, run)
+    with pytest.raises(ValueError, match=r"checkpoint-3 holds no optimizer state .*restart the optimizer.*--overwrite_output_dir"):
+        decide_resume(model_only, run)
+    with pytest.raises(ValueError, match="holds no optimizer state"):
+        decide_resume(model_only, run, resume_from_checkpoint=str(model_only / "checkpoint-3"))
+    assert decide_resume(model_only, run, overwrite=True).resume_from is None and not (model_only / "checkpoint-3").exists()
+    assert decide_resume(out, run, resume_from_checkpoint="true").resume_from is None  # Trainer's "newest": decided here
+
+
 def test_overwrite_removes_what_the_command_wrote_beside_its_checkpoints(tmp_path):
     """train-scone writes table/ and its metrics beside final/: --overwrite_output_dir kept them, and publish put the
     old run's held-out perplexities on the new model's card."""

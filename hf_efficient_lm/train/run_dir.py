@@ -206,6 +206,23 @@ def lock_output_dir(output_dir: str | os.PathLike) -> Iterator[Path]:
         handle.close()
 
 
+# What a checkpoint needs besides the weights to resume a run exactly (Trainer's own files; an optimizer state is
+# optimizer.pt, or optimizer.bin / optimizer_0/ under FSDP, or a global_step*/ folder under DeepSpeed)
+_NO_STATE = ("resuming would restart the optimizer and the learning-rate schedule, so the run would not be the "
+             "uninterrupted one (saved with --save_only_model?)")
+
+
+def missing_training_state(checkpoint: str | os.PathLike) -> str | None:
+    """What ``checkpoint`` lacks to resume a run exactly (``trainer_state.json``, an optimizer state), or None."""
+    folder = Path(checkpoint)
+    if not (folder / "trainer_state.json").is_file():
+        return "trainer_state.json"
+    if not any((folder / name).exists() for name in ("optimizer.pt", "optimizer.bin", "optimizer_0")) and not any(
+            folder.glob("global_step*")):
+        return "optimizer state (optimizer.pt)"
+    return None
+
+
 @dataclass
 class RunDecision:
     resume_from: str | None  # checkpoint to pass to Trainer.train(resume_from_checkpoint=...)
@@ -222,32 +239,45 @@ def decide_resume(output_dir: str | os.PathLike, fingerprint: dict, *, overwrite
     removed with them when ``overwrite`` starts fresh.
     """
     root = Path(output_dir)
+    if str(resume_from_checkpoint).lower() == "true":  # Trainer's "the newest checkpoint": what is decided below
+        resume_from_checkpoint = None
     if resume_from_checkpoint:
         saved = read_fingerprint(resume_from_checkpoint)
         if saved is None:
-            raise ValueError(f"--resume_from_checkpoint {resume_from_checkpoint} holds no {FINGERPRINT_FILE}; it was "
-                             "not written by this run")
+            raise ValueError(f"--resume_from_checkpoint {resume_from_checkpoint} holds no {FINGERPRINT_FILE}: it was "
+                             "not written by this run, or its save was cut short (the fingerprint is written last)")
         if saved != fingerprint:
             raise ValueError(f"--resume_from_checkpoint {resume_from_checkpoint} belongs to a different run "
                              f"({describe_difference(saved, fingerprint)})")
+        if missing := missing_training_state(resume_from_checkpoint):
+            raise ValueError(f"--resume_from_checkpoint {resume_from_checkpoint} holds no {missing}: {_NO_STATE}")
         return RunDecision(str(resume_from_checkpoint), f"resuming from {resume_from_checkpoint} (run fingerprint matches)")
     found = checkpoints(root)
     final = root / final_dirname
+    # FingerprintCallback writes a checkpoint's fingerprint after the Trainer wrote everything else: a checkpoint of
+    # this run without one was cut short (a killed save) and is not resumed; the previous whole one is.
+    cut_short = [c for c in found if read_fingerprint(c) is None] if read_fingerprint(root) == fingerprint else []
+    whole = [c for c in found if c not in cut_short]
     previous = None  # (what, fingerprint) of the old run, newest evidence first
-    if found:
-        newest = found[-1]
-        # A run killed between writing a checkpoint and its fingerprint: the dir-level fingerprint vouches for it.
-        previous = (str(newest), read_fingerprint(newest) or read_fingerprint(root))
-    elif final.is_dir():
-        previous = (str(final), read_fingerprint(final) or read_fingerprint(root))
+    if whole:
+        previous = (str(whole[-1]), read_fingerprint(whole[-1]))
+    elif found or final.is_dir():
+        previous = (str(found[-1] if found else final), read_fingerprint(final) or read_fingerprint(root))
+    skipped = f"; {', '.join(c.name for c in cut_short)} cut short, removed" if cut_short else ""
+    if remove:
+        for folder in cut_short:
+            shutil.rmtree(folder)
     if previous is None:
         return RunDecision(None, f"starting a new run in {root}")
     where, saved = previous
-    if saved == fingerprint:
-        if found:
-            return RunDecision(where, f"resuming from {where} (run fingerprint matches)")
-        return RunDecision(None, f"{final} holds a finished run with the same fingerprint; training it again")
-    why = ("holds no run fingerprint (written by another tool or another model)" if saved is None
+    missing = missing_training_state(where) if whole else None
+    if saved == fingerprint and not missing:
+        if whole:
+            return RunDecision(where, f"resuming from {where} (run fingerprint matches{skipped})")
+        return RunDecision(None, f"{final if final.is_dir() else root} holds the same run with no whole checkpoint"
+                                 f"{skipped}; training it again")
+    why = (f"holds no {missing}: {_NO_STATE}" if saved == fingerprint
+           else "holds no run fingerprint (written by another tool or another model)" if saved is None
            else f"was written by a different run ({describe_difference(saved, fingerprint)})")
     if not overwrite:
         raise ValueError(f"{where} {why}; pass --overwrite_output_dir to start fresh, or choose another --output_dir")
