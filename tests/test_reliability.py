@@ -72,9 +72,13 @@ def test_resume_only_a_matching_run_refuse_or_start_fresh_otherwise(corpus, tmp_
     assert (out / "checkpoint-3" / FINGERPRINT_FILE).exists() and (final / FINGERPRINT_FILE).exists()
     assert "starting a new run" in capsys.readouterr().out
 
-    # the same run again: resumes its own checkpoint and says so
+    # the same run again: resumes its own checkpoint and says so; its last step is done, so nothing is trained (the
+    # Trainer resumed at max_steps mid-epoch trains one more step: the weights moved, the metrics said 4 steps)
+    trained = (final / "model.safetensors").read_bytes()
     _pretrain(corpus, out)
     assert "resuming from" in capsys.readouterr().out and "checkpoint-3" in str(out / "checkpoint-3")
+    assert (final / "model.safetensors").read_bytes() == trained and not (out / "checkpoint-4").exists()
+    assert json.loads((final / "pretrain_metrics.json").read_text())["steps"] == 3
 
     # new data or a new seed into the finished run's dir: refused, naming what differs; the old weights stay
     before = (final / "model.safetensors").read_bytes()

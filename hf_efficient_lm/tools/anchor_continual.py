@@ -19,7 +19,8 @@ from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
 from ..data import load_text_dataset, local_path
 from ..eval.perplexity import rows_nll
 from ..io_utils import atomic_dir, check_writable
-from ..train.run_dir import FingerprintCallback, check_schedule, guarded_run, run_fingerprint, write_fingerprint
+from ..train.run_dir import (FingerprintCallback, check_schedule, guarded_run, run_fingerprint, run_training,
+                             weights_fingerprint, write_fingerprint)
 from .anchor_data import AnchorDataCollator, tokenize_function
 from ..anchor.modeling_anchor_llama import AnchorLlamaForCausalLM
 from ..anchor.tokens_anchor import DEFAULT_ANCHOR_TOKEN, add_anchor_token, find_endpoint_token_ids
@@ -103,7 +104,7 @@ def run_anchor_training(args: AnchorTrainArguments, training_args: TrainingArgum
     fingerprint = run_fingerprint(
         model_config=model.config, tokenizer=tokenizer, training_args=training_args, data_files=args.data_files,
         script="train_anchor", text_column=args.text_column, max_length=args.max_length,
-        max_documents=args.max_documents, anchor_mode=args.anchor_mode,
+        max_documents=args.max_documents, anchor_mode=args.anchor_mode, base_weights=weights_fingerprint(args.base_model),
         lora=[args.lora_r, args.lora_alpha, sorted(args.lora_target_modules)] if args.lora_r > 0 else None,
     )
     with guarded_run(training_args, fingerprint, overwrite=args.overwrite_output_dir,
@@ -148,7 +149,7 @@ def _train_anchor(args, training_args, model, tokenizer, fingerprint: dict, resu
         callbacks=[FingerprintCallback(fingerprint)],
     )
     output_dir = Path(training_args.output_dir)
-    trainer.train(resume_from_checkpoint=resume_from)
+    run_training(trainer, resume_from)
     metrics = {
         "anchor_mode": args.anchor_mode, "anchor_token_ids": list(model.config.anchor_token_ids),
         "documents": len(train_set), "steps": trainer.state.global_step,

@@ -49,6 +49,7 @@ from ..train.run_dir import (
     count_trained_tokens,
     global_batch,
     guarded_run,
+    run_training,
     run_fingerprint,
     write_fingerprint,
 )
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> Path:
     with guarded_run(training_args, fingerprint, overwrite=args.overwrite_output_dir, outputs=OUTPUTS) as decision:
         trainer = Trainer(model=model, args=training_args, train_dataset=blocks, data_collator=default_data_collator,
                           callbacks=[FingerprintCallback(fingerprint)])
-        trainer.train(resume_from_checkpoint=decision.resume_from)
+        run_training(trainer, decision.resume_from)
         if trainer.is_world_process_zero():
             _write_outputs(args, trainer, tokenizer, vocab, fingerprint, global_batch(training_args),
                            decision.resume_from)

@@ -34,6 +34,7 @@ from .run_dir import (
     count_trained_tokens,
     global_batch,
     guarded_run,
+    run_training,
     run_fingerprint,
     write_fingerprint,
 )
@@ -152,7 +153,7 @@ def _train(args: PretrainArguments, training_args: TrainingArguments, tokenizer,
         processing_class=tokenizer,
         callbacks=[FingerprintCallback(fingerprint)],
     )
-    trainer.train(resume_from_checkpoint=resume_from)
+    run_training(trainer, resume_from)
     metrics = {
         "train_blocks": len(train_set), "block_size": args.block_size, "preset": args.preset,
         "parameters": sum(p.numel() for p in model.parameters()), "world_size": training_args.world_size,

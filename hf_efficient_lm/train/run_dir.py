@@ -88,6 +88,15 @@ def schedule_fingerprint(training_args, **extra) -> dict:
     return _plain(schedule)
 
 
+def weights_fingerprint(model: str | os.PathLike) -> list[dict] | str:
+    """The digests of a local model folder's ``*.safetensors`` files (moving the folder keeps the match, other
+    weights with the same config do not), or a Hub id as given."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return str(model)
+    return [{"name": f.name, "sha256": file_digest(f)} for f in sorted(folder.glob("*.safetensors"))]
+
+
 def run_fingerprint(*, model_config, tokenizer, training_args, data_files: Sequence[str] = (),
                     dataset_name: str | None = None, **extra) -> dict:
     """What defines a run: model config, tokenizer digest, data file digests, seed, schedule and ``extra`` settings
@@ -298,6 +307,26 @@ def decide_resume(output_dir: str | os.PathLike, fingerprint: dict, *, overwrite
                              f"{' and the final model' if had_final else ''} of another run (--overwrite_output_dir)")
 
 
+def run_training(trainer, resume_from: str | None) -> None:
+    """``trainer.train(resume_from_checkpoint=resume_from)``, except when that checkpoint already reached the run's
+    last step: then its weights and state are loaded and nothing is trained. (Resumed at ``max_steps`` in the middle
+    of an epoch, the Trainer trains the rest of the epoch's first step anyway: re-running a finished command moved
+    its weights and reported ``max_steps + 1`` steps.)"""
+    from transformers.trainer_callback import TrainerState
+
+    if resume_from is not None:
+        state = TrainerState.load_from_json(str(Path(resume_from) / "trainer_state.json"))
+        last_step = trainer.args.max_steps if trainer.args.max_steps > 0 else state.max_steps
+        if state.global_step >= last_step > 0:
+            trainer._load_from_checkpoint(resume_from)
+            state.is_world_process_zero, state.is_local_process_zero = (trainer.state.is_world_process_zero,
+                                                                        trainer.state.is_local_process_zero)
+            trainer.state = state
+            print(f"{resume_from} is the run's last step ({state.global_step}): nothing left to train", flush=True)
+            return
+    trainer.train(resume_from_checkpoint=resume_from)
+
+
 @contextlib.contextmanager
 def guarded_run(training_args, fingerprint: dict, *, overwrite: bool = False,
                 final_dirname: str = "final", outputs: Sequence[str] = ()) -> Iterator[RunDecision]:
@@ -382,6 +411,8 @@ __all__ = [
     "file_digest",
     "global_batch",
     "guarded_run",
+    "run_training",
+    "weights_fingerprint",
     "lock_output_dir",
     "model_config_fingerprint",
     "run_fingerprint",

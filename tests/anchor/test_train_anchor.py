@@ -1,9 +1,11 @@
 """Continual pre-training pipeline (EP full fine-tune with resume, AC with LoRA) on a tiny base."""
 
 import json
+import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, TrainingArguments
 
 from hf_efficient_lm.tools.anchor_continual import AnchorTrainArguments, run_anchor_training
@@ -48,6 +50,14 @@ def test_ep_training_saves_and_resumes(tmp_path, base_and_data):
     assert [h["learning_rate"] for h in history if "loss" in h] == pytest.approx([1e-3, 5e-4, 1e-3 / 3])
     model = AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True)
     assert model.config.model_type == "hfelm_anchor_llama" and model.config.anchor_mode == "ep"
+    # another base model of the same config and tokenizer: another run (it continued the old one, "fingerprint matches")
+    other = tmp_path / "other_base"
+    shutil.copytree(base, other)
+    weights = load_file(other / "model.safetensors")
+    save_file({name: tensor + 0.01 for name, tensor in weights.items()}, other / "model.safetensors")
+    other_args = AnchorTrainArguments(base_model=str(other), data_files=[str(data)], anchor_mode="ep", max_length=64)
+    with pytest.raises(ValueError, match="different run .*base_weights"):
+        run_anchor_training(other_args, _training_args(tmp_path / "run", 4))
 
 
 def test_ac_training_with_lora_merges_and_keeps_the_new_token(tmp_path, base_and_data):
