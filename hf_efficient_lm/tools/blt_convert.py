@@ -301,6 +301,10 @@ def load(cls, path, **kwargs):
     if dtype is not None:
         model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     config.name_or_path = os.fspath(path)
+    if getattr(model, "generation_config", None) is not None and _resolve(path, "generation_config.json"):
+        from transformers import GenerationConfig  # the folder's generate() defaults (eos ids, lengths, penalties)
+
+        model.generation_config = GenerationConfig.from_pretrained(os.fspath(path))
     return model.eval()
 
 
@@ -378,7 +382,10 @@ def export(model, save_directory) -> None:
     state = state_dict_to_transformers({k: v.detach().cpu() for k, v in model.state_dict().items()}, model.config)
     with atomic_dir(save_directory) as tmp:
         hf_config.save_pretrained(tmp)
-        GenerationConfig.from_model_config(hf_config).save_pretrained(tmp)  # generate() stops at EOS, pads with pad
+        generation = GenerationConfig.from_model_config(hf_config)  # generate() stops at EOS, pads with pad
+        if model.generation_config is not None:  # ... and keeps what the model's own generation defaults say
+            generation.update(**model.generation_config.to_diff_dict())
+        generation.save_pretrained(tmp)
         safe_save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
 
 

@@ -93,6 +93,24 @@ def test_export_back_to_transformers(transformers_blt, transformers_blt_dir, tmp
     torch.testing.assert_close(again(x).logits, ours(x).logits, atol=0, rtol=0)
 
 
+def test_generation_defaults_travel_through_conversion_and_export(transformers_blt_dir, tmp_path):
+    """A Blt folder's generation_config.json (eos ids, lengths, penalties) is what generate() uses after conversion,
+    and an export writes the model's own (both were replaced by defaults made from the config)."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    folder = tmp_path / "blt"
+    shutil.copytree(transformers_blt_dir, folder)
+    GenerationConfig(eos_token_id=[2, 50], max_new_tokens=5, repetition_penalty=1.3).save_pretrained(folder)
+    ours = BLTForCausalLM.from_pretrained(folder)
+    assert ours.generation_config.eos_token_id == [2, 50] and ours.generation_config.max_new_tokens == 5
+    ours.generation_config.repetition_penalty = 1.2
+    ours.save_pretrained_transformers(tmp_path / "exported")
+    exported = GenerationConfig.from_pretrained(tmp_path / "exported")
+    assert (exported.eos_token_id, exported.max_new_tokens, exported.repetition_penalty) == ([2, 50], 5, 1.2)
+
+
 def test_different_hash_configuration_is_a_clear_error(transformers_blt_dir, tmp_path):
     with pytest.raises(ValueError, match="different hash configuration"):
         BLTForCausalLM.from_pretrained(transformers_blt_dir, encoder_hash_byte_group_size=[3, 4])
