@@ -10,7 +10,6 @@ import glob
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -34,6 +33,7 @@ from ..cli import normalize_option_names
 from ..data import cache_dir, corpus_dir, read_texts
 from ..io_utils import atomic_dir, check_writable
 from ..train.launch import check_world_size
+from ..train.run_dir import FingerprintCallback, guarded_run, run_fingerprint, run_training, weights_fingerprint
 from ..train.presets import BLT_PRESETS, blt_config_for
 
 DEFAULT_CORPUS = corpus_dir()
@@ -121,6 +121,35 @@ def _add_byte_training_options(parser: argparse.ArgumentParser, *, output_dir: s
                         help="read at most this many training characters, split evenly over the training files")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="initial weights and data order")
+    parser.add_argument("--save-steps", type=int, default=100,
+                        help="checkpoint every N steps into OUTPUT_DIR/trainer (removed when training ends); a killed "
+                             "run started again with the same options resumes from its newest whole checkpoint. 0: none")
+    parser.add_argument("--overwrite-output-dir", action="store_true",
+                        help="start fresh over the checkpoints of a run with other options instead of refusing")
+
+
+def _trainer_args(args, **kwargs) -> TrainingArguments:
+    """The Trainer settings of both commands: checkpoints every ``--save-steps`` in ``OUTPUT_DIR/trainer``."""
+    return TrainingArguments(
+        output_dir=os.path.join(args.output_dir, "trainer"), max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
+        warmup_steps=min(50, args.max_steps // 10), lr_scheduler_type="cosine", weight_decay=0.1,
+        logging_steps=max(1, args.max_steps // 10), save_strategy="steps" if args.save_steps > 0 else "no",
+        save_steps=max(1, args.save_steps), report_to=[], use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0, seed=args.seed, **kwargs,
+    )
+
+
+def _train(trainer: Trainer, args, model_config, **settings) -> None:
+    """``trainer.train()`` under the run guard of ``pretrain`` / ``train-anchor``: every checkpoint carries the run's
+    fingerprint (model config, data file digests, seed, schedule, ``settings``), a run with other options is refused
+    (or, with ``--overwrite-output-dir``, replaced) and a killed one resumes from its newest whole checkpoint."""
+    fingerprint = run_fingerprint(model_config=model_config, tokenizer=None, training_args=trainer.args,
+                                  data_files=args.train_files, seq_len=args.seq_len, limit_chars=args.limit_chars,
+                                  **settings)
+    trainer.add_callback(FingerprintCallback(fingerprint))
+    with guarded_run(trainer.args, fingerprint, overwrite=args.overwrite_output_dir) as decision:
+        run_training(trainer, decision.resume_from)
 
 
 def train_entropy_main(argv=None) -> str:
@@ -148,19 +177,8 @@ def train_entropy_main(argv=None) -> str:
     model = BLTEntropyModel(config)
     print(f"entropy model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
           f"{len(train)} training rows of {args.seq_len} bytes")
-    with tempfile.TemporaryDirectory(prefix="train-entropy-") as workdir:  # (the Trainer saves nothing there)
-        trainer = Trainer(
-            model=model,
-            args=TrainingArguments(
-                output_dir=workdir, max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
-                learning_rate=args.learning_rate, warmup_steps=min(50, args.max_steps // 10), lr_scheduler_type="cosine",
-                weight_decay=0.1, logging_steps=max(1, args.max_steps // 10), save_strategy="no", report_to=[],
-                use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=args.seed,
-            ),
-            train_dataset=train,
-            data_collator=BLTDataCollator(),
-        )
-        trainer.train()
+    trainer = Trainer(model=model, args=_trainer_args(args), train_dataset=train, data_collator=BLTDataCollator())
+    _train(trainer, args, config)
     line = "entropy model trained"
     if valid is not None and len(valid):
         bpb = rows_bits_per_byte(model, valid["input_ids"], batch_size=8)
@@ -272,21 +290,16 @@ def train_blt_main(argv=None) -> str:
 
     trainer = Trainer(
         model=model,
-        args=TrainingArguments(
-            output_dir=os.path.join(args.output_dir, "trainer"), max_steps=args.max_steps,
-            per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
-            warmup_steps=min(50, args.max_steps // 10), lr_scheduler_type="cosine", weight_decay=0.1,
-            max_grad_norm=1.0, logging_steps=max(1, args.max_steps // 10), save_strategy="no", report_to=[],
-            use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=args.seed,
-            # Every trainable parameter is used at every step, and DDP never registers the frozen entropy model
-            # (requires_grad=False), so the unused-parameter search the Trainer turns on by default is not needed.
-            ddp_find_unused_parameters=False,
-        ),
+        # Every trainable parameter is used at every step, and DDP never registers the frozen entropy model
+        # (requires_grad=False), so the unused-parameter search the Trainer turns on by default is not needed.
+        args=_trainer_args(args, max_grad_norm=1.0, ddp_find_unused_parameters=False),
         train_dataset=train,
         data_collator=BLTDataCollator(),
     )
     check_world_size(trainer.args.world_size)
-    trainer.train()
+    _train(trainer, args, config, pack=not args.no_pack, patches_per_row=args.patches_per_row,
+           max_row_bytes=args.max_row_bytes, target_patch_size=args.target_patch_size,
+           entropy_weights=weights_fingerprint(args.entropy_model) if args.entropy_model else None)
     global_batch = args.batch_size * trainer.args.world_size
     bytes_seen = trainer.state.global_step * global_batch * row_bytes / len(train)
     train_flops = 3 * (flops["total"] - flops["entropy_model"]) * bytes_seen

@@ -377,3 +377,57 @@ def test_train_entropy_is_reproducible_from_its_seed(tmp_path):
         weights[run] = load_file(out / "model.safetensors")
     assert all(torch.equal(weights["a"][name], weights["b"][name]) for name in weights["a"])
     assert any(not torch.equal(weights["a"][name], weights["c"][name]) for name in weights["a"])
+
+
+@pytest.mark.parametrize("command", ["train-blt", "train-entropy"])
+def test_a_killed_byte_training_run_resumes_to_the_same_weights(tmp_path, monkeypatch, capsys, command):
+    """train-blt and train-entropy saved no checkpoint (a killed run started over); they now checkpoint every
+    --save-steps under the run guard of pretrain, and a run killed after checkpoint-2 ends with the weights of an
+    uninterrupted one. A run with other options is refused rather than resumed."""
+    import json
+
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    import hf_efficient_lm.tools.blt_training as blt_training
+
+    texts = [f"Document {i}: " + "the quick brown fox jumps over the lazy dog. " * (1 + i % 4) for i in range(40)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    common = ["--train-files", str(tmp_path / "train.jsonl"), "--valid-files", "--seq-len", "32", "--batch-size", "2",
+              "--max-steps", "4", "--save-steps", "2"]
+    if command == "train-blt":
+        main = blt_training.train_blt_main
+        common += ["--space-patching", "--eval-rows", "1", "--local-hidden", "32", "--latent-hidden", "64",
+                   "--latent-layers", "1", "--decoder-layers", "1", "--hash-buckets", "31"]
+    else:
+        main = blt_training.train_entropy_main
+        common += ["--hidden-size", "32", "--layers", "1", "--heads", "2", "--window", "32"]
+    main([*common, "--output-dir", str(tmp_path / "reference")])
+
+    class Killed(Exception):
+        pass
+
+    class KillAfterStep3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise Killed
+
+    class KilledTrainer(blt_training.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(KillAfterStep3())
+
+    monkeypatch.setattr(blt_training, "Trainer", KilledTrainer)
+    with pytest.raises(Killed):
+        main([*common, "--output-dir", str(tmp_path / "killed")])
+    assert (tmp_path / "killed" / "trainer" / "checkpoint-2").is_dir()
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"different run .*seed: 0 -> 1"):
+        main([*common, "--seed", "1", "--output-dir", str(tmp_path / "killed")])
+    capsys.readouterr()
+    main([*common, "--output-dir", str(tmp_path / "killed")])
+    assert "resuming from" in capsys.readouterr().out  # (a fresh start would reach the same weights too)
+    expected, resumed = (load_file(tmp_path / run / "model.safetensors") for run in ("reference", "killed"))
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], atol=0, rtol=0, msg=name)
+    assert not (tmp_path / "killed" / "trainer").exists()  # the finished run's folder holds the model only
