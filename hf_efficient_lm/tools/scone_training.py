@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> Path:
     )
     with guarded_run(training_args, fingerprint, overwrite=args.overwrite_output_dir, outputs=OUTPUTS) as decision:
         trainer = Trainer(model=model, args=training_args, train_dataset=blocks, data_collator=default_data_collator,
-                          callbacks=[FingerprintCallback(fingerprint)])
+                          processing_class=tokenizer, callbacks=[FingerprintCallback(fingerprint)])  # (in checkpoints)
         run_training(trainer, decision.resume_from)
         if trainer.is_world_process_zero():
             _write_outputs(args, trainer, tokenizer, vocab, fingerprint, global_batch(training_args),

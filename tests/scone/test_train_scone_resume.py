@@ -31,6 +31,8 @@ def test_train_scone_resumes_only_its_own_run(root, capsys):
     out = train_scone(_argv(root))
     assert "starting a new run" in capsys.readouterr().out
     weights = (out / "final" / "model.safetensors").read_bytes()
+    checkpoint = out / "checkpoint-2"  # loads on its own: weights, f-gram index and (as pretrain's) the tokenizer
+    assert (checkpoint / "fgram_index.safetensors").exists() and (checkpoint / "tokenizer.json").exists()
 
     train_scone(_argv(root))  # the same run again: resumes its own checkpoint and says so
     assert "resuming from" in capsys.readouterr().out
