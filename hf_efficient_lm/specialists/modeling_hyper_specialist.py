@@ -244,6 +244,7 @@ class HyperSpecialistForCausalLM(HyperSpecialistPreTrainedModel, LlamaForCausalL
             for matrix, weight in layer.mlp.materialize(code).items():
                 state[f"model.layers.{layer_idx}.mlp.{matrix}.weight"] = weight
         stock.load_state_dict(state, strict=True)
+        stock.generation_config.update(**self.generation_config.to_dict())  # (eos ids, lengths, ...)
         return stock.to(device=parameter.device, dtype=parameter.dtype).train(self.training)
 
 

@@ -211,6 +211,7 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
                 for name in states[0]
             }
         stock.load_state_dict(state)
+        stock.generation_config.update(**self.generation_config.to_dict())  # (eos ids, lengths, ...)
         return stock.to(device=device, dtype=dtype).train(self.training)
 
 

@@ -84,6 +84,7 @@ def mixture_from_experts(experts, **config_overrides) -> SpecialistMixtureForCau
     mixture = SpecialistMixtureForCausalLM(config)
     for target, source in zip(mixture.experts, models):
         target.load_state_dict(source.state_dict())
+    mixture.generation_config.update(**models[0].generation_config.to_dict())  # (what save_experts wrote)
     return mixture.to(next(models[0].parameters()).dtype)
 
 

@@ -141,6 +141,22 @@ def test_bad_cluster_ids(make):
         model.instantiate()
 
 
+def test_generation_defaults_survive_instantiate_save_experts_and_reassembly(tmp_path):
+    """instantiate() built a stock Llama with default generation settings, so save_experts and mixture_from_experts
+    dropped eos ids, lengths and penalties that generate() then ignored."""
+    mixture = make_mixture()
+    mixture.generation_config.update(eos_token_id=[2, 50], max_new_tokens=5, repetition_penalty=1.3)
+    hyper = HyperSpecialistForCausalLM(HyperSpecialistConfig(**TINY_LLAMA_KWARGS, num_clusters=K))
+    hyper.generation_config.update(eos_token_id=[2, 50], max_new_tokens=5)
+
+    def settings(model):
+        return model.generation_config.eos_token_id, model.generation_config.max_new_tokens
+
+    assert settings(mixture.instantiate(cluster=1)) == settings(hyper.instantiate(cluster=2)) == ([2, 50], 5)
+    again = mixture_from_experts(save_experts(mixture, tmp_path))
+    assert settings(again) == ([2, 50], 5) and again.generation_config.repetition_penalty == 1.3
+
+
 def test_cluster_homogeneous_order():
     cluster_ids = np.array([0] * 5 + [1] * 3 + [2] * 8)
     order = cluster_homogeneous_order(cluster_ids, 4, seed=0)
