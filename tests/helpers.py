@@ -1,4 +1,5 @@
-"""Small shared test helpers: documents written by the tests themselves, and the 2-process DDP launcher."""
+"""Small shared test helpers: documents written by the tests themselves, the 2-process DDP launcher and a Trainer
+killed mid-run."""
 
 from __future__ import annotations
 
@@ -120,3 +121,25 @@ def one_sgd_step(trainer_class, model, dataset, *, batch_size: int, accumulation
     trainer_class(model=model, args=args, train_dataset=dataset, data_collator=SpecialistCollator(0),
                   **trainer_kwargs).train()
     return torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+
+
+class Killed(Exception):
+    """Raised by :func:`trainer_killed_at` in place of a process being killed."""
+
+
+def trainer_killed_at(trainer_class, step: int):
+    """A subclass of ``trainer_class`` whose run dies (:class:`Killed`) when it has finished ``step`` steps, after the
+    checkpoints of the earlier steps were written: monkeypatch it into a command's module to test resuming."""
+    from transformers import TrainerCallback
+
+    class KillAtStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise Killed
+
+    class KilledTrainer(trainer_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(KillAtStep())
+
+    return KilledTrainer

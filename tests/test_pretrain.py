@@ -3,11 +3,10 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import TrainerCallback
 
 import hf_efficient_lm.train.pretrain as pretrain_module
 from hf_efficient_lm.train import LLAMA_PRESETS, llama_config_from_preset, parse_pretrain_args, run_pretrain
-from tests.helpers import write_tiny_corpus
+from tests.helpers import Killed, trainer_killed_at, write_tiny_corpus
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +38,7 @@ def test_pretrain_trains_evaluates_and_saves_final_model(corpus, tmp_path):
 def test_killed_run_resumes_to_the_same_weights(corpus, tmp_path, monkeypatch):
     reference = run_pretrain(*_args(corpus, tmp_path / "reference"))
 
-    class Killed(Exception):
-        pass
-
-    class KillAtStep4(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 4:
-                raise Killed
-
-    class KilledTrainer(pretrain_module.Trainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.add_callback(KillAtStep4())
-
-    monkeypatch.setattr(pretrain_module, "Trainer", KilledTrainer)
+    monkeypatch.setattr(pretrain_module, "Trainer", trainer_killed_at(pretrain_module.Trainer, 4))
     with pytest.raises(Killed):
         run_pretrain(*_args(corpus, tmp_path / "killed"))
     assert (tmp_path / "killed" / "checkpoint-3").is_dir() and not (tmp_path / "killed" / "final").exists()

@@ -387,9 +387,9 @@ def test_a_killed_byte_training_run_resumes_to_the_same_weights(tmp_path, monkey
     import json
 
     from safetensors.torch import load_file
-    from transformers import TrainerCallback
 
     import hf_efficient_lm.tools.blt_training as blt_training
+    from tests.helpers import Killed, trainer_killed_at
 
     texts = [f"Document {i}: " + "the quick brown fox jumps over the lazy dog. " * (1 + i % 4) for i in range(40)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
@@ -404,20 +404,7 @@ def test_a_killed_byte_training_run_resumes_to_the_same_weights(tmp_path, monkey
         common += ["--hidden-size", "32", "--layers", "1", "--heads", "2", "--window", "32"]
     main([*common, "--output-dir", str(tmp_path / "reference")])
 
-    class Killed(Exception):
-        pass
-
-    class KillAfterStep3(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 3:
-                raise Killed
-
-    class KilledTrainer(blt_training.Trainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.add_callback(KillAfterStep3())
-
-    monkeypatch.setattr(blt_training, "Trainer", KilledTrainer)
+    monkeypatch.setattr(blt_training, "Trainer", trainer_killed_at(blt_training.Trainer, 3))
     with pytest.raises(Killed):
         main([*common, "--output-dir", str(tmp_path / "killed")])
     assert (tmp_path / "killed" / "trainer" / "checkpoint-2").is_dir()
