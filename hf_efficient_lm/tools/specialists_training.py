@@ -9,6 +9,7 @@ with ``specialists_build.mixture_from_experts``.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +18,9 @@ import torch
 from datasets import Dataset
 from torch.utils.data import Sampler
 from transformers import Trainer, TrainingArguments
+
+from ..io_utils import atomic_dir
+from ..train.run_dir import FingerprintCallback, guarded_run, run_fingerprint, run_training, weights_fingerprint
 
 CLUSTER_COLUMN = "cluster_ids"
 
@@ -119,16 +123,30 @@ def train_expert(
     args: TrainingArguments,
     *,
     pad_token_id: int = 0,
+    fingerprint: dict | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Train a stock Llama ``model`` on the rows of ``dataset`` whose ``cluster_ids == cluster_id`` and save it to
-    ``output_dir/expert_{cluster_id}`` (one of ``k`` independent jobs)."""
+    ``output_dir/expert_{cluster_id}`` (one of ``k`` independent jobs; the folder appears whole).
+
+    With a run ``fingerprint`` (``train-expert`` gives one) the checkpoints ``args`` asks for resume only this run,
+    under the run guard of ``pretrain`` (``overwrite``: start fresh over another run's), and are removed at the end."""
     rows = [i for i, c in enumerate(dataset[CLUSTER_COLUMN]) if int(c) == int(cluster_id)]
     if not rows:
         raise ValueError(f"no rows of cluster {cluster_id} in the dataset")
     subset = dataset.select(rows).remove_columns([CLUSTER_COLUMN])
-    Trainer(model=model, args=args, train_dataset=subset, data_collator=SpecialistCollator(pad_token_id)).train()
+    trainer = Trainer(model=model, args=args, train_dataset=subset, data_collator=SpecialistCollator(pad_token_id))
+    if fingerprint is None:
+        trainer.train()
+    else:
+        trainer.add_callback(FingerprintCallback(fingerprint))
+        with guarded_run(args, fingerprint, overwrite=overwrite) as decision:
+            run_training(trainer, decision.resume_from)
     path = Path(output_dir) / f"expert_{int(cluster_id)}"
-    model.save_pretrained(path)
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+    if fingerprint is not None and trainer.is_world_process_zero():
+        shutil.rmtree(args.output_dir, ignore_errors=True)  # the job is done: its checkpoints are not needed
     return path
 
 
@@ -165,6 +183,11 @@ def main(argv=None) -> Path:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-steps", type=int, default=100,
+                        help="checkpoint every N steps into OUTPUT_DIR/.expert_CLUSTER.trainer (removed when the job "
+                             "ends); a killed job started again with the same options resumes from its newest one. 0: none")
+    parser.add_argument("--overwrite-output-dir", action="store_true",
+                        help="start fresh over the checkpoints of a job with other options instead of refusing")
     args = parser.parse_args(argv)
     dataset = load_from_disk(args.windows)
     missing = {"input_ids", CLUSTER_COLUMN} - set(dataset.column_names)
@@ -173,11 +196,16 @@ def main(argv=None) -> Path:
     model = AutoModelForCausalLM.from_pretrained(args.base)
     training_args = TrainingArguments(
         output_dir=str(args.output_dir / f".expert_{args.cluster}.trainer"), max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate, save_strategy="no",
-        report_to=[], seed=args.seed,
+        per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
+        save_strategy="steps" if args.save_steps > 0 else "no", save_steps=max(1, args.save_steps), report_to=[],
+        seed=args.seed,
     )
+    fingerprint = run_fingerprint(model_config=model.config, tokenizer=None, training_args=training_args,
+                                  data_files=sorted(map(str, Path(args.windows).glob("*.arrow"))), cluster=args.cluster,
+                                  base_weights=weights_fingerprint(args.base), script="train_expert")
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    path = train_expert(model, dataset, args.cluster, args.output_dir, training_args, pad_token_id=pad)
+    path = train_expert(model, dataset, args.cluster, args.output_dir, training_args, pad_token_id=pad,
+                        fingerprint=fingerprint, overwrite=args.overwrite_output_dir)
     print(f"expert {args.cluster} written to {path}")
     return path
 

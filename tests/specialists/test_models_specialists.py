@@ -254,6 +254,41 @@ def test_expert_job_cli(tmp_path):
     assert mixture.config.num_experts == 2 and [p.name for p in paths] == ["expert_0", "expert_1"]
 
 
+def test_a_killed_expert_job_resumes_to_the_same_weights(tmp_path, monkeypatch, capsys):
+    """train-expert saved no checkpoint (a killed job started over) and wrote its expert folder in place; it now
+    checkpoints every --save-steps under the run guard, resumes a killed job to the uninterrupted weights, refuses a
+    job with other options, and removes its checkpoints once the expert folder is written (atomically)."""
+    from safetensors.torch import load_file
+
+    import hf_efficient_lm.tools.specialists_training as specialists_training
+    from hf_efficient_lm.testing_utils import save_tiny_llama
+    from tests.helpers import Killed, trainer_killed_at
+
+    save_tiny_llama(tmp_path / "base")
+    x = ids(batch=8, length=12, seed=3)
+    Dataset.from_dict({"input_ids": x.tolist(), "cluster_ids": [0, 1] * 4}).save_to_disk(tmp_path / "windows")
+
+    def job(out, *extra):
+        return specialists_training.main(["--base", str(tmp_path / "base"), "--windows", str(tmp_path / "windows"),
+                                          "--output-dir", str(tmp_path / out), "--cluster", "0", "--max-steps", "4",
+                                          "--batch-size", "2", "--save-steps", "2", *extra])
+
+    reference = load_file(job("reference") / "model.safetensors")
+    monkeypatch.setattr(specialists_training, "Trainer", trainer_killed_at(specialists_training.Trainer, 3))
+    with pytest.raises(Killed):
+        job("killed")
+    assert (tmp_path / "killed" / ".expert_0.trainer" / "checkpoint-2").is_dir()
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"different run .*seed: 0 -> 1"):
+        job("killed", "--seed", "1")
+    capsys.readouterr()
+    resumed = load_file(job("killed") / "model.safetensors")
+    assert "resuming from" in capsys.readouterr().out
+    for name in reference:
+        torch.testing.assert_close(resumed[name], reference[name], atol=0, rtol=0, msg=name)
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == ["expert_0"]
+
+
 def test_experts_assembled_in_cluster_order_past_ten(tmp_path):
     """12 expert folders: the folder (or an explicit list) maps expert_i to cluster i; a text-sorted list, which puts
     expert_10 before expert_2, and a folder with a gap are refused instead of routing clusters to other experts."""
