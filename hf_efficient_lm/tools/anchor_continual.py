@@ -139,6 +139,7 @@ def _train_anchor(args, training_args, model, tokenizer, fingerprint: dict, resu
         )
         model = get_peft_model(model, lora)
 
+    training_args.include_num_input_tokens_seen = "non_padding"  # documents are padded per batch: count real tokens
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -153,6 +154,7 @@ def _train_anchor(args, training_args, model, tokenizer, fingerprint: dict, resu
     metrics = {
         "anchor_mode": args.anchor_mode, "anchor_token_ids": list(model.config.anchor_token_ids),
         "documents": len(train_set), "steps": trainer.state.global_step,
+        "train_tokens": int(trainer.state.num_input_tokens_seen),
         "train_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
         "base_model": args.base_model, "data_files": [Path(f).name for f in args.data_files],
         "seed": training_args.seed, "learning_rate": training_args.learning_rate, "max_length": args.max_length,

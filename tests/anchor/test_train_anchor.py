@@ -39,6 +39,7 @@ def test_ep_training_saves_and_resumes(tmp_path, base_and_data):
     final = run_anchor_training(args, _training_args(tmp_path / "run", 2))
     metrics = json.loads((final / "anchor_train_metrics.json").read_text())
     assert metrics["steps"] == 2 and len(metrics["anchor_token_ids"]) == 1  # the paper's EP anchor: the bare "."
+    assert 0 < metrics["train_tokens"] <= 2 * 2 * 64  # the real tokens of 2 steps of 2 documents (<= 64 tokens each)
     # a second call with a larger budget resumes from checkpoint-2 instead of starting over
     final = run_anchor_training(args, _training_args(tmp_path / "run", 3))
     metrics = json.loads((final / "anchor_train_metrics.json").read_text())
