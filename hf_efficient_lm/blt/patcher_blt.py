@@ -114,7 +114,7 @@ def patch_starts(mode: str, input_ids: torch.Tensor | None, entropies: torch.Ten
                    threshold_add if mode == "entropy_combined" else None)
     source = input_ids if input_ids is not None else entropies
     batch, length = shape if source is None else source.shape
-    device = source.device if source is not None else None
+    device = source.device if source is not None else getattr(attention_mask, "device", None)
     if attention_mask is not None and tuple(attention_mask.shape) != (batch, length):  # ([1, N] would broadcast)
         raise ValueError(f"attention_mask must be [batch, length] = {[batch, length]}, got {list(attention_mask.shape)}")
     facts = {}

@@ -88,7 +88,8 @@ class HyperSpecialistMLP(nn.Module):
             rows = (cluster_ids == cluster).nonzero(as_tuple=True)[0]
             group = self._gated_mlp(hidden_states[rows], self.materialize(cluster_codes[cluster]))
             if output is None:
-                output = hidden_states.new_zeros(hidden_states.shape[:-1] + (group.shape[-1],))
+                # group's dtype (bf16 under autocast): CUDA's index_copy needs equal dtypes, CPU autocast promotes
+                output = hidden_states.new_zeros(hidden_states.shape[:-1] + (group.shape[-1],), dtype=group.dtype)
             output = output.index_copy(0, rows, group)
         return output
 

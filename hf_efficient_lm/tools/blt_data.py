@@ -162,6 +162,8 @@ def compute_patch_lengths(
         input_ids, attention_mask = pad_right(input_ids)
         if bool(attention_mask.all()):
             attention_mask = None
+    # patched on the CPU, where row_entropies returns the entropies (the ids may sit on an accelerator)
+    input_ids, attention_mask = input_ids.cpu(), attention_mask.cpu() if attention_mask is not None else None
     entropies = None
     if mode.startswith("entropy"):
         if entropy_model is None:

@@ -85,7 +85,8 @@ def mixture_from_experts(experts, **config_overrides) -> SpecialistMixtureForCau
     for target, source in zip(mixture.experts, models):
         target.load_state_dict(source.state_dict())
     mixture.generation_config.update(**models[0].generation_config.to_dict())  # (what save_experts wrote)
-    return mixture.to(next(models[0].parameters()).dtype)
+    source = next(models[0].parameters())
+    return mixture.to(device=source.device, dtype=source.dtype)
 
 
 def _expert_folders(directory: Path) -> list[Path]:

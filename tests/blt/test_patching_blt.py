@@ -243,3 +243,12 @@ def test_bad_input_errors():
         patch_starts("entropy_combined", None, torch.zeros(1, 4), 1.0)
     with pytest.raises(ValueError, match="patching_threshold_add must be a finite number, got nan"):
         entropy_patch_starts(torch.zeros(1, 4), 1.0, threshold_add=math.nan)
+
+
+def test_patchers_that_read_no_ids_follow_the_mask_device():
+    """static_patch_starts built its positions on the CPU whatever the padding mask's device (a CUDA mask failed);
+    the "meta" device stands in for an accelerator."""
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[1, :3] = 0
+    assert static_patch_starts(2, 8, 4, attention_mask=mask.to("meta")).device.type == "meta"
+    assert static_patch_starts(2, 8, 4, attention_mask=mask).device.type == "cpu"

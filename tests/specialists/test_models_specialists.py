@@ -157,6 +157,21 @@ def test_generation_defaults_survive_instantiate_save_experts_and_reassembly(tmp
     assert settings(again) == ([2, 50], 5) and again.generation_config.repetition_penalty == 1.3
 
 
+def test_hyper_mlp_of_a_mixed_cluster_batch_keeps_the_autocast_dtype():
+    """A batch of several clusters gathered its groups with index_copy into an fp32 buffer: CPU autocast promotes
+    index_copy, CUDA's does not, so bf16 evaluation of mixed clusters crashed on a GPU. The groups now keep their
+    dtype, as a one-cluster batch does."""
+    model = make_hyper()
+    x = ids(batch=4, length=6, seed=2)
+    mlp = model.model.layers[0].mlp
+    seen = []
+    mlp.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(x, cluster_ids=torch.tensor([0, 1, 2, 0])).logits
+        model(x, cluster_ids=1)
+    assert seen == [torch.bfloat16, torch.bfloat16] and torch.isfinite(mixed).all()
+
+
 def test_cluster_homogeneous_order():
     cluster_ids = np.array([0] * 5 + [1] * 3 + [2] * 8)
     order = cluster_homogeneous_order(cluster_ids, 4, seed=0)
