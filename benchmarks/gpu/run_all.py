@@ -271,6 +271,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"device tests ({args.device}): {summary}", flush=True)
     rows: list[Row] = []
     failures: dict[str, str] = {}
+
+    def write_results() -> str:
+        table = format_table(rows, device_name) + f"\n\n{versions}"
+        if args.out is not None:
+            with atomic_file(args.out / "run_all.md", "w") as handle:
+                handle.write(table + "\n")
+            with atomic_file(args.out / "run_all.json", "w") as handle:
+                json.dump({"device": device_name, "versions": versions, "failures": failures,
+                           "rows": [dict(vars(r), ratio=r.ratio) for r in rows]}, handle, indent=2)
+        return table
+
     with tempfile.TemporaryDirectory(prefix="hfelm-gpu-") as tmp:
         workdir = Path(tmp)
         prepare(sizes, workdir)
@@ -286,14 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                 status = status or 1
                 continue
             print(f"{name}: {time.perf_counter() - part_started:.0f} s", flush=True)
-    table = format_table(rows, device_name) + f"\n\n{versions}"
-    print("\n" + table + f"\n\ntotal {time.perf_counter() - started:.0f} s")
-    if args.out is not None:
-        with atomic_file(args.out / "run_all.md", "w") as handle:
-            handle.write(table + "\n")
-        with atomic_file(args.out / "run_all.json", "w") as handle:
-            json.dump({"device": device_name, "versions": versions, "failures": failures,
-                       "rows": [dict(vars(r), ratio=r.ratio) for r in rows]}, handle, indent=2)
+            write_results()  # after every part: a call cut off at its time limit keeps the parts that finished
+    print("\n" + write_results() + f"\n\ntotal {time.perf_counter() - started:.0f} s")
     return status
 
 
