@@ -1,5 +1,6 @@
-"""One guard for every training script that writes checkpoints into an output dir (pretrain, train-anchor,
-train-scone, train-blt, train-entropy): a lock against concurrent writers, and a *run fingerprint* so a run resumes only its own checkpoints.
+"""One guard for every training command that writes checkpoints into an output dir (pretrain, train-anchor,
+train-scone, train-blt, train-entropy, train-expert): a lock against concurrent writers, and a *run fingerprint* so a
+run resumes only its own checkpoints.
 
 The fingerprint is what defines a run: the model configuration, the tokenizer, the content of the data files, the
 seed and the schedule (learning rate and scheduler, warmup, global batch, optimizer; not the length, so a larger
