@@ -104,7 +104,8 @@ def run_anchor_training(args: AnchorTrainArguments, training_args: TrainingArgum
     fingerprint = run_fingerprint(
         model_config=model.config, tokenizer=tokenizer, training_args=training_args, data_files=args.data_files,
         script="train_anchor", text_column=args.text_column, max_length=args.max_length,
-        max_documents=args.max_documents, anchor_mode=args.anchor_mode, base_weights=weights_fingerprint(args.base_model),
+        max_documents=args.max_documents, anchor_mode=args.anchor_mode,
+        base_weights=weights_fingerprint(args.base_model),
         lora=[args.lora_r, args.lora_alpha, sorted(args.lora_target_modules)] if args.lora_r > 0 else None,
     )
     with guarded_run(training_args, fingerprint, overwrite=args.overwrite_output_dir,

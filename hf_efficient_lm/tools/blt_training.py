@@ -33,7 +33,7 @@ from ..cli import normalize_option_names
 from ..data import cache_dir, corpus_dir, read_texts
 from ..io_utils import atomic_dir, check_writable
 from ..train.launch import check_world_size
-from ..train.run_dir import FingerprintCallback, guarded_run, run_fingerprint, run_training, weights_fingerprint
+from ..train.run_dir import run_fingerprint, train_guarded, weights_fingerprint
 from ..train.presets import BLT_PRESETS, blt_config_for
 
 DEFAULT_CORPUS = corpus_dir()
@@ -147,9 +147,7 @@ def _train(trainer: Trainer, args, model_config, **settings) -> None:
     fingerprint = run_fingerprint(model_config=model_config, tokenizer=None, training_args=trainer.args,
                                   data_files=args.train_files, seq_len=args.seq_len, limit_chars=args.limit_chars,
                                   **settings)
-    trainer.add_callback(FingerprintCallback(fingerprint))
-    with guarded_run(trainer.args, fingerprint, overwrite=args.overwrite_output_dir) as decision:
-        run_training(trainer, decision.resume_from)
+    train_guarded(trainer, fingerprint, overwrite=args.overwrite_output_dir)
 
 
 def train_entropy_main(argv=None) -> str:

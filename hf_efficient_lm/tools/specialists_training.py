@@ -20,7 +20,7 @@ from torch.utils.data import Sampler
 from transformers import Trainer, TrainingArguments
 
 from ..io_utils import atomic_dir
-from ..train.run_dir import FingerprintCallback, guarded_run, run_fingerprint, run_training, weights_fingerprint
+from ..train.run_dir import run_fingerprint, train_guarded, weights_fingerprint
 
 CLUSTER_COLUMN = "cluster_ids"
 
@@ -139,9 +139,7 @@ def train_expert(
     if fingerprint is None:
         trainer.train()
     else:
-        trainer.add_callback(FingerprintCallback(fingerprint))
-        with guarded_run(args, fingerprint, overwrite=overwrite) as decision:
-            run_training(trainer, decision.resume_from)
+        train_guarded(trainer, fingerprint, overwrite=overwrite)
     path = Path(output_dir) / f"expert_{int(cluster_id)}"
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)

@@ -328,6 +328,14 @@ def run_training(trainer, resume_from: str | None) -> None:
     trainer.train(resume_from_checkpoint=resume_from)
 
 
+def train_guarded(trainer, fingerprint: dict, *, overwrite: bool = False) -> None:
+    """:func:`guarded_run` around :func:`run_training` for a Trainer built before the guard (the byte commands,
+    ``train-expert``): its checkpoints carry ``fingerprint`` and a killed run resumes from its newest whole one."""
+    trainer.add_callback(FingerprintCallback(fingerprint))
+    with guarded_run(trainer.args, fingerprint, overwrite=overwrite) as decision:
+        run_training(trainer, decision.resume_from)
+
+
 @contextlib.contextmanager
 def guarded_run(training_args, fingerprint: dict, *, overwrite: bool = False,
                 final_dirname: str = "final", outputs: Sequence[str] = ()) -> Iterator[RunDecision]:
@@ -413,6 +421,7 @@ __all__ = [
     "global_batch",
     "guarded_run",
     "run_training",
+    "train_guarded",
     "weights_fingerprint",
     "lock_output_dir",
     "model_config_fingerprint",
