@@ -1,9 +1,8 @@
 """Where the families meet the Transformers versions they support (linked as each family's ``compat_<family>.py``).
 
-Transformers 5.24 renamed the cache argument and output field ``past_key_values`` (``cache_params``) to ``cache``.
-Model code here uses the new name and goes through :data:`CACHE_NAME` / :func:`resolve_cache` / :func:`cache_of`
-wherever it talks to Transformers, so the same files run on every supported release. Importing this module checks
-the installed release against :data:`SUPPORTED_TRANSFORMERS`: older raises, newer (untested) warns once.
+Transformers 5.24 renamed the cache argument and output field ``past_key_values`` (``cache_params``) to ``cache``:
+model code uses the new name and goes through :data:`CACHE_NAME` / :func:`resolve_cache` / :func:`cache_of`, so
+the same files run on every supported release. Importing this module checks the installed release.
 """
 
 from __future__ import annotations

@@ -1,17 +1,4 @@
-"""``AnchorCache``: a Transformers ``Cache`` that drops finished sentences' non-anchor keys/values.
-
-After every forward chunk, each row keeps only (a) the anchors seen so far and (b) the tokens of its still-open
-sentence (those after its last anchor); padding is dropped too. Under the AnSAN mask no later token can attend
-anything else, so the pruning is *exact*: decoding through this cache gives the logits of the full masked forward.
-
-Keys keep the rotary phase of their absolute position; ``get_seq_length()`` returns the number of tokens *seen*
-(not kept), which is what Transformers uses for default position ids and for generate's input slicing, so new
-tokens keep counting absolute positions (the official code's compacted positions are a train/inference mismatch).
-
-Rows of a batch keep different numbers of slots; slots are left-aligned per row and the unused tail is marked
-invalid (``slot_info.valid``), which the model's mask hides. Slot metadata is shared by all layers: the model
-calls :meth:`AnchorCache.begin_chunk` once per forward, the attention layers call ``update`` as usual.
-"""
+"""``AnchorCache``: a Transformers ``Cache`` that drops finished sentences' non-anchor keys/values (exact under AnSAN)."""
 
 from __future__ import annotations
 
@@ -52,7 +39,14 @@ class AnchorCacheLayer(DynamicLayer):
 
 
 class AnchorCache(Cache):
-    """KV cache for AnchorLlama that keeps anchors + the open sentence only.
+    """KV cache for AnchorLlama: after every chunk each row keeps its anchors and its open sentence (the tokens after
+    its last anchor) and drops the rest, padding too. No later token can attend anything else under the AnSAN mask,
+    so decoding through it gives the logits of the full masked forward.
+
+    Keys keep the rotary phase of their absolute position and ``get_seq_length()`` counts tokens *seen*, not kept:
+    generate's position ids and input slicing stay absolute, as in training. Rows keep different numbers of slots,
+    left-aligned, the unused tail marked invalid in ``slot_info`` (the model's mask hides it). The model calls
+    :meth:`begin_chunk` once per forward (slot metadata is shared by all layers); the layers call ``update``.
 
     Args:
         config: the model config (``num_hidden_layers`` is read).
@@ -60,7 +54,7 @@ class AnchorCache(Cache):
 
     Attributes:
         seen_tokens (`int`): tokens fed so far (the padded width of all chunks) = next absolute position.
-        slot_info (`AnchorTokenInfo`): metadata ``[batch, slots]`` of the kept slots (shared by all layers).
+        slot_info (`AnchorTokenInfo`): metadata ``[batch, slots]`` of the kept slots.
         anchors_seen (`torch.LongTensor`): ``[batch]`` anchors seen per row = id of the open sentence.
     """
 
@@ -71,19 +65,12 @@ class AnchorCache(Cache):
             num_hidden_layers = config.get_text_config(decoder=True).num_hidden_layers
         super().__init__(layers=[AnchorCacheLayer() for _ in range(num_hidden_layers)])
         self.prune = prune
-        self.seen_tokens = 0
-        self.slot_info: AnchorTokenInfo | None = None
-        self.anchors_seen: torch.LongTensor | None = None
-        self._keep_index: torch.LongTensor | None = None
+        self.reset()
 
-    # ----------------------------------------------------------------------------------------------- bookkeeping
     def begin_chunk(self, chunk: AnchorTokenInfo) -> AnchorTokenInfo:
-        """Register a chunk's metadata (``[batch, q_len]``, built with ``first_index=seen_tokens`` and
-        ``anchors_before=anchors_seen``) before the layers run.
-
-        Returns the metadata of every key the layers will attend this step (kept slots, then the chunk) and plans
-        which of them to keep afterwards; the plan is applied by each layer's ``update``.
-        """
+        """Register a chunk's metadata ``[batch, q_len]`` (built with ``first_index=seen_tokens``, ``anchors_before=
+        anchors_seen``) before the layers run. Returns the metadata of every key they attend this step (kept slots,
+        then the chunk) and plans which to keep afterwards (each layer's ``update`` applies the plan)."""
         batch = chunk.index.shape[0]
         if self.slot_info is None:
             self.slot_info = chunk.map(lambda t: t[:, :0])  # no slots yet
@@ -115,7 +102,6 @@ class AnchorCache(Cache):
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         return self.layers[layer_idx].update(key_states, value_states, keep_index=self._keep_index)
 
-    # ----------------------------------------------------------------------------------------------- queries
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Tokens seen so far (= next absolute position), *not* the number kept; see :meth:`cached_tokens`."""
         return self.seen_tokens
@@ -136,7 +122,6 @@ class AnchorCache(Cache):
         tensors = [t for layer in self.layers if layer.is_initialized for t in (layer.keys, layer.values)]
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    # ----------------------------------------------------------------------------------------------- batch ops
     def _map_rows(self, fn) -> None:
         if self.slot_info is not None:
             self.slot_info = self.slot_info.map(fn)
@@ -155,9 +140,8 @@ class AnchorCache(Cache):
         self._map_rows(lambda t: t[indices.to(t.device)])
 
     def reset(self):
-        for layer in self.layers:
-            layer.reset()
+        super().reset()
         self.seen_tokens = 0
-        self.slot_info = None
-        self.anchors_seen = None
-        self._keep_index = None
+        self.slot_info: AnchorTokenInfo | None = None
+        self.anchors_seen: torch.LongTensor | None = None  # [batch]
+        self._keep_index: torch.LongTensor | None = None  # [batch, kept]: the slots each layer's update keeps

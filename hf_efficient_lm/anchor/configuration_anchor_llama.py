@@ -28,13 +28,10 @@ class AnchorLlamaConfig(LlamaConfig):
             ``"v1"`` (paper and the official training code): an anchor sees only its own sentence. ``"v0"`` (an older
             file of the official repository): an anchor may also see earlier anchors.
         position_mode (`str`, *optional*, defaults to ``"absolute"``):
-            Rotary positions of the tokens fed through a pruned :class:`AnchorCache`. ``"absolute"``: a token's
-            position in the text (as in training; cached decoding equals the full masked forward). ``"compact"``:
-            the official real-time inference's numbering, where a chunk fed against the cache starts at the number
-            of entries the cache *keeps* (its positions depend on how the text was chunked, see
-            ``hf_efficient_lm.anchor.compact_position_ids``); given ``position_ids`` are then ignored. Forwards without a
-            cache, and the first chunk, use the usual positions in both modes. Configs saved before this field
-            existed load as ``"absolute"``.
+            Rotary positions of tokens fed through a pruned :class:`AnchorCache`: ``"absolute"`` (the position in the
+            text, as in training: cached decoding equals the full masked forward) or ``"compact"`` (the official
+            real-time inference: a chunk starts at the number of entries the cache *keeps*, so positions depend on
+            the chunking, see ``hf_efficient_lm.anchor.compact_position_ids``; ``position_ids`` are then ignored).
     """
 
     model_type = "hfelm_anchor_llama"

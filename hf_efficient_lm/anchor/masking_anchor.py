@@ -9,11 +9,8 @@ of the sentence it closes), query ``i`` may attend key ``j`` iff
 variant ``"v0"`` (older file of the same repository) drops ``not is_anchor[i]``: anchors also see earlier anchors.
 
 Tokens are described by per-row metadata (:class:`AnchorTokenInfo`), not column numbers, because the cache holds a
-pruned, non-contiguous set of slots: one rule builds the training, prefill and cached-chunk masks. A token always
-sees itself (padding too), so no row is empty and sdpa / eager / flex return the same numbers.
-
-A dense mask ``[batch, 1, q_len, kv_len]`` is quadratic in the length: past :data:`DENSE_MASK_MAX_ELEMENTS` sdpa
-gets an :class:`AnchorAttentionMask` (built block by block in each layer, O(L) memory); flex gets a ``BlockMask``.
+pruned, non-contiguous set of slots. A token always sees itself (padding too): no row is empty, so sdpa / eager /
+flex agree. Past :data:`DENSE_MASK_MAX_ELEMENTS` sdpa gets a lazy :class:`AnchorAttentionMask` (O(L) memory).
 """
 
 from __future__ import annotations
@@ -25,7 +22,6 @@ import torch
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from .configuration_anchor_llama import ANCHOR_ATTN_IMPLEMENTATIONS
-
 
 # A dense sdpa mask of at most this many entries (batch x q_len x kv_len) is built once per forward; larger ones are
 # built in blocks of about this many entries inside each layer (bool 1 MiB + torch's float copy 4 MiB per block).
@@ -95,11 +91,8 @@ def _visible(queries: AnchorTokenInfo, keys: AnchorTokenInfo, variant: str) -> t
 
 
 def ansan_mask_function(queries: AnchorTokenInfo, keys: AnchorTokenInfo, variant: str = "v1") -> Callable:
-    """A ``masking_utils`` mask function ``(batch_idx, head_idx, q_idx, kv_idx) -> bool`` for the AnSAN rule.
-
-    ``q_idx`` / ``kv_idx`` index the rows of ``queries`` / ``keys`` (``[batch, q_len]`` / ``[batch, kv_len]``), so
-    it works both with the broadcast (non-vmap) path of ``sdpa_mask`` and with scalar indices (vmap, flex).
-    """
+    """A ``masking_utils`` mask function ``(batch_idx, head_idx, q_idx, kv_idx) -> bool`` for the AnSAN rule;
+    ``q_idx`` / ``kv_idx`` index ``queries`` ``[batch, q_len]`` / ``keys`` ``[batch, kv_len]`` (broadcast or vmap)."""
 
     def anchor_mask(batch_idx, head_idx, q_idx, kv_idx):
         return _visible(queries.map(lambda t: t[batch_idx, q_idx]), keys.map(lambda t: t[batch_idx, kv_idx]), variant)
@@ -108,12 +101,9 @@ def ansan_mask_function(queries: AnchorTokenInfo, keys: AnchorTokenInfo, variant
 
 
 def decode_step_mask(queries: AnchorTokenInfo, keys: AnchorTokenInfo, variant: str = "v1") -> torch.BoolTensor | None:
-    """The AnSAN mask ``[batch, 1, 1, kv_len]`` of a one-token chunk, or ``None`` when the token sees every key.
-
-    The same rule as :func:`ansan_mask_function` on ``[batch, 1]`` against ``[batch, kv_len]`` metadata, without the
-    generic builder (it runs at every decode step). After pruning, the cache holds anchors + the open sentence, so a
-    non-anchor token of an unpadded batch sees them all: ``None``, and sdpa runs as a plain Llama decode step does.
-    """
+    """The AnSAN mask ``[batch, 1, 1, kv_len]`` of a one-token chunk (queries ``[batch, 1]``), without the generic
+    builder (it runs every decode step); ``None`` when the token sees every key, as a non-anchor token of an
+    unpadded batch does over a pruned cache: sdpa then runs as a plain Llama decode step does."""
     visible = _visible(queries, keys, variant)
     return None if bool(visible.all()) else visible[:, None, None, :]
 
@@ -132,12 +122,10 @@ def check_attn_implementation(attn_implementation: str | None) -> str:
 def build_anchor_attention_mask(attn_implementation: str | None, queries: AnchorTokenInfo, keys: AnchorTokenInfo,
                                 variant: str = "v1", dtype: torch.dtype = torch.float32,
                                 mask_function: Callable | None = None, lazy: bool = False):
-    """The 4D mask a Transformers attention back-end expects, built by ``masking_utils``' own builders (offsets 0:
-    the metadata carries every token's stream index). ``mask_function`` defaults to :func:`ansan_mask_function`.
-
-    Returns ``[batch, 1, q_len, kv_len]`` bool (sdpa), additive float of ``dtype`` (eager) or a flex ``BlockMask``;
-    with ``lazy=True`` and sdpa, a mask over :data:`DENSE_MASK_MAX_ELEMENTS` entries is an :class:`AnchorAttentionMask`.
-    """
+    """The 4D mask of a Transformers attention back-end, by ``masking_utils``' builders (``mask_function`` defaults to
+    :func:`ansan_mask_function`): ``[batch, 1, q_len, kv_len]`` bool (sdpa), additive float of ``dtype`` (eager) or
+    a flex ``BlockMask``; with ``lazy=True``, an sdpa mask over :data:`DENSE_MASK_MAX_ELEMENTS` entries is an
+    :class:`AnchorAttentionMask`."""
     name = check_attn_implementation(attn_implementation)
     if mask_function is None:
         mask_function = ansan_mask_function(queries, keys, variant)
@@ -153,17 +141,9 @@ def build_anchor_attention_mask(attn_implementation: str | None, queries: Anchor
 
 
 class AnchorAttentionMask:
-    """The AnSAN mask of one forward, never materialised whole: :meth:`rows` builds a block of query rows.
-
-    Passed to the attention layers instead of a dense mask over :data:`DENSE_MASK_MAX_ELEMENTS`;
-    ``AnchorLlamaAttention`` then runs sdpa one block of queries at a time.
-
-    Args:
-        mask_function: a ``masking_utils`` mask function over the forward's metadata (absolute query rows).
-        batch_size, q_length, kv_length: the mask's shape ``[batch, 1, q_length, kv_length]``.
-        device: where the blocks are built.
-        max_elements: the size of one block (``batch x rows x kv_length``); ``None`` = :data:`DENSE_MASK_MAX_ELEMENTS`.
-    """
+    """The AnSAN mask ``[batch, 1, q_length, kv_length]`` of one forward, never materialised whole: :meth:`rows` builds
+    a block of query rows (``mask_function`` over the forward's metadata, blocks of ``max_elements`` = batch x rows x
+    kv_length entries); ``AnchorLlamaAttention`` runs sdpa one block at a time."""
 
     def __init__(self, mask_function: Callable, batch_size: int, q_length: int, kv_length: int, device,
                  max_elements: int | None = None):
@@ -173,9 +153,7 @@ class AnchorAttentionMask:
         self.max_elements = DENSE_MASK_MAX_ELEMENTS if max_elements is None else max_elements
 
     def block_rows(self) -> int:
-        """Query rows per block (at least 1)."""
-        batch_size, _, _, kv_length = self.shape
-        return max(1, self.max_elements // max(1, batch_size * kv_length))
+        return max(1, self.max_elements // max(1, self.shape[0] * self.shape[3]))
 
     def rows(self, start: int, end: int, kv_end: int | None = None) -> torch.BoolTensor:
         """``[batch, 1, end - start, kv_end]`` bool: query rows ``start:end`` against the first ``kv_end`` keys."""

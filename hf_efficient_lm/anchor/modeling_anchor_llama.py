@@ -41,20 +41,13 @@ from .masking_anchor import (
 
 def chunked_sdpa_attention(module, query, key, value, mask: AnchorAttentionMask, dropout: float = 0.0, scaling=None,
                            **kwargs):
-    """Transformers' sdpa attention under an :class:`AnchorAttentionMask`, one block of query rows at a time.
+    """Transformers' sdpa attention under an :class:`AnchorAttentionMask` ``[batch, 1, q_len, kv_len]``, one block of
+    query rows at a time: query ``[batch, heads, q_len, head_dim]``, key / value ``[batch, kv_heads, kv_len,
+    head_dim]`` (cache slots, then the chunk's ``q_len`` tokens) -> ``([batch, q_len, heads, head_dim], None)``.
 
-    Args:
-        query: ``[batch, heads, q_len, head_dim]``; key / value: ``[batch, kv_heads, kv_len, head_dim]`` whose last
-            ``q_len`` entries are the chunk's own tokens (AnchorLlama's keys are always cache slots, then the chunk).
-        mask: the lazy mask of shape ``[batch, 1, q_len, kv_len]``.
-
-    Returns:
-        ``([batch, q_len, heads, head_dim], None)`` like ``sdpa_attention_forward``.
-
-    Every query row is computed exactly as in one dense call (rows are independent); a block of rows only reads the
-    keys up to its last token (later ones are causally invisible). Under autograd each block is checkpointed: the
-    backward pass rebuilds its mask and recomputes its attention rather than keeping a quadratic mask per layer, so
-    memory stays linear in the length, at the cost of one extra attention forward.
+    Rows are independent, so each is exactly what one dense call gives; a block reads keys only up to its last token.
+    Under autograd each block is checkpointed (the backward rebuilds its mask rather than keeping a quadratic one per
+    layer): memory stays linear in the length, for one extra attention forward.
     """
     q_length, kv_length = query.shape[2], key.shape[2]
     if tuple(mask.shape[2:]) != (q_length, kv_length):
@@ -77,8 +70,7 @@ def chunked_sdpa_attention(module, query, key, value, mask: AnchorAttentionMask,
 
 
 class AnchorLlamaAttention(LlamaAttention):
-    """``LlamaAttention`` (same parameters, same forward) that also accepts an :class:`AnchorAttentionMask`: the
-    AnSAN mask of a long sdpa input, applied by :func:`chunked_sdpa_attention` instead of as one dense tensor."""
+    """``LlamaAttention`` that also accepts an :class:`AnchorAttentionMask` (long sdpa inputs)."""
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         if not isinstance(attention_mask, AnchorAttentionMask):
@@ -96,11 +88,9 @@ class AnchorLlamaAttention(LlamaAttention):
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
         if cache is not None:
             key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
-        dropout = self.attention_dropout if self.training else 0.0
-        attn_output, attn_weights = chunked_sdpa_attention(
-            self, query_states, key_states, value_states, attention_mask, dropout=dropout, scaling=self.scaling,
-            **kwargs,
-        )
+        attn_output, attn_weights = chunked_sdpa_attention(self, query_states, key_states, value_states, attention_mask,
+                                                           dropout=self.attention_dropout if self.training else 0.0,
+                                                           scaling=self.scaling, **kwargs)
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
         return self.o_proj(attn_output), attn_weights
 
@@ -138,15 +128,10 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
                 position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
                 inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
                 anchor_flags: torch.BoolTensor | None = None, **kwargs) -> BaseModelOutputWithPast:
-        """Like ``LlamaModel.forward``; the mask is AnSAN and the cache an :class:`AnchorCache`.
-
-        Args:
-            input_ids: ``[batch, q_len]``; anchors are found by id (``config.anchor_token_ids``).
-            attention_mask: optional 2D ``[batch, seen + q_len]`` (or ``[batch, q_len]``) padding mask, 1 = real.
-                Only its last ``q_len`` columns are read: earlier padding was already dropped from the cache.
-            anchor_flags: ``[batch, q_len]`` bool, overrides the id lookup (needed with ``inputs_embeds``).
-            cache: an :class:`AnchorCache` (``past_key_values`` before Transformers 5.24 is accepted too).
-        """
+        """``LlamaModel.forward`` with the AnSAN mask and an :class:`AnchorCache` (``past_key_values`` before 5.24).
+        ``input_ids`` ``[batch, q_len]`` (anchors found by id); ``attention_mask``: 2D padding mask ``[batch, seen +
+        q_len]`` or ``[batch, q_len]`` (only the last ``q_len`` columns are read: earlier padding left the cache);
+        ``anchor_flags`` ``[batch, q_len]`` bool overrides the id lookup (needed with ``inputs_embeds``)."""
         cache = resolve_cache(cache, kwargs)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
