@@ -57,6 +57,38 @@ def brute_match(vocab, table, ids):
     return out
 
 
+def index_vs_searchsorted(vocab, num_queries: int = 2_000_000) -> str:
+    """Per-query time of the hash index behind ``FgramVocab.match`` against its baseline, ``torch.searchsorted`` over
+    the same sorted keys plus the equality check, for each level: half the queries are keys, half keys + 1."""
+    from hf_efficient_lm.scone.fgram_vocab_scone import KeyHashIndex
+
+    generator = torch.Generator().manual_seed(0)
+    parts = []
+    for n, keys in enumerate(vocab.level_keys, start=2):
+        if keys.numel() < 2:
+            continue
+        query = keys[torch.randint(0, keys.numel(), (num_queries,), generator=generator)]
+        query[num_queries // 2:] += 1
+        index = KeyHashIndex(keys, query_bound=int(query.max()) + 1)
+
+        def bisect(q, keys=keys):
+            at = torch.searchsorted(keys, q).clamp_(max=keys.numel() - 1)
+            return torch.where(keys[at] == q, at, -1)
+
+        assert torch.equal(index.index_of(query), bisect(query))
+        timings = {}
+        for name, lookup in (("hash", index.index_of), ("searchsorted", bisect)):
+            best = float("inf")
+            for _ in range(3):
+                start = time.perf_counter()
+                lookup(query)
+                best = min(best, time.perf_counter() - start)
+            timings[name] = best / num_queries * 1e9
+        parts.append(f"level {n} ({keys.numel():,} keys) {timings['hash']:.0f} vs {timings['searchsorted']:.0f} ns "
+                     f"({timings['searchsorted'] / timings['hash']:.1f}x)")
+    return "hash index vs searchsorted, per query: " + "; ".join(parts)
+
+
 class Timer:
     def __enter__(self):
         self.wall, self.cpu = time.perf_counter(), time.process_time()
@@ -123,6 +155,7 @@ def main():
                 vocab.match(batch)
         torch.set_num_threads(args.threads)
         torch_threads, torch_timer = max(torch_timers.items(), key=lambda kv: -kv[1].wall)
+        print(index_vs_searchsorted(vocab))
         brute_ids = flat[:100_000]
         table = fgram_dict(vocab)
         with Timer() as brute_timer:

@@ -93,13 +93,20 @@ def test_corrupt_index_is_reported(tmp_path, vocab):
         FgramVocab.load(tmp_path)
 
 
-@pytest.mark.parametrize("kind", ["random", "sequential", "same_low_bits", "empty", "one"])
+def _keys_homed_at_the_end(generator, count=200):
+    """``count`` keys whose home slot is one of the last two of their table (512 slots): they spill past its end."""
+    pool = torch.randint(0, 1 << 31, (count * 600,), generator=generator)
+    return pool[(((pool * 0x4F1BBCDD) & 0x7FFFFFFF) >> 22) >= 510][:count]
+
+
+@pytest.mark.parametrize("kind", ["random", "sequential", "same_low_bits", "empty", "one", "homed_at_the_end"])
 def test_key_hash_index_equals_sorted_search(kind):
     """The hash index behind FgramVocab.match answers exactly like a binary search over the sorted keys."""
     from hf_efficient_lm.scone.fgram_vocab_scone import KeyHashIndex
 
     generator = torch.Generator().manual_seed(0)
     keys = {
+        "homed_at_the_end": _keys_homed_at_the_end(generator),
         "random": torch.randint(0, 1 << 40, (5000,), generator=generator),
         "sequential": torch.arange(3000) * 4096 + 7,  # n-gram keys: parent * V + token
         "same_low_bits": torch.arange(1, 2000) << 31,  # only the high half differs
@@ -108,6 +115,8 @@ def test_key_hash_index_equals_sorted_search(kind):
     }[kind]
     keys = torch.unique(keys)  # sorted, distinct
     index = KeyHashIndex(keys)
+    if kind == "homed_at_the_end":  # (the case the spill area exists for)
+        assert keys.numel() == 200 and index.bits == 9 and index.slot_keys.numel() > 512 and index.max_probes >= 100
     absent = torch.randint(0, 1 << 40, (4000,), generator=generator)
     query = torch.cat([keys, absent, keys + 1, (keys - 1).clamp(min=0)])
     query = query[torch.randperm(query.numel(), generator=generator)]
