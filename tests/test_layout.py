@@ -139,6 +139,17 @@ def test_package_import_is_light_and_tools_load_on_first_use():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_blt_reexports_every_public_data_and_flops_name():
+    """docs/blt.md promises ``from hf_efficient_lm.blt import X`` for every public name of the data and FLOPs tools."""
+    import hf_efficient_lm.blt as blt
+    from hf_efficient_lm.tools import blt_data, blt_flops
+
+    for module in (blt_data, blt_flops):
+        missing = [name for name in module.__all__ if name not in blt.__all__]
+        assert not missing, f"{module.__name__} names missing from hf_efficient_lm.blt: {missing}"
+        assert all(getattr(blt, name) is getattr(module, name) for name in module.__all__)
+
+
 def test_scripts_import_the_package_without_editing_sys_path():
     """Benchmarks and examples run as scripts (their folder is on ``sys.path`` already) and import the package; a
     ``sys.path.insert`` or ``runpy`` call means one script reaches into another's tree (issue 12)."""
@@ -149,6 +160,17 @@ def test_scripts_import_the_package_without_editing_sys_path():
         for path in sorted((root / folder).rglob("*.py"))
         for number, line in enumerate(path.read_text().splitlines(), start=1)
         if "sys.path.insert" in line or "sys.path.append" in line or re.search(r"\brunpy\b", line)
+    ]
+    assert not offenders, offenders
+
+
+def test_benchmarks_build_their_parser_with_benchmark_parser():
+    """Every benchmark takes ``--threads`` from ``eval.benchmarking.benchmark_parser`` (DEVELOPERS.md); the GPU script,
+    which runs the test suite and the CUDA benchmarks as parts, is the one parser of its own."""
+    root = PACKAGE.parent / "benchmarks"
+    offenders = [
+        str(path.relative_to(root)) for path in sorted(root.rglob("*.py"))
+        if "argparse.ArgumentParser(" in path.read_text() and path != root / "gpu" / "run_all.py"
     ]
     assert not offenders, offenders
 

@@ -29,7 +29,6 @@ Writes ``results/noise_blt.{json,md,png}``.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
 from hf_efficient_lm.data import CORPUS_DOMAINS as DOMAINS
 from hf_efficient_lm.data import cache_dir, corpus_texts, noise_texts
 from hf_efficient_lm.io_utils import atomic_file, save_figure
@@ -137,7 +137,7 @@ def pick_pair(scaling: dict) -> tuple[str, str, float, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = benchmark_parser(__doc__)
     p.add_argument("--cache", default=str(cache_dir("bltexp")))
     p.add_argument("--scaling-json", default=str(HERE / "results" / "scaling_blt.json"))
     p.add_argument("--llama-run", default=None)
@@ -146,10 +146,8 @@ def main() -> None:
     p.add_argument("--piece-chars", type=int, default=128)
     p.add_argument("--kinds", nargs="+", default=list(KINDS))
     p.add_argument("--noise-seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", default=str(HERE / "results"))
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_benchmark_args(p)
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from hf_efficient_lm.blt import BLTForCausalLM

@@ -10,7 +10,7 @@ Stages (``--stage all`` runs them in order; every stage is cached, so a rerun on
           gets the training budget C_k = 3 x Llama forward FLOPs/token x ``--tokens[k]``; the BLT trains on as many
           bytes as C_k buys at its own training FLOPs/byte (patch lengths precomputed, entropy model not counted, as
           in ``examples/train_blt.py``). The patch-size runs (``--patch-presets`` at ``--patch-sizes``) get the
-          budget of the last size. Each (run, seed) is one subprocess (``--jobs`` at a time, 1 thread each).
+          budget of the last size. Each (run, seed) is one subprocess (``--jobs`` at a time, ``--threads`` torch threads each).
   report  bits/byte per domain on the first ``--eval-chars`` characters of each ``*.valid.jsonl.gz`` (whole
           documents; Llama: ``evaluate_causal_lm`` with windows of ``--llama-seq-len`` tokens; BLT: in-forward
           entropy patching over packed rows of ``--blt-seq-len`` bytes; both predict every byte / token plus one EOS
@@ -42,6 +42,7 @@ import torch
 
 from hf_efficient_lm.data import CORPUS_DOMAINS as DOMAINS
 from hf_efficient_lm.data import cache_dir, corpus_texts, pack_ids, train_tokenizer
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
 from hf_efficient_lm.io_utils import atomic_file, save_figure
 
 HERE = Path(__file__).resolve().parent
@@ -49,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 
 # ---------------------------------------------------------------------------------------------------------- args
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = benchmark_parser(__doc__)  # --threads: each training subprocess's torch threads (default 1)
     p.add_argument("--stage", choices=["all", "prep", "runs", "run", "report"], default="all")
     p.add_argument("--cache", default=str(cache_dir("bltexp")))
     p.add_argument("--llama-presets", nargs="+", default=["200k", "450k", "1m"])
@@ -60,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--patch-sizes", nargs="*", type=float, default=[6.0, 8.0])
     p.add_argument("--target-patch-size", type=float, default=4.5, help="patch size of the scaling ladder's BLTs")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--jobs", type=int, default=3, help="training subprocesses at a time (1 thread each)")
+    p.add_argument("--jobs", type=int, default=3, help="training subprocesses at a time (--threads each)")
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--train-chars", type=int, default=160_000, help="training text per domain (the shared pool)")
     p.add_argument("--entropy-hidden", type=int, default=64)
@@ -76,7 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     # --stage run (one training run; what --stage runs starts as subprocesses)
     p.add_argument("--run-name", default=None)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = parse_benchmark_args(p, argv)
     if not (len(args.llama_presets) == len(args.blt_presets) == len(args.tokens)):
         p.error("--llama-presets, --blt-presets and --tokens need one value per size")
     if len(args.patch_presets) != len(args.patch_sizes):
@@ -115,7 +116,6 @@ def prep(args) -> dict:
     done = cache / "prep.json"
     if done.exists():
         return json.loads(done.read_text())
-    torch.set_num_threads(1)
     pool = train_pool(args.train_chars)
     texts = [t for d in DOMAINS for t in pool[d]]
     tok_dir = cache / "tokenizer"
@@ -215,7 +215,6 @@ def one_run(args) -> None:
     from hf_efficient_lm.tools.blt_flops import blt_flops_per_byte, llama_flops_per_token
     from hf_efficient_lm.train import blt_config_for, llama_config_from_preset
 
-    torch.set_num_threads(1)
     info = json.loads((Path(args.cache) / "prep.json").read_text())
     spec = run_table(args)[args.run_name]
     out = Path(args.cache) / "runs" / f"{args.run_name}-seed{args.seed}"

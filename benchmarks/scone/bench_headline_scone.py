@@ -41,7 +41,6 @@ not record counts as the script's default), and a (model, seed) run that two par
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import tempfile
@@ -54,6 +53,7 @@ from corpus_scone import DOMAINS, load_data, make_schedule, match_blocks, seed_s
 from tqdm import tqdm
 from transformers import LlamaForCausalLM
 
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
 from hf_efficient_lm.eval import rows_nll
 from hf_efficient_lm.io_utils import atomic_file, save_figure
 from hf_efficient_lm.scone import FGRAM_RECIPES, SconeLlamaForCausalLM, mine_fgrams
@@ -261,7 +261,7 @@ def merge(paths: list[str], defaults: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--preset", default="1m")
     parser.add_argument("--large-layers", type=int, default=8)
     parser.add_argument("--wide-width", type=int, default=176)
@@ -277,14 +277,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["scone_replace_id", "main", "large"], choices=MODELS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens per domain")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--name", default="headline_scone")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="merge the results of earlier runs and report")
     parser.add_argument("--report", metavar="JSON",
                         help="only re-report a results file: rewrite its summary and plot in place (nothing trained)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_benchmark_args(parser)
     out = Path(args.out)
     if args.report:
         path = Path(args.report)

@@ -14,13 +14,13 @@ CPU second of this process (``time.process_time``), which stays honest when othe
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections import Counter
 
 import numpy as np
 import torch
 
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
 from hf_efficient_lm.scone import match_flat, mine_fgrams
 from corpus_scone import DOMAINS, load_tokenizer, tokenized_docs
 
@@ -103,14 +103,10 @@ def rates(tokens, timer):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, threads=2)
     parser.add_argument("--num-fgrams", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--max-len", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2,
-                        help="worker threads for mining and match_flat; FgramVocab.match is timed with 1 torch "
-                             "thread and with this many (on small VMs OpenMP's wake-ups can make 2 threads slower)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_benchmark_args(parser)
     tokenizer = load_tokenizer()
     train = tokenized_docs("train")
     valid = tokenized_docs("valid")

@@ -16,7 +16,6 @@ and opened as ``FgramTable`` (a private memory map). Reported:
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
 from hf_efficient_lm.scone import FgramTable, FgramVocab
 from hf_efficient_lm.tools.scone_export import StreamingTableWriter
 from corpus_scone import cache_dir
@@ -64,7 +64,7 @@ def time_lookups(fn, row_batches, warmup: int, before=None) -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
@@ -72,8 +72,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=50, help="untimed calls before every latency measurement")
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--delete", action="store_true", help="delete the table file at the end (default: keep it)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    args = parse_benchmark_args(parser)
     dtype = getattr(torch, args.dtype)
     path = cache_dir() / f"bench_table_{args.rows}x{args.dim}_{args.dtype}.safetensors"
     rss0 = rss_mb()

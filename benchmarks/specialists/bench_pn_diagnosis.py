@@ -25,7 +25,6 @@ unless ``--finetune-steps 0``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -43,6 +42,7 @@ from torch.utils.data import SequentialSampler  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Trainer, TrainingArguments  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args  # noqa: E402
 from hf_efficient_lm.data import cache_dir, corpus_dir, corpus_texts  # noqa: E402
 from hf_efficient_lm.specialists import (  # noqa: E402
     ClusterIndex,
@@ -84,7 +84,7 @@ def rescale_bases(model: HyperSpecialistForCausalLM, target_std: float) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--corpus", type=Path, default=corpus_dir())
     parser.add_argument("--targets", nargs="+", default=["pydocs", "fortunes"])
     parser.add_argument("--generic-chars", type=int, default=600_000, help="characters per generic domain")
@@ -99,11 +99,9 @@ def main(argv=None):
     parser.add_argument("--finetune-steps", type=int, default=100)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache-dir", type=Path, default=cache_dir("specialists_pn_diagnosis"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/specialists/results"))
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_benchmark_args(parser, argv)
     hf_logging.set_verbosity_error()
     cache = args.cache_dir / f"c{args.generic_chars}_b{args.block_size}_v{args.vocab_size}_k{args.k}"
     cache.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,6 @@ tokens; BPE vocabulary 512.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -37,6 +36,7 @@ from datasets import Dataset  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Trainer, TrainingArguments  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args  # noqa: E402
 from hf_efficient_lm.data import cache_dir, corpus_dir, corpus_texts  # noqa: E402
 from hf_efficient_lm.eval.benchmarking import new_figure, write_figure  # noqa: E402
 from hf_efficient_lm.io_utils import atomic_file  # noqa: E402
@@ -125,7 +125,7 @@ def summarise(rows, targets, seeds):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--corpus", type=Path, default=corpus_dir())
     parser.add_argument("--targets", nargs="+", default=["pydocs", "fortunes"])
     parser.add_argument("--generic-chars", type=int, default=250_000, help="characters per generic domain")
@@ -150,13 +150,11 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--embed-only", action="store_true", help="only compute and cache the embeddings")
     parser.add_argument("--summary-only", action="store_true", help="only summarise the runs already recorded")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache-dir", type=Path, default=cache_dir("specialists_protocol"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/specialists/results"))
     parser.add_argument("--name", default="protocol",
                         help="file prefix of the results: <out>/<name>_table.md, _results.json, _plot.png")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_benchmark_args(parser, argv)
     hf_logging.set_verbosity_error()
     cache = args.cache_dir / f"c{args.generic_chars}_b{args.block_size}_v{args.vocab_size}_t{args.domain_tokens}"
     cache.mkdir(parents=True, exist_ok=True)

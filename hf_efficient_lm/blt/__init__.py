@@ -29,15 +29,17 @@ _DATA = [
     "entropy_patch_starts", "space_patch_starts", "static_patch_starts", "patch_lengths_from_starts", "patch_ids_from_starts", "text_to_ids", "pack_texts", "document_rows", "byte_dataset",
     "pad_right", "compute_patch_lengths", "add_patch_lengths_column", "mean_patch_size", "calibrate_threshold",
     "BLTDataCollator", "entropy_mode", "document_patch_lengths", "pack_by_patches", "patch_packed_dataset",
+    "row_entropies", "rows_bits_per_byte",
 ]
+_FLOPS = ["blt_flops_per_byte", "llama_flops_per_token", "mean_context"]
 __getattr__ = lazy_attributes(__name__, {
     **dict.fromkeys(_DATA, "..tools.blt_data"),
-    **dict.fromkeys(["blt_flops_per_byte", "llama_flops_per_token"], "..tools.blt_flops"),
+    **dict.fromkeys(_FLOPS, "..tools.blt_flops"),
 })
 
 __all__ = [
     "BLTConfig", "BLTEntropyConfig", "BLTLocalConfig", "BLTLocalEncoderConfig", "BLTLocalDecoderConfig", "BLTGlobalConfig",
     "BLTForCausalLM", "BLTModel", "BLTCache", "BLTEntropyModel", "BLTTokenizer",
     "byte_ngram_hash_ids", "next_byte_entropy", "blt_config_from_transformers", "export_to_transformers_blt",
-    "split_long_patches", "patch_starts", "starts_from_patch_lengths", *_DATA, "blt_flops_per_byte", "llama_flops_per_token",
+    "split_long_patches", "patch_starts", "starts_from_patch_lengths", *_DATA, *_FLOPS,
 ]

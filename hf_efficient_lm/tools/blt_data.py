@@ -356,4 +356,5 @@ class BLTDataCollator:
 __all__ = [
     "entropy_mode", "document_patch_lengths", "pack_by_patches", "patch_packed_dataset", "entropy_patch_starts", "space_patch_starts", "static_patch_starts", "patch_ids_from_starts", "patch_lengths_from_starts", "text_to_ids", "pack_texts", "document_rows", "byte_dataset", "pad_right", "compute_patch_lengths",
     "add_patch_lengths_column", "mean_patch_size", "calibrate_threshold", "BLTDataCollator",
+    "row_entropies", "rows_bits_per_byte",
 ]
