@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
 from hf_efficient_lm.data import CORPUS_DOMAINS as DOMAINS
 from hf_efficient_lm.data import cache_dir, corpus_texts, noise_texts
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
 from hf_efficient_lm.io_utils import atomic_file, save_figure
 
 HERE = Path(__file__).resolve().parent

@@ -53,7 +53,7 @@ import torch
 from tqdm import tqdm
 from transformers import LlamaForCausalLM
 
-from corpus_scone import load_data, make_schedule, match_blocks, seed_std
+from corpus_scone import add_results_options, load_data, make_schedule, match_blocks, seed_std
 from hf_efficient_lm.eval import rows_nll
 from hf_efficient_lm.io_utils import atomic_dir, atomic_file
 from hf_efficient_lm.scone import FGRAM_RECIPES, SconeLlamaForCausalLM, mine_fgrams
@@ -386,15 +386,11 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens per domain")
     parser.add_argument("--skip-base", action="store_true",
                         help="do not train the base (merge with a part that has it; no per-f-gram-count split)")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    parser.add_argument("--name", default="fusion_ablation_scone", help="file name of the JSON/PNG results")
     parser.add_argument("--axes", nargs="+", metavar="JSON",
                         help="only report the S / A_f-depth sweep of --configs[-1] over these results (the first "
                              "one holds the base runs; issue #13 item 3)")
-    parser.add_argument("--merge", nargs="+", metavar="JSON",
-                        help="only merge the results of earlier runs (e.g. one process per seed) and report them")
-    parser.add_argument("--report", metavar="JSON",
-                        help="only re-report a results file (an ablation or --axes one); rewrites its .png, not the JSON")
+    add_results_options(parser, "fusion_ablation_scone",
+                        "only re-report a results file (an ablation or --axes one); rewrites its .png, not the JSON")
     args = parse_benchmark_args(parser)
     out = Path(args.out)
     if args.report:

@@ -49,12 +49,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from corpus_scone import DOMAINS, load_data, make_schedule, match_blocks, seed_std
+from corpus_scone import DOMAINS, add_results_options, load_data, make_schedule, match_blocks, seed_std
 from tqdm import tqdm
 from transformers import LlamaForCausalLM
 
-from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
 from hf_efficient_lm.eval import rows_nll
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
 from hf_efficient_lm.io_utils import atomic_file, save_figure
 from hf_efficient_lm.scone import FGRAM_RECIPES, SconeLlamaForCausalLM, mine_fgrams
 from hf_efficient_lm.train import llama_config_from_preset
@@ -260,6 +260,16 @@ def merge(paths: list[str], defaults: dict) -> dict:
     return results
 
 
+def rereport(path: Path) -> None:
+    """Rewrite the summary of the results file ``path`` in place and its plot beside it (nothing trained)."""
+    results = json.loads(path.read_text())
+    results["summary"] = rows = summarise(results)
+    with atomic_file(path, "w") as handle:
+        json.dump(results, handle, indent=1)
+    plot(rows, path.with_suffix(".png"))
+    print(f"\nrewrote {path} (summary) and {path.with_suffix('.png')}")
+
+
 def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--preset", default="1m")
@@ -277,22 +287,13 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["scone_replace_id", "main", "large"], choices=MODELS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens per domain")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    parser.add_argument("--name", default="headline_scone")
-    parser.add_argument("--merge", nargs="+", metavar="JSON", help="merge the results of earlier runs and report")
-    parser.add_argument("--report", metavar="JSON",
-                        help="only re-report a results file: rewrite its summary and plot in place (nothing trained)")
+    add_results_options(parser, "headline_scone",
+                        "only re-report a results file: rewrite its summary and plot in place (nothing trained)")
     args = parse_benchmark_args(parser)
-    out = Path(args.out)
     if args.report:
-        path = Path(args.report)
-        results = json.loads(path.read_text())
-        results["summary"] = rows = summarise(results)
-        with atomic_file(path, "w") as handle:
-            json.dump(results, handle, indent=1)
-        plot(rows, path.with_suffix(".png"))
-        print(f"\nrewrote {path} (summary) and {path.with_suffix('.png')}")
+        rereport(Path(args.report))
         return
+    out = Path(args.out)
     if args.merge:
         results = merge(args.merge, defaults=vars(parser.parse_args([])))
     else:

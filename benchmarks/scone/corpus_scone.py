@@ -57,6 +57,15 @@ def tokenized_docs(split: str = "train", domains=DOMAINS) -> dict[str, list[np.n
     return result
 
 
+def add_results_options(parser, name: str, report_help: str) -> None:
+    """``--out`` / ``--name`` (where the JSON / PNG results go), ``--merge`` (several runs' results, e.g. one process per
+    seed, into one report) and ``--report`` (re-report one results file): the trained SCONE benchmarks' options."""
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--name", default=name, help="file name of the JSON/PNG results")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="only merge the results of earlier runs and report")
+    parser.add_argument("--report", metavar="JSON", help=report_help)
+
+
 def load_tokenizer():
     from transformers import AutoTokenizer
 

@@ -39,11 +39,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from torch.utils.data import SequentialSampler  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Trainer, TrainingArguments  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args  # noqa: E402
+from common_specialists import GENERIC, generic_windows, target_windows  # noqa: E402
+
 from hf_efficient_lm.data import cache_dir, corpus_dir, corpus_texts  # noqa: E402
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args  # noqa: E402
 from hf_efficient_lm.specialists import (  # noqa: E402
     ClusterIndex,
     HashedNgramEmbedder,
@@ -62,7 +64,6 @@ from hf_efficient_lm.tools.specialize import block_perplexity, token_blocks  # n
 
 VARIANTS = ("slm", "slm_homog", "pn", "pn_k1", "pn_rescaled", "pn_permatrix", "pn_lr1e-3", "pn_shared", "pn_shared_pm",
             "mix")
-GENERIC = ("kernel", "code", "dictionary")
 
 
 class _SequentialTrainer(Trainer):
@@ -118,17 +119,7 @@ def main(argv=None):
             if row.get("settings") == settings:
                 done[(row["variant"], row["seed"])] = row
 
-    generic_texts = {d: corpus_texts(d, "train", corpus=args.corpus, limit_chars=args.generic_chars) for d in GENERIC}
-    if (cache / "tokenizer" / "tokenizer.json").is_file():
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(cache / "tokenizer")
-    else:
-        from hf_efficient_lm.data.tokenizer_training import train_tokenizer
-
-        tokenizer = train_tokenizer([[t for ts in generic_texts.values() for t in ts]], args.vocab_size,
-                                    show_progress=False)
-        tokenizer.save_pretrained(cache / "tokenizer")
-    blocks = [b for d in GENERIC for b in token_blocks(generic_texts[d], tokenizer, args.block_size)]
-    windows = [tokenizer.decode(b) for b in blocks]
+    tokenizer, blocks, windows = generic_windows(args.corpus, args.generic_chars, args.vocab_size, args.block_size, cache)
     if (cache / "index" / "cluster_index.json").is_file():
         index = ClusterIndex.from_pretrained(cache / "index")
     else:
@@ -139,13 +130,10 @@ def main(argv=None):
                     for b in token_blocks(corpus_texts(d, "valid", corpus=args.corpus, limit_chars=200_000), tokenizer,
                                           args.block_size)[:64]]
     valid_clusters = index.assign([tokenizer.decode(b) for b in valid_blocks], progress=False)
-    chars_per_token = sum(len(w) for w in windows[:2000]) / (min(2000, len(windows)) * args.block_size)
     targets = {}
     for target in args.targets:
-        texts = corpus_texts(target, "train", corpus=args.corpus, limit_chars=int(args.domain_tokens * chars_per_token))
-        test = token_blocks(corpus_texts(target, "valid", corpus=args.corpus, limit_chars=10**7), tokenizer, args.block_size)
-        test = [test[i] for i in np.random.default_rng(0).permutation(len(test))[: args.test_blocks]]
-        domain_windows = [tokenizer.decode(b) for b in token_blocks(texts, tokenizer, args.block_size)]
+        texts, test, domain_windows = target_windows(target, args.corpus, args.domain_tokens, args.test_blocks, tokenizer,
+                                                     args.block_size, windows)
         hist = index.histogram(domain_windows, progress=False)
         targets[target] = (texts, test, hist)
     print(f"{len(blocks)} generic windows, cluster sizes {np.bincount(cluster_ids, minlength=args.k).tolist()}; "

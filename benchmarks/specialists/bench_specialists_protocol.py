@@ -33,12 +33,15 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Trainer, TrainingArguments  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args  # noqa: E402
-from hf_efficient_lm.data import cache_dir, corpus_dir, corpus_texts  # noqa: E402
-from hf_efficient_lm.eval.benchmarking import new_figure, write_figure  # noqa: E402
+from common_specialists import generic_windows, target_windows  # noqa: E402
+
+from hf_efficient_lm.data import cache_dir, corpus_dir  # noqa: E402
+from hf_efficient_lm.eval.benchmarking import (  # noqa: E402
+    benchmark_parser, new_figure, parse_benchmark_args, write_figure,
+)
 from hf_efficient_lm.io_utils import atomic_file  # noqa: E402
 from hf_efficient_lm.specialists import (  # noqa: E402
     hyper_from_llama,
@@ -53,9 +56,8 @@ from hf_efficient_lm.specialists import (  # noqa: E402
 )
 from hf_efficient_lm.tools.importance_sampling import importance_sample_indices  # noqa: E402
 from hf_efficient_lm.tools.specialists_training import ClusterHomogeneousTrainer, SpecialistCollator  # noqa: E402
-from hf_efficient_lm.tools.specialize import block_perplexity, token_blocks  # noqa: E402
+from hf_efficient_lm.tools.specialize import block_perplexity  # noqa: E402
 
-GENERIC = ("kernel", "code", "dictionary")
 METHODS = ("SLM + FT", "SLM-is + FT", "SLM-mix + FT", "SLM-mix best-before + FT", "SLM-mix best-after-FT",
            "SLM-pn + FT", "SLM long + FT", "SLM-pn br + FT")
 
@@ -165,25 +167,12 @@ def main(argv=None):
     started_all = time.perf_counter()
 
     # ------------------------------------------------------------------ data, tokenizer, windows, embeddings
-    generic_texts = {d: corpus_texts(d, "train", corpus=args.corpus, limit_chars=args.generic_chars) for d in GENERIC}
-    if (cache / "tokenizer" / "tokenizer.json").is_file():
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(cache / "tokenizer")
-    else:
-        from hf_efficient_lm.data.tokenizer_training import train_tokenizer
-
-        tokenizer = train_tokenizer([[t for ts in generic_texts.values() for t in ts]], args.vocab_size,
-                                    show_progress=False)
-        tokenizer.save_pretrained(cache / "tokenizer")
-    blocks = [b for d in GENERIC for b in token_blocks(generic_texts[d], tokenizer, args.block_size)]
-    windows = [tokenizer.decode(b) for b in blocks]
+    tokenizer, blocks, windows = generic_windows(args.corpus, args.generic_chars, args.vocab_size, args.block_size, cache)
     generic_emb = embeddings(args, cache, "generic", windows)
-    chars_per_token = sum(len(w) for w in windows[:2000]) / (min(2000, len(windows)) * args.block_size)
     targets = {}
     for target in args.targets:
-        texts = corpus_texts(target, "train", corpus=args.corpus, limit_chars=int(args.domain_tokens * chars_per_token))
-        test = token_blocks(corpus_texts(target, "valid", corpus=args.corpus, limit_chars=10**7), tokenizer, args.block_size)
-        test = [test[i] for i in np.random.default_rng(0).permutation(len(test))[: args.test_blocks]]
-        domain_windows = [tokenizer.decode(b) for b in token_blocks(texts, tokenizer, args.block_size)]
+        texts, test, domain_windows = target_windows(target, args.corpus, args.domain_tokens, args.test_blocks, tokenizer,
+                                                     args.block_size, windows)
         targets[target] = {"texts": texts, "test": test, "emb": embeddings(args, cache, target, domain_windows),
                            "tokens": len(domain_windows) * args.block_size}
     print(f"{len(blocks)} generic windows; " + ", ".join(f"{t}: {v['tokens']} training tokens"
