@@ -260,9 +260,39 @@ def _load_weights(path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _one_device(model, device_map, max_memory=None) -> torch.device:
+    """The single device ``device_map`` (``"auto"`` / ``"sequential"`` / ``"balanced"``, a device, an accelerator
+    index or a ``{module: device}`` dict) places the converted ``model`` on. A map that splits the model over devices
+    or offloads it is refused: the conversion builds the whole model in CPU memory first, so convert once and load our
+    folder, which Transformers dispatches."""
+    if isinstance(device_map, dict):
+        devices = set(device_map.values())
+    elif device_map in ("auto", "sequential", "balanced", "balanced_low_0"):
+        from accelerate import infer_auto_device_map
+
+        devices = set(infer_auto_device_map(model, max_memory=max_memory,
+                                            no_split_module_classes=model._no_split_modules).values())
+    else:
+        devices = {device_map}
+    if len(devices) != 1 or devices & {"disk", "meta"}:
+        raise ValueError(
+            f"device_map={device_map!r} places a converted Transformers 'blt' checkpoint on {sorted(map(str, devices))}; "
+            "only one device is supported here. Convert once (BLTForCausalLM.from_pretrained(blt_dir)"
+            ".save_pretrained(our_dir)), then load our_dir with this device_map"
+        )
+    device = devices.pop()
+    if isinstance(device, int):  # accelerate's convention: an index of the current accelerator
+        accelerator = torch.accelerator.current_accelerator()
+        if accelerator is None:
+            raise ValueError(f"device_map={device_map!r} names accelerator {device}, but this machine has none")
+        return torch.device(accelerator.type, device)
+    return torch.device(device)
+
+
 def load(cls, path, **kwargs):
     """Build ``cls`` (``BLTForCausalLM``, or ``BLTModel``) from a Transformers ``blt`` checkpoint (weights converted in
-    memory, on every process: accelerate's FSDP ``cpu_ram_efficient_loading`` is refused, see below)."""
+    memory, on every process: accelerate's FSDP ``cpu_ram_efficient_loading`` is refused, see below). ``device_map``
+    may place the whole model on one device (see :func:`_one_device`)."""
     from transformers.integrations import is_fsdp_enabled
 
     if is_fsdp_enabled():
@@ -273,6 +303,7 @@ def load(cls, path, **kwargs):
         )
     dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
     attn_implementation = kwargs.pop("attn_implementation", None)
+    device_map, max_memory = kwargs.pop("device_map", None), kwargs.pop("max_memory", None)
     kwargs.pop("trust_remote_code", None)
     config_override = kwargs.pop("config", None)
     unknown = [k for k in kwargs if k not in BLTConfig.__dataclass_fields__]
@@ -300,6 +331,8 @@ def load(cls, path, **kwargs):
         raise ValueError(f"converting {path}: missing weights {missing[:8]}, unexpected weights {unexpected[:8]}")
     if dtype is not None:
         model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    if device_map is not None:
+        model = model.to(_one_device(model, device_map, max_memory))  # no hf_device_map: Transformers sets none for one device
     config.name_or_path = os.fspath(path)
     if getattr(model, "generation_config", None) is not None and _resolve(path, "generation_config.json"):
         from transformers import GenerationConfig  # the folder's generate() defaults (eos ids, lengths, penalties)
