@@ -261,32 +261,31 @@ def _load_weights(path) -> dict[str, torch.Tensor]:
 
 
 def _one_device(model, device_map, max_memory=None) -> torch.device:
-    """The single device ``device_map`` (``"auto"`` / ``"sequential"`` / ``"balanced"``, a device, an accelerator
-    index or a ``{module: device}`` dict) places the converted ``model`` on. A map that splits the model over devices
-    or offloads it is refused: the conversion builds the whole model in CPU memory first, so convert once and load our
-    folder, which Transformers dispatches."""
-    if isinstance(device_map, dict):
-        devices = set(device_map.values())
-    elif device_map in ("auto", "sequential", "balanced", "balanced_low_0"):
-        from accelerate import infer_auto_device_map
+    """The single device ``device_map`` places the converted ``model`` on, read as Transformers reads it (a device, an
+    accelerator index, ``"cuda"`` = this process's ``LOCAL_RANK``, ``"auto"`` / ``"balanced"`` / ``"sequential"``
+    inferred under ``max_memory``, or a ``{module: device}`` dict that must cover the model). A map that splits the
+    model over devices, offloads it or names the meta device is refused: the conversion builds the whole model in CPU
+    memory first, so convert once and load our folder, which Transformers dispatches."""
+    from accelerate.utils import check_device_map
+    from transformers.integrations.accelerate import _get_device_map, check_and_set_device_map
 
-        devices = set(infer_auto_device_map(model, max_memory=max_memory,
-                                            no_split_module_classes=model._no_split_modules).values())
-    else:
-        devices = {device_map}
-    if len(devices) != 1 or devices & {"disk", "meta"}:
+    placement = _get_device_map(model, check_and_set_device_map(device_map), max_memory, None)
+    check_device_map(model, placement)  # every parameter placed, as Transformers checks a dict
+    devices = set()
+    for device in placement.values():
+        if isinstance(device, int):  # accelerate's convention: an index of the current accelerator
+            accelerator = torch.accelerator.current_accelerator()
+            if accelerator is None:
+                raise ValueError(f"device_map={device_map!r} names accelerator {device}, but this machine has none")
+            device = torch.device(accelerator.type, device)
+        devices.add(str(device) if device == "disk" else torch.device(device))
+    if len(devices) != 1 or devices & {"disk", torch.device("meta")}:
         raise ValueError(
-            f"device_map={device_map!r} places a converted Transformers 'blt' checkpoint on {sorted(map(str, devices))}; "
-            "only one device is supported here. Convert once (BLTForCausalLM.from_pretrained(blt_dir)"
-            ".save_pretrained(our_dir)), then load our_dir with this device_map"
+            f"device_map={device_map!r} places a converted Transformers 'blt' checkpoint on {sorted(map(str, devices))}; it "
+            "loads onto one real device only (no split, offload or meta device). Convert once "
+            "(BLTForCausalLM.from_pretrained(blt_dir).save_pretrained(our_dir)), then load our_dir with this device_map"
         )
-    device = devices.pop()
-    if isinstance(device, int):  # accelerate's convention: an index of the current accelerator
-        accelerator = torch.accelerator.current_accelerator()
-        if accelerator is None:
-            raise ValueError(f"device_map={device_map!r} names accelerator {device}, but this machine has none")
-        return torch.device(accelerator.type, device)
-    return torch.device(device)
+    return devices.pop()
 
 
 def load(cls, path, **kwargs):

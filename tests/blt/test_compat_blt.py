@@ -137,26 +137,38 @@ def test_transformers_blt_folder_under_fsdp_cpu_ram_efficient_loading_is_a_clear
     assert BLTForCausalLM.from_pretrained(transformers_blt_dir).config.model_type == "hfelm_blt"
 
 
-def test_transformers_blt_folder_loads_with_a_one_device_map(transformers_blt_dir, tmp_path):
-    """``device_map`` that puts the whole converted model on one device loads it there (same logits as without); a map
-    that splits or offloads it (given, or what ``"auto"`` infers under ``max_memory``) is refused naming the devices
-    and the fix, and the fix works: our converted folder loads with that map through Transformers' dispatch."""
+def test_transformers_blt_folder_loads_with_a_one_device_map(transformers_blt_dir, tmp_path, monkeypatch):
+    """``device_map`` that puts the whole converted model on one device moves it there (same logits as without); a map
+    that splits or offloads it (given, or what ``"auto"`` infers under ``max_memory``), names the meta device or leaves
+    weights out is refused naming the problem, and the fix works: our converted folder loads with that map through
+    Transformers' dispatch."""
     reference = BLTForCausalLM.from_pretrained(transformers_blt_dir)
     ids = _bytes()
     expected = reference(ids).logits
-    for device_map in ("cpu", "auto", "sequential", {"": "cpu"}, torch.device("cpu")):
+    moved_to = []
+    move = torch.nn.Module.to
+    monkeypatch.setattr(BLTForCausalLM, "to", lambda self, *a, **k: moved_to.append(a[0]) or move(self, *a, **k))
+    one_device = ("cpu", "auto", "sequential", "balanced_low_0", {"": "cpu"}, torch.device("cpu"),
+                  {"model": "cpu", "lm_head": torch.device("cpu")})  # one device spelled two ways is still one
+    for device_map in one_device:
+        moved_to.clear()
         model = BLTForCausalLM.from_pretrained(transformers_blt_dir, device_map=device_map)
-        assert next(model.parameters()).device == torch.device("cpu")
+        assert moved_to == [torch.device("cpu")], (device_map, moved_to)  # the map is read, not ignored
         torch.testing.assert_close(model(ids).logits, expected, rtol=0, atol=0)
     split = {**{f"model.{name}": "cpu" for name, _ in reference.model.named_children()},
              "model.global_transformer": "disk", "lm_head": "cpu"}
-    with pytest.raises(ValueError, match=r"\['cpu', 'disk'\]; only one device is supported.*Convert once"):
+    with pytest.raises(ValueError, match=r"\['cpu', 'disk'\]; it loads onto one real device only.*Convert once"):
         BLTForCausalLM.from_pretrained(transformers_blt_dir, device_map=split)
-    with pytest.raises(ValueError, match=r"'disk'\]; only one device"):  # "auto" under max_memory offloads the rest
+    with pytest.raises(ValueError, match=r"'disk'\]; it loads onto one real device"):  # "auto" offloads the rest
         BLTForCausalLM.from_pretrained(transformers_blt_dir, device_map="auto", max_memory={"cpu": 20_000})
+    with pytest.raises(ValueError, match=r"\['meta'\]; it loads onto one real device only"):
+        BLTForCausalLM.from_pretrained(transformers_blt_dir, device_map={"": torch.device("meta")})
+    with pytest.raises(ValueError, match="does not give any device for the following parameters: lm_head.weight"):
+        BLTForCausalLM.from_pretrained(transformers_blt_dir, device_map={"model": "cpu"})
     if torch.accelerator.current_accelerator() is None:
         with pytest.raises(ValueError, match="names accelerator 0, but this machine has none"):
             BLTForCausalLM.from_pretrained(transformers_blt_dir, device_map=0)
+    monkeypatch.undo()
     reference.save_pretrained(tmp_path / "ours")
     offloaded = BLTForCausalLM.from_pretrained(tmp_path / "ours", device_map=split, offload_folder=tmp_path / "offload")
     torch.testing.assert_close(offloaded(ids).logits, expected)
