@@ -53,7 +53,10 @@ def problems_in(code: str) -> list[str]:
     return sorted(set(problems))
 
 
-@pytest.mark.parametrize("where,code", snippets(), ids=[where for where, _ in snippets()])
+SNIPPETS = snippets()
+
+
+@pytest.mark.parametrize("where,code", SNIPPETS, ids=[where for where, _ in SNIPPETS])
 def test_doc_snippets_import_what_they_use(where, code):
     assert not problems_in(code), problems_in(code)
 
