@@ -1,4 +1,4 @@
-"""Where the families meet the Transformers versions they support (linked as each family's ``compat_<family>.py``).
+"""Where the families meet Transformers: the versions they support, the Auto map (linked as ``compat_<family>.py``).
 
 Transformers 5.24 renamed the cache argument and output field ``past_key_values`` (``cache_params``) to ``cache``:
 model code uses the new name and goes through :data:`CACHE_NAME` / :func:`resolve_cache` / :func:`cache_of`, so
@@ -40,6 +40,18 @@ def resolve_cache(cache, kwargs: dict):
                 raise ValueError(f"pass the cache once: got both `cache` and `{name}`")
             cache = old if cache is None else cache
     return cache
+
+
+class MapsBaseModel:
+    """Base of a family's pre-trained class: saving a head model also maps ``AutoModel`` to its base model (Transformers
+    maps only the saved class), so the folder serves ``AutoModel.from_pretrained(..., trust_remote_code=True)`` too."""
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        base = type(self.base_model)
+        if base is not type(self) and getattr(base, "_auto_class", None) and base.__module__ == type(self).__module__:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                    base._auto_class: f"{base.__module__.rsplit('.', 1)[-1]}.{base.__name__}"}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
 
 def cache_of(output):

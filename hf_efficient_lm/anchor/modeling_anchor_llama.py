@@ -26,7 +26,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .cache_anchor import AnchorCache
-from .compat_anchor import CACHE_NAME, resolve_cache
+from .compat_anchor import CACHE_NAME, MapsBaseModel, resolve_cache
 from .configuration_anchor_llama import AnchorLlamaConfig
 from .masking_anchor import (
     AnchorAttentionMask,
@@ -95,7 +95,7 @@ class AnchorLlamaAttention(LlamaAttention):
         return self.o_proj(attn_output), attn_weights
 
 
-class AnchorLlamaPreTrainedModel(LlamaPreTrainedModel):
+class AnchorLlamaPreTrainedModel(MapsBaseModel, LlamaPreTrainedModel):
     config: AnchorLlamaConfig
     config_class = AnchorLlamaConfig
     # Flash attention only knows causal + padding masks; the AnSAN mask needs sdpa / eager / flex.

@@ -26,7 +26,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRot
 from transformers.models.mistral.modeling_mistral import MistralDecoderLayer, MistralRMSNorm, MistralRotaryEmbedding
 
 from .cache_blt import BLTCache
-from .compat_blt import CACHE_NAME, resolve_cache
+from .compat_blt import CACHE_NAME, MapsBaseModel, resolve_cache
 from .configuration_blt_lm import BLTConfig, BLTLocalConfig
 from .modeling_blt_entropy import BLTEntropyModel, layer_mask
 from .patcher_blt import patch_starts, relative_positions, rule_settings, starts_from_patch_lengths
@@ -259,7 +259,7 @@ def patch_layout(starts: torch.Tensor, byte_valid: torch.Tensor | None = None):
     return gather_index, offs < lengths.unsqueeze(-1), cum[:, 1:] - 2, num_patches
 
 
-class BLTPreTrainedModel(PreTrainedModel):
+class BLTPreTrainedModel(MapsBaseModel, PreTrainedModel):
     config_class = BLTConfig
     config: BLTConfig
     base_model_prefix = "model"

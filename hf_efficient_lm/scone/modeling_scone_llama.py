@@ -26,7 +26,7 @@ from transformers.masking_utils import find_packed_sequence_indices
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaPreTrainedModel, LlamaRMSNorm
 from transformers.utils import cached_file
 
-from .compat_scone import CACHE_NAME, resolve_cache
+from .compat_scone import CACHE_NAME, MapsBaseModel, resolve_cache
 from .configuration_scone_llama import SconeLlamaConfig
 from .fgram_vocab_scone import INDEX_FILE, VOCAB_FILE, FgramVocab
 from .table_scone import FgramTable
@@ -88,7 +88,7 @@ class SconeFgramModel(nn.Module):
         return last * self.output_scale if self.output_scale is not None else last
 
 
-class SconeLlamaPreTrainedModel(LlamaPreTrainedModel):
+class SconeLlamaPreTrainedModel(MapsBaseModel, LlamaPreTrainedModel):
     config_class = SconeLlamaConfig
     config: SconeLlamaConfig
     _no_split_modules = ["LlamaDecoderLayer"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel, Trainer, TrainingArguments
 
 import hf_efficient_lm  # noqa: F401  (registers the families)
 from hf_efficient_lm.compat import CACHE_NAME
@@ -54,6 +54,12 @@ def _logits(model, input_ids, **kwargs) -> torch.Tensor:
     return model(input_ids=input_ids, **kwargs).logits.float()
 
 
+def _base_model(model) -> PreTrainedModel | None:
+    """The head model's own base model (``AutoModel``'s class), None where it has none."""
+    base = model.base_model
+    return base if base is not model and isinstance(base, PreTrainedModel) else None
+
+
 def _pad_id(model) -> int:
     pad = model.config.pad_token_id
     return 0 if pad is None else int(pad)
@@ -85,9 +91,13 @@ def test_auto_classes_resolve_after_import(case, tmp_path):
     assert type(config) is type(model.config)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)  # no trust_remote_code: the registered class
     assert type(loaded) is type(model)
+    base = _base_model(model)
+    if base is not None:
+        assert type(AutoModel.from_pretrained(tmp_path)) is type(base)
     if case.trust_remote_code:
         saved = json.loads((tmp_path / "config.json").read_text())
         assert "AutoConfig" in saved["auto_map"] and "AutoModelForCausalLM" in saved["auto_map"]
+        assert saved["auto_map"].get("AutoModel", "").split(".")[-1] == (type(base).__name__ if base else ""), saved
         for reference in saved["auto_map"].values():
             module_file = reference.split(".")[0] + ".py"
             assert (tmp_path / module_file).exists(), f"{module_file} was not copied into the checkpoint"
@@ -99,17 +109,25 @@ _REMOTE_SCRIPT = textwrap.dedent(
     sys.modules["hf_efficient_lm"] = None  # the package must not be needed
     import torch
     from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModel, AutoModelForCausalLM
 
-    folder, io_dir, trust = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    folder, io_dir, trust, has_base = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4] == "1"
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust).eval()
     ids = load_file(io_dir + "/inputs.safetensors")["input_ids"]
     with torch.no_grad():
-        logits = model(input_ids=ids).logits.float()
-    generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
-                               pad_token_id=model.config.pad_token_id or 0)
-    save_file({"logits": logits.contiguous(), "generated": generated.contiguous()}, io_dir + "/outputs.safetensors")
-    print(json.dumps({"class": type(model).__name__, "module": type(model).__module__}))
+        outputs = {"logits": model(input_ids=ids).logits.float()}
+    outputs["generated"] = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                                          pad_token_id=model.config.pad_token_id or 0)
+    info = {"class": type(model).__name__, "module": type(model).__module__}
+    if has_base:  # the base model through AutoModel, from the same folder
+        base = AutoModel.from_pretrained(folder, trust_remote_code=trust).eval()
+        with torch.no_grad():
+            outputs["hidden"] = base(input_ids=ids).last_hidden_state.float()
+        info |= {"base_class": type(base).__name__, "base_module": type(base).__module__}
+    model.save_pretrained(io_dir + "/resaved")  # the loaded classes keep the folder's Auto map
+    info["resaved_auto_map"] = json.load(open(io_dir + "/resaved/config.json")).get("auto_map")
+    save_file({k: v.contiguous() for k, v in outputs.items()}, io_dir + "/outputs.safetensors")
+    print(json.dumps(info))
     """
 )
 
@@ -124,8 +142,10 @@ def test_remote_code_load_without_package(case, tmp_path):
     ids = _ids(case)
     save_file({"input_ids": ids.contiguous()}, str(io_dir / "inputs.safetensors"))
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    base = _base_model(model)
     result = subprocess.run(
-        [sys.executable, "-c", _REMOTE_SCRIPT, str(folder), str(io_dir), "1" if case.trust_remote_code else "0"],
+        [sys.executable, "-c", _REMOTE_SCRIPT, str(folder), str(io_dir), "1" if case.trust_remote_code else "0",
+         "1" if base is not None else "0"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -135,6 +155,14 @@ def test_remote_code_load_without_package(case, tmp_path):
         assert info["module"].startswith("transformers_modules"), info
     outputs = load_file(str(io_dir / "outputs.safetensors"))
     torch.testing.assert_close(outputs["logits"], _logits(model, ids), atol=case.atol, rtol=0)
+    if base is not None:
+        assert info["base_class"] == type(base).__name__, info
+        assert info["base_module"].startswith("transformers_modules") or not case.trust_remote_code, info
+        with torch.no_grad():
+            expected_hidden = base(input_ids=ids).last_hidden_state.float()
+        torch.testing.assert_close(outputs["hidden"], expected_hidden, atol=case.atol, rtol=0)
+    if case.trust_remote_code:
+        assert info["resaved_auto_map"] == json.loads((folder / "config.json").read_text())["auto_map"], info
     assert outputs["generated"].shape == (ids.shape[0], ids.shape[1] + 4)
     expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
                               pad_token_id=_pad_id(model))
