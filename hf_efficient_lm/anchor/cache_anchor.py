@@ -32,10 +32,8 @@ class AnchorCacheLayer(DynamicLayer):
 
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove != 0:
-            raise ValueError(
-                "AnchorCache cannot be cropped: pruned sentences cannot be restored (assisted / speculative "
-                "decoding needs a croppable cache)."
-            )
+            raise ValueError("AnchorCache cannot be cropped: pruned sentences cannot be restored (assisted / "
+                             "speculative decoding needs a croppable cache).")
 
 
 class AnchorCache(Cache):
@@ -76,10 +74,8 @@ class AnchorCache(Cache):
             self.slot_info = chunk.map(lambda t: t[:, :0])  # no slots yet
             self.anchors_seen = torch.zeros(batch, dtype=torch.long, device=chunk.index.device)
         elif self.slot_info.index.shape[0] != batch:
-            raise ValueError(
-                f"AnchorCache holds a batch of {self.slot_info.index.shape[0]} rows but the input has {batch}; "
-                "repeat its rows (batch_repeat_interleave) to reuse it for several."
-            )
+            raise ValueError(f"AnchorCache holds a batch of {self.slot_info.index.shape[0]} rows but the input has "
+                             f"{batch}; repeat its rows (batch_repeat_interleave) to reuse it for several.")
         keys = AnchorTokenInfo.cat(self.slot_info, chunk)
         anchors_seen = self.anchors_seen + chunk.is_anchor.sum(dim=1)
         keep = keys.valid & (keys.is_anchor | (keys.segment == anchors_seen[:, None])) if self.prune else keys.valid

@@ -56,16 +56,14 @@ class AnchorLlamaConfig(LlamaConfig):
             if isinstance(token_id, bool) or int(token_id) != token_id:
                 raise ValueError(f"anchor_token_ids must hold ints, got {token_id!r}")
             if not 0 <= int(token_id) < self.vocab_size:
-                raise ValueError(
-                    f"anchor token id {token_id} is outside the vocabulary (vocab_size={self.vocab_size}); "
-                    "resize the embeddings first (e.g. with hf_efficient_lm.anchor.add_anchor_token) or fix the id."
-                )
+                raise ValueError(f"anchor token id {token_id} is outside the vocabulary (vocab_size="
+                                 f"{self.vocab_size}); resize the embeddings first (e.g. with "
+                                 "hf_efficient_lm.anchor.add_anchor_token) or fix the id.")
         if self.anchor_mode not in ANCHOR_MODES:
             raise ValueError(f"anchor_mode must be one of {ANCHOR_MODES}, got {self.anchor_mode!r}")
         if self.anchor_mask_variant not in ANCHOR_MASK_VARIANTS:
-            raise ValueError(
-                f"anchor_mask_variant must be one of {ANCHOR_MASK_VARIANTS}, got {self.anchor_mask_variant!r}"
-            )
+            raise ValueError(f"anchor_mask_variant must be one of {ANCHOR_MASK_VARIANTS}, "
+                             f"got {self.anchor_mask_variant!r}")
         if self.position_mode not in ANCHOR_POSITION_MODES:
             raise ValueError(f"position_mode must be one of {ANCHOR_POSITION_MODES}, got {self.position_mode!r}")
         self.anchor_token_ids = [int(i) for i in ids]

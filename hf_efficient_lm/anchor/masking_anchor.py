@@ -112,10 +112,8 @@ def check_attn_implementation(attn_implementation: str | None) -> str:
     """Return the implementation name, or raise a clear error for back-ends that cannot take the AnSAN mask."""
     name = attn_implementation or "sdpa"
     if name not in ANCHOR_ATTN_IMPLEMENTATIONS:
-        raise ValueError(
-            f"attn_implementation={name!r} cannot apply the anchor (AnSAN) attention mask: it only supports causal "
-            f"and padding masks. Use one of {ANCHOR_ATTN_IMPLEMENTATIONS}."
-        )
+        raise ValueError(f"attn_implementation={name!r} cannot apply the anchor (AnSAN) attention mask: it only "
+                         f"supports causal and padding masks. Use one of {ANCHOR_ATTN_IMPLEMENTATIONS}.")
     return name
 
 

@@ -74,9 +74,8 @@ class AnchorLlamaAttention(LlamaAttention):
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         if not isinstance(attention_mask, AnchorAttentionMask):
-            return super().forward(
-                hidden_states, position_embeddings=position_embeddings, attention_mask=attention_mask, **kwargs
-            )
+            return super().forward(hidden_states, position_embeddings=position_embeddings,
+                                   attention_mask=attention_mask, **kwargs)
         # LlamaAttention.forward's steps, with the attention call replaced.
         cache = resolve_cache(kwargs.pop("cache", None), kwargs)
         input_shape = hidden_states.shape[:-1]
@@ -145,10 +144,8 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
         if (use_cache and cache is None) or (isinstance(cache, DynamicCache) and cache.get_seq_length() == 0):
             cache = AnchorCache(config=self.config)  # an empty DynamicCache holds nothing to convert
         if cache is not None and not isinstance(cache, AnchorCache):
-            raise TypeError(
-                f"AnchorLlama needs an AnchorCache (or None), got a filled {type(cache).__name__}: "
-                "its slots carry no anchor/sentence bookkeeping."
-            )
+            raise TypeError(f"AnchorLlama needs an AnchorCache (or None), got a filled {type(cache).__name__}: "
+                            "its slots carry no anchor/sentence bookkeeping.")
 
         # Per-token metadata of this chunk: padding, anchors, sentence ids, stream indices.
         first_index = cache.get_seq_length() if cache is not None else 0
@@ -193,11 +190,10 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
         if attn_implementation == "flex_attention" and device.type == "cpu" and torch.is_grad_enabled() and (
             self.training or inputs_embeds.requires_grad
         ):
-            raise ValueError(
-                "attn_implementation='flex_attention' cannot train on CPU: PyTorch's flex attention has no backward "
-                "pass there (it trains on CUDA). On CPU use 'sdpa', whose AnSAN mask is built block by block for "
-                "long inputs (linear memory); on CPU flex only runs uncached inference forwards (torch.no_grad)."
-            )
+            raise ValueError("attn_implementation='flex_attention' cannot train on CPU: PyTorch's flex attention has "
+                             "no backward pass there (it trains on CUDA). On CPU use 'sdpa', whose AnSAN mask is built "
+                             "block by block for long inputs (linear memory); on CPU flex only runs uncached inference "
+                             "forwards (torch.no_grad).")
         if q_length == 1 and documents is None and attn_implementation != "flex_attention":
             # Decode step: a few ops on [batch, kv_len] instead of the generic builder, usually no mask at all.
             attention_mask_4d = decode_step_mask(queries, keys, variant)
@@ -236,10 +232,8 @@ class AnchorLlamaForCausalLM(AnchorLlamaPreTrainedModel, LlamaForCausalLM):
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         if generation_config.cache_implementation not in (None, "dynamic"):
-            raise ValueError(
-                f"AnchorLlama generates with its own AnchorCache; cache_implementation="
-                f"{generation_config.cache_implementation!r} is not supported."
-            )
+            raise ValueError(f"AnchorLlama generates with its own AnchorCache; cache_implementation="
+                             f"{generation_config.cache_implementation!r} is not supported.")
         user_cache = model_kwargs.get(CACHE_NAME)
         if user_cache is not None and not isinstance(user_cache, AnchorCache):
             raise TypeError(f"AnchorLlama.generate needs an AnchorCache as {CACHE_NAME}, got {type(user_cache).__name__}")

@@ -162,17 +162,14 @@ class BLTConfig(PreTrainedConfig):
         if isinstance(self.decoder_config, dict):
             self.decoder_config = {"num_hidden_layers": 9, "cross_attn_all_layers": True, **self.decoder_config}
         super().__post_init__(**kwargs)
-        if self.encoder_hash_byte_group_size is None:
-            self.encoder_hash_byte_group_size = [3, 4, 5, 6, 7, 8]
-        self.encoder_hash_byte_group_size = [int(n) for n in self.encoder_hash_byte_group_size]
+        sizes = self.encoder_hash_byte_group_size
+        self.encoder_hash_byte_group_size = [int(n) for n in ([3, 4, 5, 6, 7, 8] if sizes is None else sizes)]
         self.validate_architecture()
-        # The local window lives in one place (like Transformers' BltConfig): copy it into the local sub-configs.
-        self.encoder_config.sliding_window = self.local_attention_window_len
-        self.decoder_config.sliding_window = self.local_attention_window_len
-        # Byte embeddings and LM head follow the top-level vocabulary (it grows with resize_token_embeddings; the
-        # entropy model keeps its 260 ids and sees added ids as BOE).
-        self.encoder_config.vocab_size = self.vocab_size
-        self.decoder_config.vocab_size = self.vocab_size
+        # The local window lives in one place (like Transformers' BltConfig): copy it into the local sub-configs. Byte
+        # embeddings and LM head follow the top-level vocabulary (it grows with resize_token_embeddings; the entropy
+        # model keeps its 260 ids and sees added ids as BOE).
+        for sub in (self.encoder_config, self.decoder_config):
+            sub.sliding_window, sub.vocab_size = self.local_attention_window_len, self.vocab_size
 
     def validate_architecture(self) -> None:
         """Transformers' validation hook, extended with the BLT fields: raises ``ValueError`` naming the field."""

@@ -38,13 +38,11 @@ HASH_PRIMES = (1000000007, 5915587277, 1500450271, 3267000013, 5754853343, 40930
 
 def byte_ngram_hash_ids(input_ids: torch.LongTensor, group_sizes: list[int], nb_functions: int, buckets: int,
                         positions: torch.LongTensor | None = None):
-    """Row indices into the fused hash table, ``[B, N] -> [B, N, nb_functions * len(group_sizes)]``.
-
-    For n-gram size ``n`` ending at byte ``i`` (zero left padding), ``hash = sum_j ids[i-n+1+j] * prime^j`` in
-    wrapping int64, computed in one Horner pass over n (``h_n = ids[i-n+1] + prime * h_{n-1}``), then a
-    non-negative modulo ``buckets``; table ``m = function * len(group_sizes) + size_index`` sits at ``m * buckets``.
-    ``positions [B, N]`` (document masking): bytes before byte ``i``'s document read as the zero padding.
-    """
+    """Row indices into the fused hash table, ``[B, N] -> [B, N, nb_functions * len(group_sizes)]``. For n-gram size
+    ``n`` ending at byte ``i`` (zero left padding), ``hash = sum_j ids[i-n+1+j] * prime^j`` in wrapping int64, computed
+    in one Horner pass over n (``h_n = ids[i-n+1] + prime * h_{n-1}``), then a non-negative modulo ``buckets``; table
+    ``m = function * len(group_sizes) + size_index`` sits at ``m * buckets``. ``positions [B, N]`` (document masking):
+    bytes before byte ``i``'s document read as the zero padding."""
     ids = input_ids.long()
     batch, length = ids.shape
     max_n = max(group_sizes, default=0)
@@ -92,8 +90,7 @@ class BLTCrossAttention(nn.Module):
 
     def __init__(self, config: BLTLocalConfig):
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.hidden_size // self.num_heads
         self.scaling = self.head_dim**-0.5
         hidden = config.hidden_size
@@ -152,8 +149,7 @@ class _BLTLocalStack(_LayerStack):
 
     def __init__(self, config: BLTLocalConfig, patch_size: int, cross_attn_k: int, embed: bool = False):
         super().__init__()
-        self.config = config
-        self.cross_attn_k = cross_attn_k
+        self.config, self.cross_attn_k = config, cross_attn_k
         if embed:  # the encoder's byte embedding (created first: parameter order as before the split)
             self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList([MistralDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
@@ -192,9 +188,8 @@ class BLTGlobalTransformer(_LayerStack):
         self.config = config
         self.layers = nn.ModuleList([LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.rotary_emb = LlamaRotaryEmbedding(config=config)
-        self.token_embedding_projection = (
-            nn.Linear(input_size, config.hidden_size, bias=False) if input_size != config.hidden_size else nn.Identity()
-        )
+        self.token_embedding_projection = (nn.Linear(input_size, config.hidden_size, bias=False)
+                                           if input_size != config.hidden_size else nn.Identity())
 
     def forward(self, patch_vectors, position_ids, attention_mask=None, cache=None, docs=None):
         """``[B, P, k*D_E] -> [B, P, D_G]``; ``attention_mask [B, S]`` marks valid latent slots (decoding)."""
@@ -399,7 +394,6 @@ class BLTModel(BLTPreTrainedModel):
         position_ids = rel[:, :length].clamp(min=0)
         docs = None if eos is None else (rel[:, :length] == 0).long().cumsum(dim=1)  # document of each byte
         kv = (cache.entropy, cache.encoder, cache.latent, cache.decoder) if cache is not None else (None,) * 4
-
         need_entropies = patch_lengths is None or cache is not None  # precomputed patches skip it unless cached
         entropies = self._entropies(ids, mask_2d, position_ids, kv[0], docs) if need_entropies else None
         if patch_lengths is None:
@@ -423,19 +417,16 @@ class BLTModel(BLTPreTrainedModel):
         hidden = self.local_decoder(byte_states, latent, decoder_patch_ids, mask_2d, position_ids, kv[3], docs)
         if cache is not None:
             cache.prefill(ids, attention_mask, byte_states, starts, entropies, latent, decoder_patch_ids, rel[:, -1])
-        return BLTModelOutput(
-            last_hidden_state=hidden, cache=cache, patch_starts=starts, entropies=entropies,
-            hidden_states=(byte_states, latent, hidden) if output_hidden_states else None,
-        )
+        return BLTModelOutput(last_hidden_state=hidden, cache=cache, patch_starts=starts, entropies=entropies,
+                              hidden_states=(byte_states, latent, hidden) if output_hidden_states else None)
 
     def _decode(self, input_ids: torch.LongTensor, cache: BLTCache) -> BLTModelOutput:
         """Feed new bytes ``[B, T]`` one at a time through the caches -> ``[B, T, D]``; patch_starts ``[B, T]`` says
         whether the byte after each one opens a patch."""
         hidden, starts, entropies = zip(*(self._decode_byte(input_ids[:, t], cache) for t in range(input_ids.shape[1])))
-        return BLTModelOutput(
-            last_hidden_state=torch.stack(hidden, dim=1), cache=cache, patch_starts=torch.stack(starts, dim=1),
-            entropies=torch.stack(entropies, dim=1) if entropies[0] is not None else None,
-        )
+        return BLTModelOutput(last_hidden_state=torch.stack(hidden, dim=1), cache=cache,
+                              patch_starts=torch.stack(starts, dim=1),
+                              entropies=torch.stack(entropies, dim=1) if entropies[0] is not None else None)
 
     def _decode_byte(self, new_ids: torch.LongTensor, cache: BLTCache):
         """One byte per row ``[B]``: entropy model step, patch rule, encoder step; when a row's patch closes, one
@@ -482,10 +473,9 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         bits per byte = loss / ln 2)."""
         cache = resolve_cache(cache, kwargs)
         outputs = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, patch_lengths=patch_lengths,
-            cache=cache, use_cache=use_cache, inputs_embeds=inputs_embeds, position_ids=position_ids,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-        )
+            input_ids=input_ids, attention_mask=attention_mask, patch_lengths=patch_lengths, cache=cache,
+            use_cache=use_cache, inputs_embeds=inputs_embeds, position_ids=position_ids, return_dict=True,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep  # 0 keeps all
         logits = self.lm_head(outputs.last_hidden_state[:, keep]).float()
         loss = None if labels is None else self.loss_function(logits, labels, self.config.vocab_size, **kwargs)

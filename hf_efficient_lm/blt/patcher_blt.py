@@ -58,9 +58,8 @@ def relative_positions(attention_mask, batch: int, length: int, device=None, ids
 def _inside_rows(attention_mask: torch.Tensor | None, rel: torch.Tensor) -> torch.Tensor:
     """Slots from the row's first real byte up to its next-byte slot (row-relative position in ``[0, real bytes]``);
     the others are padding, ``[B, slots]``."""
-    if attention_mask is None:
-        return rel >= 0
-    return (rel >= 0) & (rel <= attention_mask.long().sum(dim=1, keepdim=True))
+    inside = rel >= 0
+    return inside if attention_mask is None else inside & (rel <= attention_mask.long().sum(dim=1, keepdim=True))
 
 
 def _shift_right(x: torch.Tensor, fill) -> torch.Tensor:
@@ -156,8 +155,7 @@ def starts_from_patch_lengths(patch_lengths: torch.Tensor, length: int, attentio
         raise ValueError(f"patch_lengths must be [batch, num_patches], got shape {tuple(patch_lengths.shape)}")
     if patch_lengths.is_floating_point() or bool((patch_lengths < 0).any()):  # (.long() would read 2.7 as 2)
         raise ValueError(f"patch_lengths must be non-negative integers, got dtype {patch_lengths.dtype}")
-    patch_lengths, device = patch_lengths.long(), patch_lengths.device
-    batch = patch_lengths.shape[0]
+    patch_lengths, device, batch = patch_lengths.long(), patch_lengths.device, patch_lengths.shape[0]
     mask = torch.ones(batch, length, dtype=torch.long, device=device) if attention_mask is None else attention_mask.long()
     real, leading = mask.sum(dim=1).to(device), (mask.cumsum(dim=1) == 0).sum(dim=1, keepdim=True).to(device)
     sums = patch_lengths.sum(dim=1)

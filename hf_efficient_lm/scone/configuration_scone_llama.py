@@ -102,23 +102,11 @@ class SconeLlamaConfig(LlamaConfig):
             raise ValueError(f"fgram_hidden_size {width} is not divisible by fgram_num_heads {heads}")
         intermediate = self.fgram_intermediate_size or max(1, self.intermediate_size * width // self.hidden_size)
         return LlamaConfig(
-            vocab_size=1,
-            hidden_size=width,
-            intermediate_size=intermediate,
-            num_hidden_layers=self.fgram_num_layers,
-            num_attention_heads=heads,
-            num_key_value_heads=heads,
-            max_position_embeddings=self.max_fgram_len,
-            rms_norm_eps=self.rms_norm_eps,
-            hidden_act=self.hidden_act,
-            attention_bias=self.attention_bias,
-            mlp_bias=self.mlp_bias,
-            attention_dropout=self.attention_dropout,
-            initializer_range=self.initializer_range,
-            bos_token_id=None,
-            eos_token_id=None,
-            pad_token_id=None,
+            vocab_size=1, hidden_size=width, intermediate_size=intermediate, num_hidden_layers=self.fgram_num_layers,
+            num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=self.max_fgram_len,
+            rms_norm_eps=self.rms_norm_eps, hidden_act=self.hidden_act, attention_bias=self.attention_bias,
+            mlp_bias=self.mlp_bias, attention_dropout=self.attention_dropout, initializer_range=self.initializer_range,
+            bos_token_id=None, eos_token_id=None, pad_token_id=None,
         )
-
 
 __all__ = ["FGRAM_RECIPES", "SconeLlamaConfig"]

@@ -340,8 +340,7 @@ class FgramVocab:
             return tuple(out)
 
         ids = tail.tolist()
-        if tail_mask is not None:
-            _check_mask_shape(tail, tail_mask)
+        if tail_mask is not None:  # (match_last checked its shape)
             for row, row_mask in zip(ids, tail_mask.tolist()):
                 if 0 in row_mask:
                     row[:] = [token if keep else -1 for token, keep in zip(row, row_mask)]

@@ -212,11 +212,9 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
 
     def require_vocab(self) -> FgramVocab:
         if self.fgram_vocab is None:
-            raise ValueError(
-                "this SconeLlama model has no f-gram vocabulary attached: load it with "
-                "SconeLlamaForCausalLM.from_pretrained(dir, fgram_vocab=...) or call set_fgram_vocab(), or pass "
-                "precomputed fgram_row/fgram_len"
-            )
+            raise ValueError("this SconeLlama model has no f-gram vocabulary attached: load it with "
+                             "SconeLlamaForCausalLM.from_pretrained(dir, fgram_vocab=...) or call set_fgram_vocab(), "
+                             "or pass precomputed fgram_row/fgram_len")
         return self.fgram_vocab
 
     # -------------------------------------------------------------------------------------------- embeddings
@@ -351,10 +349,8 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
         possible when ``input_ids`` hold the whole history (no KV cache yet)."""
         cache = resolve_cache(cache, kwargs)
         if input_ids is None:
-            raise ValueError(
-                "SconeLlama needs input_ids: f-gram matching looks up token ids, so inputs_embeds alone cannot be "
-                "used (pass input_ids instead of inputs_embeds)"
-            )
+            raise ValueError("SconeLlama needs input_ids: f-gram matching looks up token ids, so inputs_embeds alone "
+                             "cannot be used (pass input_ids instead of inputs_embeds)")
         if inputs_embeds is not None:
             raise ValueError("pass either input_ids or inputs_embeds to SconeLlama, not both (it needs input_ids)")
         if (fgram_row is None) != (fgram_len is None):
@@ -364,11 +360,9 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
                 raise TypeError(f"SconeLlama cannot decode over a {type(cache).__name__} (continuous batching): its "
                                 "f-gram matching needs each sequence's token history; use generate()")
             if cache is not None and cache.get_seq_length() > 0:
-                raise ValueError(
-                    "with a non-empty KV cache, input_ids hold only the new tokens, whose f-grams may start in the "
-                    "history: pass fgram_row/fgram_len from model.match_fgrams(full_ids)[..., -new:] (generate() "
-                    "does this for you)"
-                )
+                raise ValueError("with a non-empty KV cache, input_ids hold only the new tokens, whose f-grams may "
+                                 "start in the history: pass fgram_row/fgram_len from model.match_fgrams(full_ids)"
+                                 "[..., -new:] (generate() does this for you)")
             documents = None
             if attention_mask is None and position_ids is not None:
                 # padding-free packed rows (positions restart per document): f-grams stay inside their document

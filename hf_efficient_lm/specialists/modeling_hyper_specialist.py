@@ -57,8 +57,7 @@ class HyperSpecialistMLP(nn.Module):
         self.up_basis = nn.Parameter(torch.empty(basis, ffn, hidden))
         self.down_basis = nn.Parameter(torch.empty(basis, hidden, ffn))
         self.act_fn = ACT2FN[config.hidden_act]
-        # (cluster_ids [batch], cluster_codes [k, m]) set by the decoder layer around each call.
-        self.routing = None
+        self.routing = None  # (cluster_ids [batch], cluster_codes [k, m]), set by the decoder layer around each call
 
     def materialize(self, code: torch.Tensor) -> dict[str, torch.Tensor]:
         """Weights for one code ``[m]`` (``E_i``, or a histogram-weighted mix of codes) -> ``{name: weight}``."""
@@ -225,8 +224,7 @@ class HyperSpecialistForCausalLM(HyperSpecialistPreTrainedModel, LlamaForCausalL
         if (cluster is None) == (histogram is None):
             raise ValueError("pass exactly one of cluster= or histogram=")
         if cluster is not None:
-            cluster = cluster_index(cluster, self.config.num_clusters, "a cluster")
-            return codes[cluster]
+            return codes[cluster_index(cluster, self.config.num_clusters, "a cluster")]
         return histogram_weights(histogram, self.config.num_clusters, codes.dtype, codes.device) @ codes
 
     @torch.no_grad()
@@ -236,11 +234,8 @@ class HyperSpecialistForCausalLM(HyperSpecialistPreTrainedModel, LlamaForCausalL
         code = self.cluster_code(cluster=cluster, histogram=histogram)
         parameter = next(self.parameters())
         stock = LlamaForCausalLM(stock_llama_config(self.config))
-        state = {}
-        for name, tensor in self.state_dict().items():
-            if name == "model.cluster_codes" or ".mlp." in name:
-                continue
-            state[name] = tensor
+        state = {name: tensor for name, tensor in self.state_dict().items()
+                 if name != "model.cluster_codes" and ".mlp." not in name}
         for layer_idx, layer in enumerate(self.model.layers):
             for matrix, weight in layer.mlp.materialize(code).items():
                 state[f"model.layers.{layer_idx}.mlp.{matrix}.weight"] = weight
@@ -249,10 +244,5 @@ class HyperSpecialistForCausalLM(HyperSpecialistPreTrainedModel, LlamaForCausalL
         return stock.to(device=parameter.device, dtype=parameter.dtype).train(self.training)
 
 
-__all__ = [
-    "HyperSpecialistForCausalLM",
-    "HyperSpecialistModel",
-    "HyperSpecialistPreTrainedModel",
-    "HyperSpecialistMLP",
-    "HyperSpecialistDecoderLayer",
-]
+__all__ = ["HyperSpecialistForCausalLM", "HyperSpecialistModel", "HyperSpecialistPreTrainedModel", "HyperSpecialistMLP",
+           "HyperSpecialistDecoderLayer"]

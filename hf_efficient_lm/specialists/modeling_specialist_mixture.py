@@ -64,10 +64,8 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
         super().__init__(config)
         self.experts = nn.ModuleList([LlamaForCausalLM(config) for _ in range(config.num_clusters)])
         if config.tie_word_embeddings:
-            self._tied_weights_keys = {
-                f"experts.{i}.lm_head.weight": f"experts.{i}.model.embed_tokens.weight"
-                for i in range(config.num_clusters)
-            }
+            self._tied_weights_keys = {f"experts.{i}.lm_head.weight": f"experts.{i}.model.embed_tokens.weight"
+                                       for i in range(config.num_clusters)}
         self.post_init()
 
     # ------------------------------------------------------------------------------------------ embeddings

@@ -68,9 +68,7 @@ def resolve_cluster_ids(cluster_ids, input_ids, inputs_embeds, config) -> torch.
         raise ValueError(f"cluster_ids has {cluster_ids.numel()} entries for a batch of {batch_size} sequences "
                          "(generate() repeats them for beams / returned sequences only when given as a tensor)")
     if cluster_ids.numel() and (cluster_ids.min() < 0 or cluster_ids.max() >= num_clusters):
-        raise ValueError(
-            f"cluster_ids must lie in [0, {num_clusters}), got values {sorted(set(cluster_ids.tolist()))}"
-        )
+        raise ValueError(f"cluster_ids must lie in [0, {num_clusters}), got values {sorted(set(cluster_ids.tolist()))}")
     return cluster_ids
 
 
