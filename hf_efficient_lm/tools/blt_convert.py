@@ -260,14 +260,14 @@ def _load_weights(path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _one_device(model, device_map, max_memory=None) -> torch.device:
-    """The single device ``device_map`` places the converted ``model`` on, read as Transformers reads it (a device, an
-    accelerator index, ``"cuda"`` = this process's ``LOCAL_RANK``, ``"auto"`` / ``"balanced"`` / ``"sequential"``
-    inferred under ``max_memory``, or a ``{module: device}`` dict that must cover the model). A map that splits the
-    model over devices, offloads it or names the meta device is refused: the conversion builds the whole model in CPU
-    memory first, so convert once and load our folder, which Transformers dispatches."""
+def _place(model, device_map, max_memory=None, offload_folder=None, offload_buffers=False):
+    """Put the converted ``model`` where ``device_map`` says, read as Transformers reads it (a device, an accelerator
+    index, ``"cuda"`` = this process's ``LOCAL_RANK``, ``"auto"`` / ``"balanced"`` / ``"sequential"`` inferred under
+    ``max_memory``, or a ``{module: device}`` dict that must cover the model). One device: the model moves there. Several,
+    or ``"disk"`` (weights written to ``offload_folder``): accelerate's hooks dispatch it, as ``from_pretrained`` does for
+    our own folders (``hf_device_map`` set). The meta device is refused: the weights were just converted."""
     from accelerate.utils import check_device_map
-    from transformers.integrations.accelerate import _get_device_map, check_and_set_device_map
+    from transformers.integrations.accelerate import _get_device_map, accelerate_dispatch, check_and_set_device_map
 
     placement = _get_device_map(model, check_and_set_device_map(device_map), max_memory, None)
     check_device_map(model, placement)  # every parameter placed, as Transformers checks a dict
@@ -279,19 +279,26 @@ def _one_device(model, device_map, max_memory=None) -> torch.device:
                 raise ValueError(f"device_map={device_map!r} names accelerator {device}, but this machine has none")
             device = torch.device(accelerator.type, device)
         devices.add(str(device) if device == "disk" else torch.device(device))
-    if len(devices) != 1 or devices & {"disk", torch.device("meta")}:
-        raise ValueError(
-            f"device_map={device_map!r} places a converted Transformers 'blt' checkpoint on {sorted(map(str, devices))}; it "
-            "loads onto one real device only (no split, offload or meta device). Convert once "
-            "(BLTForCausalLM.from_pretrained(blt_dir).save_pretrained(our_dir)), then load our_dir with this device_map"
-        )
-    return devices.pop()
+    if torch.device("meta") in devices:
+        raise ValueError(f"device_map={device_map!r} places a converted Transformers 'blt' checkpoint on the meta device: "
+                         "its weights were converted in memory and would be dropped; name a real device")
+    if len(devices) == 1 and "disk" not in devices:
+        return model.to(devices.pop())  # no hf_device_map: Transformers sets none for one device
+    if devices == {"disk"}:  # (accelerate 1.10 refuses it; 1.16 offloads nothing, then fails reading it)
+        raise ValueError(f"device_map={device_map!r} offloads the whole converted model to disk; keep at least one "
+                         "module on a device (with \"auto\", give max_memory room for the largest layer)")
+    if "disk" in devices and offload_folder is None:
+        raise ValueError(f"device_map={device_map!r} offloads part of the converted model to disk: pass "
+                         "offload_folder= (where the offloaded weights are written), as for any from_pretrained")
+    accelerate_dispatch(model, None, placement, os.fspath(offload_folder) if offload_folder else None, None,
+                        offload_buffers)
+    return model
 
 
 def load(cls, path, **kwargs):
     """Build ``cls`` (``BLTForCausalLM``, or ``BLTModel``) from a Transformers ``blt`` checkpoint (weights converted in
-    memory, on every process: accelerate's FSDP ``cpu_ram_efficient_loading`` is refused, see below). ``device_map``
-    may place the whole model on one device (see :func:`_one_device`)."""
+    memory, on every process: accelerate's FSDP ``cpu_ram_efficient_loading`` is refused, see below). ``device_map``,
+    ``max_memory``, ``offload_folder`` and ``offload_buffers`` place it as :func:`_place` says."""
     from transformers.integrations import is_fsdp_enabled
 
     if is_fsdp_enabled():
@@ -302,7 +309,8 @@ def load(cls, path, **kwargs):
         )
     dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
     attn_implementation = kwargs.pop("attn_implementation", None)
-    device_map, max_memory = kwargs.pop("device_map", None), kwargs.pop("max_memory", None)
+    place_kwargs = {key: kwargs.pop(key) for key in ("device_map", "max_memory", "offload_folder", "offload_buffers")
+                    if key in kwargs}
     kwargs.pop("trust_remote_code", None)
     config_override = kwargs.pop("config", None)
     unknown = [k for k in kwargs if k not in BLTConfig.__dataclass_fields__]
@@ -330,8 +338,8 @@ def load(cls, path, **kwargs):
         raise ValueError(f"converting {path}: missing weights {missing[:8]}, unexpected weights {unexpected[:8]}")
     if dtype is not None:
         model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-    if device_map is not None:
-        model = model.to(_one_device(model, device_map, max_memory))  # no hf_device_map: Transformers sets none for one device
+    if place_kwargs.get("device_map") is not None:
+        model = _place(model, **place_kwargs)
     config.name_or_path = os.fspath(path)
     if getattr(model, "generation_config", None) is not None and _resolve(path, "generation_config.json"):
         from transformers import GenerationConfig  # the folder's generate() defaults (eos ids, lengths, penalties)

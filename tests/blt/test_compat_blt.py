@@ -137,11 +137,12 @@ def test_transformers_blt_folder_under_fsdp_cpu_ram_efficient_loading_is_a_clear
     assert BLTForCausalLM.from_pretrained(transformers_blt_dir).config.model_type == "hfelm_blt"
 
 
-def test_transformers_blt_folder_loads_with_a_one_device_map(transformers_blt_dir, tmp_path, monkeypatch):
+def test_transformers_blt_folder_loads_with_a_device_map(transformers_blt_dir, tmp_path, monkeypatch):
     """``device_map`` that puts the whole converted model on one device moves it there (same logits as without); a map
-    that splits or offloads it (given, or what ``"auto"`` infers under ``max_memory``), names the meta device or leaves
-    weights out is refused naming the problem, and the fix works: our converted folder loads with that map through
-    Transformers' dispatch."""
+    that splits or offloads it (given, or what ``"auto"`` infers under ``max_memory``) dispatches it with accelerate's
+    hooks, as Transformers does for our own folders (same logits and greedy generation, ``hf_device_map`` set, the
+    offloaded weights on disk); the meta device, a map that leaves weights out or disk without ``offload_folder`` is
+    refused naming the problem."""
     reference = BLTForCausalLM.from_pretrained(transformers_blt_dir)
     ids = _bytes()
     expected = reference(ids).logits
@@ -154,22 +155,37 @@ def test_transformers_blt_folder_loads_with_a_one_device_map(transformers_blt_di
         moved_to.clear()
         model = BLTForCausalLM.from_pretrained(transformers_blt_dir, device_map=device_map)
         assert moved_to == [torch.device("cpu")], (device_map, moved_to)  # the map is read, not ignored
+        assert not hasattr(model, "hf_device_map")
         torch.testing.assert_close(model(ids).logits, expected, rtol=0, atol=0)
+    monkeypatch.undo()
     split = {**{f"model.{name}": "cpu" for name, _ in reference.model.named_children()},
              "model.global_transformer": "disk", "lm_head": "cpu"}
-    with pytest.raises(ValueError, match=r"\['cpu', 'disk'\]; it loads onto one real device only.*Convert once"):
-        BLTForCausalLM.from_pretrained(transformers_blt_dir, device_map=split)
-    with pytest.raises(ValueError, match=r"'disk'\]; it loads onto one real device"):  # "auto" offloads the rest
-        BLTForCausalLM.from_pretrained(transformers_blt_dir, device_map="auto", max_memory={"cpu": 20_000})
-    with pytest.raises(ValueError, match=r"\['meta'\]; it loads onto one real device only"):
+    common = dict(max_new_tokens=6, do_sample=False, pad_token_id=reference.config.pad_token_id)
+    expected_generated = reference.generate(ids, **common)
+    half = sum(p.numel() * p.element_size() for p in reference.parameters()) // 2
+    for i, (device_map, extra) in enumerate([(split, {}), ("auto", {"max_memory": {"cpu": half}})]):  # "auto": the rest
+        # goes to disk
+        with pytest.raises(ValueError, match="offloads part of the converted model to disk: pass offload_folder="):
+            BLTForCausalLM.from_pretrained(transformers_blt_dir, device_map=device_map, **extra)
+        offload = tmp_path / f"offload_{i}"
+        dispatched = BLTForCausalLM.from_pretrained(transformers_blt_dir, device_map=device_map, offload_folder=offload,
+                                                    **extra)
+        placed = set(dispatched.hf_device_map.values())
+        assert placed == {"cpu", "disk"} and any(offload.iterdir()), dispatched.hf_device_map
+        assert dispatched.model.global_transformer.layers[0].mlp.up_proj.weight.device.type == "meta"  # on disk
+        torch.testing.assert_close(dispatched(ids).logits, expected)
+        assert torch.equal(dispatched.generate(ids, **common), expected_generated)
+    for device_map, extra in (({"": "disk"}, {}), ("auto", {"max_memory": {"cpu": 1}})):
+        with pytest.raises(ValueError, match="offloads the whole converted model to disk; keep at least one module"):
+            BLTForCausalLM.from_pretrained(transformers_blt_dir, device_map=device_map, offload_folder=tmp_path, **extra)
+    with pytest.raises(ValueError, match="on the meta device: its weights were converted in memory"):
         BLTForCausalLM.from_pretrained(transformers_blt_dir, device_map={"": torch.device("meta")})
     with pytest.raises(ValueError, match="does not give any device for the following parameters: lm_head.weight"):
         BLTForCausalLM.from_pretrained(transformers_blt_dir, device_map={"model": "cpu"})
     if torch.accelerator.current_accelerator() is None:
         with pytest.raises(ValueError, match="names accelerator 0, but this machine has none"):
             BLTForCausalLM.from_pretrained(transformers_blt_dir, device_map=0)
-    monkeypatch.undo()
-    reference.save_pretrained(tmp_path / "ours")
+    reference.save_pretrained(tmp_path / "ours")  # our own folder takes the same map through Transformers' dispatch
     offloaded = BLTForCausalLM.from_pretrained(tmp_path / "ours", device_map=split, offload_folder=tmp_path / "offload")
     torch.testing.assert_close(offloaded(ids).logits, expected)
 
