@@ -11,7 +11,8 @@ import inspect
 from importlib import metadata
 
 from packaging.version import Version
-from transformers.models.llama.modeling_llama import LlamaModel
+from transformers import GenerationMixin, LlamaModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.utils import logging
 
 SUPPORTED_TRANSFORMERS = ("5.23", "5.26")  # tested: >= first, < second (the first untested minor)
@@ -42,9 +43,15 @@ def resolve_cache(cache, kwargs: dict):
     return cache
 
 
-class MapsBaseModel:
-    """Base of a family's pre-trained class: saving a head model also maps ``AutoModel`` to its base model (Transformers
-    maps only the saved class), so the folder serves ``AutoModel.from_pretrained(..., trust_remote_code=True)`` too."""
+class AutoClassesMixin:
+    """Base of a family's models: keeps Transformers' Auto tables right with or without the package. A causal LM's class
+    name joins the table by which the Trainer (label smoothing) and pipelines know causal LMs; saving a head model
+    also maps ``AutoModel`` to its base model (Transformers maps only the saved class) for ``trust_remote_code``."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if issubclass(cls, GenerationMixin):  # (setdefault: the family's class, not a later user subclass)
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.setdefault(cls.config_class.model_type, cls.__name__)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         base = type(self.base_model)

@@ -31,14 +31,17 @@ def register_causal_lm(
             f"model_type {model_type!r} of {config_class.__name__} must start with {MODEL_TYPE_PREFIX!r}: "
             "Transformers owns the unprefixed names (it already ships 'blt', for example)."
         )
+    # The Trainer (label_smoothing_factor > 0) and the text-generation pipeline recognise a causal LM by its class name
+    # in this table, not by the Auto registration below: without it the smoothed loss targets the current token
+    # instead of the next one. The class's own base (compat.AutoClassesMixin) enters it when the class is defined, so
+    # that a checkpoint loaded with trust_remote_code is known too; keyed by our prefixed model_type.
+    if MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type) != causal_lm_class.__name__:
+        raise TypeError(f"{causal_lm_class.__name__} must derive from compat.AutoClassesMixin (compat_<family>.py) so "
+                        "that the Trainer and pipelines know it as a causal LM, with or without the package")
     if REGISTERED_MODEL_TYPES.get(model_type) is config_class:
         return
     AutoConfig.register(model_type, config_class, exist_ok=True)
     AutoModelForCausalLM.register(config_class, causal_lm_class, exist_ok=True)
-    # The Trainer (label_smoothing_factor > 0) and the text-generation pipeline recognise a causal LM by its class name
-    # in this table, not by the Auto registration above: without it the smoothed loss targets the current token
-    # instead of the next one. Keyed by our own prefixed model_type, so no Transformers entry changes.
-    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type] = causal_lm_class.__name__
     if base_model_class is not None:
         AutoModel.register(config_class, base_model_class, exist_ok=True)
         base_model_class.register_for_auto_class("AutoModel")

@@ -15,18 +15,13 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import and_masks, find_packed_sequence_indices, packed_sequence_mask_function
 from transformers.modeling_outputs import BaseModelOutputWithPast
-from transformers.models.llama.modeling_llama import (
-    LlamaAttention,
-    LlamaForCausalLM,
-    LlamaModel,
-    LlamaPreTrainedModel,
-    apply_rotary_pos_emb,
-)
+from transformers.models.llama.modeling_llama import (LlamaAttention, LlamaForCausalLM, LlamaModel, LlamaPreTrainedModel,
+                                                      apply_rotary_pos_emb)
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .cache_anchor import AnchorCache
-from .compat_anchor import CACHE_NAME, MapsBaseModel, resolve_cache
+from .compat_anchor import CACHE_NAME, AutoClassesMixin, resolve_cache
 from .configuration_anchor_llama import AnchorLlamaConfig
 from .masking_anchor import (
     AnchorAttentionMask,
@@ -94,7 +89,7 @@ class AnchorLlamaAttention(LlamaAttention):
         return self.o_proj(attn_output), attn_weights
 
 
-class AnchorLlamaPreTrainedModel(MapsBaseModel, LlamaPreTrainedModel):
+class AnchorLlamaPreTrainedModel(AutoClassesMixin, LlamaPreTrainedModel):
     config: AnchorLlamaConfig
     config_class = AnchorLlamaConfig
     # Flash attention only knows causal + padding masks; the AnSAN mask needs sdpa / eager / flex.

@@ -7,7 +7,7 @@ import torch
 from transformers import MistralForCausalLM
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from .compat_blt import CACHE_NAME, cache_of
+from .compat_blt import CACHE_NAME, AutoClassesMixin, cache_of
 from .configuration_blt_lm import BLTEntropyConfig
 
 
@@ -27,7 +27,7 @@ def layer_mask(config, hidden, attention_mask, position_ids, cache=None, docs=No
                      position_ids=position_ids if docs is None else None, **{CACHE_NAME: cache})
 
 
-class BLTEntropyModel(MistralForCausalLM):
+class BLTEntropyModel(AutoClassesMixin, MistralForCausalLM):
     """Causal byte LM used as BLT's patcher. ``model(input_ids, labels=...)`` trains it; :meth:`entropies` gives the
     per-position next-byte entropies ``[B, N]`` in one batched pass."""
 

@@ -10,8 +10,7 @@
 Blocks are Transformers' Mistral/Llama layers (half-split RoPE: ``hf_efficient_lm.tools.blt_convert`` permutes q/k rows
 of Transformers' ``Blt``); cross-attention gathers each query's keys. ``BLTModel.forward`` has two paths: ``_prefill``
 (the full forward) and ``_decode`` (one step of the small models per byte on a :class:`BLTCache`, one latent step
-only when a patch closes), exactly equal to the full forward.
-"""
+only when a patch closes), exactly equal to the full forward."""
 
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRot
 from transformers.models.mistral.modeling_mistral import MistralDecoderLayer, MistralRMSNorm, MistralRotaryEmbedding
 
 from .cache_blt import BLTCache
-from .compat_blt import CACHE_NAME, MapsBaseModel, resolve_cache
+from .compat_blt import CACHE_NAME, AutoClassesMixin, resolve_cache
 from .configuration_blt_lm import BLTConfig, BLTLocalConfig
 from .modeling_blt_entropy import BLTEntropyModel, layer_mask
 from .patcher_blt import patch_starts, relative_positions, rule_settings, starts_from_patch_lengths
@@ -254,7 +253,7 @@ def patch_layout(starts: torch.Tensor, byte_valid: torch.Tensor | None = None):
     return gather_index, offs < lengths.unsqueeze(-1), cum[:, 1:] - 2, num_patches
 
 
-class BLTPreTrainedModel(MapsBaseModel, PreTrainedModel):
+class BLTPreTrainedModel(AutoClassesMixin, PreTrainedModel):
     config_class = BLTConfig
     config: BLTConfig
     base_model_prefix = "model"

@@ -405,10 +405,9 @@ class FgramVocab:
         if tokenizer is not None:
             fingerprint = tokenizer_fingerprint(tokenizer)
             if len(tokenizer) < self.vocab_size:
-                raise TokenizerMismatchError(
-                    f"tokenizer/f-gram mismatch{where}: the f-gram vocabulary was mined over token ids < "
-                    f"{self.vocab_size} but the tokenizer has only {len(tokenizer)} tokens"
-                )
+                raise TokenizerMismatchError(f"tokenizer/f-gram mismatch{where}: the f-gram vocabulary was mined over "
+                                             f"token ids < {self.vocab_size} but the tokenizer has only "
+                                             f"{len(tokenizer)} tokens")
         if fingerprint is None:
             return
         if self.tokenizer_fingerprint is None:
@@ -419,11 +418,10 @@ class FgramVocab:
                 "with mine_fgrams(..., tokenizer=...) to record the fingerprint.", UserWarning, stacklevel=2,
             )
         elif fingerprint != self.tokenizer_fingerprint:
-            raise TokenizerMismatchError(
-                f"tokenizer fingerprint mismatch{where}: the f-gram vocabulary was mined with tokenizer "
-                f"{self.tokenizer_fingerprint} but is being used with {fingerprint}; its n-gram keys are token ids "
-                "of the mining tokenizer and mean nothing under another one. Re-mine the f-grams with this tokenizer."
-            )
+            raise TokenizerMismatchError(f"tokenizer fingerprint mismatch{where}: the f-gram vocabulary was mined "
+                                         f"with tokenizer {self.tokenizer_fingerprint} but is being used with "
+                                         f"{fingerprint}; its n-gram keys are token ids of the mining tokenizer and "
+                                         "mean nothing under another one. Re-mine the f-grams with this tokenizer.")
 
     # ------------------------------------------------------------------ persistence
     def metadata(self) -> dict:

@@ -26,7 +26,7 @@ from transformers.masking_utils import find_packed_sequence_indices
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaPreTrainedModel, LlamaRMSNorm
 from transformers.utils import cached_file
 
-from .compat_scone import CACHE_NAME, MapsBaseModel, resolve_cache
+from .compat_scone import CACHE_NAME, AutoClassesMixin, resolve_cache
 from .configuration_scone_llama import SconeLlamaConfig
 from .fgram_vocab_scone import INDEX_FILE, VOCAB_FILE, FgramVocab
 from .table_scone import FgramTable
@@ -88,7 +88,7 @@ class SconeFgramModel(nn.Module):
         return last * self.output_scale if self.output_scale is not None else last
 
 
-class SconeLlamaPreTrainedModel(MapsBaseModel, LlamaPreTrainedModel):
+class SconeLlamaPreTrainedModel(AutoClassesMixin, LlamaPreTrainedModel):
     config_class = SconeLlamaConfig
     config: SconeLlamaConfig
     _no_split_modules = ["LlamaDecoderLayer"]
@@ -150,10 +150,9 @@ class SconeLlamaPreTrainedModel(MapsBaseModel, LlamaPreTrainedModel):
         if fgram_vocab is None:
             index_path = _resolve_file(folder, INDEX_FILE, kwargs)
             if index_path is None:
-                raise ValueError(
-                    f"{folder} holds no f-gram vocabulary ({INDEX_FILE}); to wrap a Llama checkpoint pass "
-                    "fgram_vocab=FgramVocab.load(...) (or mine one with hf_efficient_lm.scone.mine_fgrams)"
-                )
+                raise ValueError(f"{folder} holds no f-gram vocabulary ({INDEX_FILE}); to wrap a Llama checkpoint "
+                                 "pass fgram_vocab=FgramVocab.load(...) (or mine one with "
+                                 "hf_efficient_lm.scone.mine_fgrams)")
             _resolve_file(folder, VOCAB_FILE, kwargs)  # fetched alongside for Hub repos (human-readable summary)
             fgram_vocab = FgramVocab.load(os.path.dirname(index_path))
         model.set_fgram_vocab(fgram_vocab)
@@ -250,11 +249,9 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
         window_ids = input_ids[rep_batch[:, None], columns.clamp(min=0)]
         early = (columns[:, 0] < 0).nonzero().squeeze(1)
         if self.fgram_vocab is None:  # (not require_vocab(): this case has its own remedy)
-            raise ValueError(
-                "fgram_row/fgram_len name f-grams that start before input_ids (a decode step after a KV cache): the "
-                "f-gram model needs their tokens, so attach the f-gram vocabulary (set_fgram_vocab()) or pass the "
-                "whole history as input_ids"
-            )
+            raise ValueError("fgram_row/fgram_len name f-grams that start before input_ids (a decode step after a KV "
+                             "cache): the f-gram model needs their tokens, so attach the f-gram vocabulary "
+                             "(set_fgram_vocab()) or pass the whole history as input_ids")
         tokens, _ = self.fgram_vocab.fgram_tokens(unique_rows[early])
         tokens = tokens[:, : window_ids.shape[1]].to(window_ids.device)
         last = tokens.gather(1, (rep_len[early] - 1)[:, None].to(tokens.device))
@@ -468,10 +465,8 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
             if seen:  # the f-grams of the chunk may begin in the previous one: its tail, kept on the cache below
                 tail_end, tail = getattr(cache, "scone_prefill_tail", (None, None))
                 if tail_end != seen:
-                    raise ValueError(
-                        "generate() passed only the new tokens over a filled cache, but SconeLlama's f-grams may "
-                        "begin in the cached tokens: pass the whole sequence as input_ids"
-                    )
+                    raise ValueError("generate() passed only the new tokens over a filled cache, but SconeLlama's "
+                                     "f-grams may begin in the cached tokens: pass the whole sequence as input_ids")
                 input_ids = torch.cat([tail, input_ids], dim=1)
                 mask = mask[:, -input_ids.shape[1]:] if mask is not None else None  # (it spans the whole history)
             if cache is not None:  # (the cache's own state: it lives and dies with the generation)

@@ -48,10 +48,9 @@ def read_header(path: str | os.PathLike) -> tuple[dict, dict, int]:
         except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as err:
             raise CorruptTableError(f"{path}: unreadable safetensors header ({err}); the file is corrupt") from err
     if data_end != file_size - 8 - header_len:
-        raise CorruptTableError(
-            f"{path}: header describes {data_end} data bytes but the file holds {file_size - 8 - header_len} "
-            f"(file size {file_size}); the file is truncated or corrupt"
-        )
+        raise CorruptTableError(f"{path}: header describes {data_end} data bytes but the file holds "
+                                f"{file_size - 8 - header_len} (file size {file_size}); the file is truncated or "
+                                "corrupt")
     return header, metadata, 8 + header_len
 
 

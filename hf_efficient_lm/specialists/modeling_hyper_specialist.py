@@ -31,7 +31,7 @@ from transformers.models.llama.modeling_llama import (
     LlamaRotaryEmbedding,
 )
 
-from .compat_specialists import CACHE_NAME, MapsBaseModel, cache_of, resolve_cache
+from .compat_specialists import CACHE_NAME, AutoClassesMixin, cache_of, resolve_cache
 from .configuration_hyper_specialist import HyperSpecialistConfig
 from .routing_specialists import check_cache_clusters, cluster_index, histogram_weights, resolve_cluster_ids, stock_llama_config
 
@@ -112,7 +112,7 @@ class HyperSpecialistDecoderLayer(LlamaDecoderLayer):
             self.mlp.routing = None
 
 
-class HyperSpecialistPreTrainedModel(MapsBaseModel, LlamaPreTrainedModel):
+class HyperSpecialistPreTrainedModel(AutoClassesMixin, LlamaPreTrainedModel):
     config: HyperSpecialistConfig
     config_class = HyperSpecialistConfig
     _no_split_modules = ["HyperSpecialistDecoderLayer"]

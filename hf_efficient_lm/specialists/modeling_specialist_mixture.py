@@ -13,7 +13,7 @@ from torch import nn
 from transformers import GenerationMixin, LlamaForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .compat_specialists import CACHE_NAME, cache_of, resolve_cache
+from .compat_specialists import CACHE_NAME, AutoClassesMixin, cache_of, resolve_cache
 from .configuration_specialist_mixture import SpecialistMixtureConfig
 from .routing_specialists import check_cache_clusters, cluster_index, histogram_weights, resolve_cluster_ids, stock_llama_config
 
@@ -38,7 +38,7 @@ def _gather_row_tuples(batch_size: int, routed: list, field: str) -> tuple[torch
     )
 
 
-class SpecialistMixturePreTrainedModel(PreTrainedModel):
+class SpecialistMixturePreTrainedModel(AutoClassesMixin, PreTrainedModel):
     config: SpecialistMixtureConfig
     config_class = SpecialistMixtureConfig
     base_model_prefix = "mixture"
@@ -112,23 +112,14 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
         loss_kwargs = {key: kwargs.pop(key) for key in ("num_items_in_batch", "shift_labels") if key in kwargs}
         clusters = torch.unique(cluster_ids).tolist()
         if inputs_embeds is not None and clusters != [self.config.default_cluster_id]:
-            raise ValueError(
-                f"inputs_embeds routed to clusters {clusters}: the experts embed with tables of their own and "
-                f"get_input_embeddings() is expert {self.config.default_cluster_id}'s, so pass input_ids (or call "
-                "model.experts[c] with embeddings from its own table)"
-            )
+            raise ValueError(f"inputs_embeds routed to clusters {clusters}: the experts embed with tables of their own "
+                             f"and get_input_embeddings() is expert {self.config.default_cluster_id}'s, so pass "
+                             "input_ids (or call model.experts[c] with embeddings from its own table)")
         if len(clusters) == 1:
             output = self._run_expert(
-                clusters[0],
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                inputs_embeds=inputs_embeds,
-                use_cache=use_cache,
-                logits_to_keep=logits_to_keep,
-                return_dict=True,
-                **{CACHE_NAME: cache},
-                **kwargs,
+                clusters[0], input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                inputs_embeds=inputs_embeds, use_cache=use_cache, logits_to_keep=logits_to_keep, return_dict=True,
+                **{CACHE_NAME: cache}, **kwargs,
             )
             logits, cache = output.logits, cache_of(output)
             check_cache_clusters(cache, cluster_ids)  # (a cache the expert created records them too)

@@ -126,6 +126,12 @@ _REMOTE_SCRIPT = textwrap.dedent(
         info |= {"base_class": type(base).__name__, "base_module": type(base).__module__}
     model.save_pretrained(io_dir + "/resaved")  # the loaded classes keep the folder's Auto map
     info["resaved_auto_map"] = json.load(open(io_dir + "/resaved/config.json")).get("auto_map")
+    if sys.argv[5] != "-":  # the Trainer knows the loaded class as a causal LM: label smoothing shifts the labels
+        from transformers import Trainer, TrainingArguments
+        rows = [{"input_ids": row, "labels": row} for row in ids.tolist()]
+        args = TrainingArguments(output_dir=io_dir + "/trainer", per_device_eval_batch_size=len(rows),
+                                 label_smoothing_factor=float(sys.argv[5]), report_to=[], use_cpu=True)
+        info["smoothed_eval_loss"] = Trainer(model=model, args=args, eval_dataset=rows).evaluate()["eval_loss"]
     save_file({k: v.contiguous() for k, v in outputs.items()}, io_dir + "/outputs.safetensors")
     print(json.dumps(info))
     """
@@ -143,9 +149,10 @@ def test_remote_code_load_without_package(case, tmp_path):
     save_file({"input_ids": ids.contiguous()}, str(io_dir / "inputs.safetensors"))
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     base = _base_model(model)
+    epsilon = "-" if "trainer" in case.skips else "0.1"
     result = subprocess.run(
         [sys.executable, "-c", _REMOTE_SCRIPT, str(folder), str(io_dir), "1" if case.trust_remote_code else "0",
-         "1" if base is not None else "0"],
+         "1" if base is not None else "0", epsilon],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -163,6 +170,11 @@ def test_remote_code_load_without_package(case, tmp_path):
         torch.testing.assert_close(outputs["hidden"], expected_hidden, atol=case.atol, rtol=0)
     if case.trust_remote_code:
         assert info["resaved_auto_map"] == json.loads((folder / "config.json").read_text())["auto_map"], info
+    if epsilon != "-":
+        logits = _logits(model, ids)
+        shifted, unshifted = _smoothed_loss(logits[:, :-1], ids[:, 1:], 0.1), _smoothed_loss(logits, ids, 0.1)
+        assert abs(shifted - unshifted) > 20 * 1e-5 * shifted  # the two differ by far more than the tolerance
+        assert info["smoothed_eval_loss"] == pytest.approx(shifted, rel=1e-5)
     assert outputs["generated"].shape == (ids.shape[0], ids.shape[1] + 4)
     expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
                               pad_token_id=_pad_id(model))
@@ -297,6 +309,13 @@ def test_trainer_lowers_loss_on_repeated_batch(case, tmp_path):
     assert loss_now() < before - 0.05
 
 
+def _smoothed_loss(logits, labels, epsilon) -> float:
+    """LabelSmoother's formula: (1 - eps) * NLL + eps * mean(-log p) over the vocabulary."""
+    log_probs = -torch.log_softmax(logits.float(), dim=-1)
+    nll = log_probs.gather(-1, labels[..., None]).mean()
+    return ((1 - epsilon) * nll + epsilon * log_probs.mean()).item()
+
+
 @parametrize_cases
 def test_trainer_label_smoothing_targets_the_next_token(case, tmp_path):
     """``label_smoothing_factor`` makes the Trainer compute the loss itself (``LabelSmoother``), shifting the labels
@@ -307,14 +326,8 @@ def test_trainer_label_smoothing_targets_the_next_token(case, tmp_path):
     model = case.make_model().eval()
     ids = _ids(case, batch=4, length=16)
     epsilon = 0.1
-
-    def smoothed_loss(logits, labels):  # LabelSmoother's formula: (1 - eps) * NLL + eps * mean(-log p) over the vocab
-        log_probs = -torch.log_softmax(logits.float(), dim=-1)
-        nll = log_probs.gather(-1, labels[..., None]).mean()
-        return ((1 - epsilon) * nll + epsilon * log_probs.mean()).item()
-
     logits = _logits(model, ids)
-    shifted, unshifted = smoothed_loss(logits[:, :-1], ids[:, 1:]), smoothed_loss(logits, ids)
+    shifted, unshifted = _smoothed_loss(logits[:, :-1], ids[:, 1:], epsilon), _smoothed_loss(logits, ids, epsilon)
     assert abs(shifted - unshifted) > 20 * 1e-5 * shifted  # the two differ by far more than the tolerance below
     args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, label_smoothing_factor=epsilon,
                              report_to=[], use_cpu=True, disable_tqdm=True)
