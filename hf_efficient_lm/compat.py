@@ -1,9 +1,7 @@
-"""Where the families meet Transformers: the versions they support, the Auto map (linked as ``compat_<family>.py``).
-
+"""Where the families meet Transformers: the versions they support, the Auto tables (linked as compat_<family>.py).
 Transformers 5.24 renamed the cache argument and output field ``past_key_values`` (``cache_params``) to ``cache``:
 model code uses the new name and goes through :data:`CACHE_NAME` / :func:`resolve_cache` / :func:`cache_of`, so
-the same files run on every supported release. Importing this module checks the installed release.
-"""
+the same files run on every supported release. Importing this module checks the installed release."""
 
 from __future__ import annotations
 
@@ -17,7 +15,6 @@ from transformers.utils import logging
 
 SUPPORTED_TRANSFORMERS = ("5.23", "5.26")  # tested: >= first, < second (the first untested minor)
 CACHE_NAME = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
-_OLD_CACHE_NAMES = ("past_key_values", "cache_params")
 
 
 def check_transformers_version(version: str | None = None) -> None:
@@ -34,7 +31,7 @@ def check_transformers_version(version: str | None = None) -> None:
 
 def resolve_cache(cache, kwargs: dict):
     """The cache passed as ``cache`` or under a pre-5.24 name in ``kwargs`` (popped); ValueError for two."""
-    for name in _OLD_CACHE_NAMES:
+    for name in ("past_key_values", "cache_params"):
         if name in kwargs:
             old = kwargs.pop(name)
             if cache is not None and old is not None and old is not cache:
@@ -44,14 +41,17 @@ def resolve_cache(cache, kwargs: dict):
 
 
 class AutoClassesMixin:
-    """Base of a family's models: keeps Transformers' Auto tables right with or without the package. A causal LM's class
-    name joins the table by which the Trainer (label smoothing) and pipelines know causal LMs; saving a head model
-    also maps ``AutoModel`` to its base model (Transformers maps only the saved class) for ``trust_remote_code``."""
+    """Base of a family's models: keeps Transformers' Auto tables right with or without the package (trust_remote_code).
+    Saving a head model also maps ``AutoModel`` to its base model (Transformers maps only the saved class)."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if issubclass(cls, GenerationMixin):  # (setdefault: the family's class, not a later user subclass)
-            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.setdefault(cls.config_class.model_type, cls.__name__)
+        # The Trainer (label smoothing) and pipelines know causal LMs by the names in this table: a class goes under its
+        # model_type, or beside it when another class holds that key (a user's subclass, a renamed remote-code copy)
+        if issubclass(cls, GenerationMixin) and cls.config_class is not None:
+            model_type, name = cls.config_class.model_type, cls.__name__
+            taken = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type, name) != name
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[f"{model_type}:{name}" if taken else model_type] = name
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         base = type(self.base_model)

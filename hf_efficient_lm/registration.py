@@ -33,11 +33,11 @@ def register_causal_lm(
         )
     # The Trainer (label_smoothing_factor > 0) and the text-generation pipeline recognise a causal LM by its class name
     # in this table, not by the Auto registration below: without it the smoothed loss targets the current token
-    # instead of the next one. The class's own base (compat.AutoClassesMixin) enters it when the class is defined, so
-    # that a checkpoint loaded with trust_remote_code is known too; keyed by our prefixed model_type.
-    if MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type) != causal_lm_class.__name__:
-        raise TypeError(f"{causal_lm_class.__name__} must derive from compat.AutoClassesMixin (compat_<family>.py) so "
-                        "that the Trainer and pipelines know it as a causal LM, with or without the package")
+    # instead of the next one. The class's own base (compat_<family>.AutoClassesMixin) enters it when the class is
+    # defined, so that a checkpoint loaded with trust_remote_code is known too.
+    if causal_lm_class.__name__ not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        raise TypeError(f"{causal_lm_class.__name__} is not in Transformers' causal-LM name table, so the Trainer and "
+                        "pipelines would not know it: derive it from AutoClassesMixin (compat_<family>.py)")
     if REGISTERED_MODEL_TYPES.get(model_type) is config_class:
         return
     AutoConfig.register(model_type, config_class, exist_ok=True)

@@ -188,11 +188,15 @@ def test_benchmarks_import_helpers_never_another_script():
     assert not offenders, offenders
 
 
-def test_a_causal_lm_without_the_auto_classes_mixin_is_refused():
-    """Registration checks that the class entered the Trainer's causal-LM table itself (compat.AutoClassesMixin does
-    that when the class is defined, with or without the package), before it registers anything."""
-    from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
+def test_causal_lms_enter_the_trainers_table_and_registration_checks_it():
+    """Every class on AutoClassesMixin names itself in the table by which the Trainer (label smoothing) and pipelines
+    know causal LMs, when it is defined (so with trust_remote_code too): under its model_type, or beside it when another
+    class holds the key (a user's subclass, a renamed copy loaded first), so both are known. Registration refuses a
+    class missing from the table, before it registers anything."""
+    from transformers import AutoConfig, GenerationMixin, LlamaConfig, LlamaForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as names
 
+    from hf_efficient_lm import AnchorLlamaForCausalLM
     from hf_efficient_lm.compat import AutoClassesMixin
     from hf_efficient_lm.registration import register_causal_lm
 
@@ -202,13 +206,28 @@ def test_a_causal_lm_without_the_auto_classes_mixin_is_refused():
     class PlainForCausalLM(LlamaForCausalLM):
         config_class = PlainConfig
 
-    with pytest.raises(TypeError, match="PlainForCausalLM must derive from compat.AutoClassesMixin"):
+    with pytest.raises(TypeError, match="PlainForCausalLM is not in Transformers' causal-LM name table.*AutoClassesMixin"):
         register_causal_lm(PlainConfig, PlainForCausalLM)
     with pytest.raises(ValueError, match="Unrecognized model|hfelm_plain_test"):
         AutoConfig.for_model("hfelm_plain_test")  # nothing was registered
+    try:
+        class CopyForCausalLM(AutoClassesMixin, LlamaForCausalLM):  # e.g. a renamed remote-code copy, loaded first
+            config_class = PlainConfig
 
-    class MixedForCausalLM(AutoClassesMixin, LlamaForCausalLM):
-        config_class = PlainConfig
+        class MixedForCausalLM(AutoClassesMixin, LlamaForCausalLM):
+            config_class = PlainConfig
 
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    assert MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.pop("hfelm_plain_test") == "MixedForCausalLM"
+        class MyAnchorForCausalLM(AnchorLlamaForCausalLM):  # a user's subclass of a family class
+            pass
+
+        class NoConfig(AutoClassesMixin, GenerationMixin):  # (no config_class: nothing to key it by)
+            config_class = None
+
+        assert names["hfelm_plain_test"] == "CopyForCausalLM"
+        assert names["hfelm_plain_test:MixedForCausalLM"] == "MixedForCausalLM"
+        assert names["hfelm_anchor_llama"] == "AnchorLlamaForCausalLM"
+        assert names["hfelm_anchor_llama:MyAnchorForCausalLM"] == "MyAnchorForCausalLM"
+        assert "NoConfig" not in names.values()
+    finally:
+        for key in ("hfelm_plain_test", "hfelm_plain_test:MixedForCausalLM", "hfelm_anchor_llama:MyAnchorForCausalLM"):
+            names.pop(key, None)
