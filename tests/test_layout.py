@@ -77,7 +77,7 @@ def test_model_files_import_only_what_a_checkpoint_carries():
 # targets: BLT 1,200 and anchor 700 (met); SCONE 900 (not met: its forward/generate path, hash-index matcher, scalar
 # decode matcher, table reader and decode-step fusion exceed it, see DEVELOPERS.md). The limits are today's figures,
 # so the carried code cannot grow back.
-CARRIED_LINE_LIMITS = {"blt": 1200, "anchor": 700, "scone": 1301, "specialists": 717}
+CARRIED_LINE_LIMITS = {"blt": 1200, "anchor": 700, "scone": 1300, "specialists": 717}
 
 
 def carried_lines(family: str) -> tuple[int, list[str]]:

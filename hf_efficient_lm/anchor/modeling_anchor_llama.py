@@ -39,11 +39,9 @@ def chunked_sdpa_attention(module, query, key, value, mask: AnchorAttentionMask,
     """Transformers' sdpa attention under an :class:`AnchorAttentionMask` ``[batch, 1, q_len, kv_len]``, one block of
     query rows at a time: query ``[batch, heads, q_len, head_dim]``, key / value ``[batch, kv_heads, kv_len,
     head_dim]`` (cache slots, then the chunk's ``q_len`` tokens) -> ``([batch, q_len, heads, head_dim], None)``.
-
     Rows are independent, so each is exactly what one dense call gives; a block reads keys only up to its last token.
     Under autograd each block is checkpointed (the backward rebuilds its mask rather than keeping a quadratic one per
-    layer): memory stays linear in the length, for one extra attention forward.
-    """
+    layer): memory stays linear in the length, for one extra attention forward."""
     q_length, kv_length = query.shape[2], key.shape[2]
     if tuple(mask.shape[2:]) != (q_length, kv_length):
         raise ValueError(f"the anchor mask is {tuple(mask.shape)} but the attention is {q_length} x {kv_length}")
@@ -193,9 +191,8 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
             # Decode step: a few ops on [batch, kv_len] instead of the generic builder, usually no mask at all.
             attention_mask_4d = decode_step_mask(queries, keys, variant)
         else:
-            attention_mask_4d = build_anchor_attention_mask(
-                attn_implementation, queries, keys, dtype=inputs_embeds.dtype, mask_function=mask_function, lazy=True
-            )
+            attention_mask_4d = build_anchor_attention_mask(attn_implementation, queries, keys, lazy=True,
+                                                            dtype=inputs_embeds.dtype, mask_function=mask_function)
         if isinstance(attention_mask_4d, torch.Tensor) and attention_mask_4d.dtype == torch.bool:
             # Additive, once for all layers: eager adds its mask, and given a bool mask torch's sdpa makes its own
             # float copy in every layer and keeps each one for the backward pass (num_layers x 4 x q_len x kv_len).
@@ -225,14 +222,17 @@ class AnchorLlamaForCausalLM(AnchorLlamaPreTrainedModel, LlamaForCausalLM):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, mode, *args, **kwargs):
         if generation_config.cache_implementation not in (None, "dynamic"):
             raise ValueError(f"AnchorLlama generates with its own AnchorCache; cache_implementation="
                              f"{generation_config.cache_implementation!r} is not supported.")
+        if mode == "assisted_generation":  # (a GenerationMode, str enum; 5.23 would only fail at the first rejection)
+            raise ValueError("AnchorLlama cannot do assisted decoding (assistant_model, prompt_lookup_num_tokens): "
+                             "rejected draft tokens cannot be cropped out of an AnchorCache that pruned sentences")
         user_cache = model_kwargs.get(CACHE_NAME)
         if user_cache is not None and not isinstance(user_cache, AnchorCache):
             raise TypeError(f"AnchorLlama.generate needs an AnchorCache as {CACHE_NAME}, got {type(user_cache).__name__}")
-        result = super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        result = super()._prepare_cache_for_generation(generation_config, model_kwargs, mode, *args, **kwargs)
         if isinstance(model_kwargs.get(CACHE_NAME), DynamicCache):
             model_kwargs[CACHE_NAME] = AnchorCache(config=self.config)
         return result

@@ -4,8 +4,7 @@ Byte level: ``entropy`` / ``encoder`` / ``decoder`` DynamicCaches (sliding windo
 positions. Patch level: the ``latent`` DynamicCache with a validity mask (a row that did not close a patch at a step
 leaves a masked hole), each row's open patch start and the latent output its decoder reads. The model calls
 :meth:`~BLTCache.prefill` after the prompt's full forward, then per byte :meth:`~BLTCache.add_byte`,
-:meth:`~BLTCache.next_byte_opens_patch` (:func:`boundary_rule`) and, where a patch closes, :meth:`~BLTCache.close_patch`.
-"""
+:meth:`~BLTCache.next_byte_opens_patch` (:func:`boundary_rule`), :meth:`~BLTCache.close_patch` if a patch closes."""
 
 from __future__ import annotations
 

@@ -125,8 +125,7 @@ class BLTConfig(PreTrainedConfig):
         encoder_hash_byte_group_size: n-gram sizes of the hash embeddings (default 3..8).
         encoder_hash_byte_group_vocab: buckets per (hash function, n).
         encoder_hash_byte_group_nb_functions: number of hash functions (each a different prime).
-        entropy_config / encoder_config / decoder_config / global_config: sub-configs (dicts or config objects).
-    """
+        entropy_config / encoder_config / decoder_config / global_config: sub-configs (dicts or config objects)."""
 
     model_type = "hfelm_blt"
     keys_to_ignore_at_inference = ["cache", "past_key_values"]

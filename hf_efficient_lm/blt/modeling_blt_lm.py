@@ -483,12 +483,15 @@ class BLTForCausalLM(BLTPreTrainedModel, GenerationMixin):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return out if return_dict else out.to_tuple()
 
-    def _prepare_cache_for_generation(self, generation_config, *args, **kwargs):
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, *args, **kwargs):
         impl = generation_config.cache_implementation  # (Transformers would only warn and ignore it)
         if impl not in (None, "dynamic"):
             raise ValueError(f"BLTForCausalLM.generate does not support cache_implementation={impl!r}: BLT keeps its "
                              "own BLTCache (byte- and patch-level caches with per-row patch state)")
-        return super()._prepare_cache_for_generation(generation_config, *args, **kwargs)
+        if generation_mode == "assisted_generation":  # (GenerationMode, a str enum; Transformers asks for a cache)
+            raise ValueError("BLTForCausalLM.generate cannot do assisted decoding (assistant_model, prompt_lookup_num_"
+                             "tokens): rejected draft bytes cannot be rolled back out of the patch-level BLTCache")
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, *args, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, past_key_values=None, **kwargs):
         cache = resolve_cache(cache, {"past_key_values": past_key_values, **kwargs})  # (generate < 5.24 checks it)

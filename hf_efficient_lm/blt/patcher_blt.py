@@ -5,8 +5,7 @@ decides for the byte that comes next. Rules are causal (``starts[:, t]`` reads b
 Transformers' ``Blt`` and Meta's code, the first two real bytes open patches (the BOS patch); from ``t = 2`` the mode's
 rule on byte ``t - 1`` decides (:func:`boundary_rule`, also used per byte by ``BLTCache``). Rules count from each row's
 first real byte (from each document's with document masking); padding never opens a patch, except the slot after a
-right-padded row's last byte (its next-byte decision): every real byte gets the patch it gets alone.
-"""
+right-padded row's last byte (its next-byte decision): every real byte gets the patch it gets alone."""
 
 from __future__ import annotations
 

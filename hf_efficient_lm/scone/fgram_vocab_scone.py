@@ -162,6 +162,10 @@ class FgramVocab:
         # built on first use: row -> (level, local id), per-device hash indexes, the decode-step matcher's state
         self._row_level = self._hash_levels = self._barrier_tensor = self._python_levels = None
 
+    def __getstate__(self) -> dict:
+        """deepcopy / pickle: the lookup structures built on first use (memoryviews among them) are rebuilt there."""
+        return {**self.__dict__, "_row_level": None, "_hash_levels": None, "_python_levels": None}
+
     @property
     def num_fgrams(self) -> int:
         """``S = |F|``."""
@@ -490,6 +494,5 @@ class FgramVocab:
 
 def _check_mask_shape(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
     if attention_mask.shape != input_ids.shape:
-        raise ValueError(
-            f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
-        )
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape "
+                         f"{tuple(input_ids.shape)}")

@@ -103,9 +103,8 @@ class SconeLlamaPreTrainedModel(AutoClassesMixin, LlamaPreTrainedModel):
         """Attach the f-gram vocabulary after checking it fits this model's config."""
         config = self.config
         if vocab.num_fgrams != config.num_fgrams:
-            raise ValueError(
-                f"f-gram vocabulary has S={vocab.num_fgrams} f-grams but config.num_fgrams={config.num_fgrams}"
-            )
+            raise ValueError(f"f-gram vocabulary has S={vocab.num_fgrams} f-grams but config.num_fgrams="
+                             f"{config.num_fgrams}")
         if vocab.max_len != config.max_fgram_len:
             raise ValueError(f"f-gram vocabulary has K={vocab.max_len} but config.max_fgram_len={config.max_fgram_len}")
         if vocab.vocab_size > config.vocab_size:
@@ -322,9 +321,8 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
         if self.config.fgram_mode == "model":  # (table mode: the table lookup checks the row range itself)
             low, high = torch.aminmax(rows)
             if int(low) < 0 or int(high) >= self.config.num_fgrams:
-                raise ValueError(
-                    f"fgram_row values must lie in [0, num_fgrams={self.config.num_fgrams}) where fgram_len >= 2"
-                )
+                raise ValueError(f"fgram_row values must lie in [0, num_fgrams={self.config.num_fgrams}) where "
+                                 "fgram_len >= 2")
         vectors = self.fgram_vectors(input_ids, token_embeds, positions, rows, fgram_len[matched])
         return self._fuse(token_embeds, positions[:, 0] * length + positions[:, 1], vectors.to(token_embeds.dtype))
 

@@ -38,9 +38,8 @@ def read_header(path: str | os.PathLike) -> tuple[dict, dict, int]:
             raise CorruptTableError(f"{path}: {file_size} bytes is too short for a safetensors file (truncated?)")
         (header_len,) = struct.unpack("<Q", raw_len)
         if header_len > _HEADER_LIMIT or 8 + header_len > file_size:
-            raise CorruptTableError(
-                f"{path}: header length {header_len} does not fit the file size {file_size} (truncated or corrupt)"
-            )
+            raise CorruptTableError(f"{path}: header length {header_len} does not fit the file size {file_size} "
+                                    "(truncated or corrupt)")
         try:
             header = json.loads(handle.read(header_len).decode("utf-8"))
             metadata = header.pop("__metadata__", None) or {}
@@ -82,9 +81,8 @@ class FgramTable:
         if end - begin != self.num_rows * self.dim * self.dtype.itemsize:
             raise CorruptTableError(f"{self.path}: 'table' {info['shape']} {info['dtype']} has {end - begin} bytes")
         if num_rows is not None and self.num_rows != num_rows:
-            raise ValueError(
-                f"f-gram table {self.path} has {self.num_rows} rows but the config says num_fgrams={num_rows}"
-            )
+            raise ValueError(f"f-gram table {self.path} has {self.num_rows} rows but the config says "
+                             f"num_fgrams={num_rows}")
         if dim is not None and self.dim != dim:
             raise ValueError(f"f-gram table {self.path} has rows of width {self.dim} but the model's hidden_size is {dim}")
         with open(self.path, "rb") as handle:

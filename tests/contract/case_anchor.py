@@ -29,6 +29,7 @@ CASES = [
         name="anchor",
         make_model=make_anchor_model,
         make_input_ids=make_anchor_input_ids,
+        assisted_decoding_error="AnchorLlama cannot do assisted decoding .*cannot be cropped out of an AnchorCache",
         invalid_config=("anchor_token_ids", [10_000], "anchor token id 10000 is outside the vocabulary"),
         # the prompt's anchors: embeddings carry no ids (later steps find theirs by id)
         inputs_embeds_kwargs=lambda model, ids: {"anchor_flags": torch.isin(ids, torch.tensor(ANCHOR_IDS))},

@@ -22,6 +22,7 @@ CASES = [
         name="blt",
         make_model=make_blt_model,
         make_input_ids=make_blt_input_ids,
+        assisted_decoding_error="BLTForCausalLM.generate cannot do assisted decoding .*cannot be rolled back",
         invalid_config=("patching_mode", "words", "patching_mode must be one of"),
         # bytes are read as ids (patching, hash n-grams): Transformers refuses embeddings for a class that takes none
         inputs_embeds_error="You passed `inputs_embeds` to `.generate\\(\\)`, but the model class BLTForCausalLM",

@@ -21,6 +21,7 @@ CHECKS = (
     "generate_cache",
     "left_padding",
     "inputs_embeds",
+    "assisted_decoding",
     "padding_free",
     "outputs",
     "sdpa_eager",
@@ -62,6 +63,8 @@ class ContractCase:
         embeddings to equal ``generate(input_ids)`` (AnchorLlama: the prompt's ``anchor_flags``).
     inputs_embeds_error: for a class whose forward needs the ids themselves (f-gram matching, bytes), the regex of
         the named error ``generate(inputs_embeds=...)`` raises instead.
+    assisted_decoding_error: for a class whose cache cannot drop rejected draft tokens (it prunes or folds them), the
+        regex of the named error assisted decoding (``prompt_lookup_num_tokens``, ``assistant_model``) raises instead.
     """
 
     name: str
@@ -75,6 +78,7 @@ class ContractCase:
     invalid_config: tuple[str, object, str] | None = None
     inputs_embeds_kwargs: Callable[[PreTrainedModel, torch.LongTensor], dict] = lambda model, input_ids: {}
     inputs_embeds_error: str | None = None
+    assisted_decoding_error: str | None = None
 
     def __post_init__(self):
         unknown = set(self.skips) - set(CHECKS)

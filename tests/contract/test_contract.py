@@ -5,6 +5,7 @@ Cases come from ``tests/contract/case_*.py`` modules (a module-level ``CASES`` l
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
@@ -190,6 +191,38 @@ def test_greedy_generate_cache_equals_recompute(case):
     cached = model.generate(ids, use_cache=True, **common)
     recomputed = model.generate(ids, use_cache=False, **common)
     assert torch.equal(cached, recomputed)
+
+
+@parametrize_cases
+def test_assisted_decoding_equals_greedy(case):
+    """Transformers' assisted decoding (prompt lookup, and an assistant model: here a perturbed copy, so
+    drafts are rejected) verifies drafts with the model and must give greedy decoding's tokens; a class whose cache
+    cannot drop rejected drafts raises its named error up front on every release instead."""
+    _skip_if_declared(case, "assisted_decoding")
+    model = case.make_model()
+    ids = _ids(case, batch=1, length=10)
+    ids = torch.cat([ids, ids[:, :6]], dim=1)  # a repeat, so prompt lookup proposes drafts
+    common = dict(attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False, pad_token_id=_pad_id(model))
+    greedy = model.generate(ids, **common)
+    assistant = _perturbed(model)
+    assert not torch.equal(assistant.generate(ids, **common), greedy)  # its drafts differ: some are rejected
+    for assisted in ({"prompt_lookup_num_tokens": 3}, {"assistant_model": assistant}):
+        if case.assisted_decoding_error is not None:
+            with pytest.raises(ValueError, match=case.assisted_decoding_error):
+                model.generate(ids, **common, **assisted)
+        else:
+            assert torch.equal(model.generate(ids, **common, **assisted), greedy), assisted
+
+
+def _perturbed(model):
+    """A copy of ``model`` with seeded noise on every weight: an assistant whose drafts the model partly rejects."""
+    assistant = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in assistant.parameters():
+            noise = torch.randn(parameter.shape, generator=generator).to(parameter.dtype)
+            parameter.add_(noise * parameter.float().std().nan_to_num().clamp(min=0.02).to(parameter.dtype))
+    return assistant
 
 
 @parametrize_cases

@@ -266,13 +266,16 @@ def test_from_pretrained_reads_side_files_from_a_local_subfolder(tmp_path, llama
 @torch.no_grad()
 def test_table_mode_model_deep_copies_and_pickles_by_reopening_its_table(tmp_path, exported, batch):
     """copy.deepcopy / torch.save (TRL reference models, merge_and_unload on a copy, quantize_dynamic) reopen the
-    memory-mapped table from its file instead of failing on the map or copying the table into memory."""
+    memory-mapped table from its file instead of failing on the map or copying the table into memory. After a
+    generate() too, whose decode-step matcher keeps memoryviews in the vocabulary (they failed to pickle)."""
     import copy
     import io
     import pickle
 
     model = SconeLlamaForCausalLM.from_pretrained(exported).eval()
     expected = model(batch).logits
+    generated = model.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=4, do_sample=False)
+    assert model.fgram_vocab._python_levels is not None  # the decode-step matcher's state exists now
     assert len(pickle.dumps(model.fgram_table)) < 1024  # its path, not its rows
     buffer = io.BytesIO()
     torch.save(model, buffer)
@@ -280,6 +283,8 @@ def test_table_mode_model_deep_copies_and_pickles_by_reopening_its_table(tmp_pat
     for twin in (copy.deepcopy(model), torch.load(buffer, weights_only=False)):
         assert twin.fgram_table is not model.fgram_table and twin.fgram_table.path == model.fgram_table.path
         assert torch.equal(twin(batch).logits, expected)
+        assert torch.equal(twin.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=4,
+                                         do_sample=False), generated)
 
 
 def test_export_refuses_a_peft_wrapper_and_names_the_merge(tmp_path, llama_dir, vocab):
