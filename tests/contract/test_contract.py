@@ -81,6 +81,9 @@ def test_save_load_round_trip(case, tmp_path):
     assert type(loaded).__name__ == type(model).__name__
     ids = _ids(case)
     torch.testing.assert_close(_logits(loaded, ids), _logits(model, ids), atol=case.atol, rtol=0)
+    # device_map builds the model on the meta device first, then places the weights (accelerate's path)
+    placed = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="auto", trust_remote_code=case.trust_remote_code)
+    torch.testing.assert_close(_logits(placed.eval(), ids), _logits(model, ids), atol=case.atol, rtol=0)
 
 
 @parametrize_cases
