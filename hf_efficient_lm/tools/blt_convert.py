@@ -265,7 +265,8 @@ def _place(model, device_map, max_memory=None, offload_folder=None, offload_buff
     index, ``"cuda"`` = this process's ``LOCAL_RANK``, ``"auto"`` / ``"balanced"`` / ``"sequential"`` inferred under
     ``max_memory``, or a ``{module: device}`` dict that must cover the model). One device: the model moves there. Several,
     or ``"disk"`` (weights written to ``offload_folder``): accelerate's hooks dispatch it, as ``from_pretrained`` does for
-    our own folders (``hf_device_map`` set). The meta device is refused: the weights were just converted."""
+    our own folders (``hf_device_map`` set); the conversion itself runs in CPU memory first. Refused: the meta device
+    (the converted weights would be dropped) and the whole model on disk."""
     from accelerate.utils import check_device_map
     from transformers.integrations.accelerate import _get_device_map, accelerate_dispatch, check_and_set_device_map
 
