@@ -306,7 +306,8 @@ def one_run(args) -> None:
 
 
 def all_runs(args) -> None:
-    """Every (run, seed) as a subprocess of ``--threads`` torch threads, ``--jobs`` at a time; the scaling runs first (largest first)."""
+    """Every (run, seed) as a subprocess of ``--threads`` torch threads, ``--jobs`` at a time; the scaling runs first
+    (largest first)."""
     from tqdm.auto import tqdm
 
     table = run_table(args)

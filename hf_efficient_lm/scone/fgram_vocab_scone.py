@@ -30,6 +30,8 @@ VOCAB_FILE = "fgram_vocab.json"
 FORMAT_VERSION = 1
 MATCH_BLOCK_TOKENS = 1 << 18  # positions per matching block (see FgramVocab.match)
 SCALAR_DICT_KEYS = 1 << 21  # decode-step matcher: dict levels up to this many f-grams (~200 MB), else bisect
+# FgramVocab's lookup structures, None until built on first use (the state beside them is rebuilt with them)
+_BUILT_ON_FIRST_USE = ("_row_level", "_hash_levels", "_barrier_tensor", "_python_levels")
 # what FgramVocab.metadata() derives itself; any other key of a saved vocabulary is the miner's extra_metadata
 _METADATA_KEYS = ("format_version", "num_fgrams", "max_len", "vocab_size", "barrier_ids", "tokenizer_fingerprint",
                   "num_per_length", "min_selected_count")
@@ -152,19 +154,17 @@ class FgramVocab:
         self.level_rows = [r.to("cpu", torch.int64).contiguous() for r in level_rows]
         self.counts = counts.to("cpu", torch.int64)
         self.barrier_ids = tuple(int(b) for b in barrier_ids)
-        self.tokenizer_fingerprint = tokenizer_fingerprint
-        self.extra_metadata = dict(extra_metadata or {})
+        self.tokenizer_fingerprint, self.extra_metadata = tokenizer_fingerprint, dict(extra_metadata or {})
         for n, (keys, rows) in enumerate(zip(self.level_keys, self.level_rows), start=2):
             if keys.shape != rows.shape:
                 raise ValueError(f"level {n}: {keys.numel()} keys but {rows.numel()} rows")
         if self.counts.numel() != self.num_fgrams:
             raise ValueError(f"counts has {self.counts.numel()} entries for {self.num_fgrams} f-grams")
-        # built on first use: row -> (level, local id), per-device hash indexes, the decode-step matcher's state
-        self._row_level = self._hash_levels = self._barrier_tensor = self._python_levels = None
+        self.__dict__.update(dict.fromkeys(_BUILT_ON_FIRST_USE))
 
     def __getstate__(self) -> dict:
         """deepcopy / pickle: the lookup structures built on first use (memoryviews among them) are rebuilt there."""
-        return {**self.__dict__, "_row_level": None, "_hash_levels": None, "_python_levels": None}
+        return {**self.__dict__, **dict.fromkeys(_BUILT_ON_FIRST_USE)}
 
     @property
     def num_fgrams(self) -> int:

@@ -153,10 +153,10 @@ def test_remote_code_load_without_package(case, tmp_path):
     save_file({"input_ids": ids.contiguous()}, str(io_dir / "inputs.safetensors"))
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     base = _base_model(model)
-    epsilon = "-" if "trainer" in case.skips else "0.1"
+    epsilon = None if "trainer" in case.skips else 0.1  # label smoothing in the Trainer, without the package
     result = subprocess.run(
         [sys.executable, "-c", _REMOTE_SCRIPT, str(folder), str(io_dir), "1" if case.trust_remote_code else "0",
-         "1" if base is not None else "0", epsilon],
+         "1" if base is not None else "0", "-" if epsilon is None else str(epsilon)],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -174,9 +174,9 @@ def test_remote_code_load_without_package(case, tmp_path):
         torch.testing.assert_close(outputs["hidden"], expected_hidden, atol=case.atol, rtol=0)
     if case.trust_remote_code:
         assert info["resaved_auto_map"] == json.loads((folder / "config.json").read_text())["auto_map"], info
-    if epsilon != "-":
+    if epsilon is not None:
         logits = _logits(model, ids)
-        shifted, unshifted = _smoothed_loss(logits[:, :-1], ids[:, 1:], 0.1), _smoothed_loss(logits, ids, 0.1)
+        shifted, unshifted = _smoothed_loss(logits[:, :-1], ids[:, 1:], epsilon), _smoothed_loss(logits, ids, epsilon)
         assert abs(shifted - unshifted) > 20 * 1e-5 * shifted  # the two differ by far more than the tolerance
         assert info["smoothed_eval_loss"] == pytest.approx(shifted, rel=1e-5)
     assert outputs["generated"].shape == (ids.shape[0], ids.shape[1] + 4)
