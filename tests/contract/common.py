@@ -26,6 +26,8 @@ CHECKS = (
     "outputs",
     "sdpa_eager",
     "trainer",
+    "gradient_accumulation",
+    "trainer_resume",
     "gradient_checkpointing",
     "bf16_autocast",
     "lora",

@@ -372,6 +372,67 @@ def test_trainer_label_smoothing_targets_the_next_token(case, tmp_path):
     assert evaluated["eval_loss"] == pytest.approx(shifted, rel=1e-5)
 
 
+def _train(model, dataset, output_dir, resume_from_checkpoint=None, **arguments):
+    """``model`` after ``Trainer.train`` on ``dataset`` (CPU, no logging; ``arguments``: TrainingArguments)."""
+    args = TrainingArguments(output_dir=str(output_dir), report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
+                             **arguments)
+    Trainer(model=model, args=args, train_dataset=dataset).train(resume_from_checkpoint=resume_from_checkpoint)
+    return model
+
+
+def _flat_parameters(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@parametrize_cases
+def test_gradient_accumulation_equals_one_large_batch(case, tmp_path):
+    """One SGD step over 2 accumulated micro-batches of 2 rows equals one over a batch of those 4 rows. The Trainer
+    divides the summed loss by the label tokens of the whole accumulated batch (``num_items_in_batch``) for a model
+    whose forward takes loss kwargs, and by the accumulation steps otherwise; a forward that took the kwargs but
+    averaged per micro-batch would step wrongly without a sign. Rows mask 1, 9, 3 and 12 labels, so micro-batches
+    hold different numbers of label tokens (a per-micro-batch mean then differs from the token mean)."""
+    _skip_if_declared(case, "gradient_accumulation")
+    from datasets import Dataset
+
+    model = case.make_model()
+    ids = _ids(case, batch=4, length=16)
+    labels = ids.clone()
+    for row, masked in enumerate((1, 9, 3, 12)):
+        labels[row, :masked] = -100
+    dataset = Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
+    start = _flat_parameters(model)
+    # plain SGD, lr 1, no clipping or decay: the update is exactly minus the gradient
+    sgd = dict(max_steps=1, learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", weight_decay=0.0,
+               max_grad_norm=0, save_strategy="no")
+    one_batch = _flat_parameters(_train(copy.deepcopy(model), dataset, tmp_path / "one", per_device_train_batch_size=4,
+                                        **sgd)) - start
+    accumulated = _flat_parameters(_train(copy.deepcopy(model), dataset, tmp_path / "two",
+                                          per_device_train_batch_size=2, gradient_accumulation_steps=2, **sgd)) - start
+    assert one_batch.norm() > 0
+    assert (accumulated - one_batch).norm() <= 1e-5 * one_batch.norm()
+
+
+@parametrize_cases
+def test_trainer_resume_equals_uninterrupted_training(case, tmp_path):
+    """``trainer.train(resume_from_checkpoint=...)`` from step 2 of 4 ends with the weights of the run that was never
+    interrupted: the checkpoint folder (``save_pretrained`` plus optimizer, scheduler and RNG state) holds everything
+    training depends on. AdamW and a linear schedule make the optimizer and scheduler state matter."""
+    _skip_if_declared(case, "trainer_resume")
+    from datasets import Dataset
+
+    model = case.make_model()
+    ids = _ids(case, batch=8, length=16)
+    dataset = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    schedule = dict(max_steps=4, per_device_train_batch_size=2, learning_rate=1e-2, lr_scheduler_type="linear",
+                    save_strategy="steps", save_steps=2)
+    uninterrupted = _flat_parameters(_train(copy.deepcopy(model), dataset, tmp_path / "whole", **schedule))
+    _train(copy.deepcopy(model), dataset, tmp_path / "resumed", **schedule)  # writes checkpoint-2 (and -4)
+    resumed = _flat_parameters(_train(copy.deepcopy(model), dataset, tmp_path / "resumed",
+                                      resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-2"), **schedule))
+    assert not torch.equal(uninterrupted, _flat_parameters(model))  # training moved the weights
+    torch.testing.assert_close(resumed, uninterrupted, atol=1e-6, rtol=0)
+
+
 @parametrize_cases
 def test_outputs_like_transformers_models(case):
     """What Transformers' common tests ask of every causal LM: hidden states on request (a tuple, the last one the
