@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.masking_utils import find_packed_sequence_indices
 from transformers.modeling_outputs import CausalLMOutputWithPast, ModelOutput
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 from transformers.models.mistral.modeling_mistral import MistralDecoderLayer, MistralRMSNorm, MistralRotaryEmbedding
@@ -352,7 +351,8 @@ class BLTModel(BLTPreTrainedModel):
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
             raise ValueError(f"input_ids must be byte ids in [0, {self.config.vocab_size}); got values in "
                              f"[{int(input_ids.min())}, {int(input_ids.max())}]")
-        if attention_mask is None and position_ids is not None and find_packed_sequence_indices(position_ids) is not None:
+        # (not find_packed_sequence_indices: under torch.compile it never answers None, so every row looked packed)
+        if attention_mask is None and position_ids is not None and bool((position_ids.diff(dim=-1) != 1).any()):
             raise ValueError("BLT does not take padding-free packed rows (position_ids restarting per document): pad one "
                              "document per row, or pack documents separated by EOS (BLTConfig.document_mask)")
         if cache is not None and not isinstance(cache, BLTCache):

@@ -392,6 +392,21 @@ def test_padding_free_rows_are_refused():
 
 
 @torch.no_grad()
+def test_compiled_forward_generates_like_eager():
+    """``torch.compile`` of the forward (graph breaks allowed) generates the eager bytes. The padding-free check used
+    ``find_packed_sequence_indices``, which never answers None while compiling, so every ``generate()`` (no mask,
+    position ids given) was refused as packed rows."""
+    model = make_tiny_blt(seed=3)
+    prompt = _bytes(1, 12, seed=5)
+    eager = model.generate(prompt, max_new_tokens=2, do_sample=False)  # the prefill and one cached step
+    torch._dynamo.reset()
+    model.forward = torch.compile(model.forward, backend="eager")  # dynamo's tracing only, no compiler needed
+    assert torch.equal(model.generate(prompt, max_new_tokens=2, do_sample=False), eager)
+    with pytest.raises(ValueError, match="padding-free packed rows"):  # packed rows are still refused
+        model(prompt, position_ids=torch.cat([torch.arange(7), torch.arange(5)])[None])
+
+
+@torch.no_grad()
 def test_chunked_prefill_equals_one_prefill_and_padding_over_a_filled_cache_is_refused():
     """generate(prefill_chunk_size=c, cache=BLTCache(...)) hands over each chunk's bytes alone (the old code sliced
     them away: 'not enough values to unpack'); later chunks run as multi-byte cached steps. A byte fed over a filled

@@ -29,6 +29,7 @@ CHECKS = (
     "gradient_accumulation",
     "trainer_resume",
     "gradient_checkpointing",
+    "torch_compile",
     "bf16_autocast",
     "lora",
     "buffers",

@@ -502,6 +502,31 @@ def test_gradient_checkpointing_same_gradients(case):
 
 
 @parametrize_cases
+def test_torch_compile_same_loss_and_gradients(case):
+    """``torch.compile(model)`` with graph breaks allowed (what ``TrainingArguments(torch_compile=True)`` does; no
+    class claims fullgraph): the same logits, loss and gradients as eager. Backend ``eager`` runs dynamo's tracing
+    and guards (where python state captured at trace time would go stale) without needing a compiler."""
+    _skip_if_declared(case, "torch_compile")
+    model = case.make_model().train()
+    ids = _ids(case, batch=2, length=8)
+    eager = model(input_ids=ids, labels=ids, use_cache=False)
+    plain = _grads(model, ids)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager")
+    out = compiled(input_ids=ids, labels=ids, use_cache=False)
+    torch.testing.assert_close(out.logits, eager.logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.loss, eager.loss, atol=1e-6, rtol=0)
+    model.zero_grad()
+    out.loss.backward()
+    for name, grad in plain.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-6, rtol=1e-5, msg=name)
+    # the traced graphs again (same shapes and grad mode, so no retrace), on other ids: nothing stale was kept
+    other = _ids(case, batch=2, length=8, seed=1)
+    torch.testing.assert_close(compiled(input_ids=other, labels=other, use_cache=False).logits,
+                               model(input_ids=other, labels=other, use_cache=False).logits, atol=1e-6, rtol=0)
+
+
+@parametrize_cases
 def test_peft_lora_trains_saves_reloads_merges(case, tmp_path):
     _skip_if_declared(case, "lora")
     from peft import LoraConfig, PeftModel, get_peft_model
