@@ -132,11 +132,15 @@ def _train_anchor(args, training_args, model, tokenizer, fingerprint: dict, resu
     if args.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 
+        # The new <AC> row must learn: in AC mode the embeddings and the LM head train fully. A tied base
+        # (tie_word_embeddings, e.g. Llama 3.2 1B) trains its one matrix, tied through PEFT: listing lm_head too, or
+        # leaving ensure_weight_tying off, trained two copies, and PEFT 0.18 then kept the merged config tied, so a
+        # later resize_token_embeddings re-tied them and silently dropped the trained head.
+        tied = bool(model.config.tie_word_embeddings)
         lora = LoraConfig(
             r=args.lora_r, lora_alpha=args.lora_alpha, target_modules=list(args.lora_target_modules),
-            task_type="CAUSAL_LM",
-            # the new <AC> row must learn: train embeddings and LM head fully in AC mode
-            modules_to_save=["embed_tokens", "lm_head"] if args.anchor_mode == "ac" else None,
+            task_type="CAUSAL_LM", ensure_weight_tying=args.anchor_mode == "ac" and tied,
+            modules_to_save=None if args.anchor_mode != "ac" else ["embed_tokens"] if tied else ["embed_tokens", "lm_head"],
         )
         model = get_peft_model(model, lora)
 

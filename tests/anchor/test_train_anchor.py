@@ -78,6 +78,30 @@ def test_ac_training_with_lora_merges_and_keeps_the_new_token(tmp_path, base_and
     assert cache.cached_tokens() == 3  # <AC> + the two tokens after it
 
 
+def test_ac_lora_on_a_tied_base_trains_one_matrix_and_stays_tied(tmp_path, tiny_bpe_tokenizer):
+    """A base whose input and output embeddings are tied (Llama 3.2 1B), trained in AC mode with LoRA. PEFT trained
+    two copies of the matrix; with PEFT 0.18 the merged model still said tie_word_embeddings, so a later
+    resize_token_embeddings re-tied the two and dropped the trained head (logits moved by ~0.8). Now the one matrix
+    trains and the final model stays tied, so resizing keeps its logits."""
+    base = save_tiny_llama(tmp_path / "base", vocab_size=len(tiny_bpe_tokenizer), tie_word_embeddings=True)
+    tiny_bpe_tokenizer.save_pretrained(base)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    args = AnchorTrainArguments(base_model=str(base), data_files=[str(data)], anchor_mode="ac", max_length=64,
+                                lora_r=4)
+    final = run_anchor_training(args, _training_args(tmp_path / "run", 2))
+    model = AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True).eval()
+    embedding = model.get_input_embeddings().weight
+    assert model.config.tie_word_embeddings and embedding is model.get_output_embeddings().weight
+    base_embedding = AutoModelForCausalLM.from_pretrained(base).get_input_embeddings().weight
+    assert not torch.equal(embedding[: len(base_embedding)], base_embedding)  # the matrix trained
+    ids = torch.tensor([[1, 50, 60, model.config.anchor_token_ids[0], 70, 80]])
+    with torch.no_grad():
+        before = model(ids).logits
+        model.resize_token_embeddings(model.config.vocab_size + 8)
+        torch.testing.assert_close(model(ids).logits[..., : before.shape[-1]], before, atol=1e-6, rtol=0)
+
+
 def test_another_runs_dir_is_refused_and_overwrite_starts_fresh(tmp_path, base_and_data):
     base, data = base_and_data
     args = AnchorTrainArguments(base_model=str(base), data_files=[str(data)], anchor_mode="ep", max_length=64)
