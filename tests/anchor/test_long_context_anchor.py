@@ -74,7 +74,7 @@ def test_blockwise_sdpa_equals_dense_logits_and_gradients(block_calls, monkeypat
     ids, mask = _batch()
     model = _anchor_model().train()
     if checkpointing is not None:  # the blocks' own checkpoints nest inside the layers'
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": checkpointing})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": checkpointing})
     blocked_logits, blocked_grads = _logits_and_grads(model, ids, mask)
     assert block_calls and all(q == 48 for q in block_calls)  # the block path really ran, in every layer
     monkeypatch.setattr(masking_anchor, "DENSE_MASK_MAX_ELEMENTS", 1 << 22)  # dense, shared additive mask
