@@ -1,7 +1,9 @@
 """Training throughput (bytes/s, forward + backward + AdamW step) of BLTForCausalLM vs Transformers' Blt on the same
 weights, with in-forward entropy patching and with precomputed patch lengths (the dataset-column path).
+``--checkpointing``: instead, what activation checkpointing saves: the bytes autograd keeps for the backward and the
+step time, plain vs checkpointed, for both models.
 
-    nice -n 10 python benchmarks/blt/bench_train_blt.py --batch 4 --seq-len 512
+    nice -n 10 python benchmarks/blt/bench_train_blt.py --batch 4 --seq-len 512 [--checkpointing]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from common_blt import add_reference_size_options, corpus_bytes, reference_blt  
 from hf_efficient_lm import BLTForCausalLM  # noqa: E402
 from hf_efficient_lm.blt import patch_lengths_from_starts  # noqa: E402
 from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args  # noqa: E402
+from hf_efficient_lm.eval.speed import saved_for_backward_bytes  # noqa: E402
 
 
 def make_step(model, batch, **kwargs):
@@ -35,11 +38,60 @@ def make_step(model, batch, **kwargs):
     return step
 
 
+def median_step_seconds(steps: dict, rounds: int) -> dict[str, float]:
+    """Median time of each step closure over ``rounds`` interleaved rounds after one warm-up round."""
+    times = {name: [] for name in steps}
+    for round_index in range(rounds + 1):  # round-robin so machine load drifts hit all methods alike
+        for name, step in steps.items():
+            elapsed = step()
+            if round_index:  # round 0 is warm-up
+                times[name].append(elapsed)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def set_checkpointing(model, enabled: bool) -> None:
+    if enabled:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.activation_checkpointing_disable()
+
+
+def step_with_checkpointing(model, batch, enabled: bool):
+    """A training-step closure (see :func:`make_step`) that first sets the model's checkpointing to ``enabled``."""
+    step = make_step(model, batch)
+
+    def run() -> float:
+        set_checkpointing(model, enabled)
+        return step()
+
+    return run
+
+
+def compare_checkpointing(models: dict, data: torch.Tensor, rounds: int) -> None:
+    """Saved-for-backward bytes and step time of each model, plain vs activation checkpointing."""
+    saved, steps = {}, {}
+    for name, model in models.items():
+        model.train()
+        for enabled in (False, True):
+            set_checkpointing(model, enabled)
+            saved[name, enabled] = saved_for_backward_bytes(model, input_ids=data, labels=data, use_cache=False)
+            steps[name, enabled] = step_with_checkpointing(model, data, enabled)
+    seconds = median_step_seconds(steps, rounds)
+    print(f"activation checkpointing; batch {data.shape[0]} x {data.shape[1]} bytes; median of {rounds} interleaved "
+          "steps")
+    for name in models:
+        plain, checkpointed = saved[name, False], saved[name, True]
+        plain_s, checkpointed_s = seconds[name, False], seconds[name, True]
+        print(f"{name:18s} saved for backward {plain / 2**20:7.1f} -> {checkpointed / 2**20:6.1f} MiB "
+              f"({checkpointed / plain:.2f}x); step {plain_s:.2f} -> {checkpointed_s:.2f} s ({checkpointed_s / plain_s:.2f}x)")
+
+
 def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--checkpointing", action="store_true", help="measure activation checkpointing instead")
     add_reference_size_options(parser)
     args = parse_benchmark_args(parser)
     data = corpus_bytes(args.batch * args.seq_len).view(args.batch, args.seq_len).clone()
@@ -48,6 +100,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         ours = BLTForCausalLM.from_pretrained(tmp)
+    if args.checkpointing:
+        compare_checkpointing({"BLTForCausalLM": ours, "Transformers Blt": hf}, data, args.steps)
+        return
     with torch.no_grad():
         lengths = patch_lengths_from_starts(ours.model(data).patch_starts, include_next=True)
     steps = {
@@ -55,13 +110,7 @@ def main() -> None:
         "ours_pre": make_step(ours, data, patch_lengths=lengths),
         "hf": make_step(hf, data),
     }
-    times = {name: [] for name in steps}
-    for round_index in range(args.steps + 1):  # round-robin so machine load drifts hit all methods alike
-        for name, step in steps.items():
-            elapsed = step()
-            if round_index:  # round 0 is warm-up
-                times[name].append(elapsed)
-    rate = {name: data.numel() / statistics.median(t) for name, t in times.items()}
+    rate = {name: data.numel() / seconds for name, seconds in median_step_seconds(steps, args.steps).items()}
     ours_rate, ours_pre, hf_rate = rate["ours"], rate["ours_pre"], rate["hf"]
     print(f"median of {args.steps} interleaved steps; batch {args.batch} x {args.seq_len} bytes, {data.numel() / int((lengths > 0).sum()):.2f} bytes/patch")
     print(f"BLTForCausalLM, in-forward patching:    {ours_rate:9.0f} bytes/s  ({ours_rate / hf_rate:.2f}x)")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin, GradientCheckpointingLayer, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast, ModelOutput
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 from transformers.models.mistral.modeling_mistral import MistralDecoderLayer, MistralRMSNorm, MistralRotaryEmbedding
@@ -81,7 +81,7 @@ def check_padding(attention_mask: torch.Tensor, refuse_right: str | None = None)
                          "training / scoring (use_cache=False).")
 
 
-class BLTCrossAttention(nn.Module):
+class BLTCrossAttention(GradientCheckpointingLayer):  # (checkpointed with the layers: most saved bytes are here)
     """Cross-attention without RoPE between queries and a gathered set of keys per query group. Same parameters as
     Transformers' ``BltCrossAttention`` (q/k/v/o projections, RMSNorm on queries and on the key/value input) and the
     same residual quirk: the block returns ``queries + attention`` and callers add the queries once more."""

@@ -79,3 +79,19 @@ def train_tokens_per_second(model, input_ids: torch.LongTensor, *, steps: int = 
     seconds = median_seconds(step, device, repeats=steps)
     model.eval()
     return input_ids.numel() / seconds
+
+
+def saved_for_backward_bytes(model, **inputs) -> int:
+    """Bytes autograd keeps for the backward of one ``model(**inputs)`` forward: the activation memory that
+    activation checkpointing cuts (weights a matmul saves count too, although they take no extra memory). Counted
+    tensor by tensor, so it reads the same on every device and needs no allocator statistics."""
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(**inputs)
+    return total
