@@ -83,7 +83,8 @@ def compare_checkpointing(models: dict, data: torch.Tensor, rounds: int) -> None
         plain, checkpointed = saved[name, False], saved[name, True]
         plain_s, checkpointed_s = seconds[name, False], seconds[name, True]
         print(f"{name:18s} saved for backward {plain / 2**20:7.1f} -> {checkpointed / 2**20:6.1f} MiB "
-              f"({checkpointed / plain:.2f}x); step {plain_s:.2f} -> {checkpointed_s:.2f} s ({checkpointed_s / plain_s:.2f}x)")
+              f"({checkpointed / plain:.2f}x); step {plain_s:.2f} -> {checkpointed_s:.2f} s "
+              f"({checkpointed_s / plain_s:.2f}x)")
 
 
 def main() -> None:

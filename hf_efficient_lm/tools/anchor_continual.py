@@ -137,10 +137,13 @@ def _train_anchor(args, training_args, model, tokenizer, fingerprint: dict, resu
         # leaving ensure_weight_tying off, trained two copies, and PEFT 0.18 then kept the merged config tied, so a
         # later resize_token_embeddings re-tied them and silently dropped the trained head.
         tied = bool(model.config.tie_word_embeddings)
+        trained_fully = None  # EP and "none": the adapters alone
+        if args.anchor_mode == "ac":
+            trained_fully = ["embed_tokens"] if tied else ["embed_tokens", "lm_head"]
         lora = LoraConfig(
             r=args.lora_r, lora_alpha=args.lora_alpha, target_modules=list(args.lora_target_modules),
-            task_type="CAUSAL_LM", ensure_weight_tying=args.anchor_mode == "ac" and tied,
-            modules_to_save=None if args.anchor_mode != "ac" else ["embed_tokens"] if tied else ["embed_tokens", "lm_head"],
+            task_type="CAUSAL_LM", modules_to_save=trained_fully,
+            ensure_weight_tying=trained_fully is not None and tied,
         )
         model = get_peft_model(model, lora)
 
