@@ -322,6 +322,14 @@ def test_sdpa_equals_eager(case):
     )
 
 
+def _train(model, dataset, output_dir, resume_from_checkpoint=None, **arguments):
+    """``model`` after ``Trainer.train`` on ``dataset`` (CPU, no logging; ``arguments``: TrainingArguments)."""
+    args = TrainingArguments(output_dir=str(output_dir), report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
+                             **arguments)
+    Trainer(model=model, args=args, train_dataset=dataset).train(resume_from_checkpoint=resume_from_checkpoint)
+    return model
+
+
 @parametrize_cases
 def test_trainer_lowers_loss_on_repeated_batch(case, tmp_path):
     _skip_if_declared(case, "trainer")
@@ -337,12 +345,8 @@ def test_trainer_lowers_loss_on_repeated_batch(case, tmp_path):
             return model(input_ids=ids, labels=ids).loss.item()
 
     before = loss_now()
-    args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=8, per_device_train_batch_size=4, learning_rate=1e-2,
-        lr_scheduler_type="constant", save_strategy="no", report_to=[], use_cpu=True, logging_steps=4,
-        disable_tqdm=True,
-    )
-    Trainer(model=model, args=args, train_dataset=dataset).train()
+    _train(model, dataset, tmp_path, max_steps=8, per_device_train_batch_size=4, learning_rate=1e-2,
+           lr_scheduler_type="constant", save_strategy="no", logging_steps=4)
     assert loss_now() < before - 0.05
 
 
@@ -371,14 +375,6 @@ def test_trainer_label_smoothing_targets_the_next_token(case, tmp_path):
     dataset = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
     evaluated = Trainer(model=model, args=args, eval_dataset=dataset).evaluate()
     assert evaluated["eval_loss"] == pytest.approx(shifted, rel=1e-5)
-
-
-def _train(model, dataset, output_dir, resume_from_checkpoint=None, **arguments):
-    """``model`` after ``Trainer.train`` on ``dataset`` (CPU, no logging; ``arguments``: TrainingArguments)."""
-    args = TrainingArguments(output_dir=str(output_dir), report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
-                             **arguments)
-    Trainer(model=model, args=args, train_dataset=dataset).train(resume_from_checkpoint=resume_from_checkpoint)
-    return model
 
 
 def _flat_parameters(model) -> torch.Tensor:
@@ -524,8 +520,9 @@ def test_torch_compile_same_loss_and_gradients(case):
     torch.testing.assert_close(out.loss, eager.loss, atol=1e-6, rtol=0)
     model.zero_grad()
     out.loss.backward()
+    parameters = dict(model.named_parameters())
     for name, grad in plain.items():
-        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(parameters[name].grad, grad, atol=1e-6, rtol=1e-5, msg=name)
     # the traced graphs again (same shapes and grad mode, so no retrace), on other ids: nothing stale was kept
     other = _ids(case, batch=2, length=8, seed=1)
     torch.testing.assert_close(compiled(input_ids=other, labels=other, use_cache=False).logits,
