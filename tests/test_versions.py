@@ -11,7 +11,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 import transformers
+from transformers import DynamicCache
 
 from hf_efficient_lm.anchor import compat_anchor
 from hf_efficient_lm.blt import compat_blt
@@ -76,14 +78,19 @@ def test_cache_name_matches_the_installed_llama(module):
     assert module.CACHE_NAME in inspect.signature(LlamaForCausalLM.forward).parameters
 
 
-def test_resolve_cache_takes_either_name_and_refuses_two():
+def test_resolve_cache_takes_either_name_and_prefers_cache_unless_empty():
     cache, other = object(), object()
     for name in ("past_key_values", "cache_params"):
         kwargs = {name: cache, "x": 1}
         assert compat_anchor.resolve_cache(None, kwargs) is cache and kwargs == {"x": 1}
     assert compat_anchor.resolve_cache(cache, {}) is cache
-    with pytest.raises(ValueError, match="both `cache` and `past_key_values`"):
-        compat_anchor.resolve_cache(cache, {"past_key_values": other})
+    assert compat_anchor.resolve_cache(cache, {"past_key_values": other}) is cache  # as Transformers' deprecate_kwarg
+    assert compat_anchor.resolve_cache(cache, {"past_key_values": None}) is cache
+    filled = DynamicCache()
+    filled.update(torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4), 0)
+    # generate() on 5.24+ passes its own empty cache beside the prefix PEFT's prefix tuning puts in past_key_values
+    assert compat_anchor.resolve_cache(DynamicCache(), {"past_key_values": filled}) is filled
+    assert compat_anchor.resolve_cache(filled, {"past_key_values": DynamicCache()}) is filled
 
 
 def test_older_transformers_fails_at_package_import_with_one_line():

@@ -55,6 +55,7 @@ class AnchorCache(Cache):
         slot_info (`AnchorTokenInfo`): metadata ``[batch, slots]`` of the kept slots.
         anchors_seen (`torch.LongTensor`): ``[batch]`` anchors seen per row = id of the open sentence.
     """
+    max_cache_len = -1  # unbounded, as a DynamicCache (PEFT's prefix tuning reads it; the model then refuses a prefix)
 
     def __init__(self, config=None, num_hidden_layers: int | None = None, prune: bool = True):
         if num_hidden_layers is None:

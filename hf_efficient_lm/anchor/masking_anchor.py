@@ -125,17 +125,14 @@ def build_anchor_attention_mask(attn_implementation: str | None, queries: Anchor
     a flex ``BlockMask``; with ``lazy=True``, an sdpa mask over :data:`DENSE_MASK_MAX_ELEMENTS` entries is an
     :class:`AnchorAttentionMask`."""
     name = check_attn_implementation(attn_implementation)
-    if mask_function is None:
-        mask_function = ansan_mask_function(queries, keys, variant)
-    batch_size, q_length = queries.index.shape
-    kv_length = keys.index.shape[1]
+    mask_function = mask_function or ansan_mask_function(queries, keys, variant)
+    (batch_size, q_length), kv_length = queries.index.shape, keys.index.shape[1]
     if lazy and name == "sdpa" and batch_size * q_length * kv_length > DENSE_MASK_MAX_ELEMENTS:
         return AnchorAttentionMask(mask_function, batch_size, q_length, kv_length, queries.index.device)
     kwargs = {"sdpa": {"allow_is_causal_skip": False}, "eager": {"dtype": dtype}}.get(name, {})
-    return ALL_MASK_ATTENTION_FUNCTIONS[name](
-        batch_size=batch_size, q_length=q_length, kv_length=kv_length, mask_function=mask_function,
-        attention_mask=None, device=queries.index.device, **kwargs,
-    )
+    return ALL_MASK_ATTENTION_FUNCTIONS[name](batch_size=batch_size, q_length=q_length, kv_length=kv_length,
+                                              mask_function=mask_function, attention_mask=None,
+                                              device=queries.index.device, **kwargs)
 
 
 class AnchorAttentionMask:

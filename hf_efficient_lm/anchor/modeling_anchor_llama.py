@@ -8,6 +8,8 @@ to build the AnSAN mask and to drive :class:`AnchorCache`), so any Llama checkpo
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -34,8 +36,7 @@ from .masking_anchor import (
 )
 
 
-def chunked_sdpa_attention(module, query, key, value, mask: AnchorAttentionMask, dropout: float = 0.0, scaling=None,
-                           **kwargs):
+def chunked_sdpa_attention(module, query, key, value, mask: AnchorAttentionMask, dropout=0.0, scaling=None, **kwargs):
     """Transformers' sdpa attention under an :class:`AnchorAttentionMask` ``[batch, 1, q_len, kv_len]``, one block of
     query rows at a time: query ``[batch, heads, q_len, head_dim]``, key / value ``[batch, kv_heads, kv_len,
     head_dim]`` (cache slots, then the chunk's ``q_len`` tokens) -> ``([batch, q_len, heads, head_dim], None)``.
@@ -184,9 +185,8 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
             self.training or inputs_embeds.requires_grad
         ):
             raise ValueError("attn_implementation='flex_attention' cannot train on CPU: PyTorch's flex attention has "
-                             "no backward pass there (it trains on CUDA). On CPU use 'sdpa', whose AnSAN mask is built "
-                             "block by block for long inputs (linear memory); on CPU flex only runs uncached inference "
-                             "forwards (torch.no_grad).")
+                             "no backward pass there (it trains on CUDA). On CPU use 'sdpa' (its AnSAN mask is built "
+                             "block by block for long inputs: linear memory); flex runs only inference there.")
         if q_length == 1 and documents is None and attn_implementation != "flex_attention":
             # Decode step: a few ops on [batch, kv_len] instead of the generic builder, usually no mask at all.
             attention_mask_4d = decode_step_mask(queries, keys, variant)
@@ -221,6 +221,10 @@ class AnchorLlamaForCausalLM(AnchorLlamaPreTrainedModel, LlamaForCausalLM):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    @functools.wraps(LlamaForCausalLM.forward)  # (its signature, which generate() and the Trainer read)
+    def forward(self, *args, cache=None, **kwargs):  # Llama's would drop a second cache: PEFT prefix tuning's on 5.24+
+        return super().forward(*args, **{CACHE_NAME: resolve_cache(cache, kwargs)}, **kwargs)
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, mode, *args, **kwargs):
         if generation_config.cache_implementation not in (None, "dynamic"):

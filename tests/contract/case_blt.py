@@ -27,6 +27,9 @@ CASES = [
         # bytes are read as ids (patching, hash n-grams): Transformers refuses embeddings for a class that takes none
         inputs_embeds_error="You passed `inputs_embeds` to `.generate\\(\\)`, but the model class BLTForCausalLM",
         lora_target_modules=["global_transformer.layers.0.self_attn.q_proj", "global_transformer.layers.1.self_attn.v_proj"],
+        # PEFT cannot read the latent transformer's sizes from a BLTConfig: they are given, to reach BLT's own refusal
+        prefix_tuning_config={"num_layers": 2, "token_dim": 32, "num_attention_heads": 2},
+        prefix_tuning_error="the cache must be a BLTCache, got DynamicCache",
         skips={
             "padding_free": "BLT derives byte positions from the attention mask and patches from the entropy model; "
             "a padding-free row (position_ids restarting per document) is refused with a clear error "

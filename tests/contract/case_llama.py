@@ -1,5 +1,6 @@
 """The reference row: Transformers' own LlamaForCausalLM must pass every check the families pass."""
 
+from hf_efficient_lm.compat import CACHE_NAME
 from hf_efficient_lm.testing_utils import TINY_LLAMA_KWARGS, make_tiny_llama
 from tests.contract.common import ContractCase, random_ids
 
@@ -10,5 +11,8 @@ CASES = [
         make_input_ids=random_ids(TINY_LLAMA_KWARGS["vocab_size"]),
         trust_remote_code=False,
         invalid_config=("num_attention_heads", 7, "not a multiple of the number of attention heads"),
+        skips={"prefix_tuning": "on Transformers 5.24+ LlamaForCausalLM.forward keeps generate()'s empty `cache` and "
+               "drops the prefix PEFT passes as `past_key_values` (upstream; the families keep it)"}
+        if CACHE_NAME == "cache" else {},
     )
 ]

@@ -32,6 +32,7 @@ CHECKS = (
     "torch_compile",
     "bf16_autocast",
     "lora",
+    "prefix_tuning",
     "buffers",
     "resize_embeddings",
     "invalid_config",
@@ -68,6 +69,11 @@ class ContractCase:
         the named error ``generate(inputs_embeds=...)`` raises instead.
     assisted_decoding_error: for a class whose cache cannot drop rejected draft tokens (it prunes or folds them), the
         regex of the named error assisted decoding (``prompt_lookup_num_tokens``, ``assistant_model``) raises instead.
+    prefix_tuning_kwargs: ``(model, input_ids) -> dict``: what a forward over PEFT prefix tuning's filled cache needs
+        besides the ids (SconeLlama: the ids' own f-gram matches, since no f-gram reaches into virtual tokens).
+    prefix_tuning_config: ``PrefixTuningConfig`` sizes PEFT cannot read from this class's config.
+    prefix_tuning_error: for a class whose cache cannot start from PEFT's prefix (it keeps per-token bookkeeping), the
+        regex of the named error prefix-tuned ``generate()`` raises instead.
     """
 
     name: str
@@ -82,6 +88,9 @@ class ContractCase:
     inputs_embeds_kwargs: Callable[[PreTrainedModel, torch.LongTensor], dict] = lambda model, input_ids: {}
     inputs_embeds_error: str | None = None
     assisted_decoding_error: str | None = None
+    prefix_tuning_kwargs: Callable[[PreTrainedModel, torch.LongTensor], dict] = lambda model, input_ids: {}
+    prefix_tuning_config: dict = field(default_factory=dict)
+    prefix_tuning_error: str | None = None
 
     def __post_init__(self):
         unknown = set(self.skips) - set(CHECKS)

@@ -562,6 +562,36 @@ def test_peft_lora_trains_saves_reloads_merges(case, tmp_path):
 
 
 @parametrize_cases
+def test_peft_prefix_tuning_generates_what_its_forward_predicts(case):
+    """PEFT prefix tuning puts trained keys/values in the cache ahead of the prompt; greedy ``generate()`` must emit
+    what the prefix-tuned forward predicts at every step, and the prefix must change that (on Transformers 5.24+,
+    generate passes its own empty ``cache`` beside PEFT's ``past_key_values``: the prefix must not be dropped)."""
+    _skip_if_declared(case, "prefix_tuning")
+    from peft import PrefixTuningConfig, TaskType, get_peft_model
+
+    model = case.make_model().eval()
+    ids = _ids(case, length=8)
+    common = dict(attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False, pad_token_id=_pad_id(model))
+    config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4, **case.prefix_tuning_config)
+    if case.prefix_tuning_error is not None:
+        with pytest.raises((TypeError, ValueError), match=case.prefix_tuning_error):
+            get_peft_model(model, config).generate(input_ids=ids, **common)
+        return
+    plain = model.generate(ids, **common)
+    peft = get_peft_model(model, config)
+    with torch.no_grad():  # a trained-looking prefix (PEFT initialises it small), so it changes the continuation
+        for parameter in peft.prompt_encoder.parameters():
+            parameter.normal_(generator=torch.Generator().manual_seed(0))
+    generated = peft.generate(input_ids=ids, **common)
+    assert not torch.equal(generated, plain)
+    context, new = generated[:, :-1], generated[:, ids.shape[1]:]
+    predicted = _logits(peft, context, **case.prefix_tuning_kwargs(model, context))[:, ids.shape[1] - 1:].argmax(-1)
+    ended = torch.isin(new, torch.tensor(model.generation_config.eos_token_id)).cumsum(dim=1)
+    running = torch.cat([torch.zeros_like(ended[:, :1]), ended[:, :-1]], dim=1) == 0  # up to a row's EOS (then pads)
+    assert torch.equal(new[running], predicted[running])
+
+
+@parametrize_cases
 def test_buffers_survive_from_pretrained(case, tmp_path):
     _skip_if_declared(case, "buffers")
     model = case.make_model()
