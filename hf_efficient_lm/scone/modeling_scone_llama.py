@@ -355,9 +355,9 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
                 raise TypeError(f"SconeLlama cannot decode over a {type(cache).__name__} (continuous batching): its "
                                 "f-gram matching needs each sequence's token history; use generate()")
             if cache is not None and cache.get_seq_length() > 0:
-                raise ValueError("with a non-empty KV cache, input_ids hold only the new tokens, whose f-grams may "
-                                 "start in the history: pass fgram_row/fgram_len from model.match_fgrams(full_ids)"
-                                 "[..., -new:] (generate() does this for you)")
+                raise ValueError("over a filled KV cache pass fgram_row/fgram_len: model.match_fgrams(full_ids)[..., "
+                                 "-new:] when input_ids are new tokens after a history (generate() does this), "
+                                 "model.match_fgrams(input_ids) after PEFT prefix tuning's virtual tokens")
             documents = None
             if attention_mask is None and position_ids is not None:
                 # padding-free packed rows (positions restart per document): f-grams stay inside their document
