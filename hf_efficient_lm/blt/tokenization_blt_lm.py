@@ -158,10 +158,13 @@ class BLTTokenizer(PreTrainedTokenizer):
             return data.decode("utf-8", errors="blt_replace" if self.errors == "replace" else "ignore")
 
     def _decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None, **kwargs):
-        if isinstance(token_ids, int):
-            token_ids = [token_ids]
+        return self._bytes_to_text(self._ids_to_bytes(token_ids, skip_special_tokens))
+
+    def _ids_to_bytes(self, token_ids, skip_special_tokens: bool) -> bytes:
+        """The bytes of ``token_ids`` (an id, a list or a tensor); special ids as their strings unless skipped."""
+        token_ids = token_ids.tolist() if hasattr(token_ids, "tolist") else token_ids
         pieces: list[bytes] = []
-        for i in token_ids:
+        for i in [token_ids] if isinstance(token_ids, int) else token_ids:
             i = int(i)
             if i < 0 or i >= BLT_VOCAB_SIZE:
                 raise ValueError(f"id {i} is outside the BLT byte vocabulary [0, {BLT_VOCAB_SIZE})")
@@ -169,7 +172,7 @@ class BLTTokenizer(PreTrainedTokenizer):
                 pieces.append(bytes([i - BYTE_OFFSET]))
             elif not skip_special_tokens:
                 pieces.append(str(self._added_tokens_decoder[i]).encode("utf-8"))
-        return self._bytes_to_text(b"".join(pieces))
+        return b"".join(pieces)
 
     # ----- raw bytes --------------------------------------------------------------------------------------------
     def encode_bytes(self, data: bytes | bytearray, add_special_tokens: bool = True) -> list[int]:
@@ -181,16 +184,7 @@ class BLTTokenizer(PreTrainedTokenizer):
 
     def decode_bytes(self, token_ids) -> bytes:
         """Raw bytes of ``token_ids`` (special ids dropped); the exact inverse of :meth:`encode_bytes`."""
-        if hasattr(token_ids, "tolist"):
-            token_ids = token_ids.tolist()
-        out = bytearray()
-        for i in token_ids:
-            i = int(i)
-            if i < 0 or i >= BLT_VOCAB_SIZE:
-                raise ValueError(f"id {i} is outside the BLT byte vocabulary [0, {BLT_VOCAB_SIZE})")
-            if i >= BYTE_OFFSET:
-                out.append(i - BYTE_OFFSET)
-        return bytes(out)
+        return self._ids_to_bytes(token_ids, skip_special_tokens=True)
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
         # The vocabulary is fixed (256 bytes + 4 specials): nothing to write besides tokenizer_config.json.
