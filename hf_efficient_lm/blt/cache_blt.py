@@ -40,7 +40,6 @@ class BLTCache:
         self.latent_next_position = None  # [B] closed patches (of the document)
         self.decoder_patch = None  # [B, D_G] latent output the decoder reads
 
-    # ----------------------------------------------------------------------------------------------- updates
     def prefill(self, ids, attention_mask, encoder_states, starts, entropies, latent, decoder_patch_ids,
                 next_position) -> None:
         """Take over the state of the prompt's full forward: ids / attention_mask ``[B, N]`` (left padding only),
@@ -115,10 +114,8 @@ class BLTCache:
         """Rows ``closing`` decode from the latent state ``[B, D_G]`` of the patch they just closed."""
         self.decoder_patch = torch.where(closing.view(-1, 1), latent, self.decoder_patch)
 
-    # ----------------------------------------------------------------------------------------------- Cache API
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        """Bytes seen so far (slots, padding included)."""
-        return self.num_bytes
+        return self.num_bytes  # bytes seen so far (slots, padding included)
 
     def _map_rows(self, kv_method: str, arg, fn) -> None:
         for cache in (self.entropy, self.encoder, self.decoder, self.latent):

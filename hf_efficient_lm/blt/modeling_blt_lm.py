@@ -15,9 +15,11 @@ only when a patch closes), exactly equal to the full forward."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 from transformers import GenerationMixin, GradientCheckpointingLayer, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast, ModelOutput
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
@@ -90,7 +92,6 @@ class BLTCrossAttention(GradientCheckpointingLayer):  # (checkpointed with the l
         super().__init__()
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.hidden_size // self.num_heads
-        self.scaling = self.head_dim**-0.5
         hidden = config.hidden_size
         self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
@@ -107,22 +108,27 @@ class BLTCrossAttention(GradientCheckpointingLayer):  # (checkpointed with the l
         normed = self.k_norm(kv_states)
         shape = (*kv_states.shape[:-1], self.num_kv_heads, self.head_dim)
         keys, values = self.k_proj(normed).view(shape), self.v_proj(normed).view(shape)
+        query = self.q_proj(self.q_norm(queries)).unflatten(-1, (self.num_heads, self.head_dim)).transpose(2, 3)
+        # The backward recomputes the core (gathered keys/values, fp32 probabilities: most saved bytes) instead of keeping it
+        recompute = torch.is_grad_enabled() and not (self.gradient_checkpointing and self.training)  # (or the whole block)
+        attend = partial(checkpoint, self._attend, use_reentrant=False) if recompute else self._attend
+        out = attend(query, keys, values, key_valid, kv_index)
+        return self.o_proj(out.transpose(2, 3).flatten(-2)) + queries
+
+    def _attend(self, query, keys, values, key_valid, kv_index) -> torch.Tensor:
+        """query ``[B, G, H, Q, d]``, keys/values ``[B, G | 1, S | T, kv_heads, d]`` (see forward) -> ``[B, G, H, Q, d]``"""
         if kv_index is not None:  # slot s of group g is slot kv_index[b, g, s] of the one group
             flat = kv_index.flatten(1)[..., None, None].expand(-1, -1, *keys.shape[3:])  # [B, G * S, heads, dim]
             keys, values = (t[:, 0].gather(1, flat).view(*kv_index.shape, *t.shape[3:]) for t in (keys, values))
         rep = self.num_heads // self.num_kv_heads
         if rep > 1:
             keys, values = keys.repeat_interleave(rep, dim=-2), values.repeat_interleave(rep, dim=-2)
-        b, g, q, _ = queries.shape
-        query = self.q_proj(self.q_norm(queries)).view(b, g, q, self.num_heads, self.head_dim).transpose(2, 3)
         # batched matmuls over (B, G, H): [q, d] x [d, s] -> [q, s]
-        scores = torch.matmul(query, keys.permute(0, 1, 3, 4, 2)) * self.scaling
+        scores = torch.matmul(query, keys.permute(0, 1, 3, 4, 2)) * self.head_dim**-0.5
         if key_valid is not None:
             scores = scores.masked_fill(~key_valid[:, :, None, None, :], float("-inf"))
         probs = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(values.dtype)
-        out = torch.matmul(probs, values.transpose(2, 3))  # [B, G, H, q, d]
-        out = out.transpose(2, 3).reshape(b, g, q, self.num_heads * self.head_dim)
-        return self.o_proj(out) + queries
+        return torch.matmul(probs, values.transpose(2, 3))  # [B, G, H, q, d]
 
 
 class _LayerStack(nn.Module):
@@ -275,9 +281,8 @@ class BLTPreTrainedModel(AutoClassesMixin, PreTrainedModel):
 
     def freeze_entropy_model(self) -> None:
         """Entropy model parameters never train inside BLT (boundaries are a hard threshold on its entropies)."""
-        for module in self.modules():
-            if isinstance(module, BLTEntropyModel):
-                module.requires_grad_(False)
+        for module in (m for m in self.modules() if isinstance(m, BLTEntropyModel)):
+            module.requires_grad_(False)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

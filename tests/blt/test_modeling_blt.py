@@ -9,6 +9,7 @@ import torch
 
 from hf_efficient_lm import BLTConfig, BLTEntropyModel, BLTForCausalLM
 from hf_efficient_lm.blt import BLTEntropyConfig
+from hf_efficient_lm.blt.modeling_blt_lm import BLTCrossAttention
 from hf_efficient_lm.blt.compat_blt import CACHE_NAME, cache_of
 from hf_efficient_lm.tools.blt_testing import make_tiny_blt, random_bytes, tiny_blt_config
 
@@ -456,3 +457,36 @@ def test_attention_mask_values_other_than_0_and_1_are_refused():
             model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
     torch.testing.assert_close(model(input_ids=ids, attention_mask=torch.ones(ids.shape, dtype=torch.bool)).logits,
                                model(input_ids=ids).logits)
+
+
+def test_cross_attention_backward_recomputes_its_gathered_keys():
+    """In training a cross-attention keeps neither the keys/values it gathers per query group nor its fp32
+    probabilities: the backward recomputes that core (what the block would keep under whole-block checkpointing),
+    with the same output and gradients as keeping them (GQA: 4 heads over 2 key/value heads)."""
+    config = tiny_blt_config().decoder_config
+    torch.manual_seed(0)
+    layer = BLTCrossAttention(config).train()
+    batch, groups, slots, length = 2, 48, 4, 8  # 48 x 4 gathered slots read 8 projected states
+    queries = torch.randn(batch, groups, 1, config.hidden_size, requires_grad=True)
+    kv_states = torch.randn(batch, 1, length, config.hidden_size, requires_grad=True)
+    kv_index = torch.randint(0, length, (batch, groups, slots))
+    key_valid = torch.rand(batch, groups, slots) > 0.2
+
+    def run():
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
+                                                      lambda t: t):
+            out = layer(queries, kv_states, key_valid, kv_index)
+        return out, torch.autograd.grad(out.square().sum(), [queries, kv_states, *layer.parameters()]), sum(saved)
+
+    out, grads, recomputed = run()
+    # the reference keeps the core's tensors: the block "checkpointed" by a function that just runs it
+    layer.gradient_checkpointing, layer._gradient_checkpointing_func = True, lambda forward, *args: forward(*args)
+    ref_out, ref_grads, kept = run()
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=0)
+    for grad, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref, rtol=0, atol=0)
+    gathered = 2 * batch * groups * slots * config.num_key_value_heads * config.head_dim * 4  # keys + values, fp32
+    assert recomputed + gathered <= kept, (recomputed, kept, gathered)
+    with torch.no_grad():  # inference runs the core as it is
+        torch.testing.assert_close(layer(queries, kv_states, key_valid, kv_index), ref_out, rtol=0, atol=0)
