@@ -44,8 +44,10 @@ def _batch(name: str) -> torch.LongTensor:
     return CASES[name].make_input_ids(BATCH, LENGTH, torch.Generator().manual_seed(7))
 
 
-def _train(model, ids: torch.LongTensor, reduce=None) -> list[float]:
-    """``STEPS`` AdamW steps of the next-token loss on ``ids``; the (globally averaged) loss before each step."""
+def _train(model, ids: torch.LongTensor, reduce=None, bf16_compute: bool = False) -> list[float]:
+    """``STEPS`` AdamW steps of the next-token loss on ``ids``; the (globally averaged) loss before each step.
+    ``bf16_compute``: FSDP2's mixed precision in one process: each step a copy whose parameters (not buffers: RoPE
+    frequencies stay fp32) are bf16 computes the loss and gradients; the fp32 weights take the step."""
     model.train()
     # eps 1e-6, not 1e-8: Adam divides by |grad| + eps, so on a near-zero gradient the last-bit difference that the
     # reduce-scatter order makes (~1e-10) would become a weight difference of up to ~LR (seen: 2e-4 on 1 of 8,192
@@ -53,8 +55,13 @@ def _train(model, ids: torch.LongTensor, reduce=None) -> list[float]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, eps=1e-6)
     losses = []
     for _ in range(STEPS):
-        loss = model(input_ids=ids, labels=ids).loss
+        compute = copy.deepcopy(model) if bf16_compute else model
+        for param in compute.parameters() if bf16_compute else ():
+            param.data = param.data.to(torch.bfloat16)
+        loss = compute(input_ids=ids, labels=ids).loss
         loss.backward()
+        for master, param in zip(model.parameters(), compute.parameters()) if bf16_compute else ():
+            master.grad = None if param.grad is None else param.grad.float()
         optimizer.step()
         optimizer.zero_grad()
         losses.append(float(reduce(loss.detach()) if reduce else loss.detach()))
@@ -71,21 +78,8 @@ def _reference(name: str):
 
 @functools.lru_cache(maxsize=None)
 def _reference_bf16(name: str) -> list[float]:
-    """The unsharded losses on the whole batch in FSDP2's mixed precision: each step a copy whose parameters (not
-    buffers: RoPE frequencies stay fp32) are bf16 computes the loss and gradients; the fp32 weights take the step."""
-    weights, ids, losses = CASES[name].make_model().train(), _batch(name), []
-    optimizer = torch.optim.AdamW(weights.parameters(), lr=LR, eps=1e-6)
-    for _ in range(STEPS):
-        compute = copy.deepcopy(weights)
-        for param in compute.parameters():
-            param.data = param.data.to(torch.bfloat16)
-        loss = compute(input_ids=ids, labels=ids).loss
-        loss.backward()
-        for master, param in zip(weights.parameters(), compute.parameters()):
-            master.grad = None if param.grad is None else param.grad.float()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    return losses
+    """The unsharded losses on the whole batch in FSDP2's mixed precision (see :func:`_train`)."""
+    return _train(CASES[name].make_model(), _batch(name), bf16_compute=True)
 
 
 def shard(model, mp_policy=None) -> None:

@@ -9,8 +9,9 @@ import torch
 
 from hf_efficient_lm import BLTConfig, BLTEntropyModel, BLTForCausalLM
 from hf_efficient_lm.blt import BLTEntropyConfig
-from hf_efficient_lm.blt.modeling_blt_lm import BLTCrossAttention
 from hf_efficient_lm.blt.compat_blt import CACHE_NAME, cache_of
+from hf_efficient_lm.blt.modeling_blt_lm import BLTCrossAttention
+from hf_efficient_lm.eval.speed import saved_for_backward_bytes
 from hf_efficient_lm.tools.blt_testing import make_tiny_blt, random_bytes, tiny_blt_config
 
 
@@ -472,12 +473,12 @@ def test_cross_attention_backward_recomputes_its_gathered_keys():
     kv_index = torch.randint(0, length, (batch, groups, slots))
     key_valid = torch.rand(batch, groups, slots) > 0.2
 
+    inputs = dict(queries=queries, kv_states=kv_states, key_valid=key_valid, kv_index=kv_index)
+
     def run():
-        saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
-                                                      lambda t: t):
-            out = layer(queries, kv_states, key_valid, kv_index)
-        return out, torch.autograd.grad(out.square().sum(), [queries, kv_states, *layer.parameters()]), sum(saved)
+        out = layer(**inputs)
+        grads = torch.autograd.grad(out.square().sum(), [queries, kv_states, *layer.parameters()])
+        return out, grads, saved_for_backward_bytes(layer, **inputs)
 
     out, grads, recomputed = run()
     # the reference keeps the core's tensors: the block "checkpointed" by a function that just runs it
@@ -489,4 +490,4 @@ def test_cross_attention_backward_recomputes_its_gathered_keys():
     gathered = 2 * batch * groups * slots * config.num_key_value_heads * config.head_dim * 4  # keys + values, fp32
     assert recomputed + gathered <= kept, (recomputed, kept, gathered)
     with torch.no_grad():  # inference runs the core as it is
-        torch.testing.assert_close(layer(queries, kv_states, key_valid, kv_index), ref_out, rtol=0, atol=0)
+        torch.testing.assert_close(layer(**inputs), ref_out, rtol=0, atol=0)
