@@ -58,7 +58,7 @@ def test_local_path_typos_read_only_output_and_debug(tmp_path):
                                   str(read_only / "tok")), "cannot write to", "not writable")
 
     # --debug (or HFELM_DEBUG=1) keeps the traceback for bug reports
-    result = run_cli("--debug", "evaluate", "--model", typo, "--data-files", str(data))
+    result = run_cli("--debug", "evaluate", "--model", typo, "--data-files", str(data), fresh_process=True)
     assert result.returncode != 0 and "Traceback" in result.stderr and "FileNotFoundError" in result.stderr
 
 
