@@ -1,10 +1,8 @@
 """``BLTCache``: the state incremental BLT generation keeps between steps, and its updates (rows advance together).
 
-Byte level: ``entropy`` / ``encoder`` / ``decoder`` DynamicCaches (sliding window), byte ids, encoder byte states,
-positions. Patch level: the ``latent`` DynamicCache with a validity mask (a row that did not close a patch at a step
-leaves a masked hole), each row's open patch start and the latent output its decoder reads. The model calls
-:meth:`~BLTCache.prefill` after the prompt's full forward, then per byte :meth:`~BLTCache.add_byte`,
-:meth:`~BLTCache.next_byte_opens_patch` (:func:`boundary_rule`), :meth:`~BLTCache.close_patch` if a patch closes."""
+Byte-level and latent DynamicCaches, plus per-row state (a row that did not close a patch at a step leaves a masked
+latent hole). The model calls :meth:`~BLTCache.prefill` after the prompt's full forward, then per byte
+:meth:`~BLTCache.add_byte`, :meth:`~BLTCache.next_byte_opens_patch` (:func:`boundary_rule`), :meth:`~BLTCache.close_patch`."""
 
 from __future__ import annotations
 
@@ -25,10 +23,8 @@ class BLTCache:
 
     def __init__(self, config: BLTConfig):
         self.config = config
-        self.entropy = DynamicCache(config=config.entropy_config)
-        self.encoder = DynamicCache(config=config.encoder_config)
-        self.decoder = DynamicCache(config=config.decoder_config)
-        self.latent = DynamicCache(config=config.global_config)
+        self.entropy, self.encoder, self.decoder, self.latent = (DynamicCache(config=sub) for sub in (
+            config.entropy_config, config.encoder_config, config.decoder_config, config.global_config))
         self.num_bytes = 0  # slots seen, padding included
         self.byte_ids = None  # [B, T] ids (padding zeroed)
         self.byte_mask = None  # [B, T]
@@ -47,8 +43,7 @@ class BLTCache:
         the patch each byte's decoder reads ``[B, N]`` and the next byte's position ``[B]``. Latent slots of patches not
         yet complete are masked until :meth:`close_patch`, those of earlier documents (document masking) for good."""
         batch, length = ids.shape
-        self.num_bytes, self.byte_ids, self.encoder_states = length, ids, encoder_states
-        self.next_position = next_position
+        self.num_bytes, self.byte_ids, self.encoder_states, self.next_position = length, ids, encoder_states, next_position
         slot = torch.arange(length + 1, device=ids.device).expand(batch, -1)
         doc_start = (length - next_position).unsqueeze(1)  # slot of the next byte's document (else the first real)
         self.byte_mask = attention_mask * (slot[:, :length] >= doc_start)

@@ -164,9 +164,8 @@ class BLTConfig(PreTrainedConfig):
         sizes = self.encoder_hash_byte_group_size
         self.encoder_hash_byte_group_size = [int(n) for n in ([3, 4, 5, 6, 7, 8] if sizes is None else sizes)]
         self.validate_architecture()
-        # The local window lives in one place (like Transformers' BltConfig): copy it into the local sub-configs. Byte
-        # embeddings and LM head follow the top-level vocabulary (it grows with resize_token_embeddings; the entropy
-        # model keeps its 260 ids and sees added ids as BOE).
+        # The local window lives in one place (like Transformers' BltConfig); byte embeddings and LM head follow the
+        # top-level vocabulary (resize_token_embeddings grows it; the entropy model keeps 260 ids, added ids read as BOE).
         for sub in (self.encoder_config, self.decoder_config):
             sub.sliding_window, sub.vocab_size = self.local_attention_window_len, self.vocab_size
 

@@ -43,10 +43,9 @@ class BLTEntropyModel(AutoClassesMixin, MistralForCausalLM):
     @torch.no_grad()
     def entropies(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
                   position_ids: torch.LongTensor | None = None, cache=None, use_cache: bool = False, docs=None):
-        """Next-byte entropies (nats, fp32) ``[B, N]`` and the (updated) cache. ``H[:, t]`` is the uncertainty about
-        byte ``t + 1`` given bytes ``<= t``. With left padding pass ``attention_mask``; positions then count from each
-        row's first real byte. ``docs [B, N]`` (document of each byte, with positions counted per document):
-        block-causal attention, each document read alone."""
+        """Next-byte entropies (nats, fp32) ``[B, N]`` (``H[:, t]``: the uncertainty about byte ``t + 1``) and the cache.
+        With left padding pass ``attention_mask`` (positions then count from each row's first real byte); ``docs [B, N]``
+        (document of each byte, positions counted per document): block-causal attention, each document read alone."""
         if attention_mask is not None and position_ids is None and cache is None:  # count from the first real byte
             position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
         if docs is not None:  # Mistral's forward takes a 4-D mask as it is

@@ -90,9 +90,8 @@ class BLTCrossAttention(GradientCheckpointingLayer):  # (checkpointed with the l
 
     def __init__(self, config: BLTLocalConfig):
         super().__init__()
-        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.head_dim = config.hidden_size // self.num_heads
-        hidden = config.hidden_size
+        self.num_heads, self.num_kv_heads, hidden = config.num_attention_heads, config.num_key_value_heads, config.hidden_size
+        self.head_dim = hidden // self.num_heads
         self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
@@ -272,8 +271,7 @@ class BLTPreTrainedModel(AutoClassesMixin, PreTrainedModel):
 
     def __init__(self, config: BLTConfig, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
-        # PreTrainedModel resolves the attention implementation on the top config only; the Mistral/Llama layers read
-        # it from their sub-config, so hand it down where none was chosen explicitly.
+        # the Mistral/Llama layers read the attention implementation from their sub-config: hand down the top one's
         for key in config.sub_configs:
             sub = getattr(config, key)
             if sub is not None and sub._attn_implementation_internal is None:
@@ -347,7 +345,7 @@ class BLTModel(BLTPreTrainedModel):
     ) -> BLTModelOutput:
         """input_ids ``[B, N]`` byte ids; attention_mask ``[B, N]`` (padding around one run of real bytes per row; right
         padding only without the cache); patch_lengths ``[B, P]`` optional precomputed patches (rows sum to the real byte
-        count, or +1); ``position_ids`` ignored. With a non-empty ``cache`` only the new bytes are given."""
+        count, or +1); ``position_ids`` only mark padding-free rows. With a non-empty ``cache`` only the new bytes."""
         cache = resolve_cache(cache, kwargs)
         if inputs_embeds is not None or input_ids is None:
             raise ValueError("BLT needs input_ids (byte ids); inputs_embeds is not supported")
@@ -357,9 +355,12 @@ class BLTModel(BLTPreTrainedModel):
             raise ValueError(f"input_ids must be byte ids in [0, {self.config.vocab_size}); got values in "
                              f"[{int(input_ids.min())}, {int(input_ids.max())}]")
         # (not find_packed_sequence_indices: under torch.compile it never answers None, so every row looked packed)
-        if attention_mask is None and position_ids is not None and bool((position_ids.diff(dim=-1) != 1).any()):
-            raise ValueError("BLT does not take padding-free packed rows (position_ids restarting per document): pad one "
-                             "document per row, or pack documents separated by EOS (BLTConfig.document_mask)")
+        restarts = attention_mask is None and position_ids is not None and bool((position_ids.diff(dim=-1) != 1).any())
+        packed = position_ids.expand_as(input_ids) if restarts else None  # padding-free rows
+        if packed is not None and (bool(((packed != nn.functional.pad(packed[:, :-1] + 1, (1, 0))) & (packed != 0)).any())
+                                   or use_cache or cache is not None or patch_lengths is not None):
+            raise ValueError("padding-free packed rows (DataCollatorWithFlattening) need position_ids counting 0, 1, ... "
+                             "in each document, use_cache=False and no patch_lengths")
         if cache is not None and not isinstance(cache, BLTCache):
             raise TypeError(f"the cache must be a BLTCache, got {type(cache).__name__}")
         if output_attentions:
@@ -380,11 +381,11 @@ class BLTModel(BLTPreTrainedModel):
         else:
             use_cache = use_cache if use_cache is not None else cache is not None
             cache = (cache or BLTCache(self.config)) if use_cache else None
-            out = self._prefill(input_ids.long(), attention_mask, patch_lengths, cache, output_hidden_states)
+            out = self._prefill(input_ids.long(), attention_mask, patch_lengths, cache, output_hidden_states, packed)
         return out if return_dict else out.to_tuple()
 
-    def _prefill(self, input_ids, attention_mask, patch_lengths, cache, output_hidden_states) -> BLTModelOutput:
-        """The full forward over ``[B, N]`` bytes (training, scoring, a prompt); fills ``cache`` when given."""
+    def _prefill(self, input_ids, attention_mask, patch_lengths, cache, output_hidden_states, packed) -> BLTModelOutput:
+        """The full forward over ``[B, N]`` bytes (training, scoring, a prompt, ``packed`` rows); fills ``cache``."""
         batch, length = input_ids.shape
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
@@ -395,26 +396,29 @@ class BLTModel(BLTPreTrainedModel):
         c, ids = self.config, input_ids * attention_mask  # padding hashes like Meta's zero left-context
         eos = c.eos_token_id if c.document_mask else None
         rel = relative_positions(mask_2d, batch, length + 1, input_ids.device, ids, eos)  # [B, N + 1], per document
+        rel = rel if packed is None else torch.cat([packed, packed[:, -1:] + 1], dim=1)  # (packed: positions decide)
         position_ids = rel[:, :length].clamp(min=0)
-        docs = None if eos is None else (rel[:, :length] == 0).long().cumsum(dim=1)  # document of each byte
+        docs = None if eos is None and packed is None else (rel[:, :length] == 0).long().cumsum(dim=1)  # of each byte
         kv = (cache.entropy, cache.encoder, cache.latent, cache.decoder) if cache is not None else (None,) * 4
         need_entropies = patch_lengths is None or cache is not None  # precomputed patches skip it unless cached
         entropies = self._entropies(ids, mask_2d, position_ids, kv[0], docs) if need_entropies else None
         if patch_lengths is None:
             starts = patch_starts(c.patching_mode, ids, entropies=entropies, max_patch_length=c.max_patch_length,
-                                  attention_mask=mask_2d, eos_id=eos, **rule_settings(c))
+                                  attention_mask=mask_2d, eos_id=eos, positions=packed, **rule_settings(c))
         else:
             starts = starts_from_patch_lengths(patch_lengths.to(input_ids.device), length, mask_2d)
             if eos is not None and bool(((rel[:, :length] == 0) & ~starts[:, :length]).any()):
                 raise ValueError("patch_lengths: a patch spans two documents (document_mask: each EOS ends a patch)")
-            starts = starts if eos is None else starts | (rel == 0)  # also the next-byte slot after an EOS
-        byte_states = self.local_encoder.run_layers(self.embed_bytes(ids, None if eos is None else position_ids),
+        next_closed = None if packed is None else ((rel[:, 1:] == 0) & ~starts[:, 1:]).long()  # (see patch_starts)
+        starts = starts if docs is None else starts | (rel == 0)  # each document opens a patch (EOS: its next byte)
+        byte_states = self.local_encoder.run_layers(self.embed_bytes(ids, None if docs is None else position_ids),
                                                     mask_2d, position_ids, kv[1], docs)
         gather_index, gather_valid, decoder_patch_ids, num_patches = patch_layout(starts, mask_2d)
+        decoder_patch_ids = decoder_patch_ids if next_closed is None else decoder_patch_ids - next_closed
         patch_vectors = self.local_encoder.patch_vectors(byte_states, gather_index, gather_valid)
         latent_positions = torch.arange(num_patches, device=input_ids.device).unsqueeze(0).expand(batch, -1)
-        latent_docs = None if eos is None else docs.gather(1, gather_index[:, :, 0])  # the document of its first byte
-        if eos is not None:  # latent positions count from the document's first patch
+        latent_docs = None if docs is None else docs.gather(1, gather_index[:, :, 0])  # the document of its first byte
+        if docs is not None:  # latent positions count from the document's first patch
             new = torch.cat([torch.ones_like(latent_docs[:, :1]), latent_docs[:, 1:] - latent_docs[:, :-1]], 1) != 0
             latent_positions = latent_positions - torch.cummax(latent_positions * new, dim=1).values
         latent = self.global_transformer(patch_vectors, latent_positions, None, kv[2], latent_docs)

@@ -104,10 +104,12 @@ def boundary_rule(mode: str, rel: torch.Tensor, *, entropy=None, prev_entropy=No
 def patch_starts(mode: str, input_ids: torch.Tensor | None, entropies: torch.Tensor | None = None,
                  threshold: float | None = None, patch_size: int | None = None, max_patch_length: int | None = None,
                  attention_mask: torch.Tensor | None = None, shape: tuple[int, int] | None = None,
-                 threshold_add: float | None = None, meta_start: bool = True, eos_id: int | None = None) -> torch.Tensor:
+                 threshold_add: float | None = None, meta_start: bool = True, eos_id: int | None = None,
+                 positions: torch.Tensor | None = None) -> torch.Tensor:
     """Start mask ``[B, N + 1]`` of ``mode`` over ``input_ids [B, N]`` (or ``shape = (B, N)`` for modes that read no
     ids), with next-byte ``entropies [B, N]`` for the entropy modes: :func:`boundary_rule` on every slot at once;
-    ``eos_id`` (document masking, ids needed): each document is patched as if alone."""
+    ``eos_id`` (document masking, ids needed): each document is patched as if alone. So with ``positions [B, N]``
+    (padding-free rows), except that a document's first slot holds the previous one's next-byte decision (callers open it)."""
     check_patching(mode, threshold if mode.startswith("entropy") else None, patch_size, max_patch_length,
                    threshold_add if mode == "entropy_combined" else None)
     source = input_ids if input_ids is not None else entropies
@@ -124,7 +126,8 @@ def patch_starts(mode: str, input_ids: torch.Tensor | None, entropies: torch.Ten
     elif mode == "space":
         previous = _shift_right(input_ids, 0)
         facts = dict(byte=previous, prev_byte=_shift_right(previous[:, :-1], 0))
-    rel = relative_positions(attention_mask, batch, length + 1, device, input_ids, eos_id)
+    rel = relative_positions(attention_mask, batch, length + 1, device, input_ids, eos_id) if positions is None else \
+        _shift_right(positions + 1, 0)
     fire = boundary_rule(mode, rel, threshold=threshold, patch_size=patch_size, threshold_add=threshold_add,
                          meta_start=meta_start, **facts)
     # slots before the row's first real byte and after its next-byte slot (right padding) never open a patch

@@ -382,15 +382,60 @@ def test_static_cache_and_foreign_cache_are_clear_errors():
         model(x, use_cache=True, **{CACHE_NAME: DynamicCache(config=model.config)})
 
 
-def test_padding_free_rows_are_refused():
-    """A padding-free packed row (position ids restarting per document, no mask) would silently run across
-    documents: BLT's byte positions and patches come from the attention mask, so it is refused by name."""
+PACKED_MODES = MODES + [dict(patching_mode="entropy_combined", patching_threshold_add=0.0),
+                        dict(patching_mode="entropy_combined", patching_threshold_add=0.0, patching_meta_start=False),
+                        dict(patching_mode="space", max_patch_length=3), dict(document_mask=True)]
+
+
+@pytest.mark.parametrize("overrides", PACKED_MODES, ids=lambda o: "-".join(f"{v}" for v in o.values()))
+@torch.no_grad()
+def test_padding_free_rows_compute_each_document_alone(overrides):
+    """DataCollatorWithFlattening's rows (no mask, position ids restarting at 0 per document): every byte has the
+    logits it has alone. The hard slot is a document's last byte: the next slot opens a patch for the next document,
+    while alone the rule may keep the last patch open, and the decoder must read the latent of that decision. Both
+    decisions occur at the boundaries here (random lengths 1..8, spaces for the space rule)."""
+    model = make_tiny_blt(seed=1, **overrides)
+    generator, decisions = torch.Generator().manual_seed(5), []
+    for _ in range(5):
+        lengths = torch.randint(1, 9, (4,), generator=generator).tolist()
+        documents = [random_bytes(1, n, generator)[0] for n in lengths]
+        for document in documents:
+            document[torch.rand(len(document), generator=generator) < 0.3] = 36  # " "
+        position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+        packed = model(torch.cat(documents)[None], position_ids=position_ids).logits[0].split(lengths)
+        for i, (document, logits) in enumerate(zip(documents, packed)):
+            alone = model.model(document[None])
+            torch.testing.assert_close(logits, model.lm_head(alone.last_hidden_state)[0].float(), atol=1e-5, rtol=0)
+            decisions += [bool(alone.patch_starts[0, -1])] if i < len(documents) - 1 else []
+    if overrides.get("patching_mode") != "byte":  # (every byte is a patch: the next one always opens)
+        assert 0 < sum(decisions) < len(decisions), decisions
+
+
+def test_padding_free_training_loss_is_the_documents_loss():
+    """Trainer-style batch from DataCollatorWithFlattening: its loss is the byte-weighted mean of the documents' own."""
+    from transformers import DataCollatorWithFlattening
+
+    model = make_tiny_blt(seed=2)
+    documents = [_bytes(1, n, seed=n)[0].tolist() for n in (9, 4, 12)]
+    batch = DataCollatorWithFlattening()([{"input_ids": ids} for ids in documents])
+    assert batch["position_ids"].shape == batch["input_ids"].shape and "attention_mask" not in batch
+    loss = model(**batch).loss
+    alone = [model(torch.tensor([ids]), labels=torch.tensor([ids])).loss * (len(ids) - 1) for ids in documents]
+    torch.testing.assert_close(loss, sum(alone) / sum(len(ids) - 1 for ids in documents), atol=1e-5, rtol=0)
+    loss.backward()
+    assert model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_padding_free_rows_that_are_not_documents_are_refused():
     model = make_tiny_blt()
-    ids = random_bytes(1, 12)
-    position_ids = torch.cat([torch.arange(7), torch.arange(5)])[None]
-    with pytest.raises(ValueError, match="padding-free packed rows"):
-        model(ids, position_ids=position_ids)
-    model(ids, position_ids=torch.arange(12)[None])  # one document's own positions are fine
+    ids, documents = random_bytes(1, 12), torch.cat([torch.arange(7), torch.arange(5)])[None]
+    for position_ids, extra in [(torch.cat([torch.arange(7), torch.arange(3, 8)])[None], {}),  # restarts at 3
+                                (torch.cat([torch.arange(2, 9), torch.arange(5)])[None], {}),  # first not at 0
+                                (documents, {"use_cache": True}),
+                                (documents, {"patch_lengths": torch.ones(1, 12, dtype=torch.long)})]:
+        with pytest.raises(ValueError, match="padding-free packed rows .* need position_ids counting 0, 1"):
+            model(ids, position_ids=position_ids, **extra)
+    model(ids, position_ids=torch.arange(12)[None] + 5)  # one document's own positions (any offset) are no packing
 
 
 @torch.no_grad()
@@ -399,13 +444,14 @@ def test_compiled_forward_generates_like_eager():
     ``find_packed_sequence_indices``, which never answers None while compiling, so every ``generate()`` (no mask,
     position ids given) was refused as packed rows."""
     model = make_tiny_blt(seed=3)
-    prompt = _bytes(1, 12, seed=5)
+    prompt, packed = _bytes(1, 12, seed=5), torch.cat([torch.arange(7), torch.arange(5)])[None]
     eager = model.generate(prompt, max_new_tokens=2, do_sample=False)  # the prefill and one cached step
+    eager_packed = model(prompt, position_ids=packed).logits  # padding-free: two documents
+    assert (eager_packed - model(prompt).logits).abs().max() > 1e-2
     torch._dynamo.reset()
     model.forward = torch.compile(model.forward, backend="eager")  # dynamo's tracing only, no compiler needed
     assert torch.equal(model.generate(prompt, max_new_tokens=2, do_sample=False), eager)
-    with pytest.raises(ValueError, match="padding-free packed rows"):  # packed rows are still refused
-        model(prompt, position_ids=torch.cat([torch.arange(7), torch.arange(5)])[None])
+    torch.testing.assert_close(model(prompt, position_ids=packed).logits, eager_packed, atol=1e-6, rtol=0)
 
 
 @torch.no_grad()

@@ -31,9 +31,6 @@ CASES = [
         prefix_tuning_config={"num_layers": 2, "token_dim": 32, "num_attention_heads": 2},
         prefix_tuning_error="the cache must be a BLTCache, got DynamicCache",
         skips={
-            "padding_free": "BLT derives byte positions from the attention mask and patches from the entropy model; "
-            "a padding-free row (position_ids restarting per document) is refused with a clear error "
-            "(tests/blt/test_modeling_blt.py::test_padding_free_rows_are_refused)",
             "outputs": "hidden states come per stage (encoder bytes, latent patches, decoder bytes) and only from the "
             "full forward; cached steps refuse output_hidden_states with a clear error "
             "(tests/blt/test_modeling_blt.py::test_output_hidden_states_return_dict_and_flags)",
