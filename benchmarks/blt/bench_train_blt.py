@@ -1,9 +1,12 @@
 """Training throughput (bytes/s, forward + backward + AdamW step) of BLTForCausalLM vs Transformers' Blt on the same
 weights, with in-forward entropy patching and with precomputed patch lengths (the dataset-column path).
 ``--checkpointing``: instead, what activation checkpointing saves: the bytes autograd keeps for the backward and the
-step time, plain vs checkpointed, for both models.
+step time, plain vs checkpointed, for both models. ``--padding-free``: instead, ours on ``--batch`` corpus paragraphs
+(varied lengths, cut at ``--seq-len``) as one right-padded batch vs one ``DataCollatorWithFlattening`` row: real
+bytes/s of a training step and the bytes autograd keeps.
 
     nice -n 10 python benchmarks/blt/bench_train_blt.py --batch 4 --seq-len 512 [--checkpointing]
+    nice -n 10 python benchmarks/blt/bench_train_blt.py --batch 16 --seq-len 512 --padding-free
 """
 
 from __future__ import annotations
@@ -18,18 +21,19 @@ from common_blt import add_reference_size_options, corpus_bytes, reference_blt  
 
 from hf_efficient_lm import BLTForCausalLM  # noqa: E402
 from hf_efficient_lm.blt import patch_lengths_from_starts  # noqa: E402
+from hf_efficient_lm.data import corpus_texts  # noqa: E402
 from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args  # noqa: E402
 from hf_efficient_lm.eval.speed import saved_for_backward_bytes  # noqa: E402
 
 
-def make_step(model, batch, **kwargs):
-    """One training step (forward + backward + AdamW) as a closure; returns its wall time."""
+def make_step(model, batch, labels=None, **kwargs):
+    """One training step (forward + backward + AdamW) as a closure; returns its wall time. Labels: ``batch``."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step() -> float:
         model.train()
         start = time.perf_counter()
-        loss = model(batch, labels=batch, use_cache=False, **kwargs).loss
+        loss = model(batch, labels=batch if labels is None else labels, use_cache=False, **kwargs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -87,12 +91,39 @@ def compare_checkpointing(models: dict, data: torch.Tensor, rounds: int) -> None
               f"({checkpointed_s / plain_s:.2f}x)")
 
 
+def compare_padding_free(model, batch: int, max_bytes: int, rounds: int) -> None:
+    """Training steps on the same documents: right-padded ``[batch, longest]`` vs one padding-free row."""
+    from transformers import DataCollatorWithFlattening
+
+    paragraphs = [p for text in corpus_texts("pydocs", "valid", limit=20) for p in text.split("\n\n") if len(p) >= 16]
+    documents = [[1] + [b + 4 for b in text.encode("utf-8")[: max_bytes - 1]] for text in paragraphs[:batch]]
+    longest = max(len(ids) for ids in documents)
+    padded = torch.zeros(len(documents), longest, dtype=torch.long)
+    mask = torch.zeros_like(padded)
+    for row, ids in enumerate(documents):
+        padded[row, : len(ids)], mask[row, : len(ids)] = torch.tensor(ids), 1
+    labels = padded.masked_fill(mask == 0, -100)
+    flat = DataCollatorWithFlattening()([{"input_ids": ids} for ids in documents])
+    inputs = {"padded": dict(input_ids=padded, attention_mask=mask, labels=labels), "padding-free": flat}
+    steps = {"padded": make_step(model, padded, labels=labels, attention_mask=mask),
+             "padding-free": make_step(model, flat["input_ids"], labels=flat["labels"], position_ids=flat["position_ids"])}
+    saved = {name: saved_for_backward_bytes(model, **batch, use_cache=False) for name, batch in inputs.items()}
+    seconds = median_step_seconds(steps, rounds)
+    real = sum(len(ids) for ids in documents)
+    print(f"{len(documents)} documents of {sorted(len(ids) for ids in documents)} bytes ({real} real, padded batch "
+          f"{padded.numel()} slots); median of {rounds} interleaved steps")
+    for name in inputs:
+        print(f"{name:13s} {real / seconds[name]:9.0f} real bytes/s ({seconds['padded'] / seconds[name]:.2f}x), "
+              f"saved for backward {saved[name] / 2**20:7.1f} MiB ({saved[name] / saved['padded']:.2f}x)")
+
+
 def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--checkpointing", action="store_true", help="measure activation checkpointing instead")
+    parser.add_argument("--padding-free", action="store_true", help="measure padded vs padding-free rows instead")
     add_reference_size_options(parser)
     args = parse_benchmark_args(parser)
     data = corpus_bytes(args.batch * args.seq_len).view(args.batch, args.seq_len).clone()
@@ -103,6 +134,9 @@ def main() -> None:
         ours = BLTForCausalLM.from_pretrained(tmp)
     if args.checkpointing:
         compare_checkpointing({"BLTForCausalLM": ours, "Transformers Blt": hf}, data, args.steps)
+        return
+    if args.padding_free:
+        compare_padding_free(ours, args.batch, args.seq_len, args.steps)
         return
     with torch.no_grad():
         lengths = patch_lengths_from_starts(ours.model(data).patch_starts, include_next=True)
