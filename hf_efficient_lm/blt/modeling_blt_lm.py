@@ -345,7 +345,7 @@ class BLTModel(BLTPreTrainedModel):
     ) -> BLTModelOutput:
         """input_ids ``[B, N]`` byte ids; attention_mask ``[B, N]`` (padding around one run of real bytes per row; right
         padding only without the cache); patch_lengths ``[B, P]`` optional precomputed patches (rows sum to the real byte
-        count, or +1); ``position_ids`` only mark padding-free rows. With a non-empty ``cache`` only the new bytes."""
+        count, or +1); ``position_ids`` only mark padding-free rows; with a non-empty ``cache``, the new bytes only."""
         cache = resolve_cache(cache, kwargs)
         if inputs_embeds is not None or input_ids is None:
             raise ValueError("BLT needs input_ids (byte ids); inputs_embeds is not supported")
