@@ -1,8 +1,10 @@
-"""Small shared test helpers: documents written by the tests themselves, the 2-process DDP launcher and a Trainer
-killed mid-run."""
+"""Small shared test helpers: documents written by the tests themselves, the CLI run as the console script runs it,
+the 2-process DDP launcher and a Trainer killed mid-run."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -10,9 +12,11 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega", "model", "token", "cache", "anchor", "byte", "patch", "expert", "cluster"]
 
 
@@ -79,6 +83,46 @@ DDP_PARITY_TRAINER_ARGS = [
     "--seed", "0", "--train_sampling_strategy", "sequential", "--disable_tqdm", "true",
     "--dataloader_pin_memory", "false",
 ]
+
+
+def run_cli(*args: str, timeout: int = 300, script: Path | None = None,
+            fresh_process: bool = False) -> subprocess.CompletedProcess:
+    """``hf-efficient-lm ARGS``: its exit status and what it printed.
+
+    By default in this process, through the wrapper the console script itself runs (``cli.run_cli(cli.main)``, see
+    ``cli.console_main``): a fresh interpreter spends ~5 s importing torch and Transformers before the command
+    starts. ``fresh_process=True`` (or a ``script``) runs ``python -m hf_efficient_lm.cli ARGS`` (the script) in a
+    new process instead, for what only a real interpreter shows (an uncaught traceback).
+    """
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if script is not None or fresh_process:
+        command = [sys.executable, str(script)] if script else [sys.executable, "-m", "hf_efficient_lm.cli"]
+        env = {**os.environ, **env, "OMP_NUM_THREADS": "1"}
+        env.pop("HFELM_DEBUG", None)
+        return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    from hf_efficient_lm import cli
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with mock.patch.dict(os.environ, env), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        os.environ.pop(cli.DEBUG_ENV, None)  # (restored by patch.dict)
+        try:
+            status = cli.run_cli(cli.main, list(args), prog=cli.PROG)
+        except SystemExit as stop:  # argparse's usage errors, as the interpreter would turn them into a status
+            status = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+            if isinstance(stop.code, str):
+                print(stop.code, file=sys.stderr)
+    return subprocess.CompletedProcess(["hf-efficient-lm", *args], status, stdout.getvalue(), stderr.getvalue())
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit status 2, no traceback, and one ``error:`` line holding every needle."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, result.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
 
 
 def _free_port() -> int:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_documents, write_jsonl
-from tests.test_reliability import assert_one_line_error, run_cli
+from tests.helpers import assert_one_line_error, make_documents, run_cli, write_jsonl
 
 
 def _read_only_dir(tmp_path: Path) -> Path:

@@ -1,11 +1,9 @@
 """Issue #15, "silent wrong results": every case refuses (or says what it does) instead of returning a wrong figure.
 
-CLI cases run the console script's wrapper (:func:`run_cli`) and check exit status 2 with a one-line message naming
+CLI cases run the console script's wrapper (``tests.helpers.run_cli``) and check exit status 2 with a one-line message naming
 the problem.
 """
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -13,7 +11,6 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
@@ -23,49 +20,9 @@ from hf_efficient_lm.data import iter_texts, tokenizer_digest, train_tokenizer
 from hf_efficient_lm.io_utils import atomic_dir, atomic_file
 from hf_efficient_lm.train import parse_pretrain_args, run_pretrain
 from hf_efficient_lm.train.run_dir import FINGERPRINT_FILE, OutputDirLockedError, lock_output_dir
-from tests.helpers import make_documents, write_jsonl, write_tiny_corpus
+from tests.helpers import assert_one_line_error, make_documents, run_cli, write_jsonl, write_tiny_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args: str, timeout: int = 300, script: Path | None = None,
-            fresh_process: bool = False) -> subprocess.CompletedProcess:
-    """``hf-efficient-lm ARGS``: its exit status and what it printed.
-
-    By default in this process, through the wrapper the console script itself runs (``cli.run_cli(cli.main)``, see
-    ``cli.console_main``): a fresh interpreter spends ~5 s importing torch and Transformers before the command
-    starts. ``fresh_process=True`` (or a ``script``) runs ``python -m hf_efficient_lm.cli ARGS`` (the script) in a
-    new process instead, for what only a real interpreter shows (an uncaught traceback).
-    """
-    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if script is not None or fresh_process:
-        command = [sys.executable, str(script)] if script else [sys.executable, "-m", "hf_efficient_lm.cli"]
-        env = {**os.environ, **env, "OMP_NUM_THREADS": "1"}
-        env.pop("HFELM_DEBUG", None)
-        return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
-    from hf_efficient_lm import cli
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with mock.patch.dict(os.environ, env), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        os.environ.pop(cli.DEBUG_ENV, None)  # (restored by patch.dict)
-        try:
-            status = cli.run_cli(cli.main, list(args), prog=cli.PROG)
-        except SystemExit as stop:  # argparse's usage errors, as the interpreter would turn them into a status
-            status = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
-            if isinstance(stop.code, str):
-                print(stop.code, file=sys.stderr)
-    return subprocess.CompletedProcess(["hf-efficient-lm", *args], status, stdout.getvalue(), stderr.getvalue())
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
-    """Exit status 2, no traceback, and one ``error:`` line holding every needle."""
-    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(lines) == 1, result.stderr[-3000:]
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
