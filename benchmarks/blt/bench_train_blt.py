@@ -20,20 +20,20 @@ import torch
 from common_blt import add_reference_size_options, corpus_bytes, reference_blt  # noqa: E402
 
 from hf_efficient_lm import BLTForCausalLM  # noqa: E402
-from hf_efficient_lm.blt import patch_lengths_from_starts  # noqa: E402
+from hf_efficient_lm.blt import BLTDataCollator, patch_lengths_from_starts, text_to_ids  # noqa: E402
 from hf_efficient_lm.data import corpus_texts  # noqa: E402
 from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args  # noqa: E402
 from hf_efficient_lm.eval.speed import saved_for_backward_bytes  # noqa: E402
 
 
-def make_step(model, batch, labels=None, **kwargs):
-    """One training step (forward + backward + AdamW) as a closure; returns its wall time. Labels: ``batch``."""
+def make_step(model, input_ids, labels=None, **kwargs):
+    """One training step (forward + backward + AdamW) as a closure; returns its wall time. Labels: ``input_ids``."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step() -> float:
         model.train()
         start = time.perf_counter()
-        loss = model(batch, labels=batch if labels is None else labels, use_cache=False, **kwargs).loss
+        loss = model(input_ids, labels=input_ids if labels is None else labels, use_cache=False, **kwargs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -96,22 +96,16 @@ def compare_padding_free(model, batch: int, max_bytes: int, rounds: int) -> None
     from transformers import DataCollatorWithFlattening
 
     paragraphs = [p for text in corpus_texts("pydocs", "valid", limit=20) for p in text.split("\n\n") if len(p) >= 16]
-    documents = [[1] + [b + 4 for b in text.encode("utf-8")[: max_bytes - 1]] for text in paragraphs[:batch]]
-    longest = max(len(ids) for ids in documents)
-    padded = torch.zeros(len(documents), longest, dtype=torch.long)
-    mask = torch.zeros_like(padded)
-    for row, ids in enumerate(documents):
-        padded[row, : len(ids)], mask[row, : len(ids)] = torch.tensor(ids), 1
-    labels = padded.masked_fill(mask == 0, -100)
+    documents = [text_to_ids(text, add_eos=False)[:max_bytes] for text in paragraphs[:batch]]
+    padded = BLTDataCollator()([{"input_ids": ids} for ids in documents])  # right-padded, -100 labels on padding
     flat = DataCollatorWithFlattening()([{"input_ids": ids} for ids in documents])
-    inputs = {"padded": dict(input_ids=padded, attention_mask=mask, labels=labels), "padding-free": flat}
-    steps = {"padded": make_step(model, padded, labels=labels, attention_mask=mask),
-             "padding-free": make_step(model, flat["input_ids"], labels=flat["labels"], position_ids=flat["position_ids"])}
+    inputs = {"padded": padded, "padding-free": flat}
+    steps = {name: make_step(model, **batch) for name, batch in inputs.items()}
     saved = {name: saved_for_backward_bytes(model, **batch, use_cache=False) for name, batch in inputs.items()}
     seconds = median_step_seconds(steps, rounds)
     real = sum(len(ids) for ids in documents)
     print(f"{len(documents)} documents of {sorted(len(ids) for ids in documents)} bytes ({real} real, padded batch "
-          f"{padded.numel()} slots); median of {rounds} interleaved steps")
+          f"{padded['input_ids'].numel()} slots); median of {rounds} interleaved steps")
     for name in inputs:
         print(f"{name:13s} {real / seconds[name]:9.0f} real bytes/s ({seconds['padded'] / seconds[name]:.2f}x), "
               f"saved for backward {saved[name] / 2**20:7.1f} MiB ({saved[name] / saved['padded']:.2f}x)")
