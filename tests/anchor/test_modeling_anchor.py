@@ -165,6 +165,37 @@ def test_generate_with_anchor_cache_equals_no_cache(model, kwargs):
 
 
 @torch.no_grad()
+def test_beams_that_close_sentences_at_different_steps_decode_exactly(anchor_llama_dir):
+    """Beams of one prompt that emit anchors at different steps keep different slots; every beam step reorders the
+    rows, and each row's slot metadata (sentence ids, anchor flags, open sentence) must move with its keys. Id 95
+    is made an anchor: this tiny model emits it mid-generation in some beams and not in others."""
+    ids, mask = _prompt_batch()
+    model = AnchorLlamaForCausalLM.from_pretrained(anchor_llama_dir, anchor_token_ids=[*ANCHOR_IDS, 95]).eval()
+    common = dict(attention_mask=mask, max_new_tokens=14, pad_token_id=0, do_sample=False, num_beams=3,
+                  num_return_sequences=3)
+    cached = model.generate(ids, **common)
+    assert torch.equal(cached, model.generate(ids, use_cache=False, **common))
+    # the state is not degenerate: the returned beams of prompt 0 close sentences at different steps
+    anchor_steps = {tuple((row == 95).nonzero().flatten().tolist()) for row in cached[:3, ids.shape[1]:]}
+    assert len(anchor_steps) > 1, anchor_steps
+
+
+@torch.no_grad()
+def test_batch_select_indices_keeps_each_selected_rows_slots(model):
+    """``Cache.batch_select_indices`` (a public cache method) keeps the chosen rows, with their own kept slots and
+    slot metadata: a step after it equals the full masked forward of those rows."""
+    ids = anchored_ids(3, 12, seed=5)
+    cache = model(ids, use_cache=True).past_key_values
+    kept = cache.cached_tokens_per_row()
+    assert kept[0] != kept[2], kept  # the state is not degenerate: the rows keep different slots
+    cache.batch_select_indices(torch.tensor([2, 0]))
+    assert cache.cached_tokens_per_row() == [kept[2], kept[0]]
+    step = torch.tensor([[9], [11]])
+    expected = model(torch.cat([ids[[2, 0]], step], dim=1)).logits[:, -1:]
+    torch.testing.assert_close(model(step, past_key_values=cache).logits, expected, atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
 def test_generate_prunes_generated_anchors(anchor_llama_dir, llama):
     # A random tiny model rarely emits ids 5/6; pick as anchor the token it generates most (a probe run with Llama),
     # so generated anchors trigger pruning during decoding.

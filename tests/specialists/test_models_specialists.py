@@ -51,6 +51,9 @@ def test_mixed_batch_routes_each_row(make):
         torch.testing.assert_close(out.logits[row : row + 1], alone, atol=1e-5, rtol=1e-5)
     expected = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 128), x[:, 1:].reshape(-1))
     torch.testing.assert_close(out.loss, expected)
+    # every expert keeps only the asked-for logits, as Llama does (generic evaluation of the last position)
+    last = model(x, cluster_ids=CLUSTERS, logits_to_keep=1).logits
+    torch.testing.assert_close(last, out.logits[:, -1:], atol=1e-5, rtol=1e-5)
     # different clusters really give different functions
     assert not torch.allclose(model(x, cluster_ids=0).logits, model(x, cluster_ids=1).logits)
 
@@ -508,6 +511,8 @@ def test_cluster_ids_of_another_shape_or_dtype_are_refused_and_generate_expands_
     model, x = make(), ids(batch=3, length=6)
     torch.testing.assert_close(model(x, cluster_ids=torch.tensor([[2], [0], [1]])).logits,
                                model(x, cluster_ids=torch.tensor([2, 0, 1])).logits)
+    # one id (an int, or a tensor of one element) routes the whole batch
+    torch.testing.assert_close(model(x, cluster_ids=torch.tensor([2])).logits, model(x, cluster_ids=2).logits)
     with pytest.raises(ValueError, match=r"shape \[batch\] or \[batch, 1\], got \(1, 3\)"):
         model(x, cluster_ids=torch.tensor([[2, 0, 1]]))  # generate() would repeat it as 2,0,1,2,0,1 for rows 0,0,1,1,..
     with pytest.raises(ValueError, match="must be integers"):
