@@ -79,6 +79,8 @@ def test_pack_ids_separates_documents_prefixes_rows_and_keeps_or_drops_the_tail(
     assert pack_ids(docs, 3, row_prefix=1).tolist() == [[1, 5, 6], [1, 7, 8], [1, 9, 10], [1, 11, 12]]
     rows = pack_ids(docs, 5, separator=2, drop_remainder=False)
     assert [list(map(int, r)) for r in rows] == [[5, 6, 7, 2, 8], [2, 9, 10, 11, 12], [2]]
+    rows = pack_ids(docs, 4, row_prefix=1, drop_remainder=False)  # the shorter last row opens with the prefix too
+    assert [list(map(int, r)) for r in rows] == [[1, 5, 6, 7], [1, 8, 9, 10], [1, 11, 12]]
     with pytest.raises(ValueError, match="block_size must be at least 2"):
         pack_ids(docs, 1)
 

@@ -26,7 +26,7 @@ def model():
 
 
 def test_perplexity_and_bits_per_byte_match_a_direct_computation(model, tokenizer):
-    docs = make_documents(3, seed=5)
+    docs = [*make_documents(3, seed=5), "Größe, naïve café: 東京 — 2€"]  # bits per UTF-8 byte, not per character
     result = evaluate_causal_lm(model, tokenizer, docs, block_size=10_000, show_progress=False)
     ids = [tokenizer.bos_token_id]
     for doc in docs:
@@ -36,6 +36,7 @@ def test_perplexity_and_bits_per_byte_match_a_direct_computation(model, tokenize
         nll = F.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:], reduction="sum").item()
     assert result.tokens == ids.shape[1] - 1
     assert result.bytes == sum(len(d.encode()) for d in docs)
+    assert result.bytes > sum(len(d) for d in docs)
     assert result.loss == pytest.approx(nll / result.tokens, rel=1e-5)
     assert result.perplexity == pytest.approx(math.exp(nll / result.tokens), rel=1e-5)
     assert result.bits_per_byte == pytest.approx(nll / math.log(2) / result.bytes, rel=1e-5)
