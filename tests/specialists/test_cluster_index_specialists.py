@@ -119,6 +119,26 @@ def test_split_into_windows(specialist_tokenizer):
     ids = [specialist_tokenizer(w, add_special_tokens=False)["input_ids"] for w in windows]
     assert all(len(piece) <= 17 for piece in ids) and len(windows) >= 3
     assert "".join(windows) == text
+    short = split_into_windows([text], specialist_tokenizer, 2, min_tokens=4)  # windows shorter than min_tokens
+    assert "".join(short) == text and len(short) > len(windows)
+
+
+def test_assign_is_the_nearest_centroid_in_euclidean_distance():
+    # centroids of different norms: the nearest one is not the one with the largest dot product
+    index = ClusterIndex(np.array([[1.0, 0.0], [3.0, 3.0]], dtype=np.float32), embedder=None)
+    assert index.assign_embeddings(np.array([[1.5, 1.0], [2.5, 2.0]])).tolist() == [0, 1]
+    rng = np.random.default_rng(0)
+    centroids = (rng.normal(size=(5, 8)) * rng.uniform(0.2, 3.0, size=(5, 1))).astype(np.float32)
+    points = rng.normal(size=(200, 8)).astype(np.float32)
+    nearest = np.linalg.norm(points[:, None] - centroids[None], axis=2).argmin(1)
+    np.testing.assert_array_equal(ClusterIndex(centroids, embedder=None).assign_embeddings(points), nearest)
+
+
+def test_hashed_ngram_embedder_log_scales_counts():
+    # "x" eight times and "y" once: buckets log1p(8) and log1p(1), L2-normalised (raw counts would give 8 : 1)
+    vector = HashedNgramEmbedder(dim=4096, ngram_orders=(1,)).embed(["x " * 8 + "y"], progress=False)[0]
+    expected = np.array([np.log(2), np.log(9)]) / np.hypot(np.log(2), np.log(9))
+    np.testing.assert_allclose(np.sort(vector[vector > 0]), expected, rtol=1e-6)
 
 
 def test_minilm_embedder_if_installed():

@@ -47,6 +47,8 @@ def test_exact_histogram(generic, replace):
 def test_exact_counts_rounding():
     counts = exact_counts(np.array([1 / 3, 1 / 3, 1 / 3]), 10)
     assert counts.sum() == 10 and sorted(counts.tolist()) == [3, 3, 4]
+    # unequal remainders: the spare sample goes to the largest one (1.4, 3.6, 5.0 -> 1, 4, 5)
+    assert exact_counts(np.array([0.14, 0.36, 0.5]), 10).tolist() == [1, 4, 5]
 
 
 def test_bad_input(generic):
@@ -110,6 +112,16 @@ def test_importance_weights_without_rows_in_a_target_cluster():
     with pytest.warns(UserWarning, match=r"clusters \[2\] carry 0.800"):
         weights = importance_weights([0, 0, 1, 1, 1], [0.1, 0.1, 0.8])
     np.testing.assert_allclose(weights, [1.25, 1.25, 5 / 6, 5 / 6, 5 / 6], rtol=1e-6)
+
+
+def test_importance_weights_cap_the_ratio_then_restore_mean_one():
+    # ratios p_target / p_generic: 0.5 / 0.9 for the nine rows of cluster 0, 0.5 / 0.1 = 5 for the one of cluster 1;
+    # capped at 2, the weights no longer average 1 (0.7), so they are divided by their mean
+    weights = importance_weights([0] * 9 + [1], [0.5, 0.5], max_weight=2.0)
+    capped = np.array([0.5 / 0.9] * 9 + [2.0])
+    np.testing.assert_allclose(weights, capped / capped.mean(), rtol=1e-6)
+    assert weights.mean() == pytest.approx(1.0, rel=1e-6)
+    np.testing.assert_allclose(importance_weights([0] * 9 + [1], [0.5, 0.5]), [0.5 / 0.9] * 9 + [5.0], rtol=1e-6)
 
 
 def test_importance_weights(generic):
