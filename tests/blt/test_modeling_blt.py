@@ -200,6 +200,21 @@ def test_precomputed_patch_lengths_equal_in_forward_patching():
             torch.testing.assert_close(got, ref, atol=0, rtol=0)
         else:  # without the next-byte decision, only the last position may differ
             torch.testing.assert_close(got[:, :-1], ref[:, :-1], atol=0, rtol=0)
+    # Transformers' convention (its patcher's output) carries the next-byte decision in a row of its own: the lengths
+    # sum to the row's bytes, and an empty patch after the last one says that the next byte opens a patch. With it the
+    # last position is exact too; without it, it differs where the decision was "opens".
+    x = _bytes(batch=6, seed=7)
+    starts = model.model(x).patch_starts
+    assert set(starts[:, -1].tolist()) == {True, False}  # the state is not degenerate
+    for row, opens in enumerate(starts[:, -1].tolist()):
+        lengths = patch_lengths_from_starts(starts[row : row + 1])[0]
+        patches = lengths[lengths > 0].tolist()
+        ref = model(x[row : row + 1]).logits
+        got = model(x[row : row + 1], patch_lengths=torch.tensor([patches + [0] * opens])).logits
+        torch.testing.assert_close(got, ref, atol=0, rtol=0)
+        if opens:
+            unmarked = model(x[row : row + 1], patch_lengths=torch.tensor([patches])).logits
+            assert (unmarked[:, -1] - ref[:, -1]).abs().max() > 1e-3
 
 
 def test_entropy_model_save_load_alone_and_inside(tmp_path):

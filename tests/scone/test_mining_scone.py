@@ -70,6 +70,8 @@ def test_barriers_and_document_boundaries_are_never_crossed():
     assert not any(2 in g for g in grams)
     assert (6, 7) not in grams  # consecutive documents are not joined
     assert (4, 3) not in grams  # 4, <eos>, 3 is not the n-gram 4 3
+    # the tokens mined: 54 in the documents, less the six barriers (never the separators between documents)
+    assert vocab.extra_metadata["num_tokens_mined"] == 48
 
 
 def test_input_types_agree(docs, vocab):
