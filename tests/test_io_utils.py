@@ -68,6 +68,10 @@ def test_atomic_file_never_leaves_a_partial_file(tmp_path):
             raise ValueError
     assert path.read_bytes() == b"complete"
     assert [p.name for p in tmp_path.iterdir()] == ["table.bin"]
+    path.chmod(0o640)  # a replaced file keeps its mode (a fresh one gets what open() would give)
+    with atomic_file(path) as handle:
+        handle.write(b"again")
+    assert path.stat().st_mode & 0o777 == 0o640
 
 
 def test_save_figure_writes_a_png_atomically(tmp_path):

@@ -79,6 +79,14 @@ def test_add_anchor_token_resizes_and_copies_the_period_row(tiny_bpe_tokenizer):
     assert torch.equal(model.lm_head.weight[ac_id], model.lm_head.weight[period])
     assert require_anchor_token(tok, model.config) == [ac_id]
     assert tok.encode("a <AC> b", add_special_tokens=False).count(ac_id) == 1
+    # the paper's wording: the mean of the rows that were there before (not of the fresh row the resize adds)
+    mean_tok = copy.deepcopy(tiny_bpe_tokenizer)
+    mean_model = AnchorLlamaForCausalLM(AnchorLlamaConfig(**base.config.to_dict()))
+    mean_model.load_state_dict(base.state_dict())
+    before = mean_model.get_input_embeddings().weight.detach().clone()
+    mean_id = add_anchor_token(mean_model, mean_tok, init_from="mean")
+    assert mean_id == before.shape[0]  # the resize added the row
+    torch.testing.assert_close(mean_model.get_input_embeddings().weight[mean_id], before.mean(dim=0))
 
     ids = encode_with_anchors(tok, "One. Two! Three", "ac", ac_id)
     assert ids[0] == tok.bos_token_id and ids.count(ac_id) == 2 and ids[-1] != ac_id
