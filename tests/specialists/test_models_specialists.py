@@ -181,6 +181,33 @@ def test_cluster_homogeneous_order():
     blocks = cluster_ids[order].reshape(-1, 4)
     assert all(len(set(block.tolist())) == 1 for block in blocks)
     assert set(order.tolist()) == set(range(16))  # every row appears
+    # shuffled at both levels: the clusters' blocks interleave (in cluster order, training would see all of cluster
+    # 0, then all of 1, ...) and a block is not a run of neighbouring rows; each seed draws its own order
+    many = np.repeat(np.arange(4), 40)
+    order = cluster_homogeneous_order(many, 4, seed=0)
+    block_clusters = many[order].reshape(-1, 4)[:, 0]
+    assert (np.diff(block_clusters) < 0).any()
+    assert not all(np.array_equal(block, block[0] + np.arange(4)) for block in order.reshape(-1, 4))
+    assert not np.array_equal(order, cluster_homogeneous_order(many, 4, seed=1))
+
+
+def test_cluster_homogeneous_sampler_draws_a_new_order_each_epoch_without_set_epoch():
+    from hf_efficient_lm.tools.specialists_training import _ClusterHomogeneousSampler
+
+    sampler = _ClusterHomogeneousSampler([0] * 8 + [1] * 8, batch_size=4, seed=0)
+    first, second = list(sampler), list(sampler)  # a plain loop that never calls set_epoch
+    assert sorted(first) == sorted(second) == list(range(16)) and first != second
+
+
+def test_specialist_collator_pads_right_and_never_scores_padding():
+    from hf_efficient_lm.tools.specialists_training import SpecialistCollator
+
+    batch = SpecialistCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "cluster_ids": 2},
+                                                {"input_ids": [8], "cluster_ids": 0}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[5, 6, 7], [8, -100, -100]]
+    assert batch["cluster_ids"].tolist() == [2, 0]
 
 
 def test_cluster_homogeneous_batches_of_an_epoch_do_not_depend_on_a_restart(tmp_path):
