@@ -127,3 +127,19 @@ def test_cards_read_make_base_held_out_results_and_count_what_the_accelerator_ru
     card = publish(tmp_path / "scone", "me/scone", card_template="scone", api=FakeHfApi()).card
     line = next(line for line in card.splitlines() if line.startswith("- Accelerator parameters"))
     assert f"{main / 1e6:.2f}" in line and f"{fgram / 1e6:.2f}" in line and "once the table is exported" in line
+
+
+def test_specialist_cards_state_the_parameters_one_deployed_cluster_runs(tmp_path):
+    """The specialists' headline: inference costs one expert (mixture) or one materialised Llama (projected
+    network). The cards must give exactly the parameters of ``instantiate(cluster=0)``, not the whole model's."""
+    from tests.contract.case_specialists import make_hyper, make_mixture
+
+    for template, model, label in (("specialist_mixture", make_mixture(), "- Experts:"),
+                                   ("specialist_hyper", make_hyper(), "- Total parameters:")):
+        folder = _save(model, tmp_path / template)
+        deployed = sum(p.numel() for p in model.instantiate(cluster=0).parameters())
+        total = sum(p.numel() for p in model.parameters())
+        assert deployed < total
+        card = publish(folder, f"me/{template}", card_template=template, api=FakeHfApi()).card
+        line = next(line for line in card.splitlines() if line.startswith(label))
+        assert f"{deployed / 1e6:.2f} M" in line, (template, line, deployed)

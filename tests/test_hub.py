@@ -91,3 +91,18 @@ def test_publish_refuses_pickle_files_anywhere_in_the_folder(tmp_path):
         with pytest.raises(ValueError, match=f"refusing to publish pickle files \\({name}\\)"):
             publish(folder, "me/x", card_template="llama_base", api=api)
         assert not api.uploads
+
+
+def test_publishing_a_training_output_dir_leaves_its_checkpoints_and_run_files_behind(tmp_path):
+    """A run's output dir holds checkpoint-N folders (optimizer state: pickles), the run fingerprint and hidden files
+    beside the model: the upload is the model only."""
+    folder = tmp_path / "run"
+    make_tiny_llama().save_pretrained(folder)
+    (folder / "checkpoint-3").mkdir()
+    (folder / "checkpoint-3" / "optimizer.pt").write_bytes(b"pickle")
+    (folder / "run_fingerprint.json").write_text("{}")
+    (folder / ".lock").write_text("123")
+    api = FakeHfApi()
+    publish(folder, "me/run", card_template="llama_base", api=api)
+    _, files, _ = api.uploads[0]
+    assert "config.json" in files and not [name for name in files if name.startswith(("checkpoint-", "run_", "."))]
