@@ -45,24 +45,72 @@ def test_the_table_covers_every_family():
         assert family in targets, family
 
 
-def test_train_tokenizer_then_evaluate_then_dry_run_publish(tmp_path, capsys):
+def test_train_tokenizer_then_evaluate_then_dry_run_publish(tmp_path, capsys, monkeypatch):
     data = write_jsonl(tmp_path / "docs.jsonl", make_documents(40))
     main(["train-tokenizer", "--data-files", str(data), "--vocab-size", "300", "--output-dir", str(tmp_path / "tok")])
     from transformers import AutoTokenizer
 
     from hf_efficient_lm.testing_utils import make_tiny_llama
 
-    make_tiny_llama(vocab_size=300).save_pretrained(tmp_path / "model")
+    # sharpened (initializer_range 0.2): a near-uniform random model scores alike under every window size
+    make_tiny_llama(vocab_size=300, initializer_range=0.2).save_pretrained(tmp_path / "model")
     AutoTokenizer.from_pretrained(tmp_path / "tok").save_pretrained(tmp_path / "model")
     capsys.readouterr()
     main(["evaluate", "--model", str(tmp_path / "model"), "--data-files", str(data), "--block-size", "32"])
     result = json.loads(capsys.readouterr().out)
     assert result["documents"] == 40 and result["bits_per_byte"] > 0
+    # the options reach the evaluation: the figures are evaluate_causal_lm's with the same settings (and those
+    # settings change them)
+    from hf_efficient_lm.eval import evaluate_causal_lm
+
+    model = make_tiny_llama(vocab_size=300, initializer_range=0.2)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    documents = make_documents(40)
+    assert result == pytest.approx(evaluate_causal_lm(model, tokenizer, documents, block_size=32,
+                                                      show_progress=False).as_dict(), rel=1e-5)
+    main(["evaluate", "--model", str(tmp_path / "model"), "--data-files", str(data), "--block-size", "16",
+          "--max-documents", "10"])
+    small = json.loads(capsys.readouterr().out)
+    expected = evaluate_causal_lm(model, tokenizer, documents[:10], block_size=16, show_progress=False)
+    assert small == pytest.approx(expected.as_dict(), rel=1e-5) and small["documents"] == 10
+    window_32 = evaluate_causal_lm(model, tokenizer, documents[:10], block_size=32, show_progress=False)
+    assert abs(window_32.loss / expected.loss - 1) > 1e-3
+    # --dtype reaches the loaded model (its figures differ from float32 by less than kernel noise: checked at the load)
+    import torch
+
+    import hf_efficient_lm.eval as evaluation
+
+    loaded, load = [], evaluation.load_causal_lm_strict
+
+    def recording_load(*args, **kwargs):
+        loaded.append(load(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(evaluation, "load_causal_lm_strict", recording_load)
+    main(["evaluate", "--model", str(tmp_path / "model"), "--data-files", str(data), "--max-documents", "2",
+          "--dtype", "bfloat16"])
+    assert json.loads(capsys.readouterr().out)["documents"] == 2 and loaded[0].dtype == torch.bfloat16
     main(["publish", "--model", str(tmp_path / "model"), "--repo-id", "me/tiny", "--dry-run",
-          "--metric", "docs:perplexity=12.5", "--staging-dir", str(tmp_path / "staged")])
+          "--metric", "docs:perplexity=12.5", "--base-model", "me/base-5m", "--staging-dir", str(tmp_path / "staged")])
     published = json.loads(capsys.readouterr().out)
     assert "README.md" in published["files"] and "model.safetensors" in published["files"]
-    assert "12.5" in (tmp_path / "staged" / "README.md").read_text()
+    card = (tmp_path / "staged" / "README.md").read_text()
+    assert "12.5" in card and "base_model: me/base-5m" in card
+
+
+def test_publish_command_uploads_through_hfapi_with_its_visibility(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    from hf_efficient_lm.testing_utils import make_tiny_llama
+    from tests.test_hub import FakeHfApi
+
+    api = FakeHfApi()
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: api)  # (publish makes its HfApi when none is given)
+    make_tiny_llama().save_pretrained(tmp_path / "model")
+    for flags, private in (([], False), (["--private"], True)):
+        main(["publish", "--model", str(tmp_path / "model"), "--repo-id", "me/x", *flags])
+        assert api.repos[-1] == ("me/x", {"exist_ok": True, "private": private, "repo_type": "model"})
+    assert [repo for repo, _, _ in api.uploads] == ["me/x", "me/x"] and "README.md" in api.uploads[-1][1]
 
 
 def test_bad_metric_syntax_is_explained(capsys):
