@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from hf_efficient_lm.scone import FgramVocab, SconeLlamaForCausalLM
 from hf_efficient_lm.tools.scone_cli import add_scone_subcommands
 from tests.scone.conftest import make_word_tokenizer
@@ -27,14 +29,19 @@ def test_scone_mine_and_export(tmp_path, capsys):
         for text in texts:
             handle.write(json.dumps({"text": text}) + "\n")
     _run(["scone-mine", "--tokenizer", str(tmp_path / "tok"), "--data-files", str(tmp_path / "docs.jsonl"),
-          "--num-fgrams", "12", "--max-len", "3", "--num-threads", "2", "--output-dir", str(tmp_path / "fgrams")])
+          "--num-fgrams", "12", "--max-len", "3", "--min-count", "3", "--max-documents", "6", "--num-threads", "2",
+          "--output-dir", str(tmp_path / "fgrams")])
     assert json.loads(capsys.readouterr().out)["num_fgrams"] == 12
     vocab = FgramVocab.load(tmp_path / "fgrams", tokenizer=tokenizer)
     assert vocab.barrier_ids == (0, 1, 2)
+    # the options reach the miner: K, the count threshold, the first 6 documents (3 x 6 + 3 x 10 words)
+    assert vocab.max_len == 3 and vocab.extra_metadata["min_count"] == 3 and int(vocab.counts.min()) >= 3
+    assert vocab.extra_metadata["num_tokens_mined"] == 48
     assert vocab.row_of(tokenizer("the cat sat", add_special_tokens=False)["input_ids"]) >= 0
 
     llama = save_tiny_llama(tmp_path / "llama", vocab_size=16)
     tokenizer.save_pretrained(llama)
     SconeLlamaForCausalLM.from_pretrained(llama, fgram_vocab=vocab, fgram_num_layers=1).save_pretrained(tmp_path / "m")
     _run(["scone-export", "--model", str(tmp_path / "m"), "--output-dir", str(tmp_path / "t"), "--dtype", "float32"])
-    assert SconeLlamaForCausalLM.from_pretrained(tmp_path / "t").config.fgram_mode == "table"
+    table_model = SconeLlamaForCausalLM.from_pretrained(tmp_path / "t")
+    assert table_model.config.fgram_mode == "table" and table_model.fgram_table.dtype == torch.float32
