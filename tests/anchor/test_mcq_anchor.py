@@ -119,3 +119,28 @@ def test_next_sentence_items_refuses_too_few():
         next_sentence_items(texts, 11, min_chars=5)
     with pytest.raises(ValueError, match="at least 4 documents"):
         next_sentence_items(texts[:3], 2, min_chars=5)
+
+
+def test_the_anchor_mcq_command_scores_the_items_its_options_ask_for(tmp_path, tiny_bpe_tokenizer):
+    """``hf-efficient-lm anchor-mcq``: --task, --items, --shots, --seed and --modes reach the harness, and --output
+    holds what evaluate_multiple_choice gives for those items."""
+    import json
+
+    from hf_efficient_lm.tools.anchor_mcq import main
+    from tests.helpers import make_documents, write_jsonl
+
+    model, _ = _pair(tmp_path / "model", tiny_bpe_tokenizer)
+    model.save_pretrained(tmp_path / "model")
+    tiny_bpe_tokenizer.save_pretrained(tmp_path / "model")
+    texts = make_documents(30, seed=2)
+    data = write_jsonl(tmp_path / "texts.jsonl", texts)
+    main(["--model", str(tmp_path / "model"), "--data", str(data), "--task", "cloze", "--items", "4", "--shots", "1",
+          "--seed", "1", "--modes", "anchor", "--output", str(tmp_path / "mcq.json")])
+    (result,) = json.loads((tmp_path / "mcq.json").read_text())
+    pool = sentence_cloze_items(texts, 5, seed=1)
+    expected = evaluate_multiple_choice(model, tiny_bpe_tokenizer, pool[1:], pool[:1], "anchor", show_progress=False,
+                                        unconditional=True)
+    assert (result["mode"], result["items"], result["shots"]) == ("anchor", 4, 1)
+    for key in ("accuracy", "accuracy_norm", "accuracy_pmi", "prefix_tokens", "kv_positions"):
+        assert result[key] == pytest.approx(expected[key]), key
+    assert sentence_cloze_items(texts, 5, seed=0) != pool  # (the seed picks the items)
