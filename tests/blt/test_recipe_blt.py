@@ -375,6 +375,9 @@ def test_train_entropy_is_reproducible_from_its_seed(tmp_path):
                                    "--output-dir", str(out)])
         assert "bits/byte" in line
         weights[run] = load_file(out / "model.safetensors")
+        config = json.loads((out / "config.json").read_text())  # the size options reach the model
+        assert (config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"],
+                config["sliding_window"]) == (32, 1, 2, 32)
     assert all(torch.equal(weights["a"][name], weights["b"][name]) for name in weights["a"])
     assert any(not torch.equal(weights["a"][name], weights["c"][name]) for name in weights["a"])
 
@@ -408,6 +411,8 @@ def test_a_killed_byte_training_run_resumes_to_the_same_weights(tmp_path, monkey
     with pytest.raises(Killed):
         main([*common, "--output-dir", str(tmp_path / "killed")])
     assert (tmp_path / "killed" / "trainer" / "checkpoint-2").is_dir()
+    state = json.loads((tmp_path / "killed" / "trainer" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["train_batch_size"] == 2  # --batch-size reaches the Trainer
     monkeypatch.undo()
     with pytest.raises(ValueError, match=r"different run .*seed: 0 -> 1"):
         main([*common, "--seed", "1", "--output-dir", str(tmp_path / "killed")])
