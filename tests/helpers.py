@@ -1,5 +1,5 @@
 """Small shared test helpers: documents written by the tests themselves, the CLI run as the console script runs it,
-the 2-process DDP launcher and a Trainer killed mid-run."""
+a Hub API that records what a publish sends, the 2-process DDP launcher and a Trainer killed mid-run."""
 
 from __future__ import annotations
 
@@ -123,6 +123,21 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
+
+
+class FakeHfApi:
+    """Records what a publish would send to the Hub."""
+
+    def __init__(self):
+        self.repos, self.uploads = [], []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.repos.append((repo_id, kwargs))
+
+    def upload_folder(self, folder_path, repo_id, **kwargs):
+        files = {str(p.relative_to(folder_path)): p.read_bytes() for p in Path(folder_path).rglob("*") if p.is_file()}
+        self.uploads.append((repo_id, files, kwargs))
+        return "commit-1"
 
 
 def _free_port() -> int:

@@ -10,8 +10,7 @@ import torch
 
 from hf_efficient_lm.hub import CardInfo, publish
 from hf_efficient_lm.testing_utils import make_tiny_llama
-from tests.test_hub import FakeHfApi
-from tests.helpers import assert_one_line_error, run_cli
+from tests.helpers import FakeHfApi, assert_one_line_error, run_cli
 
 PLACEHOLDERS = [r"\bNone\b", r"(?<![`\w])\?(?![`\w])", r"see config\.json", r"see the metadata", r"\bS f-grams",
                 r"\?-layer", r"No evaluation recorded", r"Anchor mode: ep \(.*AC"]

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from hf_efficient_lm.cli import COMMANDS, build_parser, main
-from tests.helpers import make_documents, write_jsonl
+from tests.helpers import FakeHfApi, make_documents, write_jsonl
 
 
 def test_every_subcommand_explains_itself(capsys):
@@ -102,7 +102,6 @@ def test_publish_command_uploads_through_hfapi_with_its_visibility(tmp_path, mon
     import huggingface_hub
 
     from hf_efficient_lm.testing_utils import make_tiny_llama
-    from tests.test_hub import FakeHfApi
 
     api = FakeHfApi()
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda: api)  # (publish makes its HfApi when none is given)

@@ -5,23 +5,7 @@ import yaml
 
 from hf_efficient_lm.hub import CardInfo, find_card_template, publish, render_model_card
 from hf_efficient_lm.testing_utils import make_tiny_llama
-
-
-class FakeHfApi:
-    """Records what a publish would send to the Hub."""
-
-    def __init__(self):
-        self.repos, self.uploads = [], []
-
-    def create_repo(self, repo_id, **kwargs):
-        self.repos.append((repo_id, kwargs))
-
-    def upload_folder(self, folder_path, repo_id, **kwargs):
-        from pathlib import Path
-
-        files = {str(p.relative_to(folder_path)): p.read_bytes() for p in Path(folder_path).rglob("*") if p.is_file()}
-        self.uploads.append((repo_id, files, kwargs))
-        return "commit-1"
+from tests.helpers import FakeHfApi
 
 
 def _card_metadata(readme: str) -> dict:
