@@ -1,6 +1,7 @@
 """Continual pre-training pipeline (EP full fine-tune with resume, AC with LoRA) on a tiny base."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -149,3 +150,95 @@ def test_validation_perplexity_is_token_weighted_over_documents_of_different_len
             tokens += len(row) - 1
     assert len({len(row) for row in rows}) == 3
     assert metrics["eval_perplexity_ansan"] == pytest.approx(float(torch.tensor(nats / tokens).exp()), rel=1e-4)
+
+
+def test_endpoint_options_choose_the_ep_anchor_tokens(base_and_data):
+    """--endpoints and --endpoint_match reach find_endpoint_token_ids: on this tokenizer the default is the bare "."
+    (one id), "! ?" are two other ids, and suffix matching adds "!", "?" and the newline to "."."""
+    from transformers import AutoTokenizer
+
+    from hf_efficient_lm.anchor import find_endpoint_token_ids
+    from hf_efficient_lm.tools.anchor_continual import build_anchor_model
+
+    base, _ = base_and_data
+    tok = AutoTokenizer.from_pretrained(base)
+    default = find_endpoint_token_ids(tok)
+    chosen = {
+        "endpoints": (dict(endpoints=["!", "?"]), find_endpoint_token_ids(tok, ("!", "?"))),
+        "suffix": (dict(endpoint_match="suffix"), find_endpoint_token_ids(tok, match="suffix")),
+    }
+    for name, (options, expected) in chosen.items():
+        assert expected != default, name  # (else the option would not show)
+        model, _ = build_anchor_model(AnchorTrainArguments(base_model=str(base), anchor_mode="ep", **options))
+        assert model.config.anchor_token_ids == expected, name
+    assert len(chosen["suffix"][1]) == 4 and set(chosen["endpoints"][1]) < set(chosen["suffix"][1])
+
+
+def test_ac_options_name_and_initialise_the_new_anchor_token(base_and_data):
+    """--anchor_token names the added token; --ac_init mean sets its rows to the mean of the existing rows (the
+    default copies "."'s)."""
+    from hf_efficient_lm.tools.anchor_continual import build_anchor_model
+
+    base, _ = base_and_data
+    old = AutoModelForCausalLM.from_pretrained(base)
+    args = AnchorTrainArguments(base_model=str(base), anchor_mode="ac", anchor_token="<ANC>", ac_init="mean")
+    model, tok = build_anchor_model(args)
+    anchor = tok.convert_tokens_to_ids("<ANC>")
+    assert anchor != tok.unk_token_id and model.config.anchor_token_ids == [anchor]
+    assert tok.convert_tokens_to_ids("<AC>") in (None, tok.unk_token_id)  # the default token was not added
+    for new, before in ((model.get_input_embeddings(), old.get_input_embeddings()),
+                        (model.get_output_embeddings(), old.get_output_embeddings())):
+        torch.testing.assert_close(new.weight[anchor], before.weight.mean(dim=0))
+    period = tok.convert_tokens_to_ids(".")
+    assert not torch.allclose(old.get_input_embeddings().weight[period], new.weight[anchor])
+
+
+def test_no_anchor_mode_is_plain_causal_training_on_the_chosen_column_and_documents(tmp_path, base_and_data):
+    """--anchor_mode none (the baseline of the anchor runs) keeps no anchor: the trained model's logits are those
+    of a LlamaForCausalLM with its weights. --text_column and --max_documents choose what it trains on (the
+    validation files are read whole)."""
+    base, _ = base_and_data
+    data, valid = tmp_path / "body.jsonl", tmp_path / "valid.jsonl"
+    data.write_text("".join(json.dumps({"body": t, "text": ""}) + "\n" for t in TEXTS))
+    valid_texts = ["Short one. Yes.", "Medium length text here. Two sentences.", "A third. It is here!", "Four."]
+    valid.write_text("".join(json.dumps({"body": t}) + "\n" for t in valid_texts))
+    args = AnchorTrainArguments(base_model=str(base), data_files=[str(data)], validation_files=[str(valid)],
+                                anchor_mode="none", max_length=64, text_column="body", max_documents=3)
+    final = run_anchor_training(args, _training_args(tmp_path / "run", 1))
+    metrics = json.loads((final / "anchor_train_metrics.json").read_text())
+    assert metrics["documents"] == 3 and metrics["anchor_token_ids"] == [] and metrics["train_tokens"] > 2 * 10
+    model = AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True).eval()
+    assert model.config.model_type == "hfelm_anchor_llama" and model.config.anchor_token_ids == []
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from hf_efficient_lm.tools.anchor_data import tokenize_function
+
+    llama = LlamaForCausalLM.from_pretrained(final).eval()
+    ids = torch.tensor([[1, 50, 16, 60, 16, 70, 80]])  # (16 is "." here: an anchor in EP mode)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, llama(ids).logits)
+        assert model(ids, use_cache=True).past_key_values.get_seq_length() == ids.shape[1]
+        tok = AutoTokenizer.from_pretrained(final)
+        rows = tokenize_function(tok, "ep", None, 64, "body")({"body": valid_texts})["input_ids"]
+        nats = sum(llama(torch.tensor([row]), labels=torch.tensor([row])).loss.item() * (len(row) - 1) for row in rows)
+    tokens = sum(len(row) - 1 for row in rows)
+    assert metrics["eval_perplexity_ansan"] == pytest.approx(math.exp(nats / tokens), rel=1e-4)
+
+
+def test_lora_options_choose_the_adapted_modules_and_their_scale(tmp_path, base_and_data):
+    """--lora_target_modules: only those weights of the merged model move. --lora_alpha: after one step B is the
+    same for every alpha (Adam's first step is lr * sign(grad), and alpha only scales the gradient), so the merged
+    change (alpha / r) * B @ A doubles with alpha."""
+    base, data = base_and_data
+    weights = load_file(base / "model.safetensors")
+    deltas = {}
+    for alpha in (16, 32):
+        args = AnchorTrainArguments(base_model=str(base), data_files=[str(data)], anchor_mode="ep", max_length=64,
+                                    lora_r=4, lora_alpha=alpha, lora_target_modules=["v_proj"])
+        final = run_anchor_training(args, _training_args(tmp_path / f"alpha{alpha}", 1))
+        trained = load_file(final / "model.safetensors")
+        moved = {name for name, tensor in weights.items() if not torch.equal(trained[name], tensor)}
+        assert moved and all("v_proj" in name for name in moved), moved
+        assert len(moved) == sum("v_proj" in name for name in weights)  # every layer's v_proj
+        deltas[alpha] = torch.cat([(trained[name] - weights[name]).flatten() for name in sorted(moved)])
+    torch.testing.assert_close(deltas[32], 2 * deltas[16], atol=1e-6, rtol=1e-3)
