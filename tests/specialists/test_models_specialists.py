@@ -299,6 +299,39 @@ def test_expert_job_cli(tmp_path):
     assert mixture.config.num_experts == 2 and [p.name for p in paths] == ["expert_0", "expert_1"]
 
 
+def test_expert_job_trains_with_the_batch_size_and_learning_rate_it_is_given(tmp_path):
+    """train-expert's --batch-size and --learning-rate reach the Trainer: its expert equals train_expert's with the
+    same TrainingArguments, and the defaults (16 rows, 1e-3) would give other weights."""
+    from safetensors.torch import load_file
+
+    from hf_efficient_lm.tools.specialists_training import main, train_expert
+    from hf_efficient_lm.testing_utils import save_tiny_llama
+
+    save_tiny_llama(tmp_path / "base")
+    windows = Dataset.from_dict({"input_ids": ids(batch=12, length=12, seed=3).tolist(), "cluster_ids": [0, 1] * 6})
+    windows.save_to_disk(tmp_path / "windows")
+    got = load_file(main(["--base", str(tmp_path / "base"), "--windows", str(tmp_path / "windows"), "--cluster", "1",
+                          "--output-dir", str(tmp_path / "cli"), "--max-steps", "2", "--batch-size", "2",
+                          "--learning-rate", "0.02", "--save-steps", "0"]) / "model.safetensors")
+
+    def direct(out, batch_size, learning_rate, data=windows):
+        args = TrainingArguments(output_dir=str(tmp_path / out / "trainer"), max_steps=2, report_to=[], seed=0,
+                                 per_device_train_batch_size=batch_size, learning_rate=learning_rate,
+                                 save_strategy="no")
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+        return load_file(train_expert(model, data, 1, tmp_path / out, args) / "model.safetensors")
+
+    expected = direct("same", 2, 0.02)
+    # the expert learns from its cluster's rows only: the other cluster's rows change nothing
+    alone = direct("alone", 2, 0.02, data=windows.filter(lambda row: row["cluster_ids"] == 1))
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=0, rtol=0, msg=name)
+        torch.testing.assert_close(alone[name], expected[name], atol=0, rtol=0, msg=name)
+    for out, batch_size, learning_rate in (("default_batch", 16, 0.02), ("default_rate", 2, 1e-3)):
+        other = direct(out, batch_size, learning_rate)
+        assert not all(torch.equal(other[name], got[name]) for name in got), out
+
+
 def test_a_killed_expert_job_resumes_to_the_same_weights(tmp_path, monkeypatch, capsys):
     """train-expert saved no checkpoint (a killed job started over) and wrote its expert folder in place; it now
     checkpoints every --save-steps under the run guard, resumes a killed job to the uninterrupted weights, refuses a
@@ -332,6 +365,21 @@ def test_a_killed_expert_job_resumes_to_the_same_weights(tmp_path, monkeypatch, 
     for name in reference:
         torch.testing.assert_close(resumed[name], reference[name], atol=0, rtol=0, msg=name)
     assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == ["expert_0"]
+
+    # told to start fresh, a job with other options replaces a killed job's checkpoints: it trains all its steps
+    # from the base and gives what the same job gives in an empty folder
+    monkeypatch.setattr(specialists_training, "Trainer", trainer_killed_at(specialists_training.Trainer, 3))
+    with pytest.raises(Killed):
+        job("replaced")
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"different run .*seed: 0 -> 1"):
+        job("replaced", "--seed", "1")
+    capsys.readouterr()
+    fresh = load_file(job("replaced", "--seed", "1", "--overwrite-output-dir") / "model.safetensors")
+    assert "starting fresh" in capsys.readouterr().out
+    expected = load_file(job("seed1", "--seed", "1") / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(fresh[name], expected[name], atol=0, rtol=0, msg=name)
 
 
 def test_experts_assembled_in_cluster_order_past_ten(tmp_path):

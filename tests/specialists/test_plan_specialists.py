@@ -19,6 +19,14 @@ def test_one_domain_that_pays_its_own_pretraining_gets_importance_sampling():
     assert result.costs["inference"] == 0.61
 
 
+def test_importance_sampled_pretraining_stops_at_the_papers_largest():
+    # 500 GPUh for one domain: the paper never pretrained an SLM-is beyond 130 GPUh, so the rest is not spent
+    result = plan(650, 500, 1)
+    assert result.method == "slm_is"
+    assert result.costs["importance_sampled_pretraining_per_domain"] == 130.0
+    assert result.costs["specialization_per_domain"] == pytest.approx(130.0 + 0.02)
+
+
 def test_many_domains_sharing_one_pretraining_get_the_projected_network():
     # Fig. 6: the same 130 GPUh spread over 50 domains is 2.6 GPUh each: IS's advantage is gone, PN's per-domain cost
     # (one fine-tune, 0.02 GPUh at 1M tokens) is negligible.
@@ -82,3 +90,12 @@ def test_cli_prints_the_plan(capsys):
     cli_main(["plan-specialists", "--pretraining-budget", "650", "--specialization-budget", "130",
               "--num-domains", "1"])
     assert json.loads(capsys.readouterr().out)["method"] == "slm_is"
+    # --domain-tokens and --inference-budget reach plan(): the default inference budget rules the large model out,
+    # and the default 1M tokens make its fine-tune cheaper
+    cli_main(["plan-specialists", "--pretraining-budget", "650", "--specialization-budget", "31.5",
+              "--num-domains", "9", "--domain-tokens", "64e6", "--inference-budget", "2.54"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == plan(650, 31.5, 9, domain_tokens=64e6, inference_budget=2.54).to_dict()
+    assert printed["method"] == "llm" and plan(650, 31.5, 9, domain_tokens=64e6).method == "slm_pn"
+    assert printed["costs"]["finetune_per_domain"] == pytest.approx(3.5)
+    assert plan(650, 31.5, 9, inference_budget=2.54).costs["finetune_per_domain"] < 3.5
