@@ -71,3 +71,35 @@ def test_presets_have_the_advertised_sizes():
     assert 15e6 < params("20m", 8192) < 25e6
     assert 0.9e9 < params("1b", 32000) < 1.3e9
     assert set(LLAMA_PRESETS) >= {"tiny", "5m", "20m", "1b"}
+
+
+def test_pretrain_builds_the_preset_and_reads_the_column_documents_and_blocks_it_is_given(corpus, tmp_path):
+    """--preset, --max_position_embeddings, --text_column, --max_documents and --block_size reach the model, the
+    training blocks and the held-out figure (eval_loss: the mean token loss of the validation blocks)."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from hf_efficient_lm.data import load_text_dataset, pack_dataset
+    from tests.helpers import write_jsonl
+
+    docs = load_text_dataset(str(corpus / "train.jsonl"))["text"]
+    valid = load_text_dataset(str(corpus / "valid.jsonl"))["text"]
+    write_jsonl(tmp_path / "train.jsonl", docs, column="body")
+    write_jsonl(tmp_path / "valid.jsonl", valid, column="body")
+    args, training_args = _args(corpus, tmp_path / "run", "--preset", "200k", "--max_position_embeddings", "64",
+                                "--text_column", "body", "--max_documents", "20", "--block_size", "16",
+                                "--validation_files", str(tmp_path / "valid.jsonl"), "--max_steps", "1")
+    args.data_files = [str(tmp_path / "train.jsonl")]
+    final = run_pretrain(args, training_args)
+    model = LlamaForCausalLM.from_pretrained(final).eval()
+    preset = LLAMA_PRESETS["200k"]
+    assert {key: getattr(model.config, key) for key in preset} == preset
+    assert model.config.max_position_embeddings == 64
+    tok = AutoTokenizer.from_pretrained(final)
+    metrics = json.loads((final / "pretrain_metrics.json").read_text())
+    blocks = pack_dataset(Dataset.from_dict({"text": docs[:20]}), tok, 16)
+    assert metrics["train_blocks"] == len(blocks) != len(pack_dataset(Dataset.from_dict({"text": docs}), tok, 16))
+    valid_ids = torch.tensor(pack_dataset(Dataset.from_dict({"text": valid}), tok, 16)["input_ids"])
+    with torch.no_grad():
+        loss = model(valid_ids, labels=valid_ids).loss.item()
+    assert metrics["eval_loss"] == pytest.approx(loss, rel=1e-4)
