@@ -312,7 +312,7 @@ def train_blt_main(argv=None) -> str:
             f"FLOPs): bits/byte {summary}")
     metrics = {
         "world_size": trainer.args.world_size, "global_batch": global_batch, "steps": trainer.state.global_step,
-        "patching_mode": mode, "threshold": threshold, "threshold_add": threshold_add, "mean_patch_size": mean_patch,
+        "train_rows": len(train), "patching_mode": mode, "threshold": threshold, "threshold_add": threshold_add, "mean_patch_size": mean_patch,
         "document_mask": args.document_mask, "patches_per_row": args.patches_per_row,
         "train_bytes": bytes_seen, "flops_per_byte": flops["total"], "train_flops": train_flops, "seed": args.seed,
         "learning_rate": args.learning_rate, "data_files": [Path(f).name for f in args.train_files],

@@ -325,13 +325,15 @@ def test_train_blt_takes_the_recipe_options(tmp_path, options):
 
 def test_train_blt_calibrates_on_the_whole_set_and_refuses_options_it_would_ignore(tmp_path):
     """The threshold was calibrated on the first 32 rows (the start of the first file), so the column's patches missed
-    the requested size; --threshold-add / --max-row-bytes were parsed and ignored outside their modes."""
+    the requested size; --threshold-add / --max-row-bytes were parsed and ignored outside their modes. The first
+    file gives more rows than the calibration sample (256), so a sample of the first rows would hold no row of the
+    second file."""
     import json
 
-    from hf_efficient_lm.tools.blt_training import train_blt_main
+    from hf_efficient_lm.tools.blt_training import CALIBRATION_ROWS, train_blt_main
 
     # two domains of different predictability, one file each: the first rows alone say little about the second
-    repetitive = [f"Doc {i}: " + "abcabcabc abcabcabc " * (2 + i % 3) for i in range(60)]
+    repetitive = [f"Doc {i}: " + "abcabcabc abcabcabc " * (2 + i % 3) for i in range(300)]
     varied = [f"Note {i}: " + " ".join(f"{(i * 7919 + j * 104729) % 100003:x}" for j in range(30)) for i in range(60)]
     files = []
     for name, rows in (("a", repetitive), ("b", varied)):
@@ -349,10 +351,60 @@ def test_train_blt_calibrates_on_the_whole_set_and_refuses_options_it_would_igno
               "--output-dir", str(tmp_path / "out"), "--target-patch-size", "3"]
     train_blt_main(common)
     metrics = json.loads((tmp_path / "out" / "train_blt_metrics.json").read_text())
-    assert abs(metrics["mean_patch_size"] - 3.0) < 0.15, metrics["mean_patch_size"]
+    assert len("".join(repetitive).encode()) // 64 > CALIBRATION_ROWS
+    # (2.98 here; a threshold calibrated on the first 256 rows, all of the first file, gives 2.88)
+    assert abs(metrics["mean_patch_size"] - 3.0) < 0.06, metrics["mean_patch_size"]
     for wrong in (["--threshold-add", "0.5"], ["--max-row-bytes", "96"]):
         with pytest.raises(SystemExit):
             train_blt_main([*common, *wrong])
+
+
+def test_byte_training_reads_the_text_and_rows_it_is_told(tmp_path, capsys):
+    """--limit-chars (both commands), --no-pack and --eval-rows decide the training rows and the validation rows
+    scored; --threads sets torch's threads. Each differs from what its default gives (asserted)."""
+    import json
+
+    from hf_efficient_lm import BLTForCausalLM
+    from hf_efficient_lm.data import read_texts
+    from hf_efficient_lm.tools.blt_data import byte_dataset, pack_texts, rows_bits_per_byte
+    from hf_efficient_lm.tools.blt_training import train_blt_main, train_entropy_main
+
+    texts = [f"Document {i}: " + "the quick brown fox jumps over the lazy dog. " * (1 + i % 4) for i in range(40)]
+    train, valid = tmp_path / "train.jsonl", tmp_path / "valid.jsonl"
+    train.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    valid.write_text("".join(json.dumps({"text": t * 3}) + "\n" for t in texts[:8]))
+    threads = torch.get_num_threads()
+    try:
+        train_blt_main([
+            "--train-files", str(train), "--valid-files", str(valid), "--space-patching", "--limit-chars", "2000",
+            "--no-pack", "--eval-rows", "2", "--threads", "3", "--seq-len", "64", "--max-steps", "1",
+            "--batch-size", "2", "--local-hidden", "32", "--latent-hidden", "64", "--latent-layers", "1",
+            "--decoder-layers", "1", "--hash-buckets", "31", "--output-dir", str(tmp_path / "blt")])
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    metrics = json.loads((tmp_path / "blt" / "train_blt_metrics.json").read_text())
+    rows = len(byte_dataset(read_texts([train], 2000, per_file=True), 64, pack=False))
+    assert metrics["train_rows"] == rows
+    assert rows != len(byte_dataset(read_texts([train], 2000, per_file=True), 64))  # (packed)
+    assert rows != len(byte_dataset(read_texts([train], 4_000_000, per_file=True), 64, pack=False))
+    model = BLTForCausalLM.from_pretrained(tmp_path / "blt").eval()
+    scored = pack_texts(read_texts([valid], 200_000), 64)
+    assert len(scored) > 16
+    assert metrics["bits_per_byte"]["valid"] == pytest.approx(rows_bits_per_byte(model, scored[:2], batch_size=4))
+    assert metrics["bits_per_byte"]["valid"] != pytest.approx(rows_bits_per_byte(model, scored[:16], batch_size=4))
+
+    capsys.readouterr()
+    try:
+        train_entropy_main(["--train-files", str(train), "--valid-files", "--limit-chars", "2000", "--seq-len", "32",
+                            "--max-steps", "1", "--batch-size", "2", "--hidden-size", "32", "--layers", "1",
+                            "--heads", "2", "--window", "32", "--threads", "3", "--output-dir", str(tmp_path / "entropy")])
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    rows = len(byte_dataset(read_texts([train], 2000, per_file=True), 32))
+    assert f" {rows} training rows of 32 bytes" in capsys.readouterr().out
+    assert rows != len(byte_dataset(read_texts([train], 4_000_000, per_file=True), 32))
 
 
 def test_train_entropy_is_reproducible_from_its_seed(tmp_path):
@@ -397,7 +449,7 @@ def test_a_killed_byte_training_run_resumes_to_the_same_weights(tmp_path, monkey
     texts = [f"Document {i}: " + "the quick brown fox jumps over the lazy dog. " * (1 + i % 4) for i in range(40)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     common = ["--train-files", str(tmp_path / "train.jsonl"), "--valid-files", "--seq-len", "32", "--batch-size", "2",
-              "--max-steps", "4", "--save-steps", "2"]
+              "--max-steps", "4", "--save-steps", "2", "--learning-rate", "0.01"]
     if command == "train-blt":
         main = blt_training.train_blt_main
         common += ["--space-patching", "--eval-rows", "1", "--local-hidden", "32", "--latent-hidden", "64",
@@ -412,7 +464,8 @@ def test_a_killed_byte_training_run_resumes_to_the_same_weights(tmp_path, monkey
         main([*common, "--output-dir", str(tmp_path / "killed")])
     assert (tmp_path / "killed" / "trainer" / "checkpoint-2").is_dir()
     state = json.loads((tmp_path / "killed" / "trainer" / "checkpoint-2" / "trainer_state.json").read_text())
-    assert state["train_batch_size"] == 2  # --batch-size reaches the Trainer
+    assert state["train_batch_size"] == 2  # --batch-size reaches the Trainer, and --learning-rate its first step
+    assert [h["learning_rate"] for h in state["log_history"] if "loss" in h][0] == pytest.approx(0.01)
     monkeypatch.undo()
     with pytest.raises(ValueError, match=r"different run .*seed: 0 -> 1"):
         main([*common, "--seed", "1", "--output-dir", str(tmp_path / "killed")])
