@@ -260,3 +260,34 @@ def test_conversion_keeps_special_ids_config_dtype_and_refuses_what_it_cannot_ex
     (gelu / "config.json").write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="decoder_config.hidden_act='gelu'"):
         BLTForCausalLM.from_pretrained(gelu)
+    raw["decoder_config"]["hidden_act"], raw["tie_word_embeddings"] = "silu", True
+    (gelu / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="tie_word_embeddings=True"):
+        BLTForCausalLM.from_pretrained(gelu)
+
+    # what the checkpoint sets is kept both ways: the static stride, the init range and the longest patch
+    from hf_efficient_lm.tools.blt_convert import blt_config_from_transformers
+
+    raw.update(tie_word_embeddings=False, patch_size=6, initializer_range=0.05)
+    converted = blt_config_from_transformers(raw)
+    assert (converted.patch_size, converted.initializer_range) == (6, 0.05)
+    override.save_pretrained_transformers(tmp_path / "max_patch_length")
+    exported = json.loads((tmp_path / "max_patch_length" / "config.json").read_text())
+    assert (exported["max_patch_length"], exported["patching_threshold"]) == (2, 1.25)
+
+
+def test_fields_a_config_leaves_out_take_transformers_defaults():
+    """A blt config.json without a field (hand-written, or from a release that did not write it) converts with the
+    value BltConfig would give it: the converter's fallbacks equal Transformers' defaults, field by field (the
+    RoPE thetas, the decoder's cross-attention in all layers, windows, hash vocabulary, threshold, ...)."""
+    from transformers import BltConfig
+
+    from hf_efficient_lm.tools.blt_convert import blt_config_from_transformers
+
+    full = blt_config_from_transformers(BltConfig().to_dict()).to_dict()
+    for sub in ("encoder_config", "decoder_config", "global_config", "patcher_config"):
+        assert blt_config_from_transformers({sub: {}}).to_dict() == full, sub
+    assert blt_config_from_transformers({}).to_dict() == full
+    # (the fallbacks are not all alike: a mix-up between them shows)
+    assert full["entropy_config"]["rope_parameters"]["rope_theta"] != full["encoder_config"]["rope_parameters"]["rope_theta"]
+    assert full["decoder_config"]["cross_attn_all_layers"] != full["encoder_config"]["cross_attn_all_layers"]
