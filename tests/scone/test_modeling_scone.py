@@ -88,8 +88,10 @@ def test_dedupe_equals_per_position_reference(llama_dir, vocab, batch, fusion):
 def test_table_mode_equals_training_path(tmp_path, llama_dir, vocab, batch, fusion):
     from safetensors import safe_open
 
-    model = wrap(llama_dir, vocab, fusion)
+    model = wrap(llama_dir, vocab, fusion).train()  # (exported mid-training, e.g. from a callback)
     out = export_fgram_table(model, tmp_path / "table", batch_size=16, show_progress=False)
+    assert model.training and model.model.fgram_model.training  # exporting evaluates, then gives the mode back
+    model.eval()
     files = sorted(p.name for p in out.iterdir())
     assert "fgram_table.safetensors" in files and "fgram_index.safetensors" in files
     assert not [f for f in files if f.endswith(".tmp")]
@@ -126,6 +128,12 @@ def test_bf16_table_is_close(tmp_path, llama_dir, vocab, batch):
     loaded = SconeLlamaForCausalLM.from_pretrained(out).eval()
     assert loaded.fgram_table.dtype == torch.bfloat16
     torch.testing.assert_close(loaded(batch).logits, model(batch).logits, atol=5e-2, rtol=0)
+    # without dtype=, the table takes the model's dtype
+    from safetensors import safe_open
+
+    out = export_fgram_table(model.to(torch.bfloat16), tmp_path / "model_dtype", show_progress=False)
+    with safe_open(str(out / "fgram_table.safetensors"), "pt") as handle:
+        assert handle.get_slice("table").get_dtype() == "BF16"
 
 
 @torch.no_grad()

@@ -32,6 +32,20 @@ def test_streamed_table_reads_back_with_safetensors(tmp_path, dtype):
         assert torch.equal(releasing.lookup(index), expected[index])
 
 
+def test_table_data_starts_8_byte_aligned(tmp_path):
+    """The safetensors format pads the header so the data starts at a multiple of 8 bytes (a mapped bf16 / fp32 row
+    is then aligned), whatever the metadata's length."""
+    import struct
+
+    for length in range(1, 9):
+        path = tmp_path / f"t{length}.safetensors"
+        with StreamingTableWriter(path, 3, 4, torch.bfloat16, {"note": "x" * length}) as writer:
+            writer.write(torch.ones(3, 4))
+        header_length = struct.unpack("<Q", path.read_bytes()[:8])[0]
+        assert (8 + header_length) % 8 == 0, length
+        assert torch.equal(FgramTable(path).lookup(torch.tensor([2])), torch.ones(1, 4, dtype=torch.bfloat16))
+
+
 def test_failed_or_short_write_leaves_nothing(tmp_path):
     path = tmp_path / "t.safetensors"
     with pytest.raises(ValueError, match="only 10 of 20"):
