@@ -197,6 +197,10 @@ def test_no_anchor_mode_is_plain_causal_training_on_the_chosen_column_and_docume
     """--anchor_mode none (the baseline of the anchor runs) keeps no anchor: the trained model's logits are those
     of a LlamaForCausalLM with its weights. --text_column and --max_documents choose what it trains on (the
     validation files are read whole)."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from hf_efficient_lm.tools.anchor_data import tokenize_function
+
     base, _ = base_and_data
     data, valid = tmp_path / "body.jsonl", tmp_path / "valid.jsonl"
     data.write_text("".join(json.dumps({"body": t, "text": ""}) + "\n" for t in TEXTS))
@@ -209,10 +213,6 @@ def test_no_anchor_mode_is_plain_causal_training_on_the_chosen_column_and_docume
     assert metrics["documents"] == 3 and metrics["anchor_token_ids"] == [] and metrics["train_tokens"] > 2 * 10
     model = AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True).eval()
     assert model.config.model_type == "hfelm_anchor_llama" and model.config.anchor_token_ids == []
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    from hf_efficient_lm.tools.anchor_data import tokenize_function
-
     llama = LlamaForCausalLM.from_pretrained(final).eval()
     ids = torch.tensor([[1, 50, 16, 60, 16, 70, 80]])  # (16 is "." here: an anchor in EP mode)
     with torch.no_grad():
