@@ -200,12 +200,12 @@ def test_no_anchor_mode_is_plain_causal_training_on_the_chosen_column_and_docume
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from hf_efficient_lm.tools.anchor_data import tokenize_function
+    from tests.helpers import write_jsonl
 
     base, _ = base_and_data
-    data, valid = tmp_path / "body.jsonl", tmp_path / "valid.jsonl"
-    data.write_text("".join(json.dumps({"body": t, "text": ""}) + "\n" for t in TEXTS))
+    data = write_jsonl(tmp_path / "body.jsonl", TEXTS, column="body")
     valid_texts = ["Short one. Yes.", "Medium length text here. Two sentences.", "A third. It is here!", "Four."]
-    valid.write_text("".join(json.dumps({"body": t}) + "\n" for t in valid_texts))
+    valid = write_jsonl(tmp_path / "valid.jsonl", valid_texts, column="body")
     args = AnchorTrainArguments(base_model=str(base), data_files=[str(data)], validation_files=[str(valid)],
                                 anchor_mode="none", max_length=64, text_column="body", max_documents=3)
     final = run_anchor_training(args, _training_args(tmp_path / "run", 1))

@@ -368,12 +368,13 @@ def test_byte_training_reads_the_text_and_rows_it_is_told(tmp_path, capsys):
     from hf_efficient_lm.data import read_texts
     from hf_efficient_lm.tools.blt_data import byte_dataset, pack_texts, rows_bits_per_byte
     from hf_efficient_lm.tools.blt_training import train_blt_main, train_entropy_main
+    from tests.helpers import write_jsonl
 
     texts = [f"Document {i}: " + "the quick brown fox jumps over the lazy dog. " * (1 + i % 4) for i in range(40)]
-    train, valid = tmp_path / "train.jsonl", tmp_path / "valid.jsonl"
-    train.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    valid.write_text("".join(json.dumps({"text": t * 3}) + "\n" for t in texts[:8]))
+    train = write_jsonl(tmp_path / "train.jsonl", texts)
+    valid = write_jsonl(tmp_path / "valid.jsonl", [t * 3 for t in texts[:8]])
     threads = torch.get_num_threads()
+    capsys.readouterr()
     try:
         train_blt_main([
             "--train-files", str(train), "--valid-files", str(valid), "--space-patching", "--limit-chars", "2000",
@@ -381,30 +382,28 @@ def test_byte_training_reads_the_text_and_rows_it_is_told(tmp_path, capsys):
             "--batch-size", "2", "--local-hidden", "32", "--latent-hidden", "64", "--latent-layers", "1",
             "--decoder-layers", "1", "--hash-buckets", "31", "--output-dir", str(tmp_path / "blt")])
         assert torch.get_num_threads() == 3
-    finally:
         torch.set_num_threads(threads)
-    metrics = json.loads((tmp_path / "blt" / "train_blt_metrics.json").read_text())
-    rows = len(byte_dataset(read_texts([train], 2000, per_file=True), 64, pack=False))
-    assert metrics["train_rows"] == rows
-    assert rows != len(byte_dataset(read_texts([train], 2000, per_file=True), 64))  # (packed)
-    assert rows != len(byte_dataset(read_texts([train], 4_000_000, per_file=True), 64, pack=False))
-    model = BLTForCausalLM.from_pretrained(tmp_path / "blt").eval()
-    scored = pack_texts(read_texts([valid], 200_000), 64)
-    assert len(scored) > 16
-    assert metrics["bits_per_byte"]["valid"] == pytest.approx(rows_bits_per_byte(model, scored[:2], batch_size=4))
-    assert metrics["bits_per_byte"]["valid"] != pytest.approx(rows_bits_per_byte(model, scored[:16], batch_size=4))
-
-    capsys.readouterr()
-    try:
         train_entropy_main(["--train-files", str(train), "--valid-files", "--limit-chars", "2000", "--seq-len", "32",
                             "--max-steps", "1", "--batch-size", "2", "--hidden-size", "32", "--layers", "1",
                             "--heads", "2", "--window", "32", "--threads", "3", "--output-dir", str(tmp_path / "entropy")])
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(threads)
-    rows = len(byte_dataset(read_texts([train], 2000, per_file=True), 32))
+    limited, whole = read_texts([train], 2000, per_file=True), read_texts([train], 4_000_000, per_file=True)
+
+    metrics = json.loads((tmp_path / "blt" / "train_blt_metrics.json").read_text())
+    rows = len(byte_dataset(limited, 64, pack=False))
+    assert metrics["train_rows"] == rows
+    assert rows != len(byte_dataset(limited, 64)) and rows != len(byte_dataset(whole, 64, pack=False))  # (packed; all)
+    model = BLTForCausalLM.from_pretrained(tmp_path / "blt").eval()
+    scored = pack_texts(read_texts([valid], 200_000), 64)
+    assert len(scored) > 16
+    assert metrics["bits_per_byte"]["valid"] == pytest.approx(rows_bits_per_byte(model, scored[:2], batch_size=4))
+    assert metrics["bits_per_byte"]["valid"] != pytest.approx(rows_bits_per_byte(model, scored[:16], batch_size=4))
+
+    rows = len(byte_dataset(limited, 32))  # train-entropy's rows, as it prints them
     assert f" {rows} training rows of 32 bytes" in capsys.readouterr().out
-    assert rows != len(byte_dataset(read_texts([train], 4_000_000, per_file=True), 32))
+    assert rows != len(byte_dataset(whole, 32))
 
 
 def test_train_entropy_is_reproducible_from_its_seed(tmp_path):
