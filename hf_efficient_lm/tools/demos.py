@@ -23,6 +23,7 @@ from transformers.utils import logging as hf_logging
 
 from ..anchor import AnchorLlamaForCausalLM
 from ..blt import BLTConfig, BLTEntropyConfig, BLTEntropyModel, BLTForCausalLM
+from ..cli import positive_int
 from ..compat import cache_of
 from ..data import pack_ids, train_tokenizer
 from ..eval import evaluate_causal_lm
@@ -39,6 +40,7 @@ from .specialize import specialize, token_blocks
 
 BLOCK_SIZE = 32  # the specialists demo's windows
 NUM_CLUSTERS = 2
+MIN_DOCUMENTS = 21  # the quickstart holds out every 20th document: 20 to train on, at least one held out
 STDLIB_MODULES = [
     "abc", "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "collections", "contextlib", "copy", "csv",
     "dataclasses", "datetime", "decimal", "difflib", "email", "enum", "fractions", "ftplib", "functools", "glob",
@@ -171,18 +173,21 @@ def demo_scone(base_dir: str, train_texts: list[str], *, steps: int = 30, num_fg
             f"{table_bytes / 1e6:.1f} MB f-gram table off-accelerator")
 
 
-def _train_steps(model, rows, steps, lr, **forward_kwargs):
+def _train_steps(model, rows: list[list[int]], steps: int, lr: float, deadline: float | None = None) -> int:
+    """Train ``model`` on ``rows`` (4 rows a step, cycling through them) with one AdamW for ``steps`` steps, or until
+    ``time.perf_counter()`` passes ``deadline``; returns the steps taken."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     data = torch.tensor(rows)
-    for step in range(steps):
-        batch = data[(step * 4) % len(data) :][:4]
-        loss = model(batch, labels=batch, **forward_kwargs).loss
-        loss.backward()
+    taken = 0
+    while taken < steps and (deadline is None or time.perf_counter() < deadline):
+        batch = data[(taken * 4) % len(data) :][:4]
+        model(batch, labels=batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+        taken += 1
     model.eval()
-    return float(loss.detach())
+    return taken
 
 
 def demo_blt(base_dir: str | None, train_texts: list[str], seconds: float = 30.0) -> str:
@@ -209,10 +214,7 @@ def demo_blt(base_dir: str | None, train_texts: list[str], seconds: float = 30.0
     )
     model = BLTForCausalLM(config)
     model.model.entropy_model.load_state_dict(entropy.state_dict())
-    steps = 0
-    while steps < 40 and time.perf_counter() < deadline - 10:
-        _train_steps(model, rows[steps % len(rows):] + rows, 10, 3e-3)
-        steps += 10
+    _train_steps(model, rows, 40, 3e-3, deadline=deadline - 10)  # (the last 10 s are for generation)
     # 3. generation: caches vs full recompute
     prompt = torch.tensor([text_to_ids(train_texts[0][:120], add_eos=False)])
     gen = dict(max_new_tokens=64, min_new_tokens=64, do_sample=False)
@@ -327,15 +329,21 @@ def quickstart_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hf-efficient-lm quickstart", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="quickstart-output", help="where the tokenizer and models go")
-    parser.add_argument("--steps", type=int, default=300, help="pretraining steps of the tiny base Llama")
-    parser.add_argument("--max-chars", type=int, default=1_500_000, help="training text size")
-    parser.add_argument("--families", nargs="*", default=list(FAMILY_DEMOS), help="which family demos to run")
+    parser.add_argument("--steps", type=positive_int, default=300, help="pretraining steps of the tiny base Llama")
+    parser.add_argument("--max-chars", type=positive_int, default=1_500_000,
+                        help=f"characters of docstrings to collect (enough for {MIN_DOCUMENTS} documents: ~60,000)")
+    # choices: a misspelt family stops here, not after minutes of pretraining
+    parser.add_argument("--families", nargs="*", choices=list(FAMILY_DEMOS), default=list(FAMILY_DEMOS),
+                        help="which family demos to run")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     out = Path(args.output_dir)
     started = time.perf_counter()
 
     documents = stdlib_docstrings(args.max_chars)
+    if len(documents) < MIN_DOCUMENTS:
+        raise ValueError(f"--max-chars {args.max_chars} collects {len(documents)} docstring documents; the demo needs "
+                         f"at least {MIN_DOCUMENTS} (1 in 20 is held out): raise --max-chars (~60,000 is enough)")
     held_out, train_docs = documents[::20], [d for i, d in enumerate(documents) if i % 20]
     print(f"text: {len(train_docs)} training and {len(held_out)} held-out documents, "
           f"{sum(map(len, documents)) / 1e6:.2f} M characters of standard-library docstrings")
@@ -363,8 +371,6 @@ def quickstart_main(argv: list[str] | None = None) -> None:
     print(lines[0])
 
     for family in args.families:
-        if family not in FAMILY_DEMOS:
-            raise ValueError(f"unknown family {family!r}; choose from {sorted(FAMILY_DEMOS)}")
         family_started = time.perf_counter()
         line = FAMILY_DEMOS[family](str(base_dir), train_docs)
         lines.append(f"{line}  [{time.perf_counter() - family_started:.0f} s]")
