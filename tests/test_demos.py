@@ -114,3 +114,12 @@ def test_blt_demo_reports_the_latent_steps_of_its_own_generation(monkeypatch):
     logits[..., model.generation_config.eos_token_id] = float("-inf")
     assert torch.equal(logits[0, prompt_bytes - 1 : -1].argmax(-1), generated[0, prompt_bytes:])
     assert latent_lengths == [patches]
+
+
+def test_a_standalone_demo_without_the_corpus_compresses_its_synthetic_text(tmp_path, monkeypatch):
+    """``examples/demo.py anchor`` on a checkout without ``../shared/corpus``: the synthetic text ends sentences as
+    prose does, so the trained tokenizer emits the bare "." anchors and the cache drops the rest."""
+    monkeypatch.setenv("HFELM_CORPUS", str(tmp_path / "no-corpus"))
+    line = demos.run_standalone("anchor")
+    kept, seen = map(int, _figure(r"KV cache (\d+) of (\d+) tokens kept", line))
+    assert 0 < kept < seen / 2, line

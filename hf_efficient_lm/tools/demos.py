@@ -308,8 +308,8 @@ def standalone_texts(family: str) -> list[str]:
     animals = "the cat and the dog ran over the hill while the cow slept in the barn .".split()
     code = "def return import class self lambda yield for while if else print len range".split()
 
-    def text(words):
-        return " ".join(words[int(i)] for i in torch.randint(0, len(words), (120,), generator=rng))
+    def text(words):  # "." ends its sentence as in prose: "barn." ("barn ." would give no bare "." anchor token)
+        return " ".join(words[int(i)] for i in torch.randint(0, len(words), (120,), generator=rng)).replace(" .", ".")
 
     return [text(animals if i % 3 else code) for i in range(48)]
 
