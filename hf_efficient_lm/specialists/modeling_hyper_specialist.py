@@ -31,9 +31,9 @@ from transformers.models.llama.modeling_llama import (
     LlamaRotaryEmbedding,
 )
 
-from .compat_specialists import CACHE_NAME, AutoClassesMixin, cache_of, resolve_cache
+from .compat_specialists import AutoClassesMixin, cache_of, resolve_cache
 from .configuration_hyper_specialist import HyperSpecialistConfig
-from .routing_specialists import check_cache_clusters, cluster_index, histogram_weights, resolve_cluster_ids, stock_llama_config
+from .routing_specialists import cache_argument, check_cache_clusters, cluster_index, histogram_weights, resolve_cluster_ids, stock_llama_config
 
 PROJECTED_MATRICES = ("gate_proj", "up_proj", "down_proj")
 
@@ -179,7 +179,7 @@ class HyperSpecialistModel(HyperSpecialistPreTrainedModel, LlamaModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            **{CACHE_NAME: cache},
+            **cache_argument(cache),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             cluster_ids=cluster_ids,
@@ -209,7 +209,7 @@ class HyperSpecialistForCausalLM(HyperSpecialistPreTrainedModel, LlamaForCausalL
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            **{CACHE_NAME: cache},
+            **cache_argument(cache),
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,

@@ -15,7 +15,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .compat_specialists import CACHE_NAME, AutoClassesMixin, cache_of, resolve_cache
 from .configuration_specialist_mixture import SpecialistMixtureConfig
-from .routing_specialists import check_cache_clusters, cluster_index, histogram_weights, resolve_cluster_ids, stock_llama_config
+from .routing_specialists import cache_argument, check_cache_clusters, cluster_index, histogram_weights, resolve_cluster_ids, stock_llama_config
 
 
 def _gather_rows(batch_size: int, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -119,7 +119,7 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
             output = self._run_expert(
                 clusters[0], input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 inputs_embeds=inputs_embeds, use_cache=use_cache, logits_to_keep=logits_to_keep, return_dict=True,
-                **{CACHE_NAME: cache}, **kwargs,
+                **cache_argument(cache), **kwargs,
             )
             logits, cache = output.logits, cache_of(output)
             check_cache_clusters(cache, cluster_ids)  # (a cache the expert created records them too)

@@ -9,6 +9,8 @@ import operator
 import torch
 from transformers import LlamaConfig
 
+from .compat_specialists import CACHE_NAME
+
 
 class ClusterConfig(LlamaConfig):
     """A ``LlamaConfig`` plus the cluster fields both specialist configs share.
@@ -94,6 +96,12 @@ def check_cache_clusters(cache, cluster_ids: torch.LongTensor) -> None:
         raise ValueError(f"the KV cache was filled under cluster_ids {held.tolist()} but this step routes "
                          f"{cluster_ids.tolist()}: pass the same cluster_ids at every step (None is the default cluster)")
     cache.specialist_cluster_ids = cluster_ids.detach().clone()
+
+
+def cache_argument(cache) -> dict:
+    """``{CACHE_NAME: cache}``. Before Transformers 5.24, continuous batching's ``cache=PagedAttentionCache`` (no
+    ``get_seq_length``) is the paged attention functions' own argument, so it travels on under that name."""
+    return {CACHE_NAME if cache is None or hasattr(cache, "get_seq_length") else "cache": cache}
 
 
 def histogram_weights(histogram, num_clusters: int, dtype: torch.dtype, device=None) -> torch.Tensor:

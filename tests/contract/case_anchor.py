@@ -33,6 +33,7 @@ CASES = [
         invalid_config=("anchor_token_ids", [10_000], "anchor token id 10000 is outside the vocabulary"),
         # the prompt's anchors: embeddings carry no ids (later steps find theirs by id)
         inputs_embeds_kwargs=lambda model, ids: {"anchor_flags": torch.isin(ids, torch.tensor(ANCHOR_IDS))},
+        continuous_batching_error="AnchorLlama needs an AnchorCache .*got a filled PagedAttentionCache",
         prefix_tuning_error="AnchorLlama needs an AnchorCache .*got a filled DynamicCache",
     )
 ]

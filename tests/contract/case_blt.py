@@ -26,6 +26,8 @@ CASES = [
         invalid_config=("patching_mode", "words", "patching_mode must be one of"),
         # bytes are read as ids (patching, hash n-grams): Transformers refuses embeddings for a class that takes none
         inputs_embeds_error="You passed `inputs_embeds` to `.generate\\(\\)`, but the model class BLTForCausalLM",
+        # its sizes live in four sub-configs: Transformers cannot size a paged cache for BLT and refuses up front
+        continuous_batching_error="num_key_value_heads or num_attention_heads could not be found in the config",
         lora_target_modules=["global_transformer.layers.0.self_attn.q_proj", "global_transformer.layers.1.self_attn.v_proj"],
         # PEFT cannot read the latent transformer's sizes from a BLTConfig: they are given, to reach BLT's own refusal
         prefix_tuning_config={"num_layers": 2, "token_dim": 32, "num_attention_heads": 2},

@@ -74,6 +74,7 @@ CASES = [
         make_input_ids=make_scone_input_ids,
         invalid_config=("max_fgram_len", 1, "max_fgram_len must be >= 2"),
         inputs_embeds_error="f-gram matching needs input_ids",
+        continuous_batching_error="SconeLlama cannot decode over a PagedAttentionCache",
         prefix_tuning_kwargs=lambda model, ids: dict(zip(("fgram_row", "fgram_len"), model.match_fgrams(ids))),
     ),
     ContractCase(
@@ -82,6 +83,7 @@ CASES = [
         make_input_ids=make_scone_input_ids,
         invalid_config=("fgram_mode", "disk", "fgram_mode must be one of"),
         inputs_embeds_error="f-gram matching needs input_ids",
+        continuous_batching_error="SconeLlama cannot decode over a PagedAttentionCache",
         prefix_tuning_kwargs=lambda model, ids: dict(zip(("fgram_row", "fgram_len"), model.match_fgrams(ids))),
     ),
 ]

@@ -22,6 +22,7 @@ CHECKS = (
     "left_padding",
     "inputs_embeds",
     "assisted_decoding",
+    "continuous_batching",
     "padding_free",
     "outputs",
     "sdpa_eager",
@@ -69,6 +70,9 @@ class ContractCase:
         the named error ``generate(inputs_embeds=...)`` raises instead.
     assisted_decoding_error: for a class whose cache cannot drop rejected draft tokens (it prunes or folds them), the
         regex of the named error assisted decoding (``prompt_lookup_num_tokens``, ``assistant_model``) raises instead.
+    continuous_batching_error: for a class whose state has no paged form (Transformers' continuous batching hands the
+        forward a ``PagedAttentionCache``), the regex of the named error ``generate_batch`` raises, or reports as each
+        request's ``error`` (its batching loop catches what a forward raises), instead of generating.
     prefix_tuning_kwargs: ``(model, input_ids) -> dict``: what a forward over PEFT prefix tuning's filled cache needs
         besides the ids (SconeLlama: the ids' own f-gram matches, since no f-gram reaches into virtual tokens).
     prefix_tuning_config: ``PrefixTuningConfig`` sizes PEFT cannot read from this class's config.
@@ -88,6 +92,7 @@ class ContractCase:
     inputs_embeds_kwargs: Callable[[PreTrainedModel, torch.LongTensor], dict] = lambda model, input_ids: {}
     inputs_embeds_error: str | None = None
     assisted_decoding_error: str | None = None
+    continuous_batching_error: str | None = None
     prefix_tuning_kwargs: Callable[[PreTrainedModel, torch.LongTensor], dict] = lambda model, input_ids: {}
     prefix_tuning_config: dict = field(default_factory=dict)
     prefix_tuning_error: str | None = None

@@ -13,12 +13,15 @@ import re
 import subprocess
 import sys
 import textwrap
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel, Trainer, TrainingArguments
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, ContinuousBatchingConfig, GenerationConfig,
+                          PreTrainedModel, Trainer, TrainingArguments)
+from transformers.generation.continuous_batching.requests import RequestStatus
 
 import hf_efficient_lm  # noqa: F401  (registers the families)
 from hf_efficient_lm.compat import CACHE_NAME
@@ -216,6 +219,37 @@ def test_assisted_decoding_equals_greedy(case):
                 model.generate(ids, **common, **assisted)
         else:
             assert torch.equal(model.generate(ids, **common, **assisted), greedy), assisted
+
+
+@parametrize_cases
+def test_continuous_batching_equals_generate_per_prompt(case):
+    """Transformers' continuous batching (``generate_batch``, what ``transformers serve`` schedules) gives each prompt
+    of unequal length the tokens ``generate()`` gives it alone; a class whose state has no paged form is refused
+    with its named error (raised, or as every request's ``error``) instead of decoding from a cache without it."""
+    _skip_if_declared(case, "continuous_batching")
+    model = case.make_model().eval()
+    ids = _ids(case, batch=2, length=12)
+    prompts = [ids[0], ids[1, :9]]  # unequal lengths: each request has its own paged slots, no padding
+    config = GenerationConfig(max_new_tokens=6, do_sample=False, pad_token_id=_pad_id(model),
+                              eos_token_id=model.generation_config.eos_token_id)
+    # a cache of 8 pages of 16 tokens: sized for the test, not from the machine's free memory (seconds on a CPU)
+    generate_batch = partial(model.generate_batch, [p.tolist() for p in prompts], generation_config=config,
+                             continuous_batching_config=ContinuousBatchingConfig(page_size=16, num_blocks=8,
+                                                                                 max_batch_tokens=64), warmup=False)
+    if case.continuous_batching_error is not None:
+        try:
+            outputs = generate_batch()
+        except (TypeError, ValueError, NotImplementedError) as error:
+            assert re.search(case.continuous_batching_error, str(error)), error
+            return
+        assert len(outputs) == 2 and all(o.status == RequestStatus.FAILED and not o.generated_tokens
+                                         and re.search(case.continuous_batching_error, o.error or "")
+                                         for o in outputs.values()), outputs
+        return
+    outputs = generate_batch()
+    for prompt, output in zip(prompts, (outputs[key] for key in sorted(outputs))):
+        alone = model.generate(prompt[None], attention_mask=torch.ones_like(prompt[None]), generation_config=config)
+        assert output.generated_tokens == alone[0, len(prompt):].tolist(), (output, alone)
 
 
 def _perturbed(model):
