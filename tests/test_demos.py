@@ -23,6 +23,8 @@ def _figure(pattern: str, line: str) -> tuple[str, ...]:
 
 
 def test_quickstart_trains_a_base_and_prints_each_familys_headline(tmp_path):
+    """README command 1 at a tiny size (4 pretraining steps, ~28 documents): one line per family, in order, whose
+    figures agree with what the demo saved."""
     out = tmp_path / "out"
     result = run_cli("quickstart", "--output-dir", str(out), "--steps", "4", "--max-chars", "60000")
     assert result.returncode == 0, result.stderr[-3000:]
