@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers.utils import logging as hf_logging
 
 from hf_efficient_lm.eval import evaluate_causal_lm
 from hf_efficient_lm.tools import demos
@@ -26,8 +27,10 @@ def test_quickstart_trains_a_base_and_prints_each_familys_headline(tmp_path):
     """README command 1 at a tiny size (4 pretraining steps, ~28 documents): one line per family, in order, whose
     figures agree with what the demo saved."""
     out = tmp_path / "out"
+    verbosity = hf_logging.get_verbosity()
     result = run_cli("quickstart", "--output-dir", str(out), "--steps", "4", "--max-chars", "60000")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert hf_logging.get_verbosity() == verbosity  # (the specialists demo quiets Transformers for its run only)
     summary = result.stdout.split("== hf-efficient-lm quickstart ==")[1].splitlines()
     lines = {re.split(r" \(|:", line)[0].lstrip(" -"): line for line in summary if line.startswith(" - ")}
     assert list(lines) == ["base Llama", "AnchorLlama", "SconeLlama", "BLT", "Specialists"], summary

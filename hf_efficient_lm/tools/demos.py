@@ -237,7 +237,15 @@ def demo_blt(base_dir: str | None, train_texts: list[str], seconds: float = 30.0
 def demo_specialists(base_dir: str, train_texts: list[str]) -> str:
     """Cluster the texts' windows, train a 2-expert mixture branched from the base Llama with cluster-routed
     batches, hold out one cluster's documents as the "domain" and specialise; returns one summary line."""
-    hf_logging.set_verbosity_error()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the Trainers' notes would bury the line; the caller's verbosity comes back
+    try:
+        return _specialists_line(base_dir, train_texts)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _specialists_line(base_dir: str, train_texts: list[str]) -> str:
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     base = LlamaForCausalLM.from_pretrained(base_dir)
