@@ -246,10 +246,12 @@ def test_continuous_batching_equals_generate_per_prompt(case):
                                          and re.search(case.continuous_batching_error, o.error or "")
                                          for o in outputs.values()), outputs
         return
-    outputs = generate_batch()
-    for prompt, output in zip(prompts, (outputs[key] for key in sorted(outputs))):
-        alone = model.generate(prompt[None], attention_mask=torch.ones_like(prompt[None]), generation_config=config)
-        assert output.generated_tokens == alone[0, len(prompt):].tolist(), (output, alone)
+    outputs = list(generate_batch().values())
+    assert sorted(o.prompt_ids for o in outputs) == sorted(p.tolist() for p in prompts), outputs  # every request
+    for output in outputs:  # (matched by its own prompt, not by the order or naming of request ids)
+        prompt = torch.tensor([output.prompt_ids])
+        alone = model.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=config)
+        assert output.generated_tokens == alone[0, prompt.shape[1]:].tolist(), (output, alone)
 
 
 def _perturbed(model):
