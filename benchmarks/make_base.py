@@ -1,7 +1,8 @@
 """Build the shared CPU baseline every family benchmark compares against.
 
-A byte-level BPE tokenizer and a ~5M-parameter Llama (preset ``5m``) trained on all five domains of
-``../shared/corpus`` for a fixed, seeded token budget, then evaluated per domain on the held-out files.
+A byte-level BPE tokenizer and a ~5M-parameter Llama (preset ``5m``) trained on all five domains of the corpus
+(``$HFELM_CORPUS``, default ``../shared/corpus``) for a fixed, seeded token budget, then evaluated per domain on the
+held-out files.
 Written to ``$HFELM_CACHE/base`` (default ``~/.cache/hf_efficient_lm/base``), outside git; rerunning with the same
 settings reuses it (``--force`` rebuilds). The figures land in ``base_metrics.json`` beside the model.
 
@@ -12,30 +13,25 @@ settings reuses it (``--force`` rebuilds). The figures land in ``base_metrics.js
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
-from hf_efficient_lm.data import iter_texts, load_text_dataset, train_tokenizer
+from hf_efficient_lm.data import cache_dir, corpus_dir, iter_texts, load_text_dataset, train_tokenizer
 from hf_efficient_lm.eval import evaluate_causal_lm
 from hf_efficient_lm.io_utils import atomic_dir, atomic_file
 from hf_efficient_lm.train import parse_pretrain_args, run_pretrain
 from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
 
 DOMAINS = ["pydocs", "kernel", "code", "dictionary", "fortunes"]
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def default_cache() -> Path:
-    return Path(os.environ.get("HFELM_CACHE", Path.home() / ".cache" / "hf_efficient_lm"))
 
 
 def main() -> None:
     parser = benchmark_parser(__doc__, threads=torch.get_num_threads())
-    parser.add_argument("--corpus", default=str(REPO_ROOT.parent / "shared" / "corpus"), help="corpus folder")
-    parser.add_argument("--out", default=str(default_cache() / "base"), help="where the base model goes")
+    parser.add_argument("--corpus", default=str(corpus_dir()), help="corpus folder (default: $HFELM_CORPUS or "
+                        "../shared/corpus beside the checkout)")
+    parser.add_argument("--out", default=str(cache_dir("base")), help="where the base model goes")
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--preset", default="5m")
     parser.add_argument("--block-size", type=int, default=256)

@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 
 from hf_efficient_lm.io_utils import atomic_dir, atomic_file
@@ -102,6 +104,12 @@ def test_benchmark_figures_and_options(tmp_path, capsys):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plt.fignum_exists(fig.number), "a benchmark's figure is closed once written"
     assert f"wrote {path}" in capsys.readouterr().out
+
+    # without the optional dependency the error names the extra that brings it
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "matplotlib", None)
+        with pytest.raises(ModuleNotFoundError, match=r"pip install 'hf-efficient-lm\[plots\]'"):
+            new_figure()
 
     before = torch.get_num_threads()
     try:

@@ -176,6 +176,25 @@ def test_benchmarks_build_their_parser_with_benchmark_parser():
     assert not offenders, offenders
 
 
+def test_scripts_plot_and_find_their_files_through_the_package():
+    """One implementation of each shared job: a benchmark or example plots with ``eval.benchmarking.new_figure`` /
+    ``write_figure`` (the Agg backend, an atomic write, the extra named when matplotlib is missing) and finds the
+    corpus and the cache with ``data.corpus_dir`` / ``cache_dir`` (``$HFELM_CORPUS`` / ``$HFELM_CACHE``). A script
+    that spelt ``~/.cache/...`` ignored ``$HFELM_CACHE``; one that called ``savefig`` left half-written plots."""
+    root = PACKAGE.parent
+    offenders = []
+    for folder in ("benchmarks", "examples"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else (
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                called = node.func.attr if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) else ""
+                if any(name.split(".")[0] == "matplotlib" for name in names) or called in ("expanduser", "home",
+                                                                                             "savefig", "subplots"):
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not offenders, offenders
+
+
 def test_benchmarks_import_helpers_never_another_script():
     """A benchmark imports the package and its folder's helper modules (bench_common_anchor.py, corpus_scone.py, ...);
     importing another benchmark *script* (a file with a ``__main__`` block) couples two experiments (issue 12)."""

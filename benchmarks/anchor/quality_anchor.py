@@ -46,18 +46,20 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer, TrainingArguments
 
-from bench_common_anchor import CACHE, OUT_DIR, corpus_texts  # noqa: E402
+from bench_common_anchor import CACHE, OUT_DIR, corpus_texts
 
-from hf_efficient_lm.anchor import AnchorCache, split_sentences  # noqa: E402
-from hf_efficient_lm.anchor.compat_anchor import CACHE_NAME  # noqa: E402
-from hf_efficient_lm.anchor.modeling_anchor_llama import AnchorLlamaForCausalLM  # noqa: E402
-from hf_efficient_lm.eval import rows_nll  # noqa: E402
-from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args  # noqa: E402
-from hf_efficient_lm.io_utils import atomic_file  # noqa: E402
-from hf_efficient_lm.tools.anchor_continual import (  # noqa: E402
+from hf_efficient_lm.anchor import AnchorCache, split_sentences
+from hf_efficient_lm.anchor.compat_anchor import CACHE_NAME
+from hf_efficient_lm.anchor.modeling_anchor_llama import AnchorLlamaForCausalLM
+from hf_efficient_lm.eval import rows_nll
+from hf_efficient_lm.eval.benchmarking import (
+    benchmark_parser, new_figure, parse_benchmark_args, write_figure,
+)
+from hf_efficient_lm.io_utils import atomic_file
+from hf_efficient_lm.tools.anchor_continual import (
     AnchorTrainArguments, build_anchor_model, run_anchor_training,
 )
-from hf_efficient_lm.tools.anchor_mcq import evaluate_multiple_choice, next_sentence_items  # noqa: E402
+from hf_efficient_lm.tools.anchor_mcq import evaluate_multiple_choice, next_sentence_items
 
 DOMAINS = ["pydocs", "kernel", "code", "dictionary", "fortunes"]
 LABELS = {"base": "base Llama", "none": "causal (Llama +steps)", "ep": "AnLLM-EP", "ac": "AnLLM-AC",
@@ -433,12 +435,7 @@ def markdown(summary: dict, settings: dict) -> str:
 
 
 def plot(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    fig, axes = new_figure(1, 3, figsize=(18, 5.5))
     rows = [r for r in summary["ppl"] if r["attention"] == "anchor" or (r["attention"] == "full"
                                                                         and not r["variant"].endswith("0"))]
     width = 0.8 / max(len(rows), 1)
@@ -474,8 +471,7 @@ def plot(summary: dict, path: Path) -> None:
     axes[2].set_xticks(list(xs), names, fontsize=7, rotation=35, ha="right")
     axes[2].set_title("(c) anchor cache vs full cache, MC scoring")
     axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, dpi=110)
 
 
 # ----------------------------------------------------------------------------------------------------- main

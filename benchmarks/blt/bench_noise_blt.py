@@ -42,8 +42,8 @@ from tqdm.auto import tqdm
 
 from hf_efficient_lm.data import CORPUS_DOMAINS as DOMAINS
 from hf_efficient_lm.data import cache_dir, corpus_texts, noise_texts
-from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
-from hf_efficient_lm.io_utils import atomic_file, save_figure
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure
+from hf_efficient_lm.io_utils import atomic_file
 
 HERE = Path(__file__).resolve().parent
 KINDS = ("random_case", "drop", "repeat", "uppercase")
@@ -220,12 +220,7 @@ def main() -> None:
     with atomic_file(out / "noise_blt.md", "w") as fh:
         fh.write(md + "\n")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a1, a2) = new_figure(1, 2, figsize=(11, 4))
     x = range(len(texts))
     for off, key, label in ((-0.2, "llama", ln), (0.2, "blt", bn)):
         a1.bar([i + off for i in x], [summary[c][f"{key}_bpb"][0] for c in texts], 0.4,
@@ -237,8 +232,7 @@ def main() -> None:
         a.set_ylabel(yl)
         a.legend(fontsize=8)
     a1.set_title(f"matched clean quality ({lb:.2f} vs {bb:.2f} bits/byte), seeds {seeds}", fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, out / "noise_blt.png", dpi=110)
+    write_figure(fig, out / "noise_blt.png", dpi=110)
     print(f"wrote {out / 'noise_blt.md'} and .json/.png ({time.perf_counter() - t0:.0f}s)")
 
 

@@ -1,6 +1,7 @@
 """Average patch size vs entropy threshold, per corpus domain, for the global and approximate-monotonic rules.
 
-Uses a trained entropy model (``examples/train_entropy_model.py`` writes ~/.cache/hf_efficient_lm/blt/entropy);
+Uses a trained entropy model (``hf-efficient-lm train-entropy`` writes ``$HFELM_CACHE/blt/entropy``, default
+``~/.cache/hf_efficient_lm/blt/entropy``);
 writes ``patch_size_vs_threshold.png`` next to this script (or ``--out``).
 
     nice -n 10 python benchmarks/blt/bench_patch_size_blt.py
@@ -13,22 +14,22 @@ from pathlib import Path
 
 import torch
 
-from hf_efficient_lm.data import CORPUS_DOMAINS as DOMAINS  # noqa: E402
-from hf_efficient_lm.data import corpus_texts  # noqa: E402
-
-from hf_efficient_lm.blt import BLTEntropyModel  # noqa: E402
-from hf_efficient_lm.tools.blt_data import calibrate_threshold, mean_patch_size, pack_texts  # noqa: E402
-from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure  # noqa: E402
+from hf_efficient_lm.blt import BLTEntropyModel
+from hf_efficient_lm.data import CORPUS_DOMAINS as DOMAINS
+from hf_efficient_lm.data import corpus_texts
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure
+from hf_efficient_lm.tools.blt_data import calibrate_threshold, mean_patch_size, pack_texts
+from hf_efficient_lm.tools.blt_training import DEFAULT_ENTROPY_MODEL
 
 
 def main() -> None:
     parser = benchmark_parser(__doc__)
-    parser.add_argument("--entropy-model", default=os.path.expanduser("~/.cache/hf_efficient_lm/blt/entropy"))
+    parser.add_argument("--entropy-model", default=DEFAULT_ENTROPY_MODEL)
     parser.add_argument("--rows", type=int, default=8, help="512-byte validation rows per domain")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "patch_size_vs_threshold.png"))
     args = parse_benchmark_args(parser)
     if not os.path.isfile(os.path.join(args.entropy_model, "config.json")):
-        parser.error(f"no entropy model at {args.entropy_model}; run examples/train_entropy_model.py first")
+        parser.error(f"no entropy model at {args.entropy_model}; run `hf-efficient-lm train-entropy` first")
     model = BLTEntropyModel.from_pretrained(args.entropy_model).eval()
 
     thresholds = torch.linspace(0.0, 4.0, 33)

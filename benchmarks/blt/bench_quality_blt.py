@@ -17,7 +17,7 @@ entropy model's own pretraining is not counted). The budget is either ``--budget
 
     nice -n 10 python benchmarks/blt/bench_quality_blt.py --train-minutes 14
 
-Checkpoints are cached under ~/.cache/hf_efficient_lm/blt_quality/ (``--reuse`` loads them when the budget and
+Checkpoints are cached under $HFELM_CACHE/blt_quality/ (``--reuse`` loads them when the budget and
 configs match); writes ``results/quality_blt.json`` (gitignored) and ``results/quality_blt.png``.
 """
 
@@ -42,15 +42,15 @@ from hf_efficient_lm.tools.blt_data import (
 )
 from hf_efficient_lm.tools.blt_flops import blt_flops_per_byte, llama_flops_per_token
 from hf_efficient_lm.data import CORPUS_DOMAINS as DOMAINS
-from hf_efficient_lm.data import corpus_texts, pack_ids
+from hf_efficient_lm.data import cache_dir, corpus_texts, pack_ids
 from hf_efficient_lm.eval import evaluate_causal_lm, rows_nll
-from hf_efficient_lm.tools.blt_training import add_blt_size_options, blt_size_config
+from hf_efficient_lm.tools.blt_training import DEFAULT_ENTROPY_MODEL, add_blt_size_options, blt_size_config
 from hf_efficient_lm.train import llama_config_from_preset
 from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure
 
 HERE = Path(__file__).resolve().parent
 
-CACHE = Path(os.path.expanduser("~/.cache/hf_efficient_lm/blt_quality"))
+CACHE = cache_dir("blt_quality")
 
 
 # ----------------------------------------------------------------------------------------------------------- data
@@ -129,8 +129,8 @@ def blt_bits_per_byte(model, texts: list[str], seq_len: int, batch_size: int = 8
 # --------------------------------------------------------------------------------------------------------- main
 def main() -> None:
     parser = benchmark_parser(__doc__, threads=2)
-    parser.add_argument("--tokenizer", default=os.path.expanduser("~/.cache/hf_efficient_lm/base"))
-    parser.add_argument("--entropy-model", default=os.path.expanduser("~/.cache/hf_efficient_lm/blt/entropy"))
+    parser.add_argument("--tokenizer", default=str(cache_dir("base")))
+    parser.add_argument("--entropy-model", default=DEFAULT_ENTROPY_MODEL)
     parser.add_argument("--preset", default="1m", help="Llama preset (hf_efficient_lm.train.LLAMA_PRESETS)")
     parser.add_argument("--llama-seq-len", type=int, default=128, help="tokens per training row / eval window")
     parser.add_argument("--llama-batch", type=int, default=16)
@@ -155,7 +155,7 @@ def main() -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     if not os.path.isfile(os.path.join(args.entropy_model, "config.json")):
-        parser.error(f"no entropy model at {args.entropy_model}; run examples/train_entropy_model.py first")
+        parser.error(f"no entropy model at {args.entropy_model}; run `hf-efficient-lm train-entropy` first")
     entropy_model = BLTEntropyModel.from_pretrained(args.entropy_model).eval()
 
     # ---- models and per-unit FLOPs

@@ -42,8 +42,8 @@ import torch
 
 from hf_efficient_lm.data import CORPUS_DOMAINS as DOMAINS
 from hf_efficient_lm.data import cache_dir, corpus_texts, pack_ids, train_tokenizer
-from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
-from hf_efficient_lm.io_utils import atomic_file, save_figure
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure
+from hf_efficient_lm.io_utils import atomic_file
 
 HERE = Path(__file__).resolve().parent
 
@@ -434,12 +434,7 @@ def report(args) -> dict:
 
 
 def plot(args, summary, gaps, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (a1, a2) = new_figure(1, 2, figsize=(12, 4.5))
     if gaps:
         x = [g["budget_flops"] for g in gaps]
         for d in list(DOMAINS) + ["all"]:
@@ -465,8 +460,7 @@ def plot(args, summary, gaps, path) -> None:
     a2.set_ylabel("validation bits/byte (all domains)")
     a2.set_title("largest budget: patch size at ~equal inference FLOPs", fontsize=9)
     a2.legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
+    write_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> None:

@@ -54,8 +54,8 @@ from tqdm import tqdm
 from transformers import LlamaForCausalLM
 
 from hf_efficient_lm.eval import rows_nll
-from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
-from hf_efficient_lm.io_utils import atomic_file, save_figure
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure
+from hf_efficient_lm.io_utils import atomic_file
 from hf_efficient_lm.scone import FGRAM_RECIPES, SconeLlamaForCausalLM, mine_fgrams
 from hf_efficient_lm.train import llama_config_from_preset
 
@@ -199,12 +199,7 @@ def summarise(results: dict) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, axes = new_figure(1, 2, figsize=(12, 4.6))
     for i, r in enumerate(rows):
         for ax, key, label in ((axes[0], "infer_flops", "inference accelerator FLOPs/token"),
                                (axes[1], "train_flops", "training FLOPs (total, incl. A_f)")):
@@ -216,8 +211,7 @@ def plot(rows: list[dict], path: Path) -> None:
     axes[0].set_title("perplexity vs inference FLOPs/token")
     axes[1].set_title("perplexity vs training compute")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
+    write_figure(fig, path, dpi=110)
 
 
 MERGE_FREE_ARGS = {"seeds", "models", "name", "out", "merge", "report"}  # what parts of one merge may differ in

@@ -38,7 +38,11 @@ def parse_benchmark_args(parser: argparse.ArgumentParser, argv: Sequence[str] | 
 def new_figure(*subplots_args, **subplots_kwargs):
     """``matplotlib.pyplot.subplots(...)`` on the file-only Agg backend (benchmarks run without a display).
     Returns ``(figure, axes)``; finish with :func:`write_figure`."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ModuleNotFoundError as error:  # an optional dependency: say which extra brings it
+        raise ModuleNotFoundError("benchmark plots need matplotlib: pip install 'hf-efficient-lm[plots]' (or run the "
+                                  "benchmark with --no-plot where it has that option)", name="matplotlib") from error
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
