@@ -19,13 +19,16 @@ from tqdm import tqdm
 
 
 # run as a script: its own folder is on sys.path, so the sibling modules import directly
-from bench_common_anchor import OUT_DIR, anchor_parser, ep_ids, load_tokenizer, long_prompt, model_pair  # noqa: E402
-from hf_efficient_lm.compat import CACHE_NAME, cache_of  # noqa: E402
-from hf_efficient_lm.eval.benchmarking import new_figure, parse_benchmark_args, write_figure  # noqa: E402
+from bench_common_anchor import OUT_DIR, anchor_parser, ep_ids, load_tokenizer, long_prompt, model_pair
+from hf_efficient_lm.compat import CACHE_NAME, cache_of
+from hf_efficient_lm.eval.benchmarking import new_figure, parse_benchmark_args, write_figure
+
+
+WARMUP_STEPS = 3  # untimed decode steps at the start of every context
 
 
 @torch.no_grad()
-def time_decode(settings, feed: torch.LongTensor, warmup: int = 3, clock=time.perf_counter):
+def time_decode(settings, feed: torch.LongTensor, warmup: int = WARMUP_STEPS, clock=time.perf_counter):
     """Median decode-step seconds of each ``(model, prompt_ids)`` setting after prefilling its prompt; the settings'
     steps are interleaved so that load from other processes on a shared machine hits them alike.
     Returns (medians, caches)."""
@@ -43,12 +46,16 @@ def time_decode(settings, feed: torch.LongTensor, warmup: int = 3, clock=time.pe
 def main(argv=None):
     parser = anchor_parser(__doc__)
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048, 4096])
-    parser.add_argument("--steps", type=int, default=40, help="timed decode steps per context")
+    parser.add_argument("--steps", type=int, default=40,
+                        help=f"decode steps per context, the first {WARMUP_STEPS} untimed")
     parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                         help="'cpu' times this process's CPU time: steadier than wall time on a machine shared with "
                              "other jobs (with --threads 1 it is the step's compute time)")
     parser.add_argument("--no-plot", action="store_true")
     args = parse_benchmark_args(parser, argv)
+    if args.steps <= WARMUP_STEPS:
+        parser.error(f"--steps must be > {WARMUP_STEPS} (the first {WARMUP_STEPS} steps are untimed warm-up), "
+                     f"got {args.steps}")
 
     tokenizer = load_tokenizer()
     anchors = ep_ids(tokenizer)
@@ -71,7 +78,8 @@ def main(argv=None):
         rows.append((prompt.shape[1], kept, llama_step * 1e3, anchor_step * 1e3, limit_step * 1e3))
 
     print(f"\nDecode step time (size={args.size}, fp32, batch 1, {torch.get_num_threads()} thread(s), median of "
-          f"{args.steps - 3} interleaved steps, {args.clock} clock; limit = Llama step with a cache of the kept size)")
+          f"{args.steps - WARMUP_STEPS} interleaved steps, {args.clock} clock; "
+          "limit = Llama step with a cache of the kept size)")
     print(f"{'context':>8} {'anchor kept':>12} {'Llama ms':>9} {'Anchor ms':>10} {'limit ms':>9} {'speed-up':>9} "
           f"{'vs limit':>9}")
     for context, kept, llama_ms, anchor_ms, limit_ms in rows:
