@@ -127,5 +127,5 @@ def match_blocks(vocab, blocks: np.ndarray, num_threads: int | None = 1) -> tupl
 
 
 def make_schedule(optimizer, steps: int, warmup: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * (
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(warmup, 1)) * (
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
