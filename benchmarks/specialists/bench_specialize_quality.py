@@ -32,13 +32,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Trainer, TrainingArguments  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Trainer, TrainingArguments
+from transformers.utils import logging as hf_logging
 
-from hf_efficient_lm.specialists import (  # noqa: E402
+from hf_efficient_lm.specialists import (
     ClusterIndex,
     HashedNgramEmbedder,
     HyperSpecialistConfig,
@@ -51,10 +51,12 @@ from hf_efficient_lm.specialists import (  # noqa: E402
     mixture_from_experts,
     specialize,
 )
-from hf_efficient_lm.tools.specialize import token_blocks, block_perplexity  # noqa: E402
-from hf_efficient_lm.tools.specialists_training import ClusterHomogeneousTrainer, SpecialistCollator  # noqa: E402
-from hf_efficient_lm.data import cache_dir, corpus_dir, corpus_texts  # noqa: E402
-from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure  # noqa: E402
+from common_specialists import target_windows
+
+from hf_efficient_lm.tools.specialize import token_blocks, block_perplexity
+from hf_efficient_lm.tools.specialists_training import ClusterHomogeneousTrainer, SpecialistCollator
+from hf_efficient_lm.data import cache_dir, corpus_dir, corpus_texts
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure
 
 ALL_DOMAINS = ("pydocs", "kernel", "code", "dictionary", "fortunes")
 
@@ -226,14 +228,9 @@ def main(argv=None) -> dict:
     rows = []
     ft = dict(tokenizer=tokenizer, block_size=args.block_size, max_steps=args.finetune_steps, eval_steps=20,
               learning_rate=1e-3, batch_size=args.batch_size, early_stopping_patience=3, seed=args.seed)
-    chars_per_token = sum(len(w) for w in windows[:2000]) / (min(2000, len(windows)) * args.block_size)
     for target in args.targets:
-        chars = int(args.domain_tokens * chars_per_token)
-        domain_texts = corpus_texts(target, "train", corpus=args.corpus, limit_chars=chars)
-        test_blocks = token_blocks(corpus_texts(target, "valid", corpus=args.corpus, limit_chars=10**7), tokenizer, args.block_size)
-        test_blocks = [test_blocks[i] for i in np.random.default_rng(0).permutation(len(test_blocks))[
-            : args.test_blocks]]
-        domain_windows = [tokenizer.decode(b) for b in token_blocks(domain_texts, tokenizer, args.block_size)]
+        domain_texts, test_blocks, domain_windows = target_windows(
+            target, args.corpus, args.domain_tokens, args.test_blocks, tokenizer, args.block_size, windows)
         histogram = index.histogram_of_ids(index.assign(domain_windows, progress=False))
         print(f"\n== {target}: {len(domain_windows) * args.block_size} training tokens, histogram "
               f"{np.round(histogram, 3).tolist()}")

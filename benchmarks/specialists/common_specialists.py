@@ -35,6 +35,9 @@ def target_windows(target: str, corpus: Path, domain_tokens: int, test_blocks: i
     Returns ``(texts, test_blocks, windows)``."""
     chars_per_token = sum(len(w) for w in generic[:2000]) / (min(2000, len(generic)) * block_size)
     texts = corpus_texts(target, "train", corpus=corpus, limit_chars=int(domain_tokens * chars_per_token))
+    if len(texts) < 2:  # specialize() holds one document out for early stopping
+        raise ValueError(f"--domain-tokens {domain_tokens} reads {len(texts)} {target!r} document(s); specialising "
+                         "needs at least 2 (one is held out for early stopping): raise --domain-tokens")
     test = token_blocks(corpus_texts(target, "valid", corpus=corpus, limit_chars=10**7), tokenizer, block_size)
     test = [test[i] for i in np.random.default_rng(0).permutation(len(test))[:test_blocks]]
     return texts, test, [tokenizer.decode(b) for b in token_blocks(texts, tokenizer, block_size)]
