@@ -14,14 +14,14 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from bench_common_anchor import (  # noqa: E402
+from bench_common_anchor import (
     OUT_DIR, ac_model_pair, anchor_parser, ep_ids, five_shot_prompts, full_cache_bytes, load_tokenizer, long_prompt,
     model_pair,
 )
 
-from hf_efficient_lm.compat import CACHE_NAME, cache_of  # noqa: E402
-from hf_efficient_lm.anchor import AnchorCache, encode_with_anchors  # noqa: E402
-from hf_efficient_lm.eval.benchmarking import new_figure, parse_benchmark_args, write_figure  # noqa: E402
+from hf_efficient_lm.compat import CACHE_NAME, cache_of
+from hf_efficient_lm.anchor import AnchorCache, encode_with_anchors
+from hf_efficient_lm.eval.benchmarking import new_figure, parse_benchmark_args, write_figure
 
 
 @torch.no_grad()

@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 # run as a script: its own folder is on sys.path, so the sibling module imports directly
-from bench_common_anchor import OUT_DIR, anchor_parser, corpus_texts, ep_ids, llama_config, load_tokenizer, setup_cpu  # noqa: E402
+from bench_common_anchor import OUT_DIR, anchor_parser, corpus_texts, ep_ids, llama_config, load_tokenizer, setup_cpu
 
-from hf_efficient_lm.eval.benchmarking import new_figure, parse_benchmark_args, write_figure  # noqa: E402
+from hf_efficient_lm.eval.benchmarking import new_figure, parse_benchmark_args, write_figure
 
 
 def _status_mb(field: str) -> float:

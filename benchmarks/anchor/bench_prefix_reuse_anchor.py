@@ -16,13 +16,13 @@ import time
 import torch
 from tqdm import tqdm
 
-from bench_common_anchor import (  # noqa: E402
+from bench_common_anchor import (
     anchor_parser, corpus_texts, ep_ids, five_shot_prompts, full_cache_bytes, load_tokenizer, model_pair,
 )
 
-from hf_efficient_lm.compat import CACHE_NAME, cache_of  # noqa: E402
-from hf_efficient_lm.anchor import compress_prefix, continuation_logits  # noqa: E402
-from hf_efficient_lm.eval.benchmarking import parse_benchmark_args  # noqa: E402
+from hf_efficient_lm.compat import CACHE_NAME, cache_of
+from hf_efficient_lm.anchor import compress_prefix, continuation_logits
+from hf_efficient_lm.eval.benchmarking import parse_benchmark_args
 
 
 def queries(tokenizer, n: int, length: int) -> list[torch.LongTensor]:

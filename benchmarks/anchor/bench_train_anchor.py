@@ -16,8 +16,8 @@ import time
 import torch
 from tqdm import tqdm
 
-from bench_common_anchor import anchor_parser, corpus_texts, ep_ids, load_tokenizer, model_pair  # noqa: E402
-from hf_efficient_lm.eval.benchmarking import parse_benchmark_args  # noqa: E402
+from bench_common_anchor import anchor_parser, corpus_texts, ep_ids, load_tokenizer, model_pair
+from hf_efficient_lm.eval.benchmarking import parse_benchmark_args
 
 
 def batch_of_text(tokenizer, batch: int, length: int) -> torch.LongTensor:

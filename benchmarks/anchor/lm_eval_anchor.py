@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from bench_common_anchor import corpus_texts  # noqa: E402
+from bench_common_anchor import corpus_texts
 
-from hf_efficient_lm.tools.anchor_mcq import sentence_cloze_items  # noqa: E402
-from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args  # noqa: E402
+from hf_efficient_lm.tools.anchor_mcq import sentence_cloze_items
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
 
 TASK_YAML = """task: {name}
 dataset_path: json

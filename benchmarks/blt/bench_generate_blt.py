@@ -11,11 +11,10 @@ import time
 
 import torch
 
-from common_blt import add_reference_size_options, corpus_bytes, reference_blt  # noqa: E402
+from common_blt import add_reference_size_options, corpus_bytes, reference_blt
 
-import hf_efficient_lm  # noqa: E402,F401
-from hf_efficient_lm import BLTForCausalLM  # noqa: E402
-from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args  # noqa: E402
+from hf_efficient_lm import BLTForCausalLM
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
 
 
 def main() -> None:

@@ -17,13 +17,13 @@ import time
 
 import torch
 
-from common_blt import add_reference_size_options, corpus_bytes, reference_blt  # noqa: E402
+from common_blt import add_reference_size_options, corpus_bytes, reference_blt
 
-from hf_efficient_lm import BLTForCausalLM  # noqa: E402
-from hf_efficient_lm.blt import BLTDataCollator, patch_lengths_from_starts, text_to_ids  # noqa: E402
-from hf_efficient_lm.data import corpus_texts  # noqa: E402
-from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args  # noqa: E402
-from hf_efficient_lm.eval.speed import saved_for_backward_bytes  # noqa: E402
+from hf_efficient_lm import BLTForCausalLM
+from hf_efficient_lm.blt import BLTDataCollator, patch_lengths_from_starts, text_to_ids
+from hf_efficient_lm.data import corpus_texts
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
+from hf_efficient_lm.eval.speed import saved_for_backward_bytes
 
 
 def make_step(model, input_ids, labels=None, **kwargs):

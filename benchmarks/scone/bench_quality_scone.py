@@ -26,7 +26,7 @@ from hf_efficient_lm.eval import rows_nll
 from hf_efficient_lm.scone import SconeLlamaConfig, SconeLlamaForCausalLM, export_fgram_table, mine_fgrams
 from hf_efficient_lm.train.presets import llama_config_from_preset
 from corpus_scone import DOMAINS, cache_dir, load_tokenizer, match_blocks, tokenized_docs
-from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure  # noqa: E402
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure
 
 
 def packed_blocks(docs, eos: int, block: int) -> np.ndarray:

@@ -16,11 +16,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from hf_efficient_lm.data import cache_dir, corpus_dir, read_texts  # noqa: E402
-from hf_efficient_lm.specialists import ClusterIndex, HashedNgramEmbedder, LMHiddenStateEmbedder  # noqa: E402
-from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args  # noqa: E402
+from hf_efficient_lm.data import cache_dir, corpus_dir, read_texts
+from hf_efficient_lm.specialists import ClusterIndex, HashedNgramEmbedder, LMHiddenStateEmbedder
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
 
 DOMAINS = ("pydocs", "kernel", "code", "dictionary", "fortunes")
 

@@ -35,18 +35,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from torch.utils.data import SequentialSampler  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
+import numpy as np
+import torch
+from datasets import Dataset
+from torch.utils.data import SequentialSampler
+from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+from transformers.utils import logging as hf_logging
 
-from common_specialists import GENERIC, generic_windows, target_windows  # noqa: E402
+from common_specialists import GENERIC, generic_windows, target_windows
 
-from hf_efficient_lm.data import cache_dir, corpus_dir, corpus_texts  # noqa: E402
-from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args  # noqa: E402
-from hf_efficient_lm.specialists import (  # noqa: E402
+from hf_efficient_lm.data import cache_dir, corpus_dir, corpus_texts
+from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
+from hf_efficient_lm.specialists import (
     ClusterIndex,
     HashedNgramEmbedder,
     HyperSpecialistConfig,
@@ -55,12 +55,12 @@ from hf_efficient_lm.specialists import (  # noqa: E402
     SpecialistMixtureForCausalLM,
     specialize,
 )
-from hf_efficient_lm.tools.specialists_training import (  # noqa: E402
+from hf_efficient_lm.tools.specialists_training import (
     ClusterHomogeneousTrainer,
     SpecialistCollator,
     cluster_homogeneous_order,
 )
-from hf_efficient_lm.tools.specialize import block_perplexity, token_blocks  # noqa: E402
+from hf_efficient_lm.tools.specialize import block_perplexity, token_blocks
 
 VARIANTS = ("slm", "slm_homog", "pn", "pn_k1", "pn_rescaled", "pn_permatrix", "pn_lr1e-3", "pn_shared", "pn_shared_pm",
             "mix")

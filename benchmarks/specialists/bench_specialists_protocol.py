@@ -30,20 +30,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+from transformers.utils import logging as hf_logging
 
-from common_specialists import generic_windows, target_windows  # noqa: E402
+from common_specialists import generic_windows, target_windows
 
-from hf_efficient_lm.data import cache_dir, corpus_dir  # noqa: E402
-from hf_efficient_lm.eval.benchmarking import (  # noqa: E402
+from hf_efficient_lm.data import cache_dir, corpus_dir
+from hf_efficient_lm.eval.benchmarking import (
     benchmark_parser, new_figure, parse_benchmark_args, write_figure,
 )
-from hf_efficient_lm.io_utils import atomic_file  # noqa: E402
-from hf_efficient_lm.specialists import (  # noqa: E402
+from hf_efficient_lm.io_utils import atomic_file
+from hf_efficient_lm.specialists import (
     hyper_from_llama,
     ClusterIndex,
     HashedNgramEmbedder,
@@ -54,9 +54,9 @@ from hf_efficient_lm.specialists import (  # noqa: E402
     SpecialistMixtureForCausalLM,
     specialize,
 )
-from hf_efficient_lm.tools.importance_sampling import importance_sample_indices  # noqa: E402
-from hf_efficient_lm.tools.specialists_training import ClusterHomogeneousTrainer, SpecialistCollator  # noqa: E402
-from hf_efficient_lm.tools.specialize import block_perplexity  # noqa: E402
+from hf_efficient_lm.tools.importance_sampling import importance_sample_indices
+from hf_efficient_lm.tools.specialists_training import ClusterHomogeneousTrainer, SpecialistCollator
+from hf_efficient_lm.tools.specialize import block_perplexity
 
 METHODS = ("SLM + FT", "SLM-is + FT", "SLM-mix + FT", "SLM-mix best-before + FT", "SLM-mix best-after-FT",
            "SLM-pn + FT", "SLM long + FT", "SLM-pn br + FT")
