@@ -5,17 +5,10 @@
     python examples/demo.py blt           # bytes per patch, cached generation vs full recompute
     python examples/demo.py specialists   # specialist vs the generic Llama trained and fine-tuned alike
 
-Each is `hf_efficient_lm.tools.demos.demo_<family>(base_dir, train_texts)`.
+Each is `hf_efficient_lm.tools.demos.demo_<family>(base_dir, train_texts)`; the same as `hf-efficient-lm demo FAMILY`.
 """
 
-import sys
-
-import torch
-
-from hf_efficient_lm.tools.demos import FAMILY_DEMOS, run_standalone
+from hf_efficient_lm.tools.demos import demo_main
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or sys.argv[1] not in FAMILY_DEMOS:
-        sys.exit(f"usage: python examples/demo.py {{{','.join(FAMILY_DEMOS)}}}")
-    torch.set_num_threads(1)
-    print(run_standalone(sys.argv[1]))
+    demo_main()

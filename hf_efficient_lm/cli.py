@@ -1,8 +1,8 @@
 """``hf-efficient-lm``: the command line of the package, one table (``COMMANDS``) of every user entry point.
 
-Subcommands build the baseline pipeline (train-tokenizer, pretrain, evaluate), publish models with their cards,
-and run each family's tools (train-anchor, anchor-mcq, train-scone, scone-mine, scone-export, train-entropy,
-train-blt, train-expert, plan-specialists). ``hf-efficient-lm SUBCOMMAND --help`` explains each one.
+Subcommands build the baseline pipeline (train-tokenizer, pretrain, evaluate), publish models with their cards, run
+the demos (quickstart, demo) and each family's tools (train-anchor, anchor-mcq, train-scone, scone-mine, scone-export,
+train-entropy, train-blt, train-expert, plan-specialists). ``hf-efficient-lm SUBCOMMAND --help`` explains each one.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("publish", "save a model folder with its model card and upload it to the Hub", "hf_efficient_lm.cli:_add_publish"),
     Command("quickstart", "the main demo: tokenizer, base Llama and every family's headline figure, offline",
             "hf_efficient_lm.tools.demos:quickstart_main", passthrough=True),
+    Command("demo", "one family's demo on its own, on a tiny Llama it builds first (no data, no download)",
+            "hf_efficient_lm.tools.demos:demo_main", passthrough=True),
     # AnchorLlama
     Command("train-anchor", "continual pretraining of a Llama checkpoint into AnchorLlama (EP or AC anchors)",
             "hf_efficient_lm.tools.anchor_continual:main", passthrough=True),

@@ -121,10 +121,18 @@ def test_blt_demo_reports_the_latent_steps_of_its_own_generation(monkeypatch):
     assert latent_lengths == [patches]
 
 
-def test_a_standalone_demo_without_the_corpus_compresses_its_synthetic_text(tmp_path, monkeypatch):
-    """``examples/demo.py anchor`` on a checkout without ``../shared/corpus``: the synthetic text ends sentences as
-    prose does, so the trained tokenizer emits the bare "." anchors and the cache drops the rest."""
+def test_a_standalone_demo_without_the_corpus_compresses_its_synthetic_text(tmp_path, monkeypatch, capsys):
+    """``hf-efficient-lm demo anchor`` (``examples/demo.py anchor``) on a checkout without ``../shared/corpus``: the
+    synthetic text ends sentences as prose does, so the trained tokenizer emits the bare "." anchors and the cache
+    drops the rest."""
+    from hf_efficient_lm.cli import main
+
     monkeypatch.setenv("HFELM_CORPUS", str(tmp_path / "no-corpus"))
-    line = demos.run_standalone("anchor")
+    threads = torch.get_num_threads()
+    try:
+        main(["demo", "anchor", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
     kept, seen = map(int, _figure(r"KV cache (\d+) of (\d+) tokens kept", line))
     assert 0 < kept < seen / 2, line

@@ -303,7 +303,7 @@ FAMILY_DEMOS = {"anchor": demo_anchor, "scone": demo_scone, "blt": demo_blt, "sp
 
 
 def standalone_texts(family: str) -> list[str]:
-    """Texts for a demo run on its own (``python examples/demo.py FAMILY``): the shared corpus when present, else a
+    """Texts for a demo run on its own (``hf-efficient-lm demo FAMILY``): the shared corpus when present, else a
     small synthetic text."""
     from ..data import corpus_dir, corpus_texts
 
@@ -330,6 +330,19 @@ def run_standalone(family: str) -> str:
         base = save_tiny_llama(Path(tmp) / "base", vocab_size=len(tokenizer), max_position_embeddings=2048)
         tokenizer.save_pretrained(base)
         return FAMILY_DEMOS[family](str(base), texts)
+
+
+def demo_main(argv: list[str] | None = None) -> None:
+    """``hf-efficient-lm demo FAMILY``: one family's demo on its own (:func:`run_standalone`)."""
+    parser = argparse.ArgumentParser(
+        prog="hf-efficient-lm demo", description="One family's demo on its own, offline: a tiny random Llama with a "
+        "tokenizer trained on the shared corpus (or a small synthetic text without it), converted into the family; "
+        "prints the family's headline line. The quickstart runs all four on the base Llama it trains.")
+    parser.add_argument("family", choices=list(FAMILY_DEMOS), help="which family's demo to run")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads (default: 1)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(run_standalone(args.family))
 
 
 def quickstart_main(argv: list[str] | None = None) -> None:
