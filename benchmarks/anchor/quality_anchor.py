@@ -503,6 +503,8 @@ def main(argv=None):
                         help="also run the MC task on the untrained EP / AC conversions")
     parser.add_argument("--results", default=str(OUT_DIR / "quality_anchor.json"))
     args = parse_benchmark_args(parser, argv)
+    if min(args.shots) < 0:
+        parser.error(f"--shots must be >= 0, got {args.shots}")
     if not (Path(args.base) / "config.json").exists():
         sys.exit(f"no base checkpoint at {args.base} (run benchmarks/make_base.py)")
     mc_seeds = set(args.seeds if args.mc_seeds is None else args.mc_seeds)
@@ -516,7 +518,8 @@ def main(argv=None):
     mc_items = next_sentence_items(held_out, args.mc_items, seed=0)
     train_docs = {domain: corpus_texts(domain, "train", 8) for domain in DOMAINS}
     demo_docs = [train_docs[domain][i] for i in range(8) for domain in DOMAINS]  # demos from all five domains
-    mc_demos = next_sentence_items(demo_docs, max(args.shots), seed=1)
+    # demonstrations for the largest --shots (none when every run is 0-shot)
+    mc_demos = next_sentence_items(demo_docs, max(args.shots), seed=1) if max(args.shots) > 0 else []
     key = {"ppl": dict(eval_docs=args.eval_docs, piece_chars=args.piece_chars, chunk=args.chunk,
                        max_length=args.max_length),
            "mc": dict(mc_items=args.mc_items, shots=args.shots, mc_chunk=args.mc_chunk, scoring="pmi")}
