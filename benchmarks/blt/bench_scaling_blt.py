@@ -368,6 +368,9 @@ def report(args) -> dict:
             path = Path(args.cache) / "runs" / f"{name}-seed{s}" / "result.json"
             if path.exists():
                 res.setdefault(name, {})[s] = json.loads(path.read_text())
+    if not res:  # else empty tables would replace the results of --out-dir
+        sys.exit(f"no finished run of {sorted(table)} with seeds {args.seeds} under {Path(args.cache) / 'runs'}: "
+                 f"nothing to report (kept {args.out_dir})")
     cols = list(DOMAINS) + ["all"]
 
     def bpb(r, d):
@@ -465,6 +468,8 @@ def plot(args, summary, gaps, path) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.stage in ("runs", "run", "report") and not (Path(args.cache) / "prep.json").is_file():
+        sys.exit(f"no prepared data at {Path(args.cache) / 'prep.json'}: run --stage prep (or all) with this --cache")
     if args.stage == "run":
         one_run(args)
         return

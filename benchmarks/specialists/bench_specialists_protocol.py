@@ -164,6 +164,9 @@ def main(argv=None):
                f"{args.pn_projection}{args.pn_init}_s{args.pretrain_steps}_ft{args.finetune_steps}_br{args.branch_steps}")
     runs_path = cache / f"runs_{run_key}.jsonl"
     rows = [json.loads(line) for line in runs_path.read_text().splitlines()] if runs_path.is_file() else []
+    if args.summary_only and not rows:  # else it would overwrite <--name>_table.md / _results.json with no rows
+        parser.error(f"--summary-only: no runs recorded at {runs_path}; pass the protocol options the runs were made "
+                     "with (the command is in their table's first line)")
     started_all = time.perf_counter()
 
     # ------------------------------------------------------------------ data, tokenizer, windows, embeddings
