@@ -8,7 +8,10 @@
 Each is `hf_efficient_lm.tools.demos.demo_<family>(base_dir, train_texts)`; the same as `hf-efficient-lm demo FAMILY`.
 """
 
+import sys
+
+from hf_efficient_lm.cli import run_cli
 from hf_efficient_lm.tools.demos import demo_main
 
 if __name__ == "__main__":
-    demo_main()
+    sys.exit(run_cli(demo_main))

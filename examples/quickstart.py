@@ -12,13 +12,15 @@ The same as `hf-efficient-lm quickstart`.
 """
 
 import os
+import sys
 import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore")
 
+from hf_efficient_lm.cli import run_cli  # noqa: E402
 from hf_efficient_lm.tools.demos import quickstart_main  # noqa: E402
 
 if __name__ == "__main__":
-    quickstart_main()
+    sys.exit(run_cli(quickstart_main))
