@@ -144,7 +144,7 @@ def main() -> None:
     p.add_argument("--blt-run", default=None)
     p.add_argument("--chars", type=int, default=3000, help="validation characters per domain")
     p.add_argument("--piece-chars", type=int, default=128)
-    p.add_argument("--kinds", nargs="+", default=list(KINDS))
+    p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     p.add_argument("--noise-seed", type=int, default=0)
     p.add_argument("--out-dir", default=str(HERE / "results"))
     args = parse_benchmark_args(p)
@@ -153,6 +153,10 @@ def main() -> None:
     from hf_efficient_lm.blt import BLTForCausalLM
 
     scaling = json.loads(Path(args.scaling_json).read_text())
+    for option, run, kind in (("--llama-run", args.llama_run, "llama"), ("--blt-run", args.blt_run, "blt")):
+        runs = sorted(n for n, r in scaling["summary"].items() if r["kind"] == kind)
+        if run is not None and run not in runs:
+            p.error(f"{option} {run!r} is not among the {kind} runs of {args.scaling_json}: {runs}")
     ln, bn, lb, bb = pick_pair(scaling)
     ln, bn = args.llama_run or ln, args.blt_run or bn
     lb, bb = (scaling["summary"][n]["bits_per_byte"]["all"][0] for n in (ln, bn))
