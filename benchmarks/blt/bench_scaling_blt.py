@@ -82,6 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--llama-presets, --blt-presets and --tokens need one value per size")
     if len(args.patch_presets) != len(args.patch_sizes):
         p.error("--patch-presets and --patch-sizes need one value per patch-size run")
+    if args.stage == "run" and args.run_name not in run_table(args):
+        p.error(f"--stage run needs --run-name, one of {sorted(run_table(args))}; got {args.run_name!r}")
     return args
 
 
