@@ -47,6 +47,7 @@ from hf_efficient_lm.eval import evaluate_causal_lm, rows_nll
 from hf_efficient_lm.tools.blt_training import DEFAULT_ENTROPY_MODEL, add_blt_size_options, blt_size_config
 from hf_efficient_lm.train import llama_config_from_preset
 from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure
+from hf_efficient_lm.io_utils import atomic_file
 
 HERE = Path(__file__).resolve().parent
 
@@ -320,7 +321,8 @@ def main() -> None:
                  bytes=blt_bytes, training_flops=blt_flops, forward_flops_per_byte=blt_train_fpb),
         results=results, overall=overall, table="\n".join(lines), wall_s=wall,
     )
-    (out_dir / "quality_blt.json").write_text(json.dumps(payload, indent=2))
+    with atomic_file(out_dir / "quality_blt.json", "w") as handle:
+        json.dump(payload, handle, indent=2)
 
     names = list(results) + ["all"]
     lv = [results[d]["llama_bits_per_byte"] for d in results] + [overall["llama_bits_per_byte"]]

@@ -46,6 +46,7 @@ from common_specialists import GENERIC, generic_windows, target_windows
 
 from hf_efficient_lm.data import cache_dir, corpus_dir, corpus_texts
 from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
+from hf_efficient_lm.io_utils import atomic_file
 from hf_efficient_lm.specialists import (
     ClusterIndex,
     HashedNgramEmbedder,
@@ -230,10 +231,11 @@ def main(argv=None):
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "pn_diagnosis.md").write_text(text + "\n")
-    (args.out / "pn_diagnosis.json").write_text(json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
-         "runs": sorted(done.values(), key=lambda r: (r["variant"], r["seed"]))}, indent=2))
+    with atomic_file(args.out / "pn_diagnosis.md", "w") as handle:
+        handle.write(text + "\n")
+    with atomic_file(args.out / "pn_diagnosis.json", "w") as handle:
+        json.dump({"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
+                   "runs": sorted(done.values(), key=lambda r: (r["variant"], r["seed"]))}, handle, indent=2)
     return summary
 
 

@@ -312,7 +312,8 @@ def main(argv=None):
             with runs_path.open("a") as handle:
                 for row in new_rows:
                     handle.write(json.dumps(row) + "\n")
-        (cache / f"diagnostics_{run_key}_seed{seed}.json").write_text(json.dumps(diagnostics[seed]))
+        with atomic_file(cache / f"diagnostics_{run_key}_seed{seed}.json", "w") as handle:
+            json.dump(diagnostics[seed], handle)
 
     # ------------------------------------------------------------------ summary, table, plot
     # re-read: seeds may run as parallel processes (--seeds 0 / 1 / 2) appending to the same file

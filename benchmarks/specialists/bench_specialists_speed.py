@@ -24,6 +24,7 @@ from hf_efficient_lm.specialists import (
     SpecialistMixtureForCausalLM,
 )
 from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
+from hf_efficient_lm.io_utils import atomic_file
 
 
 def step_seconds(model, input_ids, cluster_ids, steps: int) -> float:
@@ -111,8 +112,8 @@ def main(argv=None):
     for name, count in results["params"].items():
         print(f"  {name:30s} {count / 1e3:8.0f}k  x{count / results['params']['SLM / specialised Llama']:.2f}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, **results},
-                                                    indent=2))
+    with atomic_file(args.out / "speed.json", "w") as handle:
+        json.dump({"args": vars(args) | {"out": str(args.out)}, **results}, handle, indent=2)
     return results
 
 

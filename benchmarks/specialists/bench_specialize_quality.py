@@ -57,6 +57,7 @@ from hf_efficient_lm.tools.specialize import token_blocks, block_perplexity
 from hf_efficient_lm.tools.specialists_training import ClusterHomogeneousTrainer, SpecialistCollator
 from hf_efficient_lm.data import cache_dir, corpus_dir, corpus_texts
 from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure
+from hf_efficient_lm.io_utils import atomic_file
 
 ALL_DOMAINS = ("pydocs", "kernel", "code", "dictionary", "fortunes")
 
@@ -101,7 +102,8 @@ def pretrained(name: str, build, dataset, args_ns, cache: Path, *, homogeneous: 
                                     homogeneous=homogeneous, lr=lr)
     flops = prior_cost[1] + 6.0 * active_params(model) * steps * args_ns.batch_size * args_ns.block_size
     model.save_pretrained(path)
-    meta_path.write_text(json.dumps({"seconds": seconds, "flops": flops}))
+    with atomic_file(meta_path, "w") as handle:  # written last: it marks the saved model as complete
+        json.dump({"seconds": seconds, "flops": flops}, handle)
     return model.eval(), seconds, flops
 
 
@@ -299,24 +301,22 @@ def main(argv=None) -> dict:
         )
     text = "\n".join(table)
     print("\n" + text)
-    (args.out / "specialize_table.md").write_text(text + "\n")
-    (args.out / "specialize_results.json").write_text(json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "pretraining": pre_cost,
-         "cluster_counts_per_generic_domain": purity}, indent=2))
-    try:
-        fig, axes = new_figure(1, len(args.targets), figsize=(6 * len(args.targets), 4.5), squeeze=False)
-        for ax, target in zip(axes[0], args.targets):
-            sub = [r for r in rows if r["domain"] == target]
-            for r in sub:
-                ax.scatter(r["spec_flops"] / 1e9, r["ppl"], s=20 + r["inference_params"] / 2e4)
-                ax.annotate(r["method"], (r["spec_flops"] / 1e9, r["ppl"]), fontsize=7)
-            ax.set_xscale("log")
-            ax.set_xlabel("specialization GFLOPs (log)")
-            ax.set_ylabel("held-out domain perplexity")
-            ax.set_title(f"{target} (marker size ~ inference params)")
-        write_figure(fig, args.out / "specialize_plot.png", dpi=120)
-    except ImportError:
-        pass
+    with atomic_file(args.out / "specialize_table.md", "w") as handle:
+        handle.write(text + "\n")
+    with atomic_file(args.out / "specialize_results.json", "w") as handle:
+        json.dump({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "pretraining": pre_cost,
+                   "cluster_counts_per_generic_domain": purity}, handle, indent=2)
+    fig, axes = new_figure(1, len(args.targets), figsize=(6 * len(args.targets), 4.5), squeeze=False)
+    for ax, target in zip(axes[0], args.targets):
+        sub = [r for r in rows if r["domain"] == target]
+        for r in sub:
+            ax.scatter(r["spec_flops"] / 1e9, r["ppl"], s=20 + r["inference_params"] / 2e4)
+            ax.annotate(r["method"], (r["spec_flops"] / 1e9, r["ppl"]), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("specialization GFLOPs (log)")
+        ax.set_ylabel("held-out domain perplexity")
+        ax.set_title(f"{target} (marker size ~ inference params)")
+    write_figure(fig, args.out / "specialize_plot.png", dpi=120)
     print(f"\ntotal {time.perf_counter() - started:.0f}s; wrote {args.out}/specialize_table.md, .json, .png")
     return {"rows": rows}
 
