@@ -27,6 +27,7 @@ from hf_efficient_lm.scone import SconeLlamaConfig, SconeLlamaForCausalLM, expor
 from hf_efficient_lm.train.presets import llama_config_from_preset
 from corpus_scone import DOMAINS, cache_dir, load_tokenizer, match_blocks, tokenized_docs
 from hf_efficient_lm.eval.benchmarking import benchmark_parser, new_figure, parse_benchmark_args, write_figure
+from hf_efficient_lm.io_utils import atomic_file
 
 
 def packed_blocks(docs, eos: int, block: int) -> np.ndarray:
@@ -72,11 +73,11 @@ def main():
     parser.add_argument("--fgram-layers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--fusion", default="replace", choices=["replace", "gated"])
     parser.add_argument("--eval-tokens", type=int, default=30_000, help="held-out tokens per domain")
-    parser.add_argument("--out", default=str(cache_dir() / "quality"))
+    parser.add_argument("--out", help="results folder (default: $HFELM_CACHE/scone/quality)")
     parser.add_argument("--reuse-base", help="quality_scone.json of an earlier run with the same settings: reuse its "
                                              "base Llama figures instead of retraining it (training is seeded)")
     args = parse_benchmark_args(parser)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else cache_dir() / "quality"  # (cache_dir() makes the folder: not at --help)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer()
     eos = tokenizer.eos_token_id
@@ -157,7 +158,8 @@ def base_init_state(llama_config):
 
 
 def _report(results: dict, out: Path, fusion: str) -> None:
-    (out / f"quality_scone_{fusion}.json").write_text(json.dumps(results, indent=2))
+    with atomic_file(out / f"quality_scone_{fusion}.json", "w") as handle:
+        json.dump(results, handle, indent=2)
     names = list(results)
     print("\n| model | " + " | ".join(DOMAINS) + " | mean | vs base |")
     print("|---|" + "---|" * (len(DOMAINS) + 2))
@@ -167,29 +169,26 @@ def _report(results: dict, out: Path, fusion: str) -> None:
         mean = float(np.mean(list(ppl.values())))
         print(f"| {name} | " + " | ".join(f"{ppl[d]:.2f}" for d in DOMAINS) +
               f" | {mean:.2f} | {100 * (mean / base_mean - 1):+.1f}% |")
-    try:
-        fig, axes = new_figure(1, 2, figsize=(9, 3.5))
-        sweeps = [(k, v) for k, v in results.items() if k != "base"]
-        min_layers = min(v["fgram_layers"] for _, v in sweeps) if sweeps else 1
-        by_s = sorted((v["num_fgrams"], np.mean(list(v["ppl"].values()))) for _, v in sweeps
-                      if v["fgram_layers"] == min_layers)
-        if by_s:
-            axes[0].plot([x for x, _ in by_s], [y for _, y in by_s], "o-", label="SconeLlama (table mode)")
-        # depth axis: one line per S that was trained at more than one depth
-        for num_fgrams in sorted({v["num_fgrams"] for _, v in sweeps}):
-            by_l = sorted((v["fgram_layers"], np.mean(list(v["ppl"].values()))) for _, v in sweeps
-                          if v["num_fgrams"] == num_fgrams)
-            if len(by_l) > 1:
-                axes[1].plot([x for x, _ in by_l], [y for _, y in by_l], "o-", label=f"SconeLlama, S = {num_fgrams:,}")
-        for ax, label in ((axes[0], "number of f-grams S"), (axes[1], "f-gram model layers")):
-            ax.axhline(base_mean, color="gray", ls="--", label="base Llama")
-            ax.set_xlabel(label)
-            ax.set_ylabel("mean held-out perplexity")
-            ax.legend()
-        axes[0].set_xscale("log")
-        write_figure(fig, out / f"quality_scone_{fusion}.png", dpi=120)
-    except ImportError:
-        pass
+    fig, axes = new_figure(1, 2, figsize=(9, 3.5))
+    sweeps = [(k, v) for k, v in results.items() if k != "base"]
+    min_layers = min(v["fgram_layers"] for _, v in sweeps) if sweeps else 1
+    by_s = sorted((v["num_fgrams"], np.mean(list(v["ppl"].values()))) for _, v in sweeps
+                  if v["fgram_layers"] == min_layers)
+    if by_s:
+        axes[0].plot([x for x, _ in by_s], [y for _, y in by_s], "o-", label="SconeLlama (table mode)")
+    # depth axis: one line per S that was trained at more than one depth
+    for num_fgrams in sorted({v["num_fgrams"] for _, v in sweeps}):
+        by_l = sorted((v["fgram_layers"], np.mean(list(v["ppl"].values()))) for _, v in sweeps
+                      if v["num_fgrams"] == num_fgrams)
+        if len(by_l) > 1:
+            axes[1].plot([x for x, _ in by_l], [y for _, y in by_l], "o-", label=f"SconeLlama, S = {num_fgrams:,}")
+    for ax, label in ((axes[0], "number of f-grams S"), (axes[1], "f-gram model layers")):
+        ax.axhline(base_mean, color="gray", ls="--", label="base Llama")
+        ax.set_xlabel(label)
+        ax.set_ylabel("mean held-out perplexity")
+        ax.legend()
+    axes[0].set_xscale("log")
+    write_figure(fig, out / f"quality_scone_{fusion}.png", dpi=120)
 
 
 if __name__ == "__main__":
