@@ -91,6 +91,14 @@ def test_save_figure_writes_a_png_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
 
 
+def test_benchmark_figures_without_matplotlib_name_the_extra(monkeypatch):
+    from hf_efficient_lm.eval.benchmarking import new_figure
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # (an import of it then fails as when it is not installed)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'hf-efficient-lm\[plots\]'"):
+        new_figure()
+
+
 def test_benchmark_figures_and_options(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt
@@ -104,12 +112,6 @@ def test_benchmark_figures_and_options(tmp_path, capsys):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plt.fignum_exists(fig.number), "a benchmark's figure is closed once written"
     assert f"wrote {path}" in capsys.readouterr().out
-
-    # without the optional dependency the error names the extra that brings it
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(sys.modules, "matplotlib", None)
-        with pytest.raises(ModuleNotFoundError, match=r"pip install 'hf-efficient-lm\[plots\]'"):
-            new_figure()
 
     before = torch.get_num_threads()
     try:
