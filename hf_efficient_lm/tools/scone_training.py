@@ -113,6 +113,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[SconeTrainArguments, Trai
 def main(argv: list[str] | None = None) -> Path:
     args, training_args = parse_args(argv)
     check_writable(training_args.output_dir)
+    fgram_dir = Path(args.fgram_dir) if args.fgram_dir else None
+    if fgram_dir and not (fgram_dir / "fgram_index.safetensors").exists():  # the mined vocabulary will go there
+        check_writable(fgram_dir, replace=True)
+        if fgram_dir.is_dir() and any(fgram_dir.iterdir()):
+            raise FileExistsError(f"--fgram_dir {fgram_dir} holds other files but no f-gram vocabulary "
+                                  "(fgram_index.safetensors): pass a vocabulary folder, or a new or empty one to fill")
     if args.base_model:
         args.base_model = local_path(args.base_model, "base model folder")
     tokenizer = AutoTokenizer.from_pretrained(local_path(args.tokenizer or args.base_model, "tokenizer folder"))
@@ -128,8 +134,9 @@ def main(argv: list[str] | None = None) -> Path:
         else:
             vocab = mine_fgrams(blocks, num_fgrams=args.num_fgrams, max_len=args.max_fgram_len,
                                 min_count=args.min_count, barrier_ids=barriers, tokenizer=tokenizer)
-            if args.fgram_dir and training_args.process_index == 0:
-                vocab.save(args.fgram_dir)
+            if args.fgram_dir and training_args.process_index == 0:  # whole or not at all; never over other files
+                with atomic_dir(args.fgram_dir, overwrite=False) as tmp:
+                    vocab.save(tmp)
         blocks = add_fgram_columns(blocks, vocab)
     print(f"f-gram vocabulary: {vocab}")
 

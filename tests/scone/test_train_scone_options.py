@@ -118,3 +118,14 @@ def test_train_scone_from_scratch_builds_the_preset(root):
         train_scone(_argv(root, "unused", "--from_scratch_preset", "200k"))
     with pytest.raises(ValueError, match="exactly one of --base_model"):
         train_scone(_argv(root, "unused", "--from_scratch_preset", "200k", "--base_model", str(root / "llama")))
+
+
+def test_train_scone_refuses_an_fgram_dir_of_other_files_before_loading_anything(root, tmp_path):
+    """--fgram_dir without a vocabulary is where the mined one is saved, whole (``atomic_dir``): a folder holding
+    other files would have been written into (and, made atomic, replaced) after minutes of mining."""
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="--fgram_dir .*notes holds other files but no f-gram vocabulary"):
+        train_scone(_argv(root, "refused", "--base_model", str(tmp_path / "no-such-base"), "--fgram_dir", str(folder)))
+    assert (folder / "keep.txt").read_text() == "mine" and not (root / "refused").exists()
