@@ -35,10 +35,10 @@ def sample(with_package: bool) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=7, help="fresh interpreters per variant (alternating)")
-    args = parse_benchmark_args(parser)
+    args = parse_benchmark_args(parser, argv)
     sample(True)  # warm the page cache for both variants
     baseline, method = [], []
     for _ in range(args.repeats):

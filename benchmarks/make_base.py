@@ -27,7 +27,7 @@ from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_
 DOMAINS = ["pydocs", "kernel", "code", "dictionary", "fortunes"]
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = benchmark_parser(__doc__, threads=torch.get_num_threads())
     parser.add_argument("--corpus", default=str(corpus_dir()), help="corpus folder (default: $HFELM_CORPUS or "
                         "../shared/corpus beside the checkout)")
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--eval-documents", type=int, default=200, help="held-out documents per domain")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if the output exists")
-    args = parse_benchmark_args(parser)
+    args = parse_benchmark_args(parser, argv)
 
     out = Path(args.out)
     if (out / "base_metrics.json").exists() and not args.force:

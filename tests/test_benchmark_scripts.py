@@ -95,10 +95,9 @@ def test_fast_benchmarks_run_at_tiny_sizes(script, benchmark_env, monkeypatch, c
     arguments, expected = SMOKE_RUNS[script]
     if script.endswith("bench_specialists_speed.py"):
         arguments = [*arguments, "--out", str(benchmark_env / "speed")]
-    monkeypatch.syspath_prepend(str(path.parent))
-    monkeypatch.setattr(sys, "argv", [str(path), *arguments])
+    monkeypatch.syspath_prepend(str(path.parent))  # a script's own folder is on sys.path when it runs
     spec = importlib.util.spec_from_file_location(f"benchmark_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main()
+    module.main(arguments)
     assert expected in capsys.readouterr().out

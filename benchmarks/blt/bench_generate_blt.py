@@ -17,13 +17,13 @@ from hf_efficient_lm import BLTForCausalLM
 from hf_efficient_lm.eval.benchmarking import benchmark_parser, parse_benchmark_args
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--prompt-bytes", type=int, default=1024)
     parser.add_argument("--new-bytes", type=int, default=256)
     add_reference_size_options(parser)
     parser.add_argument("--skip-ours-uncached", action="store_true", help="skip our own full-recompute reference")
-    args = parse_benchmark_args(parser)
+    args = parse_benchmark_args(parser, argv)
 
     prompt = corpus_bytes(args.prompt_bytes)
     hf = reference_blt(prompt, args)

@@ -136,7 +136,7 @@ def pick_pair(scaling: dict) -> tuple[str, str, float, float]:
     return ln, bn, s[ln]["bits_per_byte"]["all"][0], s[bn]["bits_per_byte"]["all"][0]
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = benchmark_parser(__doc__)
     p.add_argument("--cache", default=str(cache_dir("bltexp")))
     p.add_argument("--scaling-json", default=str(HERE / "results" / "scaling_blt.json"))
@@ -147,7 +147,7 @@ def main() -> None:
     p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     p.add_argument("--noise-seed", type=int, default=0)
     p.add_argument("--out-dir", default=str(HERE / "results"))
-    args = parse_benchmark_args(p)
+    args = parse_benchmark_args(p, argv)
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from hf_efficient_lm.blt import BLTForCausalLM

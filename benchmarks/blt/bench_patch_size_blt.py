@@ -22,12 +22,12 @@ from hf_efficient_lm.tools.blt_data import calibrate_threshold, mean_patch_size,
 from hf_efficient_lm.tools.blt_training import DEFAULT_ENTROPY_MODEL
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--entropy-model", default=DEFAULT_ENTROPY_MODEL)
     parser.add_argument("--rows", type=int, default=8, help="512-byte validation rows per domain")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "patch_size_vs_threshold.png"))
-    args = parse_benchmark_args(parser)
+    args = parse_benchmark_args(parser, argv)
     if not os.path.isfile(os.path.join(args.entropy_model, "config.json")):
         parser.error(f"no entropy model at {args.entropy_model}; run `hf-efficient-lm train-entropy` first")
     model = BLTEntropyModel.from_pretrained(args.entropy_model).eval()

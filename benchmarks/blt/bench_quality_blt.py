@@ -128,7 +128,7 @@ def blt_bits_per_byte(model, texts: list[str], seq_len: int, batch_size: int = 8
 
 
 # --------------------------------------------------------------------------------------------------------- main
-def main() -> None:
+def main(argv=None) -> None:
     parser = benchmark_parser(__doc__, threads=2)
     parser.add_argument("--tokenizer", default=str(cache_dir("base")))
     parser.add_argument("--entropy-model", default=DEFAULT_ENTROPY_MODEL)
@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="load cached checkpoints trained with the same settings")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=str(HERE / "results"))
-    args = parse_benchmark_args(parser)
+    args = parse_benchmark_args(parser, argv)
     t_start = time.perf_counter()
 
     from transformers import AutoTokenizer, LlamaForCausalLM, Trainer

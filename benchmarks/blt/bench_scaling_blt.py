@@ -307,7 +307,7 @@ def one_run(args) -> None:
           f"train {res['train_s']:.0f}s, eval {res['eval_s']:.0f}s", flush=True)
 
 
-def all_runs(args) -> None:
+def all_runs(args, argv: list[str]) -> None:
     """Every (run, seed) as a subprocess of ``--threads`` torch threads, ``--jobs`` at a time; the scaling runs first
     (largest first)."""
     from tqdm.auto import tqdm
@@ -329,7 +329,7 @@ def all_runs(args) -> None:
             return False
 
     todo = [(n, s) for n, s in order if not busy_or_done(n, s)]
-    base = [sys.executable, str(Path(__file__).resolve())] + sys.argv[1:]  # the last --stage wins
+    base = [sys.executable, str(Path(__file__).resolve()), *argv]  # this run's options; the last --stage wins
     logs = Path(args.cache) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -479,7 +479,7 @@ def main(argv=None) -> None:
     if args.stage in ("all", "prep"):
         prep(args)
     if args.stage in ("all", "runs"):
-        all_runs(args)
+        all_runs(args, sys.argv[1:] if argv is None else list(argv))
     if args.stage in ("all", "report"):
         report(args)
     print(f"wall {time.perf_counter() - t0:.0f}s")

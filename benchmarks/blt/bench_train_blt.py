@@ -111,7 +111,7 @@ def compare_padding_free(model, batch: int, max_bytes: int, rounds: int) -> None
               f"saved for backward {saved[name] / 2**20:7.1f} MiB ({saved[name] / saved['padded']:.2f}x)")
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=512)
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--checkpointing", action="store_true", help="measure activation checkpointing instead")
     parser.add_argument("--padding-free", action="store_true", help="measure padded vs padding-free rows instead")
     add_reference_size_options(parser)
-    args = parse_benchmark_args(parser)
+    args = parse_benchmark_args(parser, argv)
     data = corpus_bytes(args.batch * args.seq_len).view(args.batch, args.seq_len).clone()
     data[:, 0] = 1
     hf = reference_blt(data[:1], args)

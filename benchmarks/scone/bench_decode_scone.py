@@ -91,7 +91,7 @@ def paired_step_ms(base, table, docs: list[np.ndarray], batch: int, prompt_len: 
     return base_steps, table_steps
 
 
-def main():
+def main(argv=None):
     parser = benchmark_parser(__doc__)
     parser.add_argument("--num-fgrams", type=int, default=100_000)
     parser.add_argument("--preset", default="5m")
@@ -102,7 +102,7 @@ def main():
     parser.add_argument("--table-dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--paired-tokens", type=int, default=4096,
                         help="decode steps x batch rows per batch size in the paired per-step measurement")
-    args = parse_benchmark_args(parser)
+    args = parse_benchmark_args(parser, argv)
     tokenizer = load_tokenizer()
     base_dir = base_checkpoint(args.preset, tokenizer)
     vocab = cached_vocab(args.num_fgrams, tokenizer)

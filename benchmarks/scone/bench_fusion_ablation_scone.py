@@ -367,7 +367,7 @@ def summarise_axes(parts: list[dict], config: str, path: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------- main
-def main() -> None:
+def main(argv=None) -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--preset", default="1m")
     parser.add_argument("--vocab-size", type=int, default=2048)
@@ -391,7 +391,7 @@ def main() -> None:
                              "one holds the base runs; issue #13 item 3)")
     add_results_options(parser, "fusion_ablation_scone",
                         "only re-report a results file (an ablation or --axes one); rewrites its .png, not the JSON")
-    args = parse_benchmark_args(parser)
+    args = parse_benchmark_args(parser, argv)
     out = Path(args.out)
     if args.report:
         path = Path(args.report)

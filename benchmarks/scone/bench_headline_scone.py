@@ -264,7 +264,7 @@ def rereport(path: Path) -> None:
     print(f"\nrewrote {path} (summary) and {path.with_suffix('.png')}")
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--preset", default="1m")
     parser.add_argument("--large-layers", type=int, default=8)
@@ -283,7 +283,7 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens per domain")
     add_results_options(parser, "headline_scone",
                         "only re-report a results file: rewrite its summary and plot in place (nothing trained)")
-    args = parse_benchmark_args(parser)
+    args = parse_benchmark_args(parser, argv)
     if args.report:
         rereport(Path(args.report))
         return

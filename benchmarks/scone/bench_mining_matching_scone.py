@@ -102,11 +102,11 @@ def rates(tokens, timer):
     return f"{tokens / timer.wall / 1e6:.2f}M tokens/s wall, {tokens / timer.cpu / 1e6:.2f}M tokens/CPU-s"
 
 
-def main():
+def main(argv=None):
     parser = benchmark_parser(__doc__, threads=2)
     parser.add_argument("--num-fgrams", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--max-len", type=int, default=5)
-    args = parse_benchmark_args(parser)
+    args = parse_benchmark_args(parser, argv)
     tokenizer = load_tokenizer()
     train = tokenized_docs("train")
     valid = tokenized_docs("valid")

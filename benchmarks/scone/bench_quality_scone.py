@@ -62,7 +62,7 @@ def perplexity(model, blocks: np.ndarray, batch: int = 32) -> float:
     return rows_nll(model, blocks, batch_size=batch).perplexity
 
 
-def main():
+def main(argv=None):
     parser = benchmark_parser(__doc__)
     parser.add_argument("--preset", default="1m")
     parser.add_argument("--train-tokens", type=int, default=600_000)
@@ -76,7 +76,7 @@ def main():
     parser.add_argument("--out", help="results folder (default: $HFELM_CACHE/scone/quality)")
     parser.add_argument("--reuse-base", help="quality_scone.json of an earlier run with the same settings: reuse its "
                                              "base Llama figures instead of retraining it (training is seeded)")
-    args = parse_benchmark_args(parser)
+    args = parse_benchmark_args(parser, argv)
     out = Path(args.out) if args.out else cache_dir() / "quality"  # (cache_dir() makes the folder: not at --help)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer()

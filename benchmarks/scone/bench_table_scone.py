@@ -63,7 +63,7 @@ def time_lookups(fn, row_batches, warmup: int, before=None) -> float:
     return statistics.median(times)
 
 
-def main():
+def main(argv=None):
     parser = benchmark_parser(__doc__)
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--dim", type=int, default=256)
@@ -72,7 +72,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=50, help="untimed calls before every latency measurement")
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--delete", action="store_true", help="delete the table file at the end (default: keep it)")
-    args = parse_benchmark_args(parser)
+    args = parse_benchmark_args(parser, argv)
     dtype = getattr(torch, args.dtype)
     path = cache_dir() / f"bench_table_{args.rows}x{args.dim}_{args.dtype}.safetensors"
     rss0 = rss_mb()
