@@ -1,6 +1,6 @@
-"""Benchmark scripts refuse options they cannot honour with one line naming the option, before building a model
-(``tests/test_gpu_script.py`` runs the prepared accelerator script end to end; ``test_layout.py`` checks that scripts
-plot and find their files through the package)."""
+"""Benchmark scripts: the fast ones run whole at tiny sizes, and options a script cannot honour are refused with one
+line naming the option, before a model is built. (``tests/test_gpu_script.py`` runs the prepared accelerator script
+end to end; ``test_layout.py`` checks that scripts plot and find their files through the package.)"""
 
 import gzip
 import importlib
