@@ -78,12 +78,10 @@ def _cmd_scone_export(args: argparse.Namespace) -> None:
 
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = SconeLlamaForCausalLM.from_pretrained(model_dir)
-    out = export_fgram_table(model, out_dir, batch_size=args.batch_size, dtype=getattr(torch, args.dtype))
-    note = ""
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)  # the exported folder is evaluated and published on its own
-    else:
-        note = f" (no tokenizer in {model_dir}: add one of {list(TOKENIZER_FILES[:2])} before evaluating it)"
+    out = export_fgram_table(model, out_dir, batch_size=args.batch_size, dtype=getattr(torch, args.dtype),
+                             tokenizer=tokenizer)
+    note = "" if tokenizer is not None else (
+        f" (no tokenizer in {model_dir}: add one of {list(TOKENIZER_FILES[:2])} before evaluating it)")
     print(f"wrote table-mode SconeLlama ({model.config.num_fgrams} f-gram rows, {args.dtype}) to {out}{note}")
 
 

@@ -105,13 +105,13 @@ def save_fgram_vocab(vocab, directory: str | os.PathLike) -> Path:
 
 @torch.no_grad()
 def export_fgram_table(model, out_dir, *, batch_size: int = 4096, dtype: torch.dtype | None = None,
-                       show_progress: bool = True, **save_kwargs) -> Path:
+                       show_progress: bool = True, tokenizer=None, **save_kwargs) -> Path:
     """Precompute ``A_f`` of a model-mode ``SconeLlamaForCausalLM`` over all S f-grams; write a table-mode folder.
 
     The folder holds the main model's weights (``model.safetensors``, without ``A_f``), a config with
-    ``fgram_mode="table"``, the f-gram index, and ``fgram_table.safetensors`` ``[S, hidden]`` in ``dtype``
-    (default: the model's dtype), written ``batch_size`` rows at a time, so the table is never whole in memory.
-    The folder itself appears atomically.
+    ``fgram_mode="table"``, the f-gram index, ``fgram_table.safetensors`` ``[S, hidden]`` in ``dtype`` (default: the
+    model's dtype), written ``batch_size`` rows at a time, so the table is never whole in memory, and ``tokenizer``'s
+    files when given (the folder is then evaluated and published on its own). The folder appears atomically, whole.
     """
     if not isinstance(model, PreTrainedModel):  # e.g. a PeftModel: its adapters would not reach the table
         raise TypeError(f"export_fgram_table takes a SconeLlamaForCausalLM, got {type(model).__name__}; for a PEFT "
@@ -137,6 +137,8 @@ def export_fgram_table(model, out_dir, *, batch_size: int = 4096, dtype: torch.d
                 model.config = original_config
             vocab.save(tmp_dir)
             _write_table(model, tmp_dir / TABLE_FILE, batch_size, dtype or model.dtype, show_progress)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp_dir)
     finally:
         model.train(was_training)
     return Path(out_dir)

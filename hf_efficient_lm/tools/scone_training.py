@@ -174,8 +174,8 @@ def _write_outputs(args, trainer, tokenizer, vocab, fingerprint: dict, rows_per_
         trainer.save_model(tmp)
         tokenizer.save_pretrained(tmp)
         write_fingerprint(tmp, fingerprint)
-    table_dir = export_fgram_table(trainer.model, out / "table", dtype=getattr(torch, args.table_dtype))
-    tokenizer.save_pretrained(table_dir)
+    table_dir = export_fgram_table(trainer.model, out / "table", dtype=getattr(torch, args.table_dtype),
+                                   tokenizer=tokenizer)
     print(f"wrote training-mode model to {out / 'final'} and table-mode model to {table_dir}")
     metrics = {
         "world_size": trainer.args.world_size, "global_batch": rows_per_step, "block_size": args.block_size,
