@@ -31,7 +31,7 @@ def check_transformers_version(version: str | None = None) -> None:
 
 def resolve_cache(cache, kwargs: dict):
     """The cache passed as ``cache`` or under a pre-5.24 name in ``kwargs`` (popped). Given both, ``cache`` wins as in
-    Transformers' deprecate_kwarg, unless it is empty: generate() on 5.24+ passes its own beside PEFT's prefix."""
+    Transformers' deprecate_kwarg, unless it is empty: generate() on 5.24+ passes its own beside PEFT<0.22's prefix."""
     for other in [kwargs.pop(name) for name in ("past_key_values", "cache_params") if name in kwargs]:
         if cache is None or (other is not None and not getattr(cache, "get_seq_length", lambda: 1)()):
             cache = other

@@ -88,7 +88,7 @@ def test_resolve_cache_takes_either_name_and_prefers_cache_unless_empty():
     assert compat_anchor.resolve_cache(cache, {"past_key_values": None}) is cache
     filled = DynamicCache()
     filled.update(torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4), 0)
-    # generate() on 5.24+ passes its own empty cache beside the prefix PEFT's prefix tuning puts in past_key_values
+    # generate() on 5.24+ passes its own empty cache beside the prefix that PEFT before 0.22 puts in past_key_values
     assert compat_anchor.resolve_cache(DynamicCache(), {"past_key_values": filled}) is filled
     assert compat_anchor.resolve_cache(filled, {"past_key_values": DynamicCache()}) is filled
 

@@ -9,10 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import torch
+from packaging.version import Version
 from transformers import PreTrainedModel
+
+from hf_efficient_lm.compat import CACHE_NAME
+
+# The argument PEFT passes prefix tuning's filled cache under: PEFT 0.22+ uses Transformers' own name (``cache`` on
+# 5.24+), in place of generate()'s empty cache; earlier releases always pass ``past_key_values``, which on 5.24+ arrives
+# beside generate()'s own empty ``cache`` (the check ``prefix_tuning_past_key_values`` replays that on PEFT 0.22+).
+PEFT_CACHE_NAME = CACHE_NAME if Version(metadata.version("peft")) >= Version("0.22") else "past_key_values"
 
 CHECKS = (
     "save_load",
@@ -34,6 +43,7 @@ CHECKS = (
     "bf16_autocast",
     "lora",
     "prefix_tuning",
+    "prefix_tuning_past_key_values",
     "buffers",
     "resize_embeddings",
     "invalid_config",

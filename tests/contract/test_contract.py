@@ -26,7 +26,7 @@ from transformers.generation.continuous_batching.requests import RequestStatus
 import hf_efficient_lm  # noqa: F401  (registers the families)
 from hf_efficient_lm.compat import CACHE_NAME
 from hf_efficient_lm.eval.speed import saved_for_backward_bytes
-from tests.contract.common import CHECKS, ContractCase
+from tests.contract.common import CHECKS, PEFT_CACHE_NAME, ContractCase
 
 
 def _discover_cases() -> list[ContractCase]:
@@ -600,9 +600,28 @@ def test_peft_lora_trains_saves_reloads_merges(case, tmp_path):
 @parametrize_cases
 def test_peft_prefix_tuning_generates_what_its_forward_predicts(case):
     """PEFT prefix tuning puts trained keys/values in the cache ahead of the prompt; greedy ``generate()`` must emit
-    what the prefix-tuned forward predicts at every step, and the prefix must change that (on Transformers 5.24+,
-    generate passes its own empty ``cache`` beside PEFT's ``past_key_values``: the prefix must not be dropped)."""
+    what the prefix-tuned forward predicts at every step, and the prefix must change that."""
     _skip_if_declared(case, "prefix_tuning")
+    _check_prefix_tuning(case)
+
+
+@parametrize_cases
+def test_peft_prefix_tuning_keeps_a_prefix_passed_as_past_key_values(case, monkeypatch):
+    """PEFT before 0.22 passes its prefix as ``past_key_values`` on every Transformers release; on 5.24+ generate()
+    passes its own empty ``cache`` beside it, and the prefix must not be dropped. Replayed on PEFT 0.22+ by making
+    PEFT's name lookup answer the old name (the only change 0.22 made to prefix tuning's forward and generate)."""
+    _skip_if_declared(case, "prefix_tuning")
+    _skip_if_declared(case, "prefix_tuning_past_key_values")
+    if CACHE_NAME == "past_key_values" or PEFT_CACHE_NAME == "past_key_values":
+        pytest.skip(f"Transformers' cache argument is {CACHE_NAME!r} and PEFT passes {PEFT_CACHE_NAME!r}: "
+                    "test_peft_prefix_tuning_generates_what_its_forward_predicts runs this combination")
+    import peft.peft_model
+
+    monkeypatch.setattr(peft.peft_model, "get_transformers_cache_name", lambda: "past_key_values")
+    _check_prefix_tuning(case)
+
+
+def _check_prefix_tuning(case: ContractCase) -> None:
     from peft import PrefixTuningConfig, TaskType, get_peft_model
 
     model = case.make_model().eval()
