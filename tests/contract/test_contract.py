@@ -617,8 +617,10 @@ def test_peft_prefix_tuning_keeps_a_prefix_passed_as_past_key_values(case, monke
                     "test_peft_prefix_tuning_generates_what_its_forward_predicts runs this combination")
     import peft.peft_model
 
-    monkeypatch.setattr(peft.peft_model, "get_transformers_cache_name", lambda: "past_key_values")
+    asked = []
+    monkeypatch.setattr(peft.peft_model, "get_transformers_cache_name", lambda: asked.append(1) or "past_key_values")
     _check_prefix_tuning(case)
+    assert asked, "PEFT no longer looks the cache name up in peft.peft_model: this check would replay nothing"
 
 
 def _check_prefix_tuning(case: ContractCase) -> None:
