@@ -40,6 +40,7 @@ from transformers import default_data_collator, set_seed
 from ..data import check_vocab_fits, load_text_dataset, local_path, pack_dataset
 from ..io_utils import atomic_dir, atomic_file, check_writable
 from ..scone import FgramVocab, SconeLlamaConfig, SconeLlamaForCausalLM
+from ..scone.fgram_vocab_scone import INDEX_FILE
 from .scone_export import export_fgram_table
 from .scone_mining import add_fgram_columns, mine_fgrams
 from ..train.launch import parse_launched_args
@@ -114,11 +115,11 @@ def main(argv: list[str] | None = None) -> Path:
     args, training_args = parse_args(argv)
     check_writable(training_args.output_dir)
     fgram_dir = Path(args.fgram_dir) if args.fgram_dir else None
-    if fgram_dir and not (fgram_dir / "fgram_index.safetensors").exists():  # the mined vocabulary will go there
+    if fgram_dir and not (fgram_dir / INDEX_FILE).exists():  # the mined vocabulary will go there
         check_writable(fgram_dir, replace=True)
         if fgram_dir.is_dir() and any(fgram_dir.iterdir()):
             raise FileExistsError(f"--fgram_dir {fgram_dir} holds other files but no f-gram vocabulary "
-                                  "(fgram_index.safetensors): pass a vocabulary folder, or a new or empty one to fill")
+                                  f"({INDEX_FILE}): pass a vocabulary folder, or a new or empty one to fill")
     if args.base_model:
         args.base_model = local_path(args.base_model, "base model folder")
     tokenizer = AutoTokenizer.from_pretrained(local_path(args.tokenizer or args.base_model, "tokenizer folder"))
@@ -129,13 +130,14 @@ def main(argv: list[str] | None = None) -> Path:
         blocks = pack_dataset(train, tokenizer, args.block_size, text_column=args.text_column)
         barriers = sorted({t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
                            if t is not None})
-        if args.fgram_dir and Path(args.fgram_dir, "fgram_index.safetensors").exists():
-            vocab = FgramVocab.load(args.fgram_dir, tokenizer=tokenizer)
+        # (asked again here: under main_process_first the other processes load what the main one mined and saved)
+        if fgram_dir and (fgram_dir / INDEX_FILE).exists():
+            vocab = FgramVocab.load(fgram_dir, tokenizer=tokenizer)
         else:
             vocab = mine_fgrams(blocks, num_fgrams=args.num_fgrams, max_len=args.max_fgram_len,
                                 min_count=args.min_count, barrier_ids=barriers, tokenizer=tokenizer)
-            if args.fgram_dir and training_args.process_index == 0:  # whole or not at all; never over other files
-                with atomic_dir(args.fgram_dir, overwrite=False) as tmp:
+            if fgram_dir and training_args.process_index == 0:  # whole or not at all; never over other files
+                with atomic_dir(fgram_dir, overwrite=False) as tmp:
                     vocab.save(tmp)
         blocks = add_fgram_columns(blocks, vocab)
     print(f"f-gram vocabulary: {vocab}")
