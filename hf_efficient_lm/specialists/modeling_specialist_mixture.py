@@ -75,6 +75,12 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
     def set_input_embeddings(self, value):
         self.experts[self.config.default_cluster_id].set_input_embeddings(value)
 
+    @property
+    def embeddings(self) -> nn.ModuleDict:
+        """``embeddings.word_embeddings`` is the default expert's table: PEFT's prompt learning embeds ids with the module
+        at that path, else with the first vocab-sized table it finds (expert 0's, whatever ``default_cluster_id`` is)."""
+        return nn.ModuleDict({"word_embeddings": self.get_input_embeddings()})
+
     def get_output_embeddings(self) -> nn.Linear:
         return self.experts[self.config.default_cluster_id].get_output_embeddings()
 

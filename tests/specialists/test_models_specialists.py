@@ -485,6 +485,21 @@ def test_mixture_refuses_a_mixed_cluster_cache():
         assert uncached[row].tolist() == alone[0].tolist()
 
 
+@pytest.mark.parametrize("default_cluster_id", [0, 2])
+def test_peft_prompt_tuning_embeds_with_the_default_experts_table(default_cluster_id, tmp_path):
+    """PEFT's prompt learning embeds ids with ``embeddings.word_embeddings`` when a model has it, else with the first
+    vocab-sized table (expert 0's): the mixture points it at the expert it runs, and the path adds no weights."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    mixture = make_mixture(default_cluster_id=default_cluster_id)
+    keys = set(mixture.state_dict())
+    tuned = get_peft_model(mixture, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2))
+    assert tuned.word_embeddings is mixture.experts[default_cluster_id].get_input_embeddings()
+    assert set(mixture.state_dict()) == keys and not any(".embeddings." in name for name, _ in mixture.named_modules())
+    mixture.save_pretrained(tmp_path)
+    assert set(SpecialistMixtureForCausalLM.from_pretrained(tmp_path).state_dict()) == keys
+
+
 @pytest.mark.parametrize("make", [make_mixture, make_hyper])
 def test_bfloat16_forward_and_instantiate_keep_the_dtype(make):
     model = make().to(torch.bfloat16)
