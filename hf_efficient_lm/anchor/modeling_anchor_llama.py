@@ -153,8 +153,8 @@ class AnchorLlamaModel(AnchorLlamaPreTrainedModel, LlamaModel):
             valid = torch.ones(batch_size, q_length, dtype=torch.bool, device=device)
         if anchor_flags is None:
             if input_ids is None:
-                raise ValueError("With inputs_embeds, pass anchor_flags [batch, q_len] to mark the anchors (in "
-                                 "generate(inputs_embeds=...) too: the prompt's flags)")
+                raise ValueError("With inputs_embeds, pass anchor_flags [batch, q_len] marking the anchors, also in "
+                                 "generate(inputs_embeds=...); PEFT prompt tuning / p-tuning pass none: not supported")
             anchor_flags = find_anchor_tokens(input_ids, self._anchor_ids(device))
         elif anchor_flags.shape != (batch_size, q_length) or anchor_flags.dtype != torch.bool:  # (it would broadcast)
             raise ValueError(f"anchor_flags must be a bool tensor of shape [batch, q_len] = {[batch_size, q_length]}, got "

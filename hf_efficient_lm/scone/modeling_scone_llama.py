@@ -345,7 +345,7 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
         cache = resolve_cache(cache, kwargs)
         if input_ids is None:
             raise ValueError("SconeLlama needs input_ids: f-gram matching looks up token ids, so inputs_embeds alone "
-                             "cannot be used (pass input_ids instead of inputs_embeds)")
+                             "cannot be used (nor PEFT prompt tuning / p-tuning, which pass embeddings only)")
         if inputs_embeds is not None:
             raise ValueError("pass either input_ids or inputs_embeds to SconeLlama, not both (it needs input_ids)")
         if (fgram_row is None) != (fgram_len is None):

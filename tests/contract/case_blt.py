@@ -30,8 +30,9 @@ CASES = [
         continuous_batching_error="num_key_value_heads or num_attention_heads could not be found in the config",
         lora_target_modules=["global_transformer.layers.0.self_attn.q_proj", "global_transformer.layers.1.self_attn.v_proj"],
         # PEFT cannot read the latent transformer's sizes from a BLTConfig: they are given, to reach BLT's own refusal
-        prefix_tuning_config={"num_layers": 2, "token_dim": 32, "num_attention_heads": 2},
+        prompt_learning_config={"num_layers": 2, "token_dim": 32, "num_attention_heads": 2},
         prefix_tuning_error="the cache must be a BLTCache, got DynamicCache",
+        prompt_tuning_error="BLT needs input_ids \\(byte ids\\); inputs_embeds is not supported",
         skips={
             "outputs": "hidden states come per stage (encoder bytes, latent patches, decoder bytes) and only from the "
             "full forward; cached steps refuse output_hidden_states with a clear error "

@@ -76,6 +76,7 @@ CASES = [
         inputs_embeds_error="f-gram matching needs input_ids",
         continuous_batching_error="SconeLlama cannot decode over a PagedAttentionCache",
         prefix_tuning_kwargs=lambda model, ids: dict(zip(("fgram_row", "fgram_len"), model.match_fgrams(ids))),
+        prompt_tuning_error="SconeLlama needs input_ids: f-gram matching looks up token ids",
     ),
     ContractCase(
         name="scone_table",
@@ -85,5 +86,6 @@ CASES = [
         inputs_embeds_error="f-gram matching needs input_ids",
         continuous_batching_error="SconeLlama cannot decode over a PagedAttentionCache",
         prefix_tuning_kwargs=lambda model, ids: dict(zip(("fgram_row", "fgram_len"), model.match_fgrams(ids))),
+        prompt_tuning_error="SconeLlama needs input_ids: f-gram matching looks up token ids",
     ),
 ]

@@ -21,6 +21,8 @@ from hf_efficient_lm.compat import CACHE_NAME
 # The argument PEFT passes prefix tuning's filled cache under: PEFT 0.22+ uses Transformers' own name (``cache`` on
 # 5.24+), in place of generate()'s empty cache; earlier releases always pass ``past_key_values``, which on 5.24+ arrives
 # beside generate()'s own empty ``cache`` (the check ``prefix_tuning_past_key_values`` replays that on PEFT 0.22+).
+# Earlier releases also look for generate()'s cache under that name, so on 5.24+ their prompt tuning re-injects the
+# prompt at every step (the check ``prompt_tuning`` skips that combination: upstream, Llama too).
 PEFT_CACHE_NAME = CACHE_NAME if Version(metadata.version("peft")) >= Version("0.22") else "past_key_values"
 
 CHECKS = (
@@ -44,6 +46,7 @@ CHECKS = (
     "lora",
     "prefix_tuning",
     "prefix_tuning_past_key_values",
+    "prompt_tuning",
     "buffers",
     "resize_embeddings",
     "invalid_config",
@@ -85,9 +88,13 @@ class ContractCase:
         request's ``error`` (its batching loop catches what a forward raises), instead of generating.
     prefix_tuning_kwargs: ``(model, input_ids) -> dict``: what a forward over PEFT prefix tuning's filled cache needs
         besides the ids (SconeLlama: the ids' own f-gram matches, since no f-gram reaches into virtual tokens).
-    prefix_tuning_config: ``PrefixTuningConfig`` sizes PEFT cannot read from this class's config.
+    prompt_learning_config: the sizes PEFT's prompt-learning configs (``PrefixTuningConfig``, ``PromptTuningConfig``,
+        ``PromptEncoderConfig``) cannot read from this class's config.
     prefix_tuning_error: for a class whose cache cannot start from PEFT's prefix (it keeps per-token bookkeeping), the
         regex of the named error prefix-tuned ``generate()`` raises instead.
+    prompt_tuning_error: for a class whose forward cannot take PEFT prompt tuning's virtual-token embeddings (it needs
+        the ids themselves, or flags PEFT cannot pass), the regex of the named error its training forward and
+        ``generate()`` raise instead.
     """
 
     name: str
@@ -104,8 +111,9 @@ class ContractCase:
     assisted_decoding_error: str | None = None
     continuous_batching_error: str | None = None
     prefix_tuning_kwargs: Callable[[PreTrainedModel, torch.LongTensor], dict] = lambda model, input_ids: {}
-    prefix_tuning_config: dict = field(default_factory=dict)
+    prompt_learning_config: dict = field(default_factory=dict)
     prefix_tuning_error: str | None = None
+    prompt_tuning_error: str | None = None
 
     def __post_init__(self):
         unknown = set(self.skips) - set(CHECKS)

@@ -629,7 +629,7 @@ def _check_prefix_tuning(case: ContractCase) -> None:
     model = case.make_model().eval()
     ids = _ids(case, length=8)
     common = dict(attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False, pad_token_id=_pad_id(model))
-    config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4, **case.prefix_tuning_config)
+    config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4, **case.prompt_learning_config)
     if case.prefix_tuning_error is not None:
         with pytest.raises((TypeError, ValueError), match=case.prefix_tuning_error):
             get_peft_model(model, config).generate(input_ids=ids, **common)
@@ -643,6 +643,45 @@ def _check_prefix_tuning(case: ContractCase) -> None:
     assert not torch.equal(generated, plain)
     context, new = generated[:, :-1], generated[:, ids.shape[1]:]
     predicted = _logits(peft, context, **case.prefix_tuning_kwargs(model, context))[:, ids.shape[1] - 1:].argmax(-1)
+    ended = torch.isin(new, torch.tensor(model.generation_config.eos_token_id)).cumsum(dim=1)
+    running = torch.cat([torch.zeros_like(ended[:, :1]), ended[:, :-1]], dim=1) == 0  # up to a row's EOS (then pads)
+    assert torch.equal(new[running], predicted[running])
+
+
+@parametrize_cases
+@pytest.mark.parametrize("method", ["PromptTuningConfig", "PromptEncoderConfig"], ids=["prompt_tuning", "p_tuning"])
+def test_peft_prompt_tuning_generates_what_its_forward_predicts(case, method):
+    """PEFT prompt tuning and p-tuning put trained virtual-token embeddings ahead of the prompt and call the model with
+    ``inputs_embeds`` alone (no ids); greedy ``generate()`` must emit what the prompt-tuned forward predicts, and the
+    prompt must change that. A class that cannot read embeddings alone raises its named error in training and in
+    ``generate()`` instead (it must not run on without what it reads from the ids)."""
+    _skip_if_declared(case, "prompt_tuning")
+    import peft
+
+    ids = _ids(case, length=8)
+    common = dict(attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
+    config = getattr(peft, method)(task_type=peft.TaskType.CAUSAL_LM, num_virtual_tokens=4, **case.prompt_learning_config)
+    model = case.make_model().eval()
+    plain = model.generate(ids, pad_token_id=_pad_id(model), **common)
+    tuned = peft.get_peft_model(model, config)  # (a fresh model each time: PEFT rebinds its generation hooks)
+    if case.prompt_tuning_error is not None:
+        with pytest.raises(ValueError, match=case.prompt_tuning_error):
+            tuned(input_ids=ids, labels=ids)
+        with pytest.raises(ValueError, match=case.prompt_tuning_error):
+            tuned.generate(input_ids=ids, pad_token_id=_pad_id(model), **common)
+        return
+    if PEFT_CACHE_NAME != CACHE_NAME:
+        pytest.skip(f"PEFT before 0.22 looks for generate()'s cache under {PEFT_CACHE_NAME!r}, Transformers passes "
+                    f"{CACHE_NAME!r}: it takes every step for the first and prepends the prompt again (Llama too; upstream)")
+    with torch.no_grad():  # a trained-looking prompt, so it changes the continuation
+        for parameter in tuned.prompt_encoder.parameters():
+            parameter.normal_(generator=torch.Generator().manual_seed(0))
+    generated = tuned.generate(input_ids=ids, pad_token_id=_pad_id(model), **common)
+    assert not torch.equal(generated, plain)
+    context, new = generated[:, :-1], generated[:, ids.shape[1]:]
+    logits = _logits(tuned, context)  # (over the virtual tokens too: PEFT returns the base model's logits whole)
+    assert logits.shape[1] == config.num_virtual_tokens + context.shape[1]
+    predicted = logits[:, config.num_virtual_tokens + ids.shape[1] - 1:].argmax(-1)
     ended = torch.isin(new, torch.tensor(model.generation_config.eos_token_id)).cumsum(dim=1)
     running = torch.cat([torch.zeros_like(ended[:, :1]), ended[:, :-1]], dim=1) == 0  # up to a row's EOS (then pads)
     assert torch.equal(new[running], predicted[running])
