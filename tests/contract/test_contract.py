@@ -643,8 +643,14 @@ def _check_prefix_tuning(case: ContractCase) -> None:
     assert not torch.equal(generated, plain)
     context, new = generated[:, :-1], generated[:, ids.shape[1]:]
     predicted = _logits(peft, context, **case.prefix_tuning_kwargs(model, context))[:, ids.shape[1] - 1:].argmax(-1)
+    _assert_emits_predictions(model, new, predicted)
+
+
+def _assert_emits_predictions(model, new: torch.LongTensor, predicted: torch.LongTensor) -> None:
+    """``new`` (generated tokens ``[batch, steps]``) equals ``predicted`` (the forward's argmax there) up to each row's
+    EOS; after it generate() pads."""
     ended = torch.isin(new, torch.tensor(model.generation_config.eos_token_id)).cumsum(dim=1)
-    running = torch.cat([torch.zeros_like(ended[:, :1]), ended[:, :-1]], dim=1) == 0  # up to a row's EOS (then pads)
+    running = torch.cat([torch.zeros_like(ended[:, :1]), ended[:, :-1]], dim=1) == 0
     assert torch.equal(new[running], predicted[running])
 
 
@@ -654,7 +660,7 @@ def test_peft_prompt_tuning_generates_what_its_forward_predicts(case, method):
     """PEFT prompt tuning and p-tuning put trained virtual-token embeddings ahead of the prompt and call the model with
     ``inputs_embeds`` alone (no ids); greedy ``generate()`` must emit what the prompt-tuned forward predicts, and the
     prompt must change that. A class that cannot read embeddings alone raises its named error in training and in
-    ``generate()`` instead (it must not run on without what it reads from the ids)."""
+    ``generate()`` instead of running without what it reads from the ids."""
     _skip_if_declared(case, "prompt_tuning")
     import peft
 
@@ -663,7 +669,7 @@ def test_peft_prompt_tuning_generates_what_its_forward_predicts(case, method):
     config = getattr(peft, method)(task_type=peft.TaskType.CAUSAL_LM, num_virtual_tokens=4, **case.prompt_learning_config)
     model = case.make_model().eval()
     plain = model.generate(ids, pad_token_id=_pad_id(model), **common)
-    tuned = peft.get_peft_model(model, config)  # (a fresh model each time: PEFT rebinds its generation hooks)
+    tuned = peft.get_peft_model(model, config)
     if case.prompt_tuning_error is not None:
         with pytest.raises(ValueError, match=case.prompt_tuning_error):
             tuned(input_ids=ids, labels=ids)
@@ -682,9 +688,7 @@ def test_peft_prompt_tuning_generates_what_its_forward_predicts(case, method):
     logits = _logits(tuned, context)  # (over the virtual tokens too: PEFT returns the base model's logits whole)
     assert logits.shape[1] == config.num_virtual_tokens + context.shape[1]
     predicted = logits[:, config.num_virtual_tokens + ids.shape[1] - 1:].argmax(-1)
-    ended = torch.isin(new, torch.tensor(model.generation_config.eos_token_id)).cumsum(dim=1)
-    running = torch.cat([torch.zeros_like(ended[:, :1]), ended[:, :-1]], dim=1) == 0  # up to a row's EOS (then pads)
-    assert torch.equal(new[running], predicted[running])
+    _assert_emits_predictions(model, new, predicted)
 
 
 @parametrize_cases
