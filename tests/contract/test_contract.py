@@ -664,25 +664,26 @@ def test_peft_prompt_tuning_generates_what_its_forward_predicts(case, method):
     _skip_if_declared(case, "prompt_tuning")
     import peft
 
-    ids = _ids(case, length=8)
-    common = dict(attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
-    config = getattr(peft, method)(task_type=peft.TaskType.CAUSAL_LM, num_virtual_tokens=4, **case.prompt_learning_config)
     model = case.make_model().eval()
-    plain = model.generate(ids, pad_token_id=_pad_id(model), **common)
-    tuned = peft.get_peft_model(model, config)
+    ids = _ids(case, length=8)
+    common = dict(attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False, pad_token_id=_pad_id(model))
+    config = getattr(peft, method)(task_type=peft.TaskType.CAUSAL_LM, num_virtual_tokens=4, **case.prompt_learning_config)
     if case.prompt_tuning_error is not None:
+        tuned = peft.get_peft_model(model, config)
         with pytest.raises(ValueError, match=case.prompt_tuning_error):
             tuned(input_ids=ids, labels=ids)
         with pytest.raises(ValueError, match=case.prompt_tuning_error):
-            tuned.generate(input_ids=ids, pad_token_id=_pad_id(model), **common)
+            tuned.generate(input_ids=ids, **common)
         return
     if PEFT_CACHE_NAME != CACHE_NAME:
         pytest.skip(f"PEFT before 0.22 looks for generate()'s cache under {PEFT_CACHE_NAME!r}, Transformers passes "
                     f"{CACHE_NAME!r}: it takes every step for the first and prepends the prompt again (Llama too; upstream)")
+    plain = model.generate(ids, **common)
+    tuned = peft.get_peft_model(model, config)
     with torch.no_grad():  # a trained-looking prompt, so it changes the continuation
         for parameter in tuned.prompt_encoder.parameters():
             parameter.normal_(generator=torch.Generator().manual_seed(0))
-    generated = tuned.generate(input_ids=ids, pad_token_id=_pad_id(model), **common)
+    generated = tuned.generate(input_ids=ids, **common)
     assert not torch.equal(generated, plain)
     context, new = generated[:, :-1], generated[:, ids.shape[1]:]
     logits = _logits(tuned, context)  # (over the virtual tokens too: PEFT returns the base model's logits whole)
