@@ -47,6 +47,23 @@ def test_logits_equal_transformers_with_entropy_patching(transformers_blt, trans
     torch.testing.assert_close(base(x).last_hidden_state, ours.model(x).last_hidden_state, atol=1e-6, rtol=0)
 
 
+@torch.no_grad()
+def test_sharded_transformers_blt_folder_converts_like_a_single_file(transformers_blt, tmp_path):
+    """Large Blt checkpoints come as ``model-0000k-of-0000n.safetensors`` shards with an index: the converter reads every
+    shard the index names (logits equal to Transformers' own model, as for a one-file folder), and a folder with neither
+    form of safetensors weights is refused naming both."""
+    transformers_blt.save_pretrained(tmp_path / "sharded", max_shard_size="30KB")
+    shards = sorted(path.name for path in (tmp_path / "sharded").glob("*.safetensors"))
+    assert len(shards) > 2 and (tmp_path / "sharded" / "model.safetensors.index.json").exists(), shards
+    x = _bytes()
+    converted = BLTForCausalLM.from_pretrained(tmp_path / "sharded")
+    torch.testing.assert_close(converted(x).logits, transformers_blt(x, use_cache=False).logits, atol=1e-4, rtol=0)
+
+    (tmp_path / "sharded" / "model.safetensors.index.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no model.safetensors or model.safetensors.index.json"):
+        BLTForCausalLM.from_pretrained(tmp_path / "sharded")
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
