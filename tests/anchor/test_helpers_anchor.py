@@ -14,6 +14,7 @@ from hf_efficient_lm.anchor import (
     require_anchor_token,
     split_sentences,
 )
+from hf_efficient_lm.compat import cache_of
 from hf_efficient_lm.testing_utils import make_tiny_llama
 from tests.anchor.helpers import sentencepiece_style_tokenizer
 
@@ -93,7 +94,7 @@ def test_add_anchor_token_resizes_and_copies_the_period_row(tiny_bpe_tokenizer):
     assert encode_with_anchors(tok, "One. Two", "ac", ac_id, anchor_after_last=True)[-1] == ac_id
     # the model prunes at <AC>: kept = the 2 anchors + the tokens of the open last sentence
     with torch.no_grad():
-        cache = model(torch.tensor([ids]), use_cache=True).past_key_values
+        cache = cache_of(model(torch.tensor([ids]), use_cache=True))
     last_anchor = len(ids) - 1 - ids[::-1].index(ac_id)
     assert cache.cached_tokens() == 2 + (len(ids) - last_anchor - 1)
 

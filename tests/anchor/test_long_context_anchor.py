@@ -6,6 +6,7 @@ import torch
 from hf_efficient_lm import AnchorLlamaConfig, AnchorLlamaForCausalLM
 from hf_efficient_lm.anchor import masking_anchor, modeling_anchor_llama
 from hf_efficient_lm.anchor.masking_anchor import AnchorAttentionMask, ansan_mask_function, chunk_token_info
+from hf_efficient_lm.compat import cache_of
 from hf_efficient_lm.testing_utils import make_tiny_llama
 from tests.anchor.helpers import ANCHOR_IDS, anchored_ids
 
@@ -103,7 +104,7 @@ def test_blockwise_prefill_against_a_pruned_cache_equals_full_forward(block_call
     ids = anchored_ids(2, 64, seed=22)
     full = model(ids).logits
     first = model(ids[:, :29], use_cache=True)
-    cache = first.past_key_values
+    cache = cache_of(first)
     kept = cache.cached_tokens_per_row()
     assert 0 < min(kept) and max(kept) < 29  # pruned, and the open sentence crosses the chunk boundary
     block_calls.clear()

@@ -7,6 +7,7 @@ import torch
 from transformers import DynamicCache, LlamaForCausalLM
 
 from hf_efficient_lm import AnchorCache, AnchorLlamaConfig, AnchorLlamaForCausalLM
+from hf_efficient_lm.compat import cache_of
 from tests.anchor.helpers import ANCHOR_IDS, anchored_ids
 
 ATOL = 2e-5
@@ -48,7 +49,7 @@ def test_same_parameters_as_llama(model, llama):
 def test_without_anchors_equals_llama(model, llama):
     ids = torch.randint(7, 128, (2, 16), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(model(ids).logits, llama(ids).logits, atol=ATOL, rtol=0)
-    assert model(ids, use_cache=True).past_key_values.cached_tokens() == 2 * 16  # no anchor: full cache kept
+    assert cache_of(model(ids, use_cache=True)).cached_tokens() == 2 * 16  # no anchor: full cache kept
     # ... and with anchors the mask really changes the logits after the first anchor
     ids = anchored_ids(1, 16, seed=3)
     first = int((torch.isin(ids[0], torch.tensor(ANCHOR_IDS))).nonzero()[0])
@@ -76,7 +77,7 @@ def _check_token_by_token(model, ids):
     cache, steps, kept_history = None, [], []
     for t in range(ids.shape[1]):
         out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        cache = cache_of(out)
         steps.append(out.logits)
         kept_history.append(cache.cached_tokens_per_row())
     assert isinstance(cache, AnchorCache)
@@ -95,7 +96,7 @@ def test_chunked_prefill_against_partial_cache_equals_full_forward(model):
     cache, outs = None, []
     for start, stop in [(0, 7), (7, 8), (8, 19), (19, 32)]:  # chunks end mid-sentence and span anchors
         out = model(ids[:, start:stop], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        cache = cache_of(out)
         outs.append(out.logits)
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=ATOL, rtol=0)
     assert cache.cached_tokens_per_row() == _open_sentence_lengths(ids)
@@ -119,7 +120,7 @@ def test_padding_left_and_right_equals_rows_alone(model):
     torch.testing.assert_close(logits[0, 4:], model(ids[:1]).logits[0], atol=ATOL, rtol=0)
     torch.testing.assert_close(logits[1, :-4], model(ids[1:]).logits[0], atol=ATOL, rtol=0)
     # the cache drops padding: kept slots match each row alone
-    cache = model(batch, attention_mask=mask, use_cache=True).past_key_values
+    cache = cache_of(model(batch, attention_mask=mask, use_cache=True))
     assert cache.cached_tokens_per_row() == _open_sentence_lengths(batch, mask)
 
 
@@ -185,7 +186,7 @@ def test_batch_select_indices_keeps_each_selected_rows_slots(model):
     """``Cache.batch_select_indices`` (a public cache method) keeps the chosen rows, with their own kept slots and
     slot metadata: a step after it equals the full masked forward of those rows."""
     ids = anchored_ids(3, 12, seed=5)
-    cache = model(ids, use_cache=True).past_key_values
+    cache = cache_of(model(ids, use_cache=True))
     kept = cache.cached_tokens_per_row()
     assert kept[0] != kept[2], kept  # the state is not degenerate: the rows keep different slots
     cache.batch_select_indices(torch.tensor([2, 0]))
@@ -206,7 +207,7 @@ def test_generate_prunes_generated_anchors(anchor_llama_dir, llama):
     cached = model.generate(ids, max_new_tokens=20, do_sample=False, return_dict_in_generate=True)
     uncached = model.generate(ids, max_new_tokens=20, do_sample=False, use_cache=False)
     assert torch.equal(cached.sequences, uncached)
-    cache = cached.past_key_values
+    cache = cache_of(cached)
     assert isinstance(cache, AnchorCache)
     fed = cached.sequences[:, :-1]  # the last generated token was never fed back
     n_anchor = int((fed == anchor).sum())
@@ -260,7 +261,7 @@ def test_bad_input_errors(anchor_llama_dir, model):
     with pytest.raises(TypeError, match="AnchorCache"):
         model(ids, past_key_values=filled)
     with pytest.raises(ValueError, match="cannot be cropped"):
-        model(ids, use_cache=True).past_key_values.crop(-1)
+        cache_of(model(ids, use_cache=True)).crop(-1)
     # flags of one row, or 1-D, broadcast over the batch and silently gave every row the first row's anchors
     two = anchored_ids(2, 8, seed=4)
     for flags in (torch.ones(1, 8, dtype=torch.bool), torch.ones(8, dtype=torch.bool), torch.ones(2, 8)):

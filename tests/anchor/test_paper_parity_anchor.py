@@ -12,6 +12,7 @@ from hf_efficient_lm.anchor.masking_anchor import (
     chunk_token_info,
     decode_step_mask,
 )
+from hf_efficient_lm.compat import cache_of
 from hf_efficient_lm.tools.anchor_reference import compact_position_ids
 from hf_efficient_lm.testing_utils import make_tiny_llama, tiny_llama_config
 from tests.anchor.helpers import ANCHOR_IDS, anchored_ids
@@ -75,7 +76,7 @@ def test_compact_cached_decode_equals_its_recompute_definition():
     is_anchor = torch.isin(ids, torch.tensor(ANCHOR_IDS))
     assert is_anchor[:, :prompt].sum(1).min() >= 2 and is_anchor[:, prompt:].sum(1).min() >= 3
     out = model(ids[:, :prompt], use_cache=True)
-    cache, steps = out.past_key_values, [out.logits]
+    cache, steps = cache_of(out), [out.logits]
     for t in range(prompt, ids.shape[1]):
         out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
         steps.append(out.logits)
@@ -92,7 +93,7 @@ def test_compact_cached_decode_equals_its_recompute_definition():
     # and the absolute mode still decodes to the full forward
     absolute_model = _anchor_model()
     out = absolute_model(ids[:, :prompt], use_cache=True)
-    cache, steps = out.past_key_values, [out.logits]
+    cache, steps = cache_of(out), [out.logits]
     for t in range(prompt, ids.shape[1]):
         steps.append(absolute_model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits)
     torch.testing.assert_close(torch.cat(steps, 1), absolute, atol=ATOL, rtol=0)

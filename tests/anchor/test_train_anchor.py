@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, TrainingArguments
 
+from hf_efficient_lm.compat import cache_of
 from hf_efficient_lm.tools.anchor_continual import AnchorTrainArguments, run_anchor_training
 from hf_efficient_lm.testing_utils import save_tiny_llama
 
@@ -75,7 +76,7 @@ def test_ac_training_with_lora_merges_and_keeps_the_new_token(tmp_path, base_and
     assert model.config.anchor_token_ids == [ac_id] and model.config.vocab_size == len(tok)
     assert not any("lora" in name for name, _ in model.named_parameters())
     with torch.no_grad():
-        cache = model(torch.tensor([[1, 50, 60, ac_id, 70, 80]]), use_cache=True).past_key_values
+        cache = cache_of(model(torch.tensor([[1, 50, 60, ac_id, 70, 80]]), use_cache=True))
     assert cache.cached_tokens() == 3  # <AC> + the two tokens after it
 
 
@@ -217,7 +218,7 @@ def test_no_anchor_mode_is_plain_causal_training_on_the_chosen_column_and_docume
     ids = torch.tensor([[1, 50, 16, 60, 16, 70, 80]])  # (16 is "." here: an anchor in EP mode)
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, llama(ids).logits)
-        assert model(ids, use_cache=True).past_key_values.get_seq_length() == ids.shape[1]
+        assert cache_of(model(ids, use_cache=True)).get_seq_length() == ids.shape[1]
         tok = AutoTokenizer.from_pretrained(final)
         rows = tokenize_function(tok, "ep", None, 64, "body")({"body": valid_texts})["input_ids"]
         nats = sum(llama(torch.tensor([row]), labels=torch.tensor([row])).loss.item() * (len(row) - 1) for row in rows)

@@ -40,7 +40,7 @@ def test_incremental_steps_equal_full_forward(overrides):
     assert (3 < int(num.min()) and int(num.max()) < 20) or overrides["patching_mode"] == "byte", num
     out = model(x[:, :12], use_cache=True)
     torch.testing.assert_close(out.logits, full.logits[:, :12], atol=1e-5, rtol=0)
-    cache = out.past_key_values
+    cache = cache_of(out)
     for t in range(12, 22):
         step = model(x[:, t : t + 1], past_key_values=cache, use_cache=True)
         torch.testing.assert_close(step.logits[:, 0], full.logits[:, t], atol=1e-5, rtol=0)
@@ -69,7 +69,7 @@ def test_cache_decides_boundaries_like_the_batched_patcher(overrides):
 def test_multi_byte_extension_equals_full_forward():
     model = make_tiny_blt(seed=2)
     x = _bytes(length=20, seed=4)
-    cache = model(x[:, :10], use_cache=True).past_key_values
+    cache = cache_of(model(x[:, :10], use_cache=True))
     chunk = model(x[:, 10:20], past_key_values=cache, use_cache=True)
     torch.testing.assert_close(chunk.logits, model(x).logits[:, 10:], atol=1e-5, rtol=0)
 
@@ -153,7 +153,7 @@ def test_cache_row_surgery_equals_fresh_rows(overrides):
         ("batch_repeat_interleave", 2, torch.arange(3).repeat_interleave(2)),
     ]
     for method, arg, rows in surgeries:
-        cache = model(ids, attention_mask=mask, use_cache=True).past_key_values
+        cache = cache_of(model(ids, attention_mask=mask, use_cache=True))
         getattr(cache, method)(arg)
         new = _bytes(len(rows), 9, seed=40)[:, 1:]
         steps = [model(new[:, t : t + 1], past_key_values=cache, use_cache=True).logits[:, 0] for t in range(8)]
@@ -300,7 +300,7 @@ def test_bad_input_errors():
         with pytest.raises(ValueError, match=r"generate needs left-padded prompts: row\(s\) \[1\] end with padding"):
             model.generate(**right_padded, max_new_tokens=2, use_cache=use_cache, pad_token_id=0)
     with pytest.raises(ValueError, match="BLTCache cannot be cropped"):
-        model(torch.tensor([[1, 50, 60]]), use_cache=True).past_key_values.crop(-1)
+        cache_of(model(torch.tensor([[1, 50, 60]]), use_cache=True)).crop(-1)
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hf_efficient_lm import BLTConfig
+from hf_efficient_lm.compat import cache_of
 from hf_efficient_lm.tools.blt_data import (
     BLTDataCollator,
     compute_patch_lengths,
@@ -114,7 +115,7 @@ def test_document_mask_sdpa_equals_eager_full_and_cached():
     real = mask.bool()  # padding positions have no defined output
     torch.testing.assert_close(sdpa(x, attention_mask=mask).logits[real], eager(x, attention_mask=mask).logits[real],
                                atol=1e-5, rtol=0)
-    caches = [m(x[:, :12], attention_mask=mask[:, :12], use_cache=True).past_key_values for m in (sdpa, eager)]
+    caches = [cache_of(m(x[:, :12], attention_mask=mask[:, :12], use_cache=True)) for m in (sdpa, eager)]
     for t in range(12, x.shape[1]):
         a, b = (m(x[:, t : t + 1], past_key_values=c, use_cache=True).logits for m, c in zip((sdpa, eager), caches))
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
@@ -184,7 +185,7 @@ def test_cached_decode_equals_teacher_forced_forward_with_a_pending_boundary(ove
     for split in splits:
         out = model(x[:, :split], attention_mask=mask[:, :split], use_cache=True)
         torch.testing.assert_close(out.logits, full[:, :split], atol=1e-5, rtol=0)
-        cache = out.past_key_values
+        cache = cache_of(out)
         for t in range(split, x.shape[1]):
             step = model.model(x[:, t : t + 1], cache=cache)
             assert torch.equal(step.patch_starts[:, 0], starts[:, t + 1])  # the cache's rule == the batched one

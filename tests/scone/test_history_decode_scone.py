@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from hf_efficient_lm.compat import cache_of
 from hf_efficient_lm.scone import mine_fgrams
 from hf_efficient_lm.testing_utils import save_tiny_llama
 from tests.scone.conftest import scone_model
@@ -101,11 +102,11 @@ def test_model_mode_decode_step_logits_equal_full_forward(setup, fusion, max_len
     rows, lengths = model.match_fgrams(full_ids)
     reference = model(full_ids).logits
     out = model(full_ids[:, :PROMPT_LEN], use_cache=True)
-    cache, worst, reaching = out.past_key_values, 0.0, 0
+    cache, worst, reaching = cache_of(out), 0.0, 0
     for t in range(PROMPT_LEN, full_ids.shape[1]):
         step = model(full_ids[:, t:t + 1], past_key_values=cache, fgram_row=rows[:, t:t + 1],
                      fgram_len=lengths[:, t:t + 1], use_cache=True)
-        cache = step.past_key_values
+        cache = cache_of(step)
         worst = max(worst, float((step.logits[0, -1] - reference[0, t]).abs().max()))
         reaching += int(lengths[0, t] >= 2)
     print(f"K={max_len} {fusion}: {reaching}/{full_ids.shape[1] - PROMPT_LEN} steps reach into the cache, "
@@ -125,7 +126,7 @@ def test_history_fgrams_without_vocabulary_are_rejected(setup):
     model.model.fgram_vocab = None
     try:
         with pytest.raises(ValueError, match="start before input_ids"):
-            model(prompts[:1, t:t + 1], past_key_values=out.past_key_values, fgram_row=rows[:, t:t + 1],
+            model(prompts[:1, t:t + 1], past_key_values=cache_of(out), fgram_row=rows[:, t:t + 1],
                   fgram_len=lengths[:, t:t + 1])
     finally:
         model.model.fgram_vocab = vocab
@@ -159,6 +160,6 @@ def test_chunked_prefill_matches_fgrams_across_chunk_boundaries(setup, fusion, c
 def test_new_tokens_alone_over_a_cache_the_model_did_not_fill_are_refused(setup):
     models, prompts = setup
     model = models[4, "replace"]
-    cache = model(prompts[:, :6], use_cache=True).past_key_values  # filled outside generate(): no tail recorded
+    cache = cache_of(model(prompts[:, :6], use_cache=True))  # filled outside generate(): no tail recorded
     with pytest.raises(ValueError, match="f-grams may begin in the cached tokens"):
         model.prepare_inputs_for_generation(prompts[:, 6:], past_key_values=cache)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+from hf_efficient_lm.compat import cache_of
 from hf_efficient_lm.scone import (
     CorruptTableError,
     SconeLlamaForCausalLM,
@@ -156,7 +157,7 @@ def test_table_generation_with_cache_and_left_padding(tmp_path, llama_dir, vocab
     full = cached[:1]
     rows, lengths = table.match_fgrams(full)
     prefix = table(full[:, :-1], use_cache=True)
-    step = table(full[:, -1:], past_key_values=prefix.past_key_values, fgram_row=rows[:, -1:], fgram_len=lengths[:, -1:])
+    step = table(full[:, -1:], past_key_values=cache_of(prefix), fgram_row=rows[:, -1:], fgram_len=lengths[:, -1:])
     torch.testing.assert_close(step.logits[:, -1], table(full).logits[:, -1], atol=1e-5, rtol=0)
 
 
@@ -224,7 +225,7 @@ def test_cache_without_fgram_matches_is_rejected(llama_dir, vocab, batch):
     model = wrap(llama_dir, vocab, "gated")
     prefix = model(batch[:, :-1], use_cache=True)
     with pytest.raises(ValueError, match="fgram_row/fgram_len"):
-        model(batch[:, -1:], past_key_values=prefix.past_key_values)
+        model(batch[:, -1:], past_key_values=cache_of(prefix))
 
 
 def test_a_cache_without_token_history_is_named(llama_dir, vocab, batch):
