@@ -93,6 +93,26 @@ def test_resolve_cache_takes_either_name_and_prefers_cache_unless_empty():
     assert compat_anchor.resolve_cache(filled, {"past_key_values": DynamicCache()}) is filled
 
 
+def test_a_deprecated_call_from_the_package_fails_its_test(no_transformers_deprecation_from_the_package):
+    """Renames are caught while the old name still works (5.24 renamed ``past_key_values`` to ``cache``): a deprecation
+    notice Transformers logs from a call in the package fails the test (conftest's autouse fixture), as does a
+    deprecation warning attributed to a package module (pyproject's filters); the same notice from a test's own call,
+    or from Transformers calling itself, does not."""
+    found = no_transformers_deprecation_from_the_package.found
+    logger = transformers.utils.logging.get_logger("transformers.utils.generic")
+    logger.warning_once("`past_key_values` is deprecated. Use `cache` instead.")  # the test's own call
+    assert found == []
+    notice = "`cache_params` is deprecated. Use `cache` instead."
+    package_file = str(Path(compat_anchor.__file__).resolve())
+    exec(compile("logger.warning_once(notice)", package_file, "exec"), {"logger": logger, "notice": notice})
+    assert len(found) == 1 and found[0].startswith(f"{package_file}:1: ") and found[0].endswith(notice), found
+    found.clear()  # (this test made it on purpose)
+    for category in (DeprecationWarning, FutureWarning):
+        with pytest.raises(category, match="old"):
+            exec(compile("warnings.warn('old', category, stacklevel=1)", package_file, "exec"),
+                 {"__name__": compat_anchor.__name__, "warnings": __import__("warnings"), "category": category})
+
+
 def test_older_transformers_fails_at_package_import_with_one_line():
     result = _run(
         """
