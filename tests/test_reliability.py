@@ -198,6 +198,7 @@ def test_a_second_writer_into_a_locked_dir_is_refused(corpus, tmp_path):
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()
     assert not (out / "final").exists()
 
 
