@@ -4,6 +4,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
+import importlib.util  # noqa: E402
 import logging  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -22,11 +23,11 @@ def tiny_llama_dir(tmp_path_factory):
     return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
 
 
-class PackageDeprecations(logging.Handler):
-    """Transformers' deprecation notices (it logs most of them, often once per process) whose nearest caller in this
-    repository is the package itself: a rename the package has not followed yet, caught while the old name still
-    works. A test that uses an old name on purpose (the families accept ``past_key_values`` too) is not counted, and
-    neither is Transformers calling its own deprecated path (its assisted decoding, say)."""
+class DeprecationNotices(logging.Handler):
+    """Transformers' deprecation notices (it logs most of them, often once per process) whose nearest caller among our
+    own files is the package, a benchmark or an example: a rename they have not followed yet, caught while the old
+    name still works. A test that uses an old name on purpose (the families accept ``past_key_values`` too) is not
+    counted, and neither is Transformers calling its own deprecated path (its assisted decoding, say)."""
 
     def __init__(self):
         super().__init__(logging.WARNING)
@@ -37,24 +38,27 @@ class PackageDeprecations(logging.Handler):
         if "deprecat" not in message.lower() and "will be removed" not in message.lower():
             return
         ours = [frame for frame in traceback.extract_stack()[:-1]  # (not this method's own frame)
-                if frame.filename.startswith(str(REPOSITORY))]
-        if ours and ours[-1].filename.startswith(str(PACKAGE)):
+                if frame.filename.startswith(OUR_FILES)]  # (not CI's venvs inside the checkout)
+        if ours and not ours[-1].filename.startswith(TESTS):
             self.found.append(f"{ours[-1].filename}:{ours[-1].lineno}: {message}")
 
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-PACKAGE = REPOSITORY / "hf_efficient_lm"
+TESTS = str(REPOSITORY / "tests") + os.sep
+OUR_FILES = (TESTS, str(Path(importlib.util.find_spec("hf_efficient_lm").origin).parent) + os.sep,
+             *(str(REPOSITORY / folder) + os.sep for folder in ("hf_efficient_lm", "benchmarks", "examples")))
 
 
 @pytest.fixture(autouse=True)
-def no_transformers_deprecation_from_the_package():
-    handler = PackageDeprecations()
+def no_deprecated_transformers_calls():
+    notices = DeprecationNotices()
     transformers_logging.warning_once.cache_clear()  # a notice logged once per process shows up in every test
     root = transformers_logging.get_logger("transformers")
-    root.addHandler(handler)
+    root.addHandler(notices)
     try:
-        yield handler
+        yield notices
     finally:
-        root.removeHandler(handler)
-    if handler.found:
-        pytest.fail("the package uses what Transformers deprecates:\n" + "\n".join(handler.found), pytrace=False)
+        root.removeHandler(notices)
+    if notices.found:
+        pytest.fail("the package (or a benchmark or example) calls what Transformers deprecates:\n"
+                    + "\n".join(notices.found), pytrace=False)

@@ -93,12 +93,12 @@ def test_resolve_cache_takes_either_name_and_prefers_cache_unless_empty():
     assert compat_anchor.resolve_cache(filled, {"past_key_values": DynamicCache()}) is filled
 
 
-def test_a_deprecated_call_from_the_package_fails_its_test(no_transformers_deprecation_from_the_package):
+def test_a_deprecated_call_from_the_package_fails_its_test(no_deprecated_transformers_calls):
     """Renames are caught while the old name still works (5.24 renamed ``past_key_values`` to ``cache``): a deprecation
     notice Transformers logs from a call in the package fails the test (conftest's autouse fixture), as does a
     deprecation warning attributed to a package module (pyproject's filters); the same notice from a test's own call,
     or from Transformers calling itself, does not."""
-    found = no_transformers_deprecation_from_the_package.found
+    found = no_deprecated_transformers_calls.found
     logger = transformers.utils.logging.get_logger("transformers.utils.generic")
     logger.warning_once("`past_key_values` is deprecated. Use `cache` instead.")  # the test's own call
     assert found == []
