@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import tomllib
+import warnings
 from pathlib import Path
 
 import pytest
@@ -96,8 +97,8 @@ def test_resolve_cache_takes_either_name_and_prefers_cache_unless_empty():
 def test_a_deprecated_call_from_the_package_fails_its_test(no_deprecated_transformers_calls):
     """Renames are caught while the old name still works (5.24 renamed ``past_key_values`` to ``cache``): a deprecation
     notice Transformers logs from a call in the package fails the test (conftest's autouse fixture), as does a
-    deprecation warning attributed to a package module (pyproject's filters); the same notice from a test's own call,
-    or from Transformers calling itself, does not."""
+    deprecation warning attributed to a package module (pyproject's filters); the same notice from a test's own call
+    (so also from Transformers' own code that a test runs) does not."""
     found = no_deprecated_transformers_calls.found
     logger = transformers.utils.logging.get_logger("transformers.utils.generic")
     logger.warning_once("`past_key_values` is deprecated. Use `cache` instead.")  # the test's own call
@@ -110,7 +111,7 @@ def test_a_deprecated_call_from_the_package_fails_its_test(no_deprecated_transfo
     for category in (DeprecationWarning, FutureWarning):
         with pytest.raises(category, match="old"):
             exec(compile("warnings.warn('old', category, stacklevel=1)", package_file, "exec"),
-                 {"__name__": compat_anchor.__name__, "warnings": __import__("warnings"), "category": category})
+                 {"__name__": compat_anchor.__name__, "warnings": warnings, "category": category})
 
 
 def test_older_transformers_fails_at_package_import_with_one_line():
