@@ -53,12 +53,15 @@ OUR_FILES = (TESTS, str(Path(importlib.util.find_spec("hf_efficient_lm").origin)
 def no_deprecated_transformers_calls():
     notices = DeprecationNotices()
     transformers_logging.warning_once.cache_clear()  # a notice logged once per process shows up in every test
+    verbosity = transformers_logging.get_verbosity()  # (an earlier test may have left it at ERROR: notices unlogged)
+    transformers_logging.set_verbosity(min(verbosity, logging.WARNING))
     root = transformers_logging.get_logger("transformers")
     root.addHandler(notices)
     try:
         yield notices
     finally:
         root.removeHandler(notices)
+        transformers_logging.set_verbosity(verbosity)
     if notices.found:
         pytest.fail("the package (or a benchmark or example) calls what Transformers deprecates:\n"
                     + "\n".join(notices.found), pytrace=False)
