@@ -45,8 +45,8 @@ class DeprecationNotices(logging.Handler):
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 TESTS = str(REPOSITORY / "tests") + os.sep
-OUR_FILES = (TESTS, str(Path(importlib.util.find_spec("hf_efficient_lm").origin).parent) + os.sep,
-             *(str(REPOSITORY / folder) + os.sep for folder in ("hf_efficient_lm", "benchmarks", "examples")))
+OUR_FILES = (TESTS, str(Path(importlib.util.find_spec("hf_efficient_lm").origin).parent) + os.sep,  # (wherever installed)
+             *(str(REPOSITORY / folder) + os.sep for folder in ("benchmarks", "examples")))
 
 
 @pytest.fixture(autouse=True)
