@@ -45,7 +45,7 @@ class DeprecationNotices(logging.Handler):
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 TESTS = str(REPOSITORY / "tests") + os.sep
-OUR_FILES = (TESTS, str(Path(importlib.util.find_spec("hf_efficient_lm").origin).parent) + os.sep,  # (wherever installed)
+OUR_FILES = (TESTS, str(Path(importlib.util.find_spec("hf_efficient_lm").origin).parent) + os.sep,  # (as installed)
              *(str(REPOSITORY / folder) + os.sep for folder in ("benchmarks", "examples")))
 
 
