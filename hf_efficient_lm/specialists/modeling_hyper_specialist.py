@@ -57,7 +57,6 @@ class HyperSpecialistMLP(nn.Module):
         self.up_basis = nn.Parameter(torch.empty(basis, ffn, hidden))
         self.down_basis = nn.Parameter(torch.empty(basis, hidden, ffn))
         self.act_fn = ACT2FN[config.hidden_act]
-        self.routing = None  # (cluster_ids [batch], cluster_codes [k, m]), set by the decoder layer around each call
 
     def materialize(self, code: torch.Tensor) -> dict[str, torch.Tensor]:
         """Weights for one code ``[m]`` (``E_i``, or a histogram-weighted mix of codes) -> ``{name: weight}``."""
@@ -74,11 +73,9 @@ class HyperSpecialistMLP(nn.Module):
         up = F.linear(hidden_states, weights["up_proj"])
         return F.linear(self.act_fn(gate) * up, weights["down_proj"])
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """``hidden_states [batch, seq, hidden]`` -> same shape; row ``b`` uses cluster ``cluster_ids[b]``."""
-        if self.routing is None:
-            raise RuntimeError("HyperSpecialistMLP called outside HyperSpecialistModel: no cluster ids were routed")
-        cluster_ids, cluster_codes = self.routing
+    def forward(self, hidden_states: torch.Tensor, cluster_ids: torch.Tensor, cluster_codes: torch.Tensor) -> torch.Tensor:
+        """``hidden_states [batch, seq, hidden]`` -> same shape; row ``b`` uses code ``cluster_codes[cluster_ids[b]]``
+        (``cluster_ids [batch]``, ``cluster_codes [k, m]``)."""
         clusters = torch.unique(cluster_ids).tolist()
         if len(clusters) == 1:
             return self._gated_mlp(hidden_states, self.materialize(cluster_codes[clusters[0]]))
@@ -94,22 +91,20 @@ class HyperSpecialistMLP(nn.Module):
 
 
 class HyperSpecialistDecoderLayer(LlamaDecoderLayer):
-    """``LlamaDecoderLayer`` whose MLP is a :class:`HyperSpecialistMLP`; takes ``cluster_ids`` / ``cluster_codes``
-    keyword arguments and hands them to the MLP for the duration of the call (also under gradient checkpointing,
-    whose recomputation re-enters ``forward``)."""
+    """``LlamaDecoderLayer`` whose MLP is a :class:`HyperSpecialistMLP`: ``LlamaDecoderLayer.forward`` with the
+    ``cluster_ids`` / ``cluster_codes`` keyword arguments passed on to the MLP. (Arguments, not state set on the MLP
+    around the call: threads sharing one model would read each other's clusters.)"""
 
     def __init__(self, config: HyperSpecialistConfig, layer_idx: int):
         super().__init__(config, layer_idx)
         self.mlp = HyperSpecialistMLP(config)
 
-    def forward(self, hidden_states, *args, cluster_ids=None, cluster_codes=None, **kwargs):
+    def forward(self, hidden_states, cluster_ids=None, cluster_codes=None, **kwargs):
         if cluster_ids is None or cluster_codes is None:
             raise ValueError("HyperSpecialistDecoderLayer needs cluster_ids and cluster_codes")
-        self.mlp.routing = (cluster_ids, cluster_codes)
-        try:
-            return super().forward(hidden_states, *args, **kwargs)
-        finally:
-            self.mlp.routing = None
+        attended, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **kwargs)
+        hidden_states = hidden_states + attended
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states), cluster_ids, cluster_codes)
 
 
 class HyperSpecialistPreTrainedModel(AutoClassesMixin, LlamaPreTrainedModel):

@@ -1,4 +1,6 @@
 import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -56,6 +58,30 @@ def test_mixed_batch_routes_each_row(make):
     torch.testing.assert_close(last, out.logits[:, -1:], atol=1e-5, rtol=1e-5)
     # different clusters really give different functions
     assert not torch.allclose(model(x, cluster_ids=0).logits, model(x, cluster_ids=1).logits)
+
+
+@pytest.mark.parametrize("make", [make_mixture, make_hyper])
+def test_threads_routing_to_different_clusters_each_get_their_own(make):
+    """Threads sharing one model, each routing its rows to another cluster, get what each call gets alone. (The
+    projected network once set the routed ids on its MLPs around each layer call: threads read each other's clusters,
+    or found none.)"""
+    model, x = make(), ids()
+    calls = [(x[:rows], torch.full((rows,), cluster)) for rows, cluster in [(1, 0), (2, 1), (3, 2), (4, 0), (2, 2), (1, 1)]]
+
+    @torch.no_grad()  # (grad mode is per thread)
+    def logits(call):
+        return model(call[0], cluster_ids=call[1]).logits
+
+    alone = [logits(call) for call in calls]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(5):
+            with ThreadPoolExecutor(len(calls)) as pool:
+                for together, expected in zip(pool.map(logits, calls), alone):
+                    torch.testing.assert_close(together, expected, atol=1e-5, rtol=1e-5)
+    finally:
+        sys.setswitchinterval(interval)
 
 
 @pytest.mark.parametrize("make", [make_mixture, make_hyper])
