@@ -186,9 +186,10 @@ class FgramVocab:
         """BoolTensor like ``input_ids``: positions that may be part of an f-gram (no barrier, no padding)."""
         valid = (input_ids >= 0) & (input_ids < self.vocab_size)
         if self.barrier_ids:
-            if self._barrier_tensor is None or self._barrier_tensor.device != input_ids.device:
-                self._barrier_tensor = torch.tensor(self.barrier_ids, dtype=input_ids.dtype, device=input_ids.device)
-            valid &= ~torch.isin(input_ids, self._barrier_tensor)
+            barriers = self._barrier_tensor  # (one read: a thread on another device may replace it)
+            if barriers is None or barriers.device != input_ids.device:
+                barriers = self._barrier_tensor = torch.tensor(self.barrier_ids, dtype=input_ids.dtype, device=input_ids.device)
+            valid &= ~torch.isin(input_ids, barriers)
         if attention_mask is not None:
             _check_mask_shape(input_ids, attention_mask)
             valid &= attention_mask.to(input_ids.device).bool()
@@ -237,16 +238,17 @@ class FgramVocab:
 
     def _device_levels(self, device: torch.device) -> list[tuple[KeyHashIndex, torch.Tensor]]:
         """Per level: a hash index over its keys and its rows, on ``device`` (built once, on the CPU)."""
-        if self._hash_levels is None:
+        built = self._hash_levels  # (one read: another thread may be building it too)
+        if built is None:
             cpu, previous_size = [], self.vocab_size
             for keys, level_rows in zip(self.level_keys, self.level_rows):
                 cpu.append((KeyHashIndex(keys, query_bound=previous_size * self.vocab_size), level_rows))
                 previous_size = max(1, keys.numel())
-            self._hash_levels = {"cpu": cpu}
+            built = self._hash_levels = {"cpu": cpu}
         key = str(device)
-        if key not in self._hash_levels:
-            self._hash_levels[key] = [(index.to(device), rows.to(device)) for index, rows in self._hash_levels["cpu"]]
-        return self._hash_levels[key]
+        if key not in built:
+            built[key] = [(index.to(device), rows.to(device)) for index, rows in built["cpu"]]
+        return built[key]
 
     def _match_rows(self, levels, ids, valid, starts, rows_out, lengths_out) -> None:
         """:meth:`match` for a block of rows ``[b, T]`` (``starts``: a document begins there), written into
@@ -316,13 +318,12 @@ class FgramVocab:
             # enough also get a dict (key -> local id): one hash probe instead of ~17 bisection steps that each
             # box an int out of the memoryview (~100 bytes per key, so only up to SCALAR_DICT_KEYS keys in all).
             dict_ok = self.num_fgrams <= SCALAR_DICT_KEYS
-            self._python_levels = [
+            self._python_barriers, self._suffix_memo = frozenset(self.barrier_ids), {}
+            self._python_levels = [  # (set last: threads sharing the vocabulary take a set value as built)
                 (memoryview(k.numpy()), dict(zip(k.tolist(), range(k.numel()))) if dict_ok else None,
                  memoryview(r.numpy()))
                 for k, r in zip(self.level_keys, self.level_rows)
             ]
-            self._python_barriers = frozenset(self.barrier_ids)
-            self._suffix_memo = {}
         levels, barriers, vocab_size = self._python_levels, self._python_barriers, self.vocab_size
 
         def extend(chain, token):
@@ -377,11 +378,12 @@ class FgramVocab:
         if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.num_fgrams):
             raise IndexError(f"f-gram rows must lie in [0, {self.num_fgrams})")
         if self._row_level is None:  # row -> (length, local id within its level)
-            self._row_level = torch.empty(self.num_fgrams, dtype=torch.int8)
-            self._row_local = torch.empty(self.num_fgrams, dtype=torch.int64)
+            row_level = torch.empty(self.num_fgrams, dtype=torch.int8)
+            row_local = torch.empty(self.num_fgrams, dtype=torch.int64)
             for n, level_rows in enumerate(self.level_rows, start=2):
-                self._row_level[level_rows] = n
-                self._row_local[level_rows] = torch.arange(level_rows.numel())
+                row_level[level_rows] = n
+                row_local[level_rows] = torch.arange(level_rows.numel())
+            self._row_local, self._row_level = row_local, row_level  # (filled first: threads never see it half-built)
         levels = self._row_level[rows].long()
         tokens = torch.full((rows.numel(), self.max_len), -1, dtype=torch.int64)
         for n in range(2, self.max_len + 1):
