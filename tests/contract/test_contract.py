@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -285,6 +286,35 @@ def test_generate_continues_from_a_returned_cache(case):
     continued = model.generate(sequences, attention_mask=torch.ones_like(sequences), **{CACHE_NAME: cache}, **common)
     scratch = model.generate(sequences, attention_mask=torch.ones_like(sequences), **common)
     assert torch.equal(continued, scratch)
+
+
+@parametrize_cases
+def test_threads_sharing_a_model_get_what_each_call_gets_alone(case):
+    """Threads sharing one model (a server's worker threads) get what each call gets alone: a forward or ``generate()``
+    keeps its per-call state in its arguments and its cache, never on a module, and what a model builds on first use
+    (lookup structures) is published only once built. Thread switches are forced every microsecond so calls interleave;
+    each round shares a fresh copy (a copy rebuilds those structures, so the threads race to build them)."""
+    _skip_if_declared(case, "threads")
+    model = case.make_model().eval()
+    prompts = [_ids(case, batch=b, length=n, seed=i) for i, (b, n) in enumerate([(1, 9), (2, 12), (3, 7), (1, 14)])]
+    common = dict(max_new_tokens=5, do_sample=False, pad_token_id=_pad_id(model))
+
+    @torch.no_grad()
+    def call(shared, ids):
+        return shared(input_ids=ids).logits, shared.generate(ids, attention_mask=torch.ones_like(ids), **common)
+
+    alone = [call(copy.deepcopy(model), ids) for ids in prompts]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(3):
+            with ThreadPoolExecutor(len(prompts)) as pool:
+                together = list(pool.map(partial(call, copy.deepcopy(model)), prompts))
+            for (logits, tokens), (alone_logits, alone_tokens) in zip(together, alone):
+                torch.testing.assert_close(logits, alone_logits, atol=case.atol, rtol=0)
+                assert torch.equal(tokens, alone_tokens)
+    finally:
+        sys.setswitchinterval(interval)
 
 
 @parametrize_cases
