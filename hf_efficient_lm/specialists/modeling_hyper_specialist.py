@@ -33,7 +33,8 @@ from transformers.models.llama.modeling_llama import (
 
 from .compat_specialists import AutoClassesMixin, cache_of, resolve_cache
 from .configuration_hyper_specialist import HyperSpecialistConfig
-from .routing_specialists import cache_argument, check_cache_clusters, cluster_index, histogram_weights, resolve_cluster_ids, stock_llama_config
+from .routing_specialists import (cache_argument, check_cache_clusters, check_padding_mask, cluster_index,
+                                  histogram_weights, resolve_cluster_ids, stock_llama_config)
 
 PROJECTED_MATRICES = ("gate_proj", "up_proj", "down_proj")
 
@@ -169,6 +170,7 @@ class HyperSpecialistModel(HyperSpecialistPreTrainedModel, LlamaModel):
         cache = resolve_cache(cache, kwargs)
         cluster_ids = resolve_cluster_ids(cluster_ids, input_ids, inputs_embeds, self.config)
         check_cache_clusters(cache, cluster_ids)
+        check_padding_mask(attention_mask, input_ids if input_ids is not None else inputs_embeds, cache)
         output = LlamaModel.forward(
             self,
             input_ids=input_ids,

@@ -15,7 +15,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .compat_specialists import CACHE_NAME, AutoClassesMixin, cache_of, resolve_cache
 from .configuration_specialist_mixture import SpecialistMixtureConfig
-from .routing_specialists import cache_argument, check_cache_clusters, cluster_index, histogram_weights, resolve_cluster_ids, stock_llama_config
+from .routing_specialists import (cache_argument, check_cache_clusters, check_padding_mask, cluster_index,
+                                  histogram_weights, resolve_cluster_ids, stock_llama_config)
 
 
 def _gather_rows(batch_size: int, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -114,6 +115,7 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
         cache = resolve_cache(cache, kwargs)
         cluster_ids = resolve_cluster_ids(cluster_ids, input_ids, inputs_embeds, self.config)
         check_cache_clusters(cache, cluster_ids)
+        check_padding_mask(attention_mask, input_ids if input_ids is not None else inputs_embeds, cache)
         batch_size = cluster_ids.shape[0]
         loss_kwargs = {key: kwargs.pop(key) for key in ("num_items_in_batch", "shift_labels") if key in kwargs}
         clusters = torch.unique(cluster_ids).tolist()

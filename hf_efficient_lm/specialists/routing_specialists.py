@@ -98,6 +98,20 @@ def check_cache_clusters(cache, cluster_ids: torch.LongTensor) -> None:
     cache.specialist_cluster_ids = cluster_ids.detach().clone()
 
 
+def check_padding_mask(attention_mask, inputs: torch.Tensor, cache) -> None:
+    """A 2-D ``attention_mask`` must be ``[batch, cached + new]`` for ``inputs [batch, new, ...]``: Llama's forward
+    pads a narrower one with zeros, silently hiding the newest tokens (a decode step given the new token's width alone).
+    (4-D masks are the caller's own, as in Llama.)"""
+    if attention_mask is None or attention_mask.dim() != 2:
+        return
+    cached = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+    if attention_mask.shape[0] != inputs.shape[0]:
+        raise ValueError(f"attention_mask has {attention_mask.shape[0]} rows for a batch of {inputs.shape[0]}")
+    if attention_mask.shape[1] != cached + inputs.shape[1]:
+        raise ValueError(f"attention_mask covers {attention_mask.shape[1]} positions but the inputs need {cached} cached "
+                         f"+ {inputs.shape[1]} new = {cached + inputs.shape[1]}")
+
+
 def cache_argument(cache) -> dict:
     """``{CACHE_NAME: cache}``. Before Transformers 5.24, continuous batching's ``cache=PagedAttentionCache`` (no
     ``get_seq_length``) is the paged attention functions' own argument, so it travels on under that name."""

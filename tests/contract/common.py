@@ -31,6 +31,7 @@ CHECKS = (
     "remote_code",
     "generate_cache",
     "left_padding",
+    "mask_shape",
     "threads",
     "inputs_embeds",
     "assisted_decoding",

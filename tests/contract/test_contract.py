@@ -289,6 +289,18 @@ def test_generate_continues_from_a_returned_cache(case):
 
 
 @parametrize_cases
+def test_an_attention_mask_of_another_shape_is_refused(case):
+    """A 2-D padding mask narrower than the ids, or with one row for a batch of two, is refused by name. (Llama's forward
+    pads the first with zeros, silently hiding the newest token, and the specialists inherited it.)"""
+    _skip_if_declared(case, "mask_shape")
+    model = case.make_model()
+    ids = _ids(case, batch=2, length=10)
+    for mask in (torch.ones(2, 9, dtype=torch.long), torch.ones(1, 10, dtype=torch.long)):
+        with pytest.raises(ValueError, match="mask"):
+            model(input_ids=ids, attention_mask=mask)
+
+
+@parametrize_cases
 def test_threads_sharing_a_model_get_what_each_call_gets_alone(case):
     """Threads sharing one model (a server's worker threads) get what each call gets alone: a forward or ``generate()``
     keeps its per-call state in its arguments and its cache, never on a module, and what a model builds on first use

@@ -673,6 +673,21 @@ def test_mixture_neftune_noises_every_expert_like_the_default_one():
     assert all(not hasattr(expert.get_input_embeddings(), "neftune_noise_alpha") for expert in model.experts)
 
 
+@pytest.mark.parametrize("make", [make_mixture, make_hyper])
+@torch.no_grad()
+def test_a_decode_steps_mask_must_cover_the_cached_and_the_new_tokens(make):
+    """Over a filled cache a 2-D mask spans the cached and the new tokens, as generate() passes it. Given the new token's
+    width alone, Llama's forward padded it with zeros, masking what the step should attend to: 0.16 (mixture) / 0.26
+    (projected network) off, silently."""
+    model, x = make(), ids(batch=2, length=8)
+    for width in (1, 9):
+        cache = cache_of(model(x[:, :-1], use_cache=True))
+        with pytest.raises(ValueError, match=rf"covers {width} positions but the inputs need 7 cached \+ 1 new = 8"):
+            model(x[:, -1:], attention_mask=torch.ones(2, width, dtype=torch.long), **{CACHE_NAME: cache})
+    step = model(x[:, -1:], attention_mask=torch.ones(2, 8, dtype=torch.long), **{CACHE_NAME: cache}).logits
+    torch.testing.assert_close(step[:, -1], model(x).logits[:, -1], atol=1e-5, rtol=1e-5)
+
+
 @torch.no_grad()
 def test_a_cache_keeps_the_clusters_it_was_filled_under():
     """A decode step that left cluster_ids out (the default cluster) or switched cluster reused keys computed under
