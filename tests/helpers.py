@@ -1,5 +1,6 @@
 """Small shared test helpers: documents written by the tests themselves, the CLI run as the console script runs it,
-a Hub API that records what a publish sends, the 2-process DDP launcher and a Trainer killed mid-run."""
+a Hub API that records what a publish sends, the 2-process DDP launcher, a Trainer killed mid-run and forced thread
+switches."""
 
 from __future__ import annotations
 
@@ -202,3 +203,15 @@ def trainer_killed_at(trainer_class, step: int):
             self.add_callback(KillAtStep())
 
     return KilledTrainer
+
+
+@contextlib.contextmanager
+def forced_thread_switches(interval: float = 1e-6):
+    """Inside, Python switches threads every ``interval`` seconds (default a microsecond, against 5 ms), so calls that
+    threads make on a shared model interleave finely: state one call leaves for another shows up."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(interval)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)

@@ -28,6 +28,7 @@ import hf_efficient_lm  # noqa: F401  (registers the families)
 from hf_efficient_lm.compat import CACHE_NAME
 from hf_efficient_lm.eval.speed import saved_for_backward_bytes
 from tests.contract.common import CHECKS, PEFT_CACHE_NAME, ContractCase
+from tests.helpers import forced_thread_switches
 
 
 def _discover_cases() -> list[ContractCase]:
@@ -316,17 +317,12 @@ def test_threads_sharing_a_model_get_what_each_call_gets_alone(case):
         return shared(input_ids=ids).logits, shared.generate(ids, attention_mask=torch.ones_like(ids), **common)
 
     alone = [call(copy.deepcopy(model), ids) for ids in prompts]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        for _ in range(3):
-            with ThreadPoolExecutor(len(prompts)) as pool:
-                together = list(pool.map(partial(call, copy.deepcopy(model)), prompts))
-            for (logits, tokens), (alone_logits, alone_tokens) in zip(together, alone):
-                torch.testing.assert_close(logits, alone_logits, atol=case.atol, rtol=0)
-                assert torch.equal(tokens, alone_tokens)
-    finally:
-        sys.setswitchinterval(interval)
+    for _ in range(3):
+        with forced_thread_switches(), ThreadPoolExecutor(len(prompts)) as pool:
+            together = list(pool.map(partial(call, copy.deepcopy(model)), prompts))
+        for (logits, tokens), (alone_logits, alone_tokens) in zip(together, alone):
+            torch.testing.assert_close(logits, alone_logits, atol=case.atol, rtol=0)
+            assert torch.equal(tokens, alone_tokens)
 
 
 @parametrize_cases

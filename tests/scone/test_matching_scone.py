@@ -1,7 +1,6 @@
 """Longest-suffix matching: vectorised torch / numpy paths vs a literal per-position implementation."""
 
 import copy
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -11,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hf_efficient_lm.scone import CorruptTableError, FgramVocab, match_flat, mine_fgrams
+from tests.helpers import forced_thread_switches
 
 
 def brute_force_match(vocab: FgramVocab, ids: list[int], mask: list[int]):
@@ -177,15 +177,10 @@ def test_threads_racing_to_build_the_lookup_structures_get_the_sequential_answer
         return shared.fgram_tokens(rows), shared.match(ids), shared.match_last(ids, 1, as_lists=True)
 
     alone = lookups(copy.deepcopy(vocab))  # (a copy drops the built structures: __getstate__)
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        for _ in range(150):
-            shared = copy.deepcopy(vocab)
-            with ThreadPoolExecutor(4) as pool:
-                together = list(pool.map(lambda _: lookups(shared), range(4)))
-            for tokens, matches, last in together:
-                assert all(map(torch.equal, tokens + matches, alone[0] + alone[1]))
-                assert last == alone[2]
-    finally:
-        sys.setswitchinterval(interval)
+    for _ in range(150):
+        shared = copy.deepcopy(vocab)
+        with forced_thread_switches(), ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda _: lookups(shared), range(4)))
+        for tokens, matches, last in together:
+            assert all(map(torch.equal, tokens + matches, alone[0] + alone[1]))
+            assert last == alone[2]

@@ -1,5 +1,4 @@
 import shutil
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -22,6 +21,7 @@ from hf_efficient_lm.specialists import (
 )
 from hf_efficient_lm.specialists.compat_specialists import CACHE_NAME, cache_of
 from hf_efficient_lm.testing_utils import TINY_LLAMA_KWARGS
+from tests.helpers import forced_thread_switches
 
 K = 3
 
@@ -73,15 +73,11 @@ def test_threads_routing_to_different_clusters_each_get_their_own(make):
         return model(call[0], cluster_ids=call[1]).logits
 
     alone = [logits(call) for call in calls]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        for _ in range(5):
-            with ThreadPoolExecutor(len(calls)) as pool:
-                for together, expected in zip(pool.map(logits, calls), alone):
-                    torch.testing.assert_close(together, expected, atol=1e-5, rtol=1e-5)
-    finally:
-        sys.setswitchinterval(interval)
+    for _ in range(5):
+        with forced_thread_switches(), ThreadPoolExecutor(len(calls)) as pool:
+            together = list(pool.map(logits, calls))
+        for result, expected in zip(together, alone):
+            torch.testing.assert_close(result, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("make", [make_mixture, make_hyper])
