@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from hf_efficient_lm.blt import BLTTokenizer
 from hf_efficient_lm.tools.blt_testing import make_tiny_blt, random_bytes
 from tests.contract.common import ContractCase
 
@@ -22,6 +23,7 @@ CASES = [
         name="blt",
         make_model=make_blt_model,
         make_input_ids=make_blt_input_ids,
+        make_tokenizer=lambda model: BLTTokenizer(padding_side="left"),
         assisted_decoding_error="BLTForCausalLM.generate cannot do assisted decoding .*cannot be rolled back",
         invalid_config=("patching_mode", "words", "patching_mode must be one of"),
         # bytes are read as ids (patching, hash n-grams): Transformers refuses embeddings for a class that takes none

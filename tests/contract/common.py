@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 from packaging.version import Version
-from transformers import PreTrainedModel
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from hf_efficient_lm.compat import CACHE_NAME
 
@@ -36,6 +37,7 @@ CHECKS = (
     "inputs_embeds",
     "assisted_decoding",
     "continuous_batching",
+    "pipeline",
     "padding_free",
     "outputs",
     "sdpa_eager",
@@ -62,6 +64,18 @@ def default_save(model: PreTrainedModel, path: Path) -> None:
     model.save_pretrained(path)
 
 
+def word_tokenizer(model: PreTrainedModel) -> PreTrainedTokenizerFast:
+    """A tokenizer for a model's whole vocabulary: id ``i`` is the word ``w<i>`` (0..2 are pad / BOS / EOS, as in the
+    tiny configs), words split on spaces and decode joined by spaces. It left-pads, as generation batches need."""
+    special = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
+    vocab = {**{token: i for i, token in enumerate(special.values())},
+             **{f"w{i}": i for i in range(len(special), model.config.vocab_size)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece()  # joins words with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=backend, padding_side="left", **special)
+
+
 @dataclass
 class ContractCase:
     """One row of the contract table.
@@ -73,6 +87,8 @@ class ContractCase:
         (anchors for AnchorLlama, frequent n-grams for SCONE, bytes for BLT); never the pad id.
     lora_target_modules: explicit PEFT ``target_modules`` (module-name suffixes); default the Llama attention's
         ``q_proj`` / ``v_proj`` (every Llama-based family).
+    make_tokenizer: ``model -> tokenizer`` over the model's ids (default ``word_tokenizer``), left-padding, that the
+        text-generation pipeline loads from the saved folder.
     save: writes the folder a user would publish (default ``save_pretrained``); a model loaded back from it must give
         the same logits as the in-memory model.
     trust_remote_code: False only for classes Transformers itself ships (the Llama reference).
@@ -103,6 +119,7 @@ class ContractCase:
     make_model: Callable[..., PreTrainedModel]
     make_input_ids: Callable[[int, int, torch.Generator], torch.LongTensor]
     lora_target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LORA_TARGETS))
+    make_tokenizer: Callable[[PreTrainedModel], PreTrainedTokenizerBase] = word_tokenizer
     save: Callable[[PreTrainedModel, Path], None] = default_save
     trust_remote_code: bool = True
     skips: dict[str, str] = field(default_factory=dict)

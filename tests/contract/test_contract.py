@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, ContinuousBatchingConfig, GenerationConfig,
-                          PreTrainedModel, Trainer, TrainingArguments)
+                          PreTrainedModel, Trainer, TrainingArguments, pipeline)
 from transformers.generation.continuous_batching.requests import RequestStatus
 
 import hf_efficient_lm  # noqa: F401  (registers the families)
@@ -260,6 +260,31 @@ def test_continuous_batching_equals_generate_per_prompt(case):
         prompt = torch.tensor([output.prompt_ids])
         alone = model.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=config)
         assert output.generated_tokens == alone[0, prompt.shape[1]:].tolist(), (output, alone)
+
+
+@parametrize_cases
+def test_text_generation_pipeline_equals_generate(case, tmp_path):
+    """``pipeline("text-generation", model=<saved folder>)`` finds the class and the tokenizer saved beside it and gives
+    each prompt the tokens ``generate()`` gives it alone, one prompt at a time and batched (prompts of unequal length,
+    left-padded by the pipeline). The prompts' lengths are chosen so that, batched, every class's tokens change if the
+    padding is attended (checked by passing the pipeline a mask of ones)."""
+    _skip_if_declared(case, "pipeline")
+    model = case.make_model().eval()
+    tokenizer = case.make_tokenizer(model)
+    case.save(model, tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    texts = [tokenizer.decode(_ids(case, batch=1, length=n, seed=n)[0], skip_special_tokens=True) for n in (13, 8, 4)]
+    common = dict(max_new_tokens=5, do_sample=False)
+    expected = [model.generate(**tokenizer(text, return_tensors="pt"), pad_token_id=tokenizer.pad_token_id,
+                               **common)[0].tolist() for text in texts]
+    generator = pipeline("text-generation", model=str(tmp_path), trust_remote_code=case.trust_remote_code)
+    for batch_size in (1, 3):
+        outputs = generator(texts, batch_size=batch_size, return_tensors=True, **common)
+        generated = [output[0]["generated_token_ids"] for output in outputs]
+        # a batched row carries the batch's left padding, and padding after its EOS where another row runs longer
+        kept = [[i for i, id_ in enumerate(ids) if id_ != tokenizer.pad_token_id] for ids in generated]
+        unpadded = [ids[positions[0]:positions[-1] + 1] for ids, positions in zip(generated, kept)]
+        assert unpadded == expected, (batch_size, generated)
 
 
 def _perturbed(model):
