@@ -64,6 +64,13 @@ class SconeFgramModel(nn.Module):
     def forward(self, window_embeds: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Args: window_embeds ``[U, L, d_main]`` (n-gram token embeddings, right-padded to ``L``), lengths
         ``[U]`` (2..L). Returns ``[U, d_main]``: the output at each window's last real token."""
+        # PEFT's mixed adapter batches (adapter_names=[...]) hand each LoRA layer one adapter per batch row, but this
+        # model's rows are the distinct matched f-grams: PEFT would pair adapters with the wrong f-grams, or raise.
+        if any({"adapter_names", "alora_offsets"} & set(getattr(hook, "keywords", ()))
+               for module in self.modules() for hook in module._forward_pre_hooks.values()):
+            raise ValueError("PEFT's per-row adapters (adapter_names=...) cannot reach the f-gram model (fgram_mode="
+                             "'model'): its rows are f-grams, not batch rows. Keep it out of LoRA's target_modules "
+                             "(e.g. r'model\\.layers\\.\\d+\\..*_proj') or export the table (fgram_mode='table')")
         # The sub-config follows the main model's attention implementation (sdpa/eager may be switched later).
         self.config._attn_implementation = self.main_config._attn_implementation
         num, length, _ = window_embeds.shape
@@ -198,9 +205,7 @@ class SconeLlamaModel(SconeLlamaPreTrainedModel, LlamaModel):
         self.post_init()
 
     # -------------------------------------------------------------------------------------------- matching
-    def match_fgrams(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, document_ids=None
-    ):
+    def match_fgrams(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, document_ids=None):
         """``(fgram_row, fgram_len)`` LongTensors ``[B, T]`` for ``input_ids`` (padding = barrier; ``document_ids``
         ``[B, T]`` of packed rows: no f-gram crosses a document boundary)."""
         if attention_mask is not None and attention_mask.ndim != 2:  # (its padding would join f-grams with real tokens)
@@ -422,17 +427,8 @@ class SconeLlamaForCausalLM(SconeLlamaPreTrainedModel, LlamaForCausalLM):
             use_cache=use_cache, logits_to_keep=logits_to_keep, fgram_row=fgram_row, fgram_len=fgram_len, **kwargs,
         )
 
-    def prepare_inputs_for_generation(
-        self,
-        input_ids,
-        next_sequence_length=None,
-        cache=None,
-        attention_mask=None,
-        inputs_embeds=None,
-        is_first_iteration=False,
-        past_key_values=None,
-        **kwargs,
-    ):
+    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, cache=None, attention_mask=None,
+                                      inputs_embeds=None, is_first_iteration=False, past_key_values=None, **kwargs):
         if inputs_embeds is not None:
             raise ValueError("SconeLlama cannot generate from inputs_embeds: f-gram matching needs input_ids")
         cache = resolve_cache(cache, {"past_key_values": past_key_values, **kwargs})  # (generate < 5.24 checks it)

@@ -48,6 +48,7 @@ CHECKS = (
     "torch_compile",
     "bf16_autocast",
     "lora",
+    "lora_mixed_batch",
     "prefix_tuning",
     "prefix_tuning_past_key_values",
     "prompt_tuning",
@@ -104,6 +105,9 @@ class ContractCase:
     continuous_batching_error: for a class whose state has no paged form (Transformers' continuous batching hands the
         forward a ``PagedAttentionCache``), the regex of the named error ``generate_batch`` raises, or reports as each
         request's ``error`` (its batching loop catches what a forward raises), instead of generating.
+    mixed_adapter_batch_error: for a class whose LoRA layers (with ``lora_target_modules``) also run on rows other than
+        the batch's (SconeLlama's f-gram model: one row per distinct f-gram), the regex of the named error PEFT's
+        mixed adapter batches (``adapter_names=[...]``, one adapter per row) raise instead.
     prefix_tuning_kwargs: ``(model, input_ids) -> dict``: what a forward over PEFT prefix tuning's filled cache needs
         besides the ids (SconeLlama: the ids' own f-gram matches, since no f-gram reaches into virtual tokens).
     prompt_learning_config: the sizes PEFT's prompt-learning configs (``PrefixTuningConfig``, ``PromptTuningConfig``,
@@ -129,6 +133,7 @@ class ContractCase:
     inputs_embeds_error: str | None = None
     assisted_decoding_error: str | None = None
     continuous_batching_error: str | None = None
+    mixed_adapter_batch_error: str | None = None
     prefix_tuning_kwargs: Callable[[PreTrainedModel, torch.LongTensor], dict] = lambda model, input_ids: {}
     prompt_learning_config: dict = field(default_factory=dict)
     prefix_tuning_error: str | None = None

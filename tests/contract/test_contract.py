@@ -5,6 +5,7 @@ Cases come from ``tests/contract/case_*.py`` modules (a module-level ``CASES`` l
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import json
@@ -664,6 +665,40 @@ def test_peft_lora_trains_saves_reloads_merges(case, tmp_path):
     merged = reloaded.merge_and_unload()
     assert not any("lora_" in name for name, _ in merged.named_parameters())
     torch.testing.assert_close(_logits(merged, ids), trained, atol=1e-4, rtol=0)
+
+
+@parametrize_cases
+def test_peft_mixed_adapter_batch_equals_each_row_with_its_adapter(case):
+    """PEFT's mixed adapter batches (``generate(adapter_names=[...])``: one LoRA adapter per row, or ``"__base__"``,
+    as a server holding several fine-tunes batches their requests) give each row, at every step, the logits its adapter
+    gives it alone; a class whose LoRA layers also run on rows other than the batch's raises its named error instead."""
+    _skip_if_declared(case, "lora_mixed_batch")
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    config = dict(r=4, lora_alpha=8, target_modules=case.lora_target_modules, init_lora_weights=False)  # random B
+    model = get_peft_model(case.make_model(), LoraConfig(**config), adapter_name="first")
+    model.add_adapter("second", LoraConfig(**config))
+    model.eval()
+    ids, names = _ids(case, batch=3, length=10, seed=3), ["second", "__base__", "first"]
+    common = dict(max_new_tokens=5, do_sample=False, pad_token_id=_pad_id(model), return_dict_in_generate=True,
+                  output_logits=True)
+    if case.mixed_adapter_batch_error is not None:
+        with pytest.raises(ValueError, match=case.mixed_adapter_batch_error):
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), adapter_names=names, **common)
+        return
+    mixed = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), adapter_names=names, **common)
+    alone = {}
+    for name in ("first", "second", "__base__"):
+        model.set_adapter("first" if name == "__base__" else name)
+        with model.disable_adapter() if name == "__base__" else contextlib.nullcontext():
+            alone[name] = [model.generate(input_ids=row[None], attention_mask=torch.ones_like(row[None]), **common)
+                           for row in ids]
+    assert (alone["first"][0].logits[0] - alone["second"][0].logits[0]).abs().max() > 1e-2  # the adapters differ
+    for row, name in enumerate(names):
+        assert torch.equal(mixed.sequences[row], alone[name][row].sequences[0]), (row, name)
+        for step_mixed, step_alone in zip(mixed.logits, alone[name][row].logits):
+            torch.testing.assert_close(step_mixed[row], step_alone[0], atol=case.atol, rtol=0)
 
 
 @parametrize_cases
