@@ -139,6 +139,12 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
                     f"a KV cache with rows of several clusters ({clusters}) in one batch is not supported by the hard "
                     "mixture: generate one cluster per batch (or pass use_cache=False)"
                 )
+            # PEFT's mixed adapter batches hand each LoRA layer one adapter per row of the whole batch
+            if any({"adapter_names", "alora_offsets"} & set(getattr(hook, "keywords", ()))
+                   for module in self.experts.modules() for hook in module._forward_pre_hooks.values()):
+                raise ValueError(f"PEFT's per-row adapters (adapter_names=...) need the whole batch in every LoRA layer, "
+                                 f"but rows of several clusters ({clusters}) run each expert on its own rows: send "
+                                 "one cluster per batch")
             for name, tensor in (("attention_mask", attention_mask), ("position_ids", position_ids)):
                 if tensor is not None and tensor.shape[0] not in ((batch_size,) if name == "attention_mask" else (1, batch_size)):
                     raise ValueError(f"{name} has {tensor.shape[0]} rows for a batch of {batch_size}: each expert reads its rows")
@@ -149,17 +155,9 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
                 def take(tensor):
                     return tensor[rows] if tensor is not None and tensor.shape[0] == batch_size else tensor
 
-                output = self._run_expert(
-                    cluster,
-                    input_ids=take(input_ids),
-                    attention_mask=take(attention_mask),
-                    position_ids=take(position_ids),
-                    inputs_embeds=take(inputs_embeds),
-                    use_cache=False,
-                    logits_to_keep=logits_to_keep,
-                    return_dict=True,
-                    **kwargs,
-                )
+                output = self._run_expert(cluster, input_ids=take(input_ids), attention_mask=take(attention_mask),
+                                          position_ids=take(position_ids), inputs_embeds=take(inputs_embeds),
+                                          use_cache=False, logits_to_keep=logits_to_keep, return_dict=True, **kwargs)
                 routed.append((rows, output))
             logits = _gather_rows(batch_size, [(rows, output.logits) for rows, output in routed])
             hidden_states = _gather_row_tuples(batch_size, routed, "hidden_states")

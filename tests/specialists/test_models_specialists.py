@@ -1,3 +1,4 @@
+import contextlib
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -58,6 +59,33 @@ def test_mixed_batch_routes_each_row(make):
     torch.testing.assert_close(last, out.logits[:, -1:], atol=1e-5, rtol=1e-5)
     # different clusters really give different functions
     assert not torch.allclose(model(x, cluster_ids=0).logits, model(x, cluster_ids=1).logits)
+
+
+@pytest.mark.parametrize("make", [make_mixture, make_hyper])
+def test_peft_per_row_adapters_over_rows_of_several_clusters(make):
+    """PEFT's mixed adapter batches (``adapter_names=[...]``) hand each LoRA layer one adapter per row of the whole
+    batch. The projected network runs every row through one network: each row gets what its cluster and adapter give
+    it alone. The hard mixture runs each expert on its own rows, so it refuses by name (PEFT raised its own length
+    error); one cluster per batch takes per-row adapters (the contract check ``lora_mixed_batch``)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    config = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(make(), LoraConfig(**config), adapter_name="first")
+    model.add_adapter("second", LoraConfig(**config))
+    model.eval()
+    x, names = ids(), ["second", "first", "__base__", "first"]
+    if make is make_mixture:
+        with pytest.raises(ValueError, match=r"per-row adapters .*rows of several clusters \(\[0, 1, 2\]\)"):
+            model(input_ids=x, cluster_ids=CLUSTERS, adapter_names=names)
+        return
+    with torch.no_grad():
+        mixed = model(input_ids=x, cluster_ids=CLUSTERS, adapter_names=names).logits
+        for row, name in enumerate(names):
+            model.set_adapter("first" if name == "__base__" else name)
+            with model.disable_adapter() if name == "__base__" else contextlib.nullcontext():
+                alone = model(input_ids=x[row:row + 1], cluster_ids=CLUSTERS[row:row + 1]).logits
+            torch.testing.assert_close(mixed[row:row + 1], alone, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("make", [make_mixture, make_hyper])
