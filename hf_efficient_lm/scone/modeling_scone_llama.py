@@ -64,10 +64,10 @@ class SconeFgramModel(nn.Module):
     def forward(self, window_embeds: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Args: window_embeds ``[U, L, d_main]`` (n-gram token embeddings, right-padded to ``L``), lengths
         ``[U]`` (2..L). Returns ``[U, d_main]``: the output at each window's last real token."""
-        # PEFT's mixed adapter batches (adapter_names=[...]) hand each LoRA layer one adapter per batch row, but this
-        # model's rows are the distinct matched f-grams: PEFT would pair adapters with the wrong f-grams, or raise.
-        if any({"adapter_names", "alora_offsets"} & set(getattr(hook, "keywords", ()))
-               for module in self.modules() for hook in module._forward_pre_hooks.values()):
+        # PEFT's mixed adapter batches (adapter_names=[...], eval only) hand each LoRA layer one adapter per batch row,
+        # but this model's rows are the distinct matched f-grams: PEFT would pair adapters with the wrong f-grams.
+        if not self.training and any({"adapter_names", "alora_offsets"} & set(getattr(hook, "keywords", ()))
+                                     for module in self.modules() for hook in module._forward_pre_hooks.values()):
             raise ValueError("PEFT's per-row adapters (adapter_names=...) cannot reach the f-gram model (fgram_mode="
                              "'model'): its rows are f-grams, not batch rows. Keep it out of LoRA's target_modules "
                              "(e.g. r'model\\.layers\\.\\d+\\..*_proj') or export the table (fgram_mode='table')")

@@ -139,9 +139,9 @@ class SpecialistMixtureForCausalLM(SpecialistMixturePreTrainedModel, GenerationM
                     f"a KV cache with rows of several clusters ({clusters}) in one batch is not supported by the hard "
                     "mixture: generate one cluster per batch (or pass use_cache=False)"
                 )
-            # PEFT's mixed adapter batches hand each LoRA layer one adapter per row of the whole batch
-            if any({"adapter_names", "alora_offsets"} & set(getattr(hook, "keywords", ()))
-                   for module in self.experts.modules() for hook in module._forward_pre_hooks.values()):
+            # PEFT's mixed adapter batches (eval only) hand each LoRA layer one adapter per row of the whole batch
+            if not self.training and any({"adapter_names", "alora_offsets"} & set(getattr(hook, "keywords", ()))
+                                         for module in self.experts.modules() for hook in module._forward_pre_hooks.values()):
                 raise ValueError(f"PEFT's per-row adapters (adapter_names=...) need the whole batch in every LoRA layer, "
                                  f"but rows of several clusters ({clusters}) run each expert on its own rows: send "
                                  "one cluster per batch")
