@@ -86,6 +86,8 @@ def test_peft_per_row_adapters_over_rows_of_several_clusters(make):
             with model.disable_adapter() if name == "__base__" else contextlib.nullcontext():
                 alone = model(input_ids=x[row:row + 1], cluster_ids=CLUSTERS[row:row + 1]).logits
             torch.testing.assert_close(mixed[row:row + 1], alone, atol=1e-5, rtol=0)
+        with model.disable_adapter():  # the adapters matter: row 0 without its adapter is another function
+            assert (model(input_ids=x[:1], cluster_ids=CLUSTERS[:1]).logits - mixed[:1]).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("make", [make_mixture, make_hyper])
