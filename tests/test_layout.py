@@ -75,12 +75,12 @@ def test_model_files_import_only_what_a_checkpoint_carries():
 # Lines of Python (``wc -l``) a saved checkpoint carries per family (issue 12: conversion, export, mining, building,
 # data and training tools and reference implementations live in hf_efficient_lm/tools/ and never count). Issue 12's
 # targets: BLT 1,200 and anchor 700 (met); SCONE 900 (not met: its forward/generate path, hash-index matcher, scalar
-# decode matcher, table reader and decode-step fusion exceed it, see DEVELOPERS.md); specialists has no target (740:
+# decode matcher, table reader and decode-step fusion exceed it, see DEVELOPERS.md); specialists has no target (722:
 # 715 + routing's cache_argument, continuous batching before Transformers 5.24, the mixture's `embeddings` path that
 # PEFT prompt tuning embeds with, the attention-mask shape check and the per-row adapter refusal, less the projected
-# network's per-call routing state, now passed as arguments). The limits are today's figures, so the carried code
-# cannot grow back.
-CARRIED_LINE_LIMITS = {"blt": 1200, "anchor": 700, "scone": 1296, "specialists": 740}
+# network's per-call routing state, now passed as arguments, and three keyword-per-line calls written on fewer lines).
+# The limits are today's figures, so the carried code cannot grow back.
+CARRIED_LINE_LIMITS = {"blt": 1200, "anchor": 700, "scone": 1296, "specialists": 722}
 
 
 def carried_lines(family: str) -> tuple[int, list[str]]:

@@ -171,18 +171,9 @@ class HyperSpecialistModel(HyperSpecialistPreTrainedModel, LlamaModel):
         cluster_ids = resolve_cluster_ids(cluster_ids, input_ids, inputs_embeds, self.config)
         check_cache_clusters(cache, cluster_ids)
         check_padding_mask(attention_mask, input_ids if input_ids is not None else inputs_embeds, cache)
-        output = LlamaModel.forward(
-            self,
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            **cache_argument(cache),
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            cluster_ids=cluster_ids,
-            cluster_codes=self.cluster_codes,
-            **kwargs,
-        )
+        output = LlamaModel.forward(self, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                    **cache_argument(cache), inputs_embeds=inputs_embeds, use_cache=use_cache,
+                                    cluster_ids=cluster_ids, cluster_codes=self.cluster_codes, **kwargs)
         check_cache_clusters(cache_of(output), cluster_ids)  # (a cache the forward created records them too)
         return output
 
@@ -201,19 +192,10 @@ class HyperSpecialistForCausalLM(HyperSpecialistPreTrainedModel, LlamaForCausalL
                 inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, cluster_ids=None, **kwargs):
         """Shapes: ``input_ids [batch, seq]``, ``cluster_ids [batch]``; returns ``CausalLMOutputWithPast``."""
         cache = resolve_cache(cache, kwargs)
-        return LlamaForCausalLM.forward(
-            self,
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            **cache_argument(cache),
-            inputs_embeds=inputs_embeds,
-            labels=labels,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            cluster_ids=cluster_ids,
-            **kwargs,
-        )
+        return LlamaForCausalLM.forward(self, input_ids=input_ids, attention_mask=attention_mask,
+                                        position_ids=position_ids, **cache_argument(cache), inputs_embeds=inputs_embeds,
+                                        labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
+                                        cluster_ids=cluster_ids, **kwargs)
 
     def cluster_code(self, cluster: int | None = None, histogram=None) -> torch.Tensor:
         """``E_cluster`` or ``sum_c p_c E_c`` for a ``histogram [k]`` (normalised here) -> ``[m]``."""

@@ -144,15 +144,9 @@ def _train(args: PretrainArguments, training_args: TrainingArguments, tokenizer,
     count_trained_tokens(training_args, args.max_train_tokens, args.block_size, num_rows=len(train_set))
 
     model = LlamaForCausalLM(config)
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        data_collator=default_data_collator,
-        processing_class=tokenizer,
-        callbacks=[FingerprintCallback(fingerprint)],
-    )
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
+                      data_collator=default_data_collator, processing_class=tokenizer,
+                      callbacks=[FingerprintCallback(fingerprint)])
     run_training(trainer, resume_from)
     metrics = {
         "train_blocks": len(train_set), "block_size": args.block_size, "preset": args.preset,
