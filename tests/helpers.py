@@ -215,3 +215,28 @@ def forced_thread_switches(interval: float = 1e-6):
         yield
     finally:
         sys.setswitchinterval(previous)
+
+
+def two_lora_adapters(model, target_modules):
+    """``model`` wrapped by PEFT with two LoRA adapters, ``"first"`` and ``"second"``, of random (seeded) weights, so they
+    give different logits (PEFT's default init makes an adapter a no-op); in eval mode, as mixed adapter batches need."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    config = dict(r=4, lora_alpha=8, target_modules=target_modules, init_lora_weights=False)
+    peft_model = get_peft_model(model, LoraConfig(**config), adapter_name="first")
+    peft_model.add_adapter("second", LoraConfig(**config))
+    return peft_model.eval()
+
+
+@contextlib.contextmanager
+def only_adapter(peft_model, name: str):
+    """Inside, ``peft_model`` runs with adapter ``name`` alone, or with none for ``"__base__"`` (PEFT's name for the
+    base model in ``adapter_names``): what one row of a mixed adapter batch must equal."""
+    if name == "__base__":
+        with peft_model.disable_adapter():
+            yield
+    else:
+        peft_model.set_adapter(name)
+        yield

@@ -5,7 +5,6 @@ Cases come from ``tests/contract/case_*.py`` modules (a module-level ``CASES`` l
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib
 import json
@@ -29,7 +28,7 @@ import hf_efficient_lm  # noqa: F401  (registers the families)
 from hf_efficient_lm.compat import CACHE_NAME
 from hf_efficient_lm.eval.speed import saved_for_backward_bytes
 from tests.contract.common import CHECKS, PEFT_CACHE_NAME, ContractCase
-from tests.helpers import forced_thread_switches
+from tests.helpers import forced_thread_switches, only_adapter, two_lora_adapters
 
 
 def _discover_cases() -> list[ContractCase]:
@@ -673,13 +672,7 @@ def test_peft_mixed_adapter_batch_equals_each_row_with_its_adapter(case):
     as a server holding several fine-tunes batches their requests) give each row, at every step, the logits its adapter
     gives it alone; a class whose LoRA layers also run on rows other than the batch's raises its named error instead."""
     _skip_if_declared(case, "lora_mixed_batch")
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(0)
-    config = dict(r=4, lora_alpha=8, target_modules=case.lora_target_modules, init_lora_weights=False)  # random B
-    model = get_peft_model(case.make_model(), LoraConfig(**config), adapter_name="first")
-    model.add_adapter("second", LoraConfig(**config))
-    model.eval()
+    model = two_lora_adapters(case.make_model(), case.lora_target_modules)
     ids, names = _ids(case, batch=3, length=10, seed=3), ["second", "__base__", "first"]
     common = dict(max_new_tokens=5, do_sample=False, pad_token_id=_pad_id(model), return_dict_in_generate=True,
                   output_logits=True)
@@ -690,8 +683,7 @@ def test_peft_mixed_adapter_batch_equals_each_row_with_its_adapter(case):
     mixed = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), adapter_names=names, **common)
     alone = {}
     for name in ("first", "second", "__base__"):
-        model.set_adapter("first" if name == "__base__" else name)
-        with model.disable_adapter() if name == "__base__" else contextlib.nullcontext():
+        with only_adapter(model, name):
             alone[name] = [model.generate(input_ids=row[None], attention_mask=torch.ones_like(row[None]), **common)
                            for row in ids]
     assert (alone["first"][0].logits[0] - alone["second"][0].logits[0]).abs().max() > 1e-2  # the adapters differ

@@ -444,21 +444,15 @@ def test_peft_per_row_adapters_reach_the_backbone_only():
     paired adapters with the wrong f-grams: silently where their count equalled the batch's (these ids: one 2-gram per
     row, 0.22 off), else with its own shape error. That is refused by name; with LoRA on the backbone only, each row
     gets what its adapter gives it alone."""
-    from peft import LoraConfig, get_peft_model
-
     from tests.contract.case_scone import make_scone_input_ids, make_scone_model
-
-    def two_adapters(target_modules):
-        torch.manual_seed(0)
-        config = dict(r=4, lora_alpha=8, target_modules=target_modules, init_lora_weights=False)
-        model = get_peft_model(make_scone_model(), LoraConfig(**config), adapter_name="first")
-        model.add_adapter("second", LoraConfig(**config))
-        return model.eval()
+    from tests.helpers import only_adapter, two_lora_adapters
 
     with pytest.raises(ValueError, match="per-row adapters .*cannot reach the f-gram model"):
-        two_adapters(["q_proj", "v_proj"])(input_ids=torch.tensor([[61, 64], [82, 85]]), adapter_names=["first", "second"])
+        two_lora_adapters(make_scone_model(), ["q_proj", "v_proj"])(input_ids=torch.tensor([[61, 64], [82, 85]]),
+                                                                     adapter_names=["first", "second"])
 
-    model = two_adapters(r"model\.layers\.\d+\..*_proj")  # the message's remedy: the backbone's projections
+    # the message's remedy: LoRA on the backbone's projections only
+    model = two_lora_adapters(make_scone_model(), r"model\.layers\.\d+\..*_proj")
     assert not any("lora_" in name for name, _ in model.base_model.model.model.fgram_model.named_parameters())
     ids = make_scone_input_ids(2, 10, torch.Generator().manual_seed(3))
     assert int((model.base_model.model.match_fgrams(ids)[1] > 0).sum()) == 14  # of 20 positions end an f-gram
@@ -466,8 +460,9 @@ def test_peft_per_row_adapters_reach_the_backbone_only():
     mixed = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), adapter_names=["second", "first"],
                            **common)
     for row, name in enumerate(["second", "first"]):
-        model.set_adapter(name)
-        alone = model.generate(input_ids=ids[row:row + 1], attention_mask=torch.ones_like(ids[row:row + 1]), **common)
+        with only_adapter(model, name):
+            alone = model.generate(input_ids=ids[row:row + 1], attention_mask=torch.ones_like(ids[row:row + 1]),
+                                   **common)
         assert torch.equal(mixed.sequences[row], alone.sequences[0])
         for step_mixed, step_alone in zip(mixed.logits, alone.logits):
             torch.testing.assert_close(step_mixed[row], step_alone[0], atol=1e-5, rtol=0)

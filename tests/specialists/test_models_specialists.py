@@ -1,4 +1,3 @@
-import contextlib
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,7 +21,7 @@ from hf_efficient_lm.specialists import (
 )
 from hf_efficient_lm.specialists.compat_specialists import CACHE_NAME, cache_of
 from hf_efficient_lm.testing_utils import TINY_LLAMA_KWARGS
-from tests.helpers import forced_thread_switches
+from tests.helpers import forced_thread_switches, only_adapter, two_lora_adapters
 
 K = 3
 
@@ -67,13 +66,7 @@ def test_peft_per_row_adapters_over_rows_of_several_clusters(make):
     batch. The projected network runs every row through one network: each row gets what its cluster and adapter give
     it alone. The hard mixture runs each expert on its own rows, so it refuses by name (PEFT raised its own length
     error); one cluster per batch takes per-row adapters (the contract check ``lora_mixed_batch``)."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(0)
-    config = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    model = get_peft_model(make(), LoraConfig(**config), adapter_name="first")
-    model.add_adapter("second", LoraConfig(**config))
-    model.eval()
+    model = two_lora_adapters(make(), ["q_proj", "v_proj"])
     x, names = ids(), ["second", "first", "__base__", "first"]
     if make is make_mixture:
         with pytest.raises(ValueError, match=r"per-row adapters .*rows of several clusters \(\[0, 1, 2\]\)"):
@@ -82,8 +75,7 @@ def test_peft_per_row_adapters_over_rows_of_several_clusters(make):
     with torch.no_grad():
         mixed = model(input_ids=x, cluster_ids=CLUSTERS, adapter_names=names).logits
         for row, name in enumerate(names):
-            model.set_adapter("first" if name == "__base__" else name)
-            with model.disable_adapter() if name == "__base__" else contextlib.nullcontext():
+            with only_adapter(model, name):
                 alone = model(input_ids=x[row:row + 1], cluster_ids=CLUSTERS[row:row + 1]).logits
             torch.testing.assert_close(mixed[row:row + 1], alone, atol=1e-5, rtol=0)
         with model.disable_adapter():  # the adapters matter: row 0 without its adapter is another function
